@@ -1,0 +1,5 @@
+"""Allow `python -m tipsprog`."""
+
+from tipsprog.cli import app
+
+app()

@@ -1,0 +1,241 @@
+"""Clinical schema, unit conversion, validation and the clinical prognostic scores."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from tipsprog.errors import InputError
+from tipsprog.io import read_table
+
+HEADER_UNIT = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*\[(.+)\]\s*$")
+BILIRUBIN_UMOL_PER_MGDL = 17.1
+RESERVED = {"patient_id", "center"}
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One clinical variable of the schema."""
+
+    name: str
+    kind: str
+    unit: str = ""
+    low: float = -np.inf
+    high: float = np.inf
+    log: bool = False
+    units: tuple[tuple[str, float], ...] = ()
+    levels: tuple[str, ...] = ()
+    aliases: tuple[tuple[str, str], ...] = ()
+
+
+@lru_cache(maxsize=1)
+def schema() -> dict[str, Variable]:
+    """Load the packaged clinical schema (names, units, ranges, types)."""
+    text = resources.files("tipsprog").joinpath("clinical_schema.yaml").read_text()
+    variables = {}
+    for name, spec in yaml.safe_load(text).items():
+        low, high = spec.get("range", [-np.inf, np.inf])
+        variables[name] = Variable(
+            name=name, kind=spec["kind"], unit=str(spec.get("unit", "")), low=float(low), high=float(high),
+            log=bool(spec.get("log", False)), units=tuple(spec.get("units", {}).items()),
+            levels=tuple(spec.get("levels", [])), aliases=tuple(spec.get("aliases", {}).items()),
+        )
+    return variables
+
+
+def _header_units(table: pd.DataFrame, path: Path) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Rename `name[unit]` headers to `name`; return the factor to the canonical unit per column."""
+    renamed, factors_used = {}, {}
+    for column in table.columns:
+        match = HEADER_UNIT.match(column)
+        if not match:
+            continue
+        name, unit = match.group(1), match.group(2).strip()
+        variable = schema().get(name)
+        if variable is None:
+            renamed[column] = name
+            continue
+        factors = {variable.unit.lower(): 1.0, **{u.lower(): f for u, f in variable.units}}
+        if unit.lower() not in factors:
+            known = ", ".join([variable.unit, *(u for u, _ in variable.units)])
+            raise InputError(f"{path}: column '{column}': unknown unit '{unit}' for {name} (known: {known})")
+        factors_used[name] = factors[unit.lower()]
+        renamed[column] = name
+    return table.rename(columns=renamed), factors_used
+
+
+def _validate_numeric(table: pd.DataFrame, variable: Variable, path: Path, factor: float) -> pd.Series:
+    """Coerce one schema column to float in the canonical unit and check its plausible range."""
+    raw = table[variable.name]
+    values = pd.to_numeric(raw.astype(str).str.replace(",", ".", regex=False).where(raw.notna()), errors="coerce")
+    unparsable = raw.notna() & values.isna()
+    if unparsable.any():
+        pid = unparsable.idxmax()
+        raise InputError(f"{path}: patient {pid}: {variable.name}={raw[pid]!r} is not a number")
+    values = values * factor
+    outside = values.notna() & ((values < variable.low) | (values > variable.high))
+    if outside.any():
+        pid = outside.idxmax()
+        raise InputError(
+            f"{path}: patient {pid}: {variable.name}={values[pid]:g} {variable.unit} outside plausible range "
+            f"{variable.low:g}–{variable.high:g}"
+        )
+    return values.astype(float)
+
+
+def _validate_categorical(table: pd.DataFrame, variable: Variable, path: Path) -> pd.Series:
+    """Normalise one categorical column to the schema's levels."""
+    aliases = {k.lower(): v for k, v in variable.aliases} | {level.lower(): level for level in variable.levels}
+    raw = table[variable.name]
+    values = raw.map(lambda v: aliases.get(str(v).strip().lower()) if pd.notna(v) else None)
+    unknown = raw.notna() & values.isna()
+    if unknown.any():
+        pid = unknown.idxmax()
+        raise InputError(f"{path}: patient {pid}: {variable.name}={raw[pid]!r} not one of {list(variable.levels)}")
+    return values
+
+
+def read_clinical(path: str | Path) -> pd.DataFrame:
+    """Read clinical.csv: convert units, validate ranges and levels, keep extra columns."""
+    path = Path(path)
+    table, factors = _header_units(read_table(path, []), path)
+    for name, variable in schema().items():
+        if name not in table.columns:
+            table[name] = np.nan if variable.kind == "numeric" else None
+        elif variable.kind == "numeric":
+            table[name] = _validate_numeric(table, variable, path, factors.get(name, 1.0))
+        else:
+            table[name] = _validate_categorical(table, variable, path)
+    return table
+
+
+def extra_columns(table: pd.DataFrame) -> list[str]:
+    """Columns of a clinical table that are not in the schema (used as extra features)."""
+    return [c for c in table.columns if c not in schema() and c not in RESERVED]
+
+
+def _clip_low(values: pd.Series | np.ndarray, low: float) -> np.ndarray:
+    return np.maximum(np.asarray(values, dtype=float), low)
+
+
+def meld(bilirubin: np.ndarray, inr: np.ndarray, creatinine: np.ndarray) -> np.ndarray:
+    """MELD (UNOS, pre-2016): inputs below 1 set to 1, creatinine capped at 4, result 6–40."""
+    bili, ratio = _clip_low(bilirubin, 1.0), _clip_low(inr, 1.0)
+    creat = np.minimum(_clip_low(creatinine, 1.0), 4.0)
+    score = 3.78 * np.log(bili) + 11.2 * np.log(ratio) + 9.57 * np.log(creat) + 6.43
+    return np.clip(score, 6.0, 40.0)
+
+
+def meld_na(bilirubin: np.ndarray, inr: np.ndarray, creatinine: np.ndarray, sodium: np.ndarray) -> np.ndarray:
+    """MELD-Na (Kim 2008): MELD + 1.32·(137−Na) − 0.033·MELD·(137−Na), Na clamped to 125–137."""
+    base = meld(bilirubin, inr, creatinine)
+    deficit = 137.0 - np.clip(np.asarray(sodium, dtype=float), 125.0, 137.0)
+    return np.clip(base + 1.32 * deficit - 0.033 * base * deficit, 6.0, 40.0)
+
+
+def _points(values: np.ndarray, cut_low: float, cut_high: float, increasing: bool) -> np.ndarray:
+    """Child-Pugh style 1/2/3 points from two cut-offs (NaN stays NaN)."""
+    values = np.asarray(values, dtype=float)
+    if increasing:
+        points = np.where(values < cut_low, 1.0, np.where(values <= cut_high, 2.0, 3.0))
+    else:
+        points = np.where(values > cut_high, 1.0, np.where(values >= cut_low, 2.0, 3.0))
+    return np.where(np.isnan(values), np.nan, points)
+
+
+def child_pugh(bilirubin, albumin, inr, ascites, he_history) -> np.ndarray:
+    """Child-Pugh points 5–15 (bili mg/dL, albumin g/L, INR, ascites grade 0–2, HE 0/1)."""
+    return (
+        _points(bilirubin, 2.0, 3.0, increasing=True)
+        + _points(albumin, 28.0, 35.0, increasing=False)
+        + _points(inr, 1.7, 2.3, increasing=True)
+        + (np.asarray(ascites, dtype=float) + 1.0)
+        + (np.asarray(he_history, dtype=float) + 1.0)
+    )
+
+
+def albi(bilirubin: np.ndarray, albumin: np.ndarray) -> np.ndarray:
+    """ALBI (Johnson 2015): 0.66·log10(bili µmol/L) − 0.085·albumin g/L."""
+    return 0.66 * np.log10(np.asarray(bilirubin, dtype=float) * BILIRUBIN_UMOL_PER_MGDL) - 0.085 * np.asarray(albumin, dtype=float)
+
+
+def fips(age: np.ndarray, bilirubin: np.ndarray, creatinine: np.ndarray, albumin: np.ndarray) -> np.ndarray:
+    """FIPS (Bettinger et al., J Hepatol 2021;74:1362): bili and creatinine mg/dL, albumin g/L.
+
+    1.43·log10(bili) − 1.71·(1/creat) + 0.02·age − 0.02·albumin + 0.8074; high risk ≥ 0.92.
+    The albumin unit is g/L as in the Freiburg publication and its online calculator.
+    """
+    return (
+        1.43 * np.log10(np.asarray(bilirubin, dtype=float))
+        - 1.71 / np.asarray(creatinine, dtype=float)
+        + 0.02 * np.asarray(age, dtype=float)
+        - 0.02 * np.asarray(albumin, dtype=float)
+        + 0.8074
+    )
+
+
+FIPS_HIGH_RISK = 0.92
+
+
+def clif_c_ad(age, creatinine, inr, wbc, sodium) -> np.ndarray:
+    """CLIF-C AD (Jalan 2015): 10·(0.03·age + 0.66·ln creat + 1.71·ln INR + 0.88·ln WBC − 0.05·Na + 8)."""
+    return 10.0 * (
+        0.03 * np.asarray(age, dtype=float)
+        + 0.66 * np.log(np.asarray(creatinine, dtype=float))
+        + 1.71 * np.log(np.asarray(inr, dtype=float))
+        + 0.88 * np.log(np.asarray(wbc, dtype=float))
+        - 0.05 * np.asarray(sodium, dtype=float)
+        + 8.0
+    )
+
+
+def malinchoc(bilirubin, inr, creatinine, etiology) -> np.ndarray:
+    """Malinchoc TIPS score R (Hepatology 2000;31:864): the original MELD built for TIPS."""
+    other_cause = np.where(pd.isna(np.asarray(etiology, dtype=object)), np.nan,
+                           ~pd.Series(etiology).isin(["alcohol", "cholestatic"]).to_numpy())
+    return (
+        0.957 * np.log(np.asarray(creatinine, dtype=float))
+        + 0.378 * np.log(np.asarray(bilirubin, dtype=float))
+        + 1.12 * np.log(np.asarray(inr, dtype=float))
+        + 0.643 * other_cause.astype(float)
+    )
+
+
+MALINCHOC_S0 = {1: 0.990, 7: 0.966, 30: 0.860, 90: 0.707, 183: 0.621, 365: 0.551, 730: 0.428}
+
+
+def malinchoc_survival(score: np.ndarray, day: int) -> np.ndarray:
+    """Malinchoc survival probability S(t) = S0(t)^exp(R − 1.127) at a tabulated day."""
+    return MALINCHOC_S0[day] ** np.exp(np.asarray(score, dtype=float) - 1.127)
+
+
+SCORE_INPUTS = {
+    "FIPS": ("age", "bilirubin", "creatinine", "albumin"),
+    "MELD": ("bilirubin", "inr", "creatinine"),
+    "MELD-Na": ("bilirubin", "inr", "creatinine", "sodium"),
+    "Child-Pugh": ("bilirubin", "albumin", "inr", "ascites", "he_history"),
+    "ALBI": ("bilirubin", "albumin"),
+    "CLIF-C AD": ("age", "creatinine", "inr", "wbc", "sodium"),
+    "Malinchoc": ("bilirubin", "inr", "creatinine", "etiology"),
+}
+SCORE_FUNCTIONS = {
+    "FIPS": fips, "MELD": meld, "MELD-Na": meld_na, "Child-Pugh": child_pugh,
+    "ALBI": albi, "CLIF-C AD": clif_c_ad, "Malinchoc": malinchoc,
+}
+
+
+def clinical_scores(table: pd.DataFrame) -> pd.DataFrame:
+    """All clinical scores whose inputs exist in the table (NaN where a patient lacks an input)."""
+    scores = {}
+    for name, inputs in SCORE_INPUTS.items():
+        if any(table[column].isna().all() for column in inputs):
+            continue
+        scores[name] = SCORE_FUNCTIONS[name](*(table[column].to_numpy() for column in inputs))
+    return pd.DataFrame(scores, index=table.index)

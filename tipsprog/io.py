@@ -1,0 +1,133 @@
+"""CT reading (any format to canonical LPS) and CSV reading with validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+
+from tipsprog.errors import InputError
+
+MISSING_MARKERS = ["", "NA", "N/A", "na", "NaN", "nan", ".", "null", "NULL"]
+
+
+def read_ct(path: str | Path) -> sitk.Image:
+    """Read a CT file or DICOM series folder as a 3-D float32 image oriented LPS."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: CT file not found")
+    try:
+        if path.is_dir():
+            reader = sitk.ImageSeriesReader()
+            files = reader.GetGDCMSeriesFileNames(str(path))
+            if not files:
+                raise InputError(f"{path}: folder holds no DICOM series")
+            reader.SetFileNames(files)
+            image = reader.Execute()
+        else:
+            image = sitk.ReadImage(str(path))
+    except RuntimeError as err:
+        first_line = str(err).strip().splitlines()[-1] if str(err).strip() else "unreadable"
+        raise InputError(f"{path}: cannot read CT ({first_line})") from None
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{path}: CT must be a 3-D scalar image, got {image.GetDimension()}-D")
+    if min(image.GetSize()) < 2:
+        raise InputError(f"{path}: CT has a degenerate axis of size {min(image.GetSize())}")
+    return canonical(sitk.Cast(image, sitk.sitkFloat32))
+
+
+def canonical(image: sitk.Image) -> sitk.Image:
+    """Reorient an image to LPS so that array axes (z, y, x) mean (I→S, A→P, R→L)."""
+    return sitk.DICOMOrient(image, "LPS")
+
+
+def read_mask(path: str | Path, reference: sitk.Image) -> sitk.Image:
+    """Read a label image and resample it onto the reference grid in physical space."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: mask file not found")
+    try:
+        mask = sitk.ReadImage(str(path))
+    except RuntimeError:
+        raise InputError(f"{path}: cannot read mask") from None
+    if mask.GetDimension() != 3:
+        raise InputError(f"{path}: mask must be 3-D, got {mask.GetDimension()}-D")
+    return sitk.Resample(
+        sitk.Cast(mask, sitk.sitkUInt8), reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8
+    )
+
+
+def read_table(path: str | Path, required: list[str]) -> pd.DataFrame:
+    """Read a CSV with a unique `patient_id` column and the required columns."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    try:
+        table = pd.read_csv(
+            path, dtype={"patient_id": str}, na_values=MISSING_MARKERS, keep_default_na=False,
+            sep=None, engine="python", encoding="utf-8-sig",
+        )
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
+        raise InputError(f"{path}: cannot parse CSV ({str(err).splitlines()[0]})") from None
+    table.columns = [str(c).strip() for c in table.columns]
+    for column in ["patient_id", *required]:
+        if column not in table.columns:
+            raise InputError(f"{path}: missing required column '{column}'")
+    table["patient_id"] = table["patient_id"].astype(str).str.strip()
+    empty = table.index[table["patient_id"].isin(["", "nan"])]
+    if len(empty):
+        raise InputError(f"{path}: row {int(empty[0]) + 2}: empty patient_id")
+    duplicated = table["patient_id"][table["patient_id"].duplicated()]
+    if len(duplicated):
+        raise InputError(f"{path}: duplicate patient_id '{duplicated.iloc[0]}'")
+    return table.set_index("patient_id", drop=False)
+
+
+def read_cohort(path: str | Path) -> pd.DataFrame:
+    """Read cohort.csv; CT and mask paths resolve against the CSV's folder."""
+    path = Path(path)
+    cohort = read_table(path, ["ct"])
+    base = path.resolve().parent
+    for column in ["ct", "liver_mask", "spleen_mask", "label"]:
+        if column in cohort.columns:
+            cohort[column] = [
+                None if pd.isna(value) or str(value).strip() == "" else str((base / str(value).strip()).resolve())
+                for value in cohort[column]
+            ]
+    if cohort["ct"].isna().any():
+        row = int(np.flatnonzero(cohort["ct"].isna().to_numpy())[0]) + 2
+        raise InputError(f"{path}: row {row}: empty 'ct' path")
+    if "center" not in cohort.columns:
+        cohort["center"] = "unknown"
+    cohort["center"] = cohort["center"].fillna("unknown").astype(str)
+    return cohort
+
+
+def read_outcomes(path: str | Path) -> pd.DataFrame:
+    """Read outcomes.csv and check time ≥ 0, event and ohe in {0, 1}."""
+    path = Path(path)
+    outcomes = read_table(path, [])
+    for column in ["time", "event", "ohe", "ppg_post"]:
+        if column not in outcomes.columns:
+            outcomes[column] = np.nan
+        values = pd.to_numeric(outcomes[column], errors="coerce")
+        bad = outcomes[column].notna() & values.isna()
+        if bad.any():
+            raise InputError(f"{path}: patient {bad.idxmax()}: '{column}' is not a number: {outcomes.at[bad.idxmax(), column]!r}")
+        outcomes[column] = values.astype(float)
+    checks = {
+        "time": (outcomes["time"] < 0, "negative survival time"),
+        "event": (~outcomes["event"].isin([0, 1]) & outcomes["event"].notna(), "event must be 0 or 1"),
+        "ohe": (~outcomes["ohe"].isin([0, 1]) & outcomes["ohe"].notna(), "ohe must be 0 or 1"),
+        "ppg_post": ((outcomes["ppg_post"] < 0) | (outcomes["ppg_post"] > 60), "ppg_post outside 0–60 mmHg"),
+    }
+    for column, (bad, message) in checks.items():
+        if bad.any():
+            pid = bad.idxmax()
+            raise InputError(f"{path}: patient {pid}: {column}={outcomes.at[pid, column]:g}: {message}")
+    if outcomes["time"].isna().ne(outcomes["event"].isna()).any():
+        pid = outcomes["time"].isna().ne(outcomes["event"].isna()).idxmax()
+        raise InputError(f"{path}: patient {pid}: 'time' and 'event' must be given together")
+    return outcomes[["patient_id", "time", "event", "ohe", "ppg_post"]]

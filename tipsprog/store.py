@@ -1,0 +1,203 @@
+"""The HDF5 feature store (DESIGN §3): the only module that reads or writes its layout."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+import h5py
+import numpy as np
+import SimpleITK as sitk
+
+from tipsprog import __version__
+from tipsprog.errors import InputError
+
+SCHEMA_VERSION = 1
+ROI_LABELS = {"liver": 1, "spleen": 2, "portal_vein": 3}
+STRING = h5py.string_dtype("utf-8")
+
+
+@dataclass
+class FeatureBlock:
+    """One extractor's feature matrix with names, granularity tags and settings."""
+
+    values: np.ndarray
+    names: list[str]
+    groups: list[str]
+    attrs: dict[str, str] = field(default_factory=dict)
+
+
+@contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling path; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        yield tmp
+        if path.is_dir() and tmp.is_dir():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+
+
+@contextmanager
+def create_store(path: str | Path, patient_ids: list[str], centers: list[str]) -> Iterator[h5py.File]:
+    """Create a store atomically with its root attributes, patient IDs and centers."""
+    with atomic_output(path) as tmp, h5py.File(tmp, "w") as store:
+        store.attrs.update(
+            schema_version=SCHEMA_VERSION, tipsprog_version=__version__,
+            created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            command=" ".join(["tipsprog", *sys.argv[1:]]),
+        )
+        store.create_dataset("patients", data=np.array(patient_ids, dtype=object), dtype=STRING)
+        store.create_dataset("centers", data=np.array(centers, dtype=object), dtype=STRING)
+        yield store
+
+
+def write_qc(store: h5py.File, status: list[str], reasons: list[str]) -> None:
+    """Write per-patient ok|failed status and reason."""
+    store.create_dataset("qc/status", data=np.array(status, dtype=object), dtype=STRING)
+    store.create_dataset("qc/reason", data=np.array(reasons, dtype=object), dtype=STRING)
+
+
+def write_segment_info(store: h5py.File, backend: str, settings: str, ct_paths: list[str], model_sha256: str = "") -> None:
+    """Write the /segment attributes and the CT path of every patient."""
+    group = store.require_group("segment")
+    group.attrs.update(backend=backend, settings=settings, model_sha256=model_sha256)
+    group.create_dataset("ct_paths", data=np.array(ct_paths, dtype=object), dtype=STRING)
+
+
+def write_mask(store: h5py.File, patient_id: str, mask: sitk.Image) -> None:
+    """Write one patient's uint8 label volume with its geometry."""
+    data = sitk.GetArrayFromImage(mask).astype(np.uint8)
+    dataset = store.create_dataset(
+        f"segment/masks/{patient_id}", data=data, compression="gzip", compression_opts=4,
+        chunks=tuple(min(64, s) for s in data.shape),
+    )
+    dataset.attrs.update(spacing=mask.GetSpacing(), origin=mask.GetOrigin(), direction=mask.GetDirection())
+
+
+def write_crops(store: h5py.File, roi: str, crops: np.ndarray) -> None:
+    """Write the float16 [N, 2, D, H, W] ROI crops (CT channel, mask channel)."""
+    store.create_dataset(f"segment/crops/{roi}", data=crops.astype(np.float16), compression="gzip",
+                         chunks=(1, *crops.shape[1:]))
+
+
+def write_volumes(store: h5py.File, volumes: np.ndarray, roi_names: list[str]) -> None:
+    """Write ROI volumes in mL."""
+    dataset = store.create_dataset("segment/volumes", data=volumes.astype(np.float32))
+    dataset.attrs["names"] = roi_names
+
+
+def write_features(store: h5py.File, name: str, block: FeatureBlock) -> None:
+    """Write one extractor's feature matrix under /features/<name>."""
+    group = store.create_group(f"features/{name}")
+    group.create_dataset("values", data=block.values.astype(np.float32))
+    group.create_dataset("names", data=np.array(block.names, dtype=object), dtype=STRING)
+    group.create_dataset("groups", data=np.array(block.groups, dtype=object), dtype=STRING)
+    group.attrs.update(block.attrs)
+
+
+def open_store(path: str | Path) -> h5py.File:
+    """Open a store read-only after checking that it is one and of this schema version."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: store not found")
+    try:
+        store = h5py.File(path, "r")
+    except OSError:
+        raise InputError(f"{path}: not an HDF5 file") from None
+    version = store.attrs.get("schema_version")
+    if version is None or "patients" not in store:
+        store.close()
+        raise InputError(f"{path}: not a tipsprog store (no schema_version or /patients)")
+    if int(version) != SCHEMA_VERSION:
+        store.close()
+        raise InputError(f"{path}: store schema_version {int(version)}, this tipsprog reads {SCHEMA_VERSION}")
+    return store
+
+
+def read_strings(store: h5py.File, key: str) -> list[str]:
+    """Read a utf-8 string dataset as a list of str."""
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in store[key][()]]
+
+
+def read_patients(store: h5py.File) -> list[str]:
+    """Patient IDs in row order."""
+    return read_strings(store, "patients")
+
+
+def read_centers(store: h5py.File) -> list[str]:
+    """Center of each patient in row order."""
+    return read_strings(store, "centers")
+
+
+def read_qc(store: h5py.File) -> tuple[list[str], list[str]]:
+    """Per-patient status and reason."""
+    return read_strings(store, "qc/status"), read_strings(store, "qc/reason")
+
+
+def read_mask(store: h5py.File, patient_id: str) -> sitk.Image:
+    """One patient's label volume as a SimpleITK image with its geometry."""
+    dataset = store[f"segment/masks/{patient_id}"]
+    mask = sitk.GetImageFromArray(dataset[()])
+    mask.SetSpacing(tuple(float(v) for v in dataset.attrs["spacing"]))
+    mask.SetOrigin(tuple(float(v) for v in dataset.attrs["origin"]))
+    mask.SetDirection(tuple(float(v) for v in dataset.attrs["direction"]))
+    return mask
+
+
+def read_features(store: h5py.File) -> dict[str, FeatureBlock]:
+    """Every /features/<name> block of a store."""
+    blocks = {}
+    for name, group in store.get("features", {}).items():
+        blocks[name] = FeatureBlock(
+            values=group["values"][()].astype(np.float32),
+            names=read_strings(group, "names"), groups=read_strings(group, "groups"),
+            attrs={k: str(v) for k, v in group.attrs.items()},
+        )
+    return blocks
+
+
+@dataclass
+class JoinedFeatures:
+    """Feature blocks of several stores joined on patient ID."""
+
+    patient_ids: list[str]
+    centers: list[str]
+    blocks: dict[str, FeatureBlock]
+    unmatched: dict[str, list[str]]
+
+
+def join_features(paths: list[str | Path]) -> JoinedFeatures:
+    """Join the feature blocks of several stores on patient ID (IDs missing anywhere are reported)."""
+    per_store = []
+    for path in paths:
+        with open_store(path) as store:
+            ids, centers = read_patients(store), read_centers(store)
+            per_store.append((str(path), ids, dict(zip(ids, centers)), read_features(store)))
+    common = set(per_store[0][1]).intersection(*(set(ids) for _, ids, _, _ in per_store[1:])) if per_store else set()
+    order = [pid for pid in per_store[0][1] if pid in common] if per_store else []
+    unmatched = {path: [pid for pid in ids if pid not in common] for path, ids, _, _ in per_store}
+    blocks: dict[str, FeatureBlock] = {}
+    for path, ids, _, features in per_store:
+        position = {pid: row for row, pid in enumerate(ids)}
+        rows = [position[pid] for pid in order]
+        for name, block in features.items():
+            if name in blocks:
+                raise InputError(f"{path}: feature block '{name}' also present in another store")
+            blocks[name] = FeatureBlock(block.values[rows], block.names, block.groups, block.attrs)
+    centers = [per_store[0][2][pid] for pid in order] if per_store else []
+    return JoinedFeatures(order, centers, blocks, {p: ids for p, ids in unmatched.items() if ids})
