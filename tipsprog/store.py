@@ -89,16 +89,38 @@ def write_mask(store: h5py.File, patient_id: str, mask: sitk.Image) -> None:
     dataset.attrs.update(spacing=mask.GetSpacing(), origin=mask.GetOrigin(), direction=mask.GetDirection())
 
 
-def write_crops(store: h5py.File, roi: str, crops: np.ndarray) -> None:
-    """Write the float16 [N, 2, D, H, W] ROI crops (CT channel, mask channel)."""
-    store.create_dataset(f"segment/crops/{roi}", data=crops.astype(np.float16), compression="gzip",
-                         chunks=(1, *crops.shape[1:]))
+def create_crops(store: h5py.File, roi: str, count: int, shape: tuple[int, int, int]) -> h5py.Dataset:
+    """Create the float16 [N, 2, D, H, W] ROI crop dataset (CT channel, mask channel), filled row by row."""
+    return store.create_dataset(f"segment/crops/{roi}", shape=(count, 2, *shape), dtype=np.float16,
+                                compression="gzip", chunks=(1, 2, *shape), fillvalue=0)
 
 
 def write_volumes(store: h5py.File, volumes: np.ndarray, roi_names: list[str]) -> None:
     """Write ROI volumes in mL."""
     dataset = store.create_dataset("segment/volumes", data=volumes.astype(np.float32))
     dataset.attrs["names"] = roi_names
+
+
+def write_dice(store: h5py.File, dice: np.ndarray, roi_names: list[str]) -> None:
+    """Write Dice per ROI against the cohort's reference masks (NaN where none)."""
+    dataset = store.create_dataset("segment/dice", data=dice.astype(np.float32))
+    dataset.attrs["names"] = roi_names
+
+
+def read_roi_table(store: h5py.File, key: str) -> tuple[np.ndarray, list[str]]:
+    """Read a per-patient per-ROI table (/segment/volumes or /segment/dice) and its ROI names."""
+    dataset = store[key]
+    return dataset[()], [str(n) for n in dataset.attrs["names"]]
+
+
+def read_ct_paths(store: h5py.File) -> list[str]:
+    """CT path of every patient, as segment recorded it."""
+    return read_strings(store, "segment/ct_paths")
+
+
+def read_crops(store: h5py.File, roi: str) -> np.ndarray:
+    """The float16 [N, 2, D, H, W] crops of one ROI."""
+    return store[f"segment/crops/{roi}"][()]
 
 
 def write_features(store: h5py.File, name: str, block: FeatureBlock) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -11,6 +10,7 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
+from tipsprog.parallel import map_ordered
 from tipsprog.store import atomic_output
 from tipsprog.synth.phantom import Anatomy, Scanner, render
 
@@ -172,11 +172,10 @@ def make_cohort(out: Path, spec: CohortSpec, workers: int = 1, progress: Callabl
         jobs = [(i, row, int(full.at[i, "ascites"]), scanners[int(row["center"][1:]) - 1], spec, tmp)
                 for i, row in lat.iterrows()]
         volumes = []
-        with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
-            for result in pool.map(_render_patient, jobs, chunksize=4):
-                volumes.append(result)
-                if progress:
-                    progress()
+        for result in map_ordered(_render_patient, jobs, workers):
+            volumes.append(result)
+            if progress:
+                progress()
         truth = truth.assign(liver_volume_ml=[v[0] for v in volumes], spleen_volume_ml=[v[1] for v in volumes])
         pd.DataFrame({
             "patient_id": lat["patient_id"], "ct": [f"images/{p}.nii.gz" for p in lat["patient_id"]],

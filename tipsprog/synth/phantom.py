@@ -10,8 +10,8 @@ from scipy import ndimage
 
 GRID = {"small": (32, 64, 64), "full": (96, 192, 192)}
 FIELD_OF_VIEW_MM = (160.0, 384.0, 384.0)
-HU = {"air": -1000.0, "fat": -100.0, "visceral": -85.0, "muscle": 50.0, "bone": 450.0, "cortex": 900.0,
-      "kidney": 170.0, "aorta": 190.0, "liver": 100.0, "spleen": 118.0, "portal_vein": 175.0,
+HU = {"air": -1000.0, "fat": -100.0, "visceral": -85.0, "muscle": 45.0, "bone": 450.0, "cortex": 900.0,
+      "kidney": 170.0, "aorta": 190.0, "liver": 110.0, "spleen": 125.0, "portal_vein": 175.0,
       "ascites": 8.0, "stomach_wall": 40.0, "gas": -900.0}
 
 
@@ -115,7 +115,7 @@ def render(anatomy: Anatomy, scanner: Scanner, size: str, rng: np.random.Generat
     ct[spleen] = HU["spleen"]
     labels[spleen] = 2
 
-    confluence = np.array([-5.0, 30.0, 8.0])
+    confluence = np.array([-5.0, 20.0, 0.0])
     hilum = np.array([20.0, 8.0, -40.0])
     splenic_hilum = np.array([20.0, 38.0, 78.0 - 22.0 * anatomy.spleen_scale])
     portal = (_tube(coords, confluence, hilum, anatomy.portal_radius_mm)
