@@ -118,6 +118,11 @@ def read_ct_paths(store: h5py.File) -> list[str]:
     return read_strings(store, "segment/ct_paths")
 
 
+def read_segment_backend(store: h5py.File) -> str:
+    """The segmentation backend that produced a segment store."""
+    return str(store["segment"].attrs["backend"])
+
+
 def read_crops(store: h5py.File, roi: str) -> np.ndarray:
     """The float16 [N, 2, D, H, W] crops of one ROI."""
     return store[f"segment/crops/{roi}"][()]
@@ -191,6 +196,30 @@ def read_features(store: h5py.File) -> dict[str, FeatureBlock]:
             attrs={k: str(v) for k, v in group.attrs.items()},
         )
     return blocks
+
+
+def write_columns(store: h5py.File, group: str, columns: dict[str, np.ndarray]) -> None:
+    """Write equal-length float columns under /<group>/<name> (a per-patient table)."""
+    for name, values in columns.items():
+        store.create_dataset(f"{group}/{name}", data=np.asarray(values, dtype=np.float64))
+
+
+def read_columns(store: h5py.File, group: str) -> dict[str, np.ndarray]:
+    """Read a per-patient table written by write_columns."""
+    return {name: dataset[()] for name, dataset in store.get(group, {}).items()}
+
+
+def write_baselines(store: h5py.File, row: str, baselines: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    """Per-fold Breslow baselines (event times, cumulative hazard) of one prediction row."""
+    for fold, (times, cumhaz) in enumerate(baselines):
+        store.create_dataset(f"baselines/{row}/{fold}/times", data=np.asarray(times, dtype=np.float64))
+        store.create_dataset(f"baselines/{row}/{fold}/cumhaz", data=np.asarray(cumhaz, dtype=np.float64))
+
+
+def read_baselines(store: h5py.File, row: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per-fold baselines of one prediction row, in fold order."""
+    group = store.get(f"baselines/{row}", {})
+    return [(group[str(fold)]["times"][()], group[str(fold)]["cumhaz"][()]) for fold in range(len(group))]
 
 
 @dataclass

@@ -121,7 +121,7 @@ def embed_crops(model: AutoEncoder, crops: np.ndarray, device: torch.device, bat
 
 
 def embedding_block(model: AutoEncoder, crops_by_roi: dict[str, np.ndarray], device: torch.device,
-                    weights_sha256: str) -> store.FeatureBlock:
+                    provenance: dict[str, str]) -> store.FeatureBlock:
     """Embeddings of every ROI concatenated, named embed-ssl/<roi>/<k>."""
     parts, names, groups = [], [], []
     for roi in EMBED_ROIS:
@@ -130,8 +130,7 @@ def embedding_block(model: AutoEncoder, crops_by_roi: dict[str, np.ndarray], dev
         names += [f"embed-ssl/{roi}/{k}" for k in range(values.shape[1])]
         groups += [f"{roi}/embed-ssl/autoencoder"] * values.shape[1]
     return store.FeatureBlock(np.concatenate(parts, axis=1), names, groups,
-                              {"extractor": "embed-ssl", "weights_sha256": weights_sha256,
-                               "settings": str(ARCHITECTURE)})
+                              {"extractor": "embed-ssl", "settings": str(ARCHITECTURE), **provenance})
 
 
 def run_embed(seg_path: Path, out: Path, fit: bool, weights: Path | None, device_name: str = "auto",
@@ -146,6 +145,7 @@ def run_embed(seg_path: Path, out: Path, fit: bool, weights: Path | None, device
             raise InputError(f"{seg_path}: not a segment store (no /segment/crops)")
         ids, centers = store.read_patients(seg), store.read_centers(seg)
         status, reasons = store.read_qc(seg)
+        backend = store.read_segment_backend(seg)
         crops = {roi: store.read_crops(seg, roi) for roi in EMBED_ROIS}
     usable = np.array([s == "ok" for s in status])
     if fit:
@@ -156,7 +156,8 @@ def run_embed(seg_path: Path, out: Path, fit: bool, weights: Path | None, device
         sha = save_weights(model, weights)
     else:
         model, sha = load_weights(weights, device), file_sha256(weights)
-    block = embedding_block(model, crops, device, sha)
+    provenance = {"weights_sha256": sha, "weights_path": str(weights.resolve()), "segment_backend": backend}
+    block = embedding_block(model, crops, device, provenance)
     block.values[~usable] = np.nan
     with store.create_store(out, ids, centers) as h5:
         store.write_features(h5, "embed-ssl", block)

@@ -1,0 +1,1 @@
+"""evaluate stage: metrics with bootstrap CIs, clinical-score baselines, report and plots."""

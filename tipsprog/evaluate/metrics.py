@@ -1,0 +1,141 @@
+"""Prognostic metrics from scikit-survival, lifelines and scikit-learn, with bootstrap CIs."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+from lifelines import CoxPHFitter
+from lifelines.statistics import logrank_test
+from sklearn.metrics import f1_score, mean_absolute_error, r2_score, roc_auc_score
+from sksurv.metrics import (concordance_index_censored, concordance_index_ipcw, cumulative_dynamic_auc,
+                            integrated_brier_score)
+from sksurv.util import Surv
+
+TIE_BREAK_DRAWS = 20
+
+
+def _known(*arrays: np.ndarray) -> np.ndarray:
+    """Rows where every array is finite."""
+    return np.logical_and.reduce([np.isfinite(np.asarray(a, dtype=float)) for a in arrays])
+
+
+def harrell_c(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
+    """Harrell's C (tied risks count 1/2), scikit-survival's implementation."""
+    rows = _known(time, event, risk)
+    if event[rows].sum() == 0:
+        return np.nan
+    return float(concordance_index_censored(event[rows].astype(bool), time[rows], risk[rows])[0])
+
+
+def harrell_c_random_ties(time: np.ndarray, event: np.ndarray, risk: np.ndarray, seed: int = 0) -> float:
+    """Harrell's C with tied risks broken at random, averaged over draws (ccRCC study)."""
+    rows = _known(time, event, risk)
+    values = risk[rows]
+    gaps = np.diff(np.unique(values))
+    jitter = (gaps.min() if len(gaps) else 1.0) * 1e-3
+    rng = np.random.default_rng(seed)
+    draws = [harrell_c(time[rows], event[rows], values + rng.uniform(0, jitter, len(values))) for _ in range(TIE_BREAK_DRAWS)]
+    return float(np.mean(draws))
+
+
+def uno_c(time: np.ndarray, event: np.ndarray, risk: np.ndarray, tau: float) -> float:
+    """Uno's IPCW C truncated at tau (censoring distribution from the same patients)."""
+    rows = _known(time, event, risk)
+    survival = Surv.from_arrays(event[rows].astype(bool), time[rows])
+    return float(concordance_index_ipcw(survival, survival, risk[rows], tau=tau)[0])
+
+
+def time_dependent_auc(time: np.ndarray, event: np.ndarray, risk: np.ndarray, horizons: np.ndarray) -> np.ndarray:
+    """Cumulative/dynamic AUC at each horizon (NaN where a horizon is outside follow-up)."""
+    rows = _known(time, event, risk)
+    survival = Surv.from_arrays(event[rows].astype(bool), time[rows])
+    result = np.full(len(horizons), np.nan)
+    valid = (horizons > time[rows].min()) & (horizons < time[rows].max())
+    if valid.any():
+        result[valid] = cumulative_dynamic_auc(survival, survival, risk[rows], horizons[valid])[0]
+    return result
+
+
+def integrated_brier(time: np.ndarray, event: np.ndarray, survival_curves: np.ndarray, grid: np.ndarray) -> float:
+    """Integrated Brier score over the grid of predicted survival curves [patients, grid]."""
+    rows = _known(time, event) & np.isfinite(survival_curves).all(axis=1)
+    survival = Surv.from_arrays(event[rows].astype(bool), time[rows])
+    inside = (grid >= time[rows].min()) & (grid < time[rows].max())
+    return float(integrated_brier_score(survival, survival, survival_curves[rows][:, inside], grid[inside]))
+
+
+def hazard_ratio(time: np.ndarray, event: np.ndarray, high_risk: np.ndarray) -> dict[str, float]:
+    """HR high vs low risk group with 95% CI (lifelines Cox) and log-rank p."""
+    rows = _known(time, event, high_risk)
+    group = high_risk[rows].astype(bool)
+    if group.all() or not group.any():
+        return {"estimate": np.nan, "low": np.nan, "high": np.nan, "logrank_p": np.nan}
+    table = pd.DataFrame({"time": time[rows], "event": event[rows], "high": group.astype(float)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fitter = CoxPHFitter().fit(table, "time", "event")
+    summary = fitter.summary.loc["high"]
+    p_value = logrank_test(time[rows][group], time[rows][~group], event[rows][group], event[rows][~group]).p_value
+    return {"estimate": float(summary["exp(coef)"]), "low": float(summary["exp(coef) lower 95%"]),
+            "high": float(summary["exp(coef) upper 95%"]), "logrank_p": float(p_value)}
+
+
+def auc(label: np.ndarray, score: np.ndarray) -> float:
+    """ROC AUC over patients with both values known (NaN if one class only)."""
+    rows = _known(label, score)
+    return float(roc_auc_score(label[rows], score[rows])) if len(np.unique(label[rows])) == 2 else np.nan
+
+
+def f1_at(label: np.ndarray, probability: np.ndarray, threshold: np.ndarray) -> float:
+    """F1 at per-patient thresholds fixed on the training folds."""
+    rows = _known(label, probability, threshold)
+    return float(f1_score(label[rows], probability[rows] >= threshold[rows], zero_division=0))
+
+
+def mae(observed: np.ndarray, predicted: np.ndarray) -> float:
+    """Mean absolute error over known pairs."""
+    rows = _known(observed, predicted)
+    return float(mean_absolute_error(observed[rows], predicted[rows]))
+
+
+def r2(observed: np.ndarray, predicted: np.ndarray) -> float:
+    """Coefficient of determination over known pairs."""
+    rows = _known(observed, predicted)
+    return float(r2_score(observed[rows], predicted[rows]))
+
+
+def bootstrap_samples(n: int, draws: int, seed: int) -> np.ndarray:
+    """Patient indices of each bootstrap resample, [draws, n]."""
+    return np.random.default_rng(seed).integers(0, n, size=(draws, n))
+
+
+def interval(estimate: float, replicates: np.ndarray) -> dict[str, float]:
+    """Point estimate with the 2.5/97.5 percentile bootstrap interval."""
+    finite = replicates[np.isfinite(replicates)]
+    if len(finite) < 10:
+        return {"estimate": float(estimate), "low": np.nan, "high": np.nan}
+    low, high = np.percentile(finite, [2.5, 97.5])
+    return {"estimate": float(estimate), "low": float(low), "high": float(high)}
+
+
+def with_bootstrap(statistic: Callable[[np.ndarray], float], n: int, samples: np.ndarray) -> tuple[float, np.ndarray]:
+    """A statistic on all rows and on each resample (failures become NaN)."""
+    def safe(rows: np.ndarray) -> float:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return float(statistic(rows))
+        except (ValueError, ZeroDivisionError, FloatingPointError):
+            return np.nan
+
+    return safe(np.arange(n)), np.array([safe(rows) for rows in samples])
+
+
+def harrell_c_with_ci(time: np.ndarray, event: np.ndarray, risk: np.ndarray, draws: int = 200, seed: int = 0) -> dict[str, float]:
+    """Harrell's C with a bootstrap 95% CI."""
+    estimate, replicates = with_bootstrap(lambda rows: harrell_c(time[rows], event[rows], risk[rows]),
+                                          len(time), bootstrap_samples(len(time), draws, seed))
+    return interval(estimate, replicates)

@@ -1,0 +1,152 @@
+"""fuse-train stage: join stores with the clinical table and outcomes, cross-validate, write a bundle."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from tipsprog import store
+from tipsprog.clinical import clinical_scores, read_clinical
+from tipsprog.fusion.config import TrainConfig
+from tipsprog.embed import file_sha256, resolve_device
+from tipsprog.errors import InputError
+from tipsprog.evaluate.metrics import harrell_c_with_ci
+from tipsprog.fusion.bundle import write_bundle
+from tipsprog.fusion.data import MODALITIES, clinical_features, modality_matrices, modality_of, numeric_extras
+from tipsprog.fusion.training import TrainingData, cross_validate
+from tipsprog.io import read_outcomes
+
+
+@dataclass
+class Assembled:
+    """Training data plus what the bundle must remember about where it came from."""
+
+    data: TrainingData
+    clinical: pd.DataFrame
+    extras: list[str]
+    blocks: dict[str, store.FeatureBlock]
+    notes: list[str]
+
+
+def _describe(ids: list[str], limit: int = 3) -> str:
+    shown = ", ".join(ids[:limit])
+    return f"{len(ids)} ({shown}{', …' if len(ids) > limit else ''})"
+
+
+def assemble(stores: list[Path], clinical_csv: Path, outcomes_csv: Path, modalities: tuple[str, ...]) -> Assembled:
+    """Join stores, clinical table and outcomes on patient ID; report every unmatched ID."""
+    clinical = read_clinical(clinical_csv)
+    outcomes = read_outcomes(outcomes_csv)
+    notes = []
+    if stores:
+        joined = store.join_features(stores)
+        notes += [f"{path}: {_describe(ids)} patients absent from another store" for path, ids in joined.unmatched.items()]
+        ids, centers, blocks = joined.patient_ids, dict(zip(joined.patient_ids, joined.centers)), joined.blocks
+    else:
+        ids, centers, blocks = clinical["patient_id"].tolist(), {}, {}
+    common = [pid for pid in ids if pid in clinical.index and pid in outcomes.index]
+    if not common:
+        sources = ", ".join(str(s) for s in stores) or str(clinical_csv)
+        raise InputError(f"{outcomes_csv}: no patient in common with {sources}")
+    for source, table in (("clinical", clinical), ("outcomes", outcomes)):
+        absent = [pid for pid in ids if pid not in table.index]
+        if absent:
+            notes.append(f"{_describe(absent)} patients have no {source} row and are left out")
+    unused = [pid for pid in outcomes.index if pid not in set(common)]
+    if unused:
+        notes.append(f"{_describe(unused)} outcome rows have no matching features and are left out")
+    extras = numeric_extras(clinical)
+    table = clinical.loc[common]
+    clinical_matrix, clinical_names = clinical_features(table, extras)
+    available = {"clinical", *(modality_of(name) for name in blocks)}
+    missing = [m for m in modalities if m not in available]
+    if missing:
+        raise InputError(f"--modalities: {', '.join(missing)} not in the given stores (available: {', '.join(sorted(available))})")
+    row_of = {pid: row for row, pid in enumerate(ids)}
+    matrices, names = modality_matrices(blocks, np.array([row_of[pid] for pid in common], dtype=int),
+                                        clinical_matrix, clinical_names, modalities)
+    center_column = table["center"].astype(str).to_numpy() if "center" in table.columns else np.full(len(common), "unknown")
+    center = np.array([centers.get(pid, "unknown") for pid in common], dtype=object)
+    center = np.where(center == "unknown", center_column, center).astype(str)
+    labels = outcomes.loc[common]
+    data = TrainingData(common, center, matrices, names, labels["time"].to_numpy(float), labels["event"].to_numpy(float),
+                        labels["ohe"].to_numpy(float), labels["ppg_post"].to_numpy(float))
+    if np.nansum(data.event) < 2:
+        raise InputError(f"{outcomes_csv}: fewer than 2 events among the {len(common)} matched patients")
+    used_blocks = {name: block for name, block in blocks.items() if modality_of(name) in modalities}
+    return Assembled(data, table, extras, used_blocks, notes)
+
+
+def pipeline_manifest(blocks: dict[str, store.FeatureBlock]) -> tuple[dict, dict[str, Path]]:
+    """How to replay the feature pipeline on a new scan, and the weight files to copy into the bundle."""
+    backends = {b.attrs.get("segment_backend", "") for b in blocks.values()} - {""}
+    if len(backends) > 1:
+        raise InputError(f"feature stores come from different segmentation backends: {sorted(backends)}")
+    pipeline: dict = {"segment": {"backend": backends.pop()} if backends else None, "blocks": {}}
+    copied: dict[str, Path] = {}
+    for name, block in blocks.items():
+        entry: dict = {"extractor": block.attrs.get("extractor", name), "names": block.names}
+        if block.attrs.get("extractor") == "pyradiomics":
+            entry["params"] = yaml.safe_load(block.attrs["settings"])
+        if "weights_path" in block.attrs:
+            source = Path(block.attrs["weights_path"])
+            if not source.is_file() or file_sha256(source) != block.attrs["weights_sha256"]:
+                raise InputError(f"{source}: encoder weights of block '{name}' missing or changed since embedding")
+            entry["weights"] = f"{name}.pt"
+            copied[entry["weights"]] = source
+        pipeline["blocks"][name] = entry
+    return pipeline, copied
+
+
+def model_card(data: TrainingData, config: TrainConfig, metrics: dict, cv_mode: str) -> str:
+    """Markdown model card: data, endpoints, cross-validated metrics with CIs, intended use, limits."""
+    rows = "\n".join(f"| {name} | {m['estimate']:.3f} | {m['low']:.3f}–{m['high']:.3f} |" for name, m in metrics["harrell_c"].items())
+    return f"""# tipsprog model card
+
+- Model: `{config.model}` over modalities {', '.join(sorted(data.matrices))}; ensemble of {config.folds} folds × {config.seeds} seeds.
+- Data: {len(data.patient_ids)} patients, {int(np.nansum(data.event))} deaths, centers {', '.join(sorted(set(data.centers)))}.
+- Endpoints: survival (Cox, Efron ties), overt hepatic encephalopathy (BCE), portal pressure gradient after TIPS (Huber).
+- Validation: {cv_mode} cross-validation; preprocessing and early stopping inside each training fold.
+
+| Harrell's C (out-of-fold) | estimate | 95% CI |
+|---|---|---|
+{rows}
+
+Intended use: research on prognosis after TIPS. Not a medical device; not validated for clinical decisions.
+Limits: performance outside the training centers is unknown until evaluated with `tipsprog evaluate --test`.
+"""
+
+
+def run_fuse_train(stores: list[Path], clinical_csv: Path, outcomes_csv: Path, out: Path, config: TrainConfig,
+                   modalities: tuple[str, ...] | None = None, cv_mode: str = "kfold", device_name: str = "auto",
+                   seed: int = 0, progress: Callable[[str], None] | None = None) -> dict:
+    """Cross-validate the fusion model and write the bundle; return the summary metrics."""
+    wanted = modalities or MODALITIES
+    assembled = assemble(stores, clinical_csv, outcomes_csv, tuple(wanted))
+    for note in assembled.notes:
+        if progress:
+            progress(note)
+    device = resolve_device(device_name)
+    data = assembled.data
+    cv = cross_validate(data, config, cv_mode, device, seed, progress)
+    metrics = {"harrell_c": {"model": harrell_c_with_ci(data.time, data.event, cv.oof["risk"])}}
+    if "clinical" in data.matrices:
+        metrics["harrell_c"]["clinical-cox"] = harrell_c_with_ci(data.time, data.event, cv.oof["clinical_cox_risk"])
+    pipeline, copied = pipeline_manifest(assembled.blocks)
+    oof_risk = cv.oof["risk"][~np.isnan(cv.oof["risk"])]
+    manifest = {
+        "pipeline": pipeline,
+        "modalities": {m: assembled.data.feature_names[m] for m in data.matrices},
+        "clinical": {"extras": assembled.extras},
+        "training": {"patients": len(data.patient_ids), "events": int(np.nansum(data.event)), "cv": cv_mode,
+                     "centers": sorted(set(data.centers.tolist()))},
+        "risk_groups": {"cut": float(np.median(oof_risk)), "labels": ["low", "high"]},
+    }
+    scores = {name: values.astype(float) for name, values in clinical_scores(assembled.clinical).items()}
+    write_bundle(out, data, cv, config, manifest, scores, metrics, model_card(data, config, metrics, cv_mode), copied)
+    return metrics

@@ -1,0 +1,98 @@
+"""The model bundle (DESIGN §4): everything predict and evaluate need, portable as one folder."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from tipsprog import __version__, store
+from tipsprog.fusion.config import TrainConfig
+from tipsprog.errors import InputError
+from tipsprog.fusion.data import ColumnScaler
+from tipsprog.fusion.training import CrossValidation, Member, TrainingData
+
+BUNDLE_FORMAT = 1
+WEIGHTS_FORMAT = "tipsprog-fusion-1"
+REQUIRED_FILES = ("bundle.yaml", "preprocess.json", "weights.pt", "oof.h5", "metrics.json", "model_card.md")
+
+
+@dataclass
+class Bundle:
+    """A loaded bundle: its manifest, config and ensemble members."""
+
+    path: Path
+    manifest: dict
+    config: TrainConfig
+    members: list[Member]
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _member_payload(member: Member) -> dict:
+    """The weights.pt entry of one member (no scalers: those live in preprocess.json)."""
+    payload = asdict(member)
+    payload.pop("scalers")
+    return payload
+
+
+def write_bundle(out: Path, data: TrainingData, cv: CrossValidation, config: TrainConfig, manifest: dict,
+                 scores: dict[str, np.ndarray], metrics: dict, model_card: str, copied: dict[str, Path]) -> None:
+    """Write the bundle folder atomically; files named in `copied` are copied in and hashed."""
+    with store.atomic_output(out) as tmp:
+        tmp.mkdir(parents=True)
+        for name, source in copied.items():
+            shutil.copyfile(source, tmp / name)
+        torch.save({"format": WEIGHTS_FORMAT, "members": [_member_payload(m) for m in cv.members]}, tmp / "weights.pt")
+        (tmp / "preprocess.json").write_text(json.dumps(
+            {"members": [{"fold": m.fold, "seed": m.seed, "scalers": {k: s.to_dict() for k, s in m.scalers.items()}}
+                         for m in cv.members]}))
+        with store.create_store(tmp / "oof.h5", data.patient_ids, data.centers.tolist()) as h5:
+            store.write_columns(h5, "outcomes", {"time": data.time, "event": data.event, "ohe": data.ohe,
+                                                 "ppg_post": data.ppg_post, "fold": cv.fold_of})
+            store.write_columns(h5, "oof", cv.oof)
+            store.write_columns(h5, "scores", scores)
+            for row, baselines in cv.baselines.items():
+                store.write_baselines(h5, row, baselines)
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        (tmp / "model_card.md").write_text(model_card)
+        manifest = {**manifest, "bundle_format": BUNDLE_FORMAT, "tipsprog_version": __version__,
+                    "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "config": asdict(config)}
+        manifest["files"] = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        (tmp / "bundle.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+
+
+def load_bundle(path: Path) -> Bundle:
+    """Load and check a bundle folder (format, files, hashes)."""
+    path = Path(path)
+    if not (path / "bundle.yaml").is_file():
+        raise InputError(f"{path}: not a model bundle (no bundle.yaml)")
+    try:
+        manifest = yaml.safe_load((path / "bundle.yaml").read_text())
+    except yaml.YAMLError:
+        raise InputError(f"{path / 'bundle.yaml'}: invalid YAML") from None
+    if not isinstance(manifest, dict) or manifest.get("bundle_format") != BUNDLE_FORMAT:
+        raise InputError(f"{path}: bundle format {manifest.get('bundle_format') if isinstance(manifest, dict) else '?'}, "
+                         f"this tipsprog {__version__} reads format {BUNDLE_FORMAT}")
+    for name, digest in manifest.get("files", {}).items():
+        file = path / name
+        if not file.is_file():
+            raise InputError(f"{path}: bundle file {name} is missing")
+        if _sha256(file) != digest:
+            raise InputError(f"{path}: bundle file {name} does not match its recorded sha256")
+    payload = torch.load(path / "weights.pt", map_location="cpu", weights_only=True)
+    preprocess = json.loads((path / "preprocess.json").read_text())
+    members = []
+    for entry, scalers in zip(payload["members"], preprocess["members"]):
+        members.append(Member(**{**entry, "scalers": {k: ColumnScaler(**v) for k, v in scalers["scalers"].items()}}))
+    return Bundle(path, manifest, TrainConfig(**manifest["config"]), members)
