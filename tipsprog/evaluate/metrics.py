@@ -68,10 +68,10 @@ def integrated_brier(time: np.ndarray, event: np.ndarray, survival_curves: np.nd
 
 
 def hazard_ratio(time: np.ndarray, event: np.ndarray, high_risk: np.ndarray) -> dict[str, float]:
-    """HR high vs low risk group with 95% CI (lifelines Cox) and log-rank p."""
+    """HR high vs low risk group with 95% CI (lifelines Cox) and log-rank p; NaN if a group has no event."""
     rows = _known(time, event, high_risk)
     group = high_risk[rows].astype(bool)
-    if group.all() or not group.any():
+    if event[rows][group].sum() == 0 or event[rows][~group].sum() == 0:
         return {"estimate": np.nan, "low": np.nan, "high": np.nan, "logrank_p": np.nan}
     table = pd.DataFrame({"time": time[rows], "event": event[rows], "high": group.astype(float)})
     with warnings.catch_warnings():

@@ -1,0 +1,120 @@
+"""Prediction rows to evaluate: the fused model, clinical-only Cox, clinical scores and the oracle."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from lifelines import CoxPHFitter
+
+from tipsprog import store
+from tipsprog.clinical import FIPS_HIGH_RISK
+from tipsprog.errors import InputError
+from tipsprog.fusion.training import breslow, survival_at
+
+
+@dataclass
+class PredictionRow:
+    """One row of the report: risk for discrimination, curves for Brier, optional OHE and PPG."""
+
+    name: str
+    risk: np.ndarray
+    survival: np.ndarray
+    high_risk: np.ndarray
+    ohe_probability: np.ndarray | None = None
+    ohe_threshold: np.ndarray | None = None
+    ppg_post: np.ndarray | None = None
+
+
+@dataclass
+class OutOfFold:
+    """The bundle's out-of-fold predictions and observed outcomes."""
+
+    patient_ids: list[str]
+    centers: list[str]
+    outcomes: dict[str, np.ndarray]
+    oof: dict[str, np.ndarray]
+    scores: dict[str, np.ndarray]
+    baselines: dict[str, list[tuple[np.ndarray, np.ndarray]]]
+
+
+def read_oof(path: Path) -> OutOfFold:
+    """Read a bundle's oof.h5."""
+    with store.open_store(path) as h5:
+        return OutOfFold(store.read_patients(h5), store.read_centers(h5), store.read_columns(h5, "outcomes"),
+                         store.read_columns(h5, "oof"), store.read_columns(h5, "scores"),
+                         {row: store.read_baselines(h5, row) for row in ("model", "clinical_cox")})
+
+
+def _curves_from_baselines(risk: np.ndarray, fold: np.ndarray, baselines: list, grid: np.ndarray) -> np.ndarray:
+    """Survival curves on the grid, each patient using its own fold's baseline."""
+    curves = np.full((len(risk), len(grid)), np.nan)
+    for index, (times, cumhaz) in enumerate(baselines):
+        rows = (fold == index) & np.isfinite(risk)
+        curves[rows] = survival_at(times, cumhaz, risk[rows], grid)
+    return curves
+
+
+def _curves_from_score(score: np.ndarray, data: OutOfFold, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-fold univariate Cox on a fixed score (fitted on training folds): curves and median cut."""
+    time, event, fold = data.outcomes["time"], data.outcomes["event"], data.outcomes["fold"]
+    curves, cut = np.full((len(score), len(grid)), np.nan), np.full(len(score), np.nan)
+    for index in np.unique(fold[fold >= 0]).astype(int):
+        train = (fold != index) & np.isfinite(score) & np.isfinite(time)
+        test = (fold == index) & np.isfinite(score)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fitter = CoxPHFitter(penalizer=1e-4).fit(
+                pd.DataFrame({"s": score[train], "time": time[train], "event": event[train]}), "time", "event")
+        coefficient = float(fitter.params_["s"])
+        times, cumhaz = breslow(coefficient * score[train], time[train], event[train])
+        curves[test] = survival_at(times, cumhaz, coefficient * score[test], grid)
+        cut[test] = np.median(score[train])
+    return curves, cut
+
+
+def prediction_rows(data: OutOfFold, grid: np.ndarray, truth: pd.DataFrame | None) -> tuple[list[PredictionRow], list[str]]:
+    """All rows whose inputs exist, plus notes on those skipped."""
+    oof, fold = data.oof, data.outcomes["fold"]
+    rows = [PredictionRow("model", oof["risk"], _curves_from_baselines(oof["risk"], fold, data.baselines["model"], grid),
+                          oof["risk"] > oof["risk_cut"], oof["ohe_probability"], oof["ohe_threshold"], oof["ppg_post"])]
+    notes = []
+    if np.isfinite(oof.get("clinical_cox_risk", np.array([np.nan]))).any():
+        risk = oof["clinical_cox_risk"]
+        rows.append(PredictionRow("clinical-cox", risk,
+                                  _curves_from_baselines(risk, fold, data.baselines["clinical_cox"], grid),
+                                  risk > oof["clinical_cox_cut"]))
+    for name, score in data.scores.items():
+        if np.isfinite(score).sum() < 10:
+            notes.append(f"{name}: skipped, its inputs are missing for most patients")
+            continue
+        curves, cut = _curves_from_score(score, data, grid)
+        high = score >= FIPS_HIGH_RISK if name == "FIPS" else score > cut
+        rows.append(PredictionRow(name, score, curves, np.where(np.isfinite(score), high, np.nan), ohe_probability=score))
+    if truth is not None:
+        rows.append(oracle_row(data, truth, grid))
+    return rows, notes
+
+
+def read_truth(path: Path, patient_ids: list[str]) -> pd.DataFrame:
+    """truth.csv rows for the bundle's patients, in the same order."""
+    table = pd.read_csv(path, dtype={"patient_id": str}).set_index("patient_id")
+    needed = {"linear_predictor", "ohe_probability", "ppg_post_expected"}
+    if not needed <= set(table.columns):
+        raise InputError(f"{path}: truth table needs columns {sorted(needed)}")
+    missing = [pid for pid in patient_ids if pid not in table.index]
+    if missing:
+        raise InputError(f"{path}: patient {missing[0]} of the bundle is not in the truth table")
+    return table.loc[patient_ids]
+
+
+def oracle_row(data: OutOfFold, truth: pd.DataFrame, grid: np.ndarray) -> PredictionRow:
+    """The best achievable row: the generating model's own linear predictor and expectations."""
+    risk = truth["linear_predictor"].to_numpy(float)
+    curves, cut = _curves_from_score(risk, data, grid)
+    probability = truth["ohe_probability"].to_numpy(float)
+    return PredictionRow("oracle", risk, curves, risk > cut, probability, np.full(len(risk), 0.5),
+                         truth["ppg_post_expected"].to_numpy(float))
