@@ -8,6 +8,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 from lifelines import CoxPHFitter
+from lifelines.exceptions import ConvergenceError
 from lifelines.statistics import logrank_test
 from sklearn.metrics import f1_score, mean_absolute_error, r2_score, roc_auc_score
 from sksurv.metrics import (concordance_index_censored, concordance_index_ipcw, cumulative_dynamic_auc,
@@ -74,9 +75,12 @@ def hazard_ratio(time: np.ndarray, event: np.ndarray, high_risk: np.ndarray) -> 
     if event[rows][group].sum() == 0 or event[rows][~group].sum() == 0:
         return {"estimate": np.nan, "low": np.nan, "high": np.nan, "logrank_p": np.nan}
     table = pd.DataFrame({"time": time[rows], "event": event[rows], "high": group.astype(float)})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        fitter = CoxPHFitter().fit(table, "time", "event")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fitter = CoxPHFitter().fit(table, "time", "event")
+    except ConvergenceError:
+        return {"estimate": np.nan, "low": np.nan, "high": np.nan, "logrank_p": np.nan}
     summary = fitter.summary.loc["high"]
     p_value = logrank_test(time[rows][group], time[rows][~group], event[rows][group], event[rows][~group]).p_value
     return {"estimate": float(summary["exp(coef)"]), "low": float(summary["exp(coef) lower 95%"]),

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from lifelines import CoxPHFitter
+from lifelines.exceptions import ConvergenceError
 
 from tipsprog import store
 from tipsprog.clinical import FIPS_HIGH_RISK
@@ -65,14 +66,19 @@ def _curves_from_score(score: np.ndarray, data: OutOfFold, grid: np.ndarray) -> 
     for index in np.unique(fold[fold >= 0]).astype(int):
         train = (fold != index) & np.isfinite(score) & np.isfinite(time)
         test = (fold == index) & np.isfinite(score)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            fitter = CoxPHFitter(penalizer=1e-4).fit(
-                pd.DataFrame({"s": score[train], "time": time[train], "event": event[train]}), "time", "event")
-        coefficient = float(fitter.params_["s"])
-        times, cumhaz = breslow(coefficient * score[train], time[train], event[train])
-        curves[test] = survival_at(times, cumhaz, coefficient * score[test], grid)
         cut[test] = np.median(score[train])
+        centre, spread = score[train].mean(), score[train].std() or 1.0
+        standardised = (score - centre) / spread
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                fitter = CoxPHFitter(penalizer=1e-3).fit(
+                    pd.DataFrame({"s": standardised[train], "time": time[train], "event": event[train]}), "time", "event")
+        except ConvergenceError:
+            continue
+        coefficient = float(fitter.params_["s"])
+        times, cumhaz = breslow(coefficient * standardised[train], time[train], event[train])
+        curves[test] = survival_at(times, cumhaz, coefficient * standardised[test], grid)
     return curves, cut
 
 

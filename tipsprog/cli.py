@@ -1,0 +1,278 @@
+"""The `tipsprog` command line: parse arguments, call the stage, print a summary. No logic here."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from tipsprog import __version__
+from tipsprog.errors import InputError
+from tipsprog.parallel import default_workers
+from tipsprog.store import ROI_LABELS
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="CT + clinical prognosis after TIPS: survival, overt HE and portal pressure gradient.")
+console = Console(stderr=True)
+QUIET = typer.Option(False, "--quiet", "-q", help="Print no progress or summary.")
+WORKERS = typer.Option(None, "--workers", help="Parallel processes (default: all cores).")
+DEVICE = typer.Option("auto", "--device", help="auto, cpu or cuda.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"tipsprog {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version.")) -> None:
+    """tipsprog: segment → radiomics → embed → fuse-train → evaluate → predict, with HDF5 stores between."""
+
+
+def guarded(command: Callable) -> Callable:
+    """Exit 2 with one line for bad input, 1 with one line for an internal failure."""
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except InputError as err:
+            console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            console.print("[red]interrupted[/red]: no output was written")
+            raise typer.Exit(130) from None
+        except Exception as err:  # the last line of defence: one line, not a trace
+            if os.environ.get("TIPSPROG_DEBUG"):
+                raise
+            console.print(f"[red]internal error:[/red] {type(err).__name__}: {err} (set TIPSPROG_DEBUG=1 for a trace)",
+                          highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+    return wrapper
+
+
+@contextmanager
+def progress_bar(description: str, total: int | None, quiet: bool) -> Iterator[Callable[..., None]]:
+    """A rich progress bar; yields a callback that advances it (and may update its text)."""
+    if quiet:
+        yield lambda *args, **kwargs: None
+        return
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("eta"), TimeRemainingColumn()]
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task(description, total=total)
+
+        def advance(*_args, text: str | None = None, **_kwargs) -> None:
+            bar.update(task, advance=1, **({"description": f"{description} {text}"} if text else {}))
+
+        yield advance
+
+
+def _workers(workers: Optional[int]) -> int:
+    return workers if workers and workers > 0 else default_workers()
+
+
+def _count_rows(csv: Path) -> int | None:
+    try:
+        return max(sum(1 for line in csv.open(encoding="utf-8-sig") if line.strip()) - 1, 0)
+    except OSError:
+        return None
+
+
+@app.command()
+@guarded
+def synth(out: Path = typer.Option(..., "--out", help="Output folder (must not exist)."),
+          n: int = typer.Option(200, "--n", min=10, help="Patients."),
+          centers: int = typer.Option(3, "--centers", min=1, help="Centers."),
+          seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same cohort)."),
+          size: str = typer.Option("small", "--size", help="small (64×64×32) or full (192×192×96) volumes."),
+          workers: Optional[int] = WORKERS, quiet: bool = QUIET) -> None:
+    """Generate a synthetic multi-center TIPS cohort with known truth."""
+    from tipsprog.synth import CohortSpec, make_cohort
+    from tipsprog.synth.phantom import GRID
+
+    if size not in GRID:
+        raise InputError(f"--size {size}: choose {' or '.join(GRID)}")
+    if out.exists():
+        raise InputError(f"{out}: already exists; choose a new folder")
+    with progress_bar("synth", n, quiet) as advance:
+        make_cohort(out, CohortSpec(n, centers, seed, size), _workers(workers), advance)
+    if not quiet:
+        console.print(f"wrote {n} patients from {centers} centers to {out}")
+
+
+@app.command()
+@guarded
+def segment(cohort: Path = typer.Argument(..., help="cohort.csv (patient_id, ct[, center, label|liver_mask|spleen_mask])."),
+            out: Path = typer.Option(..., "--out", help="Output segment store (.h5)."),
+            backend: str = typer.Option("classic", "--backend", help="classic or masks."),
+            workers: Optional[int] = WORKERS,
+            strict: bool = typer.Option(False, "--strict", help="A failed patient stops the run."),
+            quiet: bool = QUIET) -> None:
+    """Segment liver, spleen and portal vein; store masks, ROI crops, volumes and QC."""
+    from tipsprog.segment import run_segment
+
+    with progress_bar("segment", _count_rows(cohort), quiet) as advance:
+        results = run_segment(cohort, out, backend, _workers(workers), strict, advance)
+    if quiet:
+        return
+    failed = [r for r in results if r.status != "ok"]
+    dice = np.array([r.dice for r in results])
+    table = Table(title=f"segment ({backend}): {len(results) - len(failed)} ok, {len(failed)} failed")
+    for column in ("ROI", "mean volume (mL)", "mean Dice vs reference"):
+        table.add_column(column)
+    volumes = np.array([r.volumes for r in results])
+    for index, roi in enumerate(ROI_LABELS):
+        has_dice = np.isfinite(dice[:, index]).any()
+        table.add_row(roi, f"{np.nanmean(volumes[:, index]):.0f}",
+                      f"{np.nanmean(dice[:, index]):.3f}" if has_dice else "–")
+    console.print(table)
+    for result in failed[:5]:
+        console.print(f"  {result.patient_id}: {result.reason}")
+
+
+@app.command()
+@guarded
+def radiomics(seg: Path = typer.Argument(..., help="Segment store from `tipsprog segment`."),
+              out: Path = typer.Option(..., "--out", help="Output radiomics store (.h5)."),
+              params: str = typer.Option("fast", "--params", help="Preset (fast) or a pyradiomics YAML file."),
+              workers: Optional[int] = WORKERS, quiet: bool = QUIET) -> None:
+    """pyradiomics features per ROI, tagged roi/image-type/feature-class."""
+    from tipsprog.radiomics import run_radiomics
+    from tipsprog.store import open_store, read_patients
+
+    with open_store(seg) as store:
+        total = len(read_patients(store))
+    with progress_bar("radiomics", total, quiet) as advance:
+        records = run_radiomics(seg, out, params, _workers(workers), advance)
+    if not quiet:
+        failed = [r for r in records if r.status != "ok"]
+        console.print(f"radiomics: {len(records) - len(failed)} ok, {len(failed)} failed → {out}")
+
+
+@app.command()
+@guarded
+def embed(seg: Path = typer.Argument(..., help="Segment store from `tipsprog segment`."),
+          out: Path = typer.Option(..., "--out", help="Output embedding store (.h5)."),
+          encoder: str = typer.Option("ssl", "--encoder", help="ssl: self-supervised MONAI autoencoder."),
+          fit: bool = typer.Option(False, "--fit", help="Train the encoder on this store's crops first."),
+          weights: Optional[Path] = typer.Option(None, "--weights", help="Encoder weights to load (or, with --fit, to write; default OUT.pt)."),
+          epochs: int = typer.Option(15, "--epochs", min=1, help="Self-supervised epochs with --fit."),
+          seed: int = typer.Option(0, "--seed"), device: str = DEVICE, quiet: bool = QUIET) -> None:
+    """Deep ROI embeddings from a self-supervised 3D encoder."""
+    from tipsprog.embed import FitSettings, run_embed
+
+    if encoder != "ssl":
+        raise InputError(f"--encoder {encoder}: only 'ssl' is available")
+    with progress_bar("embed: ssl epochs", epochs if fit else 0, quiet) as advance:
+        written = run_embed(seg, out, fit, weights, device, FitSettings(epochs=epochs, seed=seed),
+                            lambda epoch, loss: advance(text=f"loss {loss:.4f}"))
+    if not quiet:
+        console.print(f"embed: {out} (weights {written})")
+
+
+@app.command("fuse-train")
+@guarded
+def fuse_train(stores: list[Path] = typer.Argument(None, help="Feature stores (radiomics.h5, embed.h5, …); none = clinical only."),
+               clinical: Path = typer.Option(..., "--clinical", help="clinical.csv"),
+               outcomes: Path = typer.Option(..., "--outcomes", help="outcomes.csv"),
+               out: Path = typer.Option(..., "--out", help="Output bundle folder."),
+               model: Optional[str] = typer.Option(None, "--model", help="Fusion model (default from config: concat)."),
+               folds: Optional[int] = typer.Option(None, "--folds", help="CV folds (default 5)."),
+               cv: str = typer.Option("kfold", "--cv", help="kfold (stratified by event and center) or center."),
+               modalities: Optional[str] = typer.Option(None, "--modalities", help="Subset, e.g. clinical,radiomics."),
+               config: Optional[Path] = typer.Option(None, "--config", help="YAML config (see tipsprog/configs/default.yaml)."),
+               seed: int = typer.Option(0, "--seed"), device: str = DEVICE, quiet: bool = QUIET) -> None:
+    """Cross-validated multimodal fusion for survival, OHE and ppg_post; writes a model bundle."""
+    from tipsprog.fusion import run_fuse_train
+    from tipsprog.fusion.config import load_config
+
+    settings = load_config(config, model=model, folds=folds)
+    wanted = tuple(m.strip() for m in modalities.split(",")) if modalities else None
+    metrics = run_fuse_train(stores or [], clinical, outcomes, out, settings, wanted, cv, device, seed,
+                             None if quiet else (lambda text: console.print(f"  {text}")))
+    if not quiet:
+        table = Table(title=f"fuse-train ({settings.model}, {cv}): out-of-fold Harrell's C")
+        table.add_column("row")
+        table.add_column("C (95% CI)")
+        for name, value in metrics["harrell_c"].items():
+            table.add_row(name, f"{value['estimate']:.3f} ({value['low']:.3f}–{value['high']:.3f})")
+        console.print(table)
+        console.print(f"bundle → {out}")
+
+
+@app.command()
+@guarded
+def evaluate(bundle: Path = typer.Argument(..., help="Model bundle from `tipsprog fuse-train`."),
+             out: Path = typer.Option(..., "--out", help="Report folder."),
+             truth: Optional[Path] = typer.Option(None, "--truth", help="truth.csv of a synthetic cohort (oracle row)."),
+             bootstrap: int = typer.Option(1000, "--bootstrap", min=10, help="Bootstrap resamples for 95% CIs."),
+             seed: int = typer.Option(0, "--seed"),
+             as_json: bool = typer.Option(False, "--json", help="Print metrics.json to stdout."),
+             quiet: bool = QUIET) -> None:
+    """Out-of-fold metrics with 95% CIs beside the clinical scores; report.md, metrics.json, plots."""
+    from tipsprog.evaluate import run_evaluate
+
+    if not quiet:
+        console.print(f"evaluate: {bootstrap} bootstrap resamples …")
+    document = run_evaluate(bundle, out, truth, bootstrap, seed)
+    if as_json:
+        typer.echo(json.dumps(document, indent=2))
+    if quiet:
+        return
+    table = Table(title=f"{document['patients']} patients, {document['events']} deaths (out-of-fold, 95% CI)")
+    for column in ("row", "Harrell's C", "C random ties", "Uno's C", "IBS"):
+        table.add_column(column)
+    for name, values in document["survival"].items():
+        table.add_row(name, *(_format_ci(values[key]) for key in ("harrell_c", "harrell_c_random_ties", "uno_c", "integrated_brier")))
+    console.print(table)
+    console.print(f"report → {out / 'report.md'}")
+
+
+def _format_ci(entry: dict) -> str:
+    if not np.isfinite(entry.get("low", np.nan)):
+        return f"{entry['estimate']:.3f}"
+    return f"{entry['estimate']:.3f} ({entry['low']:.3f}–{entry['high']:.3f})"
+
+
+@app.command()
+@guarded
+def predict(ct: Optional[Path] = typer.Option(None, "--ct", help="CT file or DICOM series folder."),
+            clinical: Path = typer.Option(..., "--clinical", help="One-row clinical CSV."),
+            model: Path = typer.Option(..., "--model", help="Model bundle folder."),
+            as_json: bool = typer.Option(False, "--json", help="Print JSON to stdout."),
+            device: str = typer.Option("cpu", "--device", help="auto, cpu or cuda.")) -> None:
+    """Predict one patient: risk, group, survival at 6/12/24 months, OHE, ppg_post, clinical scores."""
+    from tipsprog.predict import run_predict
+
+    result = run_predict(model, ct, clinical, device)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    out = Console()
+    out.print(f"[bold]{result['patient_id']}[/bold]: risk {result['risk_score']['estimate']:.3f} "
+              f"(percentile {result["risk_percentile"]:.0f} of the training cohort), {result['risk_group']} risk")
+    for horizon, value in result["survival"].items():
+        out.print(f"  survival at {horizon}: {value['estimate']:.1%} ({value['low']:.1%}–{value['high']:.1%} over {result['members']} members)")
+    ohe, ppg = result["ohe_probability"], result["ppg_post_mmhg"]
+    out.print(f"  overt HE probability: {ohe['estimate']:.1%} ({ohe['low']:.1%}–{ohe['high']:.1%})")
+    out.print(f"  ppg after TIPS: {ppg['estimate']:.1f} mmHg ({ppg['low']:.1f}–{ppg['high']:.1f})")
+    out.print("  " + ", ".join(f"{k} {v:g}" for k, v in result["clinical_scores"].items() if k in ("FIPS", "MELD")))
+    if result["segmentation"]:
+        out.print(f"  segmentation: {result['segmentation']['status']} {result['segmentation']['volumes_ml']}")
+    if result["imputed"]:
+        out.print(f"  imputed (training medians): {', '.join(result['imputed'])}")
+
+
+if __name__ == "__main__":
+    sys.exit(app())

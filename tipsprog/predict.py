@@ -1,0 +1,111 @@
+"""predict stage: replay a bundle's feature pipeline on one scan and clinical row, then the ensemble."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from tipsprog import store
+from tipsprog.clinical import clinical_scores, read_clinical, schema
+from tipsprog.embed import embedding_block, load_weights, resolve_device
+from tipsprog.errors import InputError
+from tipsprog.evaluate.rows import read_oof
+from tipsprog.fusion.bundle import Bundle, load_bundle
+from tipsprog.fusion.data import clinical_features, modality_matrices
+from tipsprog.fusion.training import predict_member, survival_at
+from tipsprog.io import read_ct
+from tipsprog.radiomics import extract_scan
+from tipsprog.segment import quality_reason, segment_scan
+from tipsprog.segment.crops import roi_crops, roi_volumes
+
+
+def _interval(values: np.ndarray) -> dict[str, float]:
+    """Ensemble mean with the spread over members (2.5–97.5 percentiles)."""
+    low, high = np.percentile(values, [2.5, 97.5])
+    return {"estimate": float(np.mean(values)), "low": float(low), "high": float(high)}
+
+
+def _image_blocks(bundle: Bundle, ct_path: Path | None, device_name: str) -> tuple[dict[str, store.FeatureBlock], dict]:
+    """Feature blocks of one scan in the bundle's feature order, and its segmentation QC."""
+    pipeline = bundle.manifest["pipeline"]
+    if not pipeline["blocks"]:
+        return {}, {}
+    if ct_path is None:
+        raise InputError("--ct is required: this bundle uses imaging features")
+    backend = (pipeline.get("segment") or {}).get("backend", "classic")
+    if backend == "masks":
+        raise InputError(f"{bundle.path}: bundle was trained on given masks; predict needs an automatic backend")
+    ct = read_ct(ct_path)
+    labels = segment_scan(ct, backend)
+    volumes = roi_volumes(labels)
+    qc = {"backend": backend, "volumes_ml": {roi: round(float(v), 1) for roi, v in zip(store.ROI_LABELS, volumes)},
+          "status": "failed" if quality_reason(volumes) else "ok", "reason": quality_reason(volumes)}
+    blocks = {}
+    for name, entry in pipeline["blocks"].items():
+        if entry["extractor"] == "pyradiomics":
+            values, _ = extract_scan(ct, labels, entry["params"])
+            row = np.array([[values.get(feature, np.nan) for feature in entry["names"]]])
+            blocks[name] = store.FeatureBlock(row, entry["names"], [])
+        elif "weights" in entry:
+            device = resolve_device(device_name)
+            model = load_weights(bundle.path / entry["weights"], device)
+            crops = {roi: crop[None] for roi, crop in roi_crops(ct, labels).items()}
+            blocks[name] = embedding_block(model, crops, device, {})
+        else:
+            raise InputError(f"{bundle.path}: cannot replay feature block '{name}'")
+    return blocks, qc
+
+
+def _clinical_row(bundle: Bundle, clinical_csv: Path):
+    """The single clinical row, its feature vector and the variables that will be imputed."""
+    table = read_clinical(clinical_csv)
+    if len(table) != 1:
+        raise InputError(f"{clinical_csv}: expected one patient row, found {len(table)}")
+    extras = bundle.manifest["clinical"]["extras"]
+    for column in extras:
+        if column not in table.columns:
+            table[column] = np.nan
+    imputed = [name for name in [*schema(), *extras] if table[name].isna().iloc[0]]
+    matrix, names = clinical_features(table, extras)
+    return table, matrix, names, imputed
+
+
+def predict_one(bundle: Bundle, ct_path: Path | None, clinical_csv: Path, device_name: str = "cpu") -> dict:
+    """Risk, percentile, group, survival at horizons, OHE, ppg_post, clinical scores and QC for one patient."""
+    table, clinical_matrix, clinical_names, imputed = _clinical_row(bundle, clinical_csv)
+    blocks, qc = _image_blocks(bundle, ct_path, device_name)
+    wanted = tuple(bundle.manifest["modalities"])
+    matrices, _ = modality_matrices(blocks, np.array([0]), clinical_matrix, clinical_names, wanted)
+    device = resolve_device(device_name)
+    horizons = np.array(bundle.config.horizons_days, dtype=float)
+    risks, survival, ohe, ppg = [], [], [], []
+    for member in bundle.members:
+        output = predict_member(member, matrices, np.array([0]), bundle.config, device)
+        risks.append(output["risk"][0])
+        survival.append(survival_at(np.array(member.baseline_times), np.array(member.baseline_cumhaz), output["risk"], horizons)[0])
+        ohe.append(output["ohe_probability"][0])
+        ppg.append(output["ppg_post"][0])
+    risk = float(np.mean(risks))
+    reference = read_oof(bundle.path / "oof.h5").oof["risk"]
+    reference = reference[np.isfinite(reference)]
+    cut = bundle.manifest["risk_groups"]["cut"]
+    scores = clinical_scores(table).iloc[0]
+    return {
+        "patient_id": str(table["patient_id"].iloc[0]),
+        "risk_score": _interval(np.array(risks)),
+        "risk_percentile": float(100.0 * np.mean(reference <= risk)),
+        "risk_group": "high" if risk > cut else "low",
+        "survival": {f"{int(h)}d": _interval(np.array(survival)[:, i]) for i, h in enumerate(horizons)},
+        "ohe_probability": _interval(np.array(ohe)),
+        "ppg_post_mmhg": _interval(np.array(ppg)),
+        "clinical_scores": {name: round(float(value), 3) for name, value in scores.items() if np.isfinite(value)},
+        "imputed": imputed,
+        "segmentation": qc,
+        "members": len(bundle.members),
+    }
+
+
+def run_predict(bundle_path: Path, ct_path: Path | None, clinical_csv: Path, device_name: str = "cpu") -> dict:
+    """Load a bundle and predict one patient."""
+    return predict_one(load_bundle(bundle_path), ct_path, clinical_csv, device_name)
