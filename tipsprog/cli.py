@@ -261,7 +261,7 @@ def predict(ct: Optional[Path] = typer.Option(None, "--ct", help="CT file or DIC
         return
     out = Console()
     out.print(f"[bold]{result['patient_id']}[/bold]: risk {result['risk_score']['estimate']:.3f} "
-              f"(percentile {result["risk_percentile"]:.0f} of the training cohort), {result['risk_group']} risk")
+              f"(percentile {result['risk_percentile']:.0f} of the training cohort), {result['risk_group']} risk")
     for horizon, value in result["survival"].items():
         out.print(f"  survival at {horizon}: {value['estimate']:.1%} ({value['low']:.1%}–{value['high']:.1%} over {result['members']} members)")
     ohe, ppg = result["ohe_probability"], result["ppg_post_mmhg"]
