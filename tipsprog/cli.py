@@ -219,13 +219,13 @@ def evaluate(bundle: Path = typer.Argument(..., help="Model bundle from `tipspro
              bootstrap: int = typer.Option(1000, "--bootstrap", min=10, help="Bootstrap resamples for 95% CIs."),
              seed: int = typer.Option(0, "--seed"),
              as_json: bool = typer.Option(False, "--json", help="Print metrics.json to stdout."),
-             quiet: bool = QUIET) -> None:
+             workers: Optional[int] = WORKERS, quiet: bool = QUIET) -> None:
     """Out-of-fold metrics with 95% CIs beside the clinical scores; report.md, metrics.json, plots."""
     from tipsprog.evaluate import run_evaluate
 
     if not quiet:
         console.print(f"evaluate: {bootstrap} bootstrap resamples …")
-    document = run_evaluate(bundle, out, truth, bootstrap, seed)
+    document = run_evaluate(bundle, out, truth, bootstrap, seed, _workers(workers))
     if as_json:
         typer.echo(json.dumps(document, indent=2))
     if quiet:

@@ -14,7 +14,8 @@ from tipsprog.fusion.bundle import load_bundle
 from tipsprog.store import atomic_output
 
 
-def run_evaluate(bundle_path: Path, out: Path, truth_csv: Path | None = None, draws: int = 1000, seed: int = 0) -> dict:
+def run_evaluate(bundle_path: Path, out: Path, truth_csv: Path | None = None, draws: int = 1000, seed: int = 0,
+                 workers: int = 1) -> dict:
     """Evaluate a bundle's out-of-fold predictions; write report.md, metrics.json and plots into `out`."""
     bundle = load_bundle(bundle_path)
     data = read_oof(bundle.path / "oof.h5")
@@ -22,7 +23,7 @@ def run_evaluate(bundle_path: Path, out: Path, truth_csv: Path | None = None, dr
     truth = read_truth(truth_csv, data.patient_ids) if truth_csv else None
     grid = np.linspace(30.0, float(min(horizons.max(), np.nanpercentile(data.outcomes["time"], 90))), 25)
     rows, notes = prediction_rows(data, grid, truth)
-    document = evaluate_rows(rows, data, horizons, draws, seed)
+    document = evaluate_rows(rows, data, horizons, draws, seed, workers)
     document["notes"] = notes
     with atomic_output(out) as tmp:
         tmp.mkdir(parents=True)

@@ -31,15 +31,22 @@ def harrell_c(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
     return float(concordance_index_censored(event[rows].astype(bool), time[rows], risk[rows])[0])
 
 
-def harrell_c_random_ties(time: np.ndarray, event: np.ndarray, risk: np.ndarray, seed: int = 0) -> float:
+def has_ties(risk: np.ndarray) -> bool:
+    """Whether any two finite risk values are equal."""
+    finite = risk[np.isfinite(risk)]
+    return len(np.unique(finite)) < len(finite)
+
+
+def harrell_c_random_ties(time: np.ndarray, event: np.ndarray, risk: np.ndarray, draws: int = TIE_BREAK_DRAWS,
+                          seed: int = 0) -> float:
     """Harrell's C with tied risks broken at random, averaged over draws (ccRCC study)."""
     rows = _known(time, event, risk)
     values = risk[rows]
     gaps = np.diff(np.unique(values))
     jitter = (gaps.min() if len(gaps) else 1.0) * 1e-3
     rng = np.random.default_rng(seed)
-    draws = [harrell_c(time[rows], event[rows], values + rng.uniform(0, jitter, len(values))) for _ in range(TIE_BREAK_DRAWS)]
-    return float(np.mean(draws))
+    results = [harrell_c(time[rows], event[rows], values + rng.uniform(0, jitter, len(values))) for _ in range(draws)]
+    return float(np.mean(results))
 
 
 def uno_c(time: np.ndarray, event: np.ndarray, risk: np.ndarray, tau: float) -> float:
@@ -125,17 +132,25 @@ def interval(estimate: float, replicates: np.ndarray) -> dict[str, float]:
     return {"estimate": float(estimate), "low": float(low), "high": float(high)}
 
 
-def with_bootstrap(statistic: Callable[[np.ndarray], float], n: int, samples: np.ndarray) -> tuple[float, np.ndarray]:
-    """A statistic on all rows and on each resample (failures become NaN)."""
-    def safe(rows: np.ndarray) -> float:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                return float(statistic(rows))
-        except (ValueError, ZeroDivisionError, FloatingPointError):
-            return np.nan
+def _safe(statistic: Callable[[np.ndarray], float | np.ndarray], rows: np.ndarray, width: int) -> np.ndarray:
+    """A statistic on some rows; a resample it cannot be computed on gives NaN."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return np.atleast_1d(np.asarray(statistic(rows), dtype=float))
+    except (ValueError, ZeroDivisionError, FloatingPointError):
+        return np.full(width, np.nan)
 
-    return safe(np.arange(n)), np.array([safe(rows) for rows in samples])
+
+def with_bootstrap(statistic: Callable[[np.ndarray], float], n: int, samples: np.ndarray) -> tuple[float, np.ndarray]:
+    """A scalar statistic on all rows and on each resample (failures become NaN)."""
+    return float(_safe(statistic, np.arange(n), 1)[0]), np.array([_safe(statistic, rows, 1)[0] for rows in samples])
+
+
+def with_bootstrap_vector(statistic: Callable[[np.ndarray], np.ndarray], n: int, samples: np.ndarray,
+                          width: int) -> tuple[np.ndarray, np.ndarray]:
+    """A vector of statistics on all rows and on each resample, [width] and [draws, width]."""
+    return _safe(statistic, np.arange(n), width), np.array([_safe(statistic, rows, width) for rows in samples])
 
 
 def harrell_c_with_ci(time: np.ndarray, event: np.ndarray, risk: np.ndarray, draws: int = 200, seed: int = 0) -> dict[str, float]:

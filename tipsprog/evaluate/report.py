@@ -6,34 +6,34 @@ import numpy as np
 
 from tipsprog.evaluate import metrics
 from tipsprog.evaluate.rows import OutOfFold, PredictionRow
+from tipsprog.parallel import map_ordered
 
 METRICS_SCHEMA = "tipsprog-metrics-1"
 
 
 def survival_metrics(row: PredictionRow, data: OutOfFold, horizons: np.ndarray, tau: float, grid: np.ndarray,
                      samples: np.ndarray) -> tuple[dict, np.ndarray]:
-    """Survival metrics of one row with CIs, and its Harrell's C replicates (for paired differences)."""
+    """Survival metrics of one row with CIs, and its Harrell's C replicates (for paired differences).
+
+    Random tie-breaking uses 20 draws for the estimate and one draw per resample for the interval.
+    """
     time, event, risk = data.outcomes["time"], data.outcomes["event"], row.risk
-    n = len(time)
-    tied = len(np.unique(risk[np.isfinite(risk)])) < np.isfinite(risk).sum()
-    statistics = {
-        "harrell_c": lambda r: metrics.harrell_c(time[r], event[r], risk[r]),
-        "harrell_c_random_ties": (lambda r: metrics.harrell_c_random_ties(time[r], event[r], risk[r])) if tied
-        else (lambda r: metrics.harrell_c(time[r], event[r], risk[r])),
-        "uno_c": lambda r: metrics.uno_c(time[r], event[r], risk[r], tau),
-        "integrated_brier": lambda r: metrics.integrated_brier(time[r], event[r], row.survival[r], grid),
-    }
-    for index, horizon in enumerate(horizons):
-        statistics[f"auc_{int(horizon)}d"] = (
-            lambda r, i=index, h=horizon: metrics.time_dependent_auc(time[r], event[r], risk[r], np.array([h]))[0])
-    results, c_replicates = {}, np.array([])
-    for name, statistic in statistics.items():
-        estimate, replicates = metrics.with_bootstrap(statistic, n, samples)
-        results[name] = metrics.interval(estimate, replicates)
-        if name == "harrell_c":
-            c_replicates = replicates
+    tied = metrics.has_ties(risk)
+    names = ["harrell_c", "harrell_c_random_ties", "uno_c", "integrated_brier", *(f"auc_{int(h)}d" for h in horizons)]
+
+    def statistics(rows: np.ndarray, tie_draws: int) -> np.ndarray:
+        plain = metrics.harrell_c(time[rows], event[rows], risk[rows])
+        random_ties = metrics.harrell_c_random_ties(time[rows], event[rows], risk[rows], tie_draws) if tied else plain
+        return np.array([plain, random_ties, metrics.uno_c(time[rows], event[rows], risk[rows], tau),
+                         metrics.integrated_brier(time[rows], event[rows], row.survival[rows], grid),
+                         *metrics.time_dependent_auc(time[rows], event[rows], risk[rows], horizons)])
+
+    estimate, _ = metrics.with_bootstrap_vector(lambda r: statistics(r, metrics.TIE_BREAK_DRAWS), len(time),
+                                                samples[:0], len(names))
+    _, replicates = metrics.with_bootstrap_vector(lambda r: statistics(r, 1), len(time), samples, len(names))
+    results = {name: metrics.interval(estimate[i], replicates[:, i]) for i, name in enumerate(names)}
     results["hazard_ratio"] = metrics.hazard_ratio(time, event, row.high_risk.astype(float))
-    return results, c_replicates
+    return results, replicates[:, 0]
 
 
 def ohe_metrics(row: PredictionRow, data: OutOfFold, samples: np.ndarray) -> dict:
@@ -56,19 +56,30 @@ def ppg_metrics(row: PredictionRow, data: OutOfFold, samples: np.ndarray) -> dic
     }
 
 
-def evaluate_rows(rows: list[PredictionRow], data: OutOfFold, horizons: np.ndarray, draws: int, seed: int) -> dict:
+def _row_metrics(job: tuple) -> tuple[dict, np.ndarray, dict | None, dict | None]:
+    """All metrics of one row (a unit of parallel work)."""
+    row, data, horizons, tau, grid, samples = job
+    survival, c_replicates = survival_metrics(row, data, horizons, tau, grid, samples)
+    ohe = ohe_metrics(row, data, samples) if row.ohe_probability is not None else None
+    ppg = ppg_metrics(row, data, samples) if row.ppg_post is not None else None
+    return survival, c_replicates, ohe, ppg
+
+
+def evaluate_rows(rows: list[PredictionRow], data: OutOfFold, horizons: np.ndarray, draws: int, seed: int,
+                  workers: int = 1) -> dict:
     """The whole metrics document (schema tipsprog-metrics-1)."""
     time = data.outcomes["time"]
     tau = float(min(horizons.max(), np.nanpercentile(time, 90)))
     grid = np.linspace(30.0, tau, 25)
     samples = metrics.bootstrap_samples(len(time), draws, seed)
     survival, ohe, ppg, c_replicates = {}, {}, {}, {}
-    for row in rows:
-        survival[row.name], c_replicates[row.name] = survival_metrics(row, data, horizons, tau, grid, samples)
-        if row.ohe_probability is not None:
-            ohe[row.name] = ohe_metrics(row, data, samples)
-        if row.ppg_post is not None:
-            ppg[row.name] = ppg_metrics(row, data, samples)
+    jobs = [(row, data, horizons, tau, grid, samples) for row in rows]
+    for row, (row_survival, row_c, row_ohe, row_ppg) in zip(rows, map_ordered(_row_metrics, jobs, workers)):
+        survival[row.name], c_replicates[row.name] = row_survival, row_c
+        if row_ohe is not None:
+            ohe[row.name] = row_ohe
+        if row_ppg is not None:
+            ppg[row.name] = row_ppg
     model_c = survival["model"]["harrell_c"]["estimate"]
     differences = {
         name: metrics.interval(model_c - survival[name]["harrell_c"]["estimate"], c_replicates["model"] - replicates)

@@ -48,6 +48,7 @@ class Member:
     baseline_cumhaz: list[float] = field(default_factory=list)
     risk_cut: float = 0.0
     ohe_threshold: float = 0.5
+    ohe_logit_offset: float = 0.0
     best_epoch: int = 0
 
 
@@ -167,7 +168,8 @@ def train_member(data: TrainingData, train_rows: np.ndarray, config: TrainConfig
             waited += 1
             if waited >= config.patience:
                 break
-    member = Member(fold, seed, scalers, best_state, dims, ppg_mean, ppg_std, best_epoch=best_epoch)
+    member = Member(fold, seed, scalers, best_state, dims, ppg_mean, ppg_std, best_epoch=best_epoch,
+                    ohe_logit_offset=float(np.log(max(pos_weight, 1e-6))))
     train_prediction = predict_member(member, data.matrices, train_rows, config, device)
     times, cumhaz = breslow(train_prediction["risk"], data.time[train_rows], data.event[train_rows])
     member.baseline_times, member.baseline_cumhaz = times.tolist(), cumhaz.tolist()
@@ -179,13 +181,16 @@ def train_member(data: TrainingData, train_rows: np.ndarray, config: TrainConfig
 @torch.no_grad()
 def predict_member(member: Member, matrices: dict[str, np.ndarray], rows: np.ndarray, config: TrainConfig,
                    device: torch.device) -> dict[str, np.ndarray]:
-    """One member's risk, OHE probability and ppg_post for the selected rows."""
+    """One member's risk, OHE probability and ppg_post for the selected rows.
+
+    The OHE logit is shifted by −log(pos_weight): class-weighted BCE inflates the odds by that factor.
+    """
     model = build_model(config.model, member.modality_dims, config.hidden, config.dropout).to(device)
     model.load_state_dict(member.state_dict)
     model.eval()
     outputs = model(_tensors(transform_all(member.scalers, matrices, rows), device))
     return {"risk": outputs["risk"].double().cpu().numpy(),
-            "ohe_probability": torch.sigmoid(outputs["ohe"]).double().cpu().numpy(),
+            "ohe_probability": torch.sigmoid(outputs["ohe"] - member.ohe_logit_offset).double().cpu().numpy(),
             "ppg_post": outputs["ppg"].double().cpu().numpy() * member.ppg_std + member.ppg_mean}
 
 

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The whole tipsprog pipeline on a generated 3-center cohort, one patient held out for predict.
+# Usage: bash examples/demo.sh [OUTPUT_DIR]   (make demo runs it inside the project's .venv)
+set -euo pipefail
+out=${1:-demo-out}
+n=${DEMO_PATIENTS:-300}
+rm -rf "$out"
+mkdir -p "$out"
+cd "$out"
+start=$SECONDS
+step() { printf '\n\033[1m== %s\033[0m (%ds)\n' "$1" $((SECONDS - start)); }
+
+step "synth: $((n + 1)) patients, 3 centers"
+tipsprog synth --out cohort --n $((n + 1)) --centers 3 --seed 7
+held_out=$(tail -n 1 cohort/cohort.csv | cut -d, -f1)
+for table in cohort clinical outcomes; do
+  grep -v "^${held_out}," "cohort/${table}.csv" > "cohort/train_${table}.csv"
+done
+{ head -n 1 cohort/clinical.csv; grep "^${held_out}," cohort/clinical.csv; } > held_out_clinical.csv
+
+step "segment (classic backend)"
+tipsprog segment cohort/train_cohort.csv --out seg.h5
+step "radiomics (pyradiomics, original image, all classes)"
+tipsprog radiomics seg.h5 --out radiomics.h5
+step "embed (self-supervised 3D autoencoder)"
+tipsprog embed seg.h5 --out embed.h5 --fit
+step "fuse-train (concat fusion, 5-fold CV stratified by event and center)"
+tipsprog fuse-train radiomics.h5 embed.h5 --clinical cohort/train_clinical.csv --outcomes cohort/train_outcomes.csv --out model
+step "evaluate (out-of-fold, bootstrap 95% CIs, clinical scores, oracle)"
+tipsprog evaluate model --out report --truth cohort/truth.csv --bootstrap "${DEMO_BOOTSTRAP:-1000}"
+step "predict the held-out patient ${held_out}"
+tipsprog predict --ct "cohort/images/${held_out}.nii.gz" --clinical held_out_clinical.csv --model model
+printf '\nDemo finished in %d s. Report: %s/report/report.md\n' $((SECONDS - start)) "$out"
