@@ -13,6 +13,7 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -47,7 +48,7 @@ def guarded(command: Callable) -> Callable:
         try:
             return command(*args, **kwargs)
         except InputError as err:
-            console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+            console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             console.print("[red]interrupted[/red]: no output was written")
@@ -55,7 +56,7 @@ def guarded(command: Callable) -> Callable:
         except Exception as err:  # the last line of defence: one line, not a trace
             if os.environ.get("TIPSPROG_DEBUG"):
                 raise
-            console.print(f"[red]internal error:[/red] {type(err).__name__}: {err} (set TIPSPROG_DEBUG=1 for a trace)",
+            console.print(f"[red]internal error:[/red] {type(err).__name__}: {escape(str(err))} (set TIPSPROG_DEBUG=1 for a trace)",
                           highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
     return wrapper
@@ -138,7 +139,7 @@ def segment(cohort: Path = typer.Argument(..., help="cohort.csv (patient_id, ct[
                       f"{np.nanmean(dice[:, index]):.3f}" if has_dice else "–")
     console.print(table)
     for result in failed[:5]:
-        console.print(f"  {result.patient_id}: {result.reason}")
+        console.print(f"  {result.patient_id}: {escape(result.reason)}")
 
 
 @app.command()
@@ -200,7 +201,7 @@ def fuse_train(stores: list[Path] = typer.Argument(None, help="Feature stores (r
     settings = load_config(config, model=model, folds=folds)
     wanted = tuple(m.strip() for m in modalities.split(",")) if modalities else None
     metrics = run_fuse_train(stores or [], clinical, outcomes, out, settings, wanted, cv, device, seed,
-                             None if quiet else (lambda text: console.print(f"  {text}")))
+                             None if quiet else (lambda text: console.print(f"  {escape(text)}")))
     if not quiet:
         table = Table(title=f"fuse-train ({settings.model}, {cv}): out-of-fold Harrell's C")
         table.add_column("row")

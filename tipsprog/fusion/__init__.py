@@ -38,8 +38,11 @@ def _describe(ids: list[str], limit: int = 3) -> str:
     return f"{len(ids)} ({shown}{', …' if len(ids) > limit else ''})"
 
 
-def assemble(stores: list[Path], clinical_csv: Path, outcomes_csv: Path, modalities: tuple[str, ...]) -> Assembled:
-    """Join stores, clinical table and outcomes on patient ID; report every unmatched ID."""
+def assemble(stores: list[Path], clinical_csv: Path, outcomes_csv: Path, modalities: tuple[str, ...] | None) -> Assembled:
+    """Join stores, clinical table and outcomes on patient ID; report every unmatched ID.
+
+    `modalities` None means every modality the stores and the clinical table provide.
+    """
     clinical = read_clinical(clinical_csv)
     outcomes = read_outcomes(outcomes_csv)
     notes = []
@@ -64,6 +67,7 @@ def assemble(stores: list[Path], clinical_csv: Path, outcomes_csv: Path, modalit
     table = clinical.loc[common]
     clinical_matrix, clinical_names = clinical_features(table, extras)
     available = {"clinical", *(modality_of(name) for name in blocks)}
+    modalities = modalities or tuple(m for m in MODALITIES if m in available)
     missing = [m for m in modalities if m not in available]
     if missing:
         raise InputError(f"--modalities: {', '.join(missing)} not in the given stores (available: {', '.join(sorted(available))})")
@@ -126,8 +130,7 @@ def run_fuse_train(stores: list[Path], clinical_csv: Path, outcomes_csv: Path, o
                    modalities: tuple[str, ...] | None = None, cv_mode: str = "kfold", device_name: str = "auto",
                    seed: int = 0, progress: Callable[[str], None] | None = None) -> dict:
     """Cross-validate the fusion model and write the bundle; return the summary metrics."""
-    wanted = modalities or MODALITIES
-    assembled = assemble(stores, clinical_csv, outcomes_csv, tuple(wanted))
+    assembled = assemble(stores, clinical_csv, outcomes_csv, modalities)
     for note in assembled.notes:
         if progress:
             progress(note)

@@ -1,0 +1,131 @@
+"""Every bad input exits 2 with one line naming the file and row or field, and writes nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+
+from conftest import Pipeline, invoke
+
+
+def _one_row(pipeline: Pipeline, folder: Path) -> Path:
+    row = folder / "row.csv"
+    pd.read_csv(pipeline.clinical).iloc[[0]].to_csv(row, index=False)
+    return row
+
+
+def _predict(pipeline: Pipeline, folder: Path, ct: Path) -> list:
+    return ["predict", "--ct", ct, "--clinical", _one_row(pipeline, folder), "--model", pipeline.bundle]
+
+
+def missing_ct(p, d):
+    return _predict(p, d, d / "nope.nii.gz"), "nope.nii.gz: CT file not found"
+
+
+def unreadable_ct(p, d):
+    (d / "junk.nii.gz").write_bytes(b"not an image at all")
+    return _predict(p, d, d / "junk.nii.gz"), "junk.nii.gz: cannot read CT"
+
+
+def ct_not_3d(p, d):
+    sitk.WriteImage(sitk.Image(32, 32, sitk.sitkInt16), str(d / "flat.nii.gz"))
+    return _predict(p, d, d / "flat.nii.gz"), "flat.nii.gz: CT must be a 3-D scalar image"
+
+
+def missing_ct_strict_segment(p, d):
+    cohort = pd.read_csv(p.cohort / "cohort.csv").head(2).drop(columns="label")
+    cohort["ct"] = [str(p.cohort / "images" / "P0000.nii.gz"), str(d / "gone.nii.gz")]
+    cohort.to_csv(d / "cohort.csv", index=False)
+    return ["segment", d / "cohort.csv", "--out", d / "out.h5", "--strict", "--workers", 1], "patient P0001: "
+
+
+def cohort_without_patient_id(p, d):
+    pd.read_csv(p.cohort / "cohort.csv").drop(columns="patient_id").to_csv(d / "cohort.csv", index=False)
+    return ["segment", d / "cohort.csv", "--out", d / "out.h5"], "cohort.csv: missing required column 'patient_id'"
+
+
+def duplicate_ids(p, d):
+    cohort = pd.read_csv(p.cohort / "cohort.csv").head(3)
+    cohort.loc[2, "patient_id"] = "P0000"
+    cohort.to_csv(d / "cohort.csv", index=False)
+    return ["segment", d / "cohort.csv", "--out", d / "out.h5"], "cohort.csv: duplicate patient_id 'P0000'"
+
+
+def _train(p, d, clinical=None, outcomes=None, stores=None):
+    return ["fuse-train", *(stores or [p.radiomics]), "--clinical", clinical or p.clinical,
+            "--outcomes", outcomes or p.outcomes, "--out", d / "out", "--folds", 3]
+
+
+def clinical_out_of_range(p, d):
+    table = pd.read_csv(p.clinical)
+    table.loc[3, "albumin"] = 900
+    table.to_csv(d / "clinical.csv", index=False)
+    return _train(p, d, clinical=d / "clinical.csv"), "clinical.csv: patient P0003: albumin=900"
+
+
+def clinical_unknown_unit(p, d):
+    table = pd.read_csv(p.clinical).rename(columns={"creatinine": "creatinine[stones]"})
+    table.to_csv(d / "clinical.csv", index=False)
+    return _train(p, d, clinical=d / "clinical.csv"), "clinical.csv: column 'creatinine[stones]': unknown unit 'stones'"
+
+
+def negative_time(p, d):
+    table = pd.read_csv(p.outcomes)
+    table.loc[2, "time"] = -5
+    table.to_csv(d / "outcomes.csv", index=False)
+    return _train(p, d, outcomes=d / "outcomes.csv"), "outcomes.csv: patient P0002: time=-5: negative survival time"
+
+
+def event_not_binary(p, d):
+    table = pd.read_csv(p.outcomes)
+    table.loc[4, "event"] = 2
+    table.to_csv(d / "outcomes.csv", index=False)
+    return _train(p, d, outcomes=d / "outcomes.csv"), "outcomes.csv: patient P0004: event=2: event must be 0 or 1"
+
+
+def store_of_other_schema(p, d):
+    old = d / "old.h5"
+    old.write_bytes(p.radiomics.read_bytes())
+    with h5py.File(old, "a") as h5:
+        h5.attrs["schema_version"] = 99
+    return _train(p, d, stores=[old]), "old.h5: store schema_version 99"
+
+
+def no_patient_in_common(p, d):
+    table = pd.read_csv(p.outcomes)
+    table["patient_id"] = "X" + table["patient_id"]
+    table.to_csv(d / "outcomes.csv", index=False)
+    return _train(p, d, outcomes=d / "outcomes.csv"), "outcomes.csv: no patient in common with"
+
+
+CASES = [missing_ct, unreadable_ct, ct_not_3d, missing_ct_strict_segment, cohort_without_patient_id, duplicate_ids,
+         clinical_out_of_range, clinical_unknown_unit, negative_time, event_not_binary, store_of_other_schema,
+         no_patient_in_common]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.__name__ for c in CASES])
+def test_bad_input(case, pipeline, tmp_path):
+    args, fragment = case(pipeline, tmp_path)
+    before = set(tmp_path.iterdir())
+    result = invoke(*args)
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in result.output, result.output
+    assert fragment in errors[0]
+    assert set(tmp_path.iterdir()) == before, "output or temporary files were left behind"
+
+
+def test_good_inputs_of_the_same_shape_pass(pipeline, tmp_path):
+    """The fixtures above differ from valid inputs only in the broken field."""
+    table = pd.read_csv(pipeline.clinical).rename(columns={"bilirubin": "bilirubin[umol/L]"})
+    table["bilirubin[umol/L]"] = table["bilirubin[umol/L]"] * 17.1
+    table.to_csv(tmp_path / "clinical.csv", index=False)
+    result = invoke("fuse-train", pipeline.radiomics, "--clinical", tmp_path / "clinical.csv", "--outcomes",
+                    pipeline.outcomes, "--out", tmp_path / "model", "--folds", 3, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert np.isfinite(h5py.File(tmp_path / "model" / "oof.h5")["oof/risk"][()]).all()

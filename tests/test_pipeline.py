@@ -1,0 +1,100 @@
+"""End to end through the CLI on a tiny cohort: stores, bundle, report, prediction."""
+
+import json
+import shutil
+
+import h5py
+import numpy as np
+import pandas as pd
+import yaml
+
+from conftest import invoke
+
+
+def test_stores_follow_the_schema(pipeline):
+    with h5py.File(pipeline.seg) as seg:
+        assert seg.attrs["schema_version"] == 1
+        assert seg["segment/crops/liver"].shape[0] == 30
+        assert set(seg["segment/masks"]) == {f"P{i:04d}" for i in range(30)}
+    with h5py.File(pipeline.radiomics) as rad:
+        groups = [g.decode() for g in rad["features/radiomics/groups"][()]]
+        assert "liver/original/glcm" in groups and "spleen/original/shape" in groups
+        assert rad["features/radiomics/values"].shape == (30, len(groups))
+    with h5py.File(pipeline.embed) as emb:
+        values = emb["features/embed-ssl/values"][()]
+        assert values.shape == (30, 64) and np.isfinite(values).all() and values.std(axis=0).max() > 0
+
+
+def test_bundle_contents(pipeline):
+    manifest = yaml.safe_load((pipeline.bundle / "bundle.yaml").read_text())
+    assert set(manifest["files"]) >= {"weights.pt", "preprocess.json", "oof.h5", "metrics.json", "model_card.md", "embed-ssl.pt"}
+    assert manifest["pipeline"]["segment"] == {"backend": "classic"}
+    assert set(manifest["modalities"]) == {"clinical", "radiomics", "embed"}
+    with h5py.File(pipeline.bundle / "oof.h5") as oof:
+        risk = oof["oof/risk"][()]
+        folds = oof["outcomes/fold"][()]
+        assert np.isfinite(risk).all() and set(folds) == {0, 1, 2}
+        assert set(oof["scores"]) >= {"FIPS", "MELD", "MELD-Na", "Child-Pugh", "ALBI"}
+
+
+def test_evaluate_writes_report_with_cis_and_baselines(pipeline, tmp_path):
+    result = invoke("evaluate", pipeline.bundle, "--out", tmp_path / "report", "--truth", pipeline.cohort / "truth.csv",
+                    "--bootstrap", 20, "--workers", 1, "--quiet")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert metrics["schema"] == "tipsprog-metrics-1"
+    rows = metrics["survival"]
+    assert {"model", "clinical-cox", "FIPS", "MELD", "oracle"} <= set(rows)
+    for row in rows.values():
+        c = row["harrell_c"]
+        assert 0 <= c["low"] <= c["estimate"] <= c["high"] <= 1
+    assert rows["oracle"]["harrell_c"]["estimate"] > 0.6
+    assert {"auc", "f1"} <= set(metrics["ohe"]["model"]) and "mae_mmhg" in metrics["ppg_post"]["model"]
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "| FIPS |" in report and "| oracle |" in report
+    for plot in ("km.png", "ohe_roc.png"):
+        assert (tmp_path / "report" / plot).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_predict_single_patient_json(pipeline, tmp_path):
+    clinical = pd.read_csv(pipeline.clinical)
+    clinical.iloc[[0]].to_csv(tmp_path / "row.csv", index=False)
+    result = invoke("predict", "--ct", pipeline.cohort / "images" / "P0000.nii.gz", "--clinical", tmp_path / "row.csv",
+                    "--model", pipeline.bundle, "--json")
+    assert result.exit_code == 0, result.output
+    prediction = json.loads(result.stdout)
+    assert prediction["patient_id"] == "P0000"
+    assert 0 <= prediction["risk_percentile"] <= 100 and prediction["risk_group"] in ("low", "high")
+    survival = [prediction["survival"][k]["estimate"] for k in ("182d", "365d", "730d")]
+    assert all(0 < s <= 1 for s in survival) and survival == sorted(survival, reverse=True)
+    assert 0 < prediction["ohe_probability"]["estimate"] < 1
+    assert 0 < prediction["ppg_post_mmhg"]["estimate"] < 60
+    assert {"FIPS", "MELD"} <= set(prediction["clinical_scores"])
+    assert prediction["segmentation"]["status"] == "ok"
+    assert 600 < prediction["segmentation"]["volumes_ml"]["liver"] < 4000
+
+
+def test_moved_bundle_predicts_identically(pipeline, tmp_path):
+    """A bundle copied elsewhere predicts identically (weights travel with it)."""
+    clinical = pd.read_csv(pipeline.clinical)
+    clinical.iloc[[1]].to_csv(tmp_path / "row.csv", index=False)
+    args = ["--ct", pipeline.cohort / "images" / "P0001.nii.gz", "--clinical", tmp_path / "row.csv", "--json"]
+    first = json.loads(invoke("predict", *args, "--model", pipeline.bundle).stdout)
+    shutil.copytree(pipeline.bundle, tmp_path / "moved")
+    second = json.loads(invoke("predict", *args, "--model", tmp_path / "moved").stdout)
+    assert first == second
+
+
+def test_synth_is_deterministic(tmp_path):
+    for name in ("a", "b"):
+        assert invoke("synth", "--out", tmp_path / name, "--n", 12, "--seed", 4, "--workers", 1, "--quiet").exit_code == 0
+    for table in ("clinical.csv", "outcomes.csv", "truth.csv"):
+        assert (tmp_path / "a" / table).read_text() == (tmp_path / "b" / table).read_text()
+    assert (tmp_path / "a" / "images" / "P0005.nii.gz").read_bytes() == (tmp_path / "b" / "images" / "P0005.nii.gz").read_bytes()
+
+
+def test_version_and_help():
+    assert invoke("--version").stdout.startswith("tipsprog ")
+    listing = invoke("--help").stdout
+    for command in ("synth", "segment", "radiomics", "embed", "fuse-train", "evaluate", "predict"):
+        assert command in listing
