@@ -74,18 +74,19 @@ def clinical_unknown_unit(p, d):
     return _train(p, d, clinical=d / "clinical.csv"), "clinical.csv: column 'creatinine[stones]': unknown unit 'stones'"
 
 
-def negative_time(p, d):
+def _edited_outcomes(p, d, row: int, column: str, value: float) -> list:
     table = pd.read_csv(p.outcomes)
-    table.loc[2, "time"] = -5
+    table.loc[row, column] = value
     table.to_csv(d / "outcomes.csv", index=False)
-    return _train(p, d, outcomes=d / "outcomes.csv"), "outcomes.csv: patient P0002: time=-5: negative survival time"
+    return _train(p, d, outcomes=d / "outcomes.csv")
+
+
+def negative_time(p, d):
+    return _edited_outcomes(p, d, 2, "time", -5), "outcomes.csv: patient P0002: time=-5: negative survival time"
 
 
 def event_not_binary(p, d):
-    table = pd.read_csv(p.outcomes)
-    table.loc[4, "event"] = 2
-    table.to_csv(d / "outcomes.csv", index=False)
-    return _train(p, d, outcomes=d / "outcomes.csv"), "outcomes.csv: patient P0004: event=2: event must be 0 or 1"
+    return _edited_outcomes(p, d, 4, "event", 2), "outcomes.csv: patient P0004: event=2: event must be 0 or 1"
 
 
 def store_of_other_schema(p, d):

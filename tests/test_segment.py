@@ -9,20 +9,12 @@ import SimpleITK as sitk
 from tipsprog.io import read_ct, read_mask
 from tipsprog.segment import dice_per_roi, run_segment, segment_scan
 from tipsprog.segment.crops import CROP_SHAPE, roi_crops, roi_volumes
+from tipsprog.segment.masks import TOTALSEGMENTATOR_IDS, map_labels
 from tipsprog.store import open_store, read_qc, read_roi_table
 from tipsprog.synth import CohortSpec, make_cohort
 
-TOTALSEG_TO_TIPSPROG = {5: 1, 1: 2, 64: 3}
-
-
 def _real_reference(real_ct: Path, ct: sitk.Image) -> sitk.Image:
-    seg = sitk.GetArrayFromImage(read_mask(real_ct / "example_seg.nii.gz", ct))
-    labels = np.zeros_like(seg)
-    for source, target in TOTALSEG_TO_TIPSPROG.items():
-        labels[seg == source] = target
-    image = sitk.GetImageFromArray(labels)
-    image.CopyInformation(ct)
-    return image
+    return map_labels(read_mask(real_ct / "example_seg.nii.gz", ct), TOTALSEGMENTATOR_IDS)
 
 
 def test_classic_on_synthetic_scans(tmp_path):

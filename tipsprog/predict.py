@@ -8,7 +8,8 @@ import numpy as np
 
 from tipsprog import store
 from tipsprog.clinical import clinical_scores, read_clinical, schema
-from tipsprog.embed import embedding_block, load_weights, resolve_device
+from tipsprog.devices import resolve_device
+from tipsprog.embed import embedding_block, load_weights
 from tipsprog.errors import InputError
 from tipsprog.evaluate.rows import read_oof
 from tipsprog.fusion.bundle import Bundle, load_bundle

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import sys
@@ -32,6 +33,11 @@ class FeatureBlock:
     names: list[str]
     groups: list[str]
     attrs: dict[str, str] = field(default_factory=dict)
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 @contextmanager

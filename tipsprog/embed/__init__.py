@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -13,7 +12,9 @@ import torch.nn.functional as F
 from monai.networks.nets import AutoEncoder
 
 from tipsprog import store
+from tipsprog.devices import resolve_device
 from tipsprog.errors import InputError
+from tipsprog.store import file_sha256
 
 EMBED_ROIS = ("liver", "spleen")
 WEIGHTS_FORMAT = "tipsprog-embed-1"
@@ -30,17 +31,6 @@ class FitSettings:
 
 
 ARCHITECTURE = {"channels": [8, 16, 32], "strides": [2, 2, 2]}
-
-
-def resolve_device(device: str) -> torch.device:
-    """'auto' → CUDA when present, else CPU; an unavailable 'cuda' is an input error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda: no CUDA device is available")
-    if device not in ("cpu", "cuda"):
-        raise InputError(f"--device {device}: choose auto, cpu or cuda")
-    return torch.device(device)
 
 
 def build_autoencoder() -> AutoEncoder:
@@ -87,11 +77,6 @@ def save_weights(model: AutoEncoder, path: Path) -> str:
         torch.save({"format": WEIGHTS_FORMAT, "architecture": ARCHITECTURE,
                     "state_dict": model.state_dict()}, tmp)
     return file_sha256(path)
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def load_weights(path: Path, device: torch.device) -> AutoEncoder:

@@ -11,9 +11,10 @@ import pandas as pd
 import yaml
 
 from tipsprog import store
+from tipsprog.store import file_sha256
 from tipsprog.clinical import clinical_scores, read_clinical
 from tipsprog.fusion.config import TrainConfig
-from tipsprog.embed import file_sha256, resolve_device
+from tipsprog.devices import resolve_device
 from tipsprog.errors import InputError
 from tipsprog.evaluate.metrics import harrell_c_with_ci
 from tipsprog.fusion.bundle import write_bundle

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from dataclasses import asdict, dataclass
@@ -32,10 +31,6 @@ class Bundle:
     manifest: dict
     config: TrainConfig
     members: list[Member]
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _member_payload(member: Member) -> dict:
@@ -68,7 +63,7 @@ def write_bundle(out: Path, data: TrainingData, cv: CrossValidation, config: Tra
         manifest = {**manifest, "bundle_format": BUNDLE_FORMAT, "tipsprog_version": __version__,
                     "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                     "config": asdict(config)}
-        manifest["files"] = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        manifest["files"] = {p.name: store.file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         (tmp / "bundle.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
 
 
@@ -88,7 +83,7 @@ def load_bundle(path: Path) -> Bundle:
         file = path / name
         if not file.is_file():
             raise InputError(f"{path}: bundle file {name} is missing")
-        if _sha256(file) != digest:
+        if store.file_sha256(file) != digest:
             raise InputError(f"{path}: bundle file {name} does not match its recorded sha256")
     payload = torch.load(path / "weights.pt", map_location="cpu", weights_only=True)
     preprocess = json.loads((path / "preprocess.json").read_text())
