@@ -93,7 +93,7 @@ def _count_rows(csv: Path) -> int | None:
 @app.command()
 @guarded
 def synth(out: Path = typer.Option(..., "--out", help="Output folder (must not exist)."),
-          n: int = typer.Option(200, "--n", min=10, help="Patients."),
+          n: int = typer.Option(200, "--n", min=1, help="Patients."),
           centers: int = typer.Option(3, "--centers", min=1, help="Centers."),
           seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same cohort)."),
           size: str = typer.Option("small", "--size", help="small (64×64×32) or full (192×192×96) volumes."),
