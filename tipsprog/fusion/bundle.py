@@ -15,7 +15,7 @@ import yaml
 from tipsprog import __version__, store
 from tipsprog.fusion.config import TrainConfig
 from tipsprog.errors import InputError
-from tipsprog.fusion.data import ColumnScaler
+from tipsprog.fusion.data import ModalityPreprocessor
 from tipsprog.fusion.training import CrossValidation, Member, TrainingData
 
 BUNDLE_FORMAT = 1
@@ -34,9 +34,9 @@ class Bundle:
 
 
 def _member_payload(member: Member) -> dict:
-    """The weights.pt entry of one member (no scalers: those live in preprocess.json)."""
+    """The weights.pt entry of one member (preprocessing lives in preprocess.json)."""
     payload = asdict(member)
-    payload.pop("scalers")
+    payload.pop("preprocessors")
     return payload
 
 
@@ -49,7 +49,7 @@ def write_bundle(out: Path, data: TrainingData, cv: CrossValidation, config: Tra
             shutil.copyfile(source, tmp / name)
         torch.save({"format": WEIGHTS_FORMAT, "members": [_member_payload(m) for m in cv.members]}, tmp / "weights.pt")
         (tmp / "preprocess.json").write_text(json.dumps(
-            {"members": [{"fold": m.fold, "seed": m.seed, "scalers": {k: s.to_dict() for k, s in m.scalers.items()}}
+            {"members": [{"fold": m.fold, "seed": m.seed, "preprocessors": {k: p.to_dict() for k, p in m.preprocessors.items()}}
                          for m in cv.members]}))
         with store.create_store(tmp / "oof.h5", data.patient_ids, data.centers.tolist()) as h5:
             store.write_columns(h5, "outcomes", {"time": data.time, "event": data.event, "ohe": data.ohe,
@@ -88,6 +88,7 @@ def load_bundle(path: Path) -> Bundle:
     payload = torch.load(path / "weights.pt", map_location="cpu", weights_only=True)
     preprocess = json.loads((path / "preprocess.json").read_text())
     members = []
-    for entry, scalers in zip(payload["members"], preprocess["members"]):
-        members.append(Member(**{**entry, "scalers": {k: ColumnScaler(**v) for k, v in scalers["scalers"].items()}}))
+    for entry, fitted in zip(payload["members"], preprocess["members"]):
+        preprocessors = {k: ModalityPreprocessor(**v) for k, v in fitted["preprocessors"].items()}
+        members.append(Member(**{**entry, "preprocessors": preprocessors}))
     return Bundle(path, manifest, TrainConfig(**manifest["config"]), members)

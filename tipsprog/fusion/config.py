@@ -28,6 +28,7 @@ class TrainConfig:
     folds: int
     seeds: int
     horizons_days: list
+    imaging_components: int
     clinical_cox_penalizer: float
 
 

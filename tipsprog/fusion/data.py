@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
+from sklearn.decomposition import PCA
 
 from tipsprog.clinical import extra_columns, schema
 from tipsprog.store import FeatureBlock
@@ -60,41 +61,63 @@ def modality_matrices(blocks: dict[str, FeatureBlock], row_index: np.ndarray, cl
 
 
 @dataclass
-class ColumnScaler:
-    """Median imputation and standardisation of one modality, fitted on training rows only."""
+class ModalityPreprocessor:
+    """Median imputation, standardisation and optional whitened PCA of one modality, fitted on training rows only."""
 
     keep: list[int]
     median: list[float]
     mean: list[float]
     scale: list[float]
+    components: list[list[float]] = field(default_factory=list)
+    component_scale: list[float] = field(default_factory=list)
 
     @classmethod
-    def fit(cls, train: np.ndarray) -> "ColumnScaler":
-        """Fit on training rows: drop all-missing or constant columns, then impute and standardise."""
+    def fit(cls, train: np.ndarray, max_components: int = 0) -> "ModalityPreprocessor":
+        """Drop all-missing or constant columns, impute, standardise; reduce to max_components if more columns."""
         finite = np.where(np.isfinite(train), train, np.nan)
         with np.errstate(all="ignore"):
             median = np.nanmedian(finite, axis=0)
         imputed = np.where(np.isnan(finite), median, finite)
         std = imputed.std(axis=0)
         keep = np.flatnonzero(np.isfinite(median) & (std > 1e-8))
-        return cls(keep.tolist(), median[keep].tolist(), imputed[:, keep].mean(axis=0).tolist(), std[keep].tolist())
+        fitted = cls(keep.tolist(), median[keep].tolist(), imputed[:, keep].mean(axis=0).tolist(), std[keep].tolist())
+        components = min(max_components, len(keep), len(train) - 1)
+        if max_components and len(keep) > max_components and components > 0:
+            pca = PCA(n_components=components, svd_solver="full").fit(fitted._standardise(train))
+            fitted.components = pca.components_.tolist()
+            fitted.component_scale = np.sqrt(np.maximum(pca.explained_variance_, 1e-12)).tolist()
+        return fitted
 
-    def transform(self, values: np.ndarray) -> np.ndarray:
-        """Impute with training medians, standardise with training moments, clip to ±5 SD."""
+    def _standardise(self, values: np.ndarray) -> np.ndarray:
         selected = np.where(np.isfinite(values[:, self.keep]), values[:, self.keep], np.nan)
         imputed = np.where(np.isnan(selected), np.array(self.median), selected)
-        return np.clip((imputed - np.array(self.mean)) / np.array(self.scale), -CLIP_SD, CLIP_SD).astype(np.float32)
+        return np.clip((imputed - np.array(self.mean)) / np.array(self.scale), -CLIP_SD, CLIP_SD)
+
+    @property
+    def width(self) -> int:
+        """Number of output columns."""
+        return len(self.components) or len(self.keep)
+
+    def transform(self, values: np.ndarray) -> np.ndarray:
+        """Impute with training medians, standardise (clipped to ±5 SD), project onto whitened components."""
+        standardised = self._standardise(values)
+        if self.components:
+            standardised = (standardised @ np.array(self.components).T) / np.array(self.component_scale)
+        return standardised.astype(np.float32)
 
     def to_dict(self) -> dict:
         """JSON-ready form."""
         return asdict(self)
 
 
-def fit_scalers(matrices: dict[str, np.ndarray], train_rows: np.ndarray) -> dict[str, ColumnScaler]:
-    """One scaler per modality, fitted on the training rows."""
-    return {m: ColumnScaler.fit(values[train_rows]) for m, values in matrices.items()}
+def fit_preprocessors(matrices: dict[str, np.ndarray], train_rows: np.ndarray,
+                      max_components: int = 0) -> dict[str, ModalityPreprocessor]:
+    """One preprocessor per modality fitted on the training rows; imaging modalities may be PCA-reduced."""
+    return {m: ModalityPreprocessor.fit(values[train_rows], 0 if m == "clinical" else max_components)
+            for m, values in matrices.items()}
 
 
-def transform_all(scalers: dict[str, ColumnScaler], matrices: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
-    """Apply each modality's scaler to the selected rows."""
-    return {m: scalers[m].transform(matrices[m][rows]) for m in scalers}
+def transform_all(preprocessors: dict[str, ModalityPreprocessor], matrices: dict[str, np.ndarray],
+                  rows: np.ndarray) -> dict[str, np.ndarray]:
+    """Apply each modality's preprocessor to the selected rows."""
+    return {m: preprocessors[m].transform(matrices[m][rows]) for m in preprocessors}

@@ -14,7 +14,7 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from tipsprog.fusion.config import TrainConfig
 from tipsprog.errors import InputError
-from tipsprog.fusion.data import ColumnScaler, fit_scalers, transform_all
+from tipsprog.fusion.data import ModalityPreprocessor, fit_preprocessors, transform_all
 from tipsprog.fusion.losses import cox_efron_nll, masked_bce, masked_huber
 from tipsprog.fusion.models import build_model
 
@@ -39,7 +39,7 @@ class Member:
 
     fold: int
     seed: int
-    scalers: dict[str, ColumnScaler]
+    preprocessors: dict[str, ModalityPreprocessor]
     state_dict: dict[str, torch.Tensor]
     modality_dims: dict[str, int]
     ppg_mean: float
@@ -138,17 +138,17 @@ def train_member(data: TrainingData, train_rows: np.ndarray, config: TrainConfig
     """Fit preprocessing on the training fold, train with early stopping on its inner split."""
     torch.manual_seed(seed)
     fit_rows, val_rows = inner_split(train_rows, data.event, config.validation_fraction, seed)
-    scalers = fit_scalers(data.matrices, train_rows)
+    preprocessors = fit_preprocessors(data.matrices, train_rows, config.imaging_components)
     ppg_known = data.ppg_post[train_rows][~np.isnan(data.ppg_post[train_rows])]
     ppg_mean = float(ppg_known.mean()) if len(ppg_known) else 0.0
     ppg_std = float(ppg_known.std()) if len(ppg_known) > 1 and ppg_known.std() > 0 else 1.0
     ohe_train = data.ohe[train_rows][~np.isnan(data.ohe[train_rows])]
     pos_weight = float((ohe_train == 0).sum() / max((ohe_train == 1).sum(), 1))
-    dims = {m: len(s.keep) for m, s in scalers.items()}
+    dims = {m: p.width for m, p in preprocessors.items()}
     model = build_model(config.model, dims, config.hidden, config.dropout).to(device)
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    fit_inputs = _tensors(transform_all(scalers, data.matrices, fit_rows), device)
-    val_inputs = _tensors(transform_all(scalers, data.matrices, val_rows), device)
+    fit_inputs = _tensors(transform_all(preprocessors, data.matrices, fit_rows), device)
+    val_inputs = _tensors(transform_all(preprocessors, data.matrices, val_rows), device)
     fit_labels = _labels(data, fit_rows, ppg_mean, ppg_std, device)
     val_labels = _labels(data, val_rows, ppg_mean, ppg_std, device)
     best_loss, best_state, best_epoch, waited = np.inf, None, 0, 0
@@ -168,7 +168,7 @@ def train_member(data: TrainingData, train_rows: np.ndarray, config: TrainConfig
             waited += 1
             if waited >= config.patience:
                 break
-    member = Member(fold, seed, scalers, best_state, dims, ppg_mean, ppg_std, best_epoch=best_epoch,
+    member = Member(fold, seed, preprocessors, best_state, dims, ppg_mean, ppg_std, best_epoch=best_epoch,
                     ohe_logit_offset=float(np.log(max(pos_weight, 1e-6))))
     train_prediction = predict_member(member, data.matrices, train_rows, config, device)
     times, cumhaz = breslow(train_prediction["risk"], data.time[train_rows], data.event[train_rows])
@@ -188,15 +188,15 @@ def predict_member(member: Member, matrices: dict[str, np.ndarray], rows: np.nda
     model = build_model(config.model, member.modality_dims, config.hidden, config.dropout).to(device)
     model.load_state_dict(member.state_dict)
     model.eval()
-    outputs = model(_tensors(transform_all(member.scalers, matrices, rows), device))
+    outputs = model(_tensors(transform_all(member.preprocessors, matrices, rows), device))
     return {"risk": outputs["risk"].double().cpu().numpy(),
             "ohe_probability": torch.sigmoid(outputs["ohe"] - member.ohe_logit_offset).double().cpu().numpy(),
             "ppg_post": outputs["ppg"].double().cpu().numpy() * member.ppg_std + member.ppg_mean}
 
 
-def fit_clinical_cox(data: TrainingData, train_rows: np.ndarray, penalizer: float) -> tuple[ColumnScaler, np.ndarray]:
-    """Penalised lifelines Cox on the clinical matrix of a training fold: scaler and coefficients."""
-    scaler = ColumnScaler.fit(data.matrices["clinical"][train_rows])
+def fit_clinical_cox(data: TrainingData, train_rows: np.ndarray, penalizer: float) -> tuple[ModalityPreprocessor, np.ndarray]:
+    """Penalised lifelines Cox on the clinical matrix of a training fold: preprocessor and coefficients."""
+    scaler = ModalityPreprocessor.fit(data.matrices["clinical"][train_rows])
     known = ~np.isnan(data.time[train_rows])
     rows = train_rows[known]
     frame = {f"x{i}": column for i, column in enumerate(scaler.transform(data.matrices["clinical"][rows]).T)}

@@ -59,7 +59,7 @@ def latents(spec: CohortSpec) -> pd.DataFrame:
         "liver_dysfunction": dysfunction,
         "portal_hypertension": portal_ht,
         "sarcopenia": 0.3 * dysfunction + np.sqrt(1 - 0.09) * rng.standard_normal(spec.n),
-        "liver_texture": 0.5 * dysfunction + np.sqrt(1 - 0.25) * rng.standard_normal(spec.n),
+        "liver_texture": 0.3 * dysfunction + np.sqrt(1 - 0.09) * rng.standard_normal(spec.n),
         "spleen_size": 0.7 * portal_ht + np.sqrt(1 - 0.49) * rng.standard_normal(spec.n),
     })
 
@@ -112,7 +112,7 @@ def outcomes_and_truth(lat: pd.DataFrame, full: pd.DataFrame, spec: CohortSpec) 
     age, bili, alb, creat = full["age"], full["bilirubin"], full["albumin"], full["creatinine"]
     sarc, tex, spleen = lat["sarcopenia"], lat["liver_texture"], lat["spleen_size"]
     linear_predictor = (0.035 * (age - 57) + 0.55 * np.log(bili / 1.4) - 0.05 * (alb - 33) + 0.6 * np.log(creat / 0.9)
-                        + 0.45 * sarc + 0.45 * tex + 0.35 * spleen)
+                        + 0.5 * sarc + 0.6 * tex + 0.5 * spleen)
     event_time = (rng.exponential(size=n) / (WEIBULL_SCALE * np.exp(linear_predictor))) ** (1 / WEIBULL_SHAPE)
     dropout = rng.exponential(1 / DROPOUT_PER_DAY, size=n)
     censor = np.minimum(dropout, FOLLOW_UP_DAYS)
