@@ -252,7 +252,7 @@ def predict(ct: Optional[Path] = typer.Option(None, "--ct", help="CT file or DIC
             clinical: Path = typer.Option(..., "--clinical", help="One-row clinical CSV."),
             model: Path = typer.Option(..., "--model", help="Model bundle folder."),
             as_json: bool = typer.Option(False, "--json", help="Print JSON to stdout."),
-            device: str = typer.Option("cpu", "--device", help="auto, cpu or cuda.")) -> None:
+            device: str = DEVICE) -> None:
     """Predict one patient: risk, group, survival at 6/12/24 months, OHE, ppg_post, clinical scores."""
     from tipsprog.predict import run_predict
 

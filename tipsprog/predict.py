@@ -72,7 +72,7 @@ def _clinical_row(bundle: Bundle, clinical_csv: Path):
     return table, matrix, names, imputed
 
 
-def predict_one(bundle: Bundle, ct_path: Path | None, clinical_csv: Path, device_name: str = "cpu") -> dict:
+def predict_one(bundle: Bundle, ct_path: Path | None, clinical_csv: Path, device_name: str = "auto") -> dict:
     """Risk, percentile, group, survival at horizons, OHE, ppg_post, clinical scores and QC for one patient."""
     table, clinical_matrix, clinical_names, imputed = _clinical_row(bundle, clinical_csv)
     blocks, qc = _image_blocks(bundle, ct_path, device_name)
@@ -107,6 +107,6 @@ def predict_one(bundle: Bundle, ct_path: Path | None, clinical_csv: Path, device
     }
 
 
-def run_predict(bundle_path: Path, ct_path: Path | None, clinical_csv: Path, device_name: str = "cpu") -> dict:
+def run_predict(bundle_path: Path, ct_path: Path | None, clinical_csv: Path, device_name: str = "auto") -> dict:
     """Load a bundle and predict one patient."""
     return predict_one(load_bundle(bundle_path), ct_path, clinical_csv, device_name)

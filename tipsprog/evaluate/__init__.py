@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from tipsprog.evaluate import plots
-from tipsprog.evaluate.report import evaluate_rows, markdown
+from tipsprog.evaluate.report import evaluate_rows, evaluation_grid, markdown
 from tipsprog.evaluate.rows import prediction_rows, read_oof, read_truth
 from tipsprog.fusion.bundle import load_bundle
 from tipsprog.store import atomic_output
@@ -21,7 +21,7 @@ def run_evaluate(bundle_path: Path, out: Path, truth_csv: Path | None = None, dr
     data = read_oof(bundle.path / "oof.h5")
     horizons = np.array(bundle.config.horizons_days, dtype=float)
     truth = read_truth(truth_csv, data.patient_ids) if truth_csv else None
-    grid = np.linspace(30.0, float(min(horizons.max(), np.nanpercentile(data.outcomes["time"], 90))), 25)
+    _, grid = evaluation_grid(data.outcomes["time"], horizons)
     rows, notes = prediction_rows(data, grid, truth)
     document = evaluate_rows(rows, data, horizons, draws, seed, workers)
     document["notes"] = notes

@@ -65,12 +65,17 @@ def _row_metrics(job: tuple) -> tuple[dict, np.ndarray, dict | None, dict | None
     return survival, c_replicates, ohe, ppg
 
 
+def evaluation_grid(time: np.ndarray, horizons: np.ndarray) -> tuple[float, np.ndarray]:
+    """Truncation time tau (last horizon, at most the 90th percentile of follow-up) and the Brier time grid."""
+    tau = float(min(horizons.max(), np.nanpercentile(time, 90)))
+    return tau, np.linspace(30.0, tau, 25)
+
+
 def evaluate_rows(rows: list[PredictionRow], data: OutOfFold, horizons: np.ndarray, draws: int, seed: int,
                   workers: int = 1) -> dict:
     """The whole metrics document (schema tipsprog-metrics-1)."""
     time = data.outcomes["time"]
-    tau = float(min(horizons.max(), np.nanpercentile(time, 90)))
-    grid = np.linspace(30.0, tau, 25)
+    tau, grid = evaluation_grid(time, horizons)
     samples = metrics.bootstrap_samples(len(time), draws, seed)
     survival, ohe, ppg, c_replicates = {}, {}, {}, {}
     jobs = [(row, data, horizons, tau, grid, samples) for row in rows]

@@ -68,7 +68,10 @@ def complete_clinical(lat: pd.DataFrame, spec: CohortSpec) -> pd.DataFrame:
     """Clinical variables with realistic marginals driven by the latents (no missing values)."""
     rng = np.random.default_rng([spec.seed, 2])
     n = len(lat)
-    noise = lambda: rng.standard_normal(n)  # noqa: E731
+
+    def noise() -> np.ndarray:
+        return rng.standard_normal(n)
+
     d, p, s = lat["liver_dysfunction"], lat["portal_hypertension"], lat["spleen_size"]
     ascites_drive = 0.8 * p + 0.5 * d + 0.7 * noise()
     ascites = np.digitize(ascites_drive, [0.0, 1.2])
