@@ -43,6 +43,16 @@ def canonical(image: sitk.Image) -> sitk.Image:
     return sitk.DICOMOrient(image, "LPS")
 
 
+def resample_to_spacing(image: sitk.Image, spacing_mm: tuple[float, float, float], interpolator: int,
+                        default: float) -> sitk.Image:
+    """Resample onto a grid of the given spacing covering the same physical extent and orientation."""
+    size = [max(1, int(round(n * s / t))) for n, s, t in zip(image.GetSize(), image.GetSpacing(), spacing_mm)]
+    origin = image.TransformContinuousIndexToPhysicalPoint(
+        [(t / s - 1.0) / 2.0 for s, t in zip(image.GetSpacing(), spacing_mm)])
+    return sitk.Resample(image, size, sitk.Transform(), interpolator, origin, spacing_mm, image.GetDirection(),
+                         default, image.GetPixelID())
+
+
 def read_mask(path: str | Path, reference: sitk.Image) -> sitk.Image:
     """Read a label image and resample it onto the reference grid in physical space."""
     path = Path(path)

@@ -17,7 +17,7 @@ from tipsprog.fusion.data import clinical_features, modality_matrices
 from tipsprog.fusion.training import predict_member, survival_at
 from tipsprog.io import read_ct
 from tipsprog.radiomics import extract_scan
-from tipsprog.segment import quality_reason, segment_scan
+from tipsprog.segment import qc_status, quality_flags, segment_scan
 from tipsprog.segment.crops import roi_crops, roi_volumes
 
 
@@ -40,8 +40,9 @@ def _image_blocks(bundle: Bundle, ct_path: Path | None, device_name: str) -> tup
     ct = read_ct(ct_path)
     labels = segment_scan(ct, backend)
     volumes = roi_volumes(labels)
+    flags = quality_flags(labels, volumes)
     qc = {"backend": backend, "volumes_ml": {roi: round(float(v), 1) for roi, v in zip(store.ROI_LABELS, volumes)},
-          "status": "failed" if quality_reason(volumes) else "ok", "reason": quality_reason(volumes)}
+          "status": qc_status(flags), "flags": flags}
     blocks = {}
     for name, entry in pipeline["blocks"].items():
         if entry["extractor"] == "pyradiomics":

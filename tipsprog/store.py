@@ -72,10 +72,14 @@ def create_store(path: str | Path, patient_ids: list[str], centers: list[str]) -
         yield store
 
 
-def write_qc(store: h5py.File, status: list[str], reasons: list[str]) -> None:
-    """Write per-patient ok|failed status and reason."""
+def write_qc(store: h5py.File, status: list[str], reasons: list[str], flags: list[str] | None = None,
+             backend: str = "") -> None:
+    """Write per-patient ok|failed status and reason; segment also writes QC flags and its backend."""
     store.create_dataset("qc/status", data=np.array(status, dtype=object), dtype=STRING)
     store.create_dataset("qc/reason", data=np.array(reasons, dtype=object), dtype=STRING)
+    if flags is not None:
+        store.create_dataset("qc/flags", data=np.array(flags, dtype=object), dtype=STRING)
+        store.create_dataset("qc/backend", data=np.array([backend] * len(flags), dtype=object), dtype=STRING)
 
 
 def write_segment_info(store: h5py.File, backend: str, settings: str, ct_paths: list[str], model_sha256: str = "") -> None:

@@ -20,6 +20,8 @@ from tipsprog.segment.crops import CROP_SHAPE, roi_crops, roi_volumes
 from tipsprog.segment.masks import has_reference, reference_labels
 
 BACKENDS = ("classic", "masks")
+VOLUME_RANGES_ML = {"liver": (600.0, 4000.0), "spleen": (50.0, 2000.0)}
+REQUIRED_ROIS = ("liver", "spleen")
 
 
 @dataclass
@@ -32,6 +34,7 @@ class ScanResult:
     labels: sitk.Image | None = None
     crops: dict[str, np.ndarray] = field(default_factory=dict)
     volumes: np.ndarray = field(default_factory=lambda: np.full(len(store.ROI_LABELS), np.nan, np.float32))
+    flags: list[str] = field(default_factory=list)
     dice: np.ndarray = field(default_factory=lambda: np.full(len(store.ROI_LABELS), np.nan, np.float32))
 
 
@@ -63,10 +66,30 @@ def dice_per_roi(labels: sitk.Image, reference: sitk.Image) -> np.ndarray:
     return np.array(scores, dtype=np.float32)
 
 
-def quality_reason(volumes: np.ndarray) -> str:
-    """Why a segmentation is unusable (empty liver or spleen), or '' if it is usable."""
-    empty = [roi for roi, volume in zip(store.ROI_LABELS, volumes) if roi != "portal_vein" and volume <= 0]
-    return f"empty ROI: {', '.join(empty)}" if empty else ""
+def _touches_border(mask: np.ndarray) -> bool:
+    """Whether a mask reaches the first or last slice of any array axis (the ROI is cut off)."""
+    return any(np.take(mask, index, axis=axis).any() for axis in range(mask.ndim) for index in (0, -1))
+
+
+def quality_flags(labels: sitk.Image, volumes: np.ndarray) -> list[str]:
+    """QC flags per ROI: `roi:empty`, `roi:implausible_volume`, `roi:truncated`."""
+    array = sitk.GetArrayViewFromImage(labels)
+    flags = []
+    for (roi, label), volume in zip(store.ROI_LABELS.items(), volumes):
+        if volume <= 0:
+            flags.append(f"{roi}:empty")
+            continue
+        low, high = VOLUME_RANGES_ML.get(roi, (0.0, np.inf))
+        if not low <= volume <= high:
+            flags.append(f"{roi}:implausible_volume")
+        if _touches_border(array == label):
+            flags.append(f"{roi}:truncated")
+    return flags
+
+
+def qc_status(flags: list[str]) -> str:
+    """A scan is unusable ('failed') when the liver or the spleen is empty."""
+    return "failed" if any(f"{roi}:empty" in flags for roi in REQUIRED_ROIS) else "ok"
 
 
 def _segment_one(job: tuple[pd.Series, str]) -> ScanResult:
@@ -83,9 +106,8 @@ def _segment_one(job: tuple[pd.Series, str]) -> ScanResult:
     except InputError as err:
         result.status, result.reason = "failed", str(err)
         return result
-    reason = quality_reason(result.volumes)
-    if reason:
-        result.status, result.reason = "failed", reason
+    result.flags = quality_flags(result.labels, result.volumes)
+    result.status, result.reason = qc_status(result.flags), "; ".join(result.flags)
     return result
 
 
@@ -114,5 +136,6 @@ def run_segment(cohort_csv: Path, out: Path, backend: str = "classic", workers: 
         store.write_segment_info(h5, backend, backend_settings(backend), cohort["ct"].tolist())
         store.write_volumes(h5, np.stack([r.volumes for r in results]), list(store.ROI_LABELS))
         store.write_dice(h5, np.stack([r.dice for r in results]), list(store.ROI_LABELS))
-        store.write_qc(h5, [r.status for r in results], [r.reason for r in results])
+        store.write_qc(h5, [r.status for r in results], [r.reason for r in results],
+                       flags=[";".join(r.flags) for r in results], backend=backend)
     return results

@@ -6,10 +6,11 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from tipsprog.io import resample_to_spacing
 from tipsprog.store import ROI_LABELS
 
 SETTINGS = {
-    "median_voxels": 3, "body_hu": -400.0, "wall_mm": 15.0, "liver_window_hu": 40.0, "liver_erosion_mm": 8.0,
+    "working_spacing_mm": 3.0, "median_voxels": 3, "body_hu": -400.0, "wall_mm": 15.0, "liver_window_hu": 40.0, "liver_erosion_mm": 8.0,
     "spleen_erosion_mm": 5.0, "vessel_above_organs_hu": 30.0, "vessel_search_mm": 20.0,
     "vessel_core_mm": 7.0, "vessel_max_core_fraction": 0.3, "vessel_max_z_extent": 0.7,
 }
@@ -107,7 +108,20 @@ def _portal_vein(smooth: np.ndarray, liver: np.ndarray, spleen: np.ndarray, spac
 
 
 def segment_classic(ct: sitk.Image) -> sitk.Image:
-    """Label liver (1), spleen (2) and portal vein (3) on a canonical LPS CT."""
+    """Label liver (1), spleen (2) and portal vein (3) on a canonical LPS CT.
+
+    Segmentation runs on a grid no finer than 3 mm per axis, so inputs sampled finer than that all give
+    (nearly) the same result; labels are mapped back onto the input grid.
+    """
+    spacing = tuple(max(s, SETTINGS["working_spacing_mm"]) for s in ct.GetSpacing())
+    working = resample_to_spacing(ct, spacing, sitk.sitkLinear, -1024.0) if spacing != ct.GetSpacing() else ct
+    labels = sitk.GetImageFromArray(_label_array(working))
+    labels.CopyInformation(working)
+    return sitk.Resample(labels, ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+
+
+def _label_array(ct: sitk.Image) -> np.ndarray:
+    """Labels of a CT on its own grid."""
     spacing = np.array(ct.GetSpacing()[::-1])
     hu = sitk.GetArrayFromImage(ct).astype(np.float32)
     smooth = ndimage.median_filter(hu, size=SETTINGS["median_voxels"])
@@ -123,6 +137,4 @@ def segment_classic(ct: sitk.Image) -> sitk.Image:
             labels[liver] = ROI_LABELS["liver"]
             labels[spleen & ~liver] = ROI_LABELS["spleen"]
             labels[portal] = ROI_LABELS["portal_vein"]
-    mask = sitk.GetImageFromArray(labels)
-    mask.CopyInformation(ct)
-    return mask
+    return labels

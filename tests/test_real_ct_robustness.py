@@ -1,0 +1,111 @@
+"""Segmentation holds up on the real CT stored in other orientations, pixel types and formats."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+
+from tipsprog.io import read_ct
+from tipsprog.segment import dice_per_roi, quality_flags, segment_scan
+from tipsprog.segment.crops import roi_volumes
+from tipsprog.segment.masks import TOTALSEGMENTATOR_IDS, map_labels
+
+UID_ROOT = "1.2.826.0.1.3680043.2.1125.1"
+
+
+def write_dicom_series(image: sitk.Image, folder: Path) -> Path:
+    """Write a 3-D image as a CT DICOM series (one file per slice, positions and orientation tagged)."""
+    folder.mkdir()
+    image = sitk.Cast(image, sitk.sitkInt16)
+    d = image.GetDirection()
+    orientation = "\\".join(str(v) for v in (d[0], d[3], d[6], d[1], d[4], d[7]))
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for index in range(image.GetDepth()):
+        plane = image[:, :, index]
+        tags = {"0008|0060": "CT", "0008|0016": "1.2.840.10008.5.1.4.1.1.2", "0020|000d": f"{UID_ROOT}.1",
+                "0020|000e": f"{UID_ROOT}.2", "0008|0018": f"{UID_ROOT}.3.{index}", "0020|0037": orientation,
+                "0020|0032": "\\".join(str(v) for v in image.TransformIndexToPhysicalPoint((0, 0, index))),
+                "0020|0013": str(index), "0018|0050": str(image.GetSpacing()[2]), "0028|1052": "0", "0028|1053": "1"}
+        for key, value in tags.items():
+            plane.SetMetaData(key, value)
+        writer.SetFileName(str(folder / f"{index:03d}.dcm"))
+        writer.Execute(plane)
+    return folder
+
+
+def _variants(raw: sitk.Image, folder: Path) -> dict[str, Path]:
+    """The real CT stored in other ways that keep its physical content."""
+    images = {
+        "RAS": sitk.DICOMOrient(raw, "RAS"), "LPS": sitk.DICOMOrient(raw, "LPS"), "ASL": sitk.DICOMOrient(raw, "ASL"),
+        "flipped-x": sitk.Flip(raw, [True, False, False]), "flipped-z": sitk.Flip(raw, [False, False, True]),
+        "int32": sitk.Cast(raw, sitk.sitkInt32), "float32": sitk.Cast(raw, sitk.sitkFloat32),
+    }
+    paths = {}
+    for name, image in images.items():
+        paths[name] = folder / f"{name}.nii.gz"
+        sitk.WriteImage(image, str(paths[name]))
+    for extension in ("nrrd", "mha"):
+        paths[extension] = folder / f"ct.{extension}"
+        sitk.WriteImage(raw, str(paths[extension]))
+    paths["dicom"] = write_dicom_series(raw, folder / "dicom")
+    return paths
+
+
+def _dice_on_reference_grid(ct_path: Path, reference: sitk.Image) -> np.ndarray:
+    labels = segment_scan(read_ct(ct_path), "classic")
+    on_reference = sitk.Resample(labels, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    return dice_per_roi(on_reference, reference)
+
+
+@pytest.fixture(scope="module")
+def stored_variants(tmp_path_factory):
+    from conftest import REAL_CT
+
+    if not REAL_CT.is_dir():
+        pytest.skip("../shared/data/real-ct is not available")
+    raw = sitk.ReadImage(str(REAL_CT / "example_ct_sm.nii.gz"))
+    reference = map_labels(sitk.ReadImage(str(REAL_CT / "example_seg.nii.gz")), TOTALSEGMENTATOR_IDS)
+    return REAL_CT / "example_ct_sm.nii.gz", reference, _variants(raw, tmp_path_factory.mktemp("variants"))
+
+
+def test_dicom_series_reads_as_the_same_volume(stored_variants):
+    original, _, variants = stored_variants
+    a, b = read_ct(original), read_ct(variants["dicom"])
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(a), sitk.GetArrayFromImage(b))
+    np.testing.assert_allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-3)
+
+
+@pytest.mark.parametrize("variant", ["RAS", "LPS", "ASL", "flipped-x", "flipped-z", "int32", "float32", "nrrd", "mha", "dicom"])
+def test_classic_dice_does_not_depend_on_storage(stored_variants, variant):
+    original, reference, variants = stored_variants
+    baseline = _dice_on_reference_grid(original, reference)
+    changed = _dice_on_reference_grid(variants[variant], reference)
+    assert np.all(np.abs(changed[:2] - baseline[:2]) <= 0.01), (variant, baseline, changed)
+
+
+def test_masks_on_another_grid_are_resampled_in_physical_space(stored_variants, tmp_path):
+    original, reference, _ = stored_variants
+    fine = sitk.Resample(reference, [2 * n for n in reference.GetSize()], sitk.Transform(), sitk.sitkNearestNeighbor,
+                         reference.TransformContinuousIndexToPhysicalPoint((-0.25, -0.25, -0.25)),
+                         [s / 2 for s in reference.GetSpacing()], reference.GetDirection(), 0, sitk.sitkUInt8)
+    path = tmp_path / "label_fine_ras.nrrd"
+    sitk.WriteImage(sitk.DICOMOrient(fine, "RAS"), str(path))
+    labels = segment_scan(read_ct(original), "masks", pd.Series({"patient_id": "x", "label": str(path)}))
+    back = sitk.Resample(labels, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    assert np.all(dice_per_roi(back, reference) == 1.0)
+
+
+def test_quality_flags_on_the_real_slab(stored_variants):
+    original, reference, _ = stored_variants
+    labels = reference
+    flags = quality_flags(labels, roi_volumes(labels))
+    assert "liver:truncated" in flags  # a 90 mm slab cuts the liver
+    tiny = sitk.Image(labels.GetSize(), sitk.sitkUInt8)
+    tiny.CopyInformation(labels)
+    tiny[40, 40, 10] = 1
+    assert quality_flags(tiny, roi_volumes(tiny)) == ["liver:implausible_volume", "spleen:empty", "portal_vein:empty"]
