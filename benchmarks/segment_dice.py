@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from tipsprog.io import read_ct, read_mask
-from tipsprog.segment import dice_per_roi, segment_scan
+from tipsprog.segment import Backend, dice_per_roi, segment_scan
 from tipsprog.segment.masks import TOTALSEGMENTATOR_IDS, map_labels
 from tipsprog.store import ROI_LABELS
 from tipsprog.synth import CohortSpec, make_cohort
@@ -30,7 +30,7 @@ def synthetic_dice(n: int, seed: int) -> np.ndarray:
         for index in range(n):
             ct = read_ct(cohort / "images" / f"P{index:04d}.nii.gz")
             reference = read_mask(cohort / "labels" / f"P{index:04d}.nii.gz", ct)
-            scores.append(dice_per_roi(segment_scan(ct, "classic"), reference))
+            scores.append(dice_per_roi(segment_scan(ct, Backend("classic")), reference))
     return np.array(scores)
 
 
@@ -38,7 +38,7 @@ def real_dice() -> np.ndarray:
     """Dice per ROI of the classic backend on the TotalSegmentator example against its labels."""
     ct = read_ct(REAL_CT / "example_ct_sm.nii.gz")
     reference = map_labels(read_mask(REAL_CT / "example_seg.nii.gz", ct), TOTALSEGMENTATOR_IDS)
-    return dice_per_roi(segment_scan(ct, "classic"), reference)
+    return dice_per_roi(segment_scan(ct, Backend("classic")), reference)
 
 
 def main() -> None:

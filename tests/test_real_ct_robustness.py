@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from tipsprog.io import read_ct
-from tipsprog.segment import dice_per_roi, quality_flags, segment_scan
+from tipsprog.segment import Backend, dice_per_roi, quality_flags, segment_scan
 from tipsprog.segment.crops import roi_volumes
 from tipsprog.segment.masks import TOTALSEGMENTATOR_IDS, map_labels
 
@@ -57,7 +57,7 @@ def _variants(raw: sitk.Image, folder: Path) -> dict[str, Path]:
 
 
 def _dice_on_reference_grid(ct_path: Path, reference: sitk.Image) -> np.ndarray:
-    labels = segment_scan(read_ct(ct_path), "classic")
+    labels = segment_scan(read_ct(ct_path), Backend("classic"))
     on_reference = sitk.Resample(labels, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
     return dice_per_roi(on_reference, reference)
 
@@ -95,7 +95,7 @@ def test_masks_on_another_grid_are_resampled_in_physical_space(stored_variants, 
                          [s / 2 for s in reference.GetSpacing()], reference.GetDirection(), 0, sitk.sitkUInt8)
     path = tmp_path / "label_fine_ras.nrrd"
     sitk.WriteImage(sitk.DICOMOrient(fine, "RAS"), str(path))
-    labels = segment_scan(read_ct(original), "masks", pd.Series({"patient_id": "x", "label": str(path)}))
+    labels = segment_scan(read_ct(original), Backend("masks"), pd.Series({"patient_id": "x", "label": str(path)}))
     back = sitk.Resample(labels, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
     assert np.all(dice_per_roi(back, reference) == 1.0)
 

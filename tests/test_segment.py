@@ -7,7 +7,7 @@ import pandas as pd
 import SimpleITK as sitk
 
 from tipsprog.io import read_ct, read_mask
-from tipsprog.segment import dice_per_roi, run_segment, segment_scan
+from tipsprog.segment import Backend, dice_per_roi, run_segment, segment_scan
 from tipsprog.segment.crops import CROP_SHAPE, roi_crops, roi_volumes
 from tipsprog.segment.masks import TOTALSEGMENTATOR_IDS, map_labels
 from tipsprog.store import open_store, read_qc, read_roi_table
@@ -21,14 +21,14 @@ def test_classic_on_synthetic_scans(tmp_path):
     make_cohort(tmp_path / "c", CohortSpec(n=4, centers=2, seed=11))
     for pid in ["P0000", "P0001", "P0002", "P0003"]:
         ct = read_ct(tmp_path / "c" / "images" / f"{pid}.nii.gz")
-        dice = dice_per_roi(segment_scan(ct, "classic"), read_mask(tmp_path / "c" / "labels" / f"{pid}.nii.gz", ct))
+        dice = dice_per_roi(segment_scan(ct, Backend("classic")), read_mask(tmp_path / "c" / "labels" / f"{pid}.nii.gz", ct))
         assert dice[0] >= 0.9, f"{pid} liver Dice {dice[0]:.3f}"
         assert dice[1] >= 0.7, f"{pid} spleen Dice {dice[1]:.3f}"
 
 
 def test_classic_on_real_ct(real_ct):
     ct = read_ct(real_ct / "example_ct_sm.nii.gz")
-    labels = segment_scan(ct, "classic")
+    labels = segment_scan(ct, Backend("classic"))
     dice = dice_per_roi(labels, _real_reference(real_ct, ct))
     print(f"real CT Dice liver {dice[0]:.3f} spleen {dice[1]:.3f} portal vein {dice[2]:.3f}")
     assert dice[0] >= 0.8  # measured 0.844 (non-contrast scan, 90 mm of upper abdomen)
@@ -43,7 +43,7 @@ def test_masks_backend_resamples_any_orientation(tmp_path, real_ct):
     flipped = sitk.DICOMOrient(reference, "RAI")
     sitk.WriteImage(flipped, str(tmp_path / "label_rai.nii.gz"))
     row = pd.Series({"patient_id": "real", "ct": str(ct_path), "label": str(tmp_path / "label_rai.nii.gz")})
-    labels = segment_scan(ct, "masks", row)
+    labels = segment_scan(ct, Backend("masks"), row)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(labels), sitk.GetArrayFromImage(reference))
 
 

@@ -116,27 +116,35 @@ def synth(out: Path = typer.Option(..., "--out", help="Output folder (must not e
 @guarded
 def segment(cohort: Path = typer.Argument(..., help="cohort.csv (patient_id, ct[, center, label|liver_mask|spleen_mask])."),
             out: Path = typer.Option(..., "--out", help="Output segment store (.h5)."),
-            backend: str = typer.Option("classic", "--backend", help="classic or masks."),
-            workers: Optional[int] = WORKERS,
+            backend: str = typer.Option("classic", "--backend", help="classic, masks, semi or totalseg."),
+            fit: Optional[Path] = typer.Option(None, "--fit", help="semi: LABELED.csv (cohort format with labels) to train on."),
+            model: Optional[Path] = typer.Option(None, "--model", help="semi: trained model to use, or where --fit saves it (default OUT.semi.pt)."),
+            iterations: int = typer.Option(600, "--iterations", min=1, help="semi: training iterations with --fit."),
+            workers: Optional[int] = WORKERS, device: str = DEVICE,
             strict: bool = typer.Option(False, "--strict", help="A failed patient stops the run."),
             quiet: bool = QUIET) -> None:
-    """Segment liver, spleen and portal vein; store masks, ROI crops, volumes and QC."""
+    """Segment liver, spleen and portal vein; store masks, ROI crops, volumes, QC flags and Dice vs reference."""
     from tipsprog.segment import run_segment
+    from tipsprog.segment.semi import SemiSettings
 
-    with progress_bar("segment", _count_rows(cohort), quiet) as advance:
-        results = run_segment(cohort, out, backend, _workers(workers), strict, advance)
+    with progress_bar("semi: training", iterations if fit else 0, quiet) as trained, \
+            progress_bar("segment", _count_rows(cohort), quiet) as advance:
+        results = run_segment(cohort, out, backend, _workers(workers), strict, advance, fit, model, device,
+                              SemiSettings(iterations=iterations),
+                              lambda step, loss, dice: trained(text=f"loss {loss:.3f} val Dice {dice:.3f}"))
     if quiet:
         return
     failed = [r for r in results if r.status != "ok"]
     dice = np.array([r.dice for r in results])
     table = Table(title=f"segment ({backend}): {len(results) - len(failed)} ok, {len(failed)} failed")
-    for column in ("ROI", "mean volume (mL)", "mean Dice vs reference"):
+    for column in ("ROI", "mean volume (mL)", "mean Dice vs reference", "flagged"):
         table.add_column(column)
     volumes = np.array([r.volumes for r in results])
     for index, roi in enumerate(ROI_LABELS):
         has_dice = np.isfinite(dice[:, index]).any()
+        flagged = sum(any(f.startswith(f"{roi}:") for f in r.flags) for r in results)
         table.add_row(roi, f"{np.nanmean(volumes[:, index]):.0f}",
-                      f"{np.nanmean(dice[:, index]):.3f}" if has_dice else "–")
+                      f"{np.nanmean(dice[:, index]):.3f}" if has_dice else "–", str(flagged))
     console.print(table)
     for result in failed[:5]:
         console.print(f"  {result.patient_id}: {escape(result.reason)}")

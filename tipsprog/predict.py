@@ -17,7 +17,7 @@ from tipsprog.fusion.data import clinical_features, modality_matrices
 from tipsprog.fusion.training import predict_member, survival_at
 from tipsprog.io import read_ct
 from tipsprog.radiomics import extract_scan
-from tipsprog.segment import qc_status, quality_flags, segment_scan
+from tipsprog.segment import Backend, qc_status, quality_flags, segment_scan
 from tipsprog.segment.crops import roi_crops, roi_volumes
 
 
@@ -34,14 +34,16 @@ def _image_blocks(bundle: Bundle, ct_path: Path | None, device_name: str) -> tup
         return {}, {}
     if ct_path is None:
         raise InputError("--ct is required: this bundle uses imaging features")
-    backend = (pipeline.get("segment") or {}).get("backend", "classic")
-    if backend == "masks":
+    segment = pipeline.get("segment") or {"backend": "classic"}
+    if segment["backend"] == "masks":
         raise InputError(f"{bundle.path}: bundle was trained on given masks; predict needs an automatic backend")
+    model = str(bundle.path / segment["model"]) if segment.get("model") else ""
+    backend = Backend(segment["backend"], model, resolve_device(device_name).type)
     ct = read_ct(ct_path)
     labels = segment_scan(ct, backend)
     volumes = roi_volumes(labels)
     flags = quality_flags(labels, volumes)
-    qc = {"backend": backend, "volumes_ml": {roi: round(float(v), 1) for roi, v in zip(store.ROI_LABELS, volumes)},
+    qc = {"backend": backend.name, "volumes_ml": {roi: round(float(v), 1) for roi, v in zip(store.ROI_LABELS, volumes)},
           "status": qc_status(flags), "flags": flags}
     blocks = {}
     for name, entry in pipeline["blocks"].items():

@@ -104,7 +104,7 @@ def _extract_one(job: tuple[str, str, sitk.Image | None, dict]) -> PatientFeatur
 
 
 def to_block(records: list[PatientFeatures], params: dict, names: list[str] | None = None,
-             segment_backend: str = "") -> store.FeatureBlock:
+             provenance: dict[str, str] | None = None) -> store.FeatureBlock:
     """Assemble per-patient records into a feature matrix (NaN where a feature is missing)."""
     if names is None:
         names = list(dict.fromkeys(name for record in records for name in record.values))
@@ -112,7 +112,7 @@ def to_block(records: list[PatientFeatures], params: dict, names: list[str] | No
     groups = [feature_group(*name.split("/", 1)) for name in names]
     settings = yaml.safe_dump(params, sort_keys=True)
     return store.FeatureBlock(values.reshape(len(records), len(names)), names, groups,
-                              {"extractor": "pyradiomics", "settings": settings, "segment_backend": segment_backend})
+                              {"extractor": "pyradiomics", "settings": settings, **(provenance or {})})
 
 
 def run_radiomics(seg_path: Path, out: Path, params_name: str = "fast", workers: int = 1,
@@ -123,7 +123,7 @@ def run_radiomics(seg_path: Path, out: Path, params_name: str = "fast", workers:
         if "segment/ct_paths" not in seg:
             raise InputError(f"{seg_path}: not a segment store (no /segment)")
         ids, centers = store.read_patients(seg), store.read_centers(seg)
-        ct_paths, backend = store.read_ct_paths(seg), store.read_segment_backend(seg)
+        ct_paths, provenance = store.read_ct_paths(seg), store.segment_provenance(seg)
         masks = seg["segment/masks"]
         jobs = [(pid, path, store.read_mask(seg, pid) if pid in masks else None, params)
                 for pid, path in zip(ids, ct_paths)]
@@ -133,6 +133,6 @@ def run_radiomics(seg_path: Path, out: Path, params_name: str = "fast", workers:
         if progress:
             progress(record)
     with store.create_store(out, ids, centers) as h5:
-        store.write_features(h5, "radiomics", to_block(records, params, segment_backend=backend))
+        store.write_features(h5, "radiomics", to_block(records, params, provenance=provenance))
         store.write_qc(h5, [r.status for r in records], [r.reason for r in records])
     return records

@@ -82,10 +82,11 @@ def write_qc(store: h5py.File, status: list[str], reasons: list[str], flags: lis
         store.create_dataset("qc/backend", data=np.array([backend] * len(flags), dtype=object), dtype=STRING)
 
 
-def write_segment_info(store: h5py.File, backend: str, settings: str, ct_paths: list[str], model_sha256: str = "") -> None:
-    """Write the /segment attributes and the CT path of every patient."""
+def write_segment_info(store: h5py.File, backend: str, settings: str, ct_paths: list[str], model_sha256: str = "",
+                       model_path: str = "") -> None:
+    """Write the /segment attributes (backend, settings, model) and the CT path of every patient."""
     group = store.require_group("segment")
-    group.attrs.update(backend=backend, settings=settings, model_sha256=model_sha256)
+    group.attrs.update(backend=backend, settings=settings, model_sha256=model_sha256, model_path=model_path)
     group.create_dataset("ct_paths", data=np.array(ct_paths, dtype=object), dtype=STRING)
 
 
@@ -128,9 +129,11 @@ def read_ct_paths(store: h5py.File) -> list[str]:
     return read_strings(store, "segment/ct_paths")
 
 
-def read_segment_backend(store: h5py.File) -> str:
-    """The segmentation backend that produced a segment store."""
-    return str(store["segment"].attrs["backend"])
+def segment_provenance(store: h5py.File) -> dict[str, str]:
+    """Which backend and model produced a segment store (carried into feature blocks and bundles)."""
+    attrs = store["segment"].attrs
+    return {"segment_backend": str(attrs["backend"]), "segment_model_path": str(attrs.get("model_path", "")),
+            "segment_model_sha256": str(attrs.get("model_sha256", ""))}
 
 
 def read_crops(store: h5py.File, roi: str) -> np.ndarray:

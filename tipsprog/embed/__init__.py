@@ -130,7 +130,7 @@ def run_embed(seg_path: Path, out: Path, fit: bool, weights: Path | None, device
             raise InputError(f"{seg_path}: not a segment store (no /segment/crops)")
         ids, centers = store.read_patients(seg), store.read_centers(seg)
         status, reasons = store.read_qc(seg)
-        backend = store.read_segment_backend(seg)
+        segment_provenance = store.segment_provenance(seg)
         crops = {roi: store.read_crops(seg, roi) for roi in EMBED_ROIS}
     usable = np.array([s == "ok" for s in status])
     if fit:
@@ -141,7 +141,7 @@ def run_embed(seg_path: Path, out: Path, fit: bool, weights: Path | None, device
         sha = save_weights(model, weights)
     else:
         model, sha = load_weights(weights, device), file_sha256(weights)
-    provenance = {"weights_sha256": sha, "weights_path": str(weights.resolve()), "segment_backend": backend}
+    provenance = {"weights_sha256": sha, "weights_path": str(weights.resolve()), **segment_provenance}
     block = embedding_block(model, crops, device, provenance)
     block.values[~usable] = np.nan
     with store.create_store(out, ids, centers) as h5:

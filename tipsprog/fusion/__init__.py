@@ -87,23 +87,34 @@ def assemble(stores: list[Path], clinical_csv: Path, outcomes_csv: Path, modalit
     return Assembled(data, table, extras, used_blocks, notes)
 
 
+def _verified(source: Path, sha256: str) -> Path:
+    """A weights file the stores refer to, unchanged since they were written."""
+    if not source.is_file() or file_sha256(source) != sha256:
+        raise InputError(f"{source}: model weights named by a store are missing or changed since it was written")
+    return source
+
+
 def pipeline_manifest(blocks: dict[str, store.FeatureBlock]) -> tuple[dict, dict[str, Path]]:
     """How to replay the feature pipeline on a new scan, and the weight files to copy into the bundle."""
-    backends = {b.attrs.get("segment_backend", "") for b in blocks.values()} - {""}
-    if len(backends) > 1:
-        raise InputError(f"feature stores come from different segmentation backends: {sorted(backends)}")
-    pipeline: dict = {"segment": {"backend": backends.pop()} if backends else None, "blocks": {}}
+    sources = {(b.attrs.get("segment_backend", ""), b.attrs.get("segment_model_sha256", "")) for b in blocks.values()}
+    sources.discard(("", ""))
+    if len(sources) > 1:
+        raise InputError(f"feature stores come from different segmentations: {sorted(sources)}")
+    pipeline: dict = {"segment": None, "blocks": {}}
     copied: dict[str, Path] = {}
+    if sources:
+        block = next(iter(blocks.values()))
+        pipeline["segment"] = {"backend": block.attrs["segment_backend"]}
+        if block.attrs.get("segment_model_path"):
+            copied["segment-model.pt"] = _verified(Path(block.attrs["segment_model_path"]), block.attrs["segment_model_sha256"])
+            pipeline["segment"]["model"] = "segment-model.pt"
     for name, block in blocks.items():
         entry: dict = {"extractor": block.attrs.get("extractor", name), "names": block.names}
         if block.attrs.get("extractor") == "pyradiomics":
             entry["params"] = yaml.safe_load(block.attrs["settings"])
         if "weights_path" in block.attrs:
-            source = Path(block.attrs["weights_path"])
-            if not source.is_file() or file_sha256(source) != block.attrs["weights_sha256"]:
-                raise InputError(f"{source}: encoder weights of block '{name}' missing or changed since embedding")
             entry["weights"] = f"{name}.pt"
-            copied[entry["weights"]] = source
+            copied[entry["weights"]] = _verified(Path(block.attrs["weights_path"]), block.attrs["weights_sha256"])
         pipeline["blocks"][name] = entry
     return pipeline, copied
 

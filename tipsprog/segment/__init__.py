@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
+import torch
 import yaml
 
 from tipsprog import store
+from tipsprog.devices import resolve_device
 from tipsprog.errors import InputError
 from tipsprog.io import read_cohort, read_ct
 from tipsprog.parallel import map_ordered
-from tipsprog.segment import classic
+from tipsprog.segment import classic, foundation, semi
 from tipsprog.segment.crops import CROP_SHAPE, roi_crops, roi_volumes
 from tipsprog.segment.masks import has_reference, reference_labels
 
-BACKENDS = ("classic", "masks")
+BACKENDS = ("classic", "masks", "semi", "totalseg")
 VOLUME_RANGES_ML = {"liver": (600.0, 4000.0), "spleen": (50.0, 2000.0)}
 REQUIRED_ROIS = ("liver", "spleen")
 
@@ -38,21 +41,44 @@ class ScanResult:
     dice: np.ndarray = field(default_factory=lambda: np.full(len(store.ROI_LABELS), np.nan, np.float32))
 
 
-def backend_settings(backend: str) -> str:
-    """The settings of a backend as YAML text (recorded in stores and bundles)."""
-    settings = {"backend": backend, **(classic.SETTINGS if backend == "classic" else {})}
-    return yaml.safe_dump(settings, sort_keys=True)
+@dataclass(frozen=True)
+class Backend:
+    """A segmentation backend and what it needs: a trained model file, a device, TotalSegmentator's mode."""
+
+    name: str = "classic"
+    model_path: str = ""
+    device: str = "cpu"
+    fast: bool = True
+
+    def settings(self) -> str:
+        """The backend's settings as YAML text (recorded in stores and bundles)."""
+        extra = {"classic": classic.SETTINGS, "totalseg": {"fast": self.fast, "roi_subset": foundation.ROI_SUBSET}}
+        settings = {"backend": self.name, **extra.get(self.name, {})}
+        if self.name == "semi":
+            settings.update(asdict(_semi_model(self.model_path, self.device)[1]))
+        return yaml.safe_dump(settings, sort_keys=True)
 
 
-def segment_scan(ct: sitk.Image, backend: str, row: pd.Series | None = None) -> sitk.Image:
+@lru_cache(maxsize=2)
+def _semi_model(model_path: str, device: str) -> tuple[torch.nn.Module, semi.SemiSettings]:
+    """The semi-supervised network, loaded once per process."""
+    return semi.load_model(Path(model_path), torch.device(device))
+
+
+def segment_scan(ct: sitk.Image, backend: Backend, row: pd.Series | None = None) -> sitk.Image:
     """Label one canonical CT with the chosen backend."""
-    if backend == "classic":
+    if backend.name == "classic":
         return classic.segment_classic(ct)
-    if backend == "masks":
+    if backend.name == "masks":
         if row is None or not has_reference(row):
             raise InputError("backend 'masks' needs a 'label', 'liver_mask' or 'spleen_mask' column in the cohort")
         return reference_labels(row, ct)
-    raise InputError(f"unknown segmentation backend '{backend}' (choose from {', '.join(BACKENDS)})")
+    if backend.name == "semi":
+        model, settings = _semi_model(backend.model_path, backend.device)
+        return semi.segment_semi(ct, model, settings, torch.device(backend.device))
+    if backend.name == "totalseg":
+        return foundation.segment_totalseg(ct, backend.fast, backend.device)
+    raise InputError(f"unknown segmentation backend '{backend.name}' (choose from {', '.join(BACKENDS)})")
 
 
 def dice_per_roi(labels: sitk.Image, reference: sitk.Image) -> np.ndarray:
@@ -92,7 +118,7 @@ def qc_status(flags: list[str]) -> str:
     return "failed" if any(f"{roi}:empty" in flags for roi in REQUIRED_ROIS) else "ok"
 
 
-def _segment_one(job: tuple[pd.Series, str]) -> ScanResult:
+def _segment_one(job: tuple[pd.Series, Backend]) -> ScanResult:
     """Segment one cohort row; bad scans become a failed result, not an exception."""
     row, backend = job
     result = ScanResult(patient_id=row["patient_id"])
@@ -101,7 +127,7 @@ def _segment_one(job: tuple[pd.Series, str]) -> ScanResult:
         result.labels = segment_scan(ct, backend, row)
         result.volumes = roi_volumes(result.labels)
         result.crops = roi_crops(ct, result.labels)
-        if backend != "masks" and has_reference(row):
+        if backend.name != "masks" and has_reference(row):
             result.dice = dice_per_roi(result.labels, reference_labels(row, ct))
     except InputError as err:
         result.status, result.reason = "failed", str(err)
@@ -111,12 +137,60 @@ def _segment_one(job: tuple[pd.Series, str]) -> ScanResult:
     return result
 
 
-def run_segment(cohort_csv: Path, out: Path, backend: str = "classic", workers: int = 1, strict: bool = False,
-                progress: Callable[[ScanResult], None] | None = None) -> list[ScanResult]:
+def fit_semi(cohort: pd.DataFrame, labeled_csv: Path, model_path: Path, device: torch.device,
+             settings: semi.SemiSettings, progress: Callable[[int, float, float], None] | None = None) -> None:
+    """Train the semi-supervised network on LABELED.csv plus the cohort's other scans; save it."""
+    labeled_rows = read_cohort(labeled_csv)
+    unlabeled_rows = cohort[~cohort["patient_id"].isin(labeled_rows["patient_id"])]
+    for _, row in labeled_rows.iterrows():
+        if not has_reference(row):
+            raise InputError(f"{labeled_csv}: patient {row['patient_id']}: no 'label' (or liver_mask/spleen_mask) to learn from")
+    labeled = []
+    for _, row in labeled_rows.iterrows():
+        ct = read_ct(row["ct"])
+        labeled.append(semi.prepare(ct, reference_labels(row, ct), settings))
+    unlabeled = [semi.prepare(read_ct(row["ct"]), None, settings) for _, row in unlabeled_rows.iterrows()]
+    validation = labeled[-1:] if len(labeled) >= 4 else []
+    training = labeled[:-1] if validation else labeled
+    model = semi.fit(training, unlabeled, settings, device, validation, progress)
+    semi.save_model(model, settings, model_path)
+
+
+def prepare_backend(name: str, cohort: pd.DataFrame, out: Path, fit_csv: Path | None, model_path: Path | None,
+                    device_name: str, semi_settings: semi.SemiSettings,
+                    fit_progress: Callable[[int, float, float], None] | None) -> Backend:
+    """Check the backend's requirements up front; for semi, train (--fit) or locate (--model) the network."""
+    if name not in BACKENDS:
+        raise InputError(f"unknown segmentation backend '{name}' (choose from {', '.join(BACKENDS)})")
+    device = resolve_device(device_name)
+    if name == "totalseg":
+        missing = foundation.missing_requirements(fast=True)
+        if missing:
+            raise InputError("backend 'totalseg': " + "; ".join(missing))
+    if name != "semi":
+        if fit_csv or model_path:
+            raise InputError(f"--fit and --model apply to backend 'semi' only, not '{name}'")
+        return Backend(name, device=device.type)
+    if fit_csv is None and model_path is None:
+        raise InputError("backend 'semi' needs --fit LABELED.csv (to train) or --model PATH (a trained model)")
+    model_path = Path(model_path or out.with_suffix(".semi.pt"))
+    if fit_csv is not None:
+        fit_semi(cohort, fit_csv, model_path, device, semi_settings, fit_progress)
+    backend = Backend(name, str(model_path.resolve()), device.type)
+    _semi_model(backend.model_path, backend.device)
+    return backend
+
+
+def run_segment(cohort_csv: Path, out: Path, backend_name: str = "classic", workers: int = 1, strict: bool = False,
+                progress: Callable[[ScanResult], None] | None = None, fit_csv: Path | None = None,
+                model_path: Path | None = None, device: str = "auto",
+                semi_settings: semi.SemiSettings = semi.SemiSettings(),
+                fit_progress: Callable[[int, float, float], None] | None = None) -> list[ScanResult]:
     """Segment every CT of a cohort and write seg.h5 (masks, crops, volumes, QC, Dice)."""
-    if backend not in BACKENDS:
-        raise InputError(f"unknown segmentation backend '{backend}' (choose from {', '.join(BACKENDS)})")
     cohort = read_cohort(cohort_csv)
+    backend = prepare_backend(backend_name, cohort, out, fit_csv, model_path, device, semi_settings, fit_progress)
+    if backend.name in ("semi", "totalseg") and backend.device == "cuda":
+        workers = 1
     ids = cohort["patient_id"].tolist()
     results: list[ScanResult] = []
     with store.create_store(out, ids, cohort["center"].tolist()) as h5:
@@ -133,9 +207,11 @@ def run_segment(cohort_csv: Path, out: Path, backend: str = "classic", workers: 
             results.append(result)
             if progress:
                 progress(result)
-        store.write_segment_info(h5, backend, backend_settings(backend), cohort["ct"].tolist())
+        model_sha = store.file_sha256(backend.model_path) if backend.model_path else ""
+        store.write_segment_info(h5, backend.name, backend.settings(), cohort["ct"].tolist(), model_sha,
+                                 backend.model_path)
         store.write_volumes(h5, np.stack([r.volumes for r in results]), list(store.ROI_LABELS))
         store.write_dice(h5, np.stack([r.dice for r in results]), list(store.ROI_LABELS))
         store.write_qc(h5, [r.status for r in results], [r.reason for r in results],
-                       flags=[";".join(r.flags) for r in results], backend=backend)
+                       flags=[";".join(r.flags) for r in results], backend=backend.name)
     return results

@@ -1,0 +1,212 @@
+"""Semi-supervised backend: a MONAI 3D UNet trained with a mean teacher on labeled plus unlabeled scans."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+from monai import transforms
+from monai.inferers import sliding_window_inference
+from monai.losses import DiceCELoss
+from monai.networks.nets import UNet
+
+from tipsprog.errors import InputError
+from tipsprog.io import resample_to_spacing
+from tipsprog.store import ROI_LABELS, atomic_output
+
+MODEL_FORMAT = "tipsprog-semi-1"
+CLASSES = 1 + len(ROI_LABELS)
+
+
+@dataclass(frozen=True)
+class SemiSettings:
+    """Network, sampling and mean-teacher settings (stored with the model)."""
+
+    spacing_mm: float = 4.0
+    patch: tuple[int, int, int] = (32, 48, 48)
+    channels: tuple[int, ...] = (16, 32, 64, 128)
+    iterations: int = 600
+    labeled_batch: int = 2
+    unlabeled_batch: int = 2
+    learning_rate: float = 2e-3
+    ema_decay: float = 0.99
+    consistency_weight: float = 1.0
+    rampup_fraction: float = 0.4
+    noise_sd: float = 0.1
+    mean_teacher: bool = True
+    seed: int = 0
+
+
+def build_network(settings: SemiSettings) -> UNet:
+    """The MONAI 3D UNet for background + liver, spleen, portal vein."""
+    return UNet(spatial_dims=3, in_channels=1, out_channels=CLASSES, channels=settings.channels,
+                strides=(2,) * (len(settings.channels) - 1), num_res_units=1, norm="instance")
+
+
+def to_network_grid(ct: sitk.Image, settings: SemiSettings) -> sitk.Image:
+    """Spacing normalisation in physical space (the grid the network sees)."""
+    return resample_to_spacing(ct, (settings.spacing_mm,) * 3, sitk.sitkLinear, -1024.0)
+
+
+WINDOW = transforms.ScaleIntensityRange(a_min=-200.0, a_max=300.0, b_min=0.0, b_max=1.0, clip=True)
+
+
+def prepare(ct: sitk.Image, labels: sitk.Image | None, settings: SemiSettings) -> dict[str, np.ndarray]:
+    """Channel-first windowed image (and labels) on the network grid, padded to at least one patch."""
+    grid = to_network_grid(ct, settings)
+    sample = {"image": np.asarray(WINDOW(sitk.GetArrayFromImage(grid)[None].astype(np.float32)))}
+    if labels is not None:
+        label_grid = sitk.Resample(labels, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+        sample["label"] = sitk.GetArrayFromImage(label_grid)[None].astype(np.int64)
+    pad = transforms.SpatialPadd(list(sample), spatial_size=settings.patch, mode="constant")
+    return {k: np.asarray(v) for k, v in pad(sample).items()}
+
+
+def _augment(keys: list[str], settings: SemiSettings, labeled: bool) -> transforms.Compose:
+    """Random patch, flips and a small affine (MONAI dictionary transforms)."""
+    crop = (transforms.RandCropByPosNegLabeld(keys, "label", settings.patch, pos=2.0, neg=1.0, num_samples=1)
+            if labeled else transforms.RandSpatialCropd(keys, settings.patch, random_size=False))
+    modes = ["bilinear", "nearest"][: len(keys)]
+    return transforms.Compose([
+        crop,
+        transforms.RandFlipd(keys, prob=0.5, spatial_axis=2),
+        transforms.RandFlipd(keys, prob=0.5, spatial_axis=1),
+        transforms.RandAffined(keys, prob=0.3, rotate_range=(0.1, 0.1, 0.1), scale_range=(0.1, 0.1, 0.1), mode=modes,
+                               padding_mode="border"),
+    ])
+
+
+def _patches(samples: list[dict], pipeline: transforms.Compose, count: int, rng: np.random.Generator,
+             keys: tuple[str, ...]) -> list[torch.Tensor]:
+    """`count` augmented patches of randomly chosen samples, stacked per key."""
+    outputs = []
+    for index in rng.integers(0, len(samples), count):
+        out = pipeline(samples[index])
+        outputs.append(out[0] if isinstance(out, list) else out)
+    return [torch.stack([torch.as_tensor(np.asarray(o[key])) for o in outputs]) for key in keys]
+
+
+def _rampup(step: int, settings: SemiSettings) -> float:
+    """Sigmoid ramp-up of the consistency weight (Laine & Aila)."""
+    length = max(1.0, settings.rampup_fraction * settings.iterations)
+    phase = 1.0 - min(step, length) / length
+    return float(np.exp(-5.0 * phase * phase))
+
+
+@torch.no_grad()
+def _update_teacher(teacher: torch.nn.Module, student: torch.nn.Module, decay: float) -> None:
+    """Exponential moving average of the student's weights."""
+    for t, s in zip(teacher.parameters(), student.parameters()):
+        t.mul_(decay).add_(s.detach(), alpha=1.0 - decay)
+
+
+def fit(labeled: list[dict], unlabeled: list[dict], settings: SemiSettings, device: torch.device,
+        validation: list[dict] | None = None, progress: Callable[[int, float, float], None] | None = None) -> torch.nn.Module:
+    """Train student and mean teacher; return the teacher (or the student when mean_teacher is off)."""
+    if not labeled:
+        raise InputError("--fit: no labeled scan to train on")
+    torch.manual_seed(settings.seed)
+    rng = np.random.default_rng(settings.seed)
+    labeled_aug = _augment(["image", "label"], settings, labeled=True)
+    labeled_aug.set_random_state(settings.seed)
+    unlabeled_aug = _augment(["image"], settings, labeled=False)
+    unlabeled_aug.set_random_state(settings.seed + 1)
+    student = build_network(settings).to(device)
+    teacher = copy.deepcopy(student).eval()
+    optimiser = torch.optim.AdamW(student.parameters(), lr=settings.learning_rate, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, settings.iterations)
+    supervised_loss = DiceCELoss(to_onehot_y=True, softmax=True)
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
+    use_unlabeled = settings.mean_teacher and bool(unlabeled)
+    for step in range(1, settings.iterations + 1):
+        student.train()
+        images, targets = (t.to(device) for t in _patches(labeled, labeled_aug, settings.labeled_batch, rng, ("image", "label")))
+        with torch.autocast(device.type, enabled=device.type == "cuda"):
+            loss = supervised_loss(student(images), targets)
+            if use_unlabeled:
+                (pool,) = _patches(unlabeled + labeled, unlabeled_aug, settings.unlabeled_batch, rng, ("image",))
+                pool = pool.to(device)
+                student_view = pool + settings.noise_sd * torch.randn_like(pool)
+                with torch.no_grad():
+                    teacher_view = torch.softmax(teacher(pool + settings.noise_sd * torch.randn_like(pool)), dim=1)
+                consistency = F.mse_loss(torch.softmax(student(student_view), dim=1), teacher_view)
+                loss = loss + settings.consistency_weight * _rampup(step, settings) * consistency
+        optimiser.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimiser)
+        scaler.update()
+        schedule.step()
+        _update_teacher(teacher, student, settings.ema_decay if step > 1 else 0.0)
+        if progress and (step % 25 == 0 or step == settings.iterations):
+            model = teacher if settings.mean_teacher else student
+            dice = validation_dice(model, validation, settings, device) if validation else float("nan")
+            progress(step, loss.item(), dice)
+    return teacher if settings.mean_teacher else student.eval()
+
+
+@torch.no_grad()
+def predict_grid(model: torch.nn.Module, sample: dict, settings: SemiSettings, device: torch.device) -> np.ndarray:
+    """Sliding-window argmax labels of one prepared sample (network grid, padded)."""
+    model.eval()
+    image = torch.as_tensor(sample["image"])[None].to(device)
+    with torch.autocast(device.type, enabled=device.type == "cuda"):
+        logits = sliding_window_inference(image, settings.patch, 4, model, overlap=0.25, mode="gaussian")
+    return logits.argmax(dim=1)[0].cpu().numpy().astype(np.uint8)
+
+
+def validation_dice(model: torch.nn.Module, samples: list[dict], settings: SemiSettings, device: torch.device) -> float:
+    """Mean foreground Dice over held-out labeled samples (for the progress bar only)."""
+    scores = []
+    for sample in samples:
+        predicted, truth = predict_grid(model, sample, settings, device), sample["label"][0]
+        for label in ROI_LABELS.values():
+            total = (predicted == label).sum() + (truth == label).sum()
+            if total:
+                scores.append(2.0 * ((predicted == label) & (truth == label)).sum() / total)
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def segment_semi(ct: sitk.Image, model: torch.nn.Module, settings: SemiSettings, device: torch.device) -> sitk.Image:
+    """Labels of one canonical CT on its own grid."""
+    grid = to_network_grid(ct, settings)
+    sample = prepare(ct, None, settings)
+    predicted = predict_grid(model, sample, settings, device)
+    size = sitk.GetArrayViewFromImage(grid).shape
+    labels = sitk.GetImageFromArray(_unpad(predicted, size))
+    labels.CopyInformation(grid)
+    return sitk.Resample(labels, ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+
+
+def _unpad(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Undo SpatialPad's symmetric padding."""
+    starts = [(padded - original) // 2 for padded, original in zip(array.shape, shape)]
+    return array[tuple(slice(s, s + n) for s, n in zip(starts, shape))]
+
+
+def save_model(model: torch.nn.Module, settings: SemiSettings, path: Path) -> None:
+    """Save weights and settings atomically."""
+    with atomic_output(path) as tmp:
+        torch.save({"format": MODEL_FORMAT, "settings": asdict(settings), "state_dict": model.state_dict()}, tmp)
+
+
+def load_model(path: Path, device: torch.device) -> tuple[torch.nn.Module, SemiSettings]:
+    """Load a model saved by save_model (weights_only: no code from the file runs)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: segmentation model not found (train one with --fit LABELED.csv)")
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # torch raises many types for a bad file
+        raise InputError(f"{path}: not a readable model file ({type(err).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
+        raise InputError(f"{path}: not a tipsprog semi-supervised segmentation model")
+    settings = SemiSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in payload["settings"].items()})
+    model = build_network(settings).to(device)
+    model.load_state_dict(payload["state_dict"])
+    return model.eval(), settings
