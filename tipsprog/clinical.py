@@ -38,7 +38,7 @@ class Variable:
 @lru_cache(maxsize=1)
 def schema() -> dict[str, Variable]:
     """Load the packaged clinical schema (names, units, ranges, types)."""
-    text = resources.files("tipsprog").joinpath("clinical_schema.yaml").read_text()
+    text = resources.files("tipsprog").joinpath("clinical_schema.yaml").read_text(encoding="utf-8")
     variables = {}
     for name, spec in yaml.safe_load(text).items():
         low, high = spec.get("range", [-np.inf, np.inf])

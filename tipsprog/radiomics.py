@@ -44,7 +44,7 @@ def load_params(params: str) -> dict:
     if not path.is_file():
         raise InputError(f"--params {params}: not a preset ({', '.join(PRESETS)}) and no such file")
     try:
-        loaded = yaml.safe_load(path.read_text())
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise InputError(f"{path}: invalid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(loaded, dict) or not set(loaded) <= {"setting", "imageType", "featureClass", "voxelSetting"}:

@@ -32,6 +32,6 @@ def run_evaluate(bundle_path: Path, out: Path, truth_csv: Path | None = None, dr
                                     document["survival"]["model"]["hazard_ratio"]["logrank_p"], tmp / "km.png")
         plots.roc(data.outcomes["ohe"], {r.name: r.ohe_probability for r in rows if r.ohe_probability is not None},
                   tmp / "ohe_roc.png")
-        (tmp / "metrics.json").write_text(json.dumps(document, indent=2, allow_nan=True))
-        (tmp / "report.md").write_text(markdown(document, notes))
+        (tmp / "metrics.json").write_text(json.dumps(document, indent=2, allow_nan=True), encoding="utf-8")
+        (tmp / "report.md").write_text(markdown(document, notes), encoding="utf-8")
     return document

@@ -50,7 +50,7 @@ def write_bundle(out: Path, data: TrainingData, cv: CrossValidation, config: Tra
         torch.save({"format": WEIGHTS_FORMAT, "members": [_member_payload(m) for m in cv.members]}, tmp / "weights.pt")
         (tmp / "preprocess.json").write_text(json.dumps(
             {"members": [{"fold": m.fold, "seed": m.seed, "preprocessors": {k: p.to_dict() for k, p in m.preprocessors.items()}}
-                         for m in cv.members]}))
+                         for m in cv.members]}), encoding="utf-8")
         with store.create_store(tmp / "oof.h5", data.patient_ids, data.centers.tolist()) as h5:
             store.write_columns(h5, "outcomes", {"time": data.time, "event": data.event, "ohe": data.ohe,
                                                  "ppg_post": data.ppg_post, "fold": cv.fold_of})
@@ -58,13 +58,13 @@ def write_bundle(out: Path, data: TrainingData, cv: CrossValidation, config: Tra
             store.write_columns(h5, "scores", scores)
             for row, baselines in cv.baselines.items():
                 store.write_baselines(h5, row, baselines)
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        (tmp / "model_card.md").write_text(model_card)
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+        (tmp / "model_card.md").write_text(model_card, encoding="utf-8")
         manifest = {**manifest, "bundle_format": BUNDLE_FORMAT, "tipsprog_version": __version__,
                     "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                     "config": asdict(config)}
         manifest["files"] = {p.name: store.file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-        (tmp / "bundle.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+        (tmp / "bundle.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False), encoding="utf-8")
 
 
 def load_bundle(path: Path) -> Bundle:
@@ -73,7 +73,7 @@ def load_bundle(path: Path) -> Bundle:
     if not (path / "bundle.yaml").is_file():
         raise InputError(f"{path}: not a model bundle (no bundle.yaml)")
     try:
-        manifest = yaml.safe_load((path / "bundle.yaml").read_text())
+        manifest = yaml.safe_load((path / "bundle.yaml").read_text(encoding="utf-8"))
     except yaml.YAMLError:
         raise InputError(f"{path / 'bundle.yaml'}: invalid YAML") from None
     if not isinstance(manifest, dict) or manifest.get("bundle_format") != BUNDLE_FORMAT:
@@ -86,7 +86,7 @@ def load_bundle(path: Path) -> Bundle:
         if store.file_sha256(file) != digest:
             raise InputError(f"{path}: bundle file {name} does not match its recorded sha256")
     payload = torch.load(path / "weights.pt", map_location="cpu", weights_only=True)
-    preprocess = json.loads((path / "preprocess.json").read_text())
+    preprocess = json.loads((path / "preprocess.json").read_text(encoding="utf-8"))
     members = []
     for entry, fitted in zip(payload["members"], preprocess["members"]):
         preprocessors = {k: ModalityPreprocessor(**v) for k, v in fitted["preprocessors"].items()}

@@ -36,7 +36,7 @@ LOSS_KEYS = {"survival", "ohe", "ppg"}
 
 
 def _defaults() -> dict:
-    return yaml.safe_load(resources.files("tipsprog").joinpath("configs/default.yaml").read_text())
+    return yaml.safe_load(resources.files("tipsprog").joinpath("configs/default.yaml").read_text(encoding="utf-8"))
 
 
 def _check(values: dict, source: str) -> None:
@@ -63,7 +63,7 @@ def load_config(path: Path | None = None, **overrides) -> TrainConfig:
         if not Path(path).is_file():
             raise InputError(f"{path}: config file not found")
         try:
-            loaded = yaml.safe_load(Path(path).read_text()) or {}
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as err:
             raise InputError(f"{path}: invalid YAML ({str(err).splitlines()[0]})") from None
         if not isinstance(loaded, dict):
