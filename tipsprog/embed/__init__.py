@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from monai.networks.nets import AutoEncoder
 
 from tipsprog import store
+from tipsprog.checkpoints import load_checkpoint, save_checkpoint
 from tipsprog.devices import resolve_device
 from tipsprog.errors import InputError
 from tipsprog.store import file_sha256
@@ -73,23 +74,13 @@ def fit_autoencoder(crops: np.ndarray, settings: FitSettings, device: torch.devi
 
 def save_weights(model: AutoEncoder, path: Path) -> str:
     """Save encoder weights atomically; return their sha256."""
-    with store.atomic_output(path) as tmp:
-        torch.save({"format": WEIGHTS_FORMAT, "architecture": ARCHITECTURE,
-                    "state_dict": model.state_dict()}, tmp)
+    save_checkpoint({"format": WEIGHTS_FORMAT, "architecture": ARCHITECTURE, "state_dict": model.state_dict()}, path)
     return file_sha256(path)
 
 
 def load_weights(path: Path, device: torch.device) -> AutoEncoder:
     """Load encoder weights saved by `save_weights` (weights_only, so no code runs)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: weights file not found")
-    try:
-        payload = torch.load(path, map_location=device, weights_only=True)
-    except Exception as err:  # torch raises many types for a bad file
-        raise InputError(f"{path}: not a readable weights file ({type(err).__name__})") from None
-    if not isinstance(payload, dict) or payload.get("format") != WEIGHTS_FORMAT:
-        raise InputError(f"{path}: not a tipsprog ssl encoder weights file")
+    payload = load_checkpoint(path, WEIGHTS_FORMAT, "ssl encoder weights file", device)
     model = build_autoencoder().to(device)
     model.load_state_dict(payload["state_dict"])
     return model.eval()

@@ -18,7 +18,8 @@ from monai.networks.nets import UNet
 
 from tipsprog.errors import InputError
 from tipsprog.io import resample_to_spacing
-from tipsprog.store import ROI_LABELS, atomic_output
+from tipsprog.checkpoints import load_checkpoint, save_checkpoint
+from tipsprog.store import ROI_LABELS
 
 MODEL_FORMAT = "tipsprog-semi-1"
 CLASSES = 1 + len(ROI_LABELS)
@@ -191,21 +192,13 @@ def _unpad(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 def save_model(model: torch.nn.Module, settings: SemiSettings, path: Path) -> None:
     """Save weights and settings atomically."""
-    with atomic_output(path) as tmp:
-        torch.save({"format": MODEL_FORMAT, "settings": asdict(settings), "state_dict": model.state_dict()}, tmp)
+    save_checkpoint({"format": MODEL_FORMAT, "settings": asdict(settings), "state_dict": model.state_dict()}, path)
 
 
 def load_model(path: Path, device: torch.device) -> tuple[torch.nn.Module, SemiSettings]:
     """Load a model saved by save_model (weights_only: no code from the file runs)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: segmentation model not found (train one with --fit LABELED.csv)")
-    try:
-        payload = torch.load(path, map_location=device, weights_only=True)
-    except Exception as err:  # torch raises many types for a bad file
-        raise InputError(f"{path}: not a readable model file ({type(err).__name__})") from None
-    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
-        raise InputError(f"{path}: not a tipsprog semi-supervised segmentation model")
+    payload = load_checkpoint(path, MODEL_FORMAT, "semi-supervised segmentation model", device,
+                              " (train one with --fit LABELED.csv)")
     settings = SemiSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in payload["settings"].items()})
     model = build_network(settings).to(device)
     model.load_state_dict(payload["state_dict"])
