@@ -64,8 +64,8 @@ def guarded(command: Callable) -> Callable:
 
 @contextmanager
 def progress_bar(description: str, total: int | None, quiet: bool) -> Iterator[Callable[..., None]]:
-    """A rich progress bar; yields a callback that advances it (and may update its text)."""
-    if quiet:
+    """A rich progress bar; yields a callback that advances it (and may update its text). No bar for no work."""
+    if quiet or total == 0:
         yield lambda *args, **kwargs: None
         return
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
