@@ -61,7 +61,8 @@ def assemble(stores: list[Path], clinical_csv: Path, outcomes_csv: Path, modalit
         absent = [pid for pid in ids if pid not in table.index]
         if absent:
             notes.append(f"{_describe(absent)} patients have no {source} row and are left out")
-    unused = [pid for pid in outcomes.index if pid not in set(common)]
+    matched = set(common)
+    unused = [pid for pid in outcomes.index if pid not in matched]
     if unused:
         notes.append(f"{_describe(unused)} outcome rows have no matching features and are left out")
     extras = numeric_extras(clinical)

@@ -134,8 +134,11 @@ def _youden_threshold(probability: np.ndarray, label: np.ndarray) -> float:
 
 
 def train_member(data: TrainingData, train_rows: np.ndarray, config: TrainConfig, fold: int, seed: int,
-                 device: torch.device) -> Member:
-    """Fit preprocessing on the training fold, train with early stopping on its inner split."""
+                 device: torch.device) -> tuple[Member, np.ndarray]:
+    """Fit preprocessing on the training fold, train with early stopping on its inner split.
+
+    Returns the member and its risk on the training rows (which its baseline and cut-offs come from).
+    """
     torch.manual_seed(seed)
     fit_rows, val_rows = inner_split(train_rows, data.event, config.validation_fraction, seed)
     preprocessors = fit_preprocessors(data.matrices, train_rows, config.imaging_components)
@@ -175,7 +178,7 @@ def train_member(data: TrainingData, train_rows: np.ndarray, config: TrainConfig
     member.baseline_times, member.baseline_cumhaz = times.tolist(), cumhaz.tolist()
     member.risk_cut = float(np.median(train_prediction["risk"]))
     member.ohe_threshold = _youden_threshold(train_prediction["ohe_probability"], data.ohe[train_rows])
-    return member
+    return member, train_prediction["risk"]
 
 
 @torch.no_grad()
@@ -226,15 +229,16 @@ def cross_validate(data: TrainingData, config: TrainConfig, cv_mode: str, device
     members: list[Member] = []
     baselines: dict[str, list] = {"model": [], "clinical_cox": []}
     for fold, (train_rows, test_rows) in enumerate(splits):
-        fold_members = [train_member(data, train_rows, config, fold, seed * 1000 + fold * 10 + s, device)
-                        for s in range(config.seeds)]
+        trained = [train_member(data, train_rows, config, fold, seed * 1000 + fold * 10 + s, device)
+                   for s in range(config.seeds)]
+        fold_members = [member for member, _ in trained]
         members += fold_members
         predictions = [predict_member(m, data.matrices, test_rows, config, device) for m in fold_members]
         for key in ("risk", "ohe_probability", "ppg_post"):
             oof[key][test_rows] = np.mean([p[key] for p in predictions], axis=0)
         oof["risk_cut"][test_rows] = np.mean([m.risk_cut for m in fold_members])
         oof["ohe_threshold"][test_rows] = np.mean([m.ohe_threshold for m in fold_members])
-        train_risk = np.mean([predict_member(m, data.matrices, train_rows, config, device)["risk"] for m in fold_members], axis=0)
+        train_risk = np.mean([risk for _, risk in trained], axis=0)
         baselines["model"].append(breslow(train_risk, data.time[train_rows], data.event[train_rows]))
         if "clinical" in data.matrices:
             scaler, coefficients = fit_clinical_cox(data, train_rows, config.clinical_cox_penalizer)
