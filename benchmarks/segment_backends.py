@@ -91,9 +91,9 @@ def resampling_change(backend: Backend, case: tuple[Path, Path], folder: Path) -
     raw = sitk.ReadImage(str(case[0]))
     base = _dice_on_reference(backend, case[0], reference)
     changes = {}
-    for spacing in [(2.5, 2.5, 2.5), (1.5, 1.5, 3.0), (2.0, 2.0, 4.0)]:
+    for spacing in [(2.5, 2.5, 2.5), (1.5, 1.5, 3.0), (1.0, 1.0, 2.0), (2.0, 2.0, 1.5), (2.0, 2.0, 4.0)]:
         path = folder / f"resampled_{'x'.join(map(str, spacing))}.nii.gz"
-        sitk.WriteImage(resample_to_spacing(raw, spacing, sitk.sitkLinear, -1024.0), str(path))
+        sitk.WriteImage(resample_to_spacing(raw, spacing, sitk.sitkBSpline, -1024.0), str(path))
         changes["×".join(f"{s:g}" for s in spacing) + " mm"] = float(np.nanmax(np.abs(_dice_on_reference(backend, path, reference) - base)[:2]))
     return changes
 
@@ -146,7 +146,8 @@ def main() -> None:
         if REAL_CT.is_dir():
             case = real_case(folder)
             table("Real CT (TotalSegmentator example, its labels as reference)", {n: score(b, [case]) for n, b in backends.items()})
-            print("\nLargest liver/spleen Dice change when the real CT is resampled:")
+            print("\nLargest liver/spleen Dice change when the real CT (3 mm) is resampled with a cubic B-spline "
+                  "(the last grid is coarser along z, so it loses information):")
             for name, backend in backends.items():
                 changes = resampling_change(backend, case, folder)
                 print(f"  {name:<16}" + ", ".join(f"{grid}: {value:.3f}" for grid, value in changes.items()))

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from tipsprog.io import read_ct
+from tipsprog.io import read_ct, resample_to_spacing
 from tipsprog.segment import Backend, dice_per_roi, quality_flags, segment_scan
 from tipsprog.segment.crops import roi_volumes
 from tipsprog.segment.masks import TOTALSEGMENTATOR_IDS, map_labels
@@ -39,7 +39,11 @@ def write_dicom_series(image: sitk.Image, folder: Path) -> Path:
 
 
 def _variants(raw: sitk.Image, folder: Path) -> dict[str, Path]:
-    """The real CT stored in other ways that keep its physical content."""
+    """The real CT stored in other ways that keep its physical content.
+
+    Resampled variants use a cubic B-spline onto grids no coarser than the original's 3 mm, as a scanner
+    reconstructing the same field of view on another matrix would: no information is lost, so Dice must hold.
+    """
     images = {
         "RAS": sitk.DICOMOrient(raw, "RAS"), "LPS": sitk.DICOMOrient(raw, "LPS"), "ASL": sitk.DICOMOrient(raw, "ASL"),
         "flipped-x": sitk.Flip(raw, [True, False, False]), "flipped-z": sitk.Flip(raw, [False, False, True]),
@@ -53,7 +57,18 @@ def _variants(raw: sitk.Image, folder: Path) -> dict[str, Path]:
         paths[extension] = folder / f"ct.{extension}"
         sitk.WriteImage(raw, str(paths[extension]))
     paths["dicom"] = write_dicom_series(raw, folder / "dicom")
+    for spacing in RESAMPLED_SPACINGS:
+        paths[_grid_name(spacing)] = folder / f"{_grid_name(spacing)}.nii.gz"
+        sitk.WriteImage(resample_to_spacing(raw, spacing, sitk.sitkBSpline, -1024.0), str(paths[_grid_name(spacing)]))
     return paths
+
+
+RESAMPLED_SPACINGS = [(2.5, 2.5, 2.5), (1.5, 1.5, 3.0), (1.0, 1.0, 2.0), (2.0, 2.0, 1.5)]
+
+
+def _grid_name(spacing: tuple[float, float, float]) -> str:
+    """A test id for a grid, e.g. '1.5x1.5x3mm'."""
+    return "x".join(f"{s:g}" for s in spacing) + "mm"
 
 
 def _dice_on_reference_grid(ct_path: Path, reference: sitk.Image) -> np.ndarray:
@@ -80,7 +95,8 @@ def test_dicom_series_reads_as_the_same_volume(stored_variants):
     np.testing.assert_allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-3)
 
 
-@pytest.mark.parametrize("variant", ["RAS", "LPS", "ASL", "flipped-x", "flipped-z", "int32", "float32", "nrrd", "mha", "dicom"])
+@pytest.mark.parametrize("variant", ["RAS", "LPS", "ASL", "flipped-x", "flipped-z", "int32", "float32", "nrrd", "mha", "dicom",
+                                     *map(_grid_name, RESAMPLED_SPACINGS)])
 def test_classic_dice_does_not_depend_on_storage(stored_variants, variant):
     original, reference, variants = stored_variants
     baseline = _dice_on_reference_grid(original, reference)

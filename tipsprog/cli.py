@@ -14,7 +14,9 @@ import numpy as np
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
+from rich.text import Text
 from rich.table import Table
 
 from tipsprog import __version__
@@ -62,14 +64,26 @@ def guarded(command: Callable) -> Callable:
     return wrapper
 
 
+class RateColumn(ProgressColumn):
+    """Items per minute, e.g. '12.5 patients/min'."""
+
+    def __init__(self, unit: str) -> None:
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task: Task) -> Text:
+        """The task's current speed per minute (blank until there is one)."""
+        return Text(f"{task.speed * 60:.1f} {self.unit}/min" if task.speed else "")
+
+
 @contextmanager
 def progress_bar(description: str, total: int | None, quiet: bool) -> Iterator[Callable[..., None]]:
     """A rich progress bar; yields a callback that advances it (and may update its text). No bar for no work."""
     if quiet or total == 0:
         yield lambda *args, **kwargs: None
         return
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("eta"), TimeRemainingColumn()]
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn("patients"),
+               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
     with Progress(*columns, console=console, transient=False) as bar:
         task = bar.add_task(description, total=total)
 
@@ -154,16 +168,22 @@ def segment(cohort: Path = typer.Argument(..., help="cohort.csv (patient_id, ct[
 @guarded
 def radiomics(seg: Path = typer.Argument(..., help="Segment store from `tipsprog segment`."),
               out: Path = typer.Option(..., "--out", help="Output radiomics store (.h5)."),
-              params: str = typer.Option("fast", "--params", help="Preset (fast) or a pyradiomics YAML file."),
-              workers: Optional[int] = WORKERS, quiet: bool = QUIET) -> None:
-    """pyradiomics features per ROI, tagged roi/image-type/feature-class."""
+              params: str = typer.Option("fast", "--params",
+                                         help="Preset (fast, standard, ibsi) or a pyradiomics YAML parameter file."),
+              workers: Optional[int] = WORKERS,
+              scheduler: Optional[str] = typer.Option(None, "--scheduler",
+                                                      help="Dask scheduler address (tcp://HOST:PORT) to run patients on."),
+              resume: bool = typer.Option(False, "--resume",
+                                          help="Reuse patients already extracted with the same settings and inputs."),
+              quiet: bool = QUIET) -> None:
+    """pyradiomics features per ROI, tagged roi/image-type/feature-class; each ROI cropped before extraction."""
     from tipsprog.radiomics import run_radiomics
     from tipsprog.store import open_store, read_patients
 
     with open_store(seg) as store:
         total = len(read_patients(store))
     with progress_bar("radiomics", total, quiet) as advance:
-        records = run_radiomics(seg, out, params, _workers(workers), advance)
+        records = run_radiomics(seg, out, params, _workers(workers), advance, scheduler, resume)
     if not quiet:
         failed = [r for r in records if r.status != "ok"]
         console.print(f"radiomics: {len(records) - len(failed)} ok, {len(failed)} failed → {out}")

@@ -43,6 +43,9 @@ def canonical(image: sitk.Image) -> sitk.Image:
     return sitk.DICOMOrient(image, "LPS")
 
 
+FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
+
+
 def resample_to_spacing(image: sitk.Image, spacing_mm: tuple[float, float, float], interpolator: int,
                         default: float) -> sitk.Image:
     """Resample onto a grid of the given spacing covering the same physical extent and orientation."""
@@ -51,6 +54,20 @@ def resample_to_spacing(image: sitk.Image, spacing_mm: tuple[float, float, float
         [(t / s - 1.0) / 2.0 for s, t in zip(image.GetSpacing(), spacing_mm)])
     return sitk.Resample(image, size, sitk.Transform(), interpolator, origin, spacing_mm, image.GetDirection(),
                          default, image.GetPixelID())
+
+
+def antialiased_resample(image: sitk.Image, spacing_mm: tuple[float, float, float], default: float) -> sitk.Image:
+    """Resample to `spacing_mm` (cubic B-spline) after the Gaussian blur that a coarser grid calls for.
+
+    The blur's FWHM along each axis is sqrt(target² − input²), so every input sampled finer than the target
+    reaches the same effective resolution (no aliasing); axes already at or above the target are not blurred.
+    This is what makes segmentation nearly independent of the grid a scan was stored on.
+    """
+    fwhm = [np.sqrt(max(t * t - s * s, 0.0)) for s, t in zip(image.GetSpacing(), spacing_mm)]
+    variance = [(w / FWHM_PER_SIGMA) ** 2 for w in fwhm]
+    if max(variance) > 0:
+        image = sitk.DiscreteGaussian(sitk.Cast(image, sitk.sitkFloat32), variance, 32, 0.01, True)
+    return resample_to_spacing(image, spacing_mm, sitk.sitkBSpline, default)
 
 
 def read_mask(path: str | Path, reference: sitk.Image) -> sitk.Image:

@@ -1,4 +1,4 @@
-"""Ordered parallel map over patients: a local process pool, or inline when workers == 1."""
+"""Ordered parallel map over patients: a local process pool, a Dask cluster, or inline when workers == 1."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from typing import Callable, Iterable, Iterator, TypeVar
+
+from tipsprog.errors import InputError
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -16,12 +18,17 @@ def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def map_ordered(function: Callable[[Item], Result], items: Iterable[Item], workers: int) -> Iterator[Result]:
+def map_ordered(function: Callable[[Item], Result], items: Iterable[Item], workers: int,
+                scheduler: str | None = None) -> Iterator[Result]:
     """Yield function(item) in input order, streaming results as they are ready.
 
     Workers start from a fork server (with the function's module preloaded), not a fork of this process:
-    forking after torch has started its thread pool can deadlock the child.
+    forking after torch has started its thread pool can deadlock the child. With a `scheduler` address the
+    same tasks go to a Dask distributed cluster instead (its workers must see the same file paths).
     """
+    if scheduler:
+        yield from _map_dask(function, items, scheduler)
+        return
     if workers <= 1:
         yield from map(function, items)
         return
@@ -29,3 +36,18 @@ def map_ordered(function: Callable[[Item], Result], items: Iterable[Item], worke
     context.set_forkserver_preload([function.__module__])
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         yield from pool.map(function, items, chunksize=1)
+
+
+def _map_dask(function: Callable[[Item], Result], items: Iterable[Item], address: str) -> Iterator[Result]:
+    """function(item) for every item on the Dask cluster at `address`, yielded in input order."""
+    try:
+        from distributed import Client
+    except ImportError:
+        raise InputError("--scheduler needs Dask: pip install 'tipsprog[dask]'") from None
+    try:
+        client = Client(address, timeout="10s", set_as_default=False)
+    except (OSError, TimeoutError) as err:
+        raise InputError(f"--scheduler {address}: cannot reach the Dask scheduler ({err})") from None
+    with client:
+        for future in client.map(function, list(items), pure=False):
+            yield future.result()

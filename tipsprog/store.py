@@ -27,12 +27,13 @@ STRING = h5py.string_dtype("utf-8")
 
 @dataclass
 class FeatureBlock:
-    """One extractor's feature matrix with names, granularity tags and settings."""
+    """One extractor's feature matrix with names, granularity tags, settings and per-patient input digests."""
 
     values: np.ndarray
     names: list[str]
     groups: list[str]
     attrs: dict[str, str] = field(default_factory=dict)
+    input_sha256: list[str] = field(default_factory=list)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -147,6 +148,8 @@ def write_features(store: h5py.File, name: str, block: FeatureBlock) -> None:
     group.create_dataset("values", data=block.values.astype(np.float32))
     group.create_dataset("names", data=np.array(block.names, dtype=object), dtype=STRING)
     group.create_dataset("groups", data=np.array(block.groups, dtype=object), dtype=STRING)
+    if block.input_sha256:
+        group.create_dataset("input_sha256", data=np.array(block.input_sha256, dtype=object), dtype=STRING)
     group.attrs.update(block.attrs)
 
 
@@ -207,6 +210,7 @@ def read_features(store: h5py.File) -> dict[str, FeatureBlock]:
             values=group["values"][()].astype(np.float32),
             names=read_strings(group, "names"), groups=read_strings(group, "groups"),
             attrs={k: str(v) for k, v in group.attrs.items()},
+            input_sha256=read_strings(group, "input_sha256") if "input_sha256" in group else [],
         )
     return blocks
 

@@ -6,12 +6,12 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from tipsprog.io import resample_to_spacing
+from tipsprog.io import antialiased_resample
 from tipsprog.store import ROI_LABELS
 
 SETTINGS = {
     "working_spacing_mm": 3.0, "median_voxels": 3, "body_hu": -400.0, "wall_mm": 15.0, "liver_window_hu": 40.0, "liver_erosion_mm": 8.0,
-    "spleen_erosion_mm": 5.0, "vessel_above_organs_hu": 30.0, "vessel_search_mm": 20.0,
+    "spleen_erosion_mm": 9.0, "vessel_above_organs_hu": 30.0, "vessel_search_mm": 20.0,
     "vessel_core_mm": 7.0, "vessel_max_core_fraction": 0.3, "vessel_max_z_extent": 0.7,
 }
 
@@ -114,7 +114,7 @@ def segment_classic(ct: sitk.Image) -> sitk.Image:
     (nearly) the same result; labels are mapped back onto the input grid.
     """
     spacing = tuple(max(s, SETTINGS["working_spacing_mm"]) for s in ct.GetSpacing())
-    working = resample_to_spacing(ct, spacing, sitk.sitkLinear, -1024.0) if spacing != ct.GetSpacing() else ct
+    working = antialiased_resample(ct, spacing, -1024.0) if spacing != ct.GetSpacing() else ct
     labels = sitk.GetImageFromArray(_label_array(working))
     labels.CopyInformation(working)
     return sitk.Resample(labels, ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)

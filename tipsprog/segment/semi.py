@@ -17,11 +17,11 @@ from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
 
 from tipsprog.errors import InputError
-from tipsprog.io import resample_to_spacing
+from tipsprog.io import antialiased_resample
 from tipsprog.checkpoints import load_checkpoint, save_checkpoint
 from tipsprog.store import ROI_LABELS
 
-MODEL_FORMAT = "tipsprog-semi-1"
+MODEL_FORMAT = "tipsprog-semi-2"
 CLASSES = 1 + len(ROI_LABELS)
 
 
@@ -40,7 +40,11 @@ class SemiSettings:
     consistency_weight: float = 1.0
     rampup_fraction: float = 0.4
     noise_sd: float = 0.1
-    mean_teacher: bool = True
+    intensity_scale: float = 0.15
+    intensity_shift: float = 0.1
+    confidence: float = 0.9
+    consistency: str = "pseudo"
+    class_ratios: tuple[float, ...] = (1.0, 1.0, 1.0, 2.0)
     seed: int = 0
 
 
@@ -52,7 +56,7 @@ def build_network(settings: SemiSettings) -> UNet:
 
 def to_network_grid(ct: sitk.Image, settings: SemiSettings) -> sitk.Image:
     """Spacing normalisation in physical space (the grid the network sees)."""
-    return resample_to_spacing(ct, (settings.spacing_mm,) * 3, sitk.sitkLinear, -1024.0)
+    return antialiased_resample(ct, (settings.spacing_mm,) * 3, -1024.0)
 
 
 WINDOW = transforms.ScaleIntensityRange(a_min=-200.0, a_max=300.0, b_min=0.0, b_max=1.0, clip=True)
@@ -71,16 +75,45 @@ def prepare(ct: sitk.Image, labels: sitk.Image | None, settings: SemiSettings) -
 
 def _augment(keys: list[str], settings: SemiSettings, labeled: bool) -> transforms.Compose:
     """Random patch, flips and a small affine (MONAI dictionary transforms)."""
-    crop = (transforms.RandCropByPosNegLabeld(keys, "label", settings.patch, pos=2.0, neg=1.0, num_samples=1)
+    crop = (transforms.RandCropByLabelClassesd(keys, "label", settings.patch, ratios=list(settings.class_ratios),
+                                               num_classes=CLASSES, num_samples=1)
             if labeled else transforms.RandSpatialCropd(keys, settings.patch, random_size=False))
     modes = ["bilinear", "nearest"][: len(keys)]
-    return transforms.Compose([
+    spatial = [
         crop,
         transforms.RandFlipd(keys, prob=0.5, spatial_axis=2),
         transforms.RandFlipd(keys, prob=0.5, spatial_axis=1),
         transforms.RandAffined(keys, prob=0.3, rotate_range=(0.1, 0.1, 0.1), scale_range=(0.1, 0.1, 0.1), mode=modes,
                                padding_mode="border"),
-    ])
+    ]
+    intensity = [
+        transforms.RandScaleIntensityd("image", factors=settings.intensity_scale, prob=0.5),
+        transforms.RandShiftIntensityd("image", offsets=settings.intensity_shift, prob=0.5),
+    ]
+    return transforms.Compose(spatial + intensity if labeled else spatial)
+
+
+def _perturb(images: torch.Tensor, settings: SemiSettings) -> torch.Tensor:
+    """The student's strong view of an unlabeled batch: per-scan contrast, brightness and noise, like a new center."""
+    shape = (images.shape[0],) + (1,) * (images.ndim - 1)
+    scale = 1.0 + settings.intensity_scale * (2.0 * torch.rand(shape, device=images.device) - 1.0)
+    shift = settings.intensity_shift * (2.0 * torch.rand(shape, device=images.device) - 1.0)
+    return images * scale + shift + settings.noise_sd * torch.randn_like(images)
+
+
+def _flip(images: torch.Tensor, axes: list[int]) -> torch.Tensor:
+    """Flip spatial axes (its own inverse), so the student also sees the unlabeled patch mirrored."""
+    return torch.flip(images, axes) if axes else images
+
+
+def _consistency(student_logits: torch.Tensor, teacher_logits: torch.Tensor, settings: SemiSettings) -> torch.Tensor:
+    """Unlabeled loss: cross-entropy to the teacher's confident labels ('pseudo') or softmax MSE ('mse')."""
+    teacher_probability = torch.softmax(teacher_logits.float(), dim=1)
+    if settings.consistency == "mse":
+        return F.mse_loss(torch.softmax(student_logits.float(), dim=1), teacher_probability)
+    confidence, pseudo_label = teacher_probability.max(dim=1)
+    per_voxel = F.cross_entropy(student_logits.float(), pseudo_label, reduction="none")
+    return (per_voxel * (confidence >= settings.confidence)).mean()
 
 
 def _patches(samples: list[dict], pipeline: transforms.Compose, count: int, rng: np.random.Generator,
@@ -109,7 +142,11 @@ def _update_teacher(teacher: torch.nn.Module, student: torch.nn.Module, decay: f
 
 def fit(labeled: list[dict], unlabeled: list[dict], settings: SemiSettings, device: torch.device,
         validation: list[dict] | None = None, progress: Callable[[int, float, float], None] | None = None) -> torch.nn.Module:
-    """Train student and mean teacher; return the teacher (or the student when mean_teacher is off)."""
+    """Train a student and its mean teacher (EMA of the student's weights); return the teacher.
+
+    With no unlabeled scans (or consistency_weight 0) this is plain supervised training with the same
+    network, augmentation and weight averaging: the baseline that the unlabeled loss must beat.
+    """
     if not labeled:
         raise InputError("--fit: no labeled scan to train on")
     torch.manual_seed(settings.seed)
@@ -124,7 +161,7 @@ def fit(labeled: list[dict], unlabeled: list[dict], settings: SemiSettings, devi
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, settings.iterations)
     supervised_loss = DiceCELoss(to_onehot_y=True, softmax=True)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
-    use_unlabeled = settings.mean_teacher and bool(unlabeled)
+    use_unlabeled = bool(unlabeled) and settings.consistency_weight > 0
     for step in range(1, settings.iterations + 1):
         student.train()
         images, targets = (t.to(device) for t in _patches(labeled, labeled_aug, settings.labeled_batch, rng, ("image", "label")))
@@ -133,10 +170,11 @@ def fit(labeled: list[dict], unlabeled: list[dict], settings: SemiSettings, devi
             if use_unlabeled:
                 (pool,) = _patches(unlabeled + labeled, unlabeled_aug, settings.unlabeled_batch, rng, ("image",))
                 pool = pool.to(device)
-                student_view = pool + settings.noise_sd * torch.randn_like(pool)
                 with torch.no_grad():
-                    teacher_view = torch.softmax(teacher(pool + settings.noise_sd * torch.randn_like(pool)), dim=1)
-                consistency = F.mse_loss(torch.softmax(student(student_view), dim=1), teacher_view)
+                    teacher_logits = teacher(pool)
+                flips = [axis for axis in (2, 3, 4) if rng.random() < 0.5]
+                student_logits = _flip(student(_flip(_perturb(pool, settings), flips)), flips)
+                consistency = _consistency(student_logits, teacher_logits, settings)
                 loss = loss + settings.consistency_weight * _rampup(step, settings) * consistency
         optimiser.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -145,10 +183,9 @@ def fit(labeled: list[dict], unlabeled: list[dict], settings: SemiSettings, devi
         schedule.step()
         _update_teacher(teacher, student, settings.ema_decay if step > 1 else 0.0)
         if progress and (step % 25 == 0 or step == settings.iterations):
-            model = teacher if settings.mean_teacher else student
-            dice = validation_dice(model, validation, settings, device) if validation else float("nan")
+            dice = validation_dice(teacher, validation, settings, device) if validation else float("nan")
             progress(step, loss.item(), dice)
-    return teacher if settings.mean_teacher else student.eval()
+    return teacher
 
 
 @torch.no_grad()

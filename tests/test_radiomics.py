@@ -1,0 +1,139 @@
+"""radiomics: cropped extraction equals pyradiomics on the whole image; presets, tags, resume and Dask."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import yaml
+from conftest import invoke
+
+from tipsprog import store
+from tipsprog.errors import InputError
+from tipsprog.io import read_ct, read_mask
+from tipsprog.radiomics import run_radiomics
+from tipsprog.radiomics.extract import extract_scan, feature_group
+from tipsprog.radiomics.params import PRESETS, crop_plan, load_params, make_extractor
+from tipsprog.radiomics.resume import journal_path
+from tipsprog.segment.masks import TOTALSEGMENTATOR_IDS, map_labels
+
+
+def _uncropped(ct: sitk.Image, labels: sitk.Image, params: dict) -> dict[str, float]:
+    """What pyradiomics' own extractor gives on the whole image, ROI by ROI."""
+    extractor, values = make_extractor(params), {}
+    for roi, label in store.ROI_LABELS.items():
+        if (sitk.GetArrayViewFromImage(labels) == label).any():
+            for key, value in extractor.execute(ct, labels, label=label).items():
+                if not key.startswith("diagnostics_"):
+                    values[f"{roi}/{key}"] = float(value)
+    return values
+
+
+def _assert_parity(ct: sitk.Image, labels: sitk.Image, params: dict) -> None:
+    ours, failures = extract_scan(ct, labels, params)
+    reference = _uncropped(ct, labels, params)
+    assert not failures and set(ours) == set(reference)
+    names = sorted(reference)
+    relative = np.abs(np.array([ours[n] for n in names]) - [reference[n] for n in names])
+    relative /= np.maximum(np.abs([reference[n] for n in names]), 1e-12)
+    assert relative.max() <= 1e-6, names[int(np.argmax(relative))]
+
+
+@pytest.mark.parametrize("preset", ["fast", "standard"])
+def test_cropped_features_equal_pyradiomics_on_the_real_ct(real_ct, preset):
+    ct = read_ct(real_ct / "example_ct_sm.nii.gz")
+    labels = map_labels(read_mask(real_ct / "example_seg.nii.gz", ct), TOTALSEGMENTATOR_IDS)
+    _assert_parity(ct, labels, PRESETS[preset])
+
+
+def test_cropped_features_equal_pyradiomics_on_a_synthetic_scan(pipeline):
+    ct = read_ct(pipeline.cohort / "images" / "P0004.nii.gz")
+    labels = read_mask(pipeline.cohort / "labels" / "P0004.nii.gz", ct)
+    _assert_parity(ct, labels, PRESETS["standard"])
+
+
+def test_crop_plan_follows_the_filters():
+    standard = crop_plan(PRESETS["standard"], (2.0, 2.0, 4.0))
+    assert standard.circular and list(standard.margin) == [25, 25, 13]  # 16 σ of LoG 3 mm, +1
+    assert list(crop_plan(PRESETS["fast"], (1.0, 1.0, 1.0)).margin) == [1, 1, 1]
+    assert crop_plan(PRESETS["ibsi"], (1.0, 1.0, 1.0)) is None  # pyradiomics crops itself when it resamples
+    assert crop_plan({"imageType": {"Square": {}}}, (1.0, 1.0, 1.0)) is None  # scaled by the whole image's max
+
+
+def test_group_tags_name_roi_image_type_and_class():
+    assert feature_group("liver", "wavelet-LLH_glcm_Contrast") == "liver/wavelet-LLH/glcm"
+    assert feature_group("spleen", "log-sigma-2-0-mm-3D_firstorder_Mean") == "spleen/log-sigma-2-0-mm-3D/firstorder"
+
+
+def test_parameter_files_are_validated(tmp_path):
+    good = tmp_path / "params.yaml"
+    good.write_text(yaml.safe_dump({"setting": {"binWidth": 10}, "imageType": {"Original": {}}}))
+    assert load_params(str(good))["setting"]["binWidth"] == 10
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"setting": {"binWidth": "wide"}}))
+    with pytest.raises(InputError, match="bad.yaml: pyradiomics rejects"):
+        load_params(str(bad))
+    with pytest.raises(InputError, match="not a preset"):
+        load_params("no-such-preset")
+
+
+def _features(path) -> tuple[list[str], np.ndarray]:
+    with h5py.File(path) as h5:
+        return [n.decode() for n in h5["features/radiomics/names"][()]], h5["features/radiomics/values"][()]
+
+
+def test_resume_reuses_an_interrupted_run(pipeline, tmp_path):
+    out = tmp_path / "radiomics.h5"
+    seen = []
+
+    def stop_after_three(record):
+        seen.append(record.patient_id)
+        if len(seen) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_radiomics(pipeline.seg, out, "fast", 1, stop_after_three)
+    assert not out.exists()
+    with h5py.File(journal_path(out), "a") as journal:
+        assert len(journal["records"]) == 3
+        journal["records/0/values"][...] = 42.0  # only a reused record can carry this into the store
+    run_radiomics(pipeline.seg, out, "fast", 1, resume_previous=True)
+    assert not journal_path(out).exists()
+    names, values = _features(out)
+    reference_names, reference = _features(pipeline.radiomics)
+    assert names == reference_names
+    assert np.all(values[0][np.isfinite(values[0])] == 42.0)
+    np.testing.assert_array_equal(values[1:], reference[1:])
+
+
+def test_resume_from_a_store_skips_only_matching_settings(pipeline, tmp_path):
+    out = tmp_path / "radiomics.h5"
+    out.write_bytes(pipeline.radiomics.read_bytes())
+    with h5py.File(out, "a") as h5:
+        h5["features/radiomics/values"][0] = 7.0
+    run_radiomics(pipeline.seg, out, "fast", 1, resume_previous=True)
+    assert np.all(_features(out)[1][0] == 7.0)  # same settings and inputs: taken from the store
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({**PRESETS["fast"], "setting": {**PRESETS["fast"]["setting"], "binWidth": 20}}))
+    run_radiomics(pipeline.seg, out, str(params), 1, resume_previous=True)
+    assert not np.any(_features(out)[1][0] == 7.0)  # other settings: recomputed
+
+
+def test_dask_cluster_gives_the_same_store(pipeline, tmp_path):
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
+        result = invoke("radiomics", pipeline.seg, "--out", tmp_path / "dask.h5", "--scheduler",
+                        cluster.scheduler_address, "--quiet")
+    assert result.exit_code == 0, result.output
+    names, values = _features(tmp_path / "dask.h5")
+    reference_names, reference = _features(pipeline.radiomics)
+    assert names == reference_names
+    np.testing.assert_array_equal(values, reference)
+
+
+def test_unreachable_scheduler_is_one_line(pipeline, tmp_path):
+    result = invoke("radiomics", pipeline.seg, "--out", tmp_path / "r.h5", "--scheduler", "tcp://127.0.0.1:9")
+    assert result.exit_code == 2 and "cannot reach the Dask scheduler" in result.output
+    assert not (tmp_path / "r.h5").exists()
