@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import h5py
 import numpy as np
+import pandas as pd
 import pytest
 import SimpleITK as sitk
 import yaml
@@ -13,26 +14,28 @@ from tipsprog import store
 from tipsprog.errors import InputError
 from tipsprog.io import read_ct, read_mask
 from tipsprog.radiomics import run_radiomics
-from tipsprog.radiomics.extract import extract_scan, feature_group
+from tipsprog.radiomics.extract import extract_from_file, feature_group
 from tipsprog.radiomics.params import PRESETS, crop_plan, load_params, make_extractor
 from tipsprog.radiomics.resume import journal_path
 from tipsprog.segment.masks import TOTALSEGMENTATOR_IDS, map_labels
 
 
-def _uncropped(ct: sitk.Image, labels: sitk.Image, params: dict) -> dict[str, float]:
-    """What pyradiomics' own extractor gives on the whole image, ROI by ROI."""
+def _uncropped(ct_path, label_path, params: dict) -> dict[str, float]:
+    """What pyradiomics' own extractor gives on the image and label files, ROI by ROI."""
     extractor, values = make_extractor(params), {}
+    present = np.unique(sitk.GetArrayViewFromImage(sitk.ReadImage(str(label_path))))
     for roi, label in store.ROI_LABELS.items():
-        if (sitk.GetArrayViewFromImage(labels) == label).any():
-            for key, value in extractor.execute(ct, labels, label=label).items():
+        if label in present:
+            for key, value in extractor.execute(str(ct_path), str(label_path), label=label).items():
                 if not key.startswith("diagnostics_"):
                     values[f"{roi}/{key}"] = float(value)
     return values
 
 
-def _assert_parity(ct: sitk.Image, labels: sitk.Image, params: dict) -> None:
-    ours, failures = extract_scan(ct, labels, params)
-    reference = _uncropped(ct, labels, params)
+def _assert_parity(ct_path, label_path, params: dict) -> None:
+    labels = read_mask(label_path, read_ct(ct_path))  # on the canonical grid, as a segment store holds them
+    ours, failures = extract_from_file(str(ct_path), labels, params)
+    reference = _uncropped(ct_path, label_path, params)
     assert not failures and set(ours) == set(reference)
     names = sorted(reference)
     relative = np.abs(np.array([ours[n] for n in names]) - [reference[n] for n in names])
@@ -41,16 +44,15 @@ def _assert_parity(ct: sitk.Image, labels: sitk.Image, params: dict) -> None:
 
 
 @pytest.mark.parametrize("preset", ["fast", "standard"])
-def test_cropped_features_equal_pyradiomics_on_the_real_ct(real_ct, preset):
-    ct = read_ct(real_ct / "example_ct_sm.nii.gz")
-    labels = map_labels(read_mask(real_ct / "example_seg.nii.gz", ct), TOTALSEGMENTATOR_IDS)
-    _assert_parity(ct, labels, PRESETS[preset])
+def test_cropped_features_equal_pyradiomics_on_the_real_ct(real_ct, preset, tmp_path):
+    label_path = tmp_path / "labels.nii.gz"  # stored RAS-flipped like the CT: the canonical masks must map back
+    sitk.WriteImage(map_labels(sitk.ReadImage(str(real_ct / "example_seg.nii.gz")), TOTALSEGMENTATOR_IDS), str(label_path))
+    _assert_parity(real_ct / "example_ct_sm.nii.gz", label_path, PRESETS[preset])
 
 
 def test_cropped_features_equal_pyradiomics_on_a_synthetic_scan(pipeline):
-    ct = read_ct(pipeline.cohort / "images" / "P0004.nii.gz")
-    labels = read_mask(pipeline.cohort / "labels" / "P0004.nii.gz", ct)
-    _assert_parity(ct, labels, PRESETS["standard"])
+    _assert_parity(pipeline.cohort / "images" / "P0004.nii.gz", pipeline.cohort / "labels" / "P0004.nii.gz",
+                   PRESETS["standard"])
 
 
 def test_crop_plan_follows_the_filters():
@@ -137,3 +139,26 @@ def test_unreachable_scheduler_is_one_line(pipeline, tmp_path):
     result = invoke("radiomics", pipeline.seg, "--out", tmp_path / "r.h5", "--scheduler", "tcp://127.0.0.1:9")
     assert result.exit_code == 2 and "cannot reach the Dask scheduler" in result.output
     assert not (tmp_path / "r.h5").exists()
+
+
+def test_a_failed_patient_is_recorded_and_the_batch_goes_on(pipeline, tmp_path):
+    rows = pd.read_csv(pipeline.cohort / "cohort.csv").head(3)
+    rows["ct"] = [str(pipeline.cohort / path) for path in rows["ct"]]
+    rows["label"] = [str(pipeline.cohort / path) for path in rows["label"]]
+    labels = sitk.ReadImage(rows.loc[1, "label"])
+    array = sitk.GetArrayFromImage(labels)
+    spleen = np.argwhere(array == 2)
+    array[array == 2] = 0
+    array[tuple(spleen[:3].T)] = 2  # three voxels: below pyradiomics' minimum ROI size
+    tiny = sitk.GetImageFromArray(array)
+    tiny.CopyInformation(labels)
+    sitk.WriteImage(tiny, str(tmp_path / "tiny_spleen.nii.gz"))
+    rows.loc[1, "label"] = str(tmp_path / "tiny_spleen.nii.gz")
+    rows.to_csv(tmp_path / "cohort.csv", index=False)
+    assert invoke("segment", tmp_path / "cohort.csv", "--backend", "masks", "--out", tmp_path / "seg.h5", "-q").exit_code == 0
+    assert invoke("radiomics", tmp_path / "seg.h5", "--out", tmp_path / "radiomics.h5", "-q").exit_code == 0
+    with h5py.File(tmp_path / "radiomics.h5") as h5:
+        status = [s.decode() for s in h5["qc/status"][()]]
+        reasons = [r.decode() for r in h5["qc/reason"][()]]
+    assert status == ["ok", "failed", "ok"]
+    assert reasons[1].startswith("spleen:")

@@ -15,6 +15,11 @@ MISSING_MARKERS = ["", "NA", "N/A", "na", "NaN", "nan", ".", "null", "NULL"]
 
 def read_ct(path: str | Path) -> sitk.Image:
     """Read a CT file or DICOM series folder as a 3-D float32 image oriented LPS."""
+    return canonical(sitk.Cast(read_image(path), sitk.sitkFloat32))
+
+
+def read_image(path: str | Path) -> sitk.Image:
+    """Read a CT file or DICOM series folder as stored (pixel type and orientation), checked to be a 3-D scalar."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: CT file not found")
@@ -35,7 +40,7 @@ def read_ct(path: str | Path) -> sitk.Image:
         raise InputError(f"{path}: CT must be a 3-D scalar image, got {image.GetDimension()}-D")
     if min(image.GetSize()) < 2:
         raise InputError(f"{path}: CT has a degenerate axis of size {min(image.GetSize())}")
-    return canonical(sitk.Cast(image, sitk.sitkFloat32))
+    return image
 
 
 def canonical(image: sitk.Image) -> sitk.Image:

@@ -16,7 +16,7 @@ from tipsprog.fusion.bundle import Bundle, load_bundle
 from tipsprog.fusion.data import clinical_features, modality_matrices
 from tipsprog.fusion.training import predict_member, survival_at
 from tipsprog.io import read_ct
-from tipsprog.radiomics import extract_scan
+from tipsprog.radiomics.extract import extract_from_file
 from tipsprog.segment import Backend, qc_status, quality_flags, segment_scan
 from tipsprog.segment.crops import roi_crops, roi_volumes
 
@@ -48,7 +48,7 @@ def _image_blocks(bundle: Bundle, ct_path: Path | None, device_name: str) -> tup
     blocks = {}
     for name, entry in pipeline["blocks"].items():
         if entry["extractor"] == "pyradiomics":
-            values, _ = extract_scan(ct, labels, entry["params"])
+            values, _ = extract_from_file(str(ct_path), labels, entry["params"])
             row = np.array([[values.get(feature, np.nan) for feature in entry["names"]]])
             blocks[name] = store.FeatureBlock(row, entry["names"], [])
         elif "weights" in entry:

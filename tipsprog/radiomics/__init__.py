@@ -12,10 +12,8 @@ from tipsprog import store
 from tipsprog.errors import InputError
 from tipsprog.parallel import map_ordered
 from tipsprog.radiomics import resume
-from tipsprog.radiomics.extract import PatientFeatures, PatientJob, extract_patient, extract_scan, feature_group, input_digest
-from tipsprog.radiomics.params import PRESETS, load_params, settings_hash
-
-__all__ = ["PRESETS", "PatientFeatures", "extract_scan", "load_params", "run_radiomics"]
+from tipsprog.radiomics.extract import PatientFeatures, PatientJob, extract_patient, feature_group, input_digest
+from tipsprog.radiomics.params import load_params, settings_hash
 
 
 def to_block(records: list[PatientFeatures], params: dict, names: list[str] | None = None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,10 +11,11 @@ import SimpleITK as sitk
 
 from tipsprog import store
 from tipsprog.errors import InputError
-from tipsprog.io import read_ct
+from tipsprog.io import read_image
 from tipsprog.radiomics.params import CropPlan, crop_plan, make_extractor
 
 REQUIRED_ROIS = ("liver", "spleen")
+PYRADIOMICS_LOCK = threading.Lock()  # pyradiomics is not thread-safe (its parameter check shares a YAML parser)
 
 
 @dataclass
@@ -93,13 +95,26 @@ def extract_scan(ct: sitk.Image, labels: sitk.Image, params: dict) -> tuple[dict
     return values, failures
 
 
+def extract_from_file(ct_path: str, labels: sitk.Image, params: dict) -> tuple[dict[str, float], list[str]]:
+    """extract_scan on the CT as stored, so features equal pyradiomics run on the file itself.
+
+    tipsprog's masks live on the canonical LPS grid; they are mapped back onto the stored grid (a pure axis
+    permutation, so nearest-neighbour is exact) because wavelet features change when axes flip, and the image
+    keeps its stored pixel type because pyradiomics filters an integer file in float64, not float32.
+    """
+    image = read_image(ct_path)
+    native_labels = sitk.Resample(labels, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    with PYRADIOMICS_LOCK:  # a Dask worker may run several patients in threads of one process
+        return extract_scan(image, native_labels, params)
+
+
 def extract_patient(job: PatientJob) -> PatientFeatures:
     """Read one CT and extract its features; a bad scan becomes a failed record, not an exception."""
     digest = input_digest(job.ct_path, job.labels)
     if job.labels is None:
         return PatientFeatures(job.patient_id, {}, "failed", "no segmentation", digest)
     try:
-        values, failures = extract_scan(read_ct(job.ct_path), job.labels, job.params)
+        values, failures = extract_from_file(job.ct_path, job.labels, job.params)
     except InputError as err:
         return PatientFeatures(job.patient_id, {}, "failed", str(err), digest)
     nan_features = [name for name, value in values.items() if not np.isfinite(value)]
