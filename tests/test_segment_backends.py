@@ -41,7 +41,7 @@ def test_semi_fit_saves_a_reusable_model(semi_run):
         assert first["segment"].attrs["backend"] == "semi"
         assert first["segment"].attrs["model_sha256"] == second["segment"].attrs["model_sha256"]
         settings = yaml.safe_load(first["segment"].attrs["settings"])
-        assert settings["iterations"] == 4 and settings["consistency"] == "pseudo"
+        assert settings["iterations"] == 4 and settings["confidence"] == 0.9
         for pid in ("P0000", "P0010"):
             np.testing.assert_array_equal(first[f"segment/masks/{pid}"][()], second[f"segment/masks/{pid}"][()])
         assert "qc/flags" in first and first["qc/backend"][0] == b"semi"

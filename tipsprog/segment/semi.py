@@ -43,7 +43,6 @@ class SemiSettings:
     intensity_scale: float = 0.15
     intensity_shift: float = 0.1
     confidence: float = 0.9
-    consistency: str = "pseudo"
     class_ratios: tuple[float, ...] = (1.0, 1.0, 1.0, 2.0)
     seed: int = 0
 
@@ -107,11 +106,8 @@ def _flip(images: torch.Tensor, axes: list[int]) -> torch.Tensor:
 
 
 def _consistency(student_logits: torch.Tensor, teacher_logits: torch.Tensor, settings: SemiSettings) -> torch.Tensor:
-    """Unlabeled loss: cross-entropy to the teacher's confident labels ('pseudo') or softmax MSE ('mse')."""
-    teacher_probability = torch.softmax(teacher_logits.float(), dim=1)
-    if settings.consistency == "mse":
-        return F.mse_loss(torch.softmax(student_logits.float(), dim=1), teacher_probability)
-    confidence, pseudo_label = teacher_probability.max(dim=1)
+    """Unlabeled loss: cross-entropy to the teacher's labels where it is confident (FixMatch-style)."""
+    confidence, pseudo_label = torch.softmax(teacher_logits.float(), dim=1).max(dim=1)
     per_voxel = F.cross_entropy(student_logits.float(), pseudo_label, reduction="none")
     return (per_voxel * (confidence >= settings.confidence)).mean()
 
