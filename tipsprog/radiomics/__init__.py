@@ -16,15 +16,13 @@ from tipsprog.radiomics.extract import PatientFeatures, PatientJob, extract_pati
 from tipsprog.radiomics.params import load_params, settings_hash
 
 
-def to_block(records: list[PatientFeatures], params: dict, names: list[str] | None = None,
-             provenance: dict[str, str] | None = None) -> store.FeatureBlock:
+def to_block(records: list[PatientFeatures], params: dict, provenance: dict[str, str]) -> store.FeatureBlock:
     """Assemble per-patient records into a feature matrix (NaN where a feature is missing)."""
-    if names is None:
-        names = list(dict.fromkeys(name for record in records for name in record.values))
+    names = list(dict.fromkeys(name for record in records for name in record.values))
     values = np.array([[record.values.get(name, np.nan) for name in names] for record in records], dtype=np.float64)
     groups = [feature_group(*name.split("/", 1)) for name in names]
     attrs = {"extractor": "pyradiomics", "settings": yaml.safe_dump(params, sort_keys=True),
-             "settings_sha256": settings_hash(params), **(provenance or {})}
+             "settings_sha256": settings_hash(params), **provenance}
     return store.FeatureBlock(values.reshape(len(records), len(names)), names, groups, attrs,
                               [record.input_sha256 for record in records])
 
@@ -37,8 +35,8 @@ def _jobs(seg_path: Path, params: dict) -> tuple[list[PatientJob], list[str], di
         ids, centers = store.read_patients(seg), store.read_centers(seg)
         ct_paths, provenance = store.read_ct_paths(seg), store.segment_provenance(seg)
         masks = seg["segment/masks"]
-        jobs = [PatientJob(pid, path, store.read_mask(seg, pid) if pid in masks else None, params)
-                for pid, path in zip(ids, ct_paths)]
+        labels = [store.read_mask(seg, pid) if pid in masks else None for pid in ids]
+    jobs = [PatientJob(pid, path, mask, params, input_digest(path, mask)) for pid, path, mask in zip(ids, ct_paths, labels)]
     return jobs, centers, provenance
 
 
@@ -55,8 +53,8 @@ def run_radiomics(seg_path: Path, out: Path, params_name: str = "fast", workers:
     sha = settings_hash(params)
     jobs, centers, provenance = _jobs(seg_path, params)
     done = resume.reusable(out, sha) if resume_previous else {}
-    keys = [(job.patient_id, input_digest(job.ct_path, job.labels)) for job in jobs]
-    reused = {key[0]: done[key] for key in keys if key in done}
+    reused = {job.patient_id: done[(job.patient_id, job.input_sha256)] for job in jobs
+              if (job.patient_id, job.input_sha256) in done}
     fresh = iter(map_ordered(extract_patient, [job for job in jobs if job.patient_id not in reused], workers, scheduler))
     journal_file = resume.journal_path(out)
     records = []
@@ -69,7 +67,7 @@ def run_radiomics(seg_path: Path, out: Path, params_name: str = "fast", workers:
             if progress:
                 progress(record)
     with store.create_store(out, [job.patient_id for job in jobs], centers) as h5:
-        store.write_features(h5, "radiomics", to_block(records, params, provenance=provenance))
+        store.write_features(h5, "radiomics", to_block(records, params, provenance))
         store.write_qc(h5, [r.status for r in records], [r.reason for r in records])
     journal_file.unlink()
     return records

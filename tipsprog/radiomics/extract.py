@@ -31,12 +31,13 @@ class PatientFeatures:
 
 @dataclass(frozen=True)
 class PatientJob:
-    """Everything a worker (local process or Dask) needs for one patient."""
+    """Everything a worker (local process or Dask) needs for one patient, and the digest of its inputs."""
 
     patient_id: str
     ct_path: str
     labels: sitk.Image | None
     params: dict
+    input_sha256: str
 
 
 def feature_group(roi: str, key: str) -> str:
@@ -110,7 +111,7 @@ def extract_from_file(ct_path: str, labels: sitk.Image, params: dict) -> tuple[d
 
 def extract_patient(job: PatientJob) -> PatientFeatures:
     """Read one CT and extract its features; a bad scan becomes a failed record, not an exception."""
-    digest = input_digest(job.ct_path, job.labels)
+    digest = job.input_sha256
     if job.labels is None:
         return PatientFeatures(job.patient_id, {}, "failed", "no segmentation", digest)
     try:

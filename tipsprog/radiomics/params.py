@@ -84,9 +84,10 @@ def crop_plan(params: dict, spacing_mm: tuple[float, ...]) -> CropPlan | None:
 
     Original needs none; LoG (a recursive IIR filter) needs LOG_SUPPORT_SIGMAS × σ, after which its response
     to the crop border is far below 1e-6; the stationary wavelet needs its filter length × 2^levels and, being
-    circular, the whole axis wherever the ROI comes that close to the image border; Gradient one voxel. Resampled extraction is left to pyradiomics, which crops itself on a grid aligned to the image
-    origin (a pre-crop would shift that grid); `normalize` uses whole-image statistics. Square, SquareRoot, Logarithm and Exponential scale by the whole
-    image's extreme value and LBP samples a sphere, so those images are never cropped.
+    circular, the whole axis wherever the ROI comes that close to the image border; Gradient one voxel.
+    Resampled extraction is left to pyradiomics, which crops itself on a grid aligned to the image origin (a
+    pre-crop would shift that grid); `normalize` uses whole-image statistics; Square, SquareRoot, Logarithm and
+    Exponential scale by the whole image's extreme value and LBP samples a sphere: those are never cropped.
     """
     settings = params.get("setting") or {}
     if settings.get("resampledPixelSpacing") or settings.get("normalize"):

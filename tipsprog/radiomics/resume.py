@@ -38,15 +38,20 @@ def append(journal: h5py.File, record: PatientFeatures) -> None:
     journal.flush()
 
 
+def _journal_record(group: h5py.Group) -> PatientFeatures:
+    """One patient as `append` wrote it."""
+    values = dict(zip(store.read_strings(group, "names"), group["values"][()].tolist()))
+    return PatientFeatures(str(group.attrs["patient_id"]), values, str(group.attrs["status"]),
+                           str(group.attrs["reason"]), str(group.attrs["input_sha256"]))
+
+
 def _from_journal(path: Path, settings_sha256: str) -> list[PatientFeatures]:
     """Records of an interrupted run with the same settings (none if the journal is absent or unreadable)."""
     try:
         with h5py.File(path, "r") as journal:
             if journal.attrs.get("settings_sha256") != settings_sha256:
                 return []
-            return [PatientFeatures(str(g.attrs["patient_id"]), dict(zip(store.read_strings(g, "names"), g["values"][()].tolist())),
-                                    str(g.attrs["status"]), str(g.attrs["reason"]), str(g.attrs["input_sha256"]))
-                    for g in journal.get("records", {}).values()]
+            return [_journal_record(group) for group in journal.get("records", {}).values()]
     except (OSError, KeyError):
         return []
 
