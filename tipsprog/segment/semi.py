@@ -73,7 +73,7 @@ def prepare(ct: sitk.Image, labels: sitk.Image | None, settings: SemiSettings) -
 
 
 def _augment(keys: list[str], settings: SemiSettings, labeled: bool) -> transforms.Compose:
-    """Random patch, flips and a small affine (MONAI dictionary transforms)."""
+    """Random patch, flips and a small affine, plus intensity scale/shift for labeled patches (MONAI transforms)."""
     crop = (transforms.RandCropByLabelClassesd(keys, "label", settings.patch, ratios=list(settings.class_ratios),
                                                num_classes=CLASSES, num_samples=1)
             if labeled else transforms.RandSpatialCropd(keys, settings.patch, random_size=False))
@@ -158,13 +158,14 @@ def fit(labeled: list[dict], unlabeled: list[dict], settings: SemiSettings, devi
     supervised_loss = DiceCELoss(to_onehot_y=True, softmax=True)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
     use_unlabeled = bool(unlabeled) and settings.consistency_weight > 0
+    pool_samples = unlabeled + labeled
     for step in range(1, settings.iterations + 1):
         student.train()
         images, targets = (t.to(device) for t in _patches(labeled, labeled_aug, settings.labeled_batch, rng, ("image", "label")))
         with torch.autocast(device.type, enabled=device.type == "cuda"):
             loss = supervised_loss(student(images), targets)
             if use_unlabeled:
-                (pool,) = _patches(unlabeled + labeled, unlabeled_aug, settings.unlabeled_batch, rng, ("image",))
+                (pool,) = _patches(pool_samples, unlabeled_aug, settings.unlabeled_batch, rng, ("image",))
                 pool = pool.to(device)
                 with torch.no_grad():
                     teacher_logits = teacher(pool)
