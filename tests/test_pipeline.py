@@ -22,7 +22,7 @@ def test_stores_follow_the_schema(pipeline):
         assert rad["features/radiomics/values"].shape == (30, len(groups))
     with h5py.File(pipeline.embed) as emb:
         values = emb["features/embed-ssl/values"][()]
-        assert values.shape == (30, 64) and np.isfinite(values).all() and values.std(axis=0).max() > 0
+        assert values.shape == (30, 128) and np.isfinite(values).all() and values.std(axis=0).max() > 0
 
 
 def test_bundle_contents(pipeline):

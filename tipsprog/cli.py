@@ -193,21 +193,22 @@ def radiomics(seg: Path = typer.Argument(..., help="Segment store from `tipsprog
 @guarded
 def embed(seg: Path = typer.Argument(..., help="Segment store from `tipsprog segment`."),
           out: Path = typer.Option(..., "--out", help="Output embedding store (.h5)."),
-          encoder: str = typer.Option("ssl", "--encoder", help="ssl: self-supervised MONAI autoencoder."),
-          fit: bool = typer.Option(False, "--fit", help="Train the encoder on this store's crops first."),
-          weights: Optional[Path] = typer.Option(None, "--weights", help="Encoder weights to load (or, with --fit, to write; default OUT.pt)."),
+          encoder: str = typer.Option("ssl", "--encoder", help="ssl (self-supervised, trained with --fit), medicalnet-resnet10|18|50 "
+                                      "(resnet_*_23dataset.pth), swinunetr (model_swinvit.pt) or ctfm (model.safetensors)."),
+          fit: bool = typer.Option(False, "--fit", help="Pre-train the ssl encoder on this store's crops (masked-volume reconstruction)."),
+          weights: Optional[Path] = typer.Option(None, "--weights", help="Encoder weights file (ssl: to write with --fit, default OUT.pt)."),
+          pool: str = typer.Option("mean", "--pool", help="Pooling inside each ROI mask: mean or mean+max."),
           epochs: int = typer.Option(15, "--epochs", min=1, help="Self-supervised epochs with --fit."),
+          batch_size: int = typer.Option(16, "--batch-size", min=1, help="Crops per forward pass."),
           seed: int = typer.Option(0, "--seed"), device: str = DEVICE, quiet: bool = QUIET) -> None:
-    """Deep ROI embeddings from a self-supervised 3D encoder."""
+    """Deep ROI embeddings from a self-supervised or a published pretrained 3D encoder."""
     from tipsprog.embed import FitSettings, run_embed
 
-    if encoder != "ssl":
-        raise InputError(f"--encoder {encoder}: only 'ssl' is available")
     with progress_bar("embed: ssl epochs", epochs if fit else 0, quiet) as advance:
-        written = run_embed(seg, out, fit, weights, device, FitSettings(epochs=epochs, seed=seed),
-                            lambda epoch, loss: advance(text=f"loss {loss:.4f}"))
+        written, report = run_embed(seg, out, encoder, fit, weights, device, FitSettings(epochs=epochs, seed=seed), pool,
+                                    batch_size, lambda epoch, loss: advance(text=f"loss {loss:.4f}"))
     if not quiet:
-        console.print(f"embed: {out} (weights {written})")
+        console.print(f"embed: {out} ({encoder}: {report}; weights {written})")
 
 
 @app.command("fuse-train")

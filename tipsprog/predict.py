@@ -9,7 +9,7 @@ import numpy as np
 from tipsprog import store
 from tipsprog.clinical import clinical_scores, read_clinical, schema
 from tipsprog.devices import resolve_device
-from tipsprog.embed import embedding_block, load_weights
+from tipsprog.embed import embedding_block, load_encoder
 from tipsprog.errors import InputError
 from tipsprog.evaluate.rows import read_oof
 from tipsprog.fusion.bundle import Bundle, load_bundle
@@ -51,11 +51,10 @@ def _image_blocks(bundle: Bundle, ct_path: Path | None, device_name: str) -> tup
             values, _ = extract_from_file(str(ct_path), labels, entry["params"])
             row = np.array([[values.get(feature, np.nan) for feature in entry["names"]]])
             blocks[name] = store.FeatureBlock(row, entry["names"], [])
-        elif "weights" in entry:
-            device = resolve_device(device_name)
-            model = load_weights(bundle.path / entry["weights"], device)
+        elif "encoder" in entry:
+            encoder = load_encoder(entry["encoder"], bundle.path / entry["weights"])
             crops = {roi: crop[None] for roi, crop in roi_crops(ct, labels).items()}
-            blocks[name] = embedding_block(model, crops, device, {})
+            blocks[name] = embedding_block(encoder, crops, resolve_device(device_name), entry["pooling"], {})
         else:
             raise InputError(f"{bundle.path}: cannot replay feature block '{name}'")
     return blocks, qc

@@ -114,7 +114,8 @@ def pipeline_manifest(blocks: dict[str, store.FeatureBlock]) -> tuple[dict, dict
         if block.attrs.get("extractor") == "pyradiomics":
             entry["params"] = yaml.safe_load(block.attrs["settings"])
         if "weights_path" in block.attrs:
-            entry["weights"] = f"{name}.pt"
+            entry.update(encoder=block.attrs["encoder"], pooling=block.attrs["pooling"],
+                         weights=f"{name}{Path(block.attrs['weights_path']).suffix}")
             copied[entry["weights"]] = _verified(Path(block.attrs["weights_path"]), block.attrs["weights_sha256"])
         pipeline["blocks"][name] = entry
     return pipeline, copied

@@ -1,0 +1,116 @@
+"""Embedding signal and throughput.
+
+Prints, on a synthetic cohort segmented by the classic backend:
+  - a ridge probe's cross-validated R² from each embedding to each imaging latent of truth.csv (spleen size,
+    liver texture, sarcopenia, and the two latents behind them), for the ssl encoder pre-trained by
+    masked-volume reconstruction next to the same network with random weights;
+  - scans per second for embedding (two ROI crops per scan) with every encoder architecture, on this machine's
+    CPU (random weights written in each publisher's layout; pass --device cuda on a GPU machine).
+
+Usage: python benchmarks/embed_signal.py [--n 200] [--epochs 15] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from monai.networks.nets import ResNet
+from monai.networks.nets.segresnet_ds import SegResEncoder
+from monai.networks.nets.swin_unetr import SwinTransformer
+from safetensors.torch import save_file
+from sklearn.linear_model import RidgeCV
+from sklearn.model_selection import KFold, cross_val_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from tipsprog import store
+from tipsprog.embed import EMBED_ROIS, embed_crops, random_encoder
+from tipsprog.embed.encoders import RoiEncoder, load_encoder
+from tipsprog.embed.ssl import FitSettings, fit_ssl
+from tipsprog.segment import run_segment
+from tipsprog.synth import CohortSpec, make_cohort
+
+LATENTS = ("spleen_size", "liver_texture", "sarcopenia", "portal_hypertension", "liver_dysfunction")
+
+
+def probe_r2(features: np.ndarray, target: np.ndarray, seed: int) -> float:
+    """Mean 5-fold R² of a standardised ridge regression (alpha chosen inside each training fold)."""
+    model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-2, 4, 13)))
+    return float(cross_val_score(model, features, target, cv=KFold(5, shuffle=True, random_state=seed), scoring="r2").mean())
+
+
+def embed_cohort(encoder: RoiEncoder, crops: dict[str, np.ndarray], device: torch.device, pooling: str) -> np.ndarray:
+    """Both ROIs' pooled embeddings side by side."""
+    return np.concatenate([embed_crops(encoder, crops[roi], device, pooling) for roi in EMBED_ROIS], axis=1)
+
+
+def publisher_files(folder: Path) -> dict[str, Path]:
+    """Full-size random weights for each published architecture, saved in its publisher's layout."""
+    files = {}
+    for depth, block, layers in ((18, "basic", [2, 2, 2, 2]), (50, "bottleneck", [3, 4, 6, 3])):
+        resnet = ResNet(block, layers, [64, 128, 256, 512], spatial_dims=3, n_input_channels=1, conv1_t_size=7,
+                        conv1_t_stride=2, shortcut_type="A" if depth == 18 else "B", feed_forward=False)
+        files[f"medicalnet-resnet{depth}"] = folder / f"resnet_{depth}_23dataset.pth"
+        torch.save({"state_dict": {f"module.{k}": v for k, v in resnet.state_dict().items()}}, files[f"medicalnet-resnet{depth}"])
+    swin = SwinTransformer(in_chans=1, embed_dim=48, window_size=(7, 7, 7), patch_size=(2, 2, 2), depths=(2, 2, 2, 2),
+                           num_heads=(3, 6, 12, 24), spatial_dims=3)
+    files["swinunetr"] = folder / "model_swinvit.pt"
+    torch.save({"state_dict": {f"module.{k}".replace("mlp.linear", "mlp.fc"): v for k, v in swin.state_dict().items()}},
+               files["swinunetr"])
+    ctfm = SegResEncoder(spatial_dims=3, in_channels=1, init_filters=32, norm="batch", blocks_down=(1, 2, 2, 4, 4))
+    files["ctfm"] = folder / "model.safetensors"
+    save_file(ctfm.state_dict(), str(files["ctfm"]))
+    return files
+
+
+def scans_per_second(encoder: RoiEncoder, crops: dict[str, np.ndarray], device: torch.device, scans: int) -> float:
+    """Scans embedded per second (both ROIs), after one warm-up batch."""
+    subset = {roi: crops[roi][:scans] for roi in EMBED_ROIS}
+    embed_cohort(encoder, {roi: c[:2] for roi, c in subset.items()}, device, "mean")
+    start = time.perf_counter()
+    embed_cohort(encoder, subset, device, "mean")
+    return scans / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=200)
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--seed", type=int, default=5)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--throughput-scans", type=int, default=16)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        make_cohort(folder / "cohort", CohortSpec(n=args.n, centers=3, seed=args.seed), workers=2)
+        run_segment(folder / "cohort" / "cohort.csv", folder / "seg.h5", workers=2)
+        with store.open_store(folder / "seg.h5") as seg:
+            crops = {roi: store.read_crops(seg, roi).astype(np.float32) for roi in EMBED_ROIS}
+        truth = pd.read_csv(folder / "cohort" / "truth.csv")
+        start = time.perf_counter()
+        trained = RoiEncoder("ssl", fit_ssl(np.concatenate(list(crops.values())), FitSettings(epochs=args.epochs), device))
+        print(f"ssl pre-training (masked-volume reconstruction, {args.epochs} epochs, {2 * args.n} crops): "
+              f"{time.perf_counter() - start:.0f} s on {device}")
+        encoders = {"ssl (pre-trained)": trained, "ssl (random weights)": random_encoder()}
+        print(f"\nRidge probe R² (5-fold CV, {args.n} patients), embedding → latent:")
+        print(f"{'encoder':<22}{'pooling':<10}" + "".join(f"{latent:>21}" for latent in LATENTS))
+        for pooling in ("mean", "mean+max"):
+            for name, encoder in encoders.items():
+                features = embed_cohort(encoder, crops, device, pooling)
+                cells = "".join(f"{probe_r2(features, truth[latent].to_numpy(), args.seed):>21.3f}" for latent in LATENTS)
+                print(f"{name:<22}{pooling:<10}{cells}")
+        print(f"\nThroughput on {device} ({args.throughput_scans} scans, 2 ROI crops each, batch 16):")
+        encoders = {"ssl": trained} | {name: load_encoder(name, path) for name, path in publisher_files(folder).items()}
+        for name, encoder in encoders.items():
+            print(f"  {name:<22}{scans_per_second(encoder, crops, device, args.throughput_scans):>8.2f} scans/s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""Encoders over the stored ROI crops: each maps [B, 2, D, H, W] crops (CT, mask) to a feature map to pool.
+
+The crops hold CT windowed −200…300 HU and scaled to −1…1 (segment/crops.py). Each published encoder gets the
+intensity scaling its publisher trained with, at an input size where its feature map is 4×4×4 voxels.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from monai.networks.nets import AutoEncoder
+
+from tipsprog.embed.published import LoadReport, ctfm_segresencoder, medicalnet_resnet, swinunetr_ssl
+from tipsprog.errors import InputError
+from tipsprog.segment.crops import HU_CENTER, HU_HALF_WIDTH
+
+PUBLISHED = ("medicalnet-resnet10", "medicalnet-resnet18", "medicalnet-resnet50", "swinunetr", "ctfm")
+ENCODERS = ("ssl", *PUBLISHED)
+SSL_CHANNELS, SSL_STRIDES = (16, 32, 64), (2, 2, 2)
+
+
+def crop_to_hu(ct_channel: torch.Tensor) -> torch.Tensor:
+    """Undo the crops' window scaling (values outside −200…300 HU stay clipped)."""
+    return ct_channel * HU_HALF_WIDTH + HU_CENTER
+
+
+def _scale_range(hu: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """MONAI's ScaleIntensityRange(low, high → 0, 1, clip=True) on a batch."""
+    return ((hu - low) / (high - low)).clamp(0.0, 1.0)
+
+
+def _zscore(image: torch.Tensor) -> torch.Tensor:
+    """Per-volume zero mean, unit variance (MedicalNet's normalisation)."""
+    dims = tuple(range(1, image.ndim))
+    return (image - image.mean(dim=dims, keepdim=True)) / image.std(dim=dims, keepdim=True).clamp_min(1e-6)
+
+
+def build_ssl_network() -> AutoEncoder:
+    """The MONAI 3D autoencoder pre-trained by masked-volume reconstruction: input CT + mask, output CT."""
+    return AutoEncoder(spatial_dims=3, in_channels=2, out_channels=1, channels=SSL_CHANNELS, strides=SSL_STRIDES,
+                       norm="batch")
+
+
+def _ssl_features(network: AutoEncoder, crops: torch.Tensor) -> torch.Tensor:
+    """The autoencoder's bottleneck over CT and mask (4³ for 32³ crops)."""
+    return network.encode(crops)
+
+
+def _medicalnet_features(network: torch.nn.Module, crops: torch.Tensor) -> torch.Tensor:
+    """MedicalNet's layer-4 map of the z-scored CT (4³ for 32³ crops, thanks to its dilated layers)."""
+    stem = network.act(network.bn1(network.conv1(_zscore(crops[:, :1]))))
+    return network.layer4(network.layer3(network.layer2(network.layer1(network.maxpool(stem)))))
+
+
+def _upsampled(crops: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """The CT channel rescaled from HU range low…high to 0…1, at twice the crop size."""
+    scaled = _scale_range(crop_to_hu(crops[:, :1]), low, high)
+    return F.interpolate(scaled, scale_factor=2, mode="trilinear", align_corners=False)
+
+
+def _swinunetr_features(network: torch.nn.Module, crops: torch.Tensor) -> torch.Tensor:
+    """Swin stage 4 (1/16 resolution) of CT scaled as in MONAI's pre-training (−175…250 HU)."""
+    return network(_upsampled(crops, -175.0, 250.0), normalize=True)[3]
+
+
+def _ctfm_features(network: torch.nn.Module, crops: torch.Tensor) -> torch.Tensor:
+    """CT-FM's deepest encoder level of CT scaled as in its pre-training (−1024…2048 HU)."""
+    return network(_upsampled(crops, -1024.0, 2048.0))[-1]
+
+
+FEATURE_MAPS = {"ssl": _ssl_features, "medicalnet": _medicalnet_features, "swinunetr": _swinunetr_features,
+                "ctfm": _ctfm_features}
+
+
+class RoiEncoder(torch.nn.Module):
+    """A backbone plus the input preparation its weights expect; forward gives the feature map to pool."""
+
+    def __init__(self, name: str, backbone: torch.nn.Module, report: LoadReport | None = None) -> None:
+        super().__init__()
+        self.name, self.backbone = name, backbone
+        self.report = report or LoadReport(name)
+        self._features = FEATURE_MAPS[name.split("-")[0]]
+
+    def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        """Feature map [B, F, d, h, w] of crops [B, 2, D, H, W]."""
+        return self._features(self.backbone, crops)
+
+
+def load_encoder(name: str, weights: Path | None) -> RoiEncoder:
+    """An encoder by name: ssl from tipsprog's own weights file, the others from their publisher's file."""
+    from tipsprog.embed.ssl import load_ssl_weights
+
+    if name not in ENCODERS:
+        raise InputError(f"--encoder {name}: choose one of {', '.join(ENCODERS)}")
+    if weights is None:
+        raise InputError(f"--encoder {name}: needs --weights PATH (a local file; nothing is downloaded)")
+    if name == "ssl":
+        return RoiEncoder(name, load_ssl_weights(weights))
+    if name.startswith("medicalnet-resnet"):
+        backbone, report = medicalnet_resnet(weights, int(name.removeprefix("medicalnet-resnet")))
+    elif name == "swinunetr":
+        backbone, report = swinunetr_ssl(weights)
+    else:
+        backbone, report = ctfm_segresencoder(weights)
+    return RoiEncoder(name, backbone, report).eval()

@@ -1,0 +1,99 @@
+"""Self-supervised pre-training of the ssl encoder by masked-volume reconstruction.
+
+Random cubes of each CT crop are replaced by noise (MONAI's RandCoarseDropout) and the autoencoder learns to
+restore the whole CT channel from what is left plus the ROI mask. Reconstruction was chosen over contrastive
+learning because a cohort gives a few hundred crops (too few negatives), and a contrastive objective is made
+invariant to its augmentations, which here would erase what prognosis needs: attenuation and texture
+(intensity jitter) and organ size (random resized crops). Restoring hidden tissue keeps both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.networks.nets import AutoEncoder
+from monai.transforms import RandCoarseDropout
+
+from tipsprog.checkpoints import load_checkpoint, save_checkpoint
+from tipsprog.embed.encoders import SSL_CHANNELS, SSL_STRIDES, build_ssl_network
+from tipsprog.store import file_sha256
+
+WEIGHTS_FORMAT = "tipsprog-embed-ssl-2"
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """Masked-volume reconstruction settings."""
+
+    epochs: int = 15
+    batch_size: int = 16
+    learning_rate: float = 2e-3
+    holes: int = 6
+    hole_size: int = 6
+    max_hole_size: int = 12
+    seed: int = 0
+
+
+def _masker(settings: FitSettings) -> RandCoarseDropout:
+    """MONAI's cube dropout, filled with uniform noise over the crops' −1…1 range."""
+    masker = RandCoarseDropout(holes=settings.holes, spatial_size=settings.hole_size, max_spatial_size=settings.max_hole_size,
+                               fill_value=(-1.0, 1.0), prob=1.0)
+    masker.set_random_state(settings.seed)
+    return masker
+
+
+def _masked_batch(batch: torch.Tensor, masker: RandCoarseDropout) -> torch.Tensor:
+    """The batch with cubes of each CT channel hidden; the mask channel stays intact."""
+    hidden = torch.stack([torch.as_tensor(masker(ct)) for ct in batch[:, :1]])
+    return torch.cat([hidden, batch[:, 1:]], dim=1)
+
+
+def fit_ssl(crops: np.ndarray, settings: FitSettings, device: torch.device,
+            progress: Callable[[int, float], None] | None = None) -> AutoEncoder:
+    """Train the autoencoder to restore hidden parts of ROI crops [N, 2, D, H, W] (no outcome is ever seen)."""
+    torch.manual_seed(settings.seed)
+    generator = np.random.default_rng(settings.seed)
+    masker = _masker(settings)
+    network = build_ssl_network().to(device)
+    optimiser = torch.optim.AdamW(network.parameters(), lr=settings.learning_rate, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, settings.epochs)
+    data = torch.from_numpy(crops.astype(np.float32))
+    for epoch in range(settings.epochs):
+        network.train()
+        order = generator.permutation(len(data))
+        losses = []
+        for start in range(0, len(order), settings.batch_size):
+            batch = data[order[start:start + settings.batch_size]]
+            flips = [axis for axis in (2, 3, 4) if generator.random() < 0.5]
+            batch = torch.flip(batch, flips) if flips else batch
+            restored = network(_masked_batch(batch, masker).to(device))
+            loss = F.mse_loss(restored, batch[:, :1].to(device))
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            losses.append(loss.item())
+        schedule.step()
+        if progress:
+            progress(epoch + 1, float(np.mean(losses)))
+    return network.eval()
+
+
+def save_ssl_weights(network: AutoEncoder, path: Path) -> str:
+    """Save the ssl network atomically; return the file's sha256."""
+    architecture = {"channels": list(SSL_CHANNELS), "strides": list(SSL_STRIDES)}
+    save_checkpoint({"format": WEIGHTS_FORMAT, "architecture": architecture, "state_dict": network.state_dict()}, path)
+    return file_sha256(path)
+
+
+def load_ssl_weights(path: Path) -> AutoEncoder:
+    """Load weights saved by save_ssl_weights (weights_only, so no code from the file runs)."""
+    payload = load_checkpoint(path, WEIGHTS_FORMAT, "ssl encoder weights file", torch.device("cpu"),
+                              " (train them with `tipsprog embed --fit`)")
+    network = build_ssl_network()
+    network.load_state_dict(payload["state_dict"])
+    return network.eval()
