@@ -7,7 +7,7 @@ Prints, on a synthetic cohort segmented by the classic backend:
   - scans per second for embedding (two ROI crops per scan) with every encoder architecture, on this machine's
     CPU (random weights written in each publisher's layout; pass --device cuda on a GPU machine).
 
-Usage: python benchmarks/embed_signal.py [--n 200] [--epochs 15] [--device cpu]
+Usage: python benchmarks/embed_signal.py [--n 200] [--epochs 15] [--seeds 3] [--device cpu]
 """
 
 from __future__ import annotations
@@ -84,6 +84,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seeds", type=int, default=3, help="Pre-training and random-initialisation seeds to compare.")
     parser.add_argument("--throughput-scans", type=int, default=16)
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -94,20 +95,24 @@ def main() -> None:
         with store.open_store(folder / "seg.h5") as seg:
             crops = {roi: store.read_crops(seg, roi).astype(np.float32) for roi in EMBED_ROIS}
         truth = pd.read_csv(folder / "cohort" / "truth.csv")
+        training = np.concatenate(list(crops.values()))
         start = time.perf_counter()
-        trained = RoiEncoder("ssl", fit_ssl(np.concatenate(list(crops.values())), FitSettings(epochs=args.epochs), device))
-        print(f"ssl pre-training (masked-volume reconstruction, {args.epochs} epochs, {2 * args.n} crops): "
-              f"{time.perf_counter() - start:.0f} s on {device}")
-        encoders = {"ssl (pre-trained)": trained, "ssl (random weights)": random_encoder()}
-        print(f"\nRidge probe R² (5-fold CV, {args.n} patients), embedding → latent:")
-        print(f"{'encoder':<22}{'pooling':<10}" + "".join(f"{latent:>21}" for latent in LATENTS))
+        pretrained = [RoiEncoder("ssl", fit_ssl(training, FitSettings(epochs=args.epochs, seed=seed), device))
+                      for seed in range(args.seeds)]
+        print(f"ssl pre-training (masked-volume reconstruction, {args.epochs} epochs, {len(training)} crops): "
+              f"{(time.perf_counter() - start) / args.seeds:.0f} s per seed on {device}")
+        encoders = {"ssl (pre-trained)": pretrained, "ssl (random weights)": [random_encoder(seed) for seed in range(args.seeds)]}
+        print(f"\nRidge probe R² (5-fold CV, {args.n} patients), embedding → latent; mean (min–max) over {args.seeds} "
+              "pre-training / initialisation seeds:")
+        print(f"{'encoder':<22}{'pooling':<10}" + "".join(f"{latent:>22}" for latent in LATENTS))
         for pooling in ("mean", "mean+max"):
-            for name, encoder in encoders.items():
-                features = embed_cohort(encoder, crops, device, pooling)
-                cells = "".join(f"{probe_r2(features, truth[latent].to_numpy(), args.seed):>21.3f}" for latent in LATENTS)
+            for name, seeded in encoders.items():
+                scores = np.array([[probe_r2(embed_cohort(encoder, crops, device, pooling), truth[latent].to_numpy(), args.seed)
+                                    for latent in LATENTS] for encoder in seeded])
+                cells = "".join(f"{m:>8.3f} ({lo:.2f}–{hi:.2f})" for m, lo, hi in zip(scores.mean(0), scores.min(0), scores.max(0)))
                 print(f"{name:<22}{pooling:<10}{cells}")
         print(f"\nThroughput on {device} ({args.throughput_scans} scans, 2 ROI crops each, batch 16):")
-        encoders = {"ssl": trained} | {name: load_encoder(name, path) for name, path in publisher_files(folder).items()}
+        encoders = {"ssl": pretrained[0]} | {name: load_encoder(name, path) for name, path in publisher_files(folder).items()}
         for name, encoder in encoders.items():
             print(f"  {name:<22}{scans_per_second(encoder, crops, device, args.throughput_scans):>8.2f} scans/s")
 

@@ -87,14 +87,22 @@ def progress_bar(description: str, total: int | None, quiet: bool) -> Iterator[C
     with Progress(*columns, console=console, transient=False) as bar:
         task = bar.add_task(description, total=total)
 
-        def advance(*_args, text: str | None = None, **_kwargs) -> None:
-            bar.update(task, advance=1, **({"description": f"{description} {text}"} if text else {}))
+        def advance(*_args, text: str | None = None, steps: float = 1, **_kwargs) -> None:
+            bar.update(task, advance=steps, **({"description": f"{description} {text}"} if text else {}))
 
         yield advance
 
 
 def _workers(workers: Optional[int]) -> int:
     return workers if workers and workers > 0 else default_workers()
+
+
+def _patient_count(store_path: Path) -> int:
+    """Patients in a store (a progress bar's total)."""
+    from tipsprog.store import open_store, read_patients
+
+    with open_store(store_path) as store:
+        return len(read_patients(store))
 
 
 def _count_rows(csv: Path) -> int | None:
@@ -178,11 +186,8 @@ def radiomics(seg: Path = typer.Argument(..., help="Segment store from `tipsprog
               quiet: bool = QUIET) -> None:
     """pyradiomics features per ROI, tagged roi/image-type/feature-class; each ROI cropped before extraction."""
     from tipsprog.radiomics import run_radiomics
-    from tipsprog.store import open_store, read_patients
 
-    with open_store(seg) as store:
-        total = len(read_patients(store))
-    with progress_bar("radiomics", total, quiet) as advance:
+    with progress_bar("radiomics", _patient_count(seg), quiet) as advance:
         records = run_radiomics(seg, out, params, _workers(workers), advance, scheduler, resume)
     if not quiet:
         failed = [r for r in records if r.status != "ok"]
@@ -204,9 +209,10 @@ def embed(seg: Path = typer.Argument(..., help="Segment store from `tipsprog seg
     """Deep ROI embeddings from a self-supervised or a published pretrained 3D encoder."""
     from tipsprog.embed import FitSettings, run_embed
 
-    with progress_bar("embed: ssl epochs", epochs if fit else 0, quiet) as advance:
+    with progress_bar(f"embed: {encoder}", _patient_count(seg), quiet) as advance:
         written, report = run_embed(seg, out, encoder, fit, weights, device, FitSettings(epochs=epochs, seed=seed), pool,
-                                    batch_size, lambda epoch, loss: advance(text=f"loss {loss:.4f}"))
+                                    batch_size, lambda epoch, loss: advance(steps=0, text=f"pre-training epoch {epoch}/{epochs}, loss {loss:.4f}"),
+                                    lambda patients: advance(steps=patients, text="embedding"))
     if not quiet:
         console.print(f"embed: {out} ({encoder}: {report}; weights {written})")
 

@@ -36,8 +36,8 @@ def masked_pool(feature_map: torch.Tensor, mask: torch.Tensor, pooling: str) -> 
 
 @torch.no_grad()
 def embed_crops(encoder: RoiEncoder, crops: np.ndarray, device: torch.device, pooling: str = "mean",
-                batch_size: int = 16) -> np.ndarray:
-    """Pooled features of [N, 2, D, H, W] crops of one ROI, in batches; mixed precision on CUDA."""
+                batch_size: int = 16, progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """Pooled features of [N, 2, D, H, W] crops of one ROI, in batches (progress gets each batch's size); AMP on CUDA."""
     encoder = encoder.to(device).eval()
     pooled = []
     for start in range(0, len(crops), batch_size):
@@ -45,16 +45,20 @@ def embed_crops(encoder: RoiEncoder, crops: np.ndarray, device: torch.device, po
         with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
             feature_map = encoder(batch)
         pooled.append(masked_pool(feature_map.float(), batch[:, 1:2], pooling).cpu().numpy())
+        if progress:
+            progress(len(batch))
     return np.concatenate(pooled)
 
 
 def embedding_block(encoder: RoiEncoder, crops_by_roi: dict[str, np.ndarray], device: torch.device, pooling: str,
-                    provenance: dict[str, str], batch_size: int = 16) -> store.FeatureBlock:
+                    provenance: dict[str, str], batch_size: int = 16,
+                    progress: Callable[[float], None] | None = None) -> store.FeatureBlock:
     """Embeddings of every ROI side by side, named embed-<encoder>/<roi>/<k>, grouped by ROI and pooling."""
     parts, names, groups = [], [], []
     extractor = f"embed-{encoder.name}"
+    roi_progress = (lambda count: progress(count / len(EMBED_ROIS))) if progress else None
     for roi in EMBED_ROIS:
-        values = embed_crops(encoder, crops_by_roi[roi], device, pooling, batch_size)
+        values = embed_crops(encoder, crops_by_roi[roi], device, pooling, batch_size, roi_progress)
         per_pool = values.shape[1] // len(pooling.split("+"))
         parts.append(values)
         names += [f"{extractor}/{roi}/{k}" for k in range(values.shape[1])]
@@ -81,7 +85,8 @@ def _read_segment_store(seg_path: Path) -> tuple[list[str], list[str], tuple[lis
 
 def run_embed(seg_path: Path, out: Path, encoder_name: str = "ssl", fit: bool = False, weights: Path | None = None,
               device_name: str = "auto", settings: FitSettings = FitSettings(), pooling: str = "mean",
-              batch_size: int = 16, progress: Callable[[int, float], None] | None = None) -> tuple[Path, str]:
+              batch_size: int = 16, fit_progress: Callable[[int, float], None] | None = None,
+              progress: Callable[[float], None] | None = None) -> tuple[Path, str]:
     """Embed every patient of a segment store into a store; with fit, pre-train the ssl encoder first.
 
     Returns the weights file used and the loader's report (architecture, ignored tensors).
@@ -101,10 +106,10 @@ def run_embed(seg_path: Path, out: Path, encoder_name: str = "ssl", fit: bool = 
         if usable.sum() < 2:
             raise InputError(f"{seg_path}: fewer than 2 usable scans to train the encoder on")
         training = np.concatenate([crops[roi][usable] for roi in EMBED_ROIS])
-        save_ssl_weights(fit_ssl(training, settings, device, progress), weights)
+        save_ssl_weights(fit_ssl(training, settings, device, fit_progress), weights)
         encoder = load_encoder("ssl", weights)
     provenance = {"weights_sha256": file_sha256(weights), "weights_path": str(Path(weights).resolve()), **segment_provenance}
-    block = embedding_block(encoder, crops, device, pooling, provenance, batch_size)
+    block = embedding_block(encoder, crops, device, pooling, provenance, batch_size, progress)
     block.values[~usable] = np.nan
     with store.create_store(out, ids, centers) as h5:
         store.write_features(h5, block.attrs["extractor"], block)
