@@ -7,7 +7,7 @@ Prints, on a synthetic cohort segmented by the classic backend:
   - scans per second for embedding (two ROI crops per scan) with every encoder architecture, on this machine's
     CPU (random weights written in each publisher's layout; pass --device cuda on a GPU machine).
 
-Usage: python benchmarks/embed_signal.py [--n 200] [--epochs 15] [--seeds 3] [--device cpu]
+Usage: python benchmarks/embed_signal.py [--n 200] [--epochs 40] [--seeds 3] [--device cpu]
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def scans_per_second(encoder: RoiEncoder, crops: dict[str, np.ndarray], device: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=200)
-    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seeds", type=int, default=3, help="Pre-training and random-initialisation seeds to compare.")

@@ -22,7 +22,7 @@ step "segment (classic backend)"
 tipsprog segment cohort/train_cohort.csv --out seg.h5
 step "radiomics (pyradiomics, original image, all classes)"
 tipsprog radiomics seg.h5 --out radiomics.h5
-step "embed (self-supervised 3D autoencoder)"
+step "embed (self-supervised 3D encoder, masked-volume reconstruction)"
 tipsprog embed seg.h5 --out embed.h5 --fit
 step "fuse-train (concat fusion, 5-fold CV stratified by event and center)"
 tipsprog fuse-train radiomics.h5 embed.h5 --clinical cohort/train_clinical.csv --outcomes cohort/train_outcomes.csv --out model

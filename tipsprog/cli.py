@@ -203,7 +203,7 @@ def embed(seg: Path = typer.Argument(..., help="Segment store from `tipsprog seg
           fit: bool = typer.Option(False, "--fit", help="Pre-train the ssl encoder on this store's crops (masked-volume reconstruction)."),
           weights: Optional[Path] = typer.Option(None, "--weights", help="Encoder weights file (ssl: to write with --fit, default OUT.pt)."),
           pool: str = typer.Option("mean", "--pool", help="Pooling inside each ROI mask: mean or mean+max."),
-          epochs: int = typer.Option(15, "--epochs", min=1, help="Self-supervised epochs with --fit."),
+          epochs: int = typer.Option(40, "--epochs", min=1, help="Self-supervised epochs with --fit."),
           batch_size: int = typer.Option(16, "--batch-size", min=1, help="Crops per forward pass."),
           seed: int = typer.Option(0, "--seed"), device: str = DEVICE, quiet: bool = QUIET) -> None:
     """Deep ROI embeddings from a self-supervised or a published pretrained 3D encoder."""

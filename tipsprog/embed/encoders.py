@@ -38,8 +38,8 @@ def _zscore(image: torch.Tensor) -> torch.Tensor:
 
 
 def build_ssl_network() -> AutoEncoder:
-    """The MONAI 3D autoencoder pre-trained by masked-volume reconstruction: input CT + mask, output CT."""
-    return AutoEncoder(spatial_dims=3, in_channels=2, out_channels=1, channels=SSL_CHANNELS, strides=SSL_STRIDES,
+    """The MONAI 3D autoencoder pre-trained by masked-volume reconstruction of the CT + mask crop."""
+    return AutoEncoder(spatial_dims=3, in_channels=2, out_channels=2, channels=SSL_CHANNELS, strides=SSL_STRIDES,
                        norm="batch")
 
 
