@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from tipsprog import store
 from tipsprog.devices import resolve_device
-from tipsprog.embed.encoders import ENCODERS, RoiEncoder, build_ssl_network, load_encoder
-from tipsprog.embed.ssl import FitSettings, fit_ssl, save_ssl_weights
+from tipsprog.embed.encoders import ENCODERS, RoiEncoder, load_encoder
+from tipsprog.embed.ssl import FitSettings, build_ssl_network, fit_ssl, save_ssl_weights
 from tipsprog.errors import InputError
 from tipsprog.store import file_sha256
 

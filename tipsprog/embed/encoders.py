@@ -13,12 +13,12 @@ import torch.nn.functional as F
 from monai.networks.nets import AutoEncoder
 
 from tipsprog.embed.published import LoadReport, ctfm_segresencoder, medicalnet_resnet, swinunetr_ssl
+from tipsprog.embed.ssl import SSL_CHANNELS, load_ssl_weights
 from tipsprog.errors import InputError
 from tipsprog.segment.crops import HU_CENTER, HU_HALF_WIDTH
 
 PUBLISHED = ("medicalnet-resnet10", "medicalnet-resnet18", "medicalnet-resnet50", "swinunetr", "ctfm")
 ENCODERS = ("ssl", *PUBLISHED)
-SSL_CHANNELS, SSL_STRIDES = (16, 32, 64), (2, 2, 2)
 
 
 def crop_to_hu(ct_channel: torch.Tensor) -> torch.Tensor:
@@ -35,12 +35,6 @@ def _zscore(image: torch.Tensor) -> torch.Tensor:
     """Per-volume zero mean, unit variance (MedicalNet's normalisation)."""
     dims = tuple(range(1, image.ndim))
     return (image - image.mean(dim=dims, keepdim=True)) / image.std(dim=dims, keepdim=True).clamp_min(1e-6)
-
-
-def build_ssl_network() -> AutoEncoder:
-    """The MONAI 3D autoencoder pre-trained by masked-volume reconstruction of the CT + mask crop."""
-    return AutoEncoder(spatial_dims=3, in_channels=2, out_channels=2, channels=SSL_CHANNELS, strides=SSL_STRIDES,
-                       norm="batch")
 
 
 def _ssl_features(network: AutoEncoder, crops: torch.Tensor) -> torch.Tensor:
@@ -90,14 +84,12 @@ class RoiEncoder(torch.nn.Module):
 
 def load_encoder(name: str, weights: Path | None) -> RoiEncoder:
     """An encoder by name: ssl from tipsprog's own weights file, the others from their publisher's file."""
-    from tipsprog.embed.ssl import load_ssl_weights
-
     if name not in ENCODERS:
         raise InputError(f"--encoder {name}: choose one of {', '.join(ENCODERS)}")
     if weights is None:
         raise InputError(f"--encoder {name}: needs --weights PATH (a local file; nothing is downloaded)")
     if name == "ssl":
-        return RoiEncoder(name, load_ssl_weights(weights))
+        return RoiEncoder(name, load_ssl_weights(weights), LoadReport(f"MONAI AutoEncoder, channels {list(SSL_CHANNELS)}"))
     if name.startswith("medicalnet-resnet"):
         backbone, report = medicalnet_resnet(weights, int(name.removeprefix("medicalnet-resnet")))
     elif name == "swinunetr":

@@ -22,10 +22,16 @@ from monai.networks.nets import AutoEncoder
 from monai.transforms import RandCoarseDropout
 
 from tipsprog.checkpoints import load_checkpoint, save_checkpoint
-from tipsprog.embed.encoders import SSL_CHANNELS, SSL_STRIDES, build_ssl_network
 from tipsprog.store import file_sha256
 
 WEIGHTS_FORMAT = "tipsprog-embed-ssl-2"
+SSL_CHANNELS, SSL_STRIDES = (16, 32, 64), (2, 2, 2)
+
+
+def build_ssl_network() -> AutoEncoder:
+    """The MONAI 3D autoencoder pre-trained by masked-volume reconstruction of the CT + mask crop."""
+    return AutoEncoder(spatial_dims=3, in_channels=2, out_channels=2, channels=SSL_CHANNELS, strides=SSL_STRIDES,
+                       norm="batch")
 
 
 @dataclass(frozen=True)
