@@ -56,13 +56,13 @@ def embedding_block(encoder: RoiEncoder, crops_by_roi: dict[str, np.ndarray], de
     """Embeddings of every ROI side by side, named embed-<encoder>/<roi>/<k>, grouped by ROI and pooling."""
     parts, names, groups = [], [], []
     extractor = f"embed-{encoder.name}"
+    kinds = pooling.split("+")
     roi_progress = (lambda count: progress(count / len(EMBED_ROIS))) if progress else None
     for roi in EMBED_ROIS:
         values = embed_crops(encoder, crops_by_roi[roi], device, pooling, batch_size, roi_progress)
-        per_pool = values.shape[1] // len(pooling.split("+"))
         parts.append(values)
         names += [f"{extractor}/{roi}/{k}" for k in range(values.shape[1])]
-        groups += [f"{roi}/{extractor}/{kind}" for kind in pooling.split("+") for _ in range(per_pool)]
+        groups += [f"{roi}/{extractor}/{kind}" for kind in kinds for _ in range(values.shape[1] // len(kinds))]
     attrs = {"extractor": extractor, "encoder": encoder.name, "pooling": pooling, "weights_report": encoder.report.summary(),
              **provenance}
     return store.FeatureBlock(np.concatenate(parts, axis=1), names, groups, attrs)

@@ -11,24 +11,19 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from monai.networks.nets import AutoEncoder
+from monai.transforms import ScaleIntensityRange
 
 from tipsprog.embed.published import LoadReport, ctfm_segresencoder, medicalnet_resnet, swinunetr_ssl
 from tipsprog.embed.ssl import SSL_CHANNELS, load_ssl_weights
 from tipsprog.errors import InputError
 from tipsprog.segment.crops import HU_CENTER, HU_HALF_WIDTH
 
-PUBLISHED = ("medicalnet-resnet10", "medicalnet-resnet18", "medicalnet-resnet50", "swinunetr", "ctfm")
-ENCODERS = ("ssl", *PUBLISHED)
+ENCODERS = ("ssl", "medicalnet-resnet10", "medicalnet-resnet18", "medicalnet-resnet50", "swinunetr", "ctfm")
 
 
 def crop_to_hu(ct_channel: torch.Tensor) -> torch.Tensor:
     """Undo the crops' window scaling (values outside −200…300 HU stay clipped)."""
     return ct_channel * HU_HALF_WIDTH + HU_CENTER
-
-
-def _scale_range(hu: torch.Tensor, low: float, high: float) -> torch.Tensor:
-    """MONAI's ScaleIntensityRange(low, high → 0, 1, clip=True) on a batch."""
-    return ((hu - low) / (high - low)).clamp(0.0, 1.0)
 
 
 def _zscore(image: torch.Tensor) -> torch.Tensor:
@@ -50,7 +45,7 @@ def _medicalnet_features(network: torch.nn.Module, crops: torch.Tensor) -> torch
 
 def _upsampled(crops: torch.Tensor, low: float, high: float) -> torch.Tensor:
     """The CT channel rescaled from HU range low…high to 0…1, at twice the crop size."""
-    scaled = _scale_range(crop_to_hu(crops[:, :1]), low, high)
+    scaled = ScaleIntensityRange(a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True)(crop_to_hu(crops[:, :1])).as_tensor()
     return F.interpolate(scaled, scale_factor=2, mode="trilinear", align_corners=False)
 
 
