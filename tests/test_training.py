@@ -1,4 +1,5 @@
-"""The training core is honest by construction: splits, inner validation, no test-fold leakage."""
+"""The training core is honest by construction and every model of the zoo trains: splits, inner validation,
+no test-fold leakage, batched ensemble equal to one-at-a-time training, staged schedules, config validation."""
 
 import dataclasses
 
@@ -7,30 +8,43 @@ import pytest
 import torch
 
 from tipsprog.errors import InputError
+from tipsprog.evaluate.metrics import harrell_c
 from tipsprog.fusion.config import load_config
 from tipsprog.fusion.data import ModalityPreprocessor
-from tipsprog.fusion.training import TrainingData, cross_validate, cv_splits, inner_split
+from tipsprog.fusion.models import MODELS, Layout, build_model
+from tipsprog.fusion.training import (TrainingData, cross_validate, cv_splits, inner_split, plan_members, predict_member,
+                                      train_ensemble)
+
+RADIOMICS_GROUPS = [f"{roi}/{image}/{kind}" for roi in ("liver", "spleen") for image in ("original", "log-sigma-2")
+                    for kind in ("firstorder", "glcm") for _ in range(3)]
+EMBED_GROUPS = [f"{roi}/embed-ssl/{pool}" for roi in ("liver", "spleen") for pool in ("mean", "max") for _ in range(4)]
 
 
 def _cohort(n: int = 90, seed: int = 0) -> TrainingData:
-    """Feature matrices with a known linear risk, two centers, some labels missing."""
+    """Three modalities with a known linear risk, two centers, some labels missing."""
     rng = np.random.default_rng(seed)
     clinical = rng.standard_normal((n, 4))
-    radiomics = rng.standard_normal((n, 30))
-    risk = clinical[:, 0] + radiomics[:, :3].sum(axis=1) * 0.5
+    radiomics = rng.standard_normal((n, len(RADIOMICS_GROUPS)))
+    embed = rng.standard_normal((n, len(EMBED_GROUPS)))
+    risk = clinical[:, 0] + radiomics[:, :3].sum(axis=1) * 0.5 + 0.5 * embed[:, 0]
     time = rng.exponential(500 * np.exp(-risk))
     event = (time < 700).astype(float)
     time = np.minimum(time, 700)
     ohe = (rng.random(n) < 1 / (1 + np.exp(-risk))).astype(float)
     ohe[:5] = np.nan
     ppg = 8 + risk + rng.standard_normal(n)
+    names = {"clinical": [f"c{i}" for i in range(4)], "radiomics": [f"r{i}" for i in range(radiomics.shape[1])],
+             "embed": [f"e{i}" for i in range(embed.shape[1])]}
     return TrainingData([f"P{i}" for i in range(n)], np.array(["A", "B"] * (n // 2)),
-                        {"clinical": clinical, "radiomics": radiomics},
-                        {"clinical": [f"c{i}" for i in range(4)], "radiomics": [f"r{i}" for i in range(30)]},
+                        {"clinical": clinical, "radiomics": radiomics, "embed": embed}, names,
+                        {"clinical": names["clinical"], "radiomics": RADIOMICS_GROUPS, "embed": EMBED_GROUPS},
                         time, event, ohe, ppg)
 
 
-CONFIG = dataclasses.replace(load_config(), max_epochs=60, patience=20, folds=3, imaging_components=4)
+def _config(model: str = "concat", epochs: int = 60, patience: int = 20, **changes):
+    config = load_config(model=model)
+    stages = [{**stage, "max_epochs": epochs, "patience": patience} for stage in config.stages]
+    return dataclasses.replace(config, **{"folds": 3, "imaging_width": 2, "stages": stages, **changes})
 
 
 def test_splits_are_patient_level_and_stratified():
@@ -47,52 +61,155 @@ def test_splits_are_patient_level_and_stratified():
         assert len(set(data.centers[test])) == 1 and set(data.centers[test]).isdisjoint(data.centers[train])
 
 
-def test_test_fold_cannot_influence_its_fold_model():
-    data = _cohort()
-    first = cross_validate(data, CONFIG, "kfold", torch.device("cpu"))
-    test_rows = np.flatnonzero(first.fold_of == 0)
+def _poisoned(data: TrainingData, rows: np.ndarray, times: bool) -> TrainingData:
+    """Test-fold features, OHE and ppg_post replaced by absurd values (and follow-up times when asked)."""
     poisoned = dataclasses.replace(data, matrices={m: v.copy() for m, v in data.matrices.items()},
-                                   time=data.time.copy(), ppg_post=data.ppg_post.copy())
+                                   time=data.time.copy(), ppg_post=data.ppg_post.copy(), ohe=data.ohe.copy())
     for values in poisoned.matrices.values():
-        values[test_rows] = 1e6
-    poisoned.time[test_rows], poisoned.ppg_post[test_rows] = 1.0, 59.0  # events kept: they define the strata
-    second = cross_validate(poisoned, CONFIG, "kfold", torch.device("cpu"))
+        values[rows] = 1e6
+    poisoned.ppg_post[rows], poisoned.ohe[rows] = 59.0, 1.0 - np.nan_to_num(data.ohe[rows])
+    if times:
+        poisoned.time[rows] = 1.0  # events kept: they define the strata
+    return poisoned
+
+
+@pytest.mark.parametrize("times", [False, True])
+def test_test_fold_cannot_influence_its_fold_model(times):
+    """Nothing of fold 0's test patients reaches fold 0's members: preprocessing, early stopping or weights.
+
+    Poisoned follow-up times reorder the risk-set cumulative sum, so weights then agree to float rounding only.
+    """
+    data = _cohort()
+    config = _config("tmiclnet", epochs=30, patience=10)
+    first = cross_validate(data, config, "kfold", torch.device("cpu"))
+    test_rows = np.flatnonzero(first.fold_of == 0)
+    second = cross_validate(_poisoned(data, test_rows, times), config, "kfold", torch.device("cpu"))
     before, after = first.members[0], second.members[0]
-    assert before.best_epoch == after.best_epoch
-    assert before.preprocessors["radiomics"].median == after.preprocessors["radiomics"].median
+    assert before.fold == 0 and before.best_epochs == after.best_epochs
+    for modality, fitted in before.preprocessors.items():
+        assert fitted.median == after.preprocessors[modality].median
+        assert fitted.token_components == after.preprocessors[modality].token_components
+    tolerance = {"rtol": 1e-5, "atol": 1e-6} if times else {"rtol": 0, "atol": 0}
+    np.testing.assert_allclose(before.validation_loss, after.validation_loss, **tolerance)
     for key, tensor in before.state_dict.items():
-        torch.testing.assert_close(tensor, after.state_dict[key], rtol=0, atol=0)
+        torch.testing.assert_close(tensor, after.state_dict[key], **tolerance)
     assert np.isfinite(first.oof["risk"]).all()
+
+
+def test_validation_rows_lie_inside_the_training_fold():
+    data = _cohort()
+    splits = cv_splits(data.event, data.centers, 3, "kfold", 0)
+    for plan in plan_members(data, splits, dataclasses.replace(_config(), seeds=2), seed=0):
+        test_rows = splits[plan.fold][1]
+        assert set(plan.val_rows) <= set(plan.train_rows) and not set(plan.val_rows) & set(test_rows)
+        assert not set(plan.fit_rows) & set(plan.val_rows)
+
+
+def test_batched_ensemble_equals_training_members_one_after_another():
+    """Weights agree to float rounding (Adam amplifies it on parameters with no true gradient, such as attention key
+    biases), and so do the predictions."""
+    data = _cohort()
+    config = _config("multitips", epochs=15, patience=5, dropout=0.0)
+    plans = plan_members(data, cv_splits(data.event, data.centers, 3, "kfold", 0), config, seed=0)
+    together = train_ensemble(data, plans, config, torch.device("cpu"))
+    rows = np.arange(len(data.patient_ids))
+    for plan, batched in zip(plans, together):
+        alone = train_ensemble(data, [plan], config, torch.device("cpu"))[0]
+        assert alone.best_epochs == batched.best_epochs
+        for key, tensor in alone.state_dict.items():
+            torch.testing.assert_close(tensor, batched.state_dict[key], rtol=0, atol=1e-4)
+        risks = [predict_member(m, data.matrices, rows, config, torch.device("cpu"))["risk"] for m in (alone, batched)]
+        np.testing.assert_allclose(risks[0], risks[1], atol=1e-5)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_every_model_trains_with_finite_decreasing_loss(model):
+    data = _cohort()
+    config = _config(model, epochs=25, patience=25)
+    plans = plan_members(data, cv_splits(data.event, data.centers, 3, "kfold", 0), config, seed=0)[:1]
+    member = train_ensemble(data, plans, config, torch.device("cpu"))[0]
+    losses = np.array(member.train_loss)
+    assert np.isfinite(losses).all() and len(losses) == 25 * len(config.stages)
+    assert losses[-5:].mean() < losses[:5].mean()
+
+
+@pytest.mark.parametrize("model", ["tmiclnet", "multitips", "graph", "late"])
+@pytest.mark.parametrize("modalities", [("clinical",), ("radiomics",), ("embed", "radiomics"), ("clinical", "embed")])
+def test_models_accept_any_subset_of_modalities(model, modalities):
+    layout = {"clinical": Layout(["age", "sex"], 2), "radiomics": Layout(sorted(set(RADIOMICS_GROUPS)), 2),
+              "embed": Layout(sorted(set(EMBED_GROUPS)), 2)}
+    chosen = {m: layout[m] for m in modalities}
+    network = build_model(model, chosen, 16, 0.1, load_config(model=model).model_options())
+    outputs = network({m: torch.randn(5, len(spec.tokens), spec.width) for m, spec in chosen.items()})
+    assert all(outputs[key].shape == (5,) and torch.isfinite(outputs[key]).all() for key in ("risk", "ohe", "ppg"))
+
+
+def test_late_fusion_with_one_modality_equals_that_modality_model():
+    layout = {"radiomics": Layout(sorted(set(RADIOMICS_GROUPS)), 2)}
+    torch.manual_seed(3)
+    late = build_model("late", layout, 16, 0.0)
+    torch.manual_seed(3)
+    single = build_model("concat", layout, 16, 0.0)
+    inputs = {"radiomics": torch.randn(7, len(layout["radiomics"].tokens), 2)}
+    for key, value in late(inputs).items():
+        torch.testing.assert_close(value, single(inputs)[key])
+
+
+def test_staged_schedule_runs_every_stage_and_freezes_nothing_it_should_train():
+    data = _cohort()
+    config = _config("multitips", epochs=10, patience=10)
+    assert [stage["name"] for stage in config.stages] == ["survival", "add-ohe-ppg", "joint"]
+    assert config.stages[0]["loss_weights"]["ohe"] == 0 and config.stages[1]["shared_lr_scale"] < 1
+    plans = plan_members(data, cv_splits(data.event, data.centers, 3, "kfold", 0), config, seed=0)[:1]
+    member = train_ensemble(data, plans, config, torch.device("cpu"))[0]
+    assert len(member.best_epochs) == 3 and len(member.train_loss) == 30
 
 
 def test_risk_is_learned_and_unbounded():
     data = _cohort(n=150, seed=1)
-    result = cross_validate(data, dataclasses.replace(CONFIG, max_epochs=150), "kfold", torch.device("cpu"))
-    from tipsprog.evaluate.metrics import harrell_c
-    assert harrell_c(data.time, data.event, result.oof["risk"]) > 0.65
+    result = cross_validate(data, _config(epochs=150, patience=40, imaging_width=4), "kfold", torch.device("cpu"))
+    assert harrell_c(data.time, data.event, result.oof["risk"]) > 0.6
     assert result.oof["risk"].max() > 1 or result.oof["risk"].min() < 0
 
 
-def test_preprocessor_reduces_imaging_and_keeps_clinical():
+def test_preprocessor_keeps_token_layout_and_reduces_wide_groups():
     rng = np.random.default_rng(2)
     train = rng.standard_normal((40, 12))
     train[3, 5] = np.nan
-    reduced = ModalityPreprocessor.fit(train, max_components=4)
-    assert reduced.width == 4 and reduced.transform(train).shape == (40, 4)
-    np.testing.assert_allclose(reduced.transform(train).std(axis=0), 1.0, atol=0.05)
-    plain = ModalityPreprocessor.fit(train)
-    assert plain.width == 12 and np.isfinite(plain.transform(train)).all()
+    train[:, 11] = 1.0
+    groups = ["a"] * 6 + ["b"] * 2 + ["c"] * 4
+    reduced = ModalityPreprocessor.fit(train, groups, max_width=3)
+    out = reduced.transform(train)
+    assert out.shape == (40, 3, 3) and reduced.token_names == ["a", "b", "c"]
+    np.testing.assert_allclose(out[:, 0].std(axis=0), 1.0, atol=0.05)
+    assert (out[:, 1, 2] == 0).all() and 11 not in reduced.token_columns[2]
+    plain = ModalityPreprocessor.fit(train, groups)
+    assert plain.width == 6 and np.isfinite(plain.transform(train)).all()
 
 
 def test_config_rejects_unknown_keys_and_bad_types(tmp_path):
     path = tmp_path / "train.yaml"
-    path.write_text("folds: 3\nlearnig_rate: 0.01\n")
-    with pytest.raises(InputError, match="train.yaml: unknown config key 'learnig_rate'"):
-        load_config(path)
-    path.write_text("folds: three\n")
-    with pytest.raises(InputError, match="'folds' must be int"):
-        load_config(path)
-    path.write_text("model: transformer\n")
-    with pytest.raises(InputError, match="model 'transformer' unknown"):
-        load_config(path)
-    assert load_config(path=None, folds=4).folds == 4
+    cases = {
+        "folds: 3\nlearnig_rate: 0.01\n": "train.yaml: unknown config key 'learnig_rate'",
+        "folds: three\n": "'folds' must be int",
+        "model: transformer\n": "model 'transformer' unknown",
+        "tmiclnet: {balanse: 0.5}\n": "unknown key 'tmiclnet.balanse'",
+        "stages: [{name: a, max_epochs: 10, patience: 5, loss_weights: {survival: 1.0}}]\n": r"stages\[1\] needs exactly the keys",
+        "stages: [{name: a, max_epochs: 10, patience: 5, shared_lr_scale: 1.0, loss_weights: {death: 1.0}}]\n":
+            r"unknown key 'stages\[1\].loss_weights.death'",
+        "hidden: 31\n": "divisible by the attention heads",
+    }
+    for text, message in cases.items():
+        path.write_text(text)
+        with pytest.raises(InputError, match=message):
+            load_config(path)
+
+
+def test_model_preset_applies_before_the_user_file(tmp_path):
+    assert len(load_config(model="multitips").stages) == 3 and len(load_config(model="concat").stages) == 1
+    path = tmp_path / "train.yaml"
+    path.write_text("model: multitips\nstages: [{name: one, max_epochs: 5, patience: 2, shared_lr_scale: 1.0, "
+                    "loss_weights: {survival: 1.0, ohe: 0.0, ppg: 0.0}}]\nmultitips: {orthogonality_weight: 0.5}\n")
+    config = load_config(path)
+    assert [s["name"] for s in config.stages] == ["one"]
+    assert config.model_options() == {"heads": 2, "orthogonality_weight": 0.5}

@@ -223,10 +223,10 @@ def fuse_train(stores: list[Path] = typer.Argument(None, help="Feature stores (r
                clinical: Path = typer.Option(..., "--clinical", help="clinical.csv"),
                outcomes: Path = typer.Option(..., "--outcomes", help="outcomes.csv"),
                out: Path = typer.Option(..., "--out", help="Output bundle folder."),
-               model: Optional[str] = typer.Option(None, "--model", help="Fusion model (default from config: concat)."),
+               model: Optional[str] = typer.Option(None, "--model", help="clinical-cox, concat (default), late, intermediate, tmiclnet, multitips or graph (docs/models.md)."),
                folds: Optional[int] = typer.Option(None, "--folds", help="CV folds (default 5)."),
                cv: str = typer.Option("kfold", "--cv", help="kfold (stratified by event and center) or center."),
-               modalities: Optional[str] = typer.Option(None, "--modalities", help="Subset, e.g. clinical,radiomics."),
+               modalities: Optional[str] = typer.Option(None, "--modalities", help="Subset for ablations, e.g. clinical,radiomics (default: all the inputs provide)."),
                config: Optional[Path] = typer.Option(None, "--config", help="YAML config (see tipsprog/configs/default.yaml)."),
                seed: int = typer.Option(0, "--seed"), device: str = DEVICE, quiet: bool = QUIET) -> None:
     """Cross-validated multimodal fusion for survival, OHE and ppg_post; writes a model bundle."""

@@ -79,7 +79,7 @@ def predict_one(bundle: Bundle, ct_path: Path | None, clinical_csv: Path, device
     table, clinical_matrix, clinical_names, imputed = _clinical_row(bundle, clinical_csv)
     blocks, qc = _image_blocks(bundle, ct_path, device_name)
     wanted = tuple(bundle.manifest["modalities"])
-    matrices, _ = modality_matrices(blocks, np.array([0]), clinical_matrix, clinical_names, wanted)
+    matrices, _, _ = modality_matrices(blocks, np.array([0]), clinical_matrix, clinical_names, wanted)
     device = resolve_device(device_name)
     horizons = np.array(bundle.config.horizons_days, dtype=float)
     risks, survival, ohe, ppg = [], [], [], []

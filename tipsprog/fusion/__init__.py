@@ -74,13 +74,13 @@ def assemble(stores: list[Path], clinical_csv: Path, outcomes_csv: Path, modalit
     if missing:
         raise InputError(f"--modalities: {', '.join(missing)} not in the given stores (available: {', '.join(sorted(available))})")
     row_of = {pid: row for row, pid in enumerate(ids)}
-    matrices, names = modality_matrices(blocks, np.array([row_of[pid] for pid in common], dtype=int),
-                                        clinical_matrix, clinical_names, modalities)
+    matrices, names, groups = modality_matrices(blocks, np.array([row_of[pid] for pid in common], dtype=int),
+                                                clinical_matrix, clinical_names, modalities)
     center_column = table["center"].astype(str).to_numpy() if "center" in table.columns else np.full(len(common), "unknown")
     center = np.array([centers.get(pid, "unknown") for pid in common], dtype=object)
     center = np.where(center == "unknown", center_column, center).astype(str)
     labels = outcomes.loc[common]
-    data = TrainingData(common, center, matrices, names, labels["time"].to_numpy(float), labels["event"].to_numpy(float),
+    data = TrainingData(common, center, matrices, names, groups, labels["time"].to_numpy(float), labels["event"].to_numpy(float),
                         labels["ohe"].to_numpy(float), labels["ppg_post"].to_numpy(float))
     if np.nansum(data.event) < 2:
         raise InputError(f"{outcomes_csv}: fewer than 2 events among the {len(common)} matched patients")
@@ -145,6 +145,8 @@ def run_fuse_train(stores: list[Path], clinical_csv: Path, outcomes_csv: Path, o
                    seed: int = 0, progress: Callable[[str], None] | None = None) -> dict:
     """Cross-validate the fusion model and write the bundle; return the summary metrics."""
     assembled = assemble(stores, clinical_csv, outcomes_csv, modalities)
+    if config.model == "clinical-cox" and "clinical" not in assembled.data.matrices:
+        raise InputError("--model clinical-cox needs the clinical modality (add clinical to --modalities)")
     for note in assembled.notes:
         if progress:
             progress(note)

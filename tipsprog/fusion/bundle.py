@@ -18,8 +18,8 @@ from tipsprog.errors import InputError
 from tipsprog.fusion.data import ModalityPreprocessor
 from tipsprog.fusion.training import CrossValidation, Member, TrainingData
 
-BUNDLE_FORMAT = 1
-WEIGHTS_FORMAT = "tipsprog-fusion-1"
+BUNDLE_FORMAT = 2
+WEIGHTS_FORMAT = "tipsprog-fusion-2"
 REQUIRED_FILES = ("bundle.yaml", "preprocess.json", "weights.pt", "oof.h5", "metrics.json", "model_card.md")
 
 

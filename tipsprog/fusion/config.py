@@ -1,8 +1,8 @@
-"""fuse-train configuration: YAML validated at load against the packaged defaults."""
+"""fuse-train configuration: YAML validated at load against the packaged defaults (and the model's preset)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -10,6 +10,10 @@ import yaml
 
 from tipsprog.errors import InputError
 from tipsprog.fusion.models import MODELS
+
+LOSS_KEYS = ("survival", "ohe", "ppg")
+STAGE_TYPES = {"name": str, "max_epochs": int, "patience": int, "loss_weights": dict, "shared_lr_scale": float}
+MODEL_SECTIONS = ("tmiclnet", "multitips", "graph")
 
 
 @dataclass(frozen=True)
@@ -21,58 +25,105 @@ class TrainConfig:
     dropout: float
     learning_rate: float
     weight_decay: float
-    max_epochs: int
-    patience: int
     validation_fraction: float
-    loss_weights: dict
     folds: int
     seeds: int
+    imaging_width: int
     horizons_days: list
-    imaging_components: int
     clinical_cox_penalizer: float
+    stages: list
+    tmiclnet: dict
+    multitips: dict
+    graph: dict
+
+    def model_options(self) -> dict:
+        """The config section of the chosen model (empty for models without one)."""
+        return dict(getattr(self, self.model)) if self.model in MODEL_SECTIONS else {}
 
 
-LOSS_KEYS = {"survival", "ohe", "ppg"}
+def _packaged(name: str) -> dict | None:
+    """A packaged YAML file under tipsprog/configs, or None."""
+    file = resources.files("tipsprog").joinpath(f"configs/{name}.yaml")
+    return yaml.safe_load(file.read_text(encoding="utf-8")) if file.is_file() else None
 
 
-def _defaults() -> dict:
-    return yaml.safe_load(resources.files("tipsprog").joinpath("configs/default.yaml").read_text(encoding="utf-8"))
+def _read(path: Path) -> dict:
+    """A user YAML mapping, with one-line errors for a missing file or bad YAML."""
+    if not Path(path).is_file():
+        raise InputError(f"{path}: config file not found")
+    try:
+        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise InputError(f"{path}: invalid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(loaded, dict):
+        raise InputError(f"{path}: config must be a mapping of keys to values")
+    return loaded
 
 
-def _check(values: dict, source: str) -> None:
-    """Type and range checks with a message naming the file and key."""
-    types = {f.name: f.type for f in fields(TrainConfig)}
+def _same_type(value, default, where: str, source: str) -> None:
+    """A value must have its default's type (an int is accepted for a float)."""
+    expected = (int, float) if isinstance(default, float) else type(default)
+    if isinstance(value, bool) != isinstance(default, bool) or not isinstance(value, expected):
+        raise InputError(f"{source}: '{where}' must be {type(default).__name__}, got {value!r}")
+
+
+def _check_section(values: dict, defaults: dict, where: str, source: str) -> None:
+    """Known keys only, each of its default's type."""
+    if not isinstance(values, dict):
+        raise InputError(f"{source}: '{where}' must be a mapping")
+    unknown = sorted(set(values) - set(defaults))
+    if unknown:
+        raise InputError(f"{source}: unknown key '{where}.{unknown[0]}' (known: {', '.join(sorted(defaults))})")
     for key, value in values.items():
-        expected = {"int": int, "float": (int, float), "str": str, "dict": dict, "list": list}[types[key]]
-        if not isinstance(value, expected) or isinstance(value, bool):
-            raise InputError(f"{source}: '{key}' must be {types[key]}, got {value!r}")
+        _same_type(value, defaults[key], f"{where}.{key}", source)
+
+
+def _check_stages(stages, source: str) -> None:
+    """A non-empty list of stages with every key, positive epochs and non-negative loss weights."""
+    if not isinstance(stages, list) or not stages:
+        raise InputError(f"{source}: 'stages' must be a non-empty list")
+    for number, stage in enumerate(stages, 1):
+        where = f"stages[{number}]"
+        if not isinstance(stage, dict) or set(stage) != set(STAGE_TYPES):
+            raise InputError(f"{source}: {where} needs exactly the keys {', '.join(STAGE_TYPES)}")
+        for key, kind in STAGE_TYPES.items():
+            _same_type(stage[key], kind(), f"{where}.{key}", source)
+        _check_section(stage["loss_weights"], dict.fromkeys(LOSS_KEYS, 0.0), f"{where}.loss_weights", source)
+        if stage["max_epochs"] < 1 or stage["patience"] < 1 or stage["shared_lr_scale"] < 0:
+            raise InputError(f"{source}: {where} needs max_epochs ≥ 1, patience ≥ 1 and shared_lr_scale ≥ 0")
+        if any(w < 0 for w in stage["loss_weights"].values()):
+            raise InputError(f"{source}: {where}.loss_weights must not be negative")
+
+
+def _check(values: dict, defaults: dict, source: str) -> None:
+    """Type and range checks with a message naming the file and key."""
+    for key, value in values.items():
+        if key in MODEL_SECTIONS:
+            _check_section(value, defaults[key], key, source)
+        elif key != "stages":
+            _same_type(value, defaults[key], key, source)
+    _check_stages(values["stages"], source)
     if values["model"] not in MODELS:
         raise InputError(f"{source}: model '{values['model']}' unknown (choose from {', '.join(MODELS)})")
-    if set(values["loss_weights"]) - LOSS_KEYS:
-        raise InputError(f"{source}: loss_weights keys must be among {sorted(LOSS_KEYS)}")
     if values["folds"] < 2 or values["seeds"] < 1 or not 0 < values["validation_fraction"] < 0.5:
         raise InputError(f"{source}: need folds ≥ 2, seeds ≥ 1 and 0 < validation_fraction < 0.5")
+    if values["hidden"] % values["tmiclnet"]["heads"] or values["hidden"] % values["multitips"]["heads"]:
+        raise InputError(f"{source}: 'hidden' must be divisible by the attention heads of tmiclnet and multitips")
 
 
 def load_config(path: Path | None = None, **overrides) -> TrainConfig:
-    """Defaults, then the YAML file, then command-line overrides (None values ignored)."""
-    values = _defaults()
-    source = "default config"
-    if path is not None:
-        source = str(path)
-        if not Path(path).is_file():
-            raise InputError(f"{path}: config file not found")
-        try:
-            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as err:
-            raise InputError(f"{path}: invalid YAML ({str(err).splitlines()[0]})") from None
-        if not isinstance(loaded, dict):
-            raise InputError(f"{path}: config must be a mapping of keys to values")
-        unknown = sorted(set(loaded) - set(values))
-        if unknown:
-            raise InputError(f"{path}: unknown config key '{unknown[0]}' (known: {', '.join(sorted(values))})")
-        values.update(loaded)
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    values["loss_weights"] = {**_defaults()["loss_weights"], **values["loss_weights"]}
-    _check(values, source)
+    """Defaults, the model's preset, then the YAML file, then command-line overrides (None values ignored)."""
+    defaults = _packaged("default")
+    loaded = _read(path) if path is not None else {}
+    source = str(path) if path is not None else "default config"
+    unknown = sorted(set(loaded) - set(defaults))
+    if unknown:
+        raise InputError(f"{path}: unknown config key '{unknown[0]}' (known: {', '.join(sorted(defaults))})")
+    given = {k: v for k, v in overrides.items() if v is not None}
+    model = given.get("model", loaded.get("model", defaults["model"]))
+    preset = _packaged(model) if model in MODELS else None
+    values = {**defaults, **(preset or {})}
+    for key, value in {**loaded, **given}.items():
+        values[key] = {**defaults[key], **value} if key in MODEL_SECTIONS and isinstance(value, dict) else value
+    _check(values, defaults, source)
     return TrainConfig(**values)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
@@ -44,80 +44,115 @@ def numeric_extras(table: pd.DataFrame) -> list[str]:
     return [c for c in extra_columns(table) if pd.to_numeric(table[c], errors="coerce").notna().any()]
 
 
+def clinical_token(column: str) -> str:
+    """The clinical variable a column belongs to (one-hot levels share their variable's token)."""
+    return column.split("=", 1)[0]
+
+
 def modality_matrices(blocks: dict[str, FeatureBlock], row_index: np.ndarray, clinical: np.ndarray,
-                      clinical_names: list[str], wanted: tuple[str, ...]) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
-    """Group feature blocks into modality matrices (rows selected), restricted to the wanted modalities."""
+                      clinical_names: list[str], wanted: tuple[str, ...]
+                      ) -> tuple[dict[str, np.ndarray], dict[str, list[str]], dict[str, list[str]]]:
+    """Group feature blocks into modality matrices (rows selected): matrices, column names and column token groups."""
     matrices: dict[str, list[np.ndarray]] = {}
     names: dict[str, list[str]] = {}
+    groups: dict[str, list[str]] = {}
     if "clinical" in wanted:
         matrices["clinical"], names["clinical"] = [clinical], list(clinical_names)
+        groups["clinical"] = [clinical_token(name) for name in clinical_names]
     for block_name, block in blocks.items():
         modality = modality_of(block_name)
         if modality not in wanted:
             continue
         matrices.setdefault(modality, []).append(block.values[row_index].astype(np.float64))
         names.setdefault(modality, []).extend(block.names)
-    return {m: np.concatenate(parts, axis=1) for m, parts in matrices.items()}, names
+        groups.setdefault(modality, []).extend(block.groups or [block_name] * len(block.names))
+    return {m: np.concatenate(parts, axis=1) for m, parts in matrices.items()}, names, groups
 
 
 @dataclass
 class ModalityPreprocessor:
-    """Median imputation, standardisation and optional whitened PCA of one modality, fitted on training rows only."""
+    """Per-modality imputation, standardisation and per-token whitened PCA, fitted on training rows only.
 
-    keep: list[int]
+    The output is a fixed layout [patients, tokens, width]: one token per feature group (a clinical variable, a
+    radiomics ROI/filter/class, an embedding ROI/pooling), each holding at most `width` whitened components of its
+    group (zero-padded), so every fold of a cross-validation produces the same shape.
+    """
+
     median: list[float]
     mean: list[float]
     scale: list[float]
-    components: list[list[float]] = field(default_factory=list)
-    component_scale: list[float] = field(default_factory=list)
+    token_names: list[str]
+    token_columns: list[list[int]]
+    token_components: list[list[list[float]]]
+    token_scale: list[list[float]]
+    width: int
 
     @classmethod
-    def fit(cls, train: np.ndarray, max_components: int = 0) -> "ModalityPreprocessor":
-        """Drop all-missing or constant columns, impute, standardise; reduce to max_components if more columns."""
+    def fit(cls, train: np.ndarray, column_groups: list[str], max_width: int = 0) -> "ModalityPreprocessor":
+        """Impute with medians, standardise, and reduce each group wider than `max_width` (0: no reduction)."""
         finite = np.where(np.isfinite(train), train, np.nan)
         with np.errstate(all="ignore"):
             median = np.nanmedian(finite, axis=0)
         imputed = np.where(np.isnan(finite), median, finite)
         std = imputed.std(axis=0)
-        keep = np.flatnonzero(np.isfinite(median) & (std > 1e-8))
-        fitted = cls(keep.tolist(), median[keep].tolist(), imputed[:, keep].mean(axis=0).tolist(), std[keep].tolist())
-        components = min(max_components, len(keep), len(train) - 1)
-        if max_components and len(keep) > max_components and components > 0:
-            pca = PCA(n_components=components, svd_solver="full").fit(fitted._standardise(train))
-            fitted.components = pca.components_.tolist()
-            fitted.component_scale = np.sqrt(np.maximum(pca.explained_variance_, 1e-12)).tolist()
+        usable = np.isfinite(median) & (std > 1e-8)
+        token_names = list(dict.fromkeys(column_groups))
+        columns = [[c for c, g in enumerate(column_groups) if g == name and usable[c]] for name in token_names]
+        group_width = max((len(c) for c in columns), default=1)
+        width = min(max_width, group_width) if max_width else group_width
+        fitted = cls(np.where(usable, median, 0.0).tolist(), np.where(usable, imputed.mean(axis=0), 0.0).tolist(),
+                     np.where(usable, std, 1.0).tolist(), token_names, columns, [], [], max(width, 1))
+        standardised = fitted._standardise(train)
+        for token_cols in columns:
+            components, scale = _whitened_components(standardised[:, token_cols], fitted.width)
+            fitted.token_components.append(components)
+            fitted.token_scale.append(scale)
         return fitted
 
     def _standardise(self, values: np.ndarray) -> np.ndarray:
-        selected = np.where(np.isfinite(values[:, self.keep]), values[:, self.keep], np.nan)
-        imputed = np.where(np.isnan(selected), np.array(self.median), selected)
+        finite = np.where(np.isfinite(values), values, np.nan)
+        imputed = np.where(np.isnan(finite), np.array(self.median), finite)
         return np.clip((imputed - np.array(self.mean)) / np.array(self.scale), -CLIP_SD, CLIP_SD)
 
-    @property
-    def width(self) -> int:
-        """Number of output columns."""
-        return len(self.components) or len(self.keep)
-
     def transform(self, values: np.ndarray) -> np.ndarray:
-        """Impute with training medians, standardise (clipped to ±5 SD), project onto whitened components."""
+        """[patients, tokens, width] float32: standardised (clipped to ±5 SD) group columns or their components."""
         standardised = self._standardise(values)
-        if self.components:
-            standardised = (standardised @ np.array(self.components).T) / np.array(self.component_scale)
-        return standardised.astype(np.float32)
+        out = np.zeros((len(values), len(self.token_names), self.width), dtype=np.float32)
+        for token, (cols, components, scale) in enumerate(zip(self.token_columns, self.token_components, self.token_scale)):
+            if not cols:
+                continue
+            group = standardised[:, cols]
+            if components:
+                group = (group @ np.array(components).T) / np.array(scale)
+            out[:, token, : group.shape[1]] = group
+        return out
+
+    def transform_flat(self, values: np.ndarray) -> np.ndarray:
+        """The token layout flattened to [patients, tokens × width]."""
+        return self.transform(values).reshape(len(values), -1)
 
     def to_dict(self) -> dict:
         """JSON-ready form."""
         return asdict(self)
 
 
-def fit_preprocessors(matrices: dict[str, np.ndarray], train_rows: np.ndarray,
-                      max_components: int = 0) -> dict[str, ModalityPreprocessor]:
-    """One preprocessor per modality fitted on the training rows; imaging modalities may be PCA-reduced."""
-    return {m: ModalityPreprocessor.fit(values[train_rows], 0 if m == "clinical" else max_components)
+def _whitened_components(group: np.ndarray, width: int) -> tuple[list[list[float]], list[float]]:
+    """PCA rows and component SDs when a group has more columns than `width`; empty lists keep it as is."""
+    if group.shape[1] <= width:
+        return [], []
+    count = min(width, len(group) - 1)
+    pca = PCA(n_components=count, svd_solver="full").fit(group)
+    return pca.components_.tolist(), np.sqrt(np.maximum(pca.explained_variance_, 1e-12)).tolist()
+
+
+def fit_preprocessors(matrices: dict[str, np.ndarray], groups: dict[str, list[str]], train_rows: np.ndarray,
+                      imaging_width: int) -> dict[str, ModalityPreprocessor]:
+    """One preprocessor per modality fitted on the training rows; imaging token groups reduced to `imaging_width`."""
+    return {m: ModalityPreprocessor.fit(values[train_rows], groups[m], 0 if m == "clinical" else imaging_width)
             for m, values in matrices.items()}
 
 
 def transform_all(preprocessors: dict[str, ModalityPreprocessor], matrices: dict[str, np.ndarray],
                   rows: np.ndarray) -> dict[str, np.ndarray]:
-    """Apply each modality's preprocessor to the selected rows."""
+    """Apply each modality's preprocessor to the selected rows: {modality: [rows, tokens, width]}."""
     return {m: preprocessors[m].transform(matrices[m][rows]) for m in preprocessors}

@@ -1,39 +1,247 @@
-"""Fusion models: each maps modality matrices to the three heads (risk, OHE logit, ppg_post)."""
+"""Fusion models: each maps {modality: [patients, tokens, width]} to the three heads (docs/models.md).
+
+Every model returns a dict with `risk` (unbounded log-hazard), `ohe` (logit) and `ppg` (standardised ppg_post);
+models with an auxiliary objective also return what it needs (`aligned` vectors for TMI-CLNet's TMFF loss, a
+per-patient `penalty` for MultiTIPS's POD) and implement `auxiliary_loss`.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-MODELS = ("concat",)
+from tipsprog.fusion.losses import masked_mean, sdm_loss
+from tipsprog.fusion.modules import (AttentionBlock, ClinicalFilm, CrossOrganGraph, CyclicCrossAttention,
+                                     MultiGranularityAttention, OrthogonalDecomposition, TokenEmbedding)
+
+MODELS = ("clinical-cox", "concat", "late", "intermediate", "tmiclnet", "multitips", "graph")
+IMAGE_ORDER = ("embed", "radiomics", "clinical")
 
 
-def _mlp_encoder(in_features: int, hidden: int, dropout: float) -> nn.Sequential:
-    """Per-modality encoder: Linear → GELU → Dropout → Linear."""
+@dataclass(frozen=True)
+class Layout:
+    """Token names and token width of one modality (from its fitted preprocessor)."""
+
+    tokens: list[str]
+    width: int
+
+    @property
+    def flat(self) -> int:
+        """Width of the flattened token matrix."""
+        return len(self.tokens) * self.width
+
+
+class Heads(nn.Module):
+    """The three task heads on a shared representation (the risk head has no bias: Cox cannot identify one)."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.risk = nn.Linear(hidden, 1, bias=False)
+        self.ohe = nn.Linear(hidden, 1)
+        self.ppg = nn.Linear(hidden, 1)
+
+    def forward(self, shared: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Risk, OHE logit and standardised ppg_post per patient."""
+        return {"risk": self.risk(shared).squeeze(-1), "ohe": self.ohe(shared).squeeze(-1), "ppg": self.ppg(shared).squeeze(-1)}
+
+
+def _flat(values: torch.Tensor) -> torch.Tensor:
+    return values.reshape(values.shape[0], -1)
+
+
+def _mlp(in_features: int, hidden: int, dropout: float) -> nn.Sequential:
+    """Linear → GELU → Dropout → Linear."""
     return nn.Sequential(nn.Linear(in_features, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, hidden))
 
 
-class ConcatFusion(nn.Module):
-    """Early fusion: per-modality MLP encoders, concatenation, shared trunk, three heads."""
+class FusionModel(nn.Module):
+    """Base: modality order and no auxiliary objective."""
 
-    def __init__(self, modality_dims: dict[str, int], hidden: int = 32, dropout: float = 0.2):
+    def __init__(self, layout: dict[str, Layout]):
         super().__init__()
-        self.modalities = sorted(modality_dims)
-        self.encoders = nn.ModuleDict({m: _mlp_encoder(modality_dims[m], hidden, dropout) for m in self.modalities})
-        self.trunk = nn.Sequential(nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden * len(self.modalities), hidden), nn.GELU())
-        self.risk_head = nn.Linear(hidden, 1)
-        self.ohe_head = nn.Linear(hidden, 1)
-        self.ppg_head = nn.Linear(hidden, 1)
+        self.modalities = sorted(layout)
+
+    def auxiliary_loss(self, outputs: dict, rows: torch.Tensor, progress: float) -> torch.Tensor:
+        """Model-specific training objective beside the three task losses (none by default)."""
+        return outputs["risk"].new_zeros(())
+
+
+class ClinicalCox(FusionModel):
+    """Linear heads on the clinical variables: the Cox model every report shows, trained by the same core."""
+
+    def __init__(self, layout: dict[str, Layout], hidden: int, dropout: float):
+        if "clinical" not in layout:
+            raise ValueError("clinical-cox needs the clinical modality")
+        super().__init__({"clinical": layout["clinical"]})
+        self.heads = Heads(layout["clinical"].flat)
+        for parameter in self.heads.parameters():
+            nn.init.zeros_(parameter)
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Risk (unbounded log-hazard), OHE logit and standardised ppg_post per patient."""
-        shared = self.trunk(torch.cat([self.encoders[m](inputs[m]) for m in self.modalities], dim=1))
-        return {"risk": self.risk_head(shared).squeeze(1), "ohe": self.ohe_head(shared).squeeze(1),
-                "ppg": self.ppg_head(shared).squeeze(1)}
+        """Linear risk, OHE logit and ppg_post."""
+        return self.heads(_flat(inputs["clinical"]))
 
 
-def build_model(name: str, modality_dims: dict[str, int], hidden: int, dropout: float) -> nn.Module:
-    """Instantiate a fusion model by name."""
-    if name == "concat":
-        return ConcatFusion(modality_dims, hidden, dropout)
-    raise ValueError(f"unknown model {name}")
+class ConcatFusion(FusionModel):
+    """Early fusion: per-modality MLP encoders, concatenation, shared trunk, three heads."""
+
+    def __init__(self, layout: dict[str, Layout], hidden: int, dropout: float):
+        super().__init__(layout)
+        self.encoders = nn.ModuleDict({m: _mlp(layout[m].flat, hidden, dropout) for m in self.modalities})
+        self.trunk = nn.Sequential(nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden * len(self.modalities), hidden), nn.GELU())
+        self.heads = Heads(hidden)
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Heads on the concatenated modality encodings."""
+        return self.heads(self.trunk(torch.cat([self.encoders[m](_flat(inputs[m])) for m in self.modalities], dim=1)))
+
+
+class LateFusion(FusionModel):
+    """Late fusion (CT+pathology study): one complete model per modality, their three outputs averaged."""
+
+    def __init__(self, layout: dict[str, Layout], hidden: int, dropout: float):
+        super().__init__(layout)
+        self.branches = nn.ModuleDict({m: ConcatFusion({m: layout[m]}, hidden, dropout) for m in self.modalities})
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Mean of the per-modality outputs."""
+        outputs = [self.branches[m]({m: inputs[m]}) for m in self.modalities]
+        return {key: torch.stack([o[key] for o in outputs]).mean(dim=0) for key in outputs[0]}
+
+
+class IntermediateFusion(FusionModel):
+    """Intermediate fusion (CT+pathology study): a linear, normalised embedding per modality, concatenated into a
+    shared two-layer head."""
+
+    def __init__(self, layout: dict[str, Layout], hidden: int, dropout: float):
+        super().__init__(layout)
+        self.embeddings = nn.ModuleDict({m: nn.Sequential(nn.Linear(layout[m].flat, hidden), nn.LayerNorm(hidden))
+                                         for m in self.modalities})
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden * len(self.modalities), hidden), nn.GELU(),
+                                  nn.Dropout(dropout), nn.Linear(hidden, hidden), nn.GELU())
+        self.heads = Heads(hidden)
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Heads on the concatenated modality embeddings."""
+        return self.heads(self.head(torch.cat([self.embeddings[m](_flat(inputs[m])) for m in self.modalities], dim=1)))
+
+
+class TmiClNet(FusionModel):
+    """TMI-CLNet: intra-modality self-attention (IMA) over each modality's tokens, cyclic cross-attention (TCAF)
+    image → radiomics → clinical → image, per-modality output projection, and the TMFF alignment loss."""
+
+    def __init__(self, layout: dict[str, Layout], hidden: int, dropout: float, heads: int = 4,
+                 alignment_weight: float = 0.1, balance: float = 0.6, logit_scale: float = 10.0):
+        super().__init__(layout)
+        self.order = [m for m in IMAGE_ORDER if m in layout]
+        self.embed = nn.ModuleDict({m: TokenEmbedding(len(layout[m].tokens), layout[m].width, hidden) for m in self.order})
+        self.intra = nn.ModuleDict({m: AttentionBlock(hidden, heads) for m in self.order})
+        self.cross = CyclicCrossAttention(self.order, hidden, heads)
+        self.project = nn.ModuleDict({m: nn.Linear(hidden, hidden) for m in self.order})
+        self.trunk = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden * len(self.order), hidden), nn.GELU())
+        self.heads = Heads(hidden)
+        self.alignment_weight, self.balance, self.logit_scale = alignment_weight, balance, logit_scale
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> dict:
+        """Heads on the concatenated projections, plus the projections for the alignment loss."""
+        tokens = {m: self.intra[m](self.embed[m](inputs[m])) for m in self.order}
+        fused = self.cross(tokens)
+        aligned = {m: self.project[m](fused[m].mean(dim=1)) for m in self.order}
+        outputs = self.heads(self.trunk(torch.cat([aligned[m] for m in self.order], dim=1)))
+        outputs["aligned"] = aligned
+        return outputs
+
+    def auxiliary_loss(self, outputs: dict, rows: torch.Tensor, progress: float) -> torch.Tensor:
+        """TMFF: λ·(SDM(image, clinical) + SDM(radiomics, clinical))/2 + (1 − λ)·SDM(image, radiomics), over present pairs."""
+        aligned = outputs["aligned"]
+        terms = []
+        text_pairs = [(m, "clinical") for m in ("embed", "radiomics") if m in aligned and "clinical" in aligned]
+        if text_pairs:
+            terms.append((self.balance, sum(sdm_loss(aligned[a], aligned[b], rows, self.logit_scale) for a, b in text_pairs) / len(text_pairs)))
+        if "embed" in aligned and "radiomics" in aligned:
+            terms.append((1 - self.balance, sdm_loss(aligned["embed"], aligned["radiomics"], rows, self.logit_scale)))
+        if not terms:
+            return super().auxiliary_loss(outputs, rows, progress)
+        total_weight = sum(w for w, _ in terms)
+        return self.alignment_weight * sum(w * t for w, t in terms) / total_weight
+
+
+class MultiTips(FusionModel):
+    """MultiTIPS's interaction: MGRA (image tokens over multi-granularity radiomics tokens), POD (shared/specific
+    split with a progressively weighted orthogonality penalty) and CGPE (clinical FiLM gates and a clinical prior)."""
+
+    def __init__(self, layout: dict[str, Layout], hidden: int, dropout: float, heads: int = 4,
+                 orthogonality_weight: float = 0.1):
+        super().__init__(layout)
+        self.embed = nn.ModuleDict({m: TokenEmbedding(len(layout[m].tokens), layout[m].width, hidden) for m in self.modalities})
+        self.granular = (MultiGranularityAttention(layout["radiomics"].tokens, hidden, heads)
+                         if "radiomics" in layout else None)
+        self.decompose = OrthogonalDecomposition(self.modalities, hidden)
+        self.imaging = [m for m in self.modalities if m != "clinical"]
+        guided = "clinical" in layout
+        self.film = nn.ModuleDict({m: ClinicalFilm(hidden, 2 * hidden) for m in self.imaging} if guided else {})
+        self.prior = nn.Linear(hidden, 1, bias=False) if guided else None
+        self.trunk = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden * (1 + len(self.modalities)), hidden), nn.GELU())
+        self.heads = Heads(hidden)
+        self.orthogonality_weight = orthogonality_weight
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> dict:
+        """Heads on [mean shared part, specific parts], imaging gated by the clinical vector; clinical prior added."""
+        tokens = {m: self.embed[m](inputs[m]) for m in self.modalities}
+        if self.granular is not None:
+            query = "embed" if "embed" in tokens else "radiomics"
+            tokens[query] = self.granular(tokens[query], tokens["radiomics"])
+        shared, specific, penalty = self.decompose({m: t.mean(dim=1) for m, t in tokens.items()})
+        for m in self.film:
+            gated = self.film[m](specific["clinical"], torch.cat([shared[m], specific[m]], dim=1))
+            shared[m], specific[m] = gated.chunk(2, dim=1)
+        common = torch.stack([shared[m] for m in self.modalities]).mean(dim=0)
+        outputs = self.heads(self.trunk(torch.cat([common] + [specific[m] for m in self.modalities], dim=1)))
+        if self.prior is not None:
+            outputs["risk"] = outputs["risk"] + self.prior(specific["clinical"]).squeeze(-1)
+        outputs["penalty"] = penalty
+        return outputs
+
+    def auxiliary_loss(self, outputs: dict, rows: torch.Tensor, progress: float) -> torch.Tensor:
+        """POD penalty, its weight growing linearly from 0 to `orthogonality_weight` over the training schedule."""
+        return self.orthogonality_weight * min(1.0, progress) * masked_mean(outputs["penalty"], rows)
+
+
+class GraphFusion(FusionModel):
+    """DMMGNet's idea on tokens: a dynamic cross-organ k-NN graph over the top-k imaging tokens (EdgeConv, written
+    back in place), pooled and joined with a clinical encoder."""
+
+    def __init__(self, layout: dict[str, Layout], hidden: int, dropout: float, top_k: int = 8, neighbours: int = 3,
+                 dilation: int = 2):
+        super().__init__(layout)
+        self.imaging = [m for m in self.modalities if m != "clinical"]
+        self.embed = nn.ModuleDict({m: TokenEmbedding(len(layout[m].tokens), layout[m].width, hidden) for m in self.imaging})
+        rois = [name.split("/")[0] for m in self.imaging for name in layout[m].tokens]
+        self.graph = CrossOrganGraph(rois, hidden, top_k, neighbours, dilation) if len(rois) > 1 else None
+        self.clinical = _mlp(layout["clinical"].flat, hidden, dropout) if "clinical" in layout else None
+        parts = (1 if self.imaging else 0) + (1 if self.clinical is not None else 0)
+        self.trunk = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden * parts, hidden), nn.GELU())
+        self.heads = Heads(hidden)
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Heads on [pooled graph-updated imaging tokens, clinical encoding]."""
+        parts = []
+        if self.imaging:
+            tokens = torch.cat([self.embed[m](inputs[m]) for m in self.imaging], dim=1)
+            if self.graph is not None:
+                tokens = self.graph(tokens)
+            parts.append(tokens.mean(dim=1))
+        if self.clinical is not None:
+            parts.append(self.clinical(_flat(inputs["clinical"])))
+        return self.heads(self.trunk(torch.cat(parts, dim=1)))
+
+
+def build_model(name: str, layout: dict[str, Layout], hidden: int, dropout: float, options: dict | None = None) -> FusionModel:
+    """Instantiate a fusion model by name with its model-specific options (the config section of the same name)."""
+    classes = {"clinical-cox": ClinicalCox, "concat": ConcatFusion, "late": LateFusion, "intermediate": IntermediateFusion,
+               "tmiclnet": TmiClNet, "multitips": MultiTips, "graph": GraphFusion}
+    if name not in classes:
+        raise ValueError(f"unknown model {name}")
+    return classes[name](layout, hidden, dropout, **(options or {}))

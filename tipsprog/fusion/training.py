@@ -1,7 +1,10 @@
-"""Training core: per-fold preprocessing, multi-task training with inner early stopping, CV."""
+"""Training core: per-fold preprocessing, then every cross-validation member trained at once as one batched
+ensemble (torch.func.vmap over stacked weights), multi-task and staged, each member stopping early on its own
+inner validation split."""
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -11,12 +14,13 @@ import torch
 from lifelines import CoxPHFitter
 from sklearn.metrics import roc_curve
 from sklearn.model_selection import StratifiedKFold, train_test_split
+from torch.func import functional_call, stack_module_state, vmap
 
 from tipsprog.fusion.config import TrainConfig
 from tipsprog.errors import InputError
 from tipsprog.fusion.data import ModalityPreprocessor, fit_preprocessors, transform_all
-from tipsprog.fusion.losses import cox_efron_nll, masked_bce, masked_huber
-from tipsprog.fusion.models import build_model
+from tipsprog.fusion.losses import SurvivalIndex, cox_efron_nll, masked_bce, masked_huber
+from tipsprog.fusion.models import FusionModel, Layout, build_model
 
 
 @dataclass
@@ -27,6 +31,7 @@ class TrainingData:
     centers: np.ndarray
     matrices: dict[str, np.ndarray]
     feature_names: dict[str, list[str]]
+    feature_groups: dict[str, list[str]]
     time: np.ndarray
     event: np.ndarray
     ohe: np.ndarray
@@ -41,7 +46,6 @@ class Member:
     seed: int
     preprocessors: dict[str, ModalityPreprocessor]
     state_dict: dict[str, torch.Tensor]
-    modality_dims: dict[str, int]
     ppg_mean: float
     ppg_std: float
     baseline_times: list[float] = field(default_factory=list)
@@ -49,7 +53,14 @@ class Member:
     risk_cut: float = 0.0
     ohe_threshold: float = 0.5
     ohe_logit_offset: float = 0.0
-    best_epoch: int = 0
+    best_epochs: list[int] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    validation_loss: list[float] = field(default_factory=list)
+
+    @property
+    def layout(self) -> dict[str, Layout]:
+        """Token layout of each modality, as the fitted preprocessors produce it."""
+        return {m: Layout(p.token_names, p.width) for m, p in self.preprocessors.items()}
 
 
 def cv_splits(event: np.ndarray, centers: np.ndarray, folds: int, mode: str, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -100,28 +111,176 @@ def survival_at(times: np.ndarray, cumhaz: np.ndarray, risk: np.ndarray, horizon
     return np.exp(-np.exp(risk)[:, None] * baseline[None, :])
 
 
-def _tensors(values: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
-    return {m: torch.from_numpy(v).to(device) for m, v in values.items()}
+@dataclass
+class MemberPlan:
+    """Which rows one ensemble member learns from, stops on, and is scored on."""
+
+    fold: int
+    seed: int
+    train_rows: np.ndarray
+    fit_rows: np.ndarray
+    val_rows: np.ndarray
 
 
-def _target(values: np.ndarray, rows: np.ndarray, device: torch.device) -> torch.Tensor:
-    return torch.from_numpy(values[rows].astype(np.float32)).to(device)
+def plan_members(data: TrainingData, splits: list[tuple[np.ndarray, np.ndarray]], config: TrainConfig,
+                 seed: int) -> list[MemberPlan]:
+    """Folds × seeds members, each with its own inner split of its training fold."""
+    plans = []
+    for fold, (train_rows, _) in enumerate(splits):
+        for s in range(config.seeds):
+            member_seed = seed * 1000 + fold * 10 + s
+            fit_rows, val_rows = inner_split(train_rows, data.event, config.validation_fraction, member_seed)
+            plans.append(MemberPlan(fold, member_seed, train_rows, fit_rows, val_rows))
+    return plans
 
 
-def _multitask_loss(outputs: dict[str, torch.Tensor], labels: dict[str, torch.Tensor], config: TrainConfig,
-                    pos_weight: float) -> torch.Tensor:
-    """Weighted sum of per-event Cox NLL, class-weighted BCE and Huber, missing labels masked."""
-    events = torch.nan_to_num(labels["event"]).sum().clamp_min(1.0)
-    weights = config.loss_weights
-    return (weights["survival"] * cox_efron_nll(outputs["risk"], labels["time"], labels["event"]) / events
-            + weights["ohe"] * masked_bce(outputs["ohe"], labels["ohe"], pos_weight)
-            + weights["ppg"] * masked_huber(outputs["ppg"], labels["ppg"]))
+@dataclass
+class _Prepared:
+    """One member's training-fold preprocessing and label statistics."""
+
+    preprocessors: dict[str, ModalityPreprocessor]
+    ppg_mean: float
+    ppg_std: float
+    pos_weight: float
 
 
-def _labels(data: TrainingData, rows: np.ndarray, ppg_mean: float, ppg_std: float, device: torch.device) -> dict[str, torch.Tensor]:
-    return {"time": _target(data.time, rows, device), "event": _target(data.event, rows, device),
-            "ohe": _target(data.ohe, rows, device),
-            "ppg": _target((data.ppg_post - ppg_mean) / ppg_std, rows, device)}
+def _prepare(data: TrainingData, plan: MemberPlan, config: TrainConfig) -> _Prepared:
+    """Fit imputation, scaling and token PCA, ppg_post standardisation and the OHE class weight on training rows."""
+    rows = plan.train_rows
+    preprocessors = fit_preprocessors(data.matrices, data.feature_groups, rows, config.imaging_width)
+    ppg_known = data.ppg_post[rows][~np.isnan(data.ppg_post[rows])]
+    ppg_mean = float(ppg_known.mean()) if len(ppg_known) else 0.0
+    ppg_std = float(ppg_known.std()) if len(ppg_known) > 1 and ppg_known.std() > 0 else 1.0
+    ohe_train = data.ohe[rows][~np.isnan(data.ohe[rows])]
+    pos_weight = float((ohe_train == 0).sum() / max((ohe_train == 1).sum(), 1))
+    return _Prepared(preprocessors, ppg_mean, ppg_std, pos_weight)
+
+
+def _row_mask(rows: np.ndarray, n: int) -> np.ndarray:
+    mask = np.zeros(n, dtype=bool)
+    mask[rows] = True
+    return mask
+
+
+def _parameter_groups(params: dict[str, torch.Tensor], lr: float, shared_scale: float) -> list[dict]:
+    """Task heads at the stage's learning rate, everything else (the shared layers) scaled."""
+    heads = [v for k, v in params.items() if k.startswith("heads.") or ".heads." in k]
+    shared = [v for k, v in params.items() if not (k.startswith("heads.") or ".heads." in k)]
+    return [g for g in ({"params": heads, "lr": lr}, {"params": shared, "lr": lr * shared_scale}) if g["params"]]
+
+
+class _Ensemble:
+    """Stacked weights of all members and the vmapped forward pass and losses."""
+
+    def __init__(self, models: list[FusionModel], device: torch.device):
+        self.params, self.buffers = stack_module_state(models)
+        self.base = copy.deepcopy(models[0]).to("meta")
+        self.device = device
+
+    def forward(self, inputs: dict[str, torch.Tensor], train: bool) -> dict:
+        """Every member's outputs on every row ([members, rows])."""
+        self.base.train(train)
+
+        def one(params: dict, buffers: dict, member_inputs: dict) -> dict:
+            return functional_call(self.base, (params, buffers), (member_inputs,))
+
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            return vmap(one, randomness="different")(self.params, self.buffers, inputs)
+
+    def state_dict(self, member: int) -> dict[str, torch.Tensor]:
+        """One member's weights as an ordinary state dict."""
+        return {k: v[member].detach().cpu().clone() for k, v in {**self.params, **self.buffers}.items()}
+
+
+def _task_loss(outputs: dict, rows: torch.Tensor, labels: dict, weights: dict, index: SurvivalIndex) -> torch.Tensor:
+    """One member's weighted sum of per-event Cox NLL, class-weighted BCE and Huber over `rows`."""
+    risk = outputs["risk"].float()
+    events = (rows & index.known_event).sum().clamp_min(1)
+    return (weights["survival"] * cox_efron_nll(risk, index, rows) / events
+            + weights["ohe"] * masked_bce(outputs["ohe"].float(), labels["ohe"], rows, labels["pos_weight"])
+            + weights["ppg"] * masked_huber(outputs["ppg"].float(), labels["ppg"], rows))
+
+
+def train_ensemble(data: TrainingData, plans: list[MemberPlan], config: TrainConfig, device: torch.device,
+                   progress: Callable[[str], None] | None = None) -> list[Member]:
+    """Train every planned member at once: shared forward pass over stacked weights, per-member losses on its
+    own fit rows, per-member early stopping on its own validation rows (stage by stage)."""
+    prepared = [_prepare(data, plan, config) for plan in plans]
+    n = len(data.patient_ids)
+    models = []
+    for plan, prep in zip(plans, prepared):
+        torch.manual_seed(plan.seed)
+        layout = {m: Layout(p.token_names, p.width) for m, p in prep.preprocessors.items()}
+        models.append(build_model(config.model, layout, config.hidden, config.dropout, config.model_options()).to(device))
+    ensemble = _Ensemble(models, device)
+    inputs = {m: torch.stack([torch.from_numpy(prep.preprocessors[m].transform(data.matrices[m])) for prep in prepared]).to(device)
+              for m in data.matrices}
+    fit_rows = torch.from_numpy(np.stack([_row_mask(p.fit_rows, n) for p in plans])).to(device)
+    val_rows = torch.from_numpy(np.stack([_row_mask(p.val_rows, n) for p in plans])).to(device)
+    labels = {"ohe": torch.from_numpy(np.tile(data.ohe, (len(plans), 1)).astype(np.float32)).to(device),
+              "ppg": torch.from_numpy(np.stack([(data.ppg_post - p.ppg_mean) / p.ppg_std for p in prepared]).astype(np.float32)).to(device),
+              "pos_weight": torch.tensor([p.pos_weight for p in prepared], dtype=torch.float32, device=device)}
+    index = SurvivalIndex.build(data.time, data.event, device)
+    total_epochs = sum(stage["max_epochs"] for stage in config.stages)
+    elapsed, best_epochs, history = 0, [[] for _ in plans], {"train": [], "validation": []}
+    for stage in config.stages:
+        weights = stage["loss_weights"]
+
+        def task(outputs: dict, rows: torch.Tensor, member_labels: dict) -> torch.Tensor:
+            return _task_loss(outputs, rows, member_labels, weights, index)
+
+        optimiser = torch.optim.AdamW(_parameter_groups(ensemble.params, config.learning_rate, stage["shared_lr_scale"]),
+                                      weight_decay=config.weight_decay)
+        best = {k: v.detach().clone() for k, v in ensemble.params.items()}
+        best_loss = torch.full((len(plans),), torch.inf, device=device)
+        best_epoch = torch.zeros(len(plans), dtype=torch.long, device=device)
+        waited = torch.zeros(len(plans), dtype=torch.long, device=device)
+        for epoch in range(1, stage["max_epochs"] + 1):
+            outputs = ensemble.forward(inputs, train=True)
+            fraction = (elapsed + epoch) / total_epochs
+            auxiliary = vmap(lambda o, r: ensemble.base.auxiliary_loss(o, r, fraction))(outputs, fit_rows)
+            loss = vmap(task)(outputs, fit_rows, labels) + auxiliary
+            optimiser.zero_grad(set_to_none=True)
+            loss.sum().backward()
+            optimiser.step()
+            with torch.no_grad():
+                val_loss = vmap(task)(ensemble.forward(inputs, train=False), val_rows, labels)
+                active = waited < stage["patience"]
+                improved = active & (val_loss < best_loss - 1e-4)
+                for key, value in ensemble.params.items():
+                    shape = (-1,) + (1,) * (value.ndim - 1)
+                    best[key] = torch.where(improved.view(shape), value.detach(), best[key])
+                best_loss = torch.where(improved, val_loss, best_loss)
+                best_epoch = torch.where(improved, epoch, best_epoch)
+                waited = torch.where(improved, 0, waited + 1)
+            history["train"].append(loss.detach().cpu())
+            history["validation"].append(val_loss.cpu())
+            if not bool((waited < stage["patience"]).any()):
+                break
+        with torch.no_grad():
+            for key, value in ensemble.params.items():
+                value.copy_(best[key])
+        elapsed += stage["max_epochs"]
+        for member, epoch in enumerate(best_epoch.tolist()):
+            best_epochs[member].append(epoch)
+        if progress:
+            progress(f"stage {stage['name']}: {len(plans)} members, best epochs {min(best_epoch.tolist())}–{max(best_epoch.tolist())}")
+    train_loss, validation_loss = (torch.stack(history[k]).T.tolist() for k in ("train", "validation"))
+    return [Member(plan.fold, plan.seed, prep.preprocessors, ensemble.state_dict(i), prep.ppg_mean, prep.ppg_std,
+                   best_epochs=best_epochs[i], train_loss=train_loss[i], validation_loss=validation_loss[i],
+                   ohe_logit_offset=float(np.log(max(prep.pos_weight, 1e-6))))
+            for i, (plan, prep) in enumerate(zip(plans, prepared))]
+
+
+def calibrate_member(member: Member, data: TrainingData, train_rows: np.ndarray, config: TrainConfig,
+                     device: torch.device) -> np.ndarray:
+    """Breslow baseline, median risk cut and OHE threshold from the member's training rows; returns its training risk."""
+    prediction = predict_member(member, data.matrices, train_rows, config, device)
+    times, cumhaz = breslow(prediction["risk"], data.time[train_rows], data.event[train_rows])
+    member.baseline_times, member.baseline_cumhaz = times.tolist(), cumhaz.tolist()
+    member.risk_cut = float(np.median(prediction["risk"]))
+    member.ohe_threshold = _youden_threshold(prediction["ohe_probability"], data.ohe[train_rows])
+    return prediction["risk"]
 
 
 def _youden_threshold(probability: np.ndarray, label: np.ndarray) -> float:
@@ -133,54 +292,6 @@ def _youden_threshold(probability: np.ndarray, label: np.ndarray) -> float:
     return float(np.clip(thresholds[int(np.argmax(tpr - fpr))], 0.0, 1.0))
 
 
-def train_member(data: TrainingData, train_rows: np.ndarray, config: TrainConfig, fold: int, seed: int,
-                 device: torch.device) -> tuple[Member, np.ndarray]:
-    """Fit preprocessing on the training fold, train with early stopping on its inner split.
-
-    Returns the member and its risk on the training rows (which its baseline and cut-offs come from).
-    """
-    torch.manual_seed(seed)
-    fit_rows, val_rows = inner_split(train_rows, data.event, config.validation_fraction, seed)
-    preprocessors = fit_preprocessors(data.matrices, train_rows, config.imaging_components)
-    ppg_known = data.ppg_post[train_rows][~np.isnan(data.ppg_post[train_rows])]
-    ppg_mean = float(ppg_known.mean()) if len(ppg_known) else 0.0
-    ppg_std = float(ppg_known.std()) if len(ppg_known) > 1 and ppg_known.std() > 0 else 1.0
-    ohe_train = data.ohe[train_rows][~np.isnan(data.ohe[train_rows])]
-    pos_weight = float((ohe_train == 0).sum() / max((ohe_train == 1).sum(), 1))
-    dims = {m: p.width for m, p in preprocessors.items()}
-    model = build_model(config.model, dims, config.hidden, config.dropout).to(device)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    fit_inputs = _tensors(transform_all(preprocessors, data.matrices, fit_rows), device)
-    val_inputs = _tensors(transform_all(preprocessors, data.matrices, val_rows), device)
-    fit_labels = _labels(data, fit_rows, ppg_mean, ppg_std, device)
-    val_labels = _labels(data, val_rows, ppg_mean, ppg_std, device)
-    best_loss, best_state, best_epoch, waited = np.inf, None, 0, 0
-    for epoch in range(1, config.max_epochs + 1):
-        model.train()
-        loss = _multitask_loss(model(fit_inputs), fit_labels, config, pos_weight)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        model.eval()
-        with torch.no_grad():
-            val_loss = float(_multitask_loss(model(val_inputs), val_labels, config, pos_weight))
-        if val_loss < best_loss - 1e-4:
-            best_loss, best_epoch, waited = val_loss, epoch, 0
-            best_state = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
-        else:
-            waited += 1
-            if waited >= config.patience:
-                break
-    member = Member(fold, seed, preprocessors, best_state, dims, ppg_mean, ppg_std, best_epoch=best_epoch,
-                    ohe_logit_offset=float(np.log(max(pos_weight, 1e-6))))
-    train_prediction = predict_member(member, data.matrices, train_rows, config, device)
-    times, cumhaz = breslow(train_prediction["risk"], data.time[train_rows], data.event[train_rows])
-    member.baseline_times, member.baseline_cumhaz = times.tolist(), cumhaz.tolist()
-    member.risk_cut = float(np.median(train_prediction["risk"]))
-    member.ohe_threshold = _youden_threshold(train_prediction["ohe_probability"], data.ohe[train_rows])
-    return member, train_prediction["risk"]
-
-
 @torch.no_grad()
 def predict_member(member: Member, matrices: dict[str, np.ndarray], rows: np.ndarray, config: TrainConfig,
                    device: torch.device) -> dict[str, np.ndarray]:
@@ -188,24 +299,31 @@ def predict_member(member: Member, matrices: dict[str, np.ndarray], rows: np.nda
 
     The OHE logit is shifted by −log(pos_weight): class-weighted BCE inflates the odds by that factor.
     """
-    model = build_model(config.model, member.modality_dims, config.hidden, config.dropout).to(device)
+    model = build_model(config.model, member.layout, config.hidden, config.dropout, config.model_options()).to(device)
     model.load_state_dict(member.state_dict)
     model.eval()
-    outputs = model(_tensors(transform_all(member.preprocessors, matrices, rows), device))
+    inputs = {m: torch.from_numpy(v).to(device) for m, v in transform_all(member.preprocessors, matrices, rows).items()}
+    outputs = model(inputs)
     return {"risk": outputs["risk"].double().cpu().numpy(),
             "ohe_probability": torch.sigmoid(outputs["ohe"] - member.ohe_logit_offset).double().cpu().numpy(),
             "ppg_post": outputs["ppg"].double().cpu().numpy() * member.ppg_std + member.ppg_mean}
 
 
 def fit_clinical_cox(data: TrainingData, train_rows: np.ndarray, penalizer: float) -> tuple[ModalityPreprocessor, np.ndarray]:
-    """Penalised lifelines Cox on the clinical matrix of a training fold: preprocessor and coefficients."""
-    scaler = ModalityPreprocessor.fit(data.matrices["clinical"][train_rows])
+    """Penalised lifelines Cox on the clinical matrix of a training fold: preprocessor and coefficients.
+
+    Coefficients are over the preprocessor's flattened output (zero for its padding columns).
+    """
+    scaler = ModalityPreprocessor.fit(data.matrices["clinical"][train_rows], data.feature_groups["clinical"])
     known = ~np.isnan(data.time[train_rows])
     rows = train_rows[known]
-    frame = {f"x{i}": column for i, column in enumerate(scaler.transform(data.matrices["clinical"][rows]).T)}
-    table = pd.DataFrame(frame).assign(time=data.time[rows], event=data.event[rows])
+    standardised = scaler.transform_flat(data.matrices["clinical"][rows])
+    used = np.flatnonzero(standardised.std(axis=0) > 0)
+    table = pd.DataFrame(standardised[:, used], columns=[f"x{i}" for i in used]).assign(time=data.time[rows], event=data.event[rows])
     fitter = CoxPHFitter(penalizer=penalizer).fit(table, "time", "event")
-    return scaler, fitter.params_.to_numpy()
+    coefficients = np.zeros(standardised.shape[1])
+    coefficients[used] = fitter.params_.to_numpy()
+    return scaler, coefficients
 
 
 @dataclass
@@ -222,31 +340,27 @@ def cross_validate(data: TrainingData, config: TrainConfig, cv_mode: str, device
                    progress: Callable[[str], None] | None = None) -> CrossValidation:
     """K-fold (or leave-one-center-out) CV: train members per fold, predict each test fold once."""
     splits = cv_splits(data.event, data.centers, config.folds, cv_mode, seed)
+    plans = plan_members(data, splits, config, seed)
+    members = train_ensemble(data, plans, config, device, progress)
     n = len(data.patient_ids)
     columns = ["risk", "ohe_probability", "ppg_post", "risk_cut", "ohe_threshold", "clinical_cox_risk", "clinical_cox_cut"]
     oof = {c: np.full(n, np.nan) for c in columns}
     fold_of = np.full(n, -1)
-    members: list[Member] = []
     baselines: dict[str, list] = {"model": [], "clinical_cox": []}
     for fold, (train_rows, test_rows) in enumerate(splits):
-        trained = [train_member(data, train_rows, config, fold, seed * 1000 + fold * 10 + s, device)
-                   for s in range(config.seeds)]
-        fold_members = [member for member, _ in trained]
-        members += fold_members
+        fold_members = [m for m in members if m.fold == fold]
+        train_risk = np.mean([calibrate_member(m, data, train_rows, config, device) for m in fold_members], axis=0)
         predictions = [predict_member(m, data.matrices, test_rows, config, device) for m in fold_members]
         for key in ("risk", "ohe_probability", "ppg_post"):
             oof[key][test_rows] = np.mean([p[key] for p in predictions], axis=0)
         oof["risk_cut"][test_rows] = np.mean([m.risk_cut for m in fold_members])
         oof["ohe_threshold"][test_rows] = np.mean([m.ohe_threshold for m in fold_members])
-        train_risk = np.mean([risk for _, risk in trained], axis=0)
         baselines["model"].append(breslow(train_risk, data.time[train_rows], data.event[train_rows]))
         if "clinical" in data.matrices:
             scaler, coefficients = fit_clinical_cox(data, train_rows, config.clinical_cox_penalizer)
-            cox_train = scaler.transform(data.matrices["clinical"][train_rows]) @ coefficients
-            oof["clinical_cox_risk"][test_rows] = scaler.transform(data.matrices["clinical"][test_rows]) @ coefficients
+            cox_train = scaler.transform_flat(data.matrices["clinical"][train_rows]) @ coefficients
+            oof["clinical_cox_risk"][test_rows] = scaler.transform_flat(data.matrices["clinical"][test_rows]) @ coefficients
             oof["clinical_cox_cut"][test_rows] = np.median(cox_train)
             baselines["clinical_cox"].append(breslow(cox_train, data.time[train_rows], data.event[train_rows]))
         fold_of[test_rows] = fold
-        if progress:
-            progress(f"fold {fold + 1}/{len(splits)}: best epochs {[m.best_epoch for m in fold_members]}")
     return CrossValidation(members, fold_of, oof, baselines)

@@ -1,0 +1,181 @@
+"""Fusion model zoo on a synthetic cohort: accuracy of every model, modality ablations, batched training speed.
+
+Prints
+  1. Harrell's C (95% CI), OHE AUC and ppg_post MAE of every `--model`, 5-fold CV, beside the lifelines clinical Cox,
+     FIPS and the oracle (the generating model's own linear predictor);
+  2. modality ablations (clinical, radiomics, embed, pairs, all three) for multitips and tmiclnet;
+  3. seconds to train 5 folds × 5 seeds as one batched ensemble, one member after another with the same code,
+     and as DeepSurv models trained one at a time in minibatches (pycox/torchsurv style) on the same features.
+
+The cohort goes through the real pipeline once (synth → segment → radiomics → embed --fit) into --work, which is
+reused by later runs. Usage: python benchmarks/fusion_models.py [--n 500] [--work DIR] [--device cpu] [--skip-timing]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from tipsprog.clinical import clinical_scores
+from tipsprog.evaluate.metrics import auc, harrell_c_with_ci, mae
+from tipsprog.fusion import assemble
+from tipsprog.fusion.config import load_config
+from tipsprog.fusion.data import fit_preprocessors
+from tipsprog.fusion.losses import SurvivalIndex, cox_efron_nll
+from tipsprog.fusion.models import MODELS
+from tipsprog.fusion.training import TrainingData, cross_validate, cv_splits, plan_members, train_ensemble
+
+
+def build_cohort(work: Path, n: int) -> None:
+    """Run the pipeline CLI once; steps whose output exists are skipped."""
+    steps = [
+        ("cohort/cohort.csv", ["synth", "--out", "cohort", "--n", str(n), "--centers", "3", "--seed", "11"]),
+        ("seg.h5", ["segment", "cohort/cohort.csv", "--out", "seg.h5", "--quiet"]),
+        ("radiomics.h5", ["radiomics", "seg.h5", "--out", "radiomics.h5", "--quiet"]),
+        ("embed.h5", ["embed", "seg.h5", "--out", "embed.h5", "--fit", "--quiet"]),
+    ]
+    work.mkdir(parents=True, exist_ok=True)
+    for output, command in steps:
+        if not (work / output).exists():
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "tipsprog", *command], cwd=work, check=True)
+            print(f"  {command[0]}: {time.perf_counter() - start:.0f} s", flush=True)
+
+
+def load(work: Path, modalities: tuple[str, ...] | None = None) -> tuple[TrainingData, pd.DataFrame, pd.DataFrame]:
+    """Training data, clinical table and truth rows of the cohort."""
+    assembled = assemble([work / "radiomics.h5", work / "embed.h5"], work / "cohort/clinical.csv",
+                         work / "cohort/outcomes.csv", modalities)
+    truth = pd.read_csv(work / "cohort/truth.csv", dtype={"patient_id": str}).set_index("patient_id")
+    return assembled.data, assembled.clinical, truth.loc[assembled.data.patient_ids]
+
+
+def _c(data: TrainingData, risk: np.ndarray) -> str:
+    value = harrell_c_with_ci(data.time, data.event, risk)
+    return f"{value['estimate']:.3f} ({value['low']:.3f}–{value['high']:.3f})"
+
+
+def score_row(data: TrainingData, risk: np.ndarray, ohe: np.ndarray | None, ppg: np.ndarray | None) -> str:
+    """C-index with CI, OHE AUC and ppg_post MAE as table cells."""
+    ohe_cell = f"{auc(data.ohe, ohe):.3f}" if ohe is not None else "–"
+    ppg_cell = f"{mae(data.ppg_post, ppg):.2f}" if ppg is not None else "–"
+    return f"{_c(data, risk):>22} {ohe_cell:>8} {ppg_cell:>8}"
+
+
+def run_model(data: TrainingData, model: str, device: torch.device) -> tuple[dict, float]:
+    """5-fold CV of one model: out-of-fold predictions and seconds."""
+    config = load_config(model=model)
+    start = time.perf_counter()
+    cv = cross_validate(data, config, "kfold", device, seed=0)
+    return cv.oof, time.perf_counter() - start
+
+
+def accuracy_table(work: Path, device: torch.device) -> None:
+    """Every model beside clinical Cox, FIPS and the oracle."""
+    data, clinical, truth = load(work)
+    print(f"\n1. Models, 5-fold CV on {len(data.patient_ids)} patients ({int(np.nansum(data.event))} deaths): "
+          "Harrell's C (95% CI), OHE AUC, ppg_post MAE (mmHg)")
+    print(f"{'row':<28}{'C-index':>22} {'OHE AUC':>8} {'PPG MAE':>8} {'seconds':>8}")
+    baseline = None
+    for model in MODELS:
+        oof, seconds = run_model(data, model, device)
+        print(f"{model:<28}{score_row(data, oof['risk'], oof['ohe_probability'], oof['ppg_post'])} {seconds:>8.0f}", flush=True)
+        baseline = oof["clinical_cox_risk"]
+    print(f"{'clinical Cox (lifelines)':<28}{score_row(data, baseline, None, None)}")
+    fips = clinical_scores(clinical)["FIPS"].to_numpy(float)
+    print(f"{'FIPS':<28}{score_row(data, fips, None, None)}")
+    print(f"{'oracle':<28}{score_row(data, truth['linear_predictor'].to_numpy(float), truth['ohe_probability'].to_numpy(float), truth['ppg_post_expected'].to_numpy(float))}")
+
+
+def ablation_table(work: Path, device: torch.device) -> None:
+    """multitips and tmiclnet on every non-empty subset of the three modalities."""
+    subsets = [c for k in (1, 2, 3) for c in itertools.combinations(("clinical", "radiomics", "embed"), k)]
+    print("\n2. Modality ablations: Harrell's C (95% CI), 5-fold CV")
+    print(f"{'modalities':<28}" + "".join(f"{m:>24}" for m in ("multitips", "tmiclnet")))
+    for subset in subsets:
+        data, _, _ = load(work, subset)
+        cells = [_c(data, run_model(data, model, device)[0]["risk"]) for model in ("multitips", "tmiclnet")]
+        print(f"{'+'.join(subset):<28}" + "".join(f"{c:>24}" for c in cells), flush=True)
+
+
+def deepsurv_one_at_a_time(data: TrainingData, plans: list, config, device: torch.device, epochs: int,
+                           batch_size: int = 64) -> float:
+    """Seconds to train one DeepSurv MLP per member, one after another, in minibatches (pycox/torchsurv style)."""
+    start = time.perf_counter()
+    for plan in plans:
+        preprocessors = fit_preprocessors(data.matrices, data.feature_groups, plan.train_rows, config.imaging_width)
+        features = torch.from_numpy(np.concatenate([p.transform_flat(data.matrices[m]) for m, p in preprocessors.items()],
+                                                   axis=1)).to(device)
+        torch.manual_seed(plan.seed)
+        network = torch.nn.Sequential(torch.nn.Linear(features.shape[1], config.hidden), torch.nn.GELU(),
+                                      torch.nn.Dropout(config.dropout), torch.nn.Linear(config.hidden, 1, bias=False)).to(device)
+        optimiser = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+        generator = np.random.default_rng(plan.seed)
+        for _ in range(epochs):
+            for batch in np.array_split(generator.permutation(plan.fit_rows), max(1, len(plan.fit_rows) // batch_size)):
+                index = SurvivalIndex.build(data.time[batch], data.event[batch], device)
+                loss = cox_efron_nll(network(features[batch]).squeeze(1), index)
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+            network.eval()
+            with torch.no_grad():
+                network(features[plan.val_rows])
+            network.train()
+    return time.perf_counter() - start
+
+
+def timing_table(work: Path, device: torch.device, epochs: int) -> None:
+    """5 folds × 5 seeds: batched ensemble vs one member after another vs DeepSurv one at a time."""
+    data, _, _ = load(work)
+    print(f"\n3. Training time, 5 folds × 5 seeds = 25 members, {epochs} epochs each (no early stop), {device}")
+    print(f"{'model':<16}{'batched s':>12}{'one by one s':>14}{'ratio':>8}{'DeepSurv s':>12}{'ratio':>8}")
+    for model in ("concat", "multitips"):
+        config = load_config(model=model)
+        config = dataclasses.replace(config, seeds=5, stages=[{**s, "max_epochs": epochs // len(config.stages),
+                                                               "patience": epochs} for s in config.stages])
+        plans = plan_members(data, cv_splits(data.event, data.centers, 5, "kfold", 0), config, seed=0)
+        start = time.perf_counter()
+        train_ensemble(data, plans, config, device)
+        batched = time.perf_counter() - start
+        start = time.perf_counter()
+        for plan in plans:
+            train_ensemble(data, [plan], config, device)
+        one_by_one = time.perf_counter() - start
+        deepsurv = deepsurv_one_at_a_time(data, plans, config, device, epochs // 10)
+        deepsurv_full = deepsurv * 10
+        print(f"{model:<16}{batched:>12.1f}{one_by_one:>14.1f}{one_by_one / batched:>7.1f}×{deepsurv_full:>12.1f}"
+              f"{deepsurv_full / batched:>7.1f}×", flush=True)
+    print(f"  DeepSurv: MLP on the same preprocessed features, minibatches of 64, {epochs // 10} epochs timed and "
+          "scaled ×10.")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=500)
+    parser.add_argument("--work", type=Path, default=Path("benchmarks/.fusion-work"))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--timing-epochs", type=int, default=300)
+    parser.add_argument("--skip-timing", action="store_true")
+    parser.add_argument("--skip-ablation", action="store_true")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    build_cohort(args.work, args.n)
+    accuracy_table(args.work, device)
+    if not args.skip_ablation:
+        ablation_table(args.work, device)
+    if not args.skip_timing:
+        timing_table(args.work, device, args.timing_epochs)
+
+
+if __name__ == "__main__":
+    main()
