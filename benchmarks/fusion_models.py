@@ -8,7 +8,7 @@ Prints
      and as DeepSurv models trained one at a time in minibatches (pycox/torchsurv style) on the same features.
 
 The cohort goes through the real pipeline once (synth → segment → radiomics → embed --fit) into --work, which is
-reused by later runs. Usage: python benchmarks/fusion_models.py [--n 500] [--work DIR] [--device cpu] [--skip-timing]
+reused by later runs. Usage: python benchmarks/fusion_models.py [--n 500] [--work DIR] [--device cpu] [--tables accuracy,ablation,timing]
 """
 
 from __future__ import annotations
@@ -165,16 +165,14 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("benchmarks/.fusion-work"))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--timing-epochs", type=int, default=300)
-    parser.add_argument("--skip-timing", action="store_true")
-    parser.add_argument("--skip-ablation", action="store_true")
+    parser.add_argument("--tables", default="accuracy,ablation,timing", help="Which tables to print, in this order.")
     args = parser.parse_args()
     device = torch.device(args.device)
     build_cohort(args.work, args.n)
-    accuracy_table(args.work, device)
-    if not args.skip_ablation:
-        ablation_table(args.work, device)
-    if not args.skip_timing:
-        timing_table(args.work, device, args.timing_epochs)
+    tables = {"accuracy": lambda: accuracy_table(args.work, device), "ablation": lambda: ablation_table(args.work, device),
+              "timing": lambda: timing_table(args.work, device, args.timing_epochs)}
+    for name in args.tables.split(","):
+        tables[name]()
 
 
 if __name__ == "__main__":

@@ -60,7 +60,12 @@ class Member:
     @property
     def layout(self) -> dict[str, Layout]:
         """Token layout of each modality, as the fitted preprocessors produce it."""
-        return {m: Layout(p.token_names, p.width) for m, p in self.preprocessors.items()}
+        return layout_of(self.preprocessors)
+
+
+def layout_of(preprocessors: dict[str, ModalityPreprocessor]) -> dict[str, Layout]:
+    """Token layout of each modality, as its fitted preprocessor produces it."""
+    return {m: Layout(p.token_names, p.width) for m, p in preprocessors.items()}
 
 
 def cv_splits(event: np.ndarray, centers: np.ndarray, folds: int, mode: str, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -157,6 +162,7 @@ def _prepare(data: TrainingData, plan: MemberPlan, config: TrainConfig) -> _Prep
 
 
 def _row_mask(rows: np.ndarray, n: int) -> np.ndarray:
+    """Boolean mask of `rows` among n patients."""
     mask = np.zeros(n, dtype=bool)
     mask[rows] = True
     return mask
@@ -164,13 +170,14 @@ def _row_mask(rows: np.ndarray, n: int) -> np.ndarray:
 
 def _parameter_groups(params: dict[str, torch.Tensor], lr: float, shared_scale: float) -> list[dict]:
     """Task heads at the stage's learning rate, everything else (the shared layers) scaled."""
-    heads = [v for k, v in params.items() if k.startswith("heads.") or ".heads." in k]
-    shared = [v for k, v in params.items() if not (k.startswith("heads.") or ".heads." in k)]
+    is_head = {k: k.startswith("heads.") or ".heads." in k for k in params}
+    heads = [v for k, v in params.items() if is_head[k]]
+    shared = [v for k, v in params.items() if not is_head[k]]
     return [g for g in ({"params": heads, "lr": lr}, {"params": shared, "lr": lr * shared_scale}) if g["params"]]
 
 
 class _Ensemble:
-    """Stacked weights of all members and the vmapped forward pass and losses."""
+    """Stacked weights of all members and their vmapped forward pass."""
 
     def __init__(self, models: list[FusionModel], device: torch.device):
         self.params, self.buffers = stack_module_state(models)
@@ -210,8 +217,7 @@ def train_ensemble(data: TrainingData, plans: list[MemberPlan], config: TrainCon
     models = []
     for plan, prep in zip(plans, prepared):
         torch.manual_seed(plan.seed)
-        layout = {m: Layout(p.token_names, p.width) for m, p in prep.preprocessors.items()}
-        models.append(build_model(config.model, layout, config.hidden, config.dropout, config.model_options()).to(device))
+        models.append(build_model(config.model, layout_of(prep.preprocessors), config.hidden, config.dropout, config.model_options()).to(device))
     ensemble = _Ensemble(models, device)
     inputs = {m: torch.stack([torch.from_numpy(prep.preprocessors[m].transform(data.matrices[m])) for prep in prepared]).to(device)
               for m in data.matrices}
