@@ -7,6 +7,7 @@ it never reach the value or the gradient (torch.where, not multiplication, so a 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -35,7 +36,7 @@ class SurvivalIndex:
         group = np.full(len(time), len(event_times))
         group[is_event] = np.searchsorted(event_times, time[is_event])
         ties = np.bincount(group[is_event], minlength=len(event_times)) if len(event_times) else np.zeros(0, int)
-        as_tensor = lambda values: torch.as_tensor(values, device=device)  # noqa: E731
+        as_tensor = partial(torch.as_tensor, device=device)
         return cls(as_tensor(order), as_tensor(start), as_tensor(group), as_tensor(is_event),
                    int(ties.max()) if len(ties) else 0)
 

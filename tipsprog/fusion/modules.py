@@ -41,12 +41,16 @@ class Attention(nn.Module):
         self.key_value = nn.Linear(hidden, 2 * hidden)
         self.out = nn.Linear(hidden, hidden)
 
+    def _split_heads(self, tokens: torch.Tensor) -> torch.Tensor:
+        """[n, t, h] → [n, heads, t, h / heads]."""
+        n, length, hidden = tokens.shape
+        return tokens.reshape(n, length, self.heads, hidden // self.heads).transpose(1, 2)
+
     def forward(self, query: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """[n, q, h] attending over [n, c, h] → [n, q, h]."""
         n, q_len, hidden = query.shape
-        split = lambda t: t.reshape(n, t.shape[1], self.heads, hidden // self.heads).transpose(1, 2)  # noqa: E731
-        q = split(self.query(query))
-        k, v = (split(t) for t in self.key_value(context).chunk(2, dim=-1))
+        q = self._split_heads(self.query(query))
+        k, v = (self._split_heads(t) for t in self.key_value(context).chunk(2, dim=-1))
         weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(hidden // self.heads), dim=-1)
         return self.out((weights @ v).transpose(1, 2).reshape(n, q_len, hidden))
 
