@@ -34,7 +34,30 @@ def test_bundle_contents(pipeline):
         risk = oof["oof/risk"][()]
         folds = oof["outcomes/fold"][()]
         assert np.isfinite(risk).all() and set(folds) == {0, 1, 2}
+        np.testing.assert_array_equal(oof["repeats/fold"][()][:, 0], folds)
         assert set(oof["scores"]) >= {"FIPS", "MELD", "MELD-Na", "Child-Pugh", "ALBI"}
+
+
+def test_held_out_patients_never_train_and_are_predicted_once(pipeline, tmp_path):
+    """--test removes its patients before cross-validation; the whole ensemble predicts them into held_out.h5."""
+    held = [f"P{i:04d}" for i in range(0, 30, 3)]
+    pd.DataFrame({"patient_id": held}).to_csv(tmp_path / "test.csv", index=False)
+    (tmp_path / "quick.yaml").write_text("seeds: 2\nstages: [{name: joint, max_epochs: 40, patience: 10, shared_lr_scale: 1.0, "
+                                         "loss_weights: {survival: 1.0, ohe: 0.5, ppg: 0.5}}]\n")
+    result = invoke("fuse-train", pipeline.radiomics, "--clinical", pipeline.clinical, "--outcomes", pipeline.outcomes,
+                    "--out", tmp_path / "model", "--folds", 2, "--repeats", 2, "--config", tmp_path / "quick.yaml",
+                    "--test", tmp_path / "test.csv", "--device", "cpu", "--quiet")
+    assert result.exit_code == 0, result.output
+    with h5py.File(tmp_path / "model" / "oof.h5") as oof, h5py.File(tmp_path / "model" / "held_out.h5") as test:
+        trained = [p.decode() for p in oof["patients"][()]]
+        assert not set(trained) & set(held) and len(trained) == 20
+        assert [p.decode() for p in test["patients"][()]] == held
+        assert np.isfinite(test["predictions/risk"][()]).all() and np.isfinite(test["predictions/clinical_cox_risk"][()]).all()
+        survival = np.stack([test[f"predictions/survival_{d}d"][()] for d in (182, 365, 730)], axis=1)
+        assert ((survival > 0) & (survival <= 1)).all() and (np.diff(survival, axis=1) <= 0).all()
+        assert oof["repeats/fold"].shape == (20, 2) and set(oof["repeats/fold"][()][:, 1]) == {2, 3}
+    metrics = json.loads((tmp_path / "model" / "metrics.json").read_text())
+    assert metrics["held_out"]["patients"] == 10 and len(metrics["harrell_c_by_repeat"]) == 2
 
 
 def test_evaluate_writes_report_with_cis_and_baselines(pipeline, tmp_path):

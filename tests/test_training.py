@@ -12,8 +12,8 @@ from tipsprog.evaluate.metrics import harrell_c
 from tipsprog.fusion.config import load_config
 from tipsprog.fusion.data import ModalityPreprocessor
 from tipsprog.fusion.models import MODELS, Layout, build_model
-from tipsprog.fusion.training import (TrainingData, cross_validate, cv_splits, inner_split, plan_members, predict_member,
-                                      train_ensemble)
+from tipsprog.fusion.training import (TrainingData, cross_validate, cv_splits, inner_split, plan_members, predict_members,
+                                      repeated_splits, train_ensemble)
 
 RADIOMICS_GROUPS = [f"{roi}/{image}/{kind}" for roi in ("liver", "spleen") for image in ("original", "log-sigma-2")
                     for kind in ("firstorder", "glcm") for _ in range(3)]
@@ -44,7 +44,7 @@ def _cohort(n: int = 90, seed: int = 0) -> TrainingData:
 def _config(model: str = "concat", epochs: int = 60, patience: int = 20, **changes):
     config = load_config(model=model)
     stages = [{**stage, "max_epochs": epochs, "patience": patience} for stage in config.stages]
-    return dataclasses.replace(config, **{"folds": 3, "imaging_width": 2, "stages": stages, **changes})
+    return dataclasses.replace(config, **{"folds": 3, "seeds": 1, "imaging_width": 2, "stages": stages, **changes})
 
 
 def test_splits_are_patient_level_and_stratified():
@@ -82,7 +82,7 @@ def test_test_fold_cannot_influence_its_fold_model(times):
     data = _cohort()
     config = _config("tmiclnet", epochs=30, patience=10)
     first = cross_validate(data, config, "kfold", torch.device("cpu"))
-    test_rows = np.flatnonzero(first.fold_of == 0)
+    test_rows = np.flatnonzero(first.folds[:, 0] == 0)
     second = cross_validate(_poisoned(data, test_rows, times), config, "kfold", torch.device("cpu"))
     before, after = first.members[0], second.members[0]
     assert before.fold == 0 and before.best_epochs == after.best_epochs
@@ -107,7 +107,7 @@ def test_validation_rows_lie_inside_the_training_fold():
 
 def test_batched_ensemble_equals_training_members_one_after_another():
     """Weights agree to float rounding (Adam amplifies it on parameters with no true gradient, such as attention key
-    biases), and so do the predictions."""
+    biases), and so do the predictions; the vmapped prediction of all members equals each plain model's forward."""
     data = _cohort()
     config = _config("multitips", epochs=15, patience=5, dropout=0.0)
     plans = plan_members(data, cv_splits(data.event, data.centers, 3, "kfold", 0), config, seed=0)
@@ -118,8 +118,28 @@ def test_batched_ensemble_equals_training_members_one_after_another():
         assert alone.best_epochs == batched.best_epochs
         for key, tensor in alone.state_dict.items():
             torch.testing.assert_close(tensor, batched.state_dict[key], rtol=0, atol=1e-4)
-        risks = [predict_member(m, data.matrices, rows, config, torch.device("cpu"))["risk"] for m in (alone, batched)]
+        risks = [predict_members([m], data.matrices, rows, config, torch.device("cpu"))["risk"][0] for m in (alone, batched)]
         np.testing.assert_allclose(risks[0], risks[1], atol=1e-5)
+    together_risk = predict_members(together, data.matrices, rows, config, torch.device("cpu"))["risk"]
+    for member, risk in zip(together, together_risk):
+        network = build_model(config.model, member.layout, config.hidden, config.dropout, config.model_options()).eval()
+        network.load_state_dict(member.state_dict)
+        with torch.no_grad():
+            plain = network({m: torch.from_numpy(p.transform(data.matrices[m])) for m, p in member.preprocessors.items()})
+        np.testing.assert_allclose(risk, plain["risk"].double().numpy(), atol=1e-5)
+
+
+def test_repeated_cv_reshuffles_folds_and_averages_out_of_fold_predictions():
+    data = _cohort()
+    config = _config(epochs=10, patience=10, repeats=2)
+    result = cross_validate(data, config, "kfold", torch.device("cpu"))
+    assert len(result.members) == 2 * 3 and {m.repeat for m in result.members} == {0, 1}
+    assert result.folds.shape == (len(data.patient_ids), 2) and (result.folds[:, 0] != result.folds[:, 1] - 3).any()
+    assert set(result.folds[:, 1]) == {3, 4, 5} and len(result.baselines["model"]) == 6
+    np.testing.assert_allclose(result.oof["risk"], result.per_repeat["risk"].mean(axis=1))
+    assert (result.folds >= 0).all() and np.isfinite(result.per_repeat["risk"]).all()
+    with pytest.raises(InputError, match="repeats must be 1"):
+        repeated_splits(data.event, data.centers, config, "center", 0)
 
 
 @pytest.mark.parametrize("model", MODELS)

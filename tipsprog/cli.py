@@ -226,6 +226,8 @@ def fuse_train(stores: list[Path] = typer.Argument(None, help="Feature stores (r
                model: Optional[str] = typer.Option(None, "--model", help="clinical-cox, concat (default), late, intermediate, tmiclnet, multitips or graph (docs/models.md)."),
                folds: Optional[int] = typer.Option(None, "--folds", help="CV folds (default 5)."),
                cv: str = typer.Option("kfold", "--cv", help="kfold (stratified by event and center) or center."),
+               repeats: Optional[int] = typer.Option(None, "--repeats", help="Repeated K-fold: reshuffles (default 1)."),
+               test: Optional[Path] = typer.Option(None, "--test", help="CSV with a patient_id column (e.g. a cohort.csv): patients held out of training and predicted once by the whole ensemble (held_out.h5)."),
                modalities: Optional[str] = typer.Option(None, "--modalities", help="Subset for ablations, e.g. clinical,radiomics (default: all the inputs provide)."),
                config: Optional[Path] = typer.Option(None, "--config", help="YAML config (see tipsprog/configs/default.yaml)."),
                seed: int = typer.Option(0, "--seed"), device: str = DEVICE, quiet: bool = QUIET) -> None:
@@ -233,16 +235,19 @@ def fuse_train(stores: list[Path] = typer.Argument(None, help="Feature stores (r
     from tipsprog.fusion import run_fuse_train
     from tipsprog.fusion.config import load_config
 
-    settings = load_config(config, model=model, folds=folds)
+    settings = load_config(config, model=model, folds=folds, repeats=repeats)
     wanted = tuple(m.strip() for m in modalities.split(",")) if modalities else None
     metrics = run_fuse_train(stores or [], clinical, outcomes, out, settings, wanted, cv, device, seed,
-                             None if quiet else (lambda text: console.print(f"  {escape(text)}")))
+                             None if quiet else (lambda text: console.print(f"  {escape(text)}")), test)
     if not quiet:
         table = Table(title=f"fuse-train ({settings.model}, {cv}): out-of-fold Harrell's C")
         table.add_column("row")
         table.add_column("C (95% CI)")
         for name, value in metrics["harrell_c"].items():
             table.add_row(name, f"{value['estimate']:.3f} ({value['low']:.3f}–{value['high']:.3f})")
+        for name, value in metrics.get("held_out", {}).get("harrell_c", {}).items():
+            table.add_row(f"{name}, held out ({metrics['held_out']['patients']})",
+                          f"{value['estimate']:.3f} ({value['low']:.3f}–{value['high']:.3f})")
         console.print(table)
         console.print(f"bundle → {out}")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,17 @@ import SimpleITK as sitk
 from tipsprog.errors import InputError
 
 MISSING_MARKERS = ["", "NA", "N/A", "na", "NaN", "nan", ".", "null", "NULL"]
+DELIMITERS = ",;\t|"
+
+
+def _delimiter(path: Path) -> str:
+    """The CSV's delimiter among comma, semicolon, tab and bar (comma for a one-column file)."""
+    with open(path, encoding="utf-8-sig", errors="replace") as handle:
+        sample = handle.read(65536)
+    try:
+        return csv.Sniffer().sniff(sample, delimiters=DELIMITERS).delimiter
+    except csv.Error:
+        return ","
 
 
 def read_ct(path: str | Path) -> sitk.Image:
@@ -99,7 +111,7 @@ def read_table(path: str | Path, required: list[str]) -> pd.DataFrame:
     try:
         table = pd.read_csv(
             path, dtype={"patient_id": str}, na_values=MISSING_MARKERS, keep_default_na=False,
-            sep=None, engine="python", encoding="utf-8-sig",
+            sep=_delimiter(path), encoding="utf-8-sig",
         )
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
         raise InputError(f"{path}: cannot parse CSV ({str(err).splitlines()[0]})") from None

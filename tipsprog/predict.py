@@ -14,7 +14,7 @@ from tipsprog.errors import InputError
 from tipsprog.evaluate.rows import read_oof
 from tipsprog.fusion.bundle import Bundle, load_bundle
 from tipsprog.fusion.data import clinical_features, modality_matrices
-from tipsprog.fusion.training import predict_member, survival_at
+from tipsprog.fusion.training import ensemble_survival, predict_members
 from tipsprog.io import read_ct
 from tipsprog.radiomics.extract import extract_from_file
 from tipsprog.segment import Backend, qc_status, quality_flags, segment_scan
@@ -82,13 +82,9 @@ def predict_one(bundle: Bundle, ct_path: Path | None, clinical_csv: Path, device
     matrices, _, _ = modality_matrices(blocks, np.array([0]), clinical_matrix, clinical_names, wanted)
     device = resolve_device(device_name)
     horizons = np.array(bundle.config.horizons_days, dtype=float)
-    risks, survival, ohe, ppg = [], [], [], []
-    for member in bundle.members:
-        output = predict_member(member, matrices, np.array([0]), bundle.config, device)
-        risks.append(output["risk"][0])
-        survival.append(survival_at(np.array(member.baseline_times), np.array(member.baseline_cumhaz), output["risk"], horizons)[0])
-        ohe.append(output["ohe_probability"][0])
-        ppg.append(output["ppg_post"][0])
+    output = predict_members(bundle.members, matrices, np.array([0]), bundle.config, device)
+    risks = output["risk"][:, 0]
+    survival = ensemble_survival(bundle.members, output["risk"], horizons)[:, 0]
     risk = float(np.mean(risks))
     reference = read_oof(bundle.path / "oof.h5").oof["risk"]
     reference = reference[np.isfinite(reference)]
@@ -96,12 +92,12 @@ def predict_one(bundle: Bundle, ct_path: Path | None, clinical_csv: Path, device
     scores = clinical_scores(table).iloc[0]
     return {
         "patient_id": str(table["patient_id"].iloc[0]),
-        "risk_score": _interval(np.array(risks)),
+        "risk_score": _interval(risks),
         "risk_percentile": float(100.0 * np.mean(reference <= risk)),
         "risk_group": "high" if risk > cut else "low",
-        "survival": {f"{int(h)}d": _interval(np.array(survival)[:, i]) for i, h in enumerate(horizons)},
-        "ohe_probability": _interval(np.array(ohe)),
-        "ppg_post_mmhg": _interval(np.array(ppg)),
+        "survival": {f"{int(h)}d": _interval(survival[:, i]) for i, h in enumerate(horizons)},
+        "ohe_probability": _interval(output["ohe_probability"][:, 0]),
+        "ppg_post_mmhg": _interval(output["ppg_post"][:, 0]),
         "clinical_scores": {name: round(float(value), 3) for name, value in scores.items() if np.isfinite(value)},
         "imputed": imputed,
         "segmentation": qc,

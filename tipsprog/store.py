@@ -216,7 +216,7 @@ def read_features(store: h5py.File) -> dict[str, FeatureBlock]:
 
 
 def write_columns(store: h5py.File, group: str, columns: dict[str, np.ndarray]) -> None:
-    """Write equal-length float columns under /<group>/<name> (a per-patient table)."""
+    """Write float columns under /<group>/<name>, one row per patient (a 2-D column has one entry per repeat)."""
     for name, values in columns.items():
         store.create_dataset(f"{group}/{name}", data=np.asarray(values, dtype=np.float64))
 

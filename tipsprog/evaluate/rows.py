@@ -38,6 +38,7 @@ class OutOfFold:
     centers: list[str]
     outcomes: dict[str, np.ndarray]
     oof: dict[str, np.ndarray]
+    repeats: dict[str, np.ndarray]
     scores: dict[str, np.ndarray]
     baselines: dict[str, list[tuple[np.ndarray, np.ndarray]]]
 
@@ -46,17 +47,21 @@ def read_oof(path: Path) -> OutOfFold:
     """Read a bundle's oof.h5."""
     with store.open_store(path) as h5:
         return OutOfFold(store.read_patients(h5), store.read_centers(h5), store.read_columns(h5, "outcomes"),
-                         store.read_columns(h5, "oof"), store.read_columns(h5, "scores"),
+                         store.read_columns(h5, "oof"), store.read_columns(h5, "repeats"), store.read_columns(h5, "scores"),
                          {row: store.read_baselines(h5, row) for row in ("model", "clinical_cox")})
 
 
 def _curves_from_baselines(risk: np.ndarray, fold: np.ndarray, baselines: list, grid: np.ndarray) -> np.ndarray:
-    """Survival curves on the grid, each patient using its own fold's baseline."""
-    curves = np.full((len(risk), len(grid)), np.nan)
+    """Survival curves on the grid, each patient using its own test fold's baseline, averaged over repeats.
+
+    `risk` and `fold` are [patients, repeats]; fold ids index `baselines`.
+    """
+    curves = np.full((risk.shape[1], len(risk), len(grid)), np.nan)
     for index, (times, cumhaz) in enumerate(baselines):
-        rows = (fold == index) & np.isfinite(risk)
-        curves[rows] = survival_at(times, cumhaz, risk[rows], grid)
-    return curves
+        for repeat in range(risk.shape[1]):
+            rows = (fold[:, repeat] == index) & np.isfinite(risk[:, repeat])
+            curves[repeat, rows] = survival_at(times, cumhaz, risk[rows, repeat], grid)
+    return curves.mean(axis=0)
 
 
 def _curves_from_score(score: np.ndarray, data: OutOfFold, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -84,14 +89,14 @@ def _curves_from_score(score: np.ndarray, data: OutOfFold, grid: np.ndarray) -> 
 
 def prediction_rows(data: OutOfFold, grid: np.ndarray, truth: pd.DataFrame | None) -> tuple[list[PredictionRow], list[str]]:
     """All rows whose inputs exist, plus notes on those skipped."""
-    oof, fold = data.oof, data.outcomes["fold"]
-    rows = [PredictionRow("model", oof["risk"], _curves_from_baselines(oof["risk"], fold, data.baselines["model"], grid),
+    oof, fold = data.oof, data.repeats["fold"]
+    rows = [PredictionRow("model", oof["risk"], _curves_from_baselines(data.repeats["risk"], fold, data.baselines["model"], grid),
                           oof["risk"] > oof["risk_cut"], oof["ohe_probability"], oof["ohe_threshold"], oof["ppg_post"])]
     notes = []
     if np.isfinite(oof.get("clinical_cox_risk", np.array([np.nan]))).any():
         risk = oof["clinical_cox_risk"]
         rows.append(PredictionRow("clinical-cox", risk,
-                                  _curves_from_baselines(risk, fold, data.baselines["clinical_cox"], grid),
+                                  _curves_from_baselines(data.repeats["clinical_cox_risk"], fold, data.baselines["clinical_cox"], grid),
                                   risk > oof["clinical_cox_cut"]))
     for name, score in data.scores.items():
         if np.isfinite(score).sum() < 10:

@@ -17,10 +17,10 @@ from tipsprog.fusion.config import TrainConfig
 from tipsprog.devices import resolve_device
 from tipsprog.errors import InputError
 from tipsprog.evaluate.metrics import harrell_c_with_ci
-from tipsprog.fusion.bundle import write_bundle
+from tipsprog.fusion.bundle import HeldOut, write_bundle
 from tipsprog.fusion.data import MODALITIES, clinical_features, modality_matrices, modality_of, numeric_extras
-from tipsprog.fusion.training import TrainingData, cross_validate
-from tipsprog.io import read_outcomes
+from tipsprog.fusion.training import TrainingData, cross_validate, predict_held_out
+from tipsprog.io import read_outcomes, read_table
 
 
 @dataclass
@@ -140,10 +140,30 @@ Limits: performance outside the training centers is unknown until evaluated with
 """
 
 
+def held_out_rows(test_csv: Path, patient_ids: list[str]) -> np.ndarray:
+    """Rows of the patients listed in a --test table (any CSV with a patient_id column, e.g. a cohort.csv)."""
+    listed = read_table(test_csv, []).index.tolist()
+    position = {pid: row for row, pid in enumerate(patient_ids)}
+    unknown = [pid for pid in listed if pid not in position]
+    if unknown:
+        raise InputError(f"{test_csv}: patient {unknown[0]} has no features, clinical row or outcome in the training inputs")
+    if len(listed) > len(patient_ids) // 2:
+        raise InputError(f"{test_csv}: {len(listed)} held-out patients leave too few of {len(patient_ids)} to train on")
+    return np.array(sorted(position[pid] for pid in listed), dtype=int)
+
+
+def _c_rows(data: TrainingData, predictions: dict[str, np.ndarray]) -> dict[str, dict]:
+    """Harrell's C with CI of the model and, where present, the clinical Cox on one cohort."""
+    rows = {"model": harrell_c_with_ci(data.time, data.event, predictions["risk"])}
+    if np.isfinite(predictions.get("clinical_cox_risk", np.array([np.nan]))).all():
+        rows["clinical-cox"] = harrell_c_with_ci(data.time, data.event, predictions["clinical_cox_risk"])
+    return rows
+
+
 def run_fuse_train(stores: list[Path], clinical_csv: Path, outcomes_csv: Path, out: Path, config: TrainConfig,
                    modalities: tuple[str, ...] | None = None, cv_mode: str = "kfold", device_name: str = "auto",
-                   seed: int = 0, progress: Callable[[str], None] | None = None) -> dict:
-    """Cross-validate the fusion model and write the bundle; return the summary metrics."""
+                   seed: int = 0, progress: Callable[[str], None] | None = None, test_csv: Path | None = None) -> dict:
+    """Cross-validate the fusion model (holding out the --test patients, if any) and write the bundle; return metrics."""
     assembled = assemble(stores, clinical_csv, outcomes_csv, modalities)
     if config.model == "clinical-cox" and "clinical" not in assembled.data.matrices:
         raise InputError("--model clinical-cox needs the clinical modality (add clinical to --modalities)")
@@ -151,11 +171,24 @@ def run_fuse_train(stores: list[Path], clinical_csv: Path, outcomes_csv: Path, o
         if progress:
             progress(note)
     device = resolve_device(device_name)
-    data = assembled.data
+    data, held_out, clinical = assembled.data, None, assembled.clinical
+    if test_csv is not None:
+        test_rows = held_out_rows(test_csv, data.patient_ids)
+        train_rows = np.setdiff1d(np.arange(len(data.patient_ids)), test_rows)
+        data, held_out = data.subset(train_rows), data.subset(test_rows)
+        clinical, held_out_clinical = clinical.iloc[train_rows], clinical.iloc[test_rows]
+        if np.nansum(data.event) < 2:
+            raise InputError(f"{outcomes_csv}: fewer than 2 events among the {len(train_rows)} training patients")
     cv = cross_validate(data, config, cv_mode, device, seed, progress)
-    metrics = {"harrell_c": {"model": harrell_c_with_ci(data.time, data.event, cv.oof["risk"])}}
-    if "clinical" in data.matrices:
-        metrics["harrell_c"]["clinical-cox"] = harrell_c_with_ci(data.time, data.event, cv.oof["clinical_cox_risk"])
+    metrics = {"harrell_c": _c_rows(data, cv.oof)}
+    if config.repeats > 1:
+        metrics["harrell_c_by_repeat"] = [harrell_c_with_ci(data.time, data.event, risk)["estimate"] for risk in cv.per_repeat["risk"].T]
+    held_out_predictions = None
+    if held_out is not None:
+        held_out_predictions = predict_held_out(cv.members, data, held_out, config, device)
+        metrics["held_out"] = {"patients": len(held_out.patient_ids), "events": int(np.nansum(held_out.event))}
+        if np.nansum(held_out.event) >= 2:
+            metrics["held_out"]["harrell_c"] = _c_rows(held_out, held_out_predictions)
     pipeline, copied = pipeline_manifest(assembled.blocks)
     oof_risk = cv.oof["risk"][~np.isnan(cv.oof["risk"])]
     manifest = {
@@ -163,9 +196,15 @@ def run_fuse_train(stores: list[Path], clinical_csv: Path, outcomes_csv: Path, o
         "modalities": {m: assembled.data.feature_names[m] for m in data.matrices},
         "clinical": {"extras": assembled.extras},
         "training": {"patients": len(data.patient_ids), "events": int(np.nansum(data.event)), "cv": cv_mode,
-                     "centers": sorted(set(data.centers.tolist()))},
+                     "repeats": config.repeats, "centers": sorted(set(data.centers.tolist())),
+                     "held_out": held_out.patient_ids if held_out is not None else []},
         "risk_groups": {"cut": float(np.median(oof_risk)), "labels": ["low", "high"]},
     }
-    scores = {name: values.astype(float) for name, values in clinical_scores(assembled.clinical).items()}
-    write_bundle(out, data, cv, config, manifest, scores, metrics, model_card(data, config, metrics, cv_mode), copied)
+    scores = {name: values.astype(float) for name, values in clinical_scores(clinical).items()}
+    held_out_bundle = None
+    if held_out is not None:
+        held_out_scores = {name: values.astype(float) for name, values in clinical_scores(held_out_clinical).items()}
+        held_out_bundle = HeldOut(held_out, held_out_predictions, held_out_scores)
+    write_bundle(out, data, cv, config, manifest, scores, metrics, model_card(data, config, metrics, cv_mode), copied,
+                 held_out_bundle)
     return metrics

@@ -33,6 +33,15 @@ class Bundle:
     members: list[Member]
 
 
+@dataclass
+class HeldOut:
+    """Patients held out of training by --test: their outcomes, ensemble predictions and clinical scores."""
+
+    data: TrainingData
+    predictions: dict[str, np.ndarray]
+    scores: dict[str, np.ndarray]
+
+
 def _member_payload(member: Member) -> dict:
     """The weights.pt entry of one member (preprocessing lives in preprocess.json)."""
     payload = asdict(member)
@@ -40,8 +49,14 @@ def _member_payload(member: Member) -> dict:
     return payload
 
 
+def _outcomes(data: TrainingData) -> dict[str, np.ndarray]:
+    """Observed outcome columns of a cohort."""
+    return {"time": data.time, "event": data.event, "ohe": data.ohe, "ppg_post": data.ppg_post}
+
+
 def write_bundle(out: Path, data: TrainingData, cv: CrossValidation, config: TrainConfig, manifest: dict,
-                 scores: dict[str, np.ndarray], metrics: dict, model_card: str, copied: dict[str, Path]) -> None:
+                 scores: dict[str, np.ndarray], metrics: dict, model_card: str, copied: dict[str, Path],
+                 held_out: HeldOut | None = None) -> None:
     """Write the bundle folder atomically; files named in `copied` are copied in and hashed."""
     with store.atomic_output(out) as tmp:
         tmp.mkdir(parents=True)
@@ -52,12 +67,17 @@ def write_bundle(out: Path, data: TrainingData, cv: CrossValidation, config: Tra
             {"members": [{"fold": m.fold, "seed": m.seed, "preprocessors": {k: p.to_dict() for k, p in m.preprocessors.items()}}
                          for m in cv.members]}), encoding="utf-8")
         with store.create_store(tmp / "oof.h5", data.patient_ids, data.centers.tolist()) as h5:
-            store.write_columns(h5, "outcomes", {"time": data.time, "event": data.event, "ohe": data.ohe,
-                                                 "ppg_post": data.ppg_post, "fold": cv.fold_of})
+            store.write_columns(h5, "outcomes", {**_outcomes(data), "fold": cv.folds[:, 0]})
             store.write_columns(h5, "oof", cv.oof)
+            store.write_columns(h5, "repeats", {**cv.per_repeat, "fold": cv.folds})
             store.write_columns(h5, "scores", scores)
             for row, baselines in cv.baselines.items():
                 store.write_baselines(h5, row, baselines)
+        if held_out is not None:
+            with store.create_store(tmp / "held_out.h5", held_out.data.patient_ids, held_out.data.centers.tolist()) as h5:
+                store.write_columns(h5, "outcomes", _outcomes(held_out.data))
+                store.write_columns(h5, "predictions", held_out.predictions)
+                store.write_columns(h5, "scores", held_out.scores)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
         (tmp / "model_card.md").write_text(model_card, encoding="utf-8")
         manifest = {**manifest, "bundle_format": BUNDLE_FORMAT, "tipsprog_version": __version__,

@@ -28,6 +28,7 @@ class TrainConfig:
     validation_fraction: float
     folds: int
     seeds: int
+    repeats: int
     imaging_width: int
     horizons_days: list
     clinical_cox_penalizer: float
@@ -105,8 +106,8 @@ def _check(values: dict, defaults: dict, source: str) -> None:
     _check_stages(values["stages"], source)
     if values["model"] not in MODELS:
         raise InputError(f"{source}: model '{values['model']}' unknown (choose from {', '.join(MODELS)})")
-    if values["folds"] < 2 or values["seeds"] < 1 or not 0 < values["validation_fraction"] < 0.5:
-        raise InputError(f"{source}: need folds ≥ 2, seeds ≥ 1 and 0 < validation_fraction < 0.5")
+    if values["folds"] < 2 or values["seeds"] < 1 or values["repeats"] < 1 or not 0 < values["validation_fraction"] < 0.5:
+        raise InputError(f"{source}: need folds ≥ 2, seeds ≥ 1, repeats ≥ 1 and 0 < validation_fraction < 0.5")
     if values["hidden"] % values["tmiclnet"]["heads"] or values["hidden"] % values["multitips"]["heads"]:
         raise InputError(f"{source}: 'hidden' must be divisible by the attention heads of tmiclnet and multitips")
 

@@ -115,7 +115,8 @@ class ModalityPreprocessor:
         return np.clip((imputed - np.array(self.mean)) / np.array(self.scale), -CLIP_SD, CLIP_SD)
 
     def transform(self, values: np.ndarray) -> np.ndarray:
-        """[patients, tokens, width] float32: standardised (clipped to ±5 SD) group columns or their components."""
+        """[patients, tokens, width] float32: standardised group columns or their whitened components, clipped to ±5 SD
+        (a component nearly constant in training must not explode on a new patient)."""
         standardised = self._standardise(values)
         out = np.zeros((len(values), len(self.token_names), self.width), dtype=np.float32)
         for token, (cols, components, scale) in enumerate(zip(self.token_columns, self.token_components, self.token_scale)):
@@ -123,7 +124,7 @@ class ModalityPreprocessor:
                 continue
             group = standardised[:, cols]
             if components:
-                group = (group @ np.array(components).T) / np.array(scale)
+                group = np.clip((group @ np.array(components).T) / np.array(scale), -CLIP_SD, CLIP_SD)
             out[:, token, : group.shape[1]] = group
         return out
 
@@ -151,8 +152,3 @@ def fit_preprocessors(matrices: dict[str, np.ndarray], groups: dict[str, list[st
     return {m: ModalityPreprocessor.fit(values[train_rows], groups[m], 0 if m == "clinical" else imaging_width)
             for m, values in matrices.items()}
 
-
-def transform_all(preprocessors: dict[str, ModalityPreprocessor], matrices: dict[str, np.ndarray],
-                  rows: np.ndarray) -> dict[str, np.ndarray]:
-    """Apply each modality's preprocessor to the selected rows: {modality: [rows, tokens, width]}."""
-    return {m: preprocessors[m].transform(matrices[m][rows]) for m in preprocessors}

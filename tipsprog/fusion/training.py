@@ -18,7 +18,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from tipsprog.fusion.config import TrainConfig
 from tipsprog.errors import InputError
-from tipsprog.fusion.data import ModalityPreprocessor, fit_preprocessors, transform_all
+from tipsprog.fusion.data import ModalityPreprocessor, fit_preprocessors
 from tipsprog.fusion.losses import SurvivalIndex, cox_efron_nll, masked_bce, masked_huber
 from tipsprog.fusion.models import FusionModel, Layout, build_model
 
@@ -36,6 +36,12 @@ class TrainingData:
     event: np.ndarray
     ohe: np.ndarray
     ppg_post: np.ndarray
+
+    def subset(self, rows: np.ndarray) -> TrainingData:
+        """The same cohort restricted to `rows`."""
+        return TrainingData([self.patient_ids[r] for r in rows], self.centers[rows], {m: v[rows] for m, v in self.matrices.items()},
+                            self.feature_names, self.feature_groups, self.time[rows], self.event[rows], self.ohe[rows],
+                            self.ppg_post[rows])
 
 
 @dataclass
@@ -56,6 +62,7 @@ class Member:
     best_epochs: list[int] = field(default_factory=list)
     train_loss: list[float] = field(default_factory=list)
     validation_loss: list[float] = field(default_factory=list)
+    repeat: int = 0
 
     @property
     def layout(self) -> dict[str, Layout]:
@@ -118,8 +125,9 @@ def survival_at(times: np.ndarray, cumhaz: np.ndarray, risk: np.ndarray, horizon
 
 @dataclass
 class MemberPlan:
-    """Which rows one ensemble member learns from, stops on, and is scored on."""
+    """Which rows one ensemble member learns from, stops on, and is scored on (fold ids run on across repeats)."""
 
+    repeat: int
     fold: int
     seed: int
     train_rows: np.ndarray
@@ -127,15 +135,24 @@ class MemberPlan:
     val_rows: np.ndarray
 
 
+def repeated_splits(event: np.ndarray, centers: np.ndarray, config: TrainConfig, mode: str,
+                    seed: int) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+    """The splits of every repeat, each reshuffled (leave-one-center-out is deterministic: one repeat)."""
+    if mode == "center" and config.repeats > 1:
+        raise InputError("--cv center has one split per center; repeats must be 1")
+    return [cv_splits(event, centers, config.folds, mode, seed + repeat) for repeat in range(config.repeats)]
+
+
 def plan_members(data: TrainingData, splits: list[tuple[np.ndarray, np.ndarray]], config: TrainConfig,
-                 seed: int) -> list[MemberPlan]:
-    """Folds × seeds members, each with its own inner split of its training fold."""
+                 seed: int, repeat: int = 0) -> list[MemberPlan]:
+    """Folds × seeds members of one repeat, each with its own inner split of its training fold."""
     plans = []
-    for fold, (train_rows, _) in enumerate(splits):
+    for index, (train_rows, _) in enumerate(splits):
+        fold = repeat * len(splits) + index
         for s in range(config.seeds):
-            member_seed = seed * 1000 + fold * 10 + s
+            member_seed = seed * 100_000 + fold * 100 + s
             fit_rows, val_rows = inner_split(train_rows, data.event, config.validation_fraction, member_seed)
-            plans.append(MemberPlan(fold, member_seed, train_rows, fit_rows, val_rows))
+            plans.append(MemberPlan(repeat, fold, member_seed, train_rows, fit_rows, val_rows))
     return plans
 
 
@@ -208,85 +225,130 @@ def _task_loss(outputs: dict, rows: torch.Tensor, labels: dict, weights: dict, i
             + weights["ppg"] * masked_huber(outputs["ppg"].float(), labels["ppg"], rows))
 
 
+def _stacked_inputs(preprocessors: list[dict[str, ModalityPreprocessor]], matrices: dict[str, np.ndarray],
+                    rows: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
+    """Each member's own preprocessing of the selected rows, stacked: {modality: [members, rows, tokens, width]}."""
+    return {m: torch.stack([torch.from_numpy(p[m].transform(matrices[m][rows])) for p in preprocessors]).to(device)
+            for m in matrices}
+
+
+@dataclass
+class _Batch:
+    """Everything the training loop feeds the vmapped loss: inputs, row masks and labels of every member."""
+
+    inputs: dict[str, torch.Tensor]
+    fit_rows: torch.Tensor
+    val_rows: torch.Tensor
+    labels: dict[str, torch.Tensor]
+    index: SurvivalIndex
+
+
+def _batch(data: TrainingData, plans: list[MemberPlan], prepared: list[_Prepared], device: torch.device) -> _Batch:
+    """Tensors of the whole ensemble; OHE labels are shared by all members, ppg_post is standardised per member."""
+    n = len(data.patient_ids)
+    inputs = _stacked_inputs([p.preprocessors for p in prepared], data.matrices, np.arange(n), device)
+    fit_rows = torch.from_numpy(np.stack([_row_mask(p.fit_rows, n) for p in plans])).to(device)
+    val_rows = torch.from_numpy(np.stack([_row_mask(p.val_rows, n) for p in plans])).to(device)
+    labels = {"ohe": torch.from_numpy(data.ohe.astype(np.float32)).to(device),
+              "ppg": torch.from_numpy(np.stack([(data.ppg_post - p.ppg_mean) / p.ppg_std for p in prepared]).astype(np.float32)).to(device),
+              "pos_weight": torch.tensor([p.pos_weight for p in prepared], dtype=torch.float32, device=device)}
+    return _Batch(inputs, fit_rows, val_rows, labels, SurvivalIndex.build(data.time, data.event, device))
+
+
+LABEL_AXES = {"ohe": None, "ppg": 0, "pos_weight": 0}
+
+
+@dataclass
+class _StageResult:
+    """Per-member best epoch of a stage and the loss histories ([epochs, members])."""
+
+    best_epoch: list[int]
+    train_loss: list[torch.Tensor]
+    validation_loss: list[torch.Tensor]
+
+
+def _train_stage(ensemble: _Ensemble, batch: _Batch, stage: dict, config: TrainConfig, elapsed: int,
+                 total_epochs: int) -> _StageResult:
+    """One stage for every member at once; each member keeps the weights of its best inner-validation epoch."""
+    weights = stage["loss_weights"]
+
+    def task(outputs: dict, rows: torch.Tensor, labels: dict) -> torch.Tensor:
+        return _task_loss(outputs, rows, labels, weights, batch.index)
+
+    task_loss = vmap(task, in_dims=(0, 0, LABEL_AXES))
+    members = batch.fit_rows.shape[0]
+    device = batch.fit_rows.device
+    optimiser = torch.optim.AdamW(_parameter_groups(ensemble.params, config.learning_rate, stage["shared_lr_scale"]),
+                                  weight_decay=config.weight_decay)
+    best = {k: v.detach().clone() for k, v in ensemble.params.items()}
+    best_loss = torch.full((members,), torch.inf, device=device)
+    best_epoch = torch.zeros(members, dtype=torch.long, device=device)
+    waited = torch.zeros(members, dtype=torch.long, device=device)
+    train_history, validation_history = [], []
+    for epoch in range(1, stage["max_epochs"] + 1):
+        outputs = ensemble.forward(batch.inputs, train=True)
+        fraction = (elapsed + epoch) / total_epochs
+        auxiliary = vmap(lambda o, r: ensemble.base.auxiliary_loss(o, r, fraction))(outputs, batch.fit_rows)
+        loss = task_loss(outputs, batch.fit_rows, batch.labels) + auxiliary
+        optimiser.zero_grad(set_to_none=True)
+        loss.sum().backward()
+        optimiser.step()
+        with torch.no_grad():
+            val_loss = task_loss(ensemble.forward(batch.inputs, train=False), batch.val_rows, batch.labels)
+            improved = (waited < stage["patience"]) & (val_loss < best_loss - 1e-4)
+            for key, value in ensemble.params.items():
+                best[key] = torch.where(improved.view((-1,) + (1,) * (value.ndim - 1)), value.detach(), best[key])
+            best_loss = torch.where(improved, val_loss, best_loss)
+            best_epoch = torch.where(improved, epoch, best_epoch)
+            waited = torch.where(improved, 0, waited + 1)
+        train_history.append(loss.detach().cpu())
+        validation_history.append(val_loss.cpu())
+        if not bool((waited < stage["patience"]).any()):
+            break
+    with torch.no_grad():
+        for key, value in ensemble.params.items():
+            value.copy_(best[key])
+    return _StageResult(best_epoch.tolist(), train_history, validation_history)
+
+
 def train_ensemble(data: TrainingData, plans: list[MemberPlan], config: TrainConfig, device: torch.device,
                    progress: Callable[[str], None] | None = None) -> list[Member]:
     """Train every planned member at once: shared forward pass over stacked weights, per-member losses on its
     own fit rows, per-member early stopping on its own validation rows (stage by stage)."""
     prepared = [_prepare(data, plan, config) for plan in plans]
-    n = len(data.patient_ids)
     models = []
     for plan, prep in zip(plans, prepared):
         torch.manual_seed(plan.seed)
-        models.append(build_model(config.model, layout_of(prep.preprocessors), config.hidden, config.dropout, config.model_options()).to(device))
+        models.append(build_model(config.model, layout_of(prep.preprocessors), config.hidden, config.dropout,
+                                  config.model_options()).to(device))
     ensemble = _Ensemble(models, device)
-    inputs = {m: torch.stack([torch.from_numpy(prep.preprocessors[m].transform(data.matrices[m])) for prep in prepared]).to(device)
-              for m in data.matrices}
-    fit_rows = torch.from_numpy(np.stack([_row_mask(p.fit_rows, n) for p in plans])).to(device)
-    val_rows = torch.from_numpy(np.stack([_row_mask(p.val_rows, n) for p in plans])).to(device)
-    labels = {"ohe": torch.from_numpy(np.tile(data.ohe, (len(plans), 1)).astype(np.float32)).to(device),
-              "ppg": torch.from_numpy(np.stack([(data.ppg_post - p.ppg_mean) / p.ppg_std for p in prepared]).astype(np.float32)).to(device),
-              "pos_weight": torch.tensor([p.pos_weight for p in prepared], dtype=torch.float32, device=device)}
-    index = SurvivalIndex.build(data.time, data.event, device)
+    batch = _batch(data, plans, prepared, device)
     total_epochs = sum(stage["max_epochs"] for stage in config.stages)
     elapsed, best_epochs, history = 0, [[] for _ in plans], {"train": [], "validation": []}
     for stage in config.stages:
-        weights = stage["loss_weights"]
-
-        def task(outputs: dict, rows: torch.Tensor, member_labels: dict) -> torch.Tensor:
-            return _task_loss(outputs, rows, member_labels, weights, index)
-
-        optimiser = torch.optim.AdamW(_parameter_groups(ensemble.params, config.learning_rate, stage["shared_lr_scale"]),
-                                      weight_decay=config.weight_decay)
-        best = {k: v.detach().clone() for k, v in ensemble.params.items()}
-        best_loss = torch.full((len(plans),), torch.inf, device=device)
-        best_epoch = torch.zeros(len(plans), dtype=torch.long, device=device)
-        waited = torch.zeros(len(plans), dtype=torch.long, device=device)
-        for epoch in range(1, stage["max_epochs"] + 1):
-            outputs = ensemble.forward(inputs, train=True)
-            fraction = (elapsed + epoch) / total_epochs
-            auxiliary = vmap(lambda o, r: ensemble.base.auxiliary_loss(o, r, fraction))(outputs, fit_rows)
-            loss = vmap(task)(outputs, fit_rows, labels) + auxiliary
-            optimiser.zero_grad(set_to_none=True)
-            loss.sum().backward()
-            optimiser.step()
-            with torch.no_grad():
-                val_loss = vmap(task)(ensemble.forward(inputs, train=False), val_rows, labels)
-                active = waited < stage["patience"]
-                improved = active & (val_loss < best_loss - 1e-4)
-                for key, value in ensemble.params.items():
-                    shape = (-1,) + (1,) * (value.ndim - 1)
-                    best[key] = torch.where(improved.view(shape), value.detach(), best[key])
-                best_loss = torch.where(improved, val_loss, best_loss)
-                best_epoch = torch.where(improved, epoch, best_epoch)
-                waited = torch.where(improved, 0, waited + 1)
-            history["train"].append(loss.detach().cpu())
-            history["validation"].append(val_loss.cpu())
-            if not bool((waited < stage["patience"]).any()):
-                break
-        with torch.no_grad():
-            for key, value in ensemble.params.items():
-                value.copy_(best[key])
+        result = _train_stage(ensemble, batch, stage, config, elapsed, total_epochs)
         elapsed += stage["max_epochs"]
-        for member, epoch in enumerate(best_epoch.tolist()):
+        history["train"] += result.train_loss
+        history["validation"] += result.validation_loss
+        for member, epoch in enumerate(result.best_epoch):
             best_epochs[member].append(epoch)
         if progress:
-            progress(f"stage {stage['name']}: {len(plans)} members, best epochs {min(best_epoch.tolist())}–{max(best_epoch.tolist())}")
+            progress(f"stage {stage['name']}: {len(plans)} members, best epochs {min(result.best_epoch)}–{max(result.best_epoch)}")
     train_loss, validation_loss = (torch.stack(history[k]).T.tolist() for k in ("train", "validation"))
     return [Member(plan.fold, plan.seed, prep.preprocessors, ensemble.state_dict(i), prep.ppg_mean, prep.ppg_std,
                    best_epochs=best_epochs[i], train_loss=train_loss[i], validation_loss=validation_loss[i],
-                   ohe_logit_offset=float(np.log(max(prep.pos_weight, 1e-6))))
+                   ohe_logit_offset=float(np.log(max(prep.pos_weight, 1e-6))), repeat=plan.repeat)
             for i, (plan, prep) in enumerate(zip(plans, prepared))]
 
 
-def calibrate_member(member: Member, data: TrainingData, train_rows: np.ndarray, config: TrainConfig,
-                     device: torch.device) -> np.ndarray:
-    """Breslow baseline, median risk cut and OHE threshold from the member's training rows; returns its training risk."""
-    prediction = predict_member(member, data.matrices, train_rows, config, device)
-    times, cumhaz = breslow(prediction["risk"], data.time[train_rows], data.event[train_rows])
-    member.baseline_times, member.baseline_cumhaz = times.tolist(), cumhaz.tolist()
-    member.risk_cut = float(np.median(prediction["risk"]))
-    member.ohe_threshold = _youden_threshold(prediction["ohe_probability"], data.ohe[train_rows])
-    return prediction["risk"]
+def calibrate_members(members: list[Member], predictions: dict[str, np.ndarray], data: TrainingData,
+                      train_rows: np.ndarray) -> None:
+    """Each member's Breslow baseline, median risk cut and OHE threshold from its predictions on its training rows."""
+    for member, risk, ohe in zip(members, predictions["risk"], predictions["ohe_probability"]):
+        times, cumhaz = breslow(risk, data.time[train_rows], data.event[train_rows])
+        member.baseline_times, member.baseline_cumhaz = times.tolist(), cumhaz.tolist()
+        member.risk_cut = float(np.median(risk))
+        member.ohe_threshold = _youden_threshold(ohe, data.ohe[train_rows])
 
 
 def _youden_threshold(probability: np.ndarray, label: np.ndarray) -> float:
@@ -299,20 +361,33 @@ def _youden_threshold(probability: np.ndarray, label: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def predict_member(member: Member, matrices: dict[str, np.ndarray], rows: np.ndarray, config: TrainConfig,
-                   device: torch.device) -> dict[str, np.ndarray]:
-    """One member's risk, OHE probability and ppg_post for the selected rows.
+def predict_members(members: list[Member], matrices: dict[str, np.ndarray], rows: np.ndarray, config: TrainConfig,
+                    device: torch.device) -> dict[str, np.ndarray]:
+    """Every member's risk, OHE probability and ppg_post on the selected rows ([members, rows]), in one vmapped pass.
 
     The OHE logit is shifted by −log(pos_weight): class-weighted BCE inflates the odds by that factor.
     """
-    model = build_model(config.model, member.layout, config.hidden, config.dropout, config.model_options()).to(device)
-    model.load_state_dict(member.state_dict)
-    model.eval()
-    inputs = {m: torch.from_numpy(v).to(device) for m, v in transform_all(member.preprocessors, matrices, rows).items()}
-    outputs = model(inputs)
-    return {"risk": outputs["risk"].double().cpu().numpy(),
-            "ohe_probability": torch.sigmoid(outputs["ohe"] - member.ohe_logit_offset).double().cpu().numpy(),
-            "ppg_post": outputs["ppg"].double().cpu().numpy() * member.ppg_std + member.ppg_mean}
+    models = []
+    for member in members:
+        model = build_model(config.model, member.layout, config.hidden, config.dropout, config.model_options())
+        model.load_state_dict(member.state_dict)
+        models.append(model.to(device))
+    outputs = _Ensemble(models, device).forward(_stacked_inputs([m.preprocessors for m in members], matrices, rows, device),
+                                                train=False)
+
+    def column(values: list[float]) -> np.ndarray:
+        return np.array(values)[:, None]
+
+    risk, ohe_logit, ppg = (outputs[k].double().cpu().numpy() for k in ("risk", "ohe", "ppg"))
+    return {"risk": risk,
+            "ohe_probability": 1.0 / (1.0 + np.exp(-(ohe_logit - column([m.ohe_logit_offset for m in members])))),
+            "ppg_post": ppg * column([m.ppg_std for m in members]) + column([m.ppg_mean for m in members])}
+
+
+def ensemble_survival(members: list[Member], risk: np.ndarray, horizons: np.ndarray) -> np.ndarray:
+    """Survival at the horizons from each member's own baseline and risk ([members, rows] → [members, rows, horizons])."""
+    return np.stack([survival_at(np.array(m.baseline_times), np.array(m.baseline_cumhaz), member_risk, horizons)
+                     for m, member_risk in zip(members, risk)])
 
 
 def fit_clinical_cox(data: TrainingData, train_rows: np.ndarray, penalizer: float) -> tuple[ModalityPreprocessor, np.ndarray]:
@@ -334,39 +409,63 @@ def fit_clinical_cox(data: TrainingData, train_rows: np.ndarray, penalizer: floa
 
 @dataclass
 class CrossValidation:
-    """Everything cross-validation produced: members and out-of-fold predictions."""
+    """Everything cross-validation produced: members, out-of-fold predictions (averaged over repeats) and the
+    per-repeat risks, test folds and per-fold Breslow baselines that survival curves need."""
 
     members: list[Member]
-    fold_of: np.ndarray
+    folds: np.ndarray
     oof: dict[str, np.ndarray]
+    per_repeat: dict[str, np.ndarray]
     baselines: dict[str, list[tuple[np.ndarray, np.ndarray]]]
+
+
+OOF_COLUMNS = ("risk", "ohe_probability", "ppg_post", "risk_cut", "ohe_threshold", "clinical_cox_risk", "clinical_cox_cut")
 
 
 def cross_validate(data: TrainingData, config: TrainConfig, cv_mode: str, device: torch.device, seed: int = 0,
                    progress: Callable[[str], None] | None = None) -> CrossValidation:
-    """K-fold (or leave-one-center-out) CV: train members per fold, predict each test fold once."""
-    splits = cv_splits(data.event, data.centers, config.folds, cv_mode, seed)
-    plans = plan_members(data, splits, config, seed)
+    """(Repeated) K-fold or leave-one-center-out CV: all members trained at once, each test fold predicted once per repeat."""
+    repeats = repeated_splits(data.event, data.centers, config, cv_mode, seed)
+    plans = [plan for repeat, splits in enumerate(repeats) for plan in plan_members(data, splits, config, seed, repeat)]
     members = train_ensemble(data, plans, config, device, progress)
     n = len(data.patient_ids)
-    columns = ["risk", "ohe_probability", "ppg_post", "risk_cut", "ohe_threshold", "clinical_cox_risk", "clinical_cox_cut"]
-    oof = {c: np.full(n, np.nan) for c in columns}
-    fold_of = np.full(n, -1)
+    per_repeat = {c: np.full((n, len(repeats)), np.nan) for c in OOF_COLUMNS}
+    folds = np.full((n, len(repeats)), -1)
     baselines: dict[str, list] = {"model": [], "clinical_cox": []}
-    for fold, (train_rows, test_rows) in enumerate(splits):
-        fold_members = [m for m in members if m.fold == fold]
-        train_risk = np.mean([calibrate_member(m, data, train_rows, config, device) for m in fold_members], axis=0)
-        predictions = [predict_member(m, data.matrices, test_rows, config, device) for m in fold_members]
-        for key in ("risk", "ohe_probability", "ppg_post"):
-            oof[key][test_rows] = np.mean([p[key] for p in predictions], axis=0)
-        oof["risk_cut"][test_rows] = np.mean([m.risk_cut for m in fold_members])
-        oof["ohe_threshold"][test_rows] = np.mean([m.ohe_threshold for m in fold_members])
-        baselines["model"].append(breslow(train_risk, data.time[train_rows], data.event[train_rows]))
-        if "clinical" in data.matrices:
-            scaler, coefficients = fit_clinical_cox(data, train_rows, config.clinical_cox_penalizer)
-            cox_train = scaler.transform_flat(data.matrices["clinical"][train_rows]) @ coefficients
-            oof["clinical_cox_risk"][test_rows] = scaler.transform_flat(data.matrices["clinical"][test_rows]) @ coefficients
-            oof["clinical_cox_cut"][test_rows] = np.median(cox_train)
-            baselines["clinical_cox"].append(breslow(cox_train, data.time[train_rows], data.event[train_rows]))
-        fold_of[test_rows] = fold
-    return CrossValidation(members, fold_of, oof, baselines)
+    for repeat, splits in enumerate(repeats):
+        for index, (train_rows, test_rows) in enumerate(splits):
+            fold = repeat * len(splits) + index
+            fold_members = [m for m in members if m.fold == fold]
+            train_prediction = predict_members(fold_members, data.matrices, train_rows, config, device)
+            calibrate_members(fold_members, train_prediction, data, train_rows)
+            test_prediction = predict_members(fold_members, data.matrices, test_rows, config, device)
+            for key in ("risk", "ohe_probability", "ppg_post"):
+                per_repeat[key][test_rows, repeat] = test_prediction[key].mean(axis=0)
+            per_repeat["risk_cut"][test_rows, repeat] = np.mean([m.risk_cut for m in fold_members])
+            per_repeat["ohe_threshold"][test_rows, repeat] = np.mean([m.ohe_threshold for m in fold_members])
+            baselines["model"].append(breslow(train_prediction["risk"].mean(axis=0), data.time[train_rows], data.event[train_rows]))
+            if "clinical" in data.matrices:
+                scaler, coefficients = fit_clinical_cox(data, train_rows, config.clinical_cox_penalizer)
+                cox_train = scaler.transform_flat(data.matrices["clinical"][train_rows]) @ coefficients
+                per_repeat["clinical_cox_risk"][test_rows, repeat] = scaler.transform_flat(data.matrices["clinical"][test_rows]) @ coefficients
+                per_repeat["clinical_cox_cut"][test_rows, repeat] = np.median(cox_train)
+                baselines["clinical_cox"].append(breslow(cox_train, data.time[train_rows], data.event[train_rows]))
+            folds[test_rows, repeat] = fold
+    oof = {key: values.mean(axis=1) for key, values in per_repeat.items()}
+    return CrossValidation(members, folds, oof, {k: per_repeat[k] for k in ("risk", "clinical_cox_risk")}, baselines)
+
+
+def predict_held_out(members: list[Member], training: TrainingData, held_out: TrainingData, config: TrainConfig,
+                     device: torch.device) -> dict[str, np.ndarray]:
+    """Whole-ensemble predictions for patients no member trained on, and the clinical Cox refitted on all training patients."""
+    rows = np.arange(len(held_out.patient_ids))
+    prediction = predict_members(members, held_out.matrices, rows, config, device)
+    horizons = np.array(config.horizons_days, dtype=float)
+    survival = ensemble_survival(members, prediction["risk"], horizons).mean(axis=0)
+    result = {key: values.mean(axis=0) for key, values in prediction.items()}
+    result["ohe_threshold"] = np.full(len(rows), np.mean([m.ohe_threshold for m in members]))
+    result.update({f"survival_{int(h)}d": survival[:, i] for i, h in enumerate(horizons)})
+    if "clinical" in training.matrices:
+        scaler, coefficients = fit_clinical_cox(training, np.arange(len(training.patient_ids)), config.clinical_cox_penalizer)
+        result["clinical_cox_risk"] = scaler.transform_flat(held_out.matrices["clinical"]) @ coefficients
+    return result
