@@ -65,18 +65,27 @@ def test_evaluate_writes_report_with_cis_and_baselines(pipeline, tmp_path):
                     "--bootstrap", 20, "--workers", 1, "--quiet")
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
-    assert metrics["schema"] == "tipsprog-metrics-1"
-    rows = metrics["survival"]
+    assert metrics["schema"] == "tipsprog-metrics-2" and metrics["bundle"]["model"] == "concat"
+    setting = metrics["settings"]["out-of-fold"]
+    rows = setting["survival"]
     assert {"model", "clinical-cox", "FIPS", "MELD", "oracle"} <= set(rows)
     for row in rows.values():
         c = row["harrell_c"]
         assert 0 <= c["low"] <= c["estimate"] <= c["high"] <= 1
+        assert 0 <= row["brier_182d"]["estimate"] < 0.5 and 0 <= row["calibration"]["d_calibration"]["p_value"] <= 1
     assert rows["oracle"]["harrell_c"]["estimate"] > 0.6
-    assert {"auc", "f1"} <= set(metrics["ohe"]["model"]) and "mae_mmhg" in metrics["ppg_post"]["model"]
+    deciles = rows["model"]["calibration"]["182d"]["deciles"]
+    assert sum(d["patients"] for d in deciles) == 30 and all(0 <= d["predicted"] <= 1 for d in deciles)
+    assert set(setting["model_minus"]["FIPS"]) == {"harrell_c", "uno_c", "integrated_brier"}
+    assert {"auc", "f1", "sensitivity", "specificity", "brier"} <= set(setting["ohe"]["model"])
+    assert {"mae_mmhg", "rmse_mmhg", "r2", "pearson_r"} <= set(setting["ppg_post"]["model"])
+    assert setting["decision_curve_ohe"]["net_benefit"]["treat none"][0] == 0.0
     report = (tmp_path / "report" / "report.md").read_text()
     assert "| FIPS |" in report and "| oracle |" in report
-    for plot in ("km.png", "ohe_roc.png"):
-        assert (tmp_path / "report" / plot).read_bytes()[:4] == b"\x89PNG"
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 8 and "src='http" not in page and "<td>oracle</td>" in page
+    for plot in ("km", "forest", "td_roc", "calibration", "ohe_roc", "ohe_calibration", "decision_curve", "ppg"):
+        assert (tmp_path / "report" / f"{plot}.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_predict_single_patient_json(pipeline, tmp_path):

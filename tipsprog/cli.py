@@ -271,19 +271,16 @@ def evaluate(bundle: Path = typer.Argument(..., help="Model bundle from `tipspro
         typer.echo(json.dumps(document, indent=2))
     if quiet:
         return
-    table = Table(title=f"{document['patients']} patients, {document['events']} deaths (out-of-fold, 95% CI)")
-    for column in ("row", "Harrell's C", "C random ties", "Uno's C", "IBS"):
-        table.add_column(column)
-    for name, values in document["survival"].items():
-        table.add_row(name, *(_format_ci(values[key]) for key in ("harrell_c", "harrell_c_random_ties", "uno_c", "integrated_brier")))
-    console.print(table)
-    console.print(f"report → {out / 'report.md'}")
+    from tipsprog.evaluate.render import SETTING_TITLES, ci
 
-
-def _format_ci(entry: dict) -> str:
-    if not np.isfinite(entry.get("low", np.nan)):
-        return f"{entry['estimate']:.3f}"
-    return f"{entry['estimate']:.3f} ({entry['low']:.3f}–{entry['high']:.3f})"
+    for name, setting in document["settings"].items():
+        table = Table(title=f"{SETTING_TITLES[name]}: {setting['patients']} patients, {setting['events']} deaths (95% CI)")
+        for column in ("row", "Harrell's C", "C random ties", "Uno's C", "IBS"):
+            table.add_column(column)
+        for row, values in setting["survival"].items():
+            table.add_row(row, *(ci(values[key]) for key in ("harrell_c", "harrell_c_random_ties", "uno_c", "integrated_brier")))
+        console.print(table)
+    console.print(f"report → {out / 'report.html'}")
 
 
 @app.command()

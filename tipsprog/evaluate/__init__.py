@@ -1,4 +1,4 @@
-"""evaluate stage: metrics with bootstrap CIs, clinical-score baselines, report and plots."""
+"""evaluate stage: metrics with bootstrap CIs beside the clinical scores; report.html, report.md, metrics.json, plots."""
 
 from __future__ import annotations
 
@@ -8,30 +8,62 @@ from pathlib import Path
 import numpy as np
 
 from tipsprog.evaluate import plots
-from tipsprog.evaluate.report import evaluate_rows, evaluation_grid, markdown
-from tipsprog.evaluate.rows import prediction_rows, read_oof, read_truth
-from tipsprog.fusion.bundle import load_bundle
+from tipsprog.evaluate.render import html_page, markdown, setting_sections
+from tipsprog.evaluate.report import METRICS_SCHEMA, evaluate_rows, evaluation_grid
+from tipsprog.evaluate.rows import OutOfFold, PredictionRow, prediction_rows, read_oof, read_truth
+from tipsprog.fusion.bundle import Bundle, load_bundle
 from tipsprog.store import atomic_output
+
+TITLE = "tipsprog evaluation report"
+
+
+def setting_figures(rows: list[PredictionRow], data: OutOfFold, document: dict, out: Path, prefix: str = "") -> dict[str, str]:
+    """Every PNG of one setting, written into `out`; returns {figure key: path}."""
+    time, event, outcomes = data.outcomes["time"], data.outcomes["event"], data.outcomes
+    horizons = [h for h in document["horizons_days"] if h < np.nanmax(time)]
+    named = {row.name: row for row in rows}
+    paths = {key: str(out / f"{prefix}{key}.png") for key in
+             ("km", "forest", "td_roc", "calibration", "ohe_roc", "ohe_calibration", "decision_curve", "ppg")}
+    survival = document["survival"]
+    plots.kaplan_meier_by_group(time, event, named["model"].high_risk.astype(float),
+                                survival["model"]["hazard_ratio"]["logrank_p"], Path(paths["km"]))
+    plots.hazard_ratio_forest({name: v["hazard_ratio"] for name, v in survival.items()}, Path(paths["forest"]))
+    plots.time_dependent_roc(time, event, {row.name: row.risk for row in rows}, horizons, Path(paths["td_roc"]))
+    plots.survival_calibration({name: {k: v["deciles"] for k, v in survival[name]["calibration"].items() if k.endswith("d")}
+                                for name in ("model", "clinical-cox") if name in survival}, Path(paths["calibration"]))
+    probabilities = {row.name: row.ohe_probability for row in rows if row.ohe_threshold is not None}
+    plots.roc(outcomes["ohe"], {row.name: row.ohe_probability for row in rows if row.ohe_probability is not None},
+              Path(paths["ohe_roc"]))
+    plots.ohe_calibration(outcomes["ohe"], probabilities, Path(paths["ohe_calibration"]))
+    plots.decision_curve(document["decision_curve_ohe"], Path(paths["decision_curve"]))
+    plots.ppg_scatter(outcomes["ppg_post"], {row.name: row.ppg_post for row in rows if row.ppg_post is not None}, Path(paths["ppg"]))
+    return paths
+
+
+def _bundle_summary(bundle: Bundle) -> dict:
+    """What the report says about the model it evaluates."""
+    training = bundle.manifest["training"]
+    return {"path": str(bundle.path), "model": bundle.config.model, "modalities": sorted(bundle.manifest["modalities"]),
+            "cv": training["cv"], "repeats": training.get("repeats", 1), "folds": bundle.config.folds,
+            "seeds": bundle.config.seeds, "members": len(bundle.members), "tipsprog_version": bundle.manifest["tipsprog_version"]}
 
 
 def run_evaluate(bundle_path: Path, out: Path, truth_csv: Path | None = None, draws: int = 1000, seed: int = 0,
                  workers: int = 1) -> dict:
-    """Evaluate a bundle's out-of-fold predictions; write report.md, metrics.json and plots into `out`."""
+    """Evaluate a bundle's out-of-fold predictions; write report.html, report.md, metrics.json and plots into `out`."""
     bundle = load_bundle(bundle_path)
     data = read_oof(bundle.path / "oof.h5")
     horizons = np.array(bundle.config.horizons_days, dtype=float)
     truth = read_truth(truth_csv, data.patient_ids) if truth_csv else None
     _, grid = evaluation_grid(data.outcomes["time"], horizons)
     rows, notes = prediction_rows(data, grid, truth)
-    document = evaluate_rows(rows, data, horizons, draws, seed, workers)
-    document["notes"] = notes
+    settings = {"out-of-fold": evaluate_rows(rows, data, horizons, draws, seed, workers)}
+    document = {"schema": METRICS_SCHEMA, "bundle": _bundle_summary(bundle), "settings": settings, "notes": notes}
     with atomic_output(out) as tmp:
         tmp.mkdir(parents=True)
-        model = rows[0]
-        plots.kaplan_meier_by_group(data.outcomes["time"], data.outcomes["event"], model.high_risk.astype(float),
-                                    document["survival"]["model"]["hazard_ratio"]["logrank_p"], tmp / "km.png")
-        plots.roc(data.outcomes["ohe"], {r.name: r.ohe_probability for r in rows if r.ohe_probability is not None},
-                  tmp / "ohe_roc.png")
+        figures = setting_figures(rows, data, settings["out-of-fold"], tmp)
+        sections = setting_sections("out-of-fold", settings["out-of-fold"], figures)
         (tmp / "metrics.json").write_text(json.dumps(document, indent=2, allow_nan=True), encoding="utf-8")
-        (tmp / "report.md").write_text(markdown(document, notes), encoding="utf-8")
+        (tmp / "report.md").write_text(markdown(TITLE, sections, notes), encoding="utf-8")
+        (tmp / "report.html").write_text(html_page(TITLE, sections, notes), encoding="utf-8")
     return document

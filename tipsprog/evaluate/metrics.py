@@ -7,11 +7,13 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
-from lifelines import CoxPHFitter
+from lifelines import CoxPHFitter, KaplanMeierFitter
 from lifelines.exceptions import ConvergenceError
 from lifelines.statistics import logrank_test
-from sklearn.metrics import f1_score, mean_absolute_error, r2_score, roc_auc_score
-from sksurv.metrics import (concordance_index_censored, concordance_index_ipcw, cumulative_dynamic_auc,
+from scipy.stats import chi2, pearsonr
+from sklearn.metrics import (accuracy_score, brier_score_loss, f1_score, mean_absolute_error, mean_squared_error,
+                             r2_score, recall_score, roc_auc_score)
+from sksurv.metrics import (brier_score, concordance_index_censored, concordance_index_ipcw, cumulative_dynamic_auc,
                             integrated_brier_score)
 from sksurv.util import Surv
 
@@ -75,6 +77,104 @@ def integrated_brier(time: np.ndarray, event: np.ndarray, survival_curves: np.nd
     return float(integrated_brier_score(survival, survival, survival_curves[rows][:, inside], grid[inside]))
 
 
+def brier_at(time: np.ndarray, event: np.ndarray, survival_at_horizons: np.ndarray, horizons: np.ndarray) -> np.ndarray:
+    """IPCW Brier score at each horizon (NaN where a horizon is outside follow-up)."""
+    rows = _known(time, event) & np.isfinite(survival_at_horizons).all(axis=1)
+    survival = Surv.from_arrays(event[rows].astype(bool), time[rows])
+    result = np.full(len(horizons), np.nan)
+    valid = (horizons >= time[rows].min()) & (horizons < time[rows].max())
+    if valid.any():
+        result[valid] = brier_score(survival, survival, survival_at_horizons[rows][:, valid], horizons[valid])[1]
+    return result
+
+
+def kaplan_meier_at(time: np.ndarray, event: np.ndarray, horizon: float) -> tuple[float, float, float]:
+    """Kaplan–Meier survival at a horizon with its 95% (exponential Greenwood) interval."""
+    fitter = KaplanMeierFitter().fit(time, event)
+    estimate = float(fitter.survival_function_at_times(horizon).iloc[0])
+    bounds = fitter.confidence_interval_survival_function_
+    index = np.searchsorted(bounds.index.to_numpy(), horizon, side="right") - 1
+    low, high = bounds.iloc[max(index, 0)].to_numpy(float)
+    return estimate, float(low), float(high)
+
+
+def calibration_table(time: np.ndarray, event: np.ndarray, predicted_survival: np.ndarray, horizon: float,
+                      groups: int = 10) -> list[dict[str, float]]:
+    """Mean predicted vs Kaplan–Meier observed survival at a horizon, by group (decile) of predicted survival."""
+    rows = np.flatnonzero(_known(time, event, predicted_survival))
+    order = rows[np.argsort(predicted_survival[rows], kind="stable")]
+    table = []
+    for number, members in enumerate(np.array_split(order, groups), 1):
+        if len(members) == 0:
+            continue
+        observed, low, high = kaplan_meier_at(time[members], event[members], horizon)
+        table.append({"group": number, "patients": len(members), "predicted": float(predicted_survival[members].mean()),
+                      "observed": observed, "observed_low": low, "observed_high": high})
+    return table
+
+
+def calibration_slope(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
+    """Slope of the predicted log hazard ratio in a Cox model refitted on these patients (1 = well calibrated spread)."""
+    rows = _known(time, event, risk)
+    table = pd.DataFrame({"risk": risk[rows], "time": time[rows], "event": event[rows]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(CoxPHFitter().fit(table, "time", "event").params_["risk"])
+
+
+def observed_expected(time: np.ndarray, event: np.ndarray, predicted_survival: np.ndarray, horizon: float) -> float:
+    """Calibration in the large at a horizon: observed (Kaplan–Meier) over mean predicted risk of death."""
+    rows = _known(time, event, predicted_survival)
+    observed = 1.0 - kaplan_meier_at(time[rows], event[rows], horizon)[0]
+    return float(observed / max(1.0 - predicted_survival[rows].mean(), 1e-12))
+
+
+def d_calibration(time: np.ndarray, event: np.ndarray, survival_at_own_time: np.ndarray, bins: int = 10) -> dict[str, float]:
+    """D-calibration (Haider et al., JMLR 2020): predicted S(T_i) should be uniform; chi-square over equal bins.
+
+    An event adds 1 to the bin of S(T_i); a censored patient spreads its mass uniformly below S(C_i).
+    """
+    rows = _known(time, event, survival_at_own_time)
+    probability, observed_event = np.clip(survival_at_own_time[rows], 0.0, 1.0), event[rows].astype(bool)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    counts = np.zeros(bins)
+    for value, died in zip(probability, observed_event):
+        if died:
+            counts[min(int(value * bins), bins - 1)] += 1.0
+        elif value > 0:
+            overlap = np.clip(np.minimum(edges[1:], value) - edges[:-1], 0.0, None)
+            counts += overlap / value
+        else:
+            counts[0] += 1.0
+    expected = len(probability) / bins
+    statistic = float(((counts - expected) ** 2 / expected).sum())
+    return {"chi2": statistic, "p_value": float(chi2.sf(statistic, bins - 1)), "bins": counts.tolist()}
+
+
+def net_reclassification(time: np.ndarray, event: np.ndarray, reference_high: np.ndarray, new_high: np.ndarray,
+                         horizon: float) -> dict[str, float]:
+    """Two-category NRI at a horizon: deaths by the horizon should move up, survivors past it down (censored
+    before the horizon are left out)."""
+    rows = _known(time, event, reference_high, new_high)
+    died = rows & (event == 1) & (time <= horizon)
+    survived = rows & (time > horizon)
+    up = (new_high == 1) & (reference_high == 0)
+    down = (new_high == 0) & (reference_high == 1)
+    events = float((up[died].sum() - down[died].sum()) / max(died.sum(), 1))
+    nonevents = float((down[survived].sum() - up[survived].sum()) / max(survived.sum(), 1))
+    return {"nri": events + nonevents, "events": events, "nonevents": nonevents}
+
+
+def net_benefit(label: np.ndarray, probability: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """Decision-curve net benefit of treating patients whose probability reaches each threshold."""
+    rows = _known(label, probability)
+    label, probability = label[rows], probability[rows]
+    treated = probability[None, :] >= thresholds[:, None]
+    true_positive = (treated & (label == 1)).sum(axis=1) / len(label)
+    false_positive = (treated & (label == 0)).sum(axis=1) / len(label)
+    return true_positive - false_positive * thresholds / (1.0 - thresholds)
+
+
 def hazard_ratio(time: np.ndarray, event: np.ndarray, high_risk: np.ndarray) -> dict[str, float]:
     """HR high vs low risk group with 95% CI (lifelines Cox) and log-rank p; NaN if a group has no event."""
     rows = _known(time, event, high_risk)
@@ -104,6 +204,32 @@ def f1_at(label: np.ndarray, probability: np.ndarray, threshold: np.ndarray) -> 
     """F1 at per-patient thresholds fixed on the training folds."""
     rows = _known(label, probability, threshold)
     return float(f1_score(label[rows], probability[rows] >= threshold[rows], zero_division=0))
+
+
+def classification_at(label: np.ndarray, probability: np.ndarray, threshold: np.ndarray) -> np.ndarray:
+    """Accuracy, sensitivity and specificity at per-patient thresholds fixed on the training folds."""
+    rows = _known(label, probability, threshold)
+    predicted = probability[rows] >= threshold[rows]
+    return np.array([accuracy_score(label[rows], predicted), recall_score(label[rows], predicted, zero_division=0),
+                     recall_score(1 - label[rows], ~predicted, zero_division=0)])
+
+
+def brier(label: np.ndarray, probability: np.ndarray) -> float:
+    """Brier score of a probability over known pairs."""
+    rows = _known(label, probability)
+    return float(brier_score_loss(label[rows], np.clip(probability[rows], 0.0, 1.0)))
+
+
+def rmse(observed: np.ndarray, predicted: np.ndarray) -> float:
+    """Root mean squared error over known pairs."""
+    rows = _known(observed, predicted)
+    return float(np.sqrt(mean_squared_error(observed[rows], predicted[rows])))
+
+
+def pearson(observed: np.ndarray, predicted: np.ndarray) -> float:
+    """Pearson correlation over known pairs."""
+    rows = _known(observed, predicted)
+    return float(pearsonr(observed[rows], predicted[rows])[0])
 
 
 def mae(observed: np.ndarray, predicted: np.ndarray) -> float:

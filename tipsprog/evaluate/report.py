@@ -4,131 +4,183 @@ from __future__ import annotations
 
 import numpy as np
 
+from lifelines.exceptions import ConvergenceError
+
+from tipsprog.clinical import FIPS_HIGH_RISK
 from tipsprog.evaluate import metrics
 from tipsprog.evaluate.rows import OutOfFold, PredictionRow
 from tipsprog.parallel import map_ordered
 
-METRICS_SCHEMA = "tipsprog-metrics-1"
+METRICS_SCHEMA = "tipsprog-metrics-2"
+COMPARED = ("harrell_c", "uno_c", "integrated_brier")
+DECISION_THRESHOLDS = np.round(np.arange(0.05, 0.61, 0.05), 2)
+MIN_CENTER_EVENTS = 5
+
+
+def _horizon_columns(grid: np.ndarray, horizons: np.ndarray) -> np.ndarray:
+    """Positions of the horizons on the evaluation grid."""
+    return np.searchsorted(grid, horizons)
 
 
 def survival_metrics(row: PredictionRow, data: OutOfFold, horizons: np.ndarray, tau: float, grid: np.ndarray,
-                     samples: np.ndarray) -> tuple[dict, np.ndarray]:
-    """Survival metrics of one row with CIs, and its Harrell's C replicates (for paired differences).
+                     samples: np.ndarray) -> tuple[dict, dict[str, np.ndarray]]:
+    """Survival metrics of one row with CIs, and the bootstrap replicates the paired comparisons need.
 
     Random tie-breaking uses 20 draws for the estimate and one draw per resample for the interval.
     """
     time, event, risk = data.outcomes["time"], data.outcomes["event"], row.risk
     tied = metrics.has_ties(risk)
-    names = ["harrell_c", "harrell_c_random_ties", "uno_c", "integrated_brier", *(f"auc_{int(h)}d" for h in horizons)]
+    at_horizons = row.survival[:, _horizon_columns(grid, horizons)]
+    names = ["harrell_c", "harrell_c_random_ties", "uno_c", "integrated_brier",
+             *(f"auc_{int(h)}d" for h in horizons), *(f"brier_{int(h)}d" for h in horizons)]
 
     def statistics(rows: np.ndarray, tie_draws: int) -> np.ndarray:
         plain = metrics.harrell_c(time[rows], event[rows], risk[rows])
         random_ties = metrics.harrell_c_random_ties(time[rows], event[rows], risk[rows], tie_draws) if tied else plain
         return np.array([plain, random_ties, metrics.uno_c(time[rows], event[rows], risk[rows], tau),
                          metrics.integrated_brier(time[rows], event[rows], row.survival[rows], grid),
-                         *metrics.time_dependent_auc(time[rows], event[rows], risk[rows], horizons)])
+                         *metrics.time_dependent_auc(time[rows], event[rows], risk[rows], horizons),
+                         *metrics.brier_at(time[rows], event[rows], at_horizons[rows], horizons)])
 
     estimate, _ = metrics.with_bootstrap_vector(lambda r: statistics(r, metrics.TIE_BREAK_DRAWS), len(time),
                                                 samples[:0], len(names))
     _, replicates = metrics.with_bootstrap_vector(lambda r: statistics(r, 1), len(time), samples, len(names))
     results = {name: metrics.interval(estimate[i], replicates[:, i]) for i, name in enumerate(names)}
     results["hazard_ratio"] = metrics.hazard_ratio(time, event, row.high_risk.astype(float))
-    return results, replicates[:, 0]
+    results["calibration"] = calibration_summary(row, data, horizons, grid)
+    kept = {name: (estimate[names.index(name)], replicates[:, names.index(name)]) for name in COMPARED}
+    return results, kept
+
+
+def calibration_summary(row: PredictionRow, data: OutOfFold, horizons: np.ndarray, grid: np.ndarray) -> dict:
+    """Calibration slope, observed/expected deaths and decile tables at each horizon, and D-calibration."""
+    time, event = data.outcomes["time"], data.outcomes["event"]
+    at_horizons = row.survival[:, _horizon_columns(grid, horizons)]
+    summary: dict = {"slope": _finite_or_nan(metrics.calibration_slope, time, event, row.risk)}
+    for column, horizon in enumerate(horizons):
+        if horizon >= np.nanmax(time):
+            continue
+        summary[f"{int(horizon)}d"] = {
+            "observed_expected": metrics.observed_expected(time, event, at_horizons[:, column], horizon),
+            "deciles": metrics.calibration_table(time, event, at_horizons[:, column], horizon)}
+    summary["d_calibration"] = metrics.d_calibration(time, event, row.own_survival)
+    return summary
+
+
+def _finite_or_nan(statistic, *arrays) -> float:
+    """A statistic that may fail to converge on degenerate data (NaN then)."""
+    try:
+        return statistic(*arrays)
+    except (ValueError, ConvergenceError):
+        return float("nan")
 
 
 def ohe_metrics(row: PredictionRow, data: OutOfFold, samples: np.ndarray) -> dict:
-    """OHE AUC (and F1 at the training-fold threshold where the row has one) with CIs."""
+    """OHE AUC; Brier for probabilities; accuracy, sensitivity, specificity and F1 at the training-fold threshold."""
     label, score = data.outcomes["ohe"], row.ohe_probability
-    results = {"auc": metrics.interval(*metrics.with_bootstrap(lambda r: metrics.auc(label[r], score[r]), len(label), samples))}
+    n = len(label)
+    results = {"auc": metrics.interval(*metrics.with_bootstrap(lambda r: metrics.auc(label[r], score[r]), n, samples))}
     if row.ohe_threshold is not None:
         threshold = row.ohe_threshold
-        results["f1"] = metrics.interval(*metrics.with_bootstrap(
-            lambda r: metrics.f1_at(label[r], score[r], threshold[r]), len(label), samples))
+        results["brier"] = metrics.interval(*metrics.with_bootstrap(lambda r: metrics.brier(label[r], score[r]), n, samples))
+        results["f1"] = metrics.interval(*metrics.with_bootstrap(lambda r: metrics.f1_at(label[r], score[r], threshold[r]), n, samples))
+        estimate, replicates = metrics.with_bootstrap_vector(
+            lambda r: metrics.classification_at(label[r], score[r], threshold[r]), n, samples, 3)
+        for i, name in enumerate(("accuracy", "sensitivity", "specificity")):
+            results[name] = metrics.interval(estimate[i], replicates[:, i])
     return results
 
 
 def ppg_metrics(row: PredictionRow, data: OutOfFold, samples: np.ndarray) -> dict:
-    """ppg_post MAE and R² with CIs."""
+    """ppg_post MAE, RMSE, R² and Pearson r with CIs."""
     observed, predicted = data.outcomes["ppg_post"], row.ppg_post
-    return {
-        "mae_mmhg": metrics.interval(*metrics.with_bootstrap(lambda r: metrics.mae(observed[r], predicted[r]), len(observed), samples)),
-        "r2": metrics.interval(*metrics.with_bootstrap(lambda r: metrics.r2(observed[r], predicted[r]), len(observed), samples)),
-    }
+    statistics = {"mae_mmhg": metrics.mae, "rmse_mmhg": metrics.rmse, "r2": metrics.r2, "pearson_r": metrics.pearson}
+    return {name: metrics.interval(*metrics.with_bootstrap(lambda r, f=function: f(observed[r], predicted[r]), len(observed), samples))
+            for name, function in statistics.items()}
 
 
-def _row_metrics(job: tuple) -> tuple[dict, np.ndarray, dict | None, dict | None]:
+def _row_metrics(job: tuple) -> tuple[dict, dict, dict | None, dict | None]:
     """All metrics of one row (a unit of parallel work)."""
     row, data, horizons, tau, grid, samples = job
-    survival, c_replicates = survival_metrics(row, data, horizons, tau, grid, samples)
+    survival, kept = survival_metrics(row, data, horizons, tau, grid, samples)
     ohe = ohe_metrics(row, data, samples) if row.ohe_probability is not None else None
     ppg = ppg_metrics(row, data, samples) if row.ppg_post is not None else None
-    return survival, c_replicates, ohe, ppg
+    return survival, kept, ohe, ppg
 
 
 def evaluation_grid(time: np.ndarray, horizons: np.ndarray) -> tuple[float, np.ndarray]:
-    """Truncation time tau (last horizon, at most the 90th percentile of follow-up) and the Brier time grid."""
+    """Truncation time tau (last horizon, at most the 90th percentile of follow-up) and the time grid: 25 points
+    from 30 days to tau for the integrated Brier score, plus the horizons."""
     tau = float(min(horizons.max(), np.nanpercentile(time, 90)))
-    return tau, np.linspace(30.0, tau, 25)
+    return tau, np.unique(np.concatenate([np.linspace(30.0, tau, 25), horizons]))
+
+
+def reclassification(rows: list[PredictionRow], data: OutOfFold, horizon: float, samples: np.ndarray) -> dict | None:
+    """NRI of the model against FIPS's high-risk cut-off at a horizon, the model flagging as many patients as FIPS."""
+    named = {row.name: row for row in rows}
+    if "FIPS" not in named:
+        return None
+    time, event = data.outcomes["time"], data.outcomes["event"]
+    fips_high, risk = named["FIPS"].high_risk.astype(float), named["model"].risk
+    known = np.isfinite(fips_high) & np.isfinite(risk)
+    flagged = float(fips_high[known].mean())
+    model_high = np.where(known, risk >= np.quantile(risk[known], 1.0 - flagged), np.nan)
+    estimate, replicates = metrics.with_bootstrap_vector(
+        lambda r: np.array(list(metrics.net_reclassification(time[r], event[r], fips_high[r], model_high[r], horizon).values())),
+        len(time), samples, 3)
+    return {"horizon_days": float(horizon), "fips_cut": FIPS_HIGH_RISK, "flagged_fraction": flagged,
+            **{name: metrics.interval(estimate[i], replicates[:, i]) for i, name in enumerate(("nri", "events", "nonevents"))}}
+
+
+def decision_curve(rows: list[PredictionRow], data: OutOfFold) -> dict:
+    """OHE net benefit over thresholds for rows that predict a probability, treat-all and treat-none."""
+    label = data.outcomes["ohe"]
+    known = np.isfinite(label)
+    prevalence = float(label[known].mean()) if known.any() else float("nan")
+    curves = {row.name: metrics.net_benefit(label, row.ohe_probability, DECISION_THRESHOLDS).tolist()
+              for row in rows if row.ohe_threshold is not None}
+    curves["treat all"] = (prevalence - (1 - prevalence) * DECISION_THRESHOLDS / (1 - DECISION_THRESHOLDS)).tolist()
+    curves["treat none"] = [0.0] * len(DECISION_THRESHOLDS)
+    return {"thresholds": DECISION_THRESHOLDS.tolist(), "net_benefit": curves}
+
+
+def per_center(rows: list[PredictionRow], data: OutOfFold, draws: int, seed: int) -> dict:
+    """Harrell's C with CI of every row within each center that has enough deaths."""
+    centers = np.array(data.centers)
+    time, event = data.outcomes["time"], data.outcomes["event"]
+    breakdown = {}
+    for center in sorted(set(centers)):
+        inside = centers == center
+        if np.nansum(event[inside]) < MIN_CENTER_EVENTS:
+            continue
+        breakdown[center] = {"patients": int(inside.sum()), "events": int(np.nansum(event[inside])),
+                             "harrell_c": {row.name: metrics.harrell_c_with_ci(time[inside], event[inside], row.risk[inside], draws, seed)
+                                           for row in rows}}
+    return breakdown
 
 
 def evaluate_rows(rows: list[PredictionRow], data: OutOfFold, horizons: np.ndarray, draws: int, seed: int,
                   workers: int = 1) -> dict:
-    """The whole metrics document (schema tipsprog-metrics-1)."""
+    """Every metric of one evaluation setting (the out-of-fold predictions or a held-out cohort)."""
     time = data.outcomes["time"]
     tau, grid = evaluation_grid(time, horizons)
     samples = metrics.bootstrap_samples(len(time), draws, seed)
-    survival, ohe, ppg, c_replicates = {}, {}, {}, {}
+    survival, ohe, ppg, kept = {}, {}, {}, {}
     jobs = [(row, data, horizons, tau, grid, samples) for row in rows]
-    for row, (row_survival, row_c, row_ohe, row_ppg) in zip(rows, map_ordered(_row_metrics, jobs, workers)):
-        survival[row.name], c_replicates[row.name] = row_survival, row_c
+    for row, (row_survival, row_kept, row_ohe, row_ppg) in zip(rows, map_ordered(_row_metrics, jobs, workers)):
+        survival[row.name], kept[row.name] = row_survival, row_kept
         if row_ohe is not None:
             ohe[row.name] = row_ohe
         if row_ppg is not None:
             ppg[row.name] = row_ppg
-    model_c = survival["model"]["harrell_c"]["estimate"]
-    differences = {
-        name: metrics.interval(model_c - survival[name]["harrell_c"]["estimate"], c_replicates["model"] - replicates)
-        for name, replicates in c_replicates.items() if name != "model"
-    }
+    differences = {name: {metric: metrics.interval(kept["model"][metric][0] - values[metric][0],
+                                                   kept["model"][metric][1] - values[metric][1]) for metric in COMPARED}
+                   for name, values in kept.items() if name != "model"}
+    middle = float(horizons[len(horizons) // 2])
     return {
-        "schema": METRICS_SCHEMA, "patients": len(time), "events": int(np.nansum(data.outcomes["event"])),
-        "bootstrap_draws": draws, "tau_days": tau, "horizons_days": horizons.tolist(),
-        "survival": survival, "ohe": ohe, "ppg_post": ppg, "harrell_c_difference_model_minus": differences,
+        "patients": len(time), "events": int(np.nansum(data.outcomes["event"])), "bootstrap_draws": draws,
+        "tau_days": tau, "horizons_days": horizons.tolist(),
+        "survival": survival, "model_minus": differences, "reclassification": reclassification(rows, data, middle, samples),
+        "ohe": ohe, "decision_curve_ohe": decision_curve(rows, data), "ppg_post": ppg,
+        "centers": per_center(rows, data, min(draws, 200), seed),
     }
-
-
-def _ci(entry: dict, digits: int = 3) -> str:
-    if not np.isfinite(entry.get("estimate", np.nan)):
-        return "–"
-    if not np.isfinite(entry.get("low", np.nan)):
-        return f"{entry['estimate']:.{digits}f}"
-    return f"{entry['estimate']:.{digits}f} ({entry['low']:.{digits}f}–{entry['high']:.{digits}f})"
-
-
-def markdown(document: dict, notes: list[str]) -> str:
-    """report.md: survival, OHE and PPG tables with 95% CIs, differences, and notes."""
-    horizons = [int(h) for h in document["horizons_days"]]
-    auc_headers = " | ".join(f"AUC {h} d" for h in horizons)
-    lines = [
-        "# tipsprog evaluation report", "",
-        f"{document['patients']} patients, {document['events']} deaths; out-of-fold predictions; "
-        f"95% CIs from {document['bootstrap_draws']} bootstrap resamples; Uno's C truncated at {document['tau_days']:.0f} days.", "",
-        "## Survival", "",
-        f"| row | Harrell's C | C (random ties) | Uno's C | {auc_headers} | IBS | HR high vs low | log-rank p |",
-        "|---|---|---|---|" + "---|" * len(horizons) + "---|---|---|",
-    ]
-    for name, values in document["survival"].items():
-        aucs = " | ".join(_ci(values[f"auc_{h}d"]) for h in horizons)
-        hr = values["hazard_ratio"]
-        lines.append(f"| {name} | {_ci(values['harrell_c'])} | {_ci(values['harrell_c_random_ties'])} | {_ci(values['uno_c'])} | "
-                     f"{aucs} | {_ci(values['integrated_brier'])} | {_ci(hr, 2)} | {hr['logrank_p']:.2g} |")
-    lines += ["", "## Harrell's C: model minus each row (paired bootstrap)", "", "| row | difference (95% CI) |", "|---|---|"]
-    lines += [f"| {name} | {_ci(value)} |" for name, value in document["harrell_c_difference_model_minus"].items()]
-    lines += ["", "## Overt hepatic encephalopathy", "", "| row | AUC | F1 |", "|---|---|---|"]
-    lines += [f"| {name} | {_ci(v['auc'])} | {_ci(v['f1']) if 'f1' in v else '–'} |" for name, v in document["ohe"].items()]
-    lines += ["", "## Portal pressure gradient after TIPS", "", "| row | MAE (mmHg) | R² |", "|---|---|---|"]
-    lines += [f"| {name} | {_ci(v['mae_mmhg'], 2)} | {_ci(v['r2'])} |" for name, v in document["ppg_post"].items()]
-    lines += ["", "![Kaplan–Meier by risk group](km.png)", "", "![OHE ROC](ohe_roc.png)", ""]
-    if notes:
-        lines += ["## Notes", "", *[f"- {note}" for note in notes], ""]
-    return "\n".join(lines)

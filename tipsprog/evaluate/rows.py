@@ -14,16 +14,18 @@ from lifelines.exceptions import ConvergenceError
 from tipsprog import store
 from tipsprog.clinical import FIPS_HIGH_RISK
 from tipsprog.errors import InputError
-from tipsprog.fusion.training import breslow, survival_at
+from tipsprog.fusion.training import baseline_at, breslow, survival_at
 
 
 @dataclass
 class PredictionRow:
-    """One row of the report: risk for discrimination, curves for Brier, optional OHE and PPG."""
+    """One row of the report: risk for discrimination, survival on the evaluation grid and at each patient's own
+    follow-up time (for Brier, calibration and D-calibration), optional OHE and PPG."""
 
     name: str
     risk: np.ndarray
     survival: np.ndarray
+    own_survival: np.ndarray
     high_risk: np.ndarray
     ohe_probability: np.ndarray | None = None
     ohe_threshold: np.ndarray | None = None
@@ -51,23 +53,24 @@ def read_oof(path: Path) -> OutOfFold:
                          {row: store.read_baselines(h5, row) for row in ("model", "clinical_cox")})
 
 
-def _curves_from_baselines(risk: np.ndarray, fold: np.ndarray, baselines: list, grid: np.ndarray) -> np.ndarray:
-    """Survival curves on the grid, each patient using its own test fold's baseline, averaged over repeats.
-
-    `risk` and `fold` are [patients, repeats]; fold ids index `baselines`.
-    """
+def _survival_from_baselines(risk: np.ndarray, fold: np.ndarray, baselines: list, grid: np.ndarray,
+                             time: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Survival on the grid and at each patient's own time, from the patient's test-fold baseline, averaged over
+    repeats. `risk` and `fold` are [patients, repeats]; fold ids index `baselines`."""
     curves = np.full((risk.shape[1], len(risk), len(grid)), np.nan)
+    own = np.full((risk.shape[1], len(risk)), np.nan)
     for index, (times, cumhaz) in enumerate(baselines):
         for repeat in range(risk.shape[1]):
             rows = (fold[:, repeat] == index) & np.isfinite(risk[:, repeat])
             curves[repeat, rows] = survival_at(times, cumhaz, risk[rows, repeat], grid)
-    return curves.mean(axis=0)
+            own[repeat, rows] = np.exp(-np.exp(risk[rows, repeat]) * baseline_at(times, cumhaz, time[rows]))
+    return curves.mean(axis=0), own.mean(axis=0)
 
 
-def _curves_from_score(score: np.ndarray, data: OutOfFold, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-fold univariate Cox on a fixed score (fitted on training folds): curves and median cut."""
+def _survival_from_score(score: np.ndarray, data: OutOfFold, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-fold univariate Cox on a fixed score (fitted on training folds): grid and own-time survival, median cut."""
     time, event, fold = data.outcomes["time"], data.outcomes["event"], data.outcomes["fold"]
-    curves, cut = np.full((len(score), len(grid)), np.nan), np.full(len(score), np.nan)
+    curves, own, cut = np.full((len(score), len(grid)), np.nan), np.full(len(score), np.nan), np.full(len(score), np.nan)
     for index in np.unique(fold[fold >= 0]).astype(int):
         train = (fold != index) & np.isfinite(score) & np.isfinite(time)
         test = (fold == index) & np.isfinite(score)
@@ -84,27 +87,28 @@ def _curves_from_score(score: np.ndarray, data: OutOfFold, grid: np.ndarray) -> 
         coefficient = float(fitter.params_["s"])
         times, cumhaz = breslow(coefficient * standardised[train], time[train], event[train])
         curves[test] = survival_at(times, cumhaz, coefficient * standardised[test], grid)
-    return curves, cut
+        own[test] = np.exp(-np.exp(coefficient * standardised[test]) * baseline_at(times, cumhaz, time[test]))
+    return curves, own, cut
 
 
 def prediction_rows(data: OutOfFold, grid: np.ndarray, truth: pd.DataFrame | None) -> tuple[list[PredictionRow], list[str]]:
     """All rows whose inputs exist, plus notes on those skipped."""
-    oof, fold = data.oof, data.repeats["fold"]
-    rows = [PredictionRow("model", oof["risk"], _curves_from_baselines(data.repeats["risk"], fold, data.baselines["model"], grid),
+    oof, fold, time = data.oof, data.repeats["fold"], data.outcomes["time"]
+    rows = [PredictionRow("model", oof["risk"], *_survival_from_baselines(data.repeats["risk"], fold, data.baselines["model"], grid, time),
                           oof["risk"] > oof["risk_cut"], oof["ohe_probability"], oof["ohe_threshold"], oof["ppg_post"])]
     notes = []
     if np.isfinite(oof.get("clinical_cox_risk", np.array([np.nan]))).any():
         risk = oof["clinical_cox_risk"]
-        rows.append(PredictionRow("clinical-cox", risk,
-                                  _curves_from_baselines(data.repeats["clinical_cox_risk"], fold, data.baselines["clinical_cox"], grid),
+        rows.append(PredictionRow("clinical-cox", risk, *_survival_from_baselines(data.repeats["clinical_cox_risk"], fold,
+                                                                                  data.baselines["clinical_cox"], grid, time),
                                   risk > oof["clinical_cox_cut"]))
     for name, score in data.scores.items():
         if np.isfinite(score).sum() < 10:
             notes.append(f"{name}: skipped, its inputs are missing for most patients")
             continue
-        curves, cut = _curves_from_score(score, data, grid)
+        curves, own, cut = _survival_from_score(score, data, grid)
         high = score >= FIPS_HIGH_RISK if name == "FIPS" else score > cut
-        rows.append(PredictionRow(name, score, curves, np.where(np.isfinite(score), high, np.nan), ohe_probability=score))
+        rows.append(PredictionRow(name, score, curves, own, np.where(np.isfinite(score), high, np.nan), ohe_probability=score))
     if truth is not None:
         rows.append(oracle_row(data, truth, grid))
     return rows, notes
@@ -125,7 +129,7 @@ def read_truth(path: Path, patient_ids: list[str]) -> pd.DataFrame:
 def oracle_row(data: OutOfFold, truth: pd.DataFrame, grid: np.ndarray) -> PredictionRow:
     """The best achievable row: the generating model's own linear predictor and expectations."""
     risk = truth["linear_predictor"].to_numpy(float)
-    curves, cut = _curves_from_score(risk, data, grid)
+    curves, own, cut = _survival_from_score(risk, data, grid)
     probability = truth["ohe_probability"].to_numpy(float)
-    return PredictionRow("oracle", risk, curves, risk > cut, probability, np.full(len(risk), 0.5),
+    return PredictionRow("oracle", risk, curves, own, risk > cut, probability, np.full(len(risk), 0.5),
                          truth["ppg_post_expected"].to_numpy(float))

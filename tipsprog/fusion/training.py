@@ -116,11 +116,15 @@ def breslow(risk: np.ndarray, time: np.ndarray, event: np.ndarray) -> tuple[np.n
     return event_times, np.cumsum(deaths / at_risk) * np.exp(-risk.max())
 
 
+def baseline_at(times: np.ndarray, cumhaz: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """Breslow cumulative baseline hazard H0 evaluated at arbitrary times (a right-continuous step function)."""
+    index = np.searchsorted(times, at, side="right") - 1
+    return np.where(index >= 0, np.asarray(cumhaz)[np.clip(index, 0, None)], 0.0)
+
+
 def survival_at(times: np.ndarray, cumhaz: np.ndarray, risk: np.ndarray, horizons: np.ndarray) -> np.ndarray:
     """S(t | risk) = exp(−H0(t)·exp(risk)) at each horizon, [patients, horizons]."""
-    index = np.searchsorted(times, horizons, side="right") - 1
-    baseline = np.where(index >= 0, np.asarray(cumhaz)[np.clip(index, 0, None)], 0.0)
-    return np.exp(-np.exp(risk)[:, None] * baseline[None, :])
+    return np.exp(-np.exp(risk)[:, None] * baseline_at(times, cumhaz, horizons)[None, :])
 
 
 @dataclass
