@@ -58,6 +58,12 @@ def test_held_out_patients_never_train_and_are_predicted_once(pipeline, tmp_path
         assert oof["repeats/fold"].shape == (20, 2) and set(oof["repeats/fold"][()][:, 1]) == {2, 3}
     metrics = json.loads((tmp_path / "model" / "metrics.json").read_text())
     assert metrics["held_out"]["patients"] == 10 and len(metrics["harrell_c_by_repeat"]) == 2
+    result = invoke("evaluate", tmp_path / "model", "--out", tmp_path / "report", "--bootstrap", 10, "--workers", 1, "--quiet")
+    assert result.exit_code == 0, result.output
+    settings = json.loads((tmp_path / "report" / "metrics.json").read_text())["settings"]
+    assert settings["held-out"]["patients"] == 10 and settings["out-of-fold"]["patients"] == 20
+    assert {"model", "clinical-cox", "FIPS"} <= set(settings["held-out"]["survival"])
+    assert (tmp_path / "report" / "held-out_km.png").is_file()
 
 
 def test_evaluate_writes_report_with_cis_and_baselines(pipeline, tmp_path):

@@ -19,7 +19,7 @@ def test_report_renders_in_headless_chromium(pipeline, tmp_path):
     flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1200,2400"]
     url = (report / "report.html").as_uri()
     dom = subprocess.run([*flags, "--virtual-time-budget=5000",
-                          "--dump-dom", url], capture_output=True, text=True, timeout=120, check=True).stdout
+                          "--dump-dom", url], capture_output=True, encoding="utf-8", timeout=120, check=True).stdout
     assert dom.count("<img") == 8 and "Harrell" in dom
     shot = tmp_path / "shot.png"
     subprocess.run([*flags, f"--screenshot={shot}", url], capture_output=True, timeout=120, check=True)

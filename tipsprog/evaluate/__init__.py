@@ -10,14 +10,14 @@ import numpy as np
 from tipsprog.evaluate import plots
 from tipsprog.evaluate.render import html_page, markdown, setting_sections
 from tipsprog.evaluate.report import METRICS_SCHEMA, evaluate_rows, evaluation_grid
-from tipsprog.evaluate.rows import OutOfFold, PredictionRow, prediction_rows, read_oof, read_truth
+from tipsprog.evaluate.rows import Cohort, PredictionRow, held_out_rows, prediction_rows, read_held_out, read_oof, read_truth
 from tipsprog.fusion.bundle import Bundle, load_bundle
 from tipsprog.store import atomic_output
 
 TITLE = "tipsprog evaluation report"
 
 
-def setting_figures(rows: list[PredictionRow], data: OutOfFold, document: dict, out: Path, prefix: str = "") -> dict[str, str]:
+def setting_figures(rows: list[PredictionRow], data: Cohort, document: dict, out: Path, prefix: str = "") -> dict[str, str]:
     """Every PNG of one setting, written into `out`; returns {figure key: path}."""
     time, event, outcomes = data.outcomes["time"], data.outcomes["event"], data.outcomes
     horizons = [h for h in document["horizons_days"] if h < np.nanmax(time)]
@@ -50,19 +50,30 @@ def _bundle_summary(bundle: Bundle) -> dict:
 
 def run_evaluate(bundle_path: Path, out: Path, truth_csv: Path | None = None, draws: int = 1000, seed: int = 0,
                  workers: int = 1) -> dict:
-    """Evaluate a bundle's out-of-fold predictions; write report.html, report.md, metrics.json and plots into `out`."""
+    """Evaluate a bundle's out-of-fold predictions (and its held-out patients, if fuse-train --test kept some);
+    write report.html, report.md, metrics.json and plots into `out`."""
     bundle = load_bundle(bundle_path)
     data = read_oof(bundle.path / "oof.h5")
     horizons = np.array(bundle.config.horizons_days, dtype=float)
     truth = read_truth(truth_csv, data.patient_ids) if truth_csv else None
     _, grid = evaluation_grid(data.outcomes["time"], horizons)
     rows, notes = prediction_rows(data, grid, truth)
-    settings = {"out-of-fold": evaluate_rows(rows, data, horizons, draws, seed, workers)}
-    document = {"schema": METRICS_SCHEMA, "bundle": _bundle_summary(bundle), "settings": settings, "notes": notes}
+    settings = {"out-of-fold": (data, rows)}
+    if (bundle.path / "held_out.h5").is_file():
+        cohort, predictions = read_held_out(bundle.path / "held_out.h5")
+        _, cohort_grid = evaluation_grid(cohort.outcomes["time"], horizons)
+        cohort_rows, cohort_notes = held_out_rows(bundle, data, cohort, predictions, cohort_grid)
+        settings["held-out"] = (cohort, cohort_rows)
+        notes += cohort_notes
+    documents = {name: evaluate_rows(setting_rows, cohort, horizons, draws, seed, workers)
+                 for name, (cohort, setting_rows) in settings.items()}
+    document = {"schema": METRICS_SCHEMA, "bundle": _bundle_summary(bundle), "settings": documents, "notes": notes}
     with atomic_output(out) as tmp:
         tmp.mkdir(parents=True)
-        figures = setting_figures(rows, data, settings["out-of-fold"], tmp)
-        sections = setting_sections("out-of-fold", settings["out-of-fold"], figures)
+        sections = []
+        for name, (cohort, setting_rows) in settings.items():
+            figures = setting_figures(setting_rows, cohort, documents[name], tmp, "" if name == "out-of-fold" else f"{name}_")
+            sections += setting_sections(name, documents[name], figures)
         (tmp / "metrics.json").write_text(json.dumps(document, indent=2, allow_nan=True), encoding="utf-8")
         (tmp / "report.md").write_text(markdown(TITLE, sections, notes), encoding="utf-8")
         (tmp / "report.html").write_text(html_page(TITLE, sections, notes), encoding="utf-8")

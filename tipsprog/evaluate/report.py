@@ -8,7 +8,7 @@ from lifelines.exceptions import ConvergenceError
 
 from tipsprog.clinical import FIPS_HIGH_RISK
 from tipsprog.evaluate import metrics
-from tipsprog.evaluate.rows import OutOfFold, PredictionRow
+from tipsprog.evaluate.rows import Cohort, PredictionRow
 from tipsprog.parallel import map_ordered
 
 METRICS_SCHEMA = "tipsprog-metrics-2"
@@ -22,7 +22,7 @@ def _horizon_columns(grid: np.ndarray, horizons: np.ndarray) -> np.ndarray:
     return np.searchsorted(grid, horizons)
 
 
-def survival_metrics(row: PredictionRow, data: OutOfFold, horizons: np.ndarray, tau: float, grid: np.ndarray,
+def survival_metrics(row: PredictionRow, data: Cohort, horizons: np.ndarray, tau: float, grid: np.ndarray,
                      samples: np.ndarray) -> tuple[dict, dict[str, np.ndarray]]:
     """Survival metrics of one row with CIs, and the bootstrap replicates the paired comparisons need.
 
@@ -52,7 +52,7 @@ def survival_metrics(row: PredictionRow, data: OutOfFold, horizons: np.ndarray, 
     return results, kept
 
 
-def calibration_summary(row: PredictionRow, data: OutOfFold, horizons: np.ndarray, grid: np.ndarray) -> dict:
+def calibration_summary(row: PredictionRow, data: Cohort, horizons: np.ndarray, grid: np.ndarray) -> dict:
     """Calibration slope, observed/expected deaths and decile tables at each horizon, and D-calibration."""
     time, event = data.outcomes["time"], data.outcomes["event"]
     at_horizons = row.survival[:, _horizon_columns(grid, horizons)]
@@ -75,7 +75,7 @@ def _finite_or_nan(statistic, *arrays) -> float:
         return float("nan")
 
 
-def ohe_metrics(row: PredictionRow, data: OutOfFold, samples: np.ndarray) -> dict:
+def ohe_metrics(row: PredictionRow, data: Cohort, samples: np.ndarray) -> dict:
     """OHE AUC; Brier for probabilities; accuracy, sensitivity, specificity and F1 at the training-fold threshold."""
     label, score = data.outcomes["ohe"], row.ohe_probability
     n = len(label)
@@ -91,7 +91,7 @@ def ohe_metrics(row: PredictionRow, data: OutOfFold, samples: np.ndarray) -> dic
     return results
 
 
-def ppg_metrics(row: PredictionRow, data: OutOfFold, samples: np.ndarray) -> dict:
+def ppg_metrics(row: PredictionRow, data: Cohort, samples: np.ndarray) -> dict:
     """ppg_post MAE, RMSE, R² and Pearson r with CIs."""
     observed, predicted = data.outcomes["ppg_post"], row.ppg_post
     statistics = {"mae_mmhg": metrics.mae, "rmse_mmhg": metrics.rmse, "r2": metrics.r2, "pearson_r": metrics.pearson}
@@ -115,7 +115,7 @@ def evaluation_grid(time: np.ndarray, horizons: np.ndarray) -> tuple[float, np.n
     return tau, np.unique(np.concatenate([np.linspace(30.0, tau, 25), horizons]))
 
 
-def reclassification(rows: list[PredictionRow], data: OutOfFold, horizon: float, samples: np.ndarray) -> dict | None:
+def reclassification(rows: list[PredictionRow], data: Cohort, horizon: float, samples: np.ndarray) -> dict | None:
     """NRI of the model against FIPS's high-risk cut-off at a horizon, the model flagging as many patients as FIPS."""
     named = {row.name: row for row in rows}
     if "FIPS" not in named:
@@ -132,7 +132,7 @@ def reclassification(rows: list[PredictionRow], data: OutOfFold, horizon: float,
             **{name: metrics.interval(estimate[i], replicates[:, i]) for i, name in enumerate(("nri", "events", "nonevents"))}}
 
 
-def decision_curve(rows: list[PredictionRow], data: OutOfFold) -> dict:
+def decision_curve(rows: list[PredictionRow], data: Cohort) -> dict:
     """OHE net benefit over thresholds for rows that predict a probability, treat-all and treat-none."""
     label = data.outcomes["ohe"]
     known = np.isfinite(label)
@@ -144,7 +144,7 @@ def decision_curve(rows: list[PredictionRow], data: OutOfFold) -> dict:
     return {"thresholds": DECISION_THRESHOLDS.tolist(), "net_benefit": curves}
 
 
-def per_center(rows: list[PredictionRow], data: OutOfFold, draws: int, seed: int) -> dict:
+def per_center(rows: list[PredictionRow], data: Cohort, draws: int, seed: int) -> dict:
     """Harrell's C with CI of every row within each center that has enough deaths."""
     centers = np.array(data.centers)
     time, event = data.outcomes["time"], data.outcomes["event"]
@@ -159,7 +159,7 @@ def per_center(rows: list[PredictionRow], data: OutOfFold, draws: int, seed: int
     return breakdown
 
 
-def evaluate_rows(rows: list[PredictionRow], data: OutOfFold, horizons: np.ndarray, draws: int, seed: int,
+def evaluate_rows(rows: list[PredictionRow], data: Cohort, horizons: np.ndarray, draws: int, seed: int,
                   workers: int = 1) -> dict:
     """Every metric of one evaluation setting (the out-of-fold predictions or a held-out cohort)."""
     time = data.outcomes["time"]

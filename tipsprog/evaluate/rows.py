@@ -14,6 +14,7 @@ from lifelines.exceptions import ConvergenceError
 from tipsprog import store
 from tipsprog.clinical import FIPS_HIGH_RISK
 from tipsprog.errors import InputError
+from tipsprog.fusion.bundle import Bundle
 from tipsprog.fusion.training import baseline_at, breslow, survival_at
 
 
@@ -33,15 +34,21 @@ class PredictionRow:
 
 
 @dataclass
-class OutOfFold:
-    """The bundle's out-of-fold predictions and observed outcomes."""
+class Cohort:
+    """Evaluated patients: IDs, centers, observed outcomes and clinical scores."""
 
     patient_ids: list[str]
     centers: list[str]
     outcomes: dict[str, np.ndarray]
+    scores: dict[str, np.ndarray]
+
+
+@dataclass
+class OutOfFold(Cohort):
+    """The bundle's training cohort with its out-of-fold predictions, per-repeat risks and per-fold baselines."""
+
     oof: dict[str, np.ndarray]
     repeats: dict[str, np.ndarray]
-    scores: dict[str, np.ndarray]
     baselines: dict[str, list[tuple[np.ndarray, np.ndarray]]]
 
 
@@ -49,8 +56,16 @@ def read_oof(path: Path) -> OutOfFold:
     """Read a bundle's oof.h5."""
     with store.open_store(path) as h5:
         return OutOfFold(store.read_patients(h5), store.read_centers(h5), store.read_columns(h5, "outcomes"),
-                         store.read_columns(h5, "oof"), store.read_columns(h5, "repeats"), store.read_columns(h5, "scores"),
+                         store.read_columns(h5, "scores"), store.read_columns(h5, "oof"), store.read_columns(h5, "repeats"),
                          {row: store.read_baselines(h5, row) for row in ("model", "clinical_cox")})
+
+
+def read_held_out(path: Path) -> tuple[Cohort, dict[str, np.ndarray]]:
+    """Read a bundle's held_out.h5: the cohort and its ensemble predictions (member risks under `member_risk`)."""
+    with store.open_store(path) as h5:
+        cohort = Cohort(store.read_patients(h5), store.read_centers(h5), store.read_columns(h5, "outcomes"),
+                        store.read_columns(h5, "scores"))
+        return cohort, {**store.read_columns(h5, "predictions"), "member_risk": store.read_columns(h5, "members")["risk"]}
 
 
 def _survival_from_baselines(risk: np.ndarray, fold: np.ndarray, baselines: list, grid: np.ndarray,
@@ -67,6 +82,41 @@ def _survival_from_baselines(risk: np.ndarray, fold: np.ndarray, baselines: list
     return curves.mean(axis=0), own.mean(axis=0)
 
 
+def _usable(score: np.ndarray) -> bool:
+    """A clinical score known for at least half the patients (and at least 5) is evaluated."""
+    return np.isfinite(score).sum() >= max(5, len(score) / 2)
+
+
+@dataclass
+class _ScoreCox:
+    """Univariate Cox model of a standardised clinical score, with its Breslow baseline."""
+
+    centre: float
+    spread: float
+    coefficient: float
+    times: np.ndarray
+    cumhaz: np.ndarray
+
+    def survival(self, score: np.ndarray, time: np.ndarray, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Survival on the grid and at each patient's own time."""
+        risk = self.coefficient * (score - self.centre) / self.spread
+        return survival_at(self.times, self.cumhaz, risk, grid), np.exp(-np.exp(risk) * baseline_at(self.times, self.cumhaz, time))
+
+
+def _fit_score_cox(score: np.ndarray, time: np.ndarray, event: np.ndarray) -> _ScoreCox | None:
+    """Fit the score's univariate Cox model on training patients (None when it does not converge)."""
+    centre, spread = score.mean(), score.std() or 1.0
+    standardised = (score - centre) / spread
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fitter = CoxPHFitter(penalizer=1e-3).fit(pd.DataFrame({"s": standardised, "time": time, "event": event}), "time", "event")
+    except ConvergenceError:
+        return None
+    coefficient = float(fitter.params_["s"])
+    return _ScoreCox(centre, spread, coefficient, *breslow(coefficient * standardised, time, event))
+
+
 def _survival_from_score(score: np.ndarray, data: OutOfFold, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-fold univariate Cox on a fixed score (fitted on training folds): grid and own-time survival, median cut."""
     time, event, fold = data.outcomes["time"], data.outcomes["event"], data.outcomes["fold"]
@@ -75,20 +125,43 @@ def _survival_from_score(score: np.ndarray, data: OutOfFold, grid: np.ndarray) -
         train = (fold != index) & np.isfinite(score) & np.isfinite(time)
         test = (fold == index) & np.isfinite(score)
         cut[test] = np.median(score[train])
-        centre, spread = score[train].mean(), score[train].std() or 1.0
-        standardised = (score - centre) / spread
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                fitter = CoxPHFitter(penalizer=1e-3).fit(
-                    pd.DataFrame({"s": standardised[train], "time": time[train], "event": event[train]}), "time", "event")
-        except ConvergenceError:
-            continue
-        coefficient = float(fitter.params_["s"])
-        times, cumhaz = breslow(coefficient * standardised[train], time[train], event[train])
-        curves[test] = survival_at(times, cumhaz, coefficient * standardised[test], grid)
-        own[test] = np.exp(-np.exp(coefficient * standardised[test]) * baseline_at(times, cumhaz, time[test]))
+        model = _fit_score_cox(score[train], time[train], event[train])
+        if model is not None:
+            curves[test], own[test] = model.survival(score[test], time[test], grid)
     return curves, own, cut
+
+
+def held_out_rows(bundle: Bundle, training: OutOfFold, cohort: Cohort, predictions: dict[str, np.ndarray],
+                  grid: np.ndarray) -> tuple[list[PredictionRow], list[str]]:
+    """Rows for patients no member trained on: the ensemble (survival averaged over members' baselines), the clinical
+    Cox and each clinical score refitted on all training patients."""
+    time = cohort.outcomes["time"]
+    member_risk = predictions["member_risk"]
+    curves = np.mean([survival_at(np.array(m.baseline_times), np.array(m.baseline_cumhaz), member_risk[:, i], grid)
+                      for i, m in enumerate(bundle.members)], axis=0)
+    own = np.mean([np.exp(-np.exp(member_risk[:, i]) * baseline_at(np.array(m.baseline_times), np.array(m.baseline_cumhaz), time))
+                   for i, m in enumerate(bundle.members)], axis=0)
+    risk = predictions["risk"]
+    rows = [PredictionRow("model", risk, curves, own, risk > bundle.manifest["risk_groups"]["cut"],
+                          predictions["ohe_probability"], predictions["ohe_threshold"], predictions["ppg_post"])]
+    if bundle.clinical_cox is not None and "clinical_cox_risk" in predictions:
+        cox, cox_risk = bundle.clinical_cox, predictions["clinical_cox_risk"]
+        times, cumhaz = np.array(cox.baseline_times), np.array(cox.baseline_cumhaz)
+        rows.append(PredictionRow("clinical-cox", cox_risk, survival_at(times, cumhaz, cox_risk, grid),
+                                  np.exp(-np.exp(cox_risk) * baseline_at(times, cumhaz, time)), cox_risk > cox.cut))
+    notes = []
+    train_time, train_event = training.outcomes["time"], training.outcomes["event"]
+    for name, score in cohort.scores.items():
+        train_score = training.scores.get(name, np.array([]))
+        known = np.isfinite(train_score) & np.isfinite(train_time)
+        model = _fit_score_cox(train_score[known], train_time[known], train_event[known]) if _usable(train_score) else None
+        if model is None or not _usable(score):
+            notes.append(f"{name}: skipped on held-out patients, its inputs are missing for most patients")
+            continue
+        curves, own = model.survival(score, time, grid)
+        high = score >= FIPS_HIGH_RISK if name == "FIPS" else score > np.median(train_score[known])
+        rows.append(PredictionRow(name, score, curves, own, np.where(np.isfinite(score), high, np.nan), ohe_probability=score))
+    return rows, notes
 
 
 def prediction_rows(data: OutOfFold, grid: np.ndarray, truth: pd.DataFrame | None) -> tuple[list[PredictionRow], list[str]]:
@@ -103,7 +176,7 @@ def prediction_rows(data: OutOfFold, grid: np.ndarray, truth: pd.DataFrame | Non
                                                                                   data.baselines["clinical_cox"], grid, time),
                                   risk > oof["clinical_cox_cut"]))
     for name, score in data.scores.items():
-        if np.isfinite(score).sum() < 10:
+        if not _usable(score):
             notes.append(f"{name}: skipped, its inputs are missing for most patients")
             continue
         curves, own, cut = _survival_from_score(score, data, grid)

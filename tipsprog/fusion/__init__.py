@@ -19,7 +19,7 @@ from tipsprog.errors import InputError
 from tipsprog.evaluate.metrics import harrell_c_with_ci
 from tipsprog.fusion.bundle import HeldOut, write_bundle
 from tipsprog.fusion.data import MODALITIES, clinical_features, modality_matrices, modality_of, numeric_extras
-from tipsprog.fusion.training import TrainingData, cross_validate, predict_held_out
+from tipsprog.fusion.training import TrainingData, cross_validate, fit_clinical_cox, predict_cohort
 from tipsprog.io import read_outcomes, read_table
 
 
@@ -183,9 +183,11 @@ def run_fuse_train(stores: list[Path], clinical_csv: Path, outcomes_csv: Path, o
     metrics = {"harrell_c": _c_rows(data, cv.oof)}
     if config.repeats > 1:
         metrics["harrell_c_by_repeat"] = [harrell_c_with_ci(data.time, data.event, risk)["estimate"] for risk in cv.per_repeat["risk"].T]
+    clinical_cox = (fit_clinical_cox(data, np.arange(len(data.patient_ids)), config.clinical_cox_penalizer)
+                    if "clinical" in data.matrices else None)
     held_out_predictions = None
     if held_out is not None:
-        held_out_predictions = predict_held_out(cv.members, data, held_out, config, device)
+        held_out_predictions = predict_cohort(cv.members, held_out.matrices, config, device, clinical_cox)
         metrics["held_out"] = {"patients": len(held_out.patient_ids), "events": int(np.nansum(held_out.event))}
         if np.nansum(held_out.event) >= 2:
             metrics["held_out"]["harrell_c"] = _c_rows(held_out, held_out_predictions)
@@ -206,5 +208,5 @@ def run_fuse_train(stores: list[Path], clinical_csv: Path, outcomes_csv: Path, o
         held_out_scores = {name: values.astype(float) for name, values in clinical_scores(held_out_clinical).items()}
         held_out_bundle = HeldOut(held_out, held_out_predictions, held_out_scores)
     write_bundle(out, data, cv, config, manifest, scores, metrics, model_card(data, config, metrics, cv_mode), copied,
-                 held_out_bundle)
+                 clinical_cox, held_out_bundle)
     return metrics

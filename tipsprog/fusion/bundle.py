@@ -16,7 +16,7 @@ from tipsprog import __version__, store
 from tipsprog.fusion.config import TrainConfig
 from tipsprog.errors import InputError
 from tipsprog.fusion.data import ModalityPreprocessor
-from tipsprog.fusion.training import CrossValidation, Member, TrainingData
+from tipsprog.fusion.training import ClinicalCox, CrossValidation, Member, TrainingData
 
 BUNDLE_FORMAT = 2
 WEIGHTS_FORMAT = "tipsprog-fusion-2"
@@ -31,6 +31,7 @@ class Bundle:
     manifest: dict
     config: TrainConfig
     members: list[Member]
+    clinical_cox: ClinicalCox | None
 
 
 @dataclass
@@ -56,7 +57,7 @@ def _outcomes(data: TrainingData) -> dict[str, np.ndarray]:
 
 def write_bundle(out: Path, data: TrainingData, cv: CrossValidation, config: TrainConfig, manifest: dict,
                  scores: dict[str, np.ndarray], metrics: dict, model_card: str, copied: dict[str, Path],
-                 held_out: HeldOut | None = None) -> None:
+                 clinical_cox: ClinicalCox | None = None, held_out: HeldOut | None = None) -> None:
     """Write the bundle folder atomically; files named in `copied` are copied in and hashed."""
     with store.atomic_output(out) as tmp:
         tmp.mkdir(parents=True)
@@ -65,7 +66,8 @@ def write_bundle(out: Path, data: TrainingData, cv: CrossValidation, config: Tra
         torch.save({"format": WEIGHTS_FORMAT, "members": [_member_payload(m) for m in cv.members]}, tmp / "weights.pt")
         (tmp / "preprocess.json").write_text(json.dumps(
             {"members": [{"fold": m.fold, "seed": m.seed, "preprocessors": {k: p.to_dict() for k, p in m.preprocessors.items()}}
-                         for m in cv.members]}), encoding="utf-8")
+                         for m in cv.members],
+             "clinical_cox": clinical_cox.to_dict() if clinical_cox is not None else None}), encoding="utf-8")
         with store.create_store(tmp / "oof.h5", data.patient_ids, data.centers.tolist()) as h5:
             store.write_columns(h5, "outcomes", {**_outcomes(data), "fold": cv.folds[:, 0]})
             store.write_columns(h5, "oof", cv.oof)
@@ -76,7 +78,8 @@ def write_bundle(out: Path, data: TrainingData, cv: CrossValidation, config: Tra
         if held_out is not None:
             with store.create_store(tmp / "held_out.h5", held_out.data.patient_ids, held_out.data.centers.tolist()) as h5:
                 store.write_columns(h5, "outcomes", _outcomes(held_out.data))
-                store.write_columns(h5, "predictions", held_out.predictions)
+                store.write_columns(h5, "predictions", {k: v for k, v in held_out.predictions.items() if k != "member_risk"})
+                store.write_columns(h5, "members", {"risk": held_out.predictions["member_risk"]})
                 store.write_columns(h5, "scores", held_out.scores)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
         (tmp / "model_card.md").write_text(model_card, encoding="utf-8")
@@ -111,4 +114,5 @@ def load_bundle(path: Path) -> Bundle:
     for entry, fitted in zip(payload["members"], preprocess["members"]):
         preprocessors = {k: ModalityPreprocessor(**v) for k, v in fitted["preprocessors"].items()}
         members.append(Member(**{**entry, "preprocessors": preprocessors}))
-    return Bundle(path, manifest, TrainConfig(**manifest["config"]), members)
+    clinical_cox = ClinicalCox.from_dict(preprocess["clinical_cox"]) if preprocess.get("clinical_cox") else None
+    return Bundle(path, manifest, TrainConfig(**manifest["config"]), members, clinical_cox)

@@ -5,7 +5,7 @@ inner validation split."""
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -394,21 +394,44 @@ def ensemble_survival(members: list[Member], risk: np.ndarray, horizons: np.ndar
                      for m, member_risk in zip(members, risk)])
 
 
-def fit_clinical_cox(data: TrainingData, train_rows: np.ndarray, penalizer: float) -> tuple[ModalityPreprocessor, np.ndarray]:
-    """Penalised lifelines Cox on the clinical matrix of a training fold: preprocessor and coefficients.
+@dataclass
+class ClinicalCox:
+    """Penalised lifelines Cox on the clinical variables of some training rows, with its Breslow baseline and
+    median risk cut. Coefficients are over the preprocessor's flattened output (zero for padding columns)."""
 
-    Coefficients are over the preprocessor's flattened output (zero for its padding columns).
-    """
+    preprocessor: ModalityPreprocessor
+    coefficients: list[float]
+    baseline_times: list[float]
+    baseline_cumhaz: list[float]
+    cut: float
+
+    def risk(self, clinical: np.ndarray) -> np.ndarray:
+        """Linear predictor of raw clinical rows."""
+        return self.preprocessor.transform_flat(clinical) @ np.array(self.coefficients)
+
+    def to_dict(self) -> dict:
+        """JSON-ready form."""
+        return {**asdict(self), "preprocessor": self.preprocessor.to_dict()}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> ClinicalCox:
+        """Inverse of to_dict."""
+        return cls(**{**values, "preprocessor": ModalityPreprocessor(**values["preprocessor"])})
+
+
+def fit_clinical_cox(data: TrainingData, train_rows: np.ndarray, penalizer: float) -> ClinicalCox:
+    """Fit the clinical-only Cox model on training rows (patients with a known follow-up)."""
     scaler = ModalityPreprocessor.fit(data.matrices["clinical"][train_rows], data.feature_groups["clinical"])
-    known = ~np.isnan(data.time[train_rows])
-    rows = train_rows[known]
+    rows = train_rows[~np.isnan(data.time[train_rows])]
     standardised = scaler.transform_flat(data.matrices["clinical"][rows])
     used = np.flatnonzero(standardised.std(axis=0) > 0)
     table = pd.DataFrame(standardised[:, used], columns=[f"x{i}" for i in used]).assign(time=data.time[rows], event=data.event[rows])
     fitter = CoxPHFitter(penalizer=penalizer).fit(table, "time", "event")
     coefficients = np.zeros(standardised.shape[1])
     coefficients[used] = fitter.params_.to_numpy()
-    return scaler, coefficients
+    train_risk = scaler.transform_flat(data.matrices["clinical"][train_rows]) @ coefficients
+    times, cumhaz = breslow(train_risk, data.time[train_rows], data.event[train_rows])
+    return ClinicalCox(scaler, coefficients.tolist(), times.tolist(), cumhaz.tolist(), float(np.median(train_risk)))
 
 
 @dataclass
@@ -449,27 +472,27 @@ def cross_validate(data: TrainingData, config: TrainConfig, cv_mode: str, device
             per_repeat["ohe_threshold"][test_rows, repeat] = np.mean([m.ohe_threshold for m in fold_members])
             baselines["model"].append(breslow(train_prediction["risk"].mean(axis=0), data.time[train_rows], data.event[train_rows]))
             if "clinical" in data.matrices:
-                scaler, coefficients = fit_clinical_cox(data, train_rows, config.clinical_cox_penalizer)
-                cox_train = scaler.transform_flat(data.matrices["clinical"][train_rows]) @ coefficients
-                per_repeat["clinical_cox_risk"][test_rows, repeat] = scaler.transform_flat(data.matrices["clinical"][test_rows]) @ coefficients
-                per_repeat["clinical_cox_cut"][test_rows, repeat] = np.median(cox_train)
-                baselines["clinical_cox"].append(breslow(cox_train, data.time[train_rows], data.event[train_rows]))
+                cox = fit_clinical_cox(data, train_rows, config.clinical_cox_penalizer)
+                per_repeat["clinical_cox_risk"][test_rows, repeat] = cox.risk(data.matrices["clinical"][test_rows])
+                per_repeat["clinical_cox_cut"][test_rows, repeat] = cox.cut
+                baselines["clinical_cox"].append((np.array(cox.baseline_times), np.array(cox.baseline_cumhaz)))
             folds[test_rows, repeat] = fold
     oof = {key: values.mean(axis=1) for key, values in per_repeat.items()}
     return CrossValidation(members, folds, oof, {k: per_repeat[k] for k in ("risk", "clinical_cox_risk")}, baselines)
 
 
-def predict_held_out(members: list[Member], training: TrainingData, held_out: TrainingData, config: TrainConfig,
-                     device: torch.device) -> dict[str, np.ndarray]:
-    """Whole-ensemble predictions for patients no member trained on, and the clinical Cox refitted on all training patients."""
-    rows = np.arange(len(held_out.patient_ids))
-    prediction = predict_members(members, held_out.matrices, rows, config, device)
+def predict_cohort(members: list[Member], matrices: dict[str, np.ndarray], config: TrainConfig, device: torch.device,
+                   clinical_cox: ClinicalCox | None) -> dict[str, np.ndarray]:
+    """Whole-ensemble predictions for patients no member trained on: member means, survival at the horizons, the
+    members' risks ([patients, members], for survival curves) and the clinical Cox risk."""
+    rows = np.arange(len(next(iter(matrices.values()))))
+    prediction = predict_members(members, matrices, rows, config, device)
     horizons = np.array(config.horizons_days, dtype=float)
     survival = ensemble_survival(members, prediction["risk"], horizons).mean(axis=0)
     result = {key: values.mean(axis=0) for key, values in prediction.items()}
+    result["member_risk"] = prediction["risk"].T
     result["ohe_threshold"] = np.full(len(rows), np.mean([m.ohe_threshold for m in members]))
     result.update({f"survival_{int(h)}d": survival[:, i] for i, h in enumerate(horizons)})
-    if "clinical" in training.matrices:
-        scaler, coefficients = fit_clinical_cox(training, np.arange(len(training.patient_ids)), config.clinical_cox_penalizer)
-        result["clinical_cox_risk"] = scaler.transform_flat(held_out.matrices["clinical"]) @ coefficients
+    if clinical_cox is not None and "clinical" in matrices:
+        result["clinical_cox_risk"] = clinical_cox.risk(matrices["clinical"])
     return result
