@@ -16,7 +16,7 @@ from tipsprog.clinical import clinical_scores, read_clinical
 from tipsprog.fusion.config import TrainConfig
 from tipsprog.devices import resolve_device
 from tipsprog.errors import InputError
-from tipsprog.evaluate.metrics import harrell_c_with_ci
+from tipsprog.evaluate.metrics import harrell_c, harrell_c_with_ci
 from tipsprog.fusion.bundle import HeldOut, write_bundle
 from tipsprog.fusion.data import MODALITIES, clinical_features, modality_matrices, modality_of, numeric_extras
 from tipsprog.fusion.training import TrainingData, cross_validate, fit_clinical_cox, predict_cohort
@@ -140,7 +140,7 @@ Limits: performance outside the training centers is unknown until evaluated with
 """
 
 
-def held_out_rows(test_csv: Path, patient_ids: list[str]) -> np.ndarray:
+def held_out_positions(test_csv: Path, patient_ids: list[str]) -> np.ndarray:
     """Rows of the patients listed in a --test table (any CSV with a patient_id column, e.g. a cohort.csv)."""
     listed = read_table(test_csv, []).index.tolist()
     position = {pid: row for row, pid in enumerate(patient_ids)}
@@ -150,6 +150,11 @@ def held_out_rows(test_csv: Path, patient_ids: list[str]) -> np.ndarray:
     if len(listed) > len(patient_ids) // 2:
         raise InputError(f"{test_csv}: {len(listed)} held-out patients leave too few of {len(patient_ids)} to train on")
     return np.array(sorted(position[pid] for pid in listed), dtype=int)
+
+
+def _score_columns(clinical: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Every clinical score of a clinical table as float columns."""
+    return {name: values.astype(float) for name, values in clinical_scores(clinical).items()}
 
 
 def _c_rows(data: TrainingData, predictions: dict[str, np.ndarray]) -> dict[str, dict]:
@@ -171,26 +176,26 @@ def run_fuse_train(stores: list[Path], clinical_csv: Path, outcomes_csv: Path, o
         if progress:
             progress(note)
     device = resolve_device(device_name)
-    data, held_out, clinical = assembled.data, None, assembled.clinical
+    data, clinical = assembled.data, assembled.clinical
+    held_out = None
     if test_csv is not None:
-        test_rows = held_out_rows(test_csv, data.patient_ids)
+        test_rows = held_out_positions(test_csv, data.patient_ids)
         train_rows = np.setdiff1d(np.arange(len(data.patient_ids)), test_rows)
-        data, held_out = data.subset(train_rows), data.subset(test_rows)
-        clinical, held_out_clinical = clinical.iloc[train_rows], clinical.iloc[test_rows]
+        data, clinical = data.subset(train_rows), assembled.clinical.iloc[train_rows]
+        held_out = HeldOut(assembled.data.subset(test_rows), {}, _score_columns(assembled.clinical.iloc[test_rows]))
         if np.nansum(data.event) < 2:
             raise InputError(f"{outcomes_csv}: fewer than 2 events among the {len(train_rows)} training patients")
     cv = cross_validate(data, config, cv_mode, device, seed, progress)
     metrics = {"harrell_c": _c_rows(data, cv.oof)}
     if config.repeats > 1:
-        metrics["harrell_c_by_repeat"] = [harrell_c_with_ci(data.time, data.event, risk)["estimate"] for risk in cv.per_repeat["risk"].T]
+        metrics["harrell_c_by_repeat"] = [harrell_c(data.time, data.event, risk) for risk in cv.per_repeat["risk"].T]
     clinical_cox = (fit_clinical_cox(data, np.arange(len(data.patient_ids)), config.clinical_cox_penalizer)
                     if "clinical" in data.matrices else None)
-    held_out_predictions = None
     if held_out is not None:
-        held_out_predictions = predict_cohort(cv.members, held_out.matrices, config, device, clinical_cox)
-        metrics["held_out"] = {"patients": len(held_out.patient_ids), "events": int(np.nansum(held_out.event))}
-        if np.nansum(held_out.event) >= 2:
-            metrics["held_out"]["harrell_c"] = _c_rows(held_out, held_out_predictions)
+        held_out.predictions = predict_cohort(cv.members, held_out.data.matrices, config, device, clinical_cox)
+        metrics["held_out"] = {"patients": len(held_out.data.patient_ids), "events": int(np.nansum(held_out.data.event))}
+        if np.nansum(held_out.data.event) >= 2:
+            metrics["held_out"]["harrell_c"] = _c_rows(held_out.data, held_out.predictions)
     pipeline, copied = pipeline_manifest(assembled.blocks)
     oof_risk = cv.oof["risk"][~np.isnan(cv.oof["risk"])]
     manifest = {
@@ -199,14 +204,9 @@ def run_fuse_train(stores: list[Path], clinical_csv: Path, outcomes_csv: Path, o
         "clinical": {"extras": assembled.extras},
         "training": {"patients": len(data.patient_ids), "events": int(np.nansum(data.event)), "cv": cv_mode,
                      "repeats": config.repeats, "centers": sorted(set(data.centers.tolist())),
-                     "held_out": held_out.patient_ids if held_out is not None else []},
+                     "held_out": held_out.data.patient_ids if held_out is not None else []},
         "risk_groups": {"cut": float(np.median(oof_risk)), "labels": ["low", "high"]},
     }
-    scores = {name: values.astype(float) for name, values in clinical_scores(clinical).items()}
-    held_out_bundle = None
-    if held_out is not None:
-        held_out_scores = {name: values.astype(float) for name, values in clinical_scores(held_out_clinical).items()}
-        held_out_bundle = HeldOut(held_out, held_out_predictions, held_out_scores)
-    write_bundle(out, data, cv, config, manifest, scores, metrics, model_card(data, config, metrics, cv_mode), copied,
-                 clinical_cox, held_out_bundle)
+    write_bundle(out, data, cv, config, manifest, _score_columns(clinical), metrics, model_card(data, config, metrics, cv_mode),
+                 copied, clinical_cox, held_out)
     return metrics
