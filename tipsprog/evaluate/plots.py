@@ -25,6 +25,15 @@ def _save(figure: plt.Figure, path: Path) -> None:
     plt.close(figure)
 
 
+def _identity_panel(axes: plt.Axes, xlabel: str, ylabel: str, title: str, legend: str) -> None:
+    """Dotted identity line, labels, title and legend of a ROC or calibration panel."""
+    axes.plot([0, 1], [0, 1], color="grey", linestyle=":")
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    axes.legend(loc=legend, fontsize=7)
+
+
 def kaplan_meier_by_group(time: np.ndarray, event: np.ndarray, high_risk: np.ndarray, logrank_p: float, path: Path) -> None:
     """KM curves of the low and high risk groups with an at-risk table and the log-rank p."""
     rows = np.isfinite(time) & np.isfinite(event) & np.isfinite(high_risk.astype(float))
@@ -54,11 +63,7 @@ def time_dependent_roc(time: np.ndarray, event: np.ndarray, risks: dict[str, np.
                 continue
             fpr, tpr, _ = roc_curve(case[rows], risk[rows])
             axes.plot(fpr, tpr, label=name)
-        axes.plot([0, 1], [0, 1], color="grey", linestyle=":")
-        axes.set_title(f"death by {horizon / DAYS_PER_MONTH:.0f} months")
-        axes.set_xlabel("1 − specificity")
-        axes.set_ylabel("sensitivity")
-        axes.legend(loc="lower right", fontsize=7)
+        _identity_panel(axes, "1 − specificity", "sensitivity", f"death by {horizon / DAYS_PER_MONTH:.0f} months", "lower right")
     _save(figure, path)
 
 
@@ -73,11 +78,8 @@ def survival_calibration(tables: dict[str, dict[str, list[dict]]], path: Path) -
             observed = np.array([d["observed"] for d in deciles])
             error = np.abs(np.array([[d["observed_low"] for d in deciles], [d["observed_high"] for d in deciles]]) - observed)
             axes.errorbar(predicted, observed, yerr=error, marker="o", markersize=3, capsize=2, label=name)
-        axes.plot([0, 1], [0, 1], color="grey", linestyle=":")
-        axes.set_title(f"survival at {float(horizon.rstrip('d')) / DAYS_PER_MONTH:.0f} months")
-        axes.set_xlabel("predicted")
-        axes.set_ylabel("observed (Kaplan–Meier)")
-        axes.legend(loc="upper left", fontsize=7)
+        _identity_panel(axes, "predicted", "observed (Kaplan–Meier)",
+                        f"survival at {float(horizon.rstrip('d')) / DAYS_PER_MONTH:.0f} months", "upper left")
     _save(figure, path)
 
 
@@ -90,11 +92,7 @@ def roc(label: np.ndarray, scores: dict[str, np.ndarray], path: Path) -> None:
             continue
         fpr, tpr, _ = roc_curve(label[rows], score[rows])
         axes.plot(fpr, tpr, label=name)
-    axes.plot([0, 1], [0, 1], color="grey", linestyle=":")
-    axes.set_xlabel("1 − specificity")
-    axes.set_ylabel("sensitivity")
-    axes.set_title("Overt hepatic encephalopathy: ROC")
-    axes.legend(loc="lower right", fontsize=8)
+    _identity_panel(axes, "1 − specificity", "sensitivity", "Overt hepatic encephalopathy: ROC", "lower right")
     _save(figure, path)
 
 
@@ -105,11 +103,8 @@ def ohe_calibration(label: np.ndarray, probabilities: dict[str, np.ndarray], pat
         rows = np.isfinite(label) & np.isfinite(probability)
         observed, predicted = calibration_curve(label[rows], np.clip(probability[rows], 0, 1), n_bins=10, strategy="quantile")
         axes.plot(predicted, observed, marker="o", markersize=3, label=name)
-    axes.plot([0, 1], [0, 1], color="grey", linestyle=":")
-    axes.set_xlabel("predicted OHE probability")
-    axes.set_ylabel("observed OHE fraction")
-    axes.set_title("Overt hepatic encephalopathy: calibration")
-    axes.legend(loc="upper left", fontsize=8)
+    _identity_panel(axes, "predicted OHE probability", "observed OHE fraction", "Overt hepatic encephalopathy: calibration",
+                    "upper left")
     _save(figure, path)
 
 
