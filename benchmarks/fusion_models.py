@@ -28,7 +28,7 @@ import torch
 
 from tipsprog.clinical import clinical_scores
 from tipsprog.evaluate.metrics import auc, harrell_c_with_ci, mae
-from tipsprog.fusion import assemble
+from tipsprog.fusion.assembly import assemble
 from tipsprog.fusion.config import load_config
 from tipsprog.fusion.data import fit_preprocessors
 from tipsprog.fusion.losses import SurvivalIndex, cox_efron_nll

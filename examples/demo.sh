@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole tipsprog pipeline on a generated 3-center cohort, one patient held out for predict.
+# The whole tipsprog pipeline on a generated 3-center cohort, one patient held out for predict, and a second
+# cohort from two new centers evaluated as an external validation set.
 # Usage: bash examples/demo.sh [OUTPUT_DIR]   (make demo runs it inside the project's .venv)
 set -euo pipefail
 out=${1:-demo-out}
@@ -24,10 +25,16 @@ step "radiomics (pyradiomics, original image, all classes)"
 tipsprog radiomics seg.h5 --out radiomics.h5
 step "embed (self-supervised 3D encoder, masked-volume reconstruction)"
 tipsprog embed seg.h5 --out embed.h5 --fit
+step "external cohort: ${DEMO_EXTERNAL:-100} patients from 2 new centers, same feature pipeline and encoder"
+tipsprog synth --out external --n "${DEMO_EXTERNAL:-100}" --centers 2 --seed 8 --prefix ext-
+tipsprog segment external/cohort.csv --out external/seg.h5
+tipsprog radiomics external/seg.h5 --out external/radiomics.h5
+tipsprog embed external/seg.h5 --out external/embed.h5 --weights embed.pt
 step "fuse-train (concat fusion, 5-fold CV stratified by event and center)"
 tipsprog fuse-train radiomics.h5 embed.h5 --clinical cohort/train_clinical.csv --outcomes cohort/train_outcomes.csv --out model
-step "evaluate (out-of-fold, bootstrap 95% CIs, clinical scores, oracle)"
-tipsprog evaluate model --out report --truth cohort/truth.csv --bootstrap "${DEMO_BOOTSTRAP:-1000}"
+step "evaluate (out-of-fold and external, bootstrap 95% CIs, clinical scores, oracle)"
+tipsprog evaluate model --out report --truth cohort/truth.csv --truth external/truth.csv --bootstrap "${DEMO_BOOTSTRAP:-1000}" \
+  --test external/radiomics.h5 --test external/embed.h5 --clinical external/clinical.csv --outcomes external/outcomes.csv
 step "predict the held-out patient ${held_out}"
 tipsprog predict --ct "cohort/images/${held_out}.nii.gz" --clinical held_out_clinical.csv --model model
 printf '\nDemo finished in %d s. Report: %s/report/report.md\n' $((SECONDS - start)) "$out"

@@ -136,3 +136,34 @@ def test_version_and_help():
     listing = invoke("--help").stdout
     for command in ("synth", "segment", "radiomics", "embed", "fuse-train", "evaluate", "predict"):
         assert command in listing
+
+
+def test_external_cohort_is_predicted_with_the_bundles_features(pipeline, tmp_path):
+    """evaluate --test: a new synthetic cohort from other centers goes through the same stages and the bundle's
+    ensemble; its report setting carries the clinical baselines and, with both truth tables, the oracle."""
+    ext = tmp_path / "ext"
+    steps = [("synth", "--out", ext / "cohort", "--n", 16, "--seed", 8, "--prefix", "ext-", "--quiet"),
+             ("segment", ext / "cohort" / "cohort.csv", "--out", ext / "seg.h5", "--workers", 2, "--quiet"),
+             ("radiomics", ext / "seg.h5", "--out", ext / "radiomics.h5", "--workers", 2, "--quiet"),
+             ("embed", ext / "seg.h5", "--out", ext / "embed.h5", "--weights", pipeline.embed.with_suffix(".pt"),
+              "--device", "cpu", "--quiet")]
+    for step in steps:
+        result = invoke(*step)
+        assert result.exit_code == 0, f"{step[0]} failed: {result.output}"
+    cohort = ["--clinical", ext / "cohort" / "clinical.csv", "--outcomes", ext / "cohort" / "outcomes.csv"]
+    result = invoke("evaluate", pipeline.bundle, "--out", tmp_path / "report", "--test", ext / "embed.h5", "--test",
+                    ext / "radiomics.h5", *cohort, "--truth", pipeline.cohort / "truth.csv", "--truth",
+                    ext / "cohort" / "truth.csv", "--bootstrap", 10, "--workers", 1, "--device", "cpu", "--quiet")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    external = metrics["settings"]["external"]
+    assert external["patients"] == 16 and metrics["settings"]["out-of-fold"]["patients"] == 30
+    assert {"model", "clinical-cox", "FIPS", "oracle"} <= set(external["survival"])
+    assert 0 <= external["survival"]["model"]["harrell_c"]["estimate"] <= 1
+    assert (tmp_path / "report" / "external_km.png").is_file() and "External cohort" in (tmp_path / "report" / "report.md").read_text()
+
+    result = invoke("evaluate", pipeline.bundle, "--out", tmp_path / "again", "--test", ext / "radiomics.h5", *cohort)
+    assert result.exit_code == 2 and "embed features are needed" in result.output and not (tmp_path / "again").exists()
+    result = invoke("evaluate", pipeline.bundle, "--out", tmp_path / "again", "--test", pipeline.radiomics, "--test",
+                    pipeline.embed, "--clinical", pipeline.clinical, "--outcomes", pipeline.outcomes)
+    assert result.exit_code == 2 and "is in the bundle's training cohort" in result.output

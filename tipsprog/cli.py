@@ -119,6 +119,7 @@ def synth(out: Path = typer.Option(..., "--out", help="Output folder (must not e
           centers: int = typer.Option(3, "--centers", min=1, help="Centers."),
           seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same cohort)."),
           size: str = typer.Option("small", "--size", help="small (64×64×32) or full (192×192×96) volumes."),
+          prefix: str = typer.Option("", "--prefix", help="Prefix of patient IDs and center names (e.g. ext- for an external cohort)."),
           workers: Optional[int] = WORKERS, quiet: bool = QUIET) -> None:
     """Generate a synthetic multi-center TIPS cohort with known truth."""
     from tipsprog.synth import CohortSpec, make_cohort
@@ -129,7 +130,7 @@ def synth(out: Path = typer.Option(..., "--out", help="Output folder (must not e
     if out.exists():
         raise InputError(f"{out}: already exists; choose a new folder")
     with progress_bar("synth", n, quiet) as advance:
-        make_cohort(out, CohortSpec(n, centers, seed, size), _workers(workers), advance)
+        make_cohort(out, CohortSpec(n, centers, seed, size, prefix), _workers(workers), advance)
     if not quiet:
         console.print(f"wrote {n} patients from {centers} centers to {out}")
 
@@ -256,17 +257,25 @@ def fuse_train(stores: list[Path] = typer.Argument(None, help="Feature stores (r
 @guarded
 def evaluate(bundle: Path = typer.Argument(..., help="Model bundle from `tipsprog fuse-train`."),
              out: Path = typer.Option(..., "--out", help="Report folder."),
-             truth: Optional[Path] = typer.Option(None, "--truth", help="truth.csv of a synthetic cohort (oracle row)."),
+             truth: Optional[list[Path]] = typer.Option(None, "--truth", help="truth.csv of a synthetic cohort (oracle row); "
+                                                        "repeat for an external cohort's."),
+             test: Optional[list[Path]] = typer.Option(None, "--test", help="Feature store of an external cohort (repeat "
+                                                       "for several); with --clinical and --outcomes."),
+             clinical: Optional[Path] = typer.Option(None, "--clinical", help="clinical.csv of the external cohort."),
+             outcomes: Optional[Path] = typer.Option(None, "--outcomes", help="outcomes.csv of the external cohort."),
              bootstrap: int = typer.Option(1000, "--bootstrap", min=10, help="Bootstrap resamples for 95% CIs."),
              seed: int = typer.Option(0, "--seed"),
              as_json: bool = typer.Option(False, "--json", help="Print metrics.json to stdout."),
-             workers: Optional[int] = WORKERS, quiet: bool = QUIET) -> None:
-    """Out-of-fold metrics with 95% CIs beside the clinical scores; report.md, metrics.json, plots."""
-    from tipsprog.evaluate import run_evaluate
+             device: str = DEVICE, workers: Optional[int] = WORKERS, quiet: bool = QUIET) -> None:
+    """Metrics with 95% CIs beside the clinical scores (out-of-fold, held-out, external); report.html/.md, metrics.json, plots."""
+    from tipsprog.evaluate import ExternalCohort, run_evaluate
 
+    if (test or clinical or outcomes) and not (clinical and outcomes):
+        raise InputError("an external cohort needs both --clinical and --outcomes (and its feature stores as --test)")
+    external = ExternalCohort(list(test or []), clinical, outcomes) if outcomes else None
     if not quiet:
         console.print(f"evaluate: {bootstrap} bootstrap resamples …")
-    document = run_evaluate(bundle, out, truth, bootstrap, seed, _workers(workers))
+    document = run_evaluate(bundle, out, list(truth or []), bootstrap, seed, _workers(workers), external, device)
     if as_json:
         typer.echo(json.dumps(document, indent=2))
     if quiet:
@@ -280,6 +289,8 @@ def evaluate(bundle: Path = typer.Argument(..., help="Model bundle from `tipspro
         for row, values in setting["survival"].items():
             table.add_row(row, *(ci(values[key]) for key in ("harrell_c", "harrell_c_random_ties", "uno_c", "integrated_brier")))
         console.print(table)
+    for note in document["notes"]:
+        console.print(f"[yellow]note:[/yellow] {escape(note)}", highlight=False)
     console.print(f"report → {out / 'report.html'}")
 
 

@@ -13,7 +13,7 @@ from tipsprog.embed import embedding_block, load_encoder
 from tipsprog.errors import InputError
 from tipsprog.evaluate.rows import read_oof
 from tipsprog.fusion.bundle import Bundle, load_bundle
-from tipsprog.fusion.data import clinical_features, modality_matrices
+from tipsprog.fusion.data import clinical_features, modality_matrices, with_extras
 from tipsprog.fusion.training import ensemble_survival, predict_members
 from tipsprog.io import read_ct
 from tipsprog.radiomics.extract import extract_from_file
@@ -66,9 +66,7 @@ def _clinical_row(bundle: Bundle, clinical_csv: Path):
     if len(table) != 1:
         raise InputError(f"{clinical_csv}: expected one patient row, found {len(table)}")
     extras = bundle.manifest["clinical"]["extras"]
-    for column in extras:
-        if column not in table.columns:
-            table[column] = np.nan
+    table = with_extras(table, extras)
     imputed = [name for name in [*schema(), *extras] if table[name].isna().iloc[0]]
     matrix, names = clinical_features(table, extras)
     return table, matrix, names, imputed

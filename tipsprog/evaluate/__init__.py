@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -10,20 +11,28 @@ import numpy as np
 from tipsprog.evaluate import plots
 from tipsprog.evaluate.render import html_page, markdown, setting_sections
 from tipsprog.evaluate.report import METRICS_SCHEMA, evaluate_rows, evaluation_grid
-from tipsprog.evaluate.rows import Cohort, PredictionRow, held_out_rows, prediction_rows, read_held_out, read_oof, read_truth
+from tipsprog.devices import resolve_device
+from tipsprog.errors import InputError
+from tipsprog.evaluate.rows import (Cohort, OutOfFold, PredictionRow, held_out_rows, prediction_rows, read_held_out,
+                                    read_oof, read_truth)
+from tipsprog.fusion.assembly import assemble_for_bundle, score_columns
 from tipsprog.fusion.bundle import Bundle, load_bundle
+from tipsprog.fusion.training import predict_cohort
 from tipsprog.store import atomic_output
 
 TITLE = "tipsprog evaluation report"
 
 
 def setting_figures(rows: list[PredictionRow], data: Cohort, document: dict, out: Path, prefix: str = "") -> dict[str, str]:
-    """Every PNG of one setting, written into `out`; returns {figure key: path}."""
+    """Every PNG of one setting (OHE and PPG figures when the cohort observed them), written into `out`;
+    returns {figure key: path}."""
     time, event, outcomes = data.outcomes["time"], data.outcomes["event"], data.outcomes
     horizons = [h for h in document["horizons_days"] if h < np.nanmax(time)]
     named = {row.name: row for row in rows}
-    paths = {key: str(out / f"{prefix}{key}.png") for key in
-             ("km", "forest", "td_roc", "calibration", "ohe_roc", "ohe_calibration", "decision_curve", "ppg")}
+    keys = ["km", "forest", "td_roc", "calibration"]
+    keys += ["ohe_roc", "ohe_calibration", "decision_curve"] if document["ohe"] else []
+    keys += ["ppg"] if document["ppg_post"] else []
+    paths = {key: str(out / f"{prefix}{key}.png") for key in keys}
     survival = document["survival"]
     plots.kaplan_meier_by_group(time, event, named["model"].high_risk.astype(float),
                                 survival["model"]["hazard_ratio"]["logrank_p"], Path(paths["km"]))
@@ -31,13 +40,43 @@ def setting_figures(rows: list[PredictionRow], data: Cohort, document: dict, out
     plots.time_dependent_roc(time, event, {row.name: row.risk for row in rows}, horizons, Path(paths["td_roc"]))
     plots.survival_calibration({name: {k: v["deciles"] for k, v in survival[name]["calibration"].items() if k.endswith("d")}
                                 for name in ("model", "clinical-cox") if name in survival}, Path(paths["calibration"]))
-    probabilities = {row.name: row.ohe_probability for row in rows if row.ohe_threshold is not None}
-    plots.roc(outcomes["ohe"], {row.name: row.ohe_probability for row in rows if row.ohe_probability is not None},
-              Path(paths["ohe_roc"]))
-    plots.ohe_calibration(outcomes["ohe"], probabilities, Path(paths["ohe_calibration"]))
-    plots.decision_curve(document["decision_curve_ohe"], Path(paths["decision_curve"]))
-    plots.ppg_scatter(outcomes["ppg_post"], {row.name: row.ppg_post for row in rows if row.ppg_post is not None}, Path(paths["ppg"]))
+    if "ohe_roc" in paths:
+        plots.roc(outcomes["ohe"], {row.name: row.ohe_probability for row in rows if row.ohe_probability is not None},
+                  Path(paths["ohe_roc"]))
+        plots.ohe_calibration(outcomes["ohe"], {row.name: row.ohe_probability for row in rows if row.ohe_threshold is not None},
+                              Path(paths["ohe_calibration"]))
+        plots.decision_curve(document["decision_curve_ohe"], Path(paths["decision_curve"]))
+    if "ppg" in paths:
+        plots.ppg_scatter(outcomes["ppg_post"], {row.name: row.ppg_post for row in rows if row.ppg_post is not None},
+                          Path(paths["ppg"]))
     return paths
+
+
+@dataclass
+class ExternalCohort:
+    """A cohort the bundle never saw (evaluate --test): feature stores, clinical table and outcomes."""
+
+    stores: list[Path]
+    clinical: Path
+    outcomes: Path
+
+
+def external_predictions(bundle: Bundle, training: OutOfFold, external: ExternalCohort,
+                         device_name: str) -> tuple[Cohort, dict[str, np.ndarray], list[str]]:
+    """Assemble an external cohort like the bundle's training data and predict it with the whole ensemble."""
+    imaging = sorted(m for m in bundle.manifest["modalities"] if m != "clinical")
+    if imaging and not external.stores:
+        raise InputError(f"{bundle.path}: the bundle uses {' and '.join(imaging)} features; give the external cohort's "
+                         "feature stores with --test")
+    assembled = assemble_for_bundle(bundle.manifest, external.stores, external.clinical, external.outcomes)
+    data = assembled.data
+    seen = sorted(set(data.patient_ids) & set(training.patient_ids))
+    if seen:
+        raise InputError(f"{external.outcomes}: patient {seen[0]} is in the bundle's training cohort "
+                         f"({len(seen)} such patients); an external cohort must be new patients")
+    predictions = predict_cohort(bundle.members, data.matrices, bundle.config, resolve_device(device_name), bundle.clinical_cox)
+    cohort = Cohort(data.patient_ids, data.centers.tolist(), data.outcomes(), score_columns(assembled.clinical))
+    return cohort, predictions, [f"external cohort: {note}" for note in assembled.notes]
 
 
 def _bundle_summary(bundle: Bundle) -> dict:
@@ -48,23 +87,27 @@ def _bundle_summary(bundle: Bundle) -> dict:
             "seeds": bundle.config.seeds, "members": len(bundle.members), "tipsprog_version": bundle.manifest["tipsprog_version"]}
 
 
-def run_evaluate(bundle_path: Path, out: Path, truth_csv: Path | None = None, draws: int = 1000, seed: int = 0,
-                 workers: int = 1) -> dict:
-    """Evaluate a bundle's out-of-fold predictions (and its held-out patients, if fuse-train --test kept some);
-    write report.html, report.md, metrics.json and plots into `out`."""
+def run_evaluate(bundle_path: Path, out: Path, truth_csvs: list[Path] | None = None, draws: int = 1000, seed: int = 0,
+                 workers: int = 1, external: ExternalCohort | None = None, device_name: str = "auto") -> dict:
+    """Evaluate a bundle's out-of-fold predictions, its held-out patients (fuse-train --test) and an external cohort
+    (evaluate --test), whichever exist; write report.html, report.md, metrics.json and plots into `out`."""
     bundle = load_bundle(bundle_path)
     data = read_oof(bundle.path / "oof.h5")
     horizons = np.array(bundle.config.horizons_days, dtype=float)
-    truth = read_truth(truth_csv, data.patient_ids) if truth_csv else None
+    truth = read_truth(truth_csvs) if truth_csvs else None
     _, grid = evaluation_grid(data.outcomes["time"], horizons)
     rows, notes = prediction_rows(data, grid, truth)
     settings = {"out-of-fold": (data, rows)}
+    unseen = []
     if (bundle.path / "held_out.h5").is_file():
-        cohort, predictions = read_held_out(bundle.path / "held_out.h5")
+        unseen.append(("held-out", *read_held_out(bundle.path / "held_out.h5"), []))
+    if external is not None:
+        unseen.append(("external", *external_predictions(bundle, data, external, device_name)))
+    for name, cohort, predictions, cohort_notes in unseen:
         _, cohort_grid = evaluation_grid(cohort.outcomes["time"], horizons)
-        cohort_rows, cohort_notes = held_out_rows(bundle, data, cohort, predictions, cohort_grid)
-        settings["held-out"] = (cohort, cohort_rows)
-        notes += cohort_notes
+        cohort_rows, row_notes = held_out_rows(bundle, data, cohort, predictions, cohort_grid, truth)
+        settings[name] = (cohort, cohort_rows)
+        notes += cohort_notes + [f"{name}: {note}" for note in row_notes]
     documents = {name: evaluate_rows(setting_rows, cohort, horizons, draws, seed, workers)
                  for name, (cohort, setting_rows) in settings.items()}
     document = {"schema": METRICS_SCHEMA, "bundle": _bundle_summary(bundle), "settings": documents, "notes": notes}

@@ -59,9 +59,13 @@ def uno_c(time: np.ndarray, event: np.ndarray, risk: np.ndarray, tau: float) -> 
 
 
 def time_dependent_auc(time: np.ndarray, event: np.ndarray, risk: np.ndarray, horizons: np.ndarray) -> np.ndarray:
-    """Cumulative/dynamic AUC at each horizon (NaN where a horizon is outside follow-up)."""
+    """Cumulative/dynamic AUC at each horizon (NaN where a horizon is outside follow-up).
+
+    Deaths at the last follow-up time count as censored here: scikit-survival weights every death by the inverse
+    censoring survival, which is zero there under administrative censoring, and such a patient is a control at every
+    horizon before it either way, so the AUCs are unchanged."""
     rows = _known(time, event, risk)
-    survival = Surv.from_arrays(event[rows].astype(bool), time[rows])
+    survival = Surv.from_arrays(event[rows].astype(bool) & (time[rows] < time[rows].max()), time[rows])
     result = np.full(len(horizons), np.nan)
     valid = (horizons > time[rows].min()) & (horizons < time[rows].max())
     if valid.any():
@@ -73,8 +77,13 @@ def integrated_brier(time: np.ndarray, event: np.ndarray, survival_curves: np.nd
     """Integrated Brier score over the grid of predicted survival curves [patients, grid]."""
     rows = _known(time, event) & np.isfinite(survival_curves).all(axis=1)
     survival = Surv.from_arrays(event[rows].astype(bool), time[rows])
-    inside = (grid >= time[rows].min()) & (grid < time[rows].max())
+    inside = within_follow_up(grid, time[rows])
     return float(integrated_brier_score(survival, survival, survival_curves[rows][:, inside], grid[inside]))
+
+
+def within_follow_up(grid: np.ndarray, time: np.ndarray) -> np.ndarray:
+    """Grid points from the first to before the last follow-up time (where IPCW Brier scores are defined)."""
+    return (grid >= np.nanmin(time)) & (grid < np.nanmax(time))
 
 
 def brier_at(time: np.ndarray, event: np.ndarray, survival_at_horizons: np.ndarray, horizons: np.ndarray) -> np.ndarray:
@@ -266,6 +275,11 @@ def _safe(statistic: Callable[[np.ndarray], float | np.ndarray], rows: np.ndarra
             return np.atleast_1d(np.asarray(statistic(rows), dtype=float))
     except (ValueError, ZeroDivisionError, FloatingPointError):
         return np.full(width, np.nan)
+
+
+def stacked(parts: list[tuple[Callable[[np.ndarray], float | np.ndarray], int]], rows: np.ndarray) -> np.ndarray:
+    """Several statistics of some rows side by side; one that cannot be computed gives NaN without hiding the others."""
+    return np.concatenate([_safe(statistic, rows, width) for statistic, width in parts])
 
 
 def with_bootstrap(statistic: Callable[[np.ndarray], float], n: int, samples: np.ndarray) -> tuple[float, np.ndarray]:

@@ -38,6 +38,24 @@ def _number(value: float | None, digits: int = 3) -> str:
     return "–" if value is None or not np.isfinite(value) else f"{value:.{digits}g}" if abs(value) < 1e-3 else f"{value:.{digits}f}"
 
 
+def _ohe_section(document: dict, figures: dict[str, str]) -> Section:
+    """OHE discrimination, calibration and threshold metrics with their figures."""
+    return Section("Overt hepatic encephalopathy", "Threshold metrics use the threshold fixed on the training folds.",
+                   ["row", "AUC", "Brier", "accuracy", "sensitivity", "specificity", "F1"],
+                   [[row, *(ci(v.get(k)) for k in ("auc", "brier", "accuracy", "sensitivity", "specificity", "f1"))]
+                    for row, v in document["ohe"].items()],
+                   [(figures[k], t) for k, t in (("ohe_roc", "OHE ROC"), ("ohe_calibration", "OHE calibration"),
+                                                 ("decision_curve", "OHE decision curve")) if k in figures], level=3)
+
+
+def _ppg_section(document: dict, figures: dict[str, str]) -> Section:
+    """ppg_post error and agreement with its scatter plot."""
+    return Section("Portal pressure gradient after TIPS", "", ["row", "MAE (mmHg)", "RMSE (mmHg)", "R²", "Pearson r"],
+                   [[row, ci(v["mae_mmhg"], 2), ci(v["rmse_mmhg"], 2), ci(v["r2"]), ci(v["pearson_r"])]
+                    for row, v in document["ppg_post"].items()],
+                   [(figures[k], t) for k, t in (("ppg", "ppg_post predicted vs observed"),) if k in figures], level=3)
+
+
 def setting_sections(name: str, document: dict, figures: dict[str, str]) -> list[Section]:
     """Tables and figures of one evaluation setting."""
     horizons = [int(h) for h in document["horizons_days"]]
@@ -79,17 +97,10 @@ def setting_sections(name: str, document: dict, figures: dict[str, str]) -> list
             f"Two-category net reclassification at {nri['horizon_days']:.0f} days: FIPS high risk is FIPS ≥ {nri['fips_cut']}; "
             f"the model flags the same fraction ({nri['flagged_fraction']:.0%}) of highest-risk patients."),
             ["NRI", "events", "non-events"], [[ci(nri["nri"]), ci(nri["events"]), ci(nri["nonevents"])]], level=3))
-    sections.append(Section("Overt hepatic encephalopathy", "Threshold metrics use the threshold fixed on the training folds.",
-                            ["row", "AUC", "Brier", "accuracy", "sensitivity", "specificity", "F1"],
-                            [[row, *(ci(v.get(k)) for k in ("auc", "brier", "accuracy", "sensitivity", "specificity", "f1"))]
-                             for row, v in document["ohe"].items()],
-                            [(figures[k], t) for k, t in (("ohe_roc", "OHE ROC"), ("ohe_calibration", "OHE calibration"),
-                                                          ("decision_curve", "OHE decision curve")) if k in figures], level=3))
-    sections.append(Section("Portal pressure gradient after TIPS", "",
-                            ["row", "MAE (mmHg)", "RMSE (mmHg)", "R²", "Pearson r"],
-                            [[row, ci(v["mae_mmhg"], 2), ci(v["rmse_mmhg"], 2), ci(v["r2"]), ci(v["pearson_r"])]
-                             for row, v in document["ppg_post"].items()],
-                            [(figures[k], t) for k, t in (("ppg", "ppg_post predicted vs observed"),) if k in figures], level=3))
+    if document["ohe"]:
+        sections.append(_ohe_section(document, figures))
+    if document["ppg_post"]:
+        sections.append(_ppg_section(document, figures))
     if document["centers"]:
         rows = list(next(iter(document["centers"].values()))["harrell_c"])
         sections.append(Section("By center", "Harrell's C within each center (centers with at least 5 deaths); under "

@@ -15,6 +15,8 @@ METRICS_SCHEMA = "tipsprog-metrics-2"
 COMPARED = ("harrell_c", "uno_c", "integrated_brier")
 DECISION_THRESHOLDS = np.round(np.arange(0.05, 0.61, 0.05), 2)
 MIN_CENTER_EVENTS = 5
+MIN_LABELS = 10
+GRID_START_DAYS = 30.0
 
 
 def _horizon_columns(grid: np.ndarray, horizons: np.ndarray) -> np.ndarray:
@@ -35,12 +37,14 @@ def survival_metrics(row: PredictionRow, data: Cohort, horizons: np.ndarray, tau
              *(f"auc_{int(h)}d" for h in horizons), *(f"brier_{int(h)}d" for h in horizons)]
 
     def statistics(rows: np.ndarray, tie_draws: int) -> np.ndarray:
-        plain = metrics.harrell_c(time[rows], event[rows], risk[rows])
-        random_ties = metrics.harrell_c_random_ties(time[rows], event[rows], risk[rows], tie_draws) if tied else plain
-        return np.array([plain, random_ties, metrics.uno_c(time[rows], event[rows], risk[rows], tau),
-                         metrics.integrated_brier(time[rows], event[rows], row.survival[rows], grid),
-                         *metrics.time_dependent_auc(time[rows], event[rows], risk[rows], horizons),
-                         *metrics.brier_at(time[rows], event[rows], at_horizons[rows], horizons)])
+        random_ties = metrics.harrell_c_random_ties if tied else lambda t, e, r, _: metrics.harrell_c(t, e, r)
+        return metrics.stacked([
+            (lambda r: metrics.harrell_c(time[r], event[r], risk[r]), 1),
+            (lambda r: random_ties(time[r], event[r], risk[r], tie_draws), 1),
+            (lambda r: metrics.uno_c(time[r], event[r], risk[r], tau), 1),
+            (lambda r: metrics.integrated_brier(time[r], event[r], row.survival[r], grid), 1),
+            (lambda r: metrics.time_dependent_auc(time[r], event[r], risk[r], horizons), len(horizons)),
+            (lambda r: metrics.brier_at(time[r], event[r], at_horizons[r], horizons), len(horizons))], rows)
 
     estimate, _ = metrics.with_bootstrap_vector(lambda r: statistics(r, metrics.TIE_BREAK_DRAWS), len(time),
                                                 samples[:0], len(names))
@@ -99,20 +103,26 @@ def ppg_metrics(row: PredictionRow, data: Cohort, samples: np.ndarray) -> dict:
             for name, function in statistics.items()}
 
 
+def observed(labels: np.ndarray, binary: bool) -> bool:
+    """Whether a cohort observed an endpoint well enough to evaluate it (enough labels, both classes if binary)."""
+    known = labels[np.isfinite(labels)]
+    return len(known) >= MIN_LABELS and (not binary or len(np.unique(known)) == 2)
+
+
 def _row_metrics(job: tuple) -> tuple[dict, dict, dict | None, dict | None]:
     """All metrics of one row (a unit of parallel work)."""
     row, data, horizons, tau, grid, samples = job
     survival, kept = survival_metrics(row, data, horizons, tau, grid, samples)
-    ohe = ohe_metrics(row, data, samples) if row.ohe_probability is not None else None
-    ppg = ppg_metrics(row, data, samples) if row.ppg_post is not None else None
+    ohe = ohe_metrics(row, data, samples) if row.ohe_probability is not None and observed(data.outcomes["ohe"], True) else None
+    ppg = ppg_metrics(row, data, samples) if row.ppg_post is not None and observed(data.outcomes["ppg_post"], False) else None
     return survival, kept, ohe, ppg
 
 
 def evaluation_grid(time: np.ndarray, horizons: np.ndarray) -> tuple[float, np.ndarray]:
     """Truncation time tau (last horizon, at most the 90th percentile of follow-up) and the time grid: 25 points
-    from 30 days to tau for the integrated Brier score, plus the horizons."""
+    from 30 days (or the first horizon, if earlier) to tau for the integrated Brier score, plus the horizons."""
     tau = float(min(horizons.max(), np.nanpercentile(time, 90)))
-    return tau, np.unique(np.concatenate([np.linspace(30.0, tau, 25), horizons]))
+    return tau, np.unique(np.concatenate([np.linspace(min(GRID_START_DAYS, horizons.min()), tau, 25), horizons]))
 
 
 def reclassification(rows: list[PredictionRow], data: Cohort, horizon: float, samples: np.ndarray) -> dict | None:
@@ -180,7 +190,8 @@ def evaluate_rows(rows: list[PredictionRow], data: Cohort, horizons: np.ndarray,
     return {
         "patients": len(time), "events": int(np.nansum(data.outcomes["event"])), "bootstrap_draws": draws,
         "tau_days": tau, "horizons_days": horizons.tolist(),
+        "ibs_grid_days": grid[metrics.within_follow_up(grid, time)].tolist(),
         "survival": survival, "model_minus": differences, "reclassification": reclassification(rows, data, middle, samples),
-        "ohe": ohe, "decision_curve_ohe": decision_curve(rows, data), "ppg_post": ppg,
+        "ohe": ohe, "decision_curve_ohe": decision_curve(rows, data) if ohe else None, "ppg_post": ppg,
         "centers": per_center(rows, data, min(draws, 200), seed),
     }

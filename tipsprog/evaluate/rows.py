@@ -16,6 +16,7 @@ from tipsprog.clinical import FIPS_HIGH_RISK
 from tipsprog.errors import InputError
 from tipsprog.fusion.bundle import Bundle
 from tipsprog.fusion.training import baseline_at, breslow, survival_at
+from tipsprog.io import read_table
 
 
 @dataclass
@@ -131,10 +132,24 @@ def _survival_from_score(score: np.ndarray, data: OutOfFold, grid: np.ndarray) -
     return curves, own, cut
 
 
+def _refitted(train_score: np.ndarray, training: Cohort, score: np.ndarray, time: np.ndarray,
+              grid: np.ndarray) -> tuple[np.ndarray, np.ndarray, float] | None:
+    """A fixed score's univariate Cox refitted on all training patients and applied to new ones: grid and own-time
+    survival and the training median cut (None when the score is missing for most patients of either cohort)."""
+    train_time, train_event = training.outcomes["time"], training.outcomes["event"]
+    known = np.isfinite(train_score) & np.isfinite(train_time)
+    model = _fit_score_cox(train_score[known], train_time[known], train_event[known]) if _usable(train_score) else None
+    if model is None or not _usable(score):
+        return None
+    curves, own = model.survival(score, time, grid)
+    return curves, own, float(np.median(train_score[known]))
+
+
 def held_out_rows(bundle: Bundle, training: OutOfFold, cohort: Cohort, predictions: dict[str, np.ndarray],
-                  grid: np.ndarray) -> tuple[list[PredictionRow], list[str]]:
-    """Rows for patients no member trained on: the ensemble (survival averaged over members' baselines), the clinical
-    Cox and each clinical score refitted on all training patients."""
+                  grid: np.ndarray, truth: pd.DataFrame | None = None) -> tuple[list[PredictionRow], list[str]]:
+    """Rows for patients no member trained on (fuse-train --test or evaluate --test): the ensemble (survival
+    averaged over members' baselines), the clinical Cox, each clinical score refitted on all training patients and,
+    when `truth` covers both cohorts, the oracle."""
     time = cohort.outcomes["time"]
     member_risk = predictions["member_risk"]
     curves = np.mean([survival_at(np.array(m.baseline_times), np.array(m.baseline_cumhaz), member_risk[:, i], grid)
@@ -150,17 +165,25 @@ def held_out_rows(bundle: Bundle, training: OutOfFold, cohort: Cohort, predictio
         rows.append(PredictionRow("clinical-cox", cox_risk, survival_at(times, cumhaz, cox_risk, grid),
                                   np.exp(-np.exp(cox_risk) * baseline_at(times, cumhaz, time)), cox_risk > cox.cut))
     notes = []
-    train_time, train_event = training.outcomes["time"], training.outcomes["event"]
     for name, score in cohort.scores.items():
-        train_score = training.scores.get(name, np.array([]))
-        known = np.isfinite(train_score) & np.isfinite(train_time)
-        model = _fit_score_cox(train_score[known], train_time[known], train_event[known]) if _usable(train_score) else None
-        if model is None or not _usable(score):
-            notes.append(f"{name}: skipped on held-out patients, its inputs are missing for most patients")
+        refitted = _refitted(training.scores.get(name, np.full(len(training.patient_ids), np.nan)), training, score, time, grid)
+        if refitted is None:
+            notes.append(f"{name}: skipped on new patients, its inputs are missing for most patients")
             continue
-        curves, own = model.survival(score, time, grid)
-        high = score >= FIPS_HIGH_RISK if name == "FIPS" else score > np.median(train_score[known])
+        curves, own, cut = refitted
+        high = score >= FIPS_HIGH_RISK if name == "FIPS" else score > cut
         rows.append(PredictionRow(name, score, curves, own, np.where(np.isfinite(score), high, np.nan), ohe_probability=score))
+    if truth is not None:
+        training_truth, cohort_truth = truth_for(truth, training.patient_ids), truth_for(truth, cohort.patient_ids)
+        refitted = None
+        if training_truth is not None and cohort_truth is not None:
+            refitted = _refitted(training_truth["linear_predictor"].to_numpy(float), training,
+                                 cohort_truth["linear_predictor"].to_numpy(float), time, grid)
+        if refitted is None:
+            notes.append("oracle: skipped on new patients, the truth tables lack some of them or of the training patients")
+        else:
+            curves, own, cut = refitted
+            rows.append(_oracle(cohort_truth, curves, own, cohort_truth["linear_predictor"].to_numpy(float) > cut))
     return rows, notes
 
 
@@ -183,26 +206,45 @@ def prediction_rows(data: OutOfFold, grid: np.ndarray, truth: pd.DataFrame | Non
         high = score >= FIPS_HIGH_RISK if name == "FIPS" else score > cut
         rows.append(PredictionRow(name, score, curves, own, np.where(np.isfinite(score), high, np.nan), ohe_probability=score))
     if truth is not None:
-        rows.append(oracle_row(data, truth, grid))
+        matched = truth_for(truth, data.patient_ids)
+        if matched is None:
+            notes.append("oracle: skipped on out-of-fold patients, the truth tables lack some of them")
+        else:
+            rows.append(oracle_row(data, matched, grid))
     return rows, notes
 
 
-def read_truth(path: Path, patient_ids: list[str]) -> pd.DataFrame:
-    """truth.csv rows for the bundle's patients, in the same order."""
-    table = pd.read_csv(path, dtype={"patient_id": str}).set_index("patient_id")
-    needed = {"linear_predictor", "ohe_probability", "ppg_post_expected"}
-    if not needed <= set(table.columns):
-        raise InputError(f"{path}: truth table needs columns {sorted(needed)}")
-    missing = [pid for pid in patient_ids if pid not in table.index]
-    if missing:
-        raise InputError(f"{path}: patient {missing[0]} of the bundle is not in the truth table")
-    return table.loc[patient_ids]
+TRUTH_COLUMNS = ("linear_predictor", "ohe_probability", "ppg_post_expected")
+
+
+def read_truth(paths: list[Path]) -> pd.DataFrame:
+    """truth.csv tables of synthetic cohorts, stacked and indexed by patient ID."""
+    tables = []
+    for path in paths:
+        try:
+            tables.append(read_table(path, list(TRUTH_COLUMNS))[list(TRUTH_COLUMNS)].astype(float))
+        except ValueError as err:
+            raise InputError(f"{path}: truth values must be numbers ({err})") from None
+    truth = pd.concat(tables)
+    repeated = truth.index[truth.index.duplicated()]
+    if len(repeated):
+        raise InputError(f"{', '.join(map(str, paths))}: patient {repeated[0]} appears in more than one truth row")
+    return truth
+
+
+def truth_for(truth: pd.DataFrame, patient_ids: list[str]) -> pd.DataFrame | None:
+    """Truth rows of these patients in order (None unless every one is present)."""
+    return truth.loc[patient_ids] if truth.index.isin(patient_ids).sum() == len(set(patient_ids)) else None
+
+
+def _oracle(truth: pd.DataFrame, curves: np.ndarray, own: np.ndarray, high_risk: np.ndarray) -> PredictionRow:
+    """The best achievable row: the generating model's own linear predictor and expectations."""
+    risk = truth["linear_predictor"].to_numpy(float)
+    return PredictionRow("oracle", risk, curves, own, high_risk, truth["ohe_probability"].to_numpy(float),
+                         np.full(len(risk), 0.5), truth["ppg_post_expected"].to_numpy(float))
 
 
 def oracle_row(data: OutOfFold, truth: pd.DataFrame, grid: np.ndarray) -> PredictionRow:
-    """The best achievable row: the generating model's own linear predictor and expectations."""
-    risk = truth["linear_predictor"].to_numpy(float)
-    curves, own, cut = _survival_from_score(risk, data, grid)
-    probability = truth["ohe_probability"].to_numpy(float)
-    return PredictionRow("oracle", risk, curves, own, risk > cut, probability, np.full(len(risk), 0.5),
-                         truth["ppg_post_expected"].to_numpy(float))
+    """The oracle on out-of-fold patients, its survival from per-fold univariate Cox fits."""
+    curves, own, cut = _survival_from_score(truth["linear_predictor"].to_numpy(float), data, grid)
+    return _oracle(truth, curves, own, truth["linear_predictor"].to_numpy(float) > cut)

@@ -2,90 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import pandas as pd
 import yaml
 
 from tipsprog import store
-from tipsprog.store import file_sha256
-from tipsprog.clinical import clinical_scores, read_clinical
-from tipsprog.fusion.config import TrainConfig
 from tipsprog.devices import resolve_device
 from tipsprog.errors import InputError
 from tipsprog.evaluate.metrics import harrell_c, harrell_c_with_ci
+from tipsprog.fusion.assembly import assemble, score_columns
 from tipsprog.fusion.bundle import HeldOut, write_bundle
-from tipsprog.fusion.data import MODALITIES, clinical_features, modality_matrices, modality_of, numeric_extras
+from tipsprog.fusion.config import TrainConfig
 from tipsprog.fusion.training import TrainingData, cross_validate, fit_clinical_cox, predict_cohort
-from tipsprog.io import read_outcomes, read_table
-
-
-@dataclass
-class Assembled:
-    """Training data plus what the bundle must remember about where it came from."""
-
-    data: TrainingData
-    clinical: pd.DataFrame
-    extras: list[str]
-    blocks: dict[str, store.FeatureBlock]
-    notes: list[str]
-
-
-def _describe(ids: list[str], limit: int = 3) -> str:
-    shown = ", ".join(ids[:limit])
-    return f"{len(ids)} ({shown}{', …' if len(ids) > limit else ''})"
-
-
-def assemble(stores: list[Path], clinical_csv: Path, outcomes_csv: Path, modalities: tuple[str, ...] | None) -> Assembled:
-    """Join stores, clinical table and outcomes on patient ID; report every unmatched ID.
-
-    `modalities` None means every modality the stores and the clinical table provide.
-    """
-    clinical = read_clinical(clinical_csv)
-    outcomes = read_outcomes(outcomes_csv)
-    notes = []
-    if stores:
-        joined = store.join_features(stores)
-        notes += [f"{path}: {_describe(ids)} patients absent from another store" for path, ids in joined.unmatched.items()]
-        ids, centers, blocks = joined.patient_ids, dict(zip(joined.patient_ids, joined.centers)), joined.blocks
-    else:
-        ids, centers, blocks = clinical["patient_id"].tolist(), {}, {}
-    common = [pid for pid in ids if pid in clinical.index and pid in outcomes.index]
-    if not common:
-        sources = ", ".join(str(s) for s in stores) or str(clinical_csv)
-        raise InputError(f"{outcomes_csv}: no patient in common with {sources}")
-    for source, table in (("clinical", clinical), ("outcomes", outcomes)):
-        absent = [pid for pid in ids if pid not in table.index]
-        if absent:
-            notes.append(f"{_describe(absent)} patients have no {source} row and are left out")
-    matched = set(common)
-    unused = [pid for pid in outcomes.index if pid not in matched]
-    if unused:
-        notes.append(f"{_describe(unused)} outcome rows have no matching features and are left out")
-    extras = numeric_extras(clinical)
-    table = clinical.loc[common]
-    clinical_matrix, clinical_names = clinical_features(table, extras)
-    available = {"clinical", *(modality_of(name) for name in blocks)}
-    modalities = modalities or tuple(m for m in MODALITIES if m in available)
-    missing = [m for m in modalities if m not in available]
-    if missing:
-        raise InputError(f"--modalities: {', '.join(missing)} not in the given stores (available: {', '.join(sorted(available))})")
-    row_of = {pid: row for row, pid in enumerate(ids)}
-    matrices, names, groups = modality_matrices(blocks, np.array([row_of[pid] for pid in common], dtype=int),
-                                                clinical_matrix, clinical_names, modalities)
-    center_column = table["center"].astype(str).to_numpy() if "center" in table.columns else np.full(len(common), "unknown")
-    center = np.array([centers.get(pid, "unknown") for pid in common], dtype=object)
-    center = np.where(center == "unknown", center_column, center).astype(str)
-    labels = outcomes.loc[common]
-    data = TrainingData(common, center, matrices, names, groups, labels["time"].to_numpy(float), labels["event"].to_numpy(float),
-                        labels["ohe"].to_numpy(float), labels["ppg_post"].to_numpy(float))
-    if np.nansum(data.event) < 2:
-        raise InputError(f"{outcomes_csv}: fewer than 2 events among the {len(common)} matched patients")
-    used_blocks = {name: block for name, block in blocks.items() if modality_of(name) in modalities}
-    return Assembled(data, table, extras, used_blocks, notes)
+from tipsprog.io import read_table
+from tipsprog.store import file_sha256
 
 
 def _verified(source: Path, sha256: str) -> Path:
@@ -152,11 +84,6 @@ def held_out_positions(test_csv: Path, patient_ids: list[str]) -> np.ndarray:
     return np.array(sorted(position[pid] for pid in listed), dtype=int)
 
 
-def _score_columns(clinical: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Every clinical score of a clinical table as float columns."""
-    return {name: values.astype(float) for name, values in clinical_scores(clinical).items()}
-
-
 def _c_rows(data: TrainingData, predictions: dict[str, np.ndarray]) -> dict[str, dict]:
     """Harrell's C with CI of the model and, where present, the clinical Cox on one cohort."""
     rows = {"model": harrell_c_with_ci(data.time, data.event, predictions["risk"])}
@@ -182,7 +109,7 @@ def run_fuse_train(stores: list[Path], clinical_csv: Path, outcomes_csv: Path, o
         test_rows = held_out_positions(test_csv, data.patient_ids)
         train_rows = np.setdiff1d(np.arange(len(data.patient_ids)), test_rows)
         data, clinical = data.subset(train_rows), assembled.clinical.iloc[train_rows]
-        held_out = HeldOut(assembled.data.subset(test_rows), {}, _score_columns(assembled.clinical.iloc[test_rows]))
+        held_out = HeldOut(assembled.data.subset(test_rows), {}, score_columns(assembled.clinical.iloc[test_rows]))
         if np.nansum(data.event) < 2:
             raise InputError(f"{outcomes_csv}: fewer than 2 events among the {len(train_rows)} training patients")
     cv = cross_validate(data, config, cv_mode, device, seed, progress)
@@ -207,6 +134,6 @@ def run_fuse_train(stores: list[Path], clinical_csv: Path, outcomes_csv: Path, o
                      "held_out": held_out.data.patient_ids if held_out is not None else []},
         "risk_groups": {"cut": float(np.median(oof_risk)), "labels": ["low", "high"]},
     }
-    write_bundle(out, data, cv, config, manifest, _score_columns(clinical), metrics, model_card(data, config, metrics, cv_mode),
+    write_bundle(out, data, cv, config, manifest, score_columns(clinical), metrics, model_card(data, config, metrics, cv_mode),
                  copied, clinical_cox, held_out)
     return metrics

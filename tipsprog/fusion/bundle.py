@@ -50,11 +50,6 @@ def _member_payload(member: Member) -> dict:
     return payload
 
 
-def _outcomes(data: TrainingData) -> dict[str, np.ndarray]:
-    """Observed outcome columns of a cohort."""
-    return {"time": data.time, "event": data.event, "ohe": data.ohe, "ppg_post": data.ppg_post}
-
-
 def write_bundle(out: Path, data: TrainingData, cv: CrossValidation, config: TrainConfig, manifest: dict,
                  scores: dict[str, np.ndarray], metrics: dict, model_card: str, copied: dict[str, Path],
                  clinical_cox: ClinicalCox | None = None, held_out: HeldOut | None = None) -> None:
@@ -69,7 +64,7 @@ def write_bundle(out: Path, data: TrainingData, cv: CrossValidation, config: Tra
                          for m in cv.members],
              "clinical_cox": clinical_cox.to_dict() if clinical_cox is not None else None}), encoding="utf-8")
         with store.create_store(tmp / "oof.h5", data.patient_ids, data.centers.tolist()) as h5:
-            store.write_columns(h5, "outcomes", {**_outcomes(data), "fold": cv.folds[:, 0]})
+            store.write_columns(h5, "outcomes", {**data.outcomes(), "fold": cv.folds[:, 0]})
             store.write_columns(h5, "oof", cv.oof)
             store.write_columns(h5, "repeats", {**cv.per_repeat, "fold": cv.folds})
             store.write_columns(h5, "scores", scores)
@@ -77,7 +72,7 @@ def write_bundle(out: Path, data: TrainingData, cv: CrossValidation, config: Tra
                 store.write_baselines(h5, row, baselines)
         if held_out is not None:
             with store.create_store(tmp / "held_out.h5", held_out.data.patient_ids, held_out.data.centers.tolist()) as h5:
-                store.write_columns(h5, "outcomes", _outcomes(held_out.data))
+                store.write_columns(h5, "outcomes", held_out.data.outcomes())
                 store.write_columns(h5, "predictions", {k: v for k, v in held_out.predictions.items() if k != "member_risk"})
                 store.write_columns(h5, "members", {"risk": held_out.predictions["member_risk"]})
                 store.write_columns(h5, "scores", held_out.scores)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -42,6 +43,11 @@ def clinical_features(table: pd.DataFrame, extras: list[str]) -> tuple[np.ndarra
 def numeric_extras(table: pd.DataFrame) -> list[str]:
     """Extra clinical columns that hold numbers (others cannot be used as features)."""
     return [c for c in extra_columns(table) if pd.to_numeric(table[c], errors="coerce").notna().any()]
+
+
+def with_extras(table: pd.DataFrame, extras: list[str]) -> pd.DataFrame:
+    """The table with every extra column a model expects; absent ones are empty, so they are imputed."""
+    return table.assign(**{column: np.nan for column in extras if column not in table.columns})
 
 
 def clinical_token(column: str) -> str:
@@ -91,7 +97,8 @@ class ModalityPreprocessor:
     def fit(cls, train: np.ndarray, column_groups: list[str], max_width: int = 0) -> "ModalityPreprocessor":
         """Impute with medians, standardise, and reduce each group wider than `max_width` (0: no reduction)."""
         finite = np.where(np.isfinite(train), train, np.nan)
-        with np.errstate(all="ignore"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
             median = np.nanmedian(finite, axis=0)
         imputed = np.where(np.isnan(finite), median, finite)
         std = imputed.std(axis=0)

@@ -43,6 +43,10 @@ class TrainingData:
                             self.feature_names, self.feature_groups, self.time[rows], self.event[rows], self.ohe[rows],
                             self.ppg_post[rows])
 
+    def outcomes(self) -> dict[str, np.ndarray]:
+        """Observed outcome columns."""
+        return {"time": self.time, "event": self.event, "ohe": self.ohe, "ppg_post": self.ppg_post}
+
 
 @dataclass
 class Member:

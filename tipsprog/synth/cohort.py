@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -10,6 +11,7 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
+from tipsprog.errors import InputError
 from tipsprog.parallel import map_ordered
 from tipsprog.store import atomic_output
 from tipsprog.synth.phantom import Anatomy, Scanner, render
@@ -30,6 +32,15 @@ class CohortSpec:
     centers: int = 3
     seed: int = 0
     size: str = "small"
+    prefix: str = ""
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_-]*", self.prefix):
+            raise InputError(f"--prefix {self.prefix!r}: use letters, digits, '-' and '_' only (it becomes part of file names)")
+
+    def center_name(self, index: int) -> str:
+        """Name of the center with this 0-based index (the prefix keeps an external cohort's centers distinct)."""
+        return f"{self.prefix}C{index + 1}"
 
 
 def _sigmoid(values: np.ndarray) -> np.ndarray:
@@ -54,8 +65,8 @@ def latents(spec: CohortSpec) -> pd.DataFrame:
     dysfunction = rng.standard_normal(spec.n) + case_mix
     portal_ht = 0.4 * dysfunction + np.sqrt(1 - 0.16) * rng.standard_normal(spec.n)
     return pd.DataFrame({
-        "patient_id": [f"P{i:04d}" for i in range(spec.n)],
-        "center": [f"C{c + 1}" for c in center],
+        "patient_id": [f"{spec.prefix}P{i:04d}" for i in range(spec.n)],
+        "center": [spec.center_name(c) for c in center],
         "liver_dysfunction": dysfunction,
         "portal_hypertension": portal_ht,
         "sarcopenia": 0.3 * dysfunction + np.sqrt(1 - 0.09) * rng.standard_normal(spec.n),
@@ -168,11 +179,11 @@ def make_cohort(out: Path, spec: CohortSpec, workers: int = 1, progress: Callabl
     lat = latents(spec)
     full = complete_clinical(lat, spec)
     outcomes, truth = outcomes_and_truth(lat, full, spec)
-    scanners = center_scanners(spec)
+    scanners = {spec.center_name(c): scanner for c, scanner in enumerate(center_scanners(spec))}
     with atomic_output(out) as tmp:
         (tmp / "images").mkdir(parents=True)
         (tmp / "labels").mkdir()
-        jobs = [(i, row, int(full.at[i, "ascites"]), scanners[int(row["center"][1:]) - 1], spec, tmp)
+        jobs = [(i, row, int(full.at[i, "ascites"]), scanners[row["center"]], spec, tmp)
                 for i, row in lat.iterrows()]
         volumes = []
         for result in map_ordered(_render_patient, jobs, workers):
