@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import h5py
@@ -104,9 +105,29 @@ def no_patient_in_common(p, d):
     return _train(p, d, outcomes=d / "outcomes.csv"), "outcomes.csv: no patient in common with"
 
 
+def predict_clinical_out_of_range(p, d):
+    row = pd.read_csv(p.clinical).iloc[[0]].assign(sodium=400)
+    row.to_csv(d / "row.csv", index=False)
+    return ["predict", "--ct", p.cohort / "images" / "P0000.nii.gz", "--clinical", d / "row.csv", "--model", p.bundle], "sodium"
+
+
+def batch_patient_without_clinical_row(p, d):
+    pd.read_csv(p.cohort / "cohort.csv").iloc[:2].assign(ct=lambda t: [str(p.cohort / c) for c in t["ct"]]).to_csv(d / "cohort.csv", index=False)
+    pd.read_csv(p.clinical).iloc[[0]].to_csv(d / "clinical.csv", index=False)
+    return (["predict", "--cohort", d / "cohort.csv", "--clinical", d / "clinical.csv", "--model", p.bundle, "--out", d / "preds"],
+            "clinical.csv: patient P0001 of the cohort has no clinical row")
+
+
+def bundle_of_an_older_format(p, d):
+    shutil.copytree(p.bundle, d / "old")
+    manifest = (d / "old" / "bundle.yaml").read_text().replace("bundle_format: 2", "bundle_format: 1")
+    (d / "old" / "bundle.yaml").write_text(manifest)
+    return ["predict", "--ct", p.cohort / "images" / "P0000.nii.gz", "--clinical", _one_row(p, d), "--model", d / "old"], "bundle format 1"
+
+
 CASES = [missing_ct, unreadable_ct, ct_not_3d, missing_ct_strict_segment, cohort_without_patient_id, duplicate_ids,
          clinical_out_of_range, clinical_unknown_unit, negative_time, event_not_binary, store_of_other_schema,
-         no_patient_in_common]
+         no_patient_in_common, predict_clinical_out_of_range, batch_patient_without_clinical_row, bundle_of_an_older_format]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__ for c in CASES])

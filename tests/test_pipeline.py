@@ -6,9 +6,16 @@ import shutil
 import h5py
 import numpy as np
 import pandas as pd
+import pytest
+import SimpleITK as sitk
+import torch
 import yaml
 
 from conftest import invoke
+from tipsprog.fusion.assembly import assemble_for_bundle
+from tipsprog.fusion.attribution import integrated_gradients
+from tipsprog.fusion.bundle import load_bundle
+from tipsprog.fusion.training import predict_members
 
 
 def test_stores_follow_the_schema(pipeline):
@@ -110,6 +117,63 @@ def test_predict_single_patient_json(pipeline, tmp_path):
     assert {"FIPS", "MELD"} <= set(prediction["clinical_scores"])
     assert prediction["segmentation"]["status"] == "ok"
     assert 600 < prediction["segmentation"]["volumes_ml"]["liver"] < 4000
+    curve = prediction["survival_curve"]
+    assert curve["days"][0] == 30 and np.all(np.diff(curve["survival"]) <= 0) and 0 < curve["survival"][-1] <= 1
+    attribution = prediction["attribution"]
+    assert len(attribution["top"]) == 8 and {t["modality"] for t in attribution["top"]} <= {"clinical", "radiomics", "embed"}
+    assert sum(attribution["by_modality"].values()) == pytest.approx(attribution["risk_minus_baseline"], abs=2e-3)
+
+
+def test_attributions_add_up_to_the_risk_and_match_the_ensemble(pipeline):
+    """Integrated gradients are complete: per patient they sum to risk minus the baseline patient's risk."""
+    bundle = load_bundle(pipeline.bundle)
+    assembled = assemble_for_bundle(bundle.manifest, [pipeline.radiomics, pipeline.embed], pipeline.clinical, pipeline.outcomes)
+    matrices = {m: v[:4] for m, v in assembled.data.matrices.items()}
+    attribution = integrated_gradients(bundle.members, matrices, bundle.config, torch.device("cpu"))
+    np.testing.assert_allclose(attribution.values.sum(axis=1), attribution.risk - attribution.baseline_risk, atol=2e-3)
+    ensemble = predict_members(bundle.members, matrices, np.arange(4), bundle.config, torch.device("cpu"))["risk"].mean(axis=0)
+    np.testing.assert_allclose(attribution.risk, ensemble, atol=1e-5)
+    assert np.abs(attribution.values).max() > 1e-3
+
+
+def test_batch_and_single_predictions_agree_exactly(pipeline, tmp_path):
+    cohort = pd.read_csv(pipeline.cohort / "cohort.csv").iloc[[2, 5, 7]]
+    cohort.assign(ct=[str(pipeline.cohort / c) for c in cohort["ct"]]).to_csv(tmp_path / "cohort.csv", index=False)
+    result = invoke("predict", "--cohort", tmp_path / "cohort.csv", "--clinical", pipeline.clinical, "--model", pipeline.bundle,
+                    "--out", tmp_path / "batch", "--overlay", tmp_path / "overlays", "--save-masks", tmp_path / "masks",
+                    "--workers", 2, "--quiet")
+    assert result.exit_code == 0, result.output
+    batch = [json.loads(line) for line in (tmp_path / "batch" / "predictions.jsonl").read_text().splitlines()]
+    table = pd.read_csv(tmp_path / "batch" / "predictions.csv")
+    assert [r["patient_id"] for r in batch] == ["P0002", "P0005", "P0007"] == table["patient_id"].tolist()
+    assert np.allclose(table["risk_score"], [r["risk_score"]["estimate"] for r in batch], rtol=0, atol=1e-12)
+    pd.read_csv(pipeline.clinical).iloc[[5]].to_csv(tmp_path / "row.csv", index=False)
+    single = invoke("predict", "--ct", pipeline.cohort / "images" / "P0005.nii.gz", "--clinical", tmp_path / "row.csv",
+                    "--model", pipeline.bundle, "--json", "--overlay", tmp_path / "P0005.png")
+    assert json.loads(single.stdout) == batch[1]
+    assert (tmp_path / "P0005.png").read_bytes()[:4] == b"\x89PNG" == (tmp_path / "overlays" / "P0007.png").read_bytes()[:4]
+    masks = sitk.ReadImage(str(tmp_path / "masks" / "P0002_labels.nii.gz"))
+    assert set(np.unique(sitk.GetArrayFromImage(masks))) <= {0, 1, 2, 3}
+
+
+def test_predict_on_the_real_ct(pipeline, real_ct, tmp_path):
+    """The real abdominal CT with a made-up clinical row: finite outputs and a liver and spleen the size of the
+    reference segmentation's (the scan covers only part of the liver)."""
+    row = pd.read_csv(pipeline.clinical).iloc[[0]].assign(patient_id="real", age=61, bilirubin=2.1, albumin=31, inr=1.4)
+    row.to_csv(tmp_path / "row.csv", index=False)
+    result = invoke("predict", "--ct", real_ct / "example_ct_sm.nii.gz", "--clinical", tmp_path / "row.csv",
+                    "--model", pipeline.bundle, "--json")
+    assert result.exit_code == 0, result.output
+    prediction = json.loads(result.stdout)
+    values = [prediction["risk_score"]["estimate"], prediction["ohe_probability"]["estimate"], prediction["ppg_post_mmhg"]["estimate"],
+              *(v["estimate"] for v in prediction["survival"].values())]
+    assert np.isfinite(values).all()
+    reference = sitk.ReadImage(str(real_ct / "example_seg.nii.gz"))
+    voxel_ml = np.prod(reference.GetSpacing()) / 1000.0
+    labels = sitk.GetArrayFromImage(reference)
+    for roi, label in (("liver", 5), ("spleen", 1)):
+        expected = (labels == label).sum() * voxel_ml
+        assert 0.7 * expected < prediction["segmentation"]["volumes_ml"][roi] < 1.3 * expected, (roi, expected)
 
 
 def test_moved_bundle_predicts_identically(pipeline, tmp_path):

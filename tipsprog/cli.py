@@ -296,18 +296,38 @@ def evaluate(bundle: Path = typer.Argument(..., help="Model bundle from `tipspro
 
 @app.command()
 @guarded
-def predict(ct: Optional[Path] = typer.Option(None, "--ct", help="CT file or DICOM series folder."),
-            clinical: Path = typer.Option(..., "--clinical", help="One-row clinical CSV."),
+def predict(ct: Optional[Path] = typer.Option(None, "--ct", help="CT file or DICOM series folder (one patient)."),
+            clinical: Path = typer.Option(..., "--clinical", help="Clinical CSV: one row, or the cohort's rows with --cohort."),
             model: Path = typer.Option(..., "--model", help="Model bundle folder."),
-            as_json: bool = typer.Option(False, "--json", help="Print JSON to stdout."),
-            device: str = DEVICE) -> None:
-    """Predict one patient: risk, group, survival at 6/12/24 months, OHE, ppg_post, clinical scores."""
-    from tipsprog.predict import run_predict
+            cohort: Optional[Path] = typer.Option(None, "--cohort", help="cohort.csv (patient_id, ct) for a batch; needs --out."),
+            out: Optional[Path] = typer.Option(None, "--out", help="Batch output folder: predictions.csv and predictions.jsonl."),
+            save_masks: Optional[Path] = typer.Option(None, "--save-masks", help="Folder for the ROI label images (NIfTI)."),
+            overlay: Optional[Path] = typer.Option(None, "--overlay", help="PNG of the masks on three CT slices (a folder for a batch)."),
+            as_json: bool = typer.Option(False, "--json", help="Print JSON to stdout (docs/predict.md)."),
+            device: str = DEVICE, workers: Optional[int] = WORKERS, quiet: bool = QUIET) -> None:
+    """Predict one patient or a cohort: risk, group, survival curve and 6/12/24-month survival, OHE, ppg_post,
+    clinical scores, segmentation QC and the features that drove the risk."""
+    from tipsprog.predict import PredictOptions, run_predict, run_predict_batch
 
-    result = run_predict(model, ct, clinical, device)
+    options = PredictOptions(save_masks, overlay, device, _workers(workers))
+    if cohort is not None:
+        if out is None or ct is not None:
+            raise InputError("--cohort needs --out (and no --ct): it writes predictions.csv and predictions.jsonl")
+        results = run_predict_batch(model, cohort, clinical, out, options)
+        if as_json:
+            typer.echo(json.dumps(results, indent=2))
+        elif not quiet:
+            console.print(f"predicted {len(results)} patients → {out / 'predictions.csv'}, {out / 'predictions.jsonl'}")
+        return
+    result = run_predict(model, ct, clinical, options)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
-        return
+    elif not quiet:
+        _print_prediction(result)
+
+
+def _print_prediction(result: dict) -> None:
+    """The human-readable summary of one prediction."""
     out = Console()
     out.print(f"[bold]{result['patient_id']}[/bold]: risk {result['risk_score']['estimate']:.3f} "
               f"(percentile {result['risk_percentile']:.0f} of the training cohort), {result['risk_group']} risk")
@@ -321,6 +341,11 @@ def predict(ct: Optional[Path] = typer.Option(None, "--ct", help="CT file or DIC
         out.print(f"  segmentation: {result['segmentation']['status']} {result['segmentation']['volumes_ml']}")
     if result["imputed"]:
         out.print(f"  imputed (training medians): {', '.join(result['imputed'])}")
+    attribution = result["attribution"]
+    out.print(f"  risk vs the training-fold mean patient: {attribution['risk_minus_baseline']:+.3f}, by modality "
+              + ", ".join(f"{m} {v:+.3f}" for m, v in attribution["by_modality"].items()))
+    for feature in attribution["top"][:5]:
+        out.print(f"    {feature['modality']:<10} {feature['group']:<32} {feature['contribution']:+.3f}")
 
 
 if __name__ == "__main__":

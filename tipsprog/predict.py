@@ -1,10 +1,19 @@
-"""predict stage: replay a bundle's feature pipeline on one scan and clinical row, then the ensemble."""
+"""predict stage: replay a bundle's feature pipeline on scans and clinical rows, then the ensemble, with attributions.
+
+One patient (`--ct` + a one-row clinical table) and a batch (`--cohort` + a clinical table) run the same code: the
+per-scan stages (segmentation, radiomics, ROI crops) in parallel workers, then embeddings, the ensemble and
+integrated gradients one patient at a time, so a patient's prediction never depends on the others in the batch.
+"""
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import SimpleITK as sitk
 
 from tipsprog import store
 from tipsprog.clinical import clinical_scores, read_clinical, schema
@@ -12,13 +21,94 @@ from tipsprog.devices import resolve_device
 from tipsprog.embed import embedding_block, load_encoder
 from tipsprog.errors import InputError
 from tipsprog.evaluate.rows import read_oof
+from tipsprog.fusion.attribution import integrated_gradients
 from tipsprog.fusion.bundle import Bundle, load_bundle
 from tipsprog.fusion.data import clinical_features, modality_matrices, with_extras
 from tipsprog.fusion.training import ensemble_survival, predict_members
-from tipsprog.io import read_ct
+from tipsprog.io import read_cohort, read_ct
+from tipsprog.parallel import map_ordered
 from tipsprog.radiomics.extract import extract_from_file
 from tipsprog.segment import Backend, qc_status, quality_flags, segment_scan
 from tipsprog.segment.crops import roi_crops, roi_volumes
+from tipsprog.segment.overlay import draw_overlay
+from tipsprog.store import atomic_output
+
+TOP_FEATURES = 8
+CURVE_STEP_DAYS = 30
+
+
+@dataclass
+class ScanFeatures:
+    """What the per-scan stages give one patient: radiomics rows by block, ROI crops, QC and the label image."""
+
+    radiomics: dict[str, np.ndarray]
+    crops: dict[str, np.ndarray]
+    qc: dict
+    labels: sitk.Image
+
+
+@dataclass
+class PredictOptions:
+    """Where predict writes its optional extras (None: not written) and how it runs."""
+
+    save_masks: Path | None = None
+    overlay: Path | None = None
+    device: str = "auto"
+    workers: int = 1
+
+
+def _backend(bundle: Bundle, device_name: str) -> Backend:
+    """The segmentation backend the bundle's features came from."""
+    segment = bundle.manifest["pipeline"].get("segment") or {"backend": "classic"}
+    if segment["backend"] == "masks":
+        raise InputError(f"{bundle.path}: bundle was trained on given masks; predict needs an automatic backend")
+    model = str(bundle.path / segment["model"]) if segment.get("model") else ""
+    return Backend(segment["backend"], model, resolve_device(device_name).type)
+
+
+def scan_features(job: tuple[dict, Backend, str]) -> ScanFeatures:
+    """Segment one scan, extract the bundle's radiomics blocks and cut the ROI crops embeddings need."""
+    blocks, backend, ct_path = job
+    ct = read_ct(ct_path)
+    labels = segment_scan(ct, backend)
+    volumes = roi_volumes(labels)
+    flags = quality_flags(labels, volumes)
+    qc = {"backend": backend.name, "volumes_ml": {roi: round(float(v), 1) for roi, v in zip(store.ROI_LABELS, volumes)},
+          "status": qc_status(flags), "flags": flags}
+    radiomics = {}
+    for name, entry in blocks.items():
+        if entry["extractor"] == "pyradiomics":
+            values, _ = extract_from_file(ct_path, labels, entry["params"])
+            radiomics[name] = np.array([values.get(feature, np.nan) for feature in entry["names"]], dtype=float)
+    needs_crops = any("encoder" in entry for entry in blocks.values())
+    return ScanFeatures(radiomics, roi_crops(ct, labels) if needs_crops else {}, qc, labels)
+
+
+def _feature_blocks(bundle: Bundle, scans: list[ScanFeatures], device_name: str) -> dict[str, store.FeatureBlock]:
+    """The bundle's feature blocks for all scans: radiomics stacked, embeddings one crop at a time."""
+    blocks = {}
+    for name, entry in bundle.manifest["pipeline"]["blocks"].items():
+        if entry["extractor"] == "pyradiomics":
+            blocks[name] = store.FeatureBlock(np.stack([scan.radiomics[name] for scan in scans]), entry["names"], [])
+        elif "encoder" in entry:
+            encoder = load_encoder(entry["encoder"], bundle.path / entry["weights"])
+            crops = {roi: np.stack([scan.crops[roi] for scan in scans]) for roi in scans[0].crops}
+            blocks[name] = embedding_block(encoder, crops, resolve_device(device_name), entry["pooling"], {}, batch_size=1)
+        else:
+            raise InputError(f"{bundle.path}: cannot replay feature block '{name}'")
+    return blocks
+
+
+def _clinical_rows(bundle: Bundle, clinical_csv: Path, patient_ids: list[str] | None) -> pd.DataFrame:
+    """Clinical rows of the patients to predict (all rows of the table when `patient_ids` is None), with the
+    bundle's extra columns."""
+    table = with_extras(read_clinical(clinical_csv), bundle.manifest["clinical"]["extras"])
+    if patient_ids is None:
+        return table
+    missing = [pid for pid in patient_ids if pid not in table.index]
+    if missing:
+        raise InputError(f"{clinical_csv}: patient {missing[0]} of the cohort has no clinical row ({len(missing)} missing)")
+    return table.loc[patient_ids]
 
 
 def _interval(values: np.ndarray) -> dict[str, float]:
@@ -27,82 +117,121 @@ def _interval(values: np.ndarray) -> dict[str, float]:
     return {"estimate": float(np.mean(values)), "low": float(low), "high": float(high)}
 
 
-def _image_blocks(bundle: Bundle, ct_path: Path | None, device_name: str) -> tuple[dict[str, store.FeatureBlock], dict]:
-    """Feature blocks of one scan in the bundle's feature order, and its segmentation QC."""
+def predict_patients(bundle: Bundle, table: pd.DataFrame, ct_paths: list[str] | None, options: PredictOptions) -> list[dict]:
+    """Predictions for the rows of a clinical table (scans in the same order when the bundle uses imaging)."""
     pipeline = bundle.manifest["pipeline"]
-    if not pipeline["blocks"]:
-        return {}, {}
-    if ct_path is None:
-        raise InputError("--ct is required: this bundle uses imaging features")
-    segment = pipeline.get("segment") or {"backend": "classic"}
-    if segment["backend"] == "masks":
-        raise InputError(f"{bundle.path}: bundle was trained on given masks; predict needs an automatic backend")
-    model = str(bundle.path / segment["model"]) if segment.get("model") else ""
-    backend = Backend(segment["backend"], model, resolve_device(device_name).type)
-    ct = read_ct(ct_path)
-    labels = segment_scan(ct, backend)
-    volumes = roi_volumes(labels)
-    flags = quality_flags(labels, volumes)
-    qc = {"backend": backend.name, "volumes_ml": {roi: round(float(v), 1) for roi, v in zip(store.ROI_LABELS, volumes)},
-          "status": qc_status(flags), "flags": flags}
-    blocks = {}
-    for name, entry in pipeline["blocks"].items():
-        if entry["extractor"] == "pyradiomics":
-            values, _ = extract_from_file(str(ct_path), labels, entry["params"])
-            row = np.array([[values.get(feature, np.nan) for feature in entry["names"]]])
-            blocks[name] = store.FeatureBlock(row, entry["names"], [])
-        elif "encoder" in entry:
-            encoder = load_encoder(entry["encoder"], bundle.path / entry["weights"])
-            crops = {roi: crop[None] for roi, crop in roi_crops(ct, labels).items()}
-            blocks[name] = embedding_block(encoder, crops, resolve_device(device_name), entry["pooling"], {})
-        else:
-            raise InputError(f"{bundle.path}: cannot replay feature block '{name}'")
-    return blocks, qc
-
-
-def _clinical_row(bundle: Bundle, clinical_csv: Path):
-    """The single clinical row, its feature vector and the variables that will be imputed."""
-    table = read_clinical(clinical_csv)
-    if len(table) != 1:
-        raise InputError(f"{clinical_csv}: expected one patient row, found {len(table)}")
+    scans: list[ScanFeatures] = []
+    blocks: dict[str, store.FeatureBlock] = {}
+    if pipeline["blocks"]:
+        if ct_paths is None:
+            raise InputError("--ct is required: this bundle uses imaging features")
+        backend = _backend(bundle, options.device)
+        scans = list(map_ordered(scan_features, [(pipeline["blocks"], backend, path) for path in ct_paths], options.workers))
+        blocks = _feature_blocks(bundle, scans, options.device)
     extras = bundle.manifest["clinical"]["extras"]
-    table = with_extras(table, extras)
-    imputed = [name for name in [*schema(), *extras] if table[name].isna().iloc[0]]
-    matrix, names = clinical_features(table, extras)
-    return table, matrix, names, imputed
-
-
-def predict_one(bundle: Bundle, ct_path: Path | None, clinical_csv: Path, device_name: str = "auto") -> dict:
-    """Risk, percentile, group, survival at horizons, OHE, ppg_post, clinical scores and QC for one patient."""
-    table, clinical_matrix, clinical_names, imputed = _clinical_row(bundle, clinical_csv)
-    blocks, qc = _image_blocks(bundle, ct_path, device_name)
-    wanted = tuple(bundle.manifest["modalities"])
-    matrices, _, _ = modality_matrices(blocks, np.array([0]), clinical_matrix, clinical_names, wanted)
-    device = resolve_device(device_name)
-    horizons = np.array(bundle.config.horizons_days, dtype=float)
-    output = predict_members(bundle.members, matrices, np.array([0]), bundle.config, device)
-    risks = output["risk"][:, 0]
-    survival = ensemble_survival(bundle.members, output["risk"], horizons)[:, 0]
-    risk = float(np.mean(risks))
+    clinical_matrix, clinical_names = clinical_features(table, extras)
+    matrices, _, _ = modality_matrices(blocks, np.arange(len(table)), clinical_matrix, clinical_names,
+                                       tuple(bundle.manifest["modalities"]))
+    device = resolve_device(options.device)
+    attribution = integrated_gradients(bundle.members, matrices, bundle.config, device)
     reference = read_oof(bundle.path / "oof.h5").oof["risk"]
     reference = reference[np.isfinite(reference)]
-    cut = bundle.manifest["risk_groups"]["cut"]
-    scores = clinical_scores(table).iloc[0]
+    scores = clinical_scores(table)
+    results = []
+    for row, patient_id in enumerate(table["patient_id"].astype(str)):
+        output = predict_members(bundle.members, {m: v[row:row + 1] for m, v in matrices.items()}, np.array([0]),
+                                 bundle.config, device)
+        imputed = [name for name in [*schema(), *extras] if pd.isna(table[name].iloc[row])]
+        result = _patient_result(bundle, patient_id, output, reference, scores.iloc[row], imputed)
+        result["attribution"] = {"method": "integrated gradients", "baseline": "training-fold mean patient",
+                                 "risk_minus_baseline": round(float(attribution.risk[row] - attribution.baseline_risk[row]), 4),
+                                 "by_modality": attribution.by_modality(row), "top": attribution.top(row, TOP_FEATURES)}
+        result["segmentation"] = scans[row].qc if scans else {}
+        results.append(result)
+    if scans:
+        _write_images(table["patient_id"].astype(str).tolist(), ct_paths, scans, options)
+    return results
+
+
+def _patient_result(bundle: Bundle, patient_id: str, output: dict[str, np.ndarray], reference: np.ndarray,
+                    scores: pd.Series, imputed: list[str]) -> dict:
+    """One patient's JSON record from the members' outputs on that patient."""
+    horizons = np.array(bundle.config.horizons_days, dtype=float)
+    curve_days = np.arange(CURVE_STEP_DAYS, horizons.max() + 1, CURVE_STEP_DAYS, dtype=float)
+    risks = output["risk"][:, 0]
+    survival = ensemble_survival(bundle.members, output["risk"], horizons)[:, 0]
+    curve = ensemble_survival(bundle.members, output["risk"], curve_days)[:, 0].mean(axis=0)
+    risk = float(np.mean(risks))
     return {
-        "patient_id": str(table["patient_id"].iloc[0]),
+        "patient_id": patient_id,
         "risk_score": _interval(risks),
         "risk_percentile": float(100.0 * np.mean(reference <= risk)),
-        "risk_group": "high" if risk > cut else "low",
+        "risk_group": "high" if risk > bundle.manifest["risk_groups"]["cut"] else "low",
         "survival": {f"{int(h)}d": _interval(survival[:, i]) for i, h in enumerate(horizons)},
+        "survival_curve": {"days": curve_days.tolist(), "survival": [round(float(s), 5) for s in curve]},
         "ohe_probability": _interval(output["ohe_probability"][:, 0]),
         "ppg_post_mmhg": _interval(output["ppg_post"][:, 0]),
         "clinical_scores": {name: round(float(value), 3) for name, value in scores.items() if np.isfinite(value)},
         "imputed": imputed,
-        "segmentation": qc,
         "members": len(bundle.members),
     }
 
 
-def run_predict(bundle_path: Path, ct_path: Path | None, clinical_csv: Path, device_name: str = "auto") -> dict:
+def _write_images(patient_ids: list[str], ct_paths: list[str], scans: list[ScanFeatures], options: PredictOptions) -> None:
+    """--save-masks label images and --overlay PNGs (a .png file for one patient, else a folder of PNGs)."""
+    single = len(patient_ids) == 1 and options.overlay is not None and options.overlay.suffix.lower() == ".png"
+    if options.save_masks is not None:
+        options.save_masks.mkdir(parents=True, exist_ok=True)
+        for patient_id, scan in zip(patient_ids, scans):
+            sitk.WriteImage(scan.labels, str(options.save_masks / f"{patient_id}_labels.nii.gz"), useCompression=True)
+    if options.overlay is not None:
+        if not single:
+            options.overlay.mkdir(parents=True, exist_ok=True)
+        for patient_id, path, scan in zip(patient_ids, ct_paths, scans):
+            draw_overlay(read_ct(path), scan.labels, options.overlay if single else options.overlay / f"{patient_id}.png")
+
+
+def run_predict(bundle_path: Path, ct_path: Path | None, clinical_csv: Path, options: PredictOptions) -> dict:
     """Load a bundle and predict one patient."""
-    return predict_one(load_bundle(bundle_path), ct_path, clinical_csv, device_name)
+    bundle = load_bundle(bundle_path)
+    table = _clinical_rows(bundle, clinical_csv, None)
+    if len(table) != 1:
+        raise InputError(f"{clinical_csv}: expected one patient row, found {len(table)} (use --cohort for a batch)")
+    return predict_patients(bundle, table, [str(ct_path)] if ct_path is not None else None, options)[0]
+
+
+CSV_INTERVALS = ("risk_score", "ohe_probability", "ppg_post_mmhg")
+
+
+def flat_row(result: dict) -> dict:
+    """One predictions.csv row: estimates with their member intervals, scores, QC and top features."""
+    row: dict = {"patient_id": result["patient_id"]}
+    for key in CSV_INTERVALS:
+        row.update({key: result[key]["estimate"], f"{key}_low": result[key]["low"], f"{key}_high": result[key]["high"]})
+    row.update(risk_percentile=result["risk_percentile"], risk_group=result["risk_group"])
+    for horizon, value in result["survival"].items():
+        row.update({f"survival_{horizon}": value["estimate"], f"survival_{horizon}_low": value["low"],
+                    f"survival_{horizon}_high": value["high"]})
+    row.update(result["clinical_scores"])
+    segmentation = result["segmentation"]
+    if segmentation:
+        row.update(qc_status=segmentation["status"], qc_flags=";".join(segmentation["flags"]),
+                   **{f"{roi}_ml": volume for roi, volume in segmentation["volumes_ml"].items()})
+    row.update(imputed=";".join(result["imputed"]),
+               top_features=";".join(f"{t['group']}:{t['contribution']:+.3f}" for t in result["attribution"]["top"]))
+    return row
+
+
+def run_predict_batch(bundle_path: Path, cohort_csv: Path, clinical_csv: Path, out: Path, options: PredictOptions) -> list[dict]:
+    """Predict every patient of a cohort.csv; write predictions.csv and predictions.jsonl into `out` atomically
+    (masks and overlays, when asked for, into their own folders once every patient is predicted)."""
+    bundle = load_bundle(bundle_path)
+    cohort = read_cohort(cohort_csv)
+    ids = cohort["patient_id"].astype(str).tolist()
+    table = _clinical_rows(bundle, clinical_csv, ids)
+    results = predict_patients(bundle, table, cohort["ct"].tolist(), options)
+    with atomic_output(out) as tmp:
+        tmp.mkdir(parents=True)
+        pd.DataFrame([flat_row(r) for r in results]).to_csv(tmp / "predictions.csv", index=False)
+        (tmp / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in results), encoding="utf-8")
+    return results

@@ -201,7 +201,7 @@ def _parameter_groups(params: dict[str, torch.Tensor], lr: float, shared_scale: 
     return [g for g in ({"params": heads, "lr": lr}, {"params": shared, "lr": lr * shared_scale}) if g["params"]]
 
 
-class _Ensemble:
+class Ensemble:
     """Stacked weights of all members and their vmapped forward pass."""
 
     def __init__(self, models: list[FusionModel], device: torch.device):
@@ -233,7 +233,7 @@ def _task_loss(outputs: dict, rows: torch.Tensor, labels: dict, weights: dict, i
             + weights["ppg"] * masked_huber(outputs["ppg"].float(), labels["ppg"], rows))
 
 
-def _stacked_inputs(preprocessors: list[dict[str, ModalityPreprocessor]], matrices: dict[str, np.ndarray],
+def stacked_inputs(preprocessors: list[dict[str, ModalityPreprocessor]], matrices: dict[str, np.ndarray],
                     rows: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
     """Each member's own preprocessing of the selected rows, stacked: {modality: [members, rows, tokens, width]}."""
     return {m: torch.stack([torch.from_numpy(p[m].transform(matrices[m][rows])) for p in preprocessors]).to(device)
@@ -254,7 +254,7 @@ class _Batch:
 def _batch(data: TrainingData, plans: list[MemberPlan], prepared: list[_Prepared], device: torch.device) -> _Batch:
     """Tensors of the whole ensemble; OHE labels are shared by all members, ppg_post is standardised per member."""
     n = len(data.patient_ids)
-    inputs = _stacked_inputs([p.preprocessors for p in prepared], data.matrices, np.arange(n), device)
+    inputs = stacked_inputs([p.preprocessors for p in prepared], data.matrices, np.arange(n), device)
     fit_rows = torch.from_numpy(np.stack([_row_mask(p.fit_rows, n) for p in plans])).to(device)
     val_rows = torch.from_numpy(np.stack([_row_mask(p.val_rows, n) for p in plans])).to(device)
     labels = {"ohe": torch.from_numpy(data.ohe.astype(np.float32)).to(device),
@@ -275,7 +275,7 @@ class _StageResult:
     validation_loss: list[torch.Tensor]
 
 
-def _train_stage(ensemble: _Ensemble, batch: _Batch, stage: dict, config: TrainConfig, elapsed: int,
+def _train_stage(ensemble: Ensemble, batch: _Batch, stage: dict, config: TrainConfig, elapsed: int,
                  total_epochs: int) -> _StageResult:
     """One stage for every member at once; each member keeps the weights of its best inner-validation epoch."""
     weights = stage["loss_weights"]
@@ -329,7 +329,7 @@ def train_ensemble(data: TrainingData, plans: list[MemberPlan], config: TrainCon
         torch.manual_seed(plan.seed)
         models.append(build_model(config.model, layout_of(prep.preprocessors), config.hidden, config.dropout,
                                   config.model_options()).to(device))
-    ensemble = _Ensemble(models, device)
+    ensemble = Ensemble(models, device)
     batch = _batch(data, plans, prepared, device)
     total_epochs = sum(stage["max_epochs"] for stage in config.stages)
     elapsed, best_epochs, history = 0, [[] for _ in plans], {"train": [], "validation": []}
@@ -368,6 +368,16 @@ def _youden_threshold(probability: np.ndarray, label: np.ndarray) -> float:
     return float(np.clip(thresholds[int(np.argmax(tpr - fpr))], 0.0, 1.0))
 
 
+def member_ensemble(members: list[Member], config: TrainConfig, device: torch.device) -> Ensemble:
+    """Trained members rebuilt from their weights and stacked for one vmapped forward pass."""
+    models = []
+    for member in members:
+        model = build_model(config.model, member.layout, config.hidden, config.dropout, config.model_options())
+        model.load_state_dict(member.state_dict)
+        models.append(model.to(device))
+    return Ensemble(models, device)
+
+
 @torch.no_grad()
 def predict_members(members: list[Member], matrices: dict[str, np.ndarray], rows: np.ndarray, config: TrainConfig,
                     device: torch.device) -> dict[str, np.ndarray]:
@@ -375,13 +385,8 @@ def predict_members(members: list[Member], matrices: dict[str, np.ndarray], rows
 
     The OHE logit is shifted by −log(pos_weight): class-weighted BCE inflates the odds by that factor.
     """
-    models = []
-    for member in members:
-        model = build_model(config.model, member.layout, config.hidden, config.dropout, config.model_options())
-        model.load_state_dict(member.state_dict)
-        models.append(model.to(device))
-    outputs = _Ensemble(models, device).forward(_stacked_inputs([m.preprocessors for m in members], matrices, rows, device),
-                                                train=False)
+    outputs = member_ensemble(members, config, device).forward(
+        stacked_inputs([m.preprocessors for m in members], matrices, rows, device), train=False)
 
     def column(values: list[float]) -> np.ndarray:
         return np.array(values)[:, None]
