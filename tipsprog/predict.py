@@ -33,6 +33,7 @@ from tipsprog.segment.crops import roi_crops, roi_volumes
 from tipsprog.segment.overlay import draw_overlay
 from tipsprog.store import atomic_output
 
+PREDICTION_SCHEMA = "tipsprog-prediction-1"
 TOP_FEATURES = 8
 CURVE_STEP_DAYS = 30
 
@@ -126,7 +127,8 @@ def predict_patients(bundle: Bundle, table: pd.DataFrame, ct_paths: list[str] | 
         if ct_paths is None:
             raise InputError("--ct is required: this bundle uses imaging features")
         backend = _backend(bundle, options.device)
-        scans = list(map_ordered(scan_features, [(pipeline["blocks"], backend, path) for path in ct_paths], options.workers))
+        jobs = [(pipeline["blocks"], backend, path) for path in ct_paths]
+        scans = list(map_ordered(scan_features, jobs, min(options.workers, len(jobs))))
         blocks = _feature_blocks(bundle, scans, options.device)
     extras = bundle.manifest["clinical"]["extras"]
     clinical_matrix, clinical_names = clinical_features(table, extras)
@@ -157,12 +159,13 @@ def _patient_result(bundle: Bundle, patient_id: str, output: dict[str, np.ndarra
                     scores: pd.Series, imputed: list[str]) -> dict:
     """One patient's JSON record from the members' outputs on that patient."""
     horizons = np.array(bundle.config.horizons_days, dtype=float)
-    curve_days = np.arange(CURVE_STEP_DAYS, horizons.max() + 1, CURVE_STEP_DAYS, dtype=float)
+    curve_days = np.unique(np.concatenate([np.arange(CURVE_STEP_DAYS, horizons.max(), CURVE_STEP_DAYS), horizons]))
     risks = output["risk"][:, 0]
     survival = ensemble_survival(bundle.members, output["risk"], horizons)[:, 0]
     curve = ensemble_survival(bundle.members, output["risk"], curve_days)[:, 0].mean(axis=0)
     risk = float(np.mean(risks))
     return {
+        "schema": PREDICTION_SCHEMA,
         "patient_id": patient_id,
         "risk_score": _interval(risks),
         "risk_percentile": float(100.0 * np.mean(reference <= risk)),
