@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -125,9 +130,28 @@ def bundle_of_an_older_format(p, d):
     return ["predict", "--ct", p.cohort / "images" / "P0000.nii.gz", "--clinical", _one_row(p, d), "--model", d / "old"], "bundle format 1"
 
 
+def patient_id_escaping_the_folder(p, d):
+    pd.DataFrame({"patient_id": ["../escape"], "ct": [str(p.cohort / "images" / "P0000.nii.gz")]}).to_csv(d / "cohort.csv", index=False)
+    return ["segment", d / "cohort.csv", "--out", d / "seg.h5"], "row 2: patient_id '../escape' may not contain '/'"
+
+
+def tampered_bundle(p, d):
+    shutil.copytree(p.bundle, d / "model")
+    with open(d / "model" / "model_card.md", "a", encoding="utf-8") as card:
+        card.write("edited\n")
+    return (["predict", "--ct", p.cohort / "images" / "P0000.nii.gz", "--clinical", _one_row(p, d), "--model", d / "model"],
+            "model_card.md does not match its recorded sha256")
+
+
+def output_being_written_by_another_command(p, d):
+    (d / ".seg.h5.lock").write_text(f"{socket.gethostname()} {os.getpid()}")
+    return ["segment", p.cohort / "cohort.csv", "--out", d / "seg.h5"], f"another tipsprog command (pid {os.getpid()}) is writing it"
+
+
 CASES = [missing_ct, unreadable_ct, ct_not_3d, missing_ct_strict_segment, cohort_without_patient_id, duplicate_ids,
          clinical_out_of_range, clinical_unknown_unit, negative_time, event_not_binary, store_of_other_schema,
-         no_patient_in_common, predict_clinical_out_of_range, batch_patient_without_clinical_row, bundle_of_an_older_format]
+         no_patient_in_common, predict_clinical_out_of_range, batch_patient_without_clinical_row, bundle_of_an_older_format,
+         patient_id_escaping_the_folder, tampered_bundle, output_being_written_by_another_command]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__ for c in CASES])
@@ -151,3 +175,42 @@ def test_good_inputs_of_the_same_shape_pass(pipeline, tmp_path):
                     pipeline.outcomes, "--out", tmp_path / "model", "--folds", 3, "--quiet")
     assert result.exit_code == 0, result.output
     assert np.isfinite(h5py.File(tmp_path / "model" / "oof.h5")["oof/risk"][()]).all()
+
+
+def test_trust_uses_a_changed_bundle(pipeline, tmp_path):
+    args, _ = tampered_bundle(pipeline, tmp_path)
+    result = invoke(*args, "--trust", "--json")
+    assert result.exit_code == 0, result.output
+
+
+def _tipsprog(*args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "tipsprog", *map(str, args), "--quiet"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def test_two_commands_writing_one_output_one_wins_cleanly(pipeline, tmp_path):
+    """The second command stops at once with a clear line; the first writes a complete store; a lock left by a
+    killed command is taken over; commands writing different outputs in one folder run side by side."""
+    first = _tipsprog("radiomics", pipeline.seg, "--out", tmp_path / "rad.h5", "--workers", 1)
+    lock = tmp_path / ".rad.h5.lock"
+    deadline = time.time() + 60
+    while not lock.exists() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert lock.exists(), first.communicate()[0]
+    second = _tipsprog("radiomics", pipeline.seg, "--out", tmp_path / "rad.h5")
+    assert second.wait() == 2 and "is writing it" in second.communicate()[0]
+    assert first.wait() == 0, first.communicate()[0]
+    with h5py.File(tmp_path / "rad.h5") as rad:
+        assert rad["features/radiomics/values"].shape[0] == 30
+    assert not lock.exists()
+
+    lock = tmp_path / ".seg.h5.lock"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    lock.write_text(f"{socket.gethostname()} {dead}")
+    others = [_tipsprog("radiomics", pipeline.seg, "--out", tmp_path / name, "--workers", 1) for name in ("a.h5", "b.h5")]
+    retaken = invoke("segment", pipeline.cohort / "cohort.csv", "--out", tmp_path / "seg.h5", "--quiet")
+    assert retaken.exit_code == 0, retaken.output
+    assert [p.wait() for p in others] == [0, 0]
+    with h5py.File(tmp_path / "a.h5") as a, h5py.File(tmp_path / "b.h5") as b:
+        np.testing.assert_array_equal(a["features/radiomics/values"][()], b["features/radiomics/values"][()])
+    assert not list(tmp_path.glob(".*.lock")) and not list(tmp_path.glob(".*.tmp"))

@@ -304,12 +304,13 @@ def predict(ct: Optional[Path] = typer.Option(None, "--ct", help="CT file or DIC
             save_masks: Optional[Path] = typer.Option(None, "--save-masks", help="Folder for the ROI label images (NIfTI)."),
             overlay: Optional[Path] = typer.Option(None, "--overlay", help="PNG of the masks on three CT slices (a folder for a batch)."),
             as_json: bool = typer.Option(False, "--json", help="Print JSON to stdout (docs/predict.md)."),
+            trust: bool = typer.Option(False, "--trust", help="Use a bundle whose files no longer match their recorded sha256."),
             device: str = DEVICE, workers: Optional[int] = WORKERS, quiet: bool = QUIET) -> None:
     """Predict one patient or a cohort: risk, group, survival curve and 6/12/24-month survival, OHE, ppg_post,
     clinical scores, segmentation QC and the features that drove the risk."""
     from tipsprog.predict import PredictOptions, run_predict, run_predict_batch
 
-    options = PredictOptions(save_masks, overlay, device, _workers(workers))
+    options = PredictOptions(save_masks, overlay, device, _workers(workers), trust)
     if cohort is not None:
         if out is None or ct is not None:
             raise InputError("--cohort needs --out (and no --ct): it writes predictions.csv and predictions.jsonl")

@@ -103,6 +103,11 @@ def read_mask(path: str | Path, reference: sitk.Image) -> sitk.Image:
     )
 
 
+def _unsafe_id(patient_id: str) -> bool:
+    """Whether a patient ID could escape the folder or HDF5 group it names a file or group in."""
+    return patient_id in (".", "..") or any(c in patient_id for c in "/\\") or any(ord(c) < 32 for c in patient_id)
+
+
 def read_table(path: str | Path, required: list[str]) -> pd.DataFrame:
     """Read a CSV with a unique `patient_id` column and the required columns."""
     path = Path(path)
@@ -123,6 +128,11 @@ def read_table(path: str | Path, required: list[str]) -> pd.DataFrame:
     empty = table.index[table["patient_id"].isin(["", "nan"])]
     if len(empty):
         raise InputError(f"{path}: row {int(empty[0]) + 2}: empty patient_id")
+    unsafe = table["patient_id"][table["patient_id"].map(_unsafe_id)]
+    if len(unsafe):
+        row = int(unsafe.index[0]) + 2
+        raise InputError(f"{path}: row {row}: patient_id {unsafe.iloc[0]!r} may not contain '/', '\\', control "
+                         "characters or be '.' or '..' (it names files and store groups)")
     duplicated = table["patient_id"][table["patient_id"].duplicated()]
     if len(duplicated):
         raise InputError(f"{path}: duplicate patient_id '{duplicated.iloc[0]}'")

@@ -31,7 +31,7 @@ from tipsprog.radiomics.extract import extract_from_file
 from tipsprog.segment import Backend, qc_status, quality_flags, segment_scan
 from tipsprog.segment.crops import roi_crops, roi_volumes
 from tipsprog.segment.overlay import draw_overlay
-from tipsprog.store import atomic_output
+from tipsprog.store import atomic_output, writes_output
 
 PREDICTION_SCHEMA = "tipsprog-prediction-1"
 TOP_FEATURES = 8
@@ -56,6 +56,7 @@ class PredictOptions:
     overlay: Path | None = None
     device: str = "auto"
     workers: int = 1
+    trust: bool = False
 
 
 def _backend(bundle: Bundle, device_name: str) -> Backend:
@@ -196,7 +197,7 @@ def _write_images(patient_ids: list[str], ct_paths: list[str], scans: list[ScanF
 
 def run_predict(bundle_path: Path, ct_path: Path | None, clinical_csv: Path, options: PredictOptions) -> dict:
     """Load a bundle and predict one patient."""
-    bundle = load_bundle(bundle_path)
+    bundle = load_bundle(bundle_path, options.trust)
     table = _clinical_rows(bundle, clinical_csv, None)
     if len(table) != 1:
         raise InputError(f"{clinical_csv}: expected one patient row, found {len(table)} (use --cohort for a batch)")
@@ -225,10 +226,11 @@ def flat_row(result: dict) -> dict:
     return row
 
 
+@writes_output
 def run_predict_batch(bundle_path: Path, cohort_csv: Path, clinical_csv: Path, out: Path, options: PredictOptions) -> list[dict]:
     """Predict every patient of a cohort.csv; write predictions.csv and predictions.jsonl into `out` atomically
     (masks and overlays, when asked for, into their own folders once every patient is predicted)."""
-    bundle = load_bundle(bundle_path)
+    bundle = load_bundle(bundle_path, options.trust)
     cohort = read_cohort(cohort_csv)
     ids = cohort["patient_id"].astype(str).tolist()
     table = _clinical_rows(bundle, clinical_csv, ids)

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import os
 import shutil
+import socket
 import sys
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 import h5py
 import numpy as np
@@ -41,22 +44,90 @@ def file_sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+_HELD_LOCKS: set[Path] = set()
+Result = TypeVar("Result")
+
+
+def _live_holder(lock: Path) -> str | None:
+    """Who holds a lock file, if that process may still be running (None for a stale or unreadable lock)."""
+    try:
+        host, pid = lock.read_text(encoding="utf-8").split()
+    except (OSError, ValueError):
+        return None
+    if host != socket.gethostname():
+        return f"pid {pid} on {host}"
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    return f"pid {pid}"
+
+
+@contextmanager
+def output_lock(path: str | Path) -> Iterator[None]:
+    """Hold `.<name>.lock` beside an output while this process writes it (re-entrant).
+
+    A second command writing the same output stops at once with a clear error instead of interleaving with the
+    first; a lock left behind by a killed process is taken over.
+    """
+    path = Path(path).absolute()
+    if path in _HELD_LOCKS:
+        yield
+        return
+    lock = path.with_name(f".{path.name}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    claim = lock.with_name(f"{lock.name}.{uuid.uuid4().hex[:8]}")
+    claim.write_text(f"{socket.gethostname()} {os.getpid()}", encoding="utf-8")
+    try:
+        while True:
+            try:
+                os.link(claim, lock)
+                break
+            except FileExistsError:
+                holder = _live_holder(lock)
+                if holder:
+                    raise InputError(f"{path}: another tipsprog command ({holder}) is writing it; wait for it to "
+                                     "finish or choose another output") from None
+                lock.unlink(missing_ok=True)
+    finally:
+        claim.unlink(missing_ok=True)
+    _HELD_LOCKS.add(path)
+    try:
+        yield
+    finally:
+        _HELD_LOCKS.discard(path)
+        lock.unlink(missing_ok=True)
+
+
+def writes_output(stage: Callable[..., Result]) -> Callable[..., Result]:
+    """Run a stage under the lock of its `out` argument from start to end, so a second command writing the same
+    output stops before doing any work."""
+    @functools.wraps(stage)
+    def locked(*args, **kwargs) -> Result:
+        with output_lock(inspect.signature(stage).bind(*args, **kwargs).arguments["out"]):
+            return stage(*args, **kwargs)
+    return locked
+
+
 @contextmanager
 def atomic_output(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling path; rename it onto `path` only if the block succeeds."""
+    """Yield a temporary sibling path; rename it onto `path` only if the block succeeds (under the output's lock)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        yield tmp
-        if path.is_dir() and tmp.is_dir():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    finally:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif tmp.exists():
-            tmp.unlink()
+    with output_lock(path):
+        try:
+            yield tmp
+            if path.is_dir() and tmp.is_dir():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+        finally:
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            elif tmp.exists():
+                tmp.unlink()
 
 
 @contextmanager

@@ -14,7 +14,7 @@ from tipsprog.devices import resolve_device
 from tipsprog.embed.encoders import ENCODERS, RoiEncoder, load_encoder
 from tipsprog.embed.ssl import FitSettings, build_ssl_network, fit_ssl, save_ssl_weights
 from tipsprog.errors import InputError
-from tipsprog.store import file_sha256
+from tipsprog.store import file_sha256, writes_output
 
 EMBED_ROIS = ("liver", "spleen")
 POOLINGS = ("mean", "mean+max")
@@ -83,6 +83,7 @@ def _read_segment_store(seg_path: Path) -> tuple[list[str], list[str], tuple[lis
                 {roi: store.read_crops(seg, roi) for roi in EMBED_ROIS})
 
 
+@writes_output
 def run_embed(seg_path: Path, out: Path, encoder_name: str = "ssl", fit: bool = False, weights: Path | None = None,
               device_name: str = "auto", settings: FitSettings = FitSettings(), pooling: str = "mean",
               batch_size: int = 16, fit_progress: Callable[[int, float], None] | None = None,

@@ -18,7 +18,7 @@ from tipsprog.evaluate.rows import (Cohort, OutOfFold, PredictionRow, held_out_r
 from tipsprog.fusion.assembly import assemble_for_bundle, score_columns
 from tipsprog.fusion.bundle import Bundle, load_bundle
 from tipsprog.fusion.training import predict_cohort
-from tipsprog.store import atomic_output
+from tipsprog.store import atomic_output, writes_output
 
 TITLE = "tipsprog evaluation report"
 
@@ -87,6 +87,7 @@ def _bundle_summary(bundle: Bundle) -> dict:
             "seeds": bundle.config.seeds, "members": len(bundle.members), "tipsprog_version": bundle.manifest["tipsprog_version"]}
 
 
+@writes_output
 def run_evaluate(bundle_path: Path, out: Path, truth_csvs: list[Path] | None = None, draws: int = 1000, seed: int = 0,
                  workers: int = 1, external: ExternalCohort | None = None, device_name: str = "auto") -> dict:
     """Evaluate a bundle's out-of-fold predictions, its held-out patients (fuse-train --test) and an external cohort

@@ -17,7 +17,7 @@ from tipsprog.fusion.bundle import HeldOut, write_bundle
 from tipsprog.fusion.config import TrainConfig
 from tipsprog.fusion.training import TrainingData, cross_validate, fit_clinical_cox, predict_cohort
 from tipsprog.io import read_table
-from tipsprog.store import file_sha256
+from tipsprog.store import file_sha256, writes_output
 
 
 def _verified(source: Path, sha256: str) -> Path:
@@ -92,6 +92,7 @@ def _c_rows(data: TrainingData, predictions: dict[str, np.ndarray]) -> dict[str,
     return rows
 
 
+@writes_output
 def run_fuse_train(stores: list[Path], clinical_csv: Path, outcomes_csv: Path, out: Path, config: TrainConfig,
                    modalities: tuple[str, ...] | None = None, cv_mode: str = "kfold", device_name: str = "auto",
                    seed: int = 0, progress: Callable[[str], None] | None = None, test_csv: Path | None = None) -> dict:

@@ -85,8 +85,8 @@ def write_bundle(out: Path, data: TrainingData, cv: CrossValidation, config: Tra
         (tmp / "bundle.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False), encoding="utf-8")
 
 
-def load_bundle(path: Path) -> Bundle:
-    """Load and check a bundle folder (format, files, hashes)."""
+def load_bundle(path: Path, trust: bool = False) -> Bundle:
+    """Load and check a bundle folder (format, files, and their hashes unless `trust`)."""
     path = Path(path)
     if not (path / "bundle.yaml").is_file():
         raise InputError(f"{path}: not a model bundle (no bundle.yaml)")
@@ -101,8 +101,9 @@ def load_bundle(path: Path) -> Bundle:
         file = path / name
         if not file.is_file():
             raise InputError(f"{path}: bundle file {name} is missing")
-        if store.file_sha256(file) != digest:
-            raise InputError(f"{path}: bundle file {name} does not match its recorded sha256")
+        if not trust and store.file_sha256(file) != digest:
+            raise InputError(f"{path}: bundle file {name} does not match its recorded sha256 (changed since training; "
+                             "--trust uses it anyway)")
     payload = torch.load(path / "weights.pt", map_location="cpu", weights_only=True)
     preprocess = json.loads((path / "preprocess.json").read_text(encoding="utf-8"))
     members = []

@@ -9,6 +9,7 @@ import numpy as np
 import yaml
 
 from tipsprog import store
+from tipsprog.store import writes_output
 from tipsprog.errors import InputError
 from tipsprog.parallel import map_ordered
 from tipsprog.radiomics import resume
@@ -40,6 +41,7 @@ def _jobs(seg_path: Path, params: dict) -> tuple[list[PatientJob], list[str], di
     return jobs, centers, provenance
 
 
+@writes_output
 def run_radiomics(seg_path: Path, out: Path, params_name: str = "fast", workers: int = 1,
                   progress: Callable[[PatientFeatures], None] | None = None, scheduler: str | None = None,
                   resume_previous: bool = False) -> list[PatientFeatures]:

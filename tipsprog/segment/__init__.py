@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from tipsprog import store
+from tipsprog.store import writes_output
 from tipsprog.devices import resolve_device
 from tipsprog.errors import InputError
 from tipsprog.io import read_cohort, read_ct
@@ -181,6 +182,7 @@ def prepare_backend(name: str, cohort: pd.DataFrame, out: Path, fit_csv: Path | 
     return backend
 
 
+@writes_output
 def run_segment(cohort_csv: Path, out: Path, backend_name: str = "classic", workers: int = 1, strict: bool = False,
                 progress: Callable[[ScanResult], None] | None = None, fit_csv: Path | None = None,
                 model_path: Path | None = None, device: str = "auto",

@@ -13,7 +13,7 @@ import SimpleITK as sitk
 
 from tipsprog.errors import InputError
 from tipsprog.parallel import map_ordered
-from tipsprog.store import atomic_output
+from tipsprog.store import atomic_output, writes_output
 from tipsprog.synth.phantom import Anatomy, Scanner, render
 
 FOLLOW_UP_DAYS = 3 * 365.0
@@ -174,6 +174,7 @@ def _render_patient(args: tuple[int, pd.Series, int, Scanner, CohortSpec, Path])
     return float((label_array == 1).sum() * voxel_ml), float((label_array == 2).sum() * voxel_ml)
 
 
+@writes_output
 def make_cohort(out: Path, spec: CohortSpec, workers: int = 1, progress: Callable[[], None] | None = None) -> pd.DataFrame:
     """Write images/, labels/, cohort.csv, clinical.csv, outcomes.csv and truth.csv into `out`."""
     lat = latents(spec)
