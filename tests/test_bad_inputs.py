@@ -43,6 +43,29 @@ def ct_not_3d(p, d):
     return _predict(p, d, d / "flat.nii.gz"), "flat.nii.gz: CT must be a 3-D scalar image"
 
 
+def truncated_gzip_ct(p, d):
+    whole = (p.cohort / "images" / "P0000.nii.gz").read_bytes()
+    (d / "cut.nii.gz").write_bytes(whole[: len(whole) // 2])
+    return _predict(p, d, d / "cut.nii.gz"), "cut.nii.gz: cannot read CT (compressed file is truncated or corrupt"
+
+
+def nan_voxels_in_nifti(p, d):
+    """ITK's NIfTI reader turns stored NaNs into zeros; tipsprog must not."""
+    image = sitk.ReadImage(str(p.cohort / "images" / "P0000.nii.gz"), sitk.sitkFloat32)
+    values = sitk.GetArrayFromImage(image)
+    values[5, :4, :4] = np.nan
+    broken = sitk.GetImageFromArray(values)
+    broken.CopyInformation(image)
+    sitk.WriteImage(broken, str(d / "holes.nii.gz"))
+    return _predict(p, d, d / "holes.nii.gz"), "holes.nii.gz: CT has 16 non-finite (NaN or infinite) voxels"
+
+
+def four_d_ct(p, d):
+    image = sitk.ReadImage(str(p.cohort / "images" / "P0000.nii.gz"))
+    sitk.WriteImage(sitk.JoinSeries([image, image]), str(d / "series.nii.gz"))
+    return _predict(p, d, d / "series.nii.gz"), "series.nii.gz: CT must be a 3-D scalar image, got 4-D"
+
+
 def missing_ct_strict_segment(p, d):
     cohort = pd.read_csv(p.cohort / "cohort.csv").head(2).drop(columns="label")
     cohort["ct"] = [str(p.cohort / "images" / "P0000.nii.gz"), str(d / "gone.nii.gz")]
@@ -148,7 +171,7 @@ def output_being_written_by_another_command(p, d):
     return ["segment", p.cohort / "cohort.csv", "--out", d / "seg.h5"], f"another tipsprog command (pid {os.getpid()}) is writing it"
 
 
-CASES = [missing_ct, unreadable_ct, ct_not_3d, missing_ct_strict_segment, cohort_without_patient_id, duplicate_ids,
+CASES = [missing_ct, unreadable_ct, ct_not_3d, truncated_gzip_ct, nan_voxels_in_nifti, four_d_ct, missing_ct_strict_segment, cohort_without_patient_id, duplicate_ids,
          clinical_out_of_range, clinical_unknown_unit, negative_time, event_not_binary, store_of_other_schema,
          no_patient_in_common, predict_clinical_out_of_range, batch_patient_without_clinical_row, bundle_of_an_older_format,
          patient_id_escaping_the_folder, tampered_bundle, output_being_written_by_another_command]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import gzip
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +28,50 @@ def _delimiter(path: Path) -> str:
 
 
 def read_ct(path: str | Path) -> sitk.Image:
-    """Read a CT file or DICOM series folder as a 3-D float32 image oriented LPS."""
-    return canonical(sitk.Cast(read_image(path), sitk.sitkFloat32))
+    """Read a CT file or DICOM series folder as a 3-D float32 image oriented LPS; every voxel must be finite."""
+    image = sitk.Cast(read_image(path), sitk.sitkFloat32)
+    non_finite = int((~np.isfinite(sitk.GetArrayViewFromImage(image))).sum()) + _nifti_non_finite(Path(path))
+    if non_finite:
+        raise InputError(f"{path}: CT has {non_finite} non-finite (NaN or infinite) voxels")
+    return canonical(image)
+
+
+NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}
+
+
+def _nifti_non_finite(path: Path) -> int:
+    """NaN and infinite voxels stored in a float NIfTI file, which ITK's reader silently turns into zeros."""
+    if not path.name.lower().endswith((".nii", ".nii.gz")):
+        return 0
+    opener = gzip.open if path.suffix.lower() == ".gz" else open
+    with opener(path, "rb") as stream:
+        header = stream.read(540)
+        for order in "<>":
+            size = int(np.frombuffer(header[:4], f"{order}i4")[0])
+            if size in (348, 540):
+                break
+        else:
+            return 0
+        datatype = int(np.frombuffer(header[70:72] if size == 348 else header[12:14], f"{order}i2")[0])
+        if datatype not in NIFTI_FLOAT_TYPES:
+            return 0
+        offset = int(np.frombuffer(header[108:112], f"{order}f4")[0]) if size == 348 else int(np.frombuffer(header[168:176], f"{order}i8")[0])
+        dtype = np.dtype(f"{order}{NIFTI_FLOAT_TYPES[datatype]}")
+        stream.seek(offset)
+        count = 0
+        while chunk := stream.read(dtype.itemsize << 22):
+            count += int((~np.isfinite(np.frombuffer(chunk[: len(chunk) // dtype.itemsize * dtype.itemsize], dtype))).sum())
+        return count
+
+
+def _check_gzip(path: Path) -> None:
+    """Decompress a .gz file to its end: a truncated or corrupt stream is an error, not a half-zero image."""
+    try:
+        with gzip.open(path) as stream:
+            while stream.read(1 << 24):
+                pass
+    except (EOFError, OSError, zlib.error) as err:
+        raise InputError(f"{path}: cannot read CT (compressed file is truncated or corrupt: {err})") from None
 
 
 def read_image(path: str | Path) -> sitk.Image:
@@ -44,6 +88,8 @@ def read_image(path: str | Path) -> sitk.Image:
             reader.SetFileNames(files)
             image = reader.Execute()
         else:
+            if path.suffix.lower() == ".gz":
+                _check_gzip(path)
             image = sitk.ReadImage(str(path))
     except RuntimeError as err:
         first_line = str(err).strip().splitlines()[-1] if str(err).strip() else "unreadable"
@@ -127,7 +173,7 @@ def read_table(path: str | Path, required: list[str]) -> pd.DataFrame:
     table["patient_id"] = table["patient_id"].astype(str).str.strip()
     empty = table.index[table["patient_id"].isin(["", "nan"])]
     if len(empty):
-        raise InputError(f"{path}: row {int(empty[0]) + 2}: empty patient_id")
+        raise InputError(f"{path}: row {int(empty[0]) + 2}: missing patient_id (empty or a missing-value marker such as NA)")
     unsafe = table["patient_id"][table["patient_id"].map(_unsafe_id)]
     if len(unsafe):
         row = int(unsafe.index[0]) + 2
