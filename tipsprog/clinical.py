@@ -13,7 +13,7 @@ import pandas as pd
 import yaml
 
 from tipsprog.errors import InputError
-from tipsprog.io import read_table
+from tipsprog.io import numbers, read_table
 
 HEADER_UNIT = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*\[(.+)\]\s*$")
 BILIRUBIN_UMOL_PER_MGDL = 17.1
@@ -74,7 +74,7 @@ def _header_units(table: pd.DataFrame, path: Path) -> tuple[pd.DataFrame, dict[s
 def _validate_numeric(table: pd.DataFrame, variable: Variable, path: Path, factor: float) -> pd.Series:
     """Coerce one schema column to float in the canonical unit and check its plausible range."""
     raw = table[variable.name]
-    values = pd.to_numeric(raw.astype(str).str.replace(",", ".", regex=False).where(raw.notna()), errors="coerce")
+    values = numbers(raw)
     unparsable = raw.notna() & values.isna()
     if unparsable.any():
         pid = unparsable.idxmax()

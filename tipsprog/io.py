@@ -154,6 +154,21 @@ def _unsafe_id(patient_id: str) -> bool:
     return patient_id in (".", "..") or any(c in patient_id for c in "/\\") or any(ord(c) < 32 for c in patient_id)
 
 
+def _number(value: object) -> float:
+    """One cell as a float (decimal comma allowed), NaN when missing or not a number; correctly rounded."""
+    if isinstance(value, (int, float, np.number)):
+        return float(value)
+    try:
+        return float(str(value).strip().replace(",", "."))
+    except ValueError:
+        return np.nan
+
+
+def numbers(raw: pd.Series) -> pd.Series:
+    """A column as floats, a decimal comma read as a point; what cannot be parsed becomes NaN."""
+    return raw.map(_number).where(raw.notna()).astype(float)
+
+
 def read_table(path: str | Path, required: list[str]) -> pd.DataFrame:
     """Read a CSV with a unique `patient_id` column and the required columns."""
     path = Path(path)
@@ -161,7 +176,7 @@ def read_table(path: str | Path, required: list[str]) -> pd.DataFrame:
         raise InputError(f"{path}: file not found")
     try:
         table = pd.read_csv(
-            path, dtype={"patient_id": str}, na_values=MISSING_MARKERS, keep_default_na=False,
+            path, dtype={"patient_id": str}, na_values=MISSING_MARKERS, keep_default_na=False, float_precision="round_trip",
             sep=_delimiter(path), encoding="utf-8-sig",
         )
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
@@ -212,10 +227,10 @@ def read_outcomes(path: str | Path) -> pd.DataFrame:
     for column in ["time", "event", "ohe", "ppg_post"]:
         if column not in outcomes.columns:
             outcomes[column] = np.nan
-        values = pd.to_numeric(outcomes[column], errors="coerce")
-        bad = outcomes[column].notna() & values.isna()
+        values = numbers(outcomes[column])
+        bad = (outcomes[column].notna() & values.isna()) | np.isinf(values)
         if bad.any():
-            raise InputError(f"{path}: patient {bad.idxmax()}: '{column}' is not a number: {outcomes.at[bad.idxmax(), column]!r}")
+            raise InputError(f"{path}: patient {bad.idxmax()}: '{column}' is not a finite number: {outcomes.at[bad.idxmax(), column]!r}")
         outcomes[column] = values.astype(float)
     checks = {
         "time": (outcomes["time"] < 0, "negative survival time"),
