@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import glob
 import hashlib
 import inspect
 import os
@@ -111,23 +112,31 @@ def writes_output(stage: Callable[..., Result]) -> Callable[..., Result]:
     return locked
 
 
+def _remove(path: Path) -> None:
+    """Delete a file or folder if it exists."""
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 @contextmanager
 def atomic_output(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling path; rename it onto `path` only if the block succeeds (under the output's lock)."""
+    """Yield a temporary sibling path; rename it onto `path` only if the block succeeds (under the output's lock).
+    Temporaries that a killed command left beside the output are removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     with output_lock(path):
+        for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+            _remove(stale)
         try:
             yield tmp
             if path.is_dir() and tmp.is_dir():
                 shutil.rmtree(path)
             os.replace(tmp, path)
         finally:
-            if tmp.is_dir():
-                shutil.rmtree(tmp, ignore_errors=True)
-            elif tmp.exists():
-                tmp.unlink()
+            _remove(tmp)
 
 
 @contextmanager
