@@ -1,11 +1,12 @@
 """Scale: wall time and peak memory per stage for a large synthetic cohort, and whether memory grows with its size.
 
-Runs synth → segment → radiomics → embed --fit → fuse-train on cohorts of each --sizes (small volumes, 2 workers),
-every stage a fresh `tipsprog` process. Peak memory is the largest resident set of any one process of the stage
+Runs synth → segment → radiomics → embed --fit (and embed with those weights, the per-scan part alone) →
+fuse-train on cohorts of each --sizes (small volumes, 2 workers), every stage a fresh `tipsprog` process. Peak memory is the largest resident set of any one process of the stage
 (the command or one of its workers; getrusage of the waited children). The per-scan stages stream to their stores,
-so their peak should not grow with the cohort; training holds the feature matrices and grows with them.
+so their peak should not grow with the cohort; training (the encoder's crops, the fusion model's feature matrices)
+holds its data and grows with it.
 
-Usage: python benchmarks/scale.py [--sizes 500,2000] [--work DIR] [--workers 2]
+Usage: python benchmarks/scale.py [--sizes 500,2000] [--work DIR] [--workers 2] [--stages radiomics,...]
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def stages(size: int, workers: int) -> list[tuple[str, list[str]]]:
             ("segment", ["segment", "cohort/cohort.csv", "--out", "seg.h5", *parallel]),
             ("radiomics", ["radiomics", "seg.h5", "--out", "radiomics.h5", *parallel]),
             ("embed --fit", ["embed", "seg.h5", "--out", "embed.h5", "--fit", "--device", "cpu", "--quiet"]),
+            ("embed", ["embed", "seg.h5", "--out", "embed-again.h5", "--weights", "embed.pt", "--device", "cpu", "--quiet"]),
             ("fuse-train", ["fuse-train", "radiomics.h5", "embed.h5", "--clinical", "cohort/clinical.csv", "--outcomes",
                             "cohort/outcomes.csv", "--out", "model", "--device", "cpu", "--quiet"])]
 
@@ -49,14 +51,19 @@ def main() -> None:
     parser.add_argument("--sizes", default="500,2000")
     parser.add_argument("--work", type=Path, default=Path("benchmarks/.scale-work"))
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--stages", default="", help="Re-measure only these stages on the cohorts already in --work.")
     args = parser.parse_args()
+    chosen = set(args.stages.split(",")) if args.stages else None
     sizes = [int(s) for s in args.sizes.split(",")]
     results: dict[str, dict[int, dict]] = {}
     for size in sizes:
         folder = args.work / str(size)
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
+        if chosen is None:
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
         for name, command in stages(size, args.workers):
+            if chosen is not None and name not in chosen:
+                continue
             results.setdefault(name, {})[size] = measured(command, folder)
             print(f"  {size} patients, {name}: {results[name][size]['seconds']:.0f} s, "
                   f"{results[name][size]['peak_mib']:.0f} MiB", flush=True)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Callable, Iterable, Iterator, TypeVar
 
 from tipsprog.errors import InputError
 
+IN_FLIGHT_PER_WORKER = 2
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
@@ -20,7 +22,8 @@ def default_workers() -> int:
 
 def map_ordered(function: Callable[[Item], Result], items: Iterable[Item], workers: int,
                 scheduler: str | None = None) -> Iterator[Result]:
-    """Yield function(item) in input order, streaming results as they are ready.
+    """Yield function(item) in input order, streaming results as they are ready; at most a few items per worker are
+    in flight, so a lazy `items` iterable is read only as fast as the workers progress (memory stays flat).
 
     Workers start from a fork server (with the function's module preloaded), not a fork of this process:
     forking after torch has started its thread pool can deadlock the child. With a `scheduler` address the
@@ -35,7 +38,13 @@ def map_ordered(function: Callable[[Item], Result], items: Iterable[Item], worke
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([function.__module__])
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        yield from pool.map(function, items, chunksize=1)
+        pending: deque[Future] = deque()
+        for item in items:
+            pending.append(pool.submit(function, item))
+            if len(pending) >= IN_FLIGHT_PER_WORKER * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def _map_dask(function: Callable[[Item], Result], items: Iterable[Item], address: str) -> Iterator[Result]:

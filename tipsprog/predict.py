@@ -24,7 +24,7 @@ from tipsprog.evaluate.rows import read_oof
 from tipsprog.fusion.attribution import integrated_gradients
 from tipsprog.fusion.bundle import Bundle, load_bundle
 from tipsprog.fusion.data import clinical_features, modality_matrices, with_extras
-from tipsprog.fusion.training import ensemble_survival, predict_members
+from tipsprog.fusion.training import ensemble_survival, member_ensemble, predict_members
 from tipsprog.io import read_cohort, read_ct
 from tipsprog.parallel import map_ordered
 from tipsprog.radiomics.extract import extract_from_file
@@ -40,12 +40,22 @@ CURVE_STEP_DAYS = 30
 
 @dataclass
 class ScanFeatures:
-    """What the per-scan stages give one patient: radiomics rows by block, ROI crops, QC and the label image."""
+    """What the per-scan stages give one patient: radiomics rows by block, ROI crops and QC."""
 
     radiomics: dict[str, np.ndarray]
     crops: dict[str, np.ndarray]
     qc: dict
-    labels: sitk.Image
+
+
+@dataclass
+class ScanJob:
+    """One scan to process: the bundle's feature blocks and backend, and where its mask and overlay go (or None)."""
+
+    blocks: dict
+    backend: Backend
+    ct_path: str
+    mask_path: Path | None
+    overlay_path: Path | None
 
 
 @dataclass
@@ -68,22 +78,42 @@ def _backend(bundle: Bundle, device_name: str) -> Backend:
     return Backend(segment["backend"], model, resolve_device(device_name).type)
 
 
-def scan_features(job: tuple[dict, Backend, str]) -> ScanFeatures:
-    """Segment one scan, extract the bundle's radiomics blocks and cut the ROI crops embeddings need."""
-    blocks, backend, ct_path = job
-    ct = read_ct(ct_path)
-    labels = segment_scan(ct, backend)
+def scan_features(job: ScanJob) -> ScanFeatures:
+    """Segment one scan, extract the bundle's radiomics blocks, cut the ROI crops embeddings need, and write the
+    mask and overlay asked for."""
+    ct = read_ct(job.ct_path)
+    labels = segment_scan(ct, job.backend)
     volumes = roi_volumes(labels)
     flags = quality_flags(labels, volumes)
-    qc = {"backend": backend.name, "volumes_ml": {roi: round(float(v), 1) for roi, v in zip(store.ROI_LABELS, volumes)},
+    qc = {"backend": job.backend.name, "volumes_ml": {roi: round(float(v), 1) for roi, v in zip(store.ROI_LABELS, volumes)},
           "status": qc_status(flags), "flags": flags}
     radiomics = {}
-    for name, entry in blocks.items():
+    for name, entry in job.blocks.items():
         if entry["extractor"] == "pyradiomics":
-            values, _ = extract_from_file(ct_path, labels, entry["params"])
+            values, _ = extract_from_file(job.ct_path, labels, entry["params"])
             radiomics[name] = np.array([values.get(feature, np.nan) for feature in entry["names"]], dtype=float)
-    needs_crops = any("encoder" in entry for entry in blocks.values())
-    return ScanFeatures(radiomics, roi_crops(ct, labels) if needs_crops else {}, qc, labels)
+    if job.mask_path is not None:
+        sitk.WriteImage(labels, str(job.mask_path), useCompression=True)
+    if job.overlay_path is not None:
+        draw_overlay(ct, labels, job.overlay_path)
+    needs_crops = any("encoder" in entry for entry in job.blocks.values())
+    return ScanFeatures(radiomics, roi_crops(ct, labels) if needs_crops else {}, qc)
+
+
+def _image_paths(patient_ids: list[str], options: PredictOptions) -> tuple[list[Path | None], list[Path | None]]:
+    """Per patient the --save-masks file and the --overlay PNG (a .png path for one patient, else a folder)."""
+    masks: list[Path | None] = [None] * len(patient_ids)
+    overlays: list[Path | None] = [None] * len(patient_ids)
+    if options.save_masks is not None:
+        options.save_masks.mkdir(parents=True, exist_ok=True)
+        masks = [options.save_masks / f"{pid}_labels.nii.gz" for pid in patient_ids]
+    if options.overlay is not None:
+        if len(patient_ids) == 1 and options.overlay.suffix.lower() == ".png":
+            overlays = [options.overlay]
+        else:
+            options.overlay.mkdir(parents=True, exist_ok=True)
+            overlays = [options.overlay / f"{pid}.png" for pid in patient_ids]
+    return masks, overlays
 
 
 def _feature_blocks(bundle: Bundle, scans: list[ScanFeatures], device_name: str) -> dict[str, store.FeatureBlock]:
@@ -128,7 +158,8 @@ def predict_patients(bundle: Bundle, table: pd.DataFrame, ct_paths: list[str] | 
         if ct_paths is None:
             raise InputError("--ct is required: this bundle uses imaging features")
         backend = _backend(bundle, options.device)
-        jobs = [(pipeline["blocks"], backend, path) for path in ct_paths]
+        masks, overlays = _image_paths(table["patient_id"].astype(str).tolist(), options)
+        jobs = [ScanJob(pipeline["blocks"], backend, path, mask, overlay) for path, mask, overlay in zip(ct_paths, masks, overlays)]
         scans = list(map_ordered(scan_features, jobs, min(options.workers, len(jobs))))
         blocks = _feature_blocks(bundle, scans, options.device)
     extras = bundle.manifest["clinical"]["extras"]
@@ -136,14 +167,15 @@ def predict_patients(bundle: Bundle, table: pd.DataFrame, ct_paths: list[str] | 
     matrices, _, _ = modality_matrices(blocks, np.arange(len(table)), clinical_matrix, clinical_names,
                                        tuple(bundle.manifest["modalities"]))
     device = resolve_device(options.device)
-    attribution = integrated_gradients(bundle.members, matrices, bundle.config, device)
+    ensemble = member_ensemble(bundle.members, bundle.config, device)
+    attribution = integrated_gradients(bundle.members, matrices, bundle.config, device, ensemble)
     reference = read_oof(bundle.path / "oof.h5").oof["risk"]
     reference = reference[np.isfinite(reference)]
     scores = clinical_scores(table)
     results = []
     for row, patient_id in enumerate(table["patient_id"].astype(str)):
         output = predict_members(bundle.members, {m: v[row:row + 1] for m, v in matrices.items()}, np.array([0]),
-                                 bundle.config, device)
+                                 bundle.config, device, ensemble)
         imputed = [name for name in [*schema(), *extras] if pd.isna(table[name].iloc[row])]
         result = _patient_result(bundle, patient_id, output, reference, scores.iloc[row], imputed)
         result["attribution"] = {"method": "integrated gradients", "baseline": "training-fold mean patient",
@@ -151,8 +183,6 @@ def predict_patients(bundle: Bundle, table: pd.DataFrame, ct_paths: list[str] | 
                                  "by_modality": attribution.by_modality(row), "top": attribution.top(row, TOP_FEATURES)}
         result["segmentation"] = scans[row].qc if scans else {}
         results.append(result)
-    if scans:
-        _write_images(table["patient_id"].astype(str).tolist(), ct_paths, scans, options)
     return results
 
 
@@ -179,20 +209,6 @@ def _patient_result(bundle: Bundle, patient_id: str, output: dict[str, np.ndarra
         "imputed": imputed,
         "members": len(bundle.members),
     }
-
-
-def _write_images(patient_ids: list[str], ct_paths: list[str], scans: list[ScanFeatures], options: PredictOptions) -> None:
-    """--save-masks label images and --overlay PNGs (a .png file for one patient, else a folder of PNGs)."""
-    single = len(patient_ids) == 1 and options.overlay is not None and options.overlay.suffix.lower() == ".png"
-    if options.save_masks is not None:
-        options.save_masks.mkdir(parents=True, exist_ok=True)
-        for patient_id, scan in zip(patient_ids, scans):
-            sitk.WriteImage(scan.labels, str(options.save_masks / f"{patient_id}_labels.nii.gz"), useCompression=True)
-    if options.overlay is not None:
-        if not single:
-            options.overlay.mkdir(parents=True, exist_ok=True)
-        for patient_id, path, scan in zip(patient_ids, ct_paths, scans):
-            draw_overlay(read_ct(path), scan.labels, options.overlay if single else options.overlay / f"{patient_id}.png")
 
 
 def run_predict(bundle_path: Path, ct_path: Path | None, clinical_csv: Path, options: PredictOptions) -> dict:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
+import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -35,9 +37,10 @@ def masked_pool(feature_map: torch.Tensor, mask: torch.Tensor, pooling: str) -> 
 
 
 @torch.no_grad()
-def embed_crops(encoder: RoiEncoder, crops: np.ndarray, device: torch.device, pooling: str = "mean",
+def embed_crops(encoder: RoiEncoder, crops: np.ndarray | h5py.Dataset, device: torch.device, pooling: str = "mean",
                 batch_size: int = 16, progress: Callable[[int], None] | None = None) -> np.ndarray:
-    """Pooled features of [N, 2, D, H, W] crops of one ROI, in batches (progress gets each batch's size); AMP on CUDA."""
+    """Pooled features of [N, 2, D, H, W] crops of one ROI (an array, or a store dataset read batch by batch), in
+    batches (progress gets each batch's size); AMP on CUDA."""
     encoder = encoder.to(device).eval()
     pooled = []
     for start in range(0, len(crops), batch_size):
@@ -50,7 +53,7 @@ def embed_crops(encoder: RoiEncoder, crops: np.ndarray, device: torch.device, po
     return np.concatenate(pooled)
 
 
-def embedding_block(encoder: RoiEncoder, crops_by_roi: dict[str, np.ndarray], device: torch.device, pooling: str,
+def embedding_block(encoder: RoiEncoder, crops_by_roi: dict[str, np.ndarray | h5py.Dataset], device: torch.device, pooling: str,
                     provenance: dict[str, str], batch_size: int = 16,
                     progress: Callable[[float], None] | None = None) -> store.FeatureBlock:
     """Embeddings of every ROI side by side, named embed-<encoder>/<roi>/<k>, grouped by ROI and pooling."""
@@ -74,13 +77,15 @@ def random_encoder(seed: int = 0) -> RoiEncoder:
     return RoiEncoder("ssl", build_ssl_network().eval())
 
 
-def _read_segment_store(seg_path: Path) -> tuple[list[str], list[str], tuple[list[str], list[str]], dict[str, str], dict[str, np.ndarray]]:
-    """Patients, centers, QC (status, reasons), segmentation provenance and ROI crops of a segment store."""
+@contextmanager
+def _segment_store(seg_path: Path) -> Iterator[tuple[list[str], list[str], tuple[list[str], list[str]], dict[str, str], dict[str, h5py.Dataset]]]:
+    """Patients, centers, QC (status, reasons), segmentation provenance and the ROI crop datasets of a segment store,
+    read batch by batch while the store is open."""
     with store.open_store(seg_path) as seg:
         if "segment/crops" not in seg:
             raise InputError(f"{seg_path}: not a segment store (no /segment/crops)")
-        return (store.read_patients(seg), store.read_centers(seg), store.read_qc(seg), store.segment_provenance(seg),
-                {roi: store.read_crops(seg, roi) for roi in EMBED_ROIS})
+        yield (store.read_patients(seg), store.read_centers(seg), store.read_qc(seg), store.segment_provenance(seg),
+               {roi: seg[f"segment/crops/{roi}"] for roi in EMBED_ROIS})
 
 
 @writes_output
@@ -101,16 +106,17 @@ def run_embed(seg_path: Path, out: Path, encoder_name: str = "ssl", fit: bool = 
         weights = weights or out.with_suffix(".pt")
     if not fit:
         encoder = load_encoder(encoder_name, weights)
-    ids, centers, (status, reasons), segment_provenance, crops = _read_segment_store(seg_path)
-    usable = np.array([s == "ok" for s in status])
-    if fit:
-        if usable.sum() < 2:
-            raise InputError(f"{seg_path}: fewer than 2 usable scans to train the encoder on")
-        training = np.concatenate([crops[roi][usable] for roi in EMBED_ROIS])
-        save_ssl_weights(fit_ssl(training, settings, device, fit_progress), weights)
-        encoder = load_encoder("ssl", weights)
-    provenance = {"weights_sha256": file_sha256(weights), "weights_path": str(Path(weights).resolve()), **segment_provenance}
-    block = embedding_block(encoder, crops, device, pooling, provenance, batch_size, progress)
+    with _segment_store(seg_path) as (ids, centers, (status, reasons), segment_provenance, crops):
+        usable = np.array([s == "ok" for s in status])
+        if fit:
+            if usable.sum() < 2:
+                raise InputError(f"{seg_path}: fewer than 2 usable scans to train the encoder on")
+            training = np.concatenate([crops[roi][()][usable] for roi in EMBED_ROIS])
+            save_ssl_weights(fit_ssl(training, settings, device, fit_progress), weights)
+            del training
+            encoder = load_encoder("ssl", weights)
+        provenance = {"weights_sha256": file_sha256(weights), "weights_path": str(Path(weights).resolve()), **segment_provenance}
+        block = embedding_block(encoder, crops, device, pooling, provenance, batch_size, progress)
     block.values[~usable] = np.nan
     with store.create_store(out, ids, centers) as h5:
         store.write_features(h5, block.attrs["extractor"], block)

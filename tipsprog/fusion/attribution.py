@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from tipsprog.fusion.config import TrainConfig
-from tipsprog.fusion.training import Member, member_ensemble, stacked_inputs
+from tipsprog.fusion.training import Ensemble, Member, member_ensemble, stacked_inputs
 
 ATTRIBUTION_STEPS = 32
 
@@ -37,7 +37,7 @@ class Attribution:
 
 
 def integrated_gradients(members: list[Member], matrices: dict[str, np.ndarray], config: TrainConfig,
-                         device: torch.device, steps: int = ATTRIBUTION_STEPS) -> Attribution:
+                         device: torch.device, ensemble: Ensemble | None = None, steps: int = ATTRIBUTION_STEPS) -> Attribution:
     """Integrated gradients (Sundararajan et al. 2017) of the mean member risk, one patient at a time.
 
     Each member's path runs from its own all-zero input, which after that member's fold preprocessing is the
@@ -45,7 +45,7 @@ def integrated_gradients(members: list[Member], matrices: dict[str, np.ndarray],
     attribution sums its width; the attributions of a patient add up to its risk minus the baseline risk
     (completeness), up to the quadrature error.
     """
-    ensemble = member_ensemble(members, config, device)
+    ensemble = ensemble or member_ensemble(members, config, device)
     preprocessors = [m.preprocessors for m in members]
     modalities = list(matrices)
     tokens = [(m, name) for m in modalities for name in preprocessors[0][m].token_names]

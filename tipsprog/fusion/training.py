@@ -380,12 +380,13 @@ def member_ensemble(members: list[Member], config: TrainConfig, device: torch.de
 
 @torch.no_grad()
 def predict_members(members: list[Member], matrices: dict[str, np.ndarray], rows: np.ndarray, config: TrainConfig,
-                    device: torch.device) -> dict[str, np.ndarray]:
-    """Every member's risk, OHE probability and ppg_post on the selected rows ([members, rows]), in one vmapped pass.
+                    device: torch.device, ensemble: Ensemble | None = None) -> dict[str, np.ndarray]:
+    """Every member's risk, OHE probability and ppg_post on the selected rows ([members, rows]), in one vmapped pass
+    (over `ensemble`, the members already stacked, when a caller predicts many times).
 
     The OHE logit is shifted by −log(pos_weight): class-weighted BCE inflates the odds by that factor.
     """
-    outputs = member_ensemble(members, config, device).forward(
+    outputs = (ensemble or member_ensemble(members, config, device)).forward(
         stacked_inputs([m.preprocessors for m in members], matrices, rows, device), train=False)
 
     def column(values: list[float]) -> np.ndarray:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import yaml
@@ -28,17 +29,36 @@ def to_block(records: list[PatientFeatures], params: dict, provenance: dict[str,
                               [record.input_sha256 for record in records])
 
 
-def _jobs(seg_path: Path, params: dict) -> tuple[list[PatientJob], list[str], dict[str, str]]:
-    """One job per patient of a segment store, its centers, and the segmentation's provenance."""
+@dataclass
+class SegmentedCohort:
+    """The segment store's patients, centers, CT paths, segmentation provenance and each patient's input digest."""
+
+    seg_path: Path
+    patient_ids: list[str]
+    centers: list[str]
+    ct_paths: list[str]
+    provenance: dict[str, str]
+    digests: list[str]
+
+    def jobs(self, params: dict, skip: set[str]) -> Iterator[PatientJob]:
+        """One job per patient not in `skip`, its label image read only when the job is due (memory stays flat)."""
+        with store.open_store(self.seg_path) as seg:
+            masks = seg["segment/masks"]
+            for pid, path, digest in zip(self.patient_ids, self.ct_paths, self.digests):
+                if pid not in skip:
+                    yield PatientJob(pid, path, store.read_mask(seg, pid) if pid in masks else None, params, digest)
+
+
+def _cohort(seg_path: Path) -> SegmentedCohort:
+    """Read a segment store's patient list and digest every patient's inputs, one label image at a time."""
     with store.open_store(seg_path) as seg:
         if "segment/ct_paths" not in seg:
             raise InputError(f"{seg_path}: not a segment store (no /segment)")
         ids, centers = store.read_patients(seg), store.read_centers(seg)
         ct_paths, provenance = store.read_ct_paths(seg), store.segment_provenance(seg)
         masks = seg["segment/masks"]
-        labels = [store.read_mask(seg, pid) if pid in masks else None for pid in ids]
-    jobs = [PatientJob(pid, path, mask, params, input_digest(path, mask)) for pid, path, mask in zip(ids, ct_paths, labels)]
-    return jobs, centers, provenance
+        digests = [input_digest(path, store.read_mask(seg, pid) if pid in masks else None) for pid, path in zip(ids, ct_paths)]
+    return SegmentedCohort(seg_path, ids, centers, ct_paths, provenance, digests)
 
 
 @writes_output
@@ -53,23 +73,22 @@ def run_radiomics(seg_path: Path, out: Path, params_name: str = "fast", workers:
     """
     params = load_params(params_name)
     sha = settings_hash(params)
-    jobs, centers, provenance = _jobs(seg_path, params)
+    cohort = _cohort(seg_path)
     done = resume.reusable(out, sha) if resume_previous else {}
-    reused = {job.patient_id: done[(job.patient_id, job.input_sha256)] for job in jobs
-              if (job.patient_id, job.input_sha256) in done}
-    fresh = iter(map_ordered(extract_patient, [job for job in jobs if job.patient_id not in reused], workers, scheduler))
+    reused = {pid: done[(pid, digest)] for pid, digest in zip(cohort.patient_ids, cohort.digests) if (pid, digest) in done}
+    fresh = iter(map_ordered(extract_patient, cohort.jobs(params, set(reused)), workers, scheduler))
     journal_file = resume.journal_path(out)
     records = []
     with resume.open_journal(journal_file, sha) as journal:
-        for job in jobs:
-            record = reused.get(job.patient_id) or next(fresh)
-            if job.patient_id not in reused:
+        for pid in cohort.patient_ids:
+            record = reused.get(pid) or next(fresh)
+            if pid not in reused:
                 resume.append(journal, record)
             records.append(record)
             if progress:
                 progress(record)
-    with store.create_store(out, [job.patient_id for job in jobs], centers) as h5:
-        store.write_features(h5, "radiomics", to_block(records, params, provenance))
+    with store.create_store(out, cohort.patient_ids, cohort.centers) as h5:
+        store.write_features(h5, "radiomics", to_block(records, params, cohort.provenance))
         store.write_qc(h5, [r.status for r in records], [r.reason for r in records])
     journal_file.unlink()
     return records
