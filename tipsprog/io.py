@@ -6,6 +6,7 @@ import csv
 import gzip
 import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -30,53 +31,58 @@ def _delimiter(path: Path) -> str:
 def read_ct(path: str | Path) -> sitk.Image:
     """Read a CT file or DICOM series folder as a 3-D float32 image oriented LPS; every voxel must be finite."""
     image = sitk.Cast(read_image(path), sitk.sitkFloat32)
-    non_finite = int((~np.isfinite(sitk.GetArrayViewFromImage(image))).sum()) + _nifti_non_finite(Path(path))
+    non_finite = int((~np.isfinite(sitk.GetArrayViewFromImage(image))).sum())
     if non_finite:
         raise InputError(f"{path}: CT has {non_finite} non-finite (NaN or infinite) voxels")
     return canonical(image)
 
 
 NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}
+READ_CHUNK = 1 << 24
 
 
-def _nifti_non_finite(path: Path) -> int:
-    """NaN and infinite voxels stored in a float NIfTI file, which ITK's reader silently turns into zeros."""
-    if not path.name.lower().endswith((".nii", ".nii.gz")):
+def _nifti_float_payload(stream: BinaryIO) -> np.dtype | None:
+    """Position a NIfTI stream at its voxels and return their dtype if they are floats (None otherwise)."""
+    header = stream.read(540)
+    for order in "<>":
+        size = int(np.frombuffer(header[:4], f"{order}i4")[0])
+        if size in (348, 540):
+            break
+    else:
+        return None
+    datatype = int(np.frombuffer(header[70:72] if size == 348 else header[12:14], f"{order}i2")[0])
+    if datatype not in NIFTI_FLOAT_TYPES:
+        return None
+    offset = int(np.frombuffer(header[108:112], f"{order}f4")[0]) if size == 348 else int(np.frombuffer(header[168:176], f"{order}i8")[0])
+    stream.seek(offset)
+    return np.dtype(f"{order}{NIFTI_FLOAT_TYPES[datatype]}")
+
+
+def _stored_non_finite(path: Path) -> int:
+    """One pass over a CT file's bytes: a truncated or corrupt .gz is an error (SimpleITK would return a half-empty
+    image), and NaN or infinite voxels stored in a float NIfTI (which ITK's reader turns into zeros) are counted."""
+    nifti, compressed = path.name.lower().endswith((".nii", ".nii.gz")), path.suffix.lower() == ".gz"
+    if not (nifti or compressed):
         return 0
-    opener = gzip.open if path.suffix.lower() == ".gz" else open
-    with opener(path, "rb") as stream:
-        header = stream.read(540)
-        for order in "<>":
-            size = int(np.frombuffer(header[:4], f"{order}i4")[0])
-            if size in (348, 540):
-                break
-        else:
-            return 0
-        datatype = int(np.frombuffer(header[70:72] if size == 348 else header[12:14], f"{order}i2")[0])
-        if datatype not in NIFTI_FLOAT_TYPES:
-            return 0
-        offset = int(np.frombuffer(header[108:112], f"{order}f4")[0]) if size == 348 else int(np.frombuffer(header[168:176], f"{order}i8")[0])
-        dtype = np.dtype(f"{order}{NIFTI_FLOAT_TYPES[datatype]}")
-        stream.seek(offset)
-        count = 0
-        while chunk := stream.read(dtype.itemsize << 22):
-            count += int((~np.isfinite(np.frombuffer(chunk[: len(chunk) // dtype.itemsize * dtype.itemsize], dtype))).sum())
-        return count
-
-
-def _check_gzip(path: Path) -> None:
-    """Decompress a .gz file to its end: a truncated or corrupt stream is an error, not a half-zero image."""
     try:
-        with gzip.open(path) as stream:
-            while stream.read(1 << 24):
-                pass
+        with (gzip.open if compressed else open)(path, "rb") as stream:
+            dtype = _nifti_float_payload(stream) if nifti else None
+            if dtype is None and not compressed:
+                return 0
+            count = 0
+            while chunk := stream.read(READ_CHUNK):
+                if dtype is not None:
+                    count += int((~np.isfinite(np.frombuffer(chunk[: len(chunk) // dtype.itemsize * dtype.itemsize], dtype))).sum())
+            return count
     except (EOFError, OSError, zlib.error) as err:
         raise InputError(f"{path}: cannot read CT (compressed file is truncated or corrupt: {err})") from None
 
 
 def read_image(path: str | Path) -> sitk.Image:
-    """Read a CT file or DICOM series folder as stored (pixel type and orientation), checked to be a 3-D scalar."""
+    """Read a CT file or DICOM series folder as stored (pixel type and orientation), checked to be a 3-D scalar
+    (and, for NIfTI, to store no NaN or infinite voxels, which ITK would read as zeros)."""
     path = Path(path)
+    stored_non_finite = 0
     if not path.exists():
         raise InputError(f"{path}: CT file not found")
     try:
@@ -88,8 +94,7 @@ def read_image(path: str | Path) -> sitk.Image:
             reader.SetFileNames(files)
             image = reader.Execute()
         else:
-            if path.suffix.lower() == ".gz":
-                _check_gzip(path)
+            stored_non_finite = _stored_non_finite(path)
             image = sitk.ReadImage(str(path))
     except RuntimeError as err:
         first_line = str(err).strip().splitlines()[-1] if str(err).strip() else "unreadable"
@@ -98,6 +103,8 @@ def read_image(path: str | Path) -> sitk.Image:
         raise InputError(f"{path}: CT must be a 3-D scalar image, got {image.GetDimension()}-D")
     if min(image.GetSize()) < 2:
         raise InputError(f"{path}: CT has a degenerate axis of size {min(image.GetSize())}")
+    if stored_non_finite:
+        raise InputError(f"{path}: CT has {stored_non_finite} non-finite (NaN or infinite) voxels")
     return image
 
 

@@ -48,7 +48,9 @@ def map_ordered(function: Callable[[Item], Result], items: Iterable[Item], worke
 
 
 def _map_dask(function: Callable[[Item], Result], items: Iterable[Item], address: str) -> Iterator[Result]:
-    """function(item) for every item on the Dask cluster at `address`, yielded in input order."""
+    """function(item) for every item on the Dask cluster at `address`, yielded in input order. The items are
+    gathered before the client starts: a lazy iterable read while an in-process cluster runs gave wrong inputs."""
+    items = list(items)
     try:
         from distributed import Client
     except ImportError:
@@ -58,5 +60,5 @@ def _map_dask(function: Callable[[Item], Result], items: Iterable[Item], address
     except (OSError, TimeoutError) as err:
         raise InputError(f"--scheduler {address}: cannot reach the Dask scheduler ({err})") from None
     with client:
-        for future in client.map(function, list(items), pure=False):
+        for future in client.map(function, items, pure=False):
             yield future.result()

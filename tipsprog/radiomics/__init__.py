@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
+import SimpleITK as sitk
 import yaml
 
 from tipsprog import store
@@ -31,34 +32,42 @@ def to_block(records: list[PatientFeatures], params: dict, provenance: dict[str,
 
 @dataclass
 class SegmentedCohort:
-    """The segment store's patients, centers, CT paths, segmentation provenance and each patient's input digest."""
+    """The segment store's patients, centers, CT paths and segmentation provenance; label images stay in the store."""
 
     seg_path: Path
     patient_ids: list[str]
     centers: list[str]
     ct_paths: list[str]
     provenance: dict[str, str]
-    digests: list[str]
 
-    def jobs(self, params: dict, skip: set[str]) -> Iterator[PatientJob]:
-        """One job per patient not in `skip`, its label image read only when the job is due (memory stays flat)."""
+    def inputs(self) -> Iterator[tuple[str, str, sitk.Image | None]]:
+        """Each patient's ID, CT path and label image, read one at a time (memory stays flat)."""
         with store.open_store(self.seg_path) as seg:
             masks = seg["segment/masks"]
-            for pid, path, digest in zip(self.patient_ids, self.ct_paths, self.digests):
-                if pid not in skip:
-                    yield PatientJob(pid, path, store.read_mask(seg, pid) if pid in masks else None, params, digest)
+            for pid, path in zip(self.patient_ids, self.ct_paths):
+                yield pid, path, store.read_mask(seg, pid) if pid in masks else None
+
+    def reusable(self, done: dict) -> dict[str, PatientFeatures]:
+        """Records of an earlier run (keyed by patient and input digest) that still match this store's inputs."""
+        if not done:
+            return {}
+        digests = ((pid, input_digest(path, mask)) for pid, path, mask in self.inputs())
+        return {pid: done[(pid, digest)] for pid, digest in digests if (pid, digest) in done}
+
+    def jobs(self, params: dict, skip: set[str]) -> Iterator[PatientJob]:
+        """One job per patient not in `skip`, its label image read only when the job is due."""
+        for pid, path, mask in self.inputs():
+            if pid not in skip:
+                yield PatientJob(pid, path, mask, params, input_digest(path, mask))
 
 
 def _cohort(seg_path: Path) -> SegmentedCohort:
-    """Read a segment store's patient list and digest every patient's inputs, one label image at a time."""
+    """Read a segment store's patient list, CT paths and provenance."""
     with store.open_store(seg_path) as seg:
         if "segment/ct_paths" not in seg:
             raise InputError(f"{seg_path}: not a segment store (no /segment)")
-        ids, centers = store.read_patients(seg), store.read_centers(seg)
-        ct_paths, provenance = store.read_ct_paths(seg), store.segment_provenance(seg)
-        masks = seg["segment/masks"]
-        digests = [input_digest(path, store.read_mask(seg, pid) if pid in masks else None) for pid, path in zip(ids, ct_paths)]
-    return SegmentedCohort(seg_path, ids, centers, ct_paths, provenance, digests)
+        return SegmentedCohort(seg_path, store.read_patients(seg), store.read_centers(seg), store.read_ct_paths(seg),
+                               store.segment_provenance(seg))
 
 
 @writes_output
@@ -74,8 +83,7 @@ def run_radiomics(seg_path: Path, out: Path, params_name: str = "fast", workers:
     params = load_params(params_name)
     sha = settings_hash(params)
     cohort = _cohort(seg_path)
-    done = resume.reusable(out, sha) if resume_previous else {}
-    reused = {pid: done[(pid, digest)] for pid, digest in zip(cohort.patient_ids, cohort.digests) if (pid, digest) in done}
+    reused = cohort.reusable(resume.reusable(out, sha) if resume_previous else {})
     fresh = iter(map_ordered(extract_patient, cohort.jobs(params, set(reused)), workers, scheduler))
     journal_file = resume.journal_path(out)
     records = []
