@@ -1,5 +1,5 @@
 """Killing a stage mid-run (SIGINT or SIGKILL) leaves no output, no temporary file and no lock that blocks a rerun;
-the rerun (radiomics with --resume) gives the result of an uninterrupted run."""
+the rerun with --resume continues from the journal and gives the result of an uninterrupted run."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def _leftovers(folder: Path) -> list[str]:
 
 
 def _journal_records(path: Path) -> int:
-    """Patients a running radiomics has finished, read from its journal without locking it (0 while unreadable)."""
+    """Patients a running stage has finished, read from its journal without locking it (0 while unreadable)."""
     try:
         with h5py.File(path, "r", locking=False) as journal:
             return len(journal["records"])
@@ -43,37 +43,40 @@ def _journal_records(path: Path) -> int:
         return 0
 
 
-def test_radiomics_killed_then_resumed_equals_an_uninterrupted_run(pipeline: Pipeline, tmp_path):
-    out = tmp_path / "radiomics.h5"
-    journal = tmp_path / "radiomics.h5.partial"
-    run = _start("radiomics", pipeline.seg, "--out", out, "--workers", 1, "--quiet")
+def _same_segment_store(first: Path, second: Path) -> None:
+    """Masks, crops, volumes and QC of two segment stores are identical."""
+    with h5py.File(first) as a, h5py.File(second) as b:
+        for key in ("segment/volumes", "qc/status", "segment/crops/liver", "segment/crops/spleen", "segment/crops/portal_vein"):
+            np.testing.assert_array_equal(a[key][()], b[key][()])
+        assert set(a["segment/masks"]) == set(b["segment/masks"])
+        for pid in a["segment/masks"]:
+            np.testing.assert_array_equal(a[f"segment/masks/{pid}"][()], b[f"segment/masks/{pid}"][()])
+
+
+def _same_radiomics_store(first: Path, second: Path) -> None:
+    with h5py.File(first) as a, h5py.File(second) as b:
+        np.testing.assert_array_equal(a["features/radiomics/values"][()], b["features/radiomics/values"][()])
+
+
+@pytest.mark.parametrize("stage,sig", [("segment", signal.SIGINT), ("segment", signal.SIGKILL), ("radiomics", signal.SIGKILL)],
+                         ids=["segment-SIGINT", "segment-SIGKILL", "radiomics-SIGKILL"])
+def test_per_scan_stage_interrupted_then_resumed_equals_an_uninterrupted_run(pipeline: Pipeline, tmp_path, stage, sig):
+    """The journal keeps the scans finished before the signal; --resume reuses them and the store is the same."""
+    source, reference, same = ((pipeline.cohort / "cohort.csv", pipeline.seg, _same_segment_store) if stage == "segment"
+                               else (pipeline.seg, pipeline.radiomics, _same_radiomics_store))
+    out = tmp_path / reference.name
+    journal = tmp_path / f"{reference.name}.partial"
+    run = _start(stage, source, "--out", out, "--workers", 1, "--quiet")
     _wait_for(lambda: _journal_records(journal) >= 4, run)
-    run.send_signal(signal.SIGKILL)
-    run.wait()
-    assert not out.exists() and journal.exists()
-    result = invoke("radiomics", pipeline.seg, "--out", out, "--resume", "--workers", 1, "--quiet")
-    assert result.exit_code == 0, result.output
-    with h5py.File(out) as resumed, h5py.File(pipeline.radiomics) as uninterrupted:
-        np.testing.assert_array_equal(resumed["features/radiomics/values"][()], uninterrupted["features/radiomics/values"][()])
-    assert not journal.exists() and _leftovers(tmp_path) == []
-
-
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
-def test_segment_interrupted_leaves_nothing_and_reruns_identically(pipeline: Pipeline, tmp_path, sig):
-    out = tmp_path / "seg.h5"
-    run = _start("segment", pipeline.cohort / "cohort.csv", "--out", out, "--workers", 1, "--quiet")
-    _wait_for(lambda: any(p.suffix == ".tmp" for p in tmp_path.iterdir()), run)
-    time.sleep(0.5)
     run.send_signal(sig)
     output = run.communicate()[0]
-    assert not out.exists()
+    assert not out.exists() and _journal_records(journal) >= 4
     if sig == signal.SIGINT:
-        assert run.returncode == 130 and "interrupted" in output and _leftovers(tmp_path) == []
-    result = invoke("segment", pipeline.cohort / "cohort.csv", "--out", out, "--workers", 1, "--quiet")
+        assert run.returncode == 130 and "interrupted" in output
+    result = invoke(stage, source, "--out", out, "--resume", "--workers", 1)
     assert result.exit_code == 0, result.output
-    with h5py.File(out) as rerun, h5py.File(pipeline.seg) as original:
-        np.testing.assert_array_equal(rerun["segment/volumes"][()], original["segment/volumes"][()])
-    assert _leftovers(tmp_path) == []
+    same(out, reference)
+    assert not journal.exists() and _leftovers(tmp_path) == []
 
 
 def _training_command(pipeline: Pipeline, stage: str, out: Path, epochs: int) -> list:

@@ -16,7 +16,7 @@ from tipsprog.io import read_ct, read_mask
 from tipsprog.radiomics import run_radiomics
 from tipsprog.radiomics.extract import extract_from_file, feature_group
 from tipsprog.radiomics.params import PRESETS, crop_plan, load_params, make_extractor
-from tipsprog.radiomics.resume import journal_path
+from tipsprog.resume import partial_path
 from tipsprog.segment.masks import TOTALSEGMENTATOR_IDS, map_labels
 
 
@@ -97,11 +97,11 @@ def test_resume_reuses_an_interrupted_run(pipeline, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run_radiomics(pipeline.seg, out, "fast", 1, stop_after_three)
     assert not out.exists()
-    with h5py.File(journal_path(out), "a") as journal:
+    with h5py.File(partial_path(out), "a") as journal:
         assert len(journal["records"]) == 3
         journal["records/0/values"][...] = 42.0  # only a reused record can carry this into the store
     run_radiomics(pipeline.seg, out, "fast", 1, resume_previous=True)
-    assert not journal_path(out).exists()
+    assert not partial_path(out).exists()
     names, values = _features(out)
     reference_names, reference = _features(pipeline.radiomics)
     assert names == reference_names

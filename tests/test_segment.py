@@ -2,11 +2,14 @@
 
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pandas as pd
+import pytest
 import SimpleITK as sitk
 
 from tipsprog.io import read_ct, read_mask
+from tipsprog.resume import partial_path
 from tipsprog.segment import Backend, dice_per_roi, run_segment, segment_scan
 from tipsprog.segment.crops import CROP_SHAPE, roi_crops, roi_volumes
 from tipsprog.segment.masks import TOTALSEGMENTATOR_IDS, map_labels
@@ -69,3 +72,38 @@ def test_segment_store_records_failed_scans(tmp_path):
         assert "missing.nii.gz: CT file not found" in reasons[1]
         dice, names = read_roi_table(h5, "segment/dice")
         assert names[0] == "liver" and dice[0, 0] > 0.9 and np.isnan(dice[1, 0])
+
+
+def test_resume_takes_finished_scans_from_the_journal_only_when_inputs_and_settings_match(tmp_path):
+    make_cohort(tmp_path / "c", CohortSpec(n=5, centers=1, seed=5))
+    cohort_csv, out = tmp_path / "c" / "cohort.csv", tmp_path / "seg.h5"
+    finished = []
+
+    def stop_after_three(result):
+        finished.append(result.patient_id)
+        if len(finished) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_segment(cohort_csv, out, workers=1, progress=stop_after_three)
+    assert not out.exists()
+    with h5py.File(partial_path(out), "a") as journal:
+        assert len(journal["records"]) == 3
+        for record in journal["records"].values():
+            record["volumes"][0] = 1234.0  # only a reused record can carry this into the store
+    (tmp_path / "c" / "images" / "P0001.nii.gz").write_bytes((tmp_path / "c" / "images" / "P0003.nii.gz").read_bytes())
+    run_segment(cohort_csv, out, workers=1, resume_previous=True)
+    assert not partial_path(out).exists()
+    with open_store(out) as h5:
+        volumes = read_roi_table(h5, "segment/volumes")[0][:, 0]
+    assert volumes[0] == 1234.0 and volumes[2] == 1234.0  # reused
+    assert volumes[1] != 1234.0 and volumes[3:].tolist() != [1234.0, 1234.0]  # changed CT and unfinished: segmented
+
+    finished.clear()
+    with pytest.raises(KeyboardInterrupt):
+        run_segment(cohort_csv, out, workers=1, progress=stop_after_three)
+    with h5py.File(partial_path(out), "a") as journal:
+        journal["records/0/volumes"][0] = 1234.0
+    run_segment(cohort_csv, out, "masks", workers=1, resume_previous=True)  # other settings: the journal is set aside
+    with open_store(out) as h5:
+        assert read_qc(h5)[0] == ["ok"] * 5 and 1234.0 not in read_roi_table(h5, "segment/volumes")[0][:, 0]

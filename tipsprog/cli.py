@@ -28,6 +28,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="CT + clinical prognosis after TIPS: survival, overt HE and portal pressure gradient.")
 console = Console(stderr=True)
 QUIET = typer.Option(False, "--quiet", "-q", help="Print no progress or summary.")
+RESUME = typer.Option(False, "--resume", help="Continue an interrupted run from OUT.partial: what it finished with the same settings and inputs is reused.")
 WORKERS = typer.Option(None, "--workers", help="Parallel processes (default: all cores).")
 DEVICE = typer.Option("auto", "--device", help="auto, cpu or cuda.")
 
@@ -145,7 +146,7 @@ def segment(cohort: Path = typer.Argument(..., help="cohort.csv (patient_id, ct[
             iterations: int = typer.Option(600, "--iterations", min=1, help="semi: training iterations with --fit."),
             workers: Optional[int] = WORKERS, device: str = DEVICE,
             strict: bool = typer.Option(False, "--strict", help="A failed patient stops the run."),
-            quiet: bool = QUIET) -> None:
+            resume: bool = RESUME, quiet: bool = QUIET) -> None:
     """Segment liver, spleen and portal vein; store masks, ROI crops, volumes, QC flags and Dice vs reference."""
     from tipsprog.segment import run_segment
     from tipsprog.segment.semi import SemiSettings
@@ -154,7 +155,7 @@ def segment(cohort: Path = typer.Argument(..., help="cohort.csv (patient_id, ct[
             progress_bar("segment", _count_rows(cohort), quiet) as advance:
         results = run_segment(cohort, out, backend, _workers(workers), strict, advance, fit, model, device,
                               SemiSettings(iterations=iterations),
-                              lambda step, loss, dice: trained(text=f"loss {loss:.3f} val Dice {dice:.3f}"))
+                              lambda step, loss, dice: trained(text=f"loss {loss:.3f} val Dice {dice:.3f}"), resume)
     if quiet:
         return
     failed = [r for r in results if r.status != "ok"]
@@ -182,9 +183,7 @@ def radiomics(seg: Path = typer.Argument(..., help="Segment store from `tipsprog
               workers: Optional[int] = WORKERS,
               scheduler: Optional[str] = typer.Option(None, "--scheduler",
                                                       help="Dask scheduler address (tcp://HOST:PORT) to run patients on."),
-              resume: bool = typer.Option(False, "--resume",
-                                          help="Reuse patients already extracted with the same settings and inputs."),
-              quiet: bool = QUIET) -> None:
+              resume: bool = RESUME, quiet: bool = QUIET) -> None:
     """pyradiomics features per ROI, tagged roi/image-type/feature-class; each ROI cropped before extraction."""
     from tipsprog.radiomics import run_radiomics
 

@@ -207,12 +207,15 @@ def read_table(path: str | Path, required: list[str]) -> pd.DataFrame:
     return table.set_index("patient_id", drop=False)
 
 
+COHORT_PATH_COLUMNS = ("ct", "label", "liver_mask", "spleen_mask", "portal_vein_mask")
+
+
 def read_cohort(path: str | Path) -> pd.DataFrame:
     """Read cohort.csv; CT and mask paths resolve against the CSV's folder."""
     path = Path(path)
     cohort = read_table(path, ["ct"])
     base = path.resolve().parent
-    for column in ["ct", "liver_mask", "spleen_mask", "label"]:
+    for column in COHORT_PATH_COLUMNS:
         if column in cohort.columns:
             cohort[column] = [
                 None if pd.isna(value) or str(value).strip() == "" else str((base / str(value).strip()).resolve())

@@ -45,6 +45,21 @@ def file_sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def inputs_sha256(texts: list[str], paths: list[str]) -> str:
+    """sha256 of some text values and of the bytes of every named file (a folder: its files, in name order)."""
+    digest = hashlib.sha256()
+    for text in texts:
+        digest.update(text.encode("utf-8") + b"\0")
+    for value in paths:
+        path = Path(value)
+        digest.update(value.encode("utf-8") + b"\0")
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path] if path.is_file() else []
+        for file in files:
+            with open(file, "rb") as handle:
+                digest.update(hashlib.file_digest(handle, "sha256").digest())
+    return digest.hexdigest()
+
+
 _HELD_LOCKS: set[Path] = set()
 Result = TypeVar("Result")
 
@@ -171,13 +186,11 @@ def write_segment_info(store: h5py.File, backend: str, settings: str, ct_paths: 
     group.create_dataset("ct_paths", data=np.array(ct_paths, dtype=object), dtype=STRING)
 
 
-def write_mask(store: h5py.File, patient_id: str, mask: sitk.Image) -> None:
-    """Write one patient's uint8 label volume with its geometry."""
+def write_mask(group: h5py.Group, key: str, mask: sitk.Image) -> None:
+    """Write a uint8 label volume with its geometry at `key` under `group` (a store's /segment/masks/<patient>)."""
     data = sitk.GetArrayFromImage(mask).astype(np.uint8)
-    dataset = store.create_dataset(
-        f"segment/masks/{patient_id}", data=data, compression="gzip", compression_opts=4,
-        chunks=tuple(min(64, s) for s in data.shape),
-    )
+    dataset = group.create_dataset(key, data=data, compression="gzip", compression_opts=4,
+                                   chunks=tuple(min(64, s) for s in data.shape))
     dataset.attrs.update(spacing=mask.GetSpacing(), origin=mask.GetOrigin(), direction=mask.GetDirection())
 
 
@@ -272,14 +285,18 @@ def read_qc(store: h5py.File) -> tuple[list[str], list[str]]:
     return read_strings(store, "qc/status"), read_strings(store, "qc/reason")
 
 
-def read_mask(store: h5py.File, patient_id: str) -> sitk.Image:
-    """One patient's label volume as a SimpleITK image with its geometry."""
-    dataset = store[f"segment/masks/{patient_id}"]
+def read_mask(dataset: h5py.Dataset) -> sitk.Image:
+    """A label volume written by write_mask, as a SimpleITK image with its geometry."""
     mask = sitk.GetImageFromArray(dataset[()])
     mask.SetSpacing(tuple(float(v) for v in dataset.attrs["spacing"]))
     mask.SetOrigin(tuple(float(v) for v in dataset.attrs["origin"]))
     mask.SetDirection(tuple(float(v) for v in dataset.attrs["direction"]))
     return mask
+
+
+def patient_mask(store: h5py.File, patient_id: str) -> sitk.Image:
+    """One patient's label volume from a segment store."""
+    return read_mask(store[f"segment/masks/{patient_id}"])
 
 
 def read_features(store: h5py.File) -> dict[str, FeatureBlock]:

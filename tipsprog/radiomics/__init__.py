@@ -17,6 +17,7 @@ from tipsprog.parallel import map_ordered
 from tipsprog.radiomics import resume
 from tipsprog.radiomics.extract import PatientFeatures, PatientJob, extract_patient, feature_group, input_digest
 from tipsprog.radiomics.params import load_params, settings_hash
+from tipsprog.resume import append, patient_journal
 
 
 def to_block(records: list[PatientFeatures], params: dict, provenance: dict[str, str]) -> store.FeatureBlock:
@@ -45,7 +46,7 @@ class SegmentedCohort:
         with store.open_store(self.seg_path) as seg:
             masks = seg["segment/masks"]
             for pid, path in zip(self.patient_ids, self.ct_paths):
-                yield pid, path, store.read_mask(seg, pid) if pid in masks else None
+                yield pid, path, store.patient_mask(seg, pid) if pid in masks else None
 
     def reusable(self, done: dict) -> dict[str, PatientFeatures]:
         """Records of an earlier run (keyed by patient and input digest) that still match this store's inputs."""
@@ -83,20 +84,18 @@ def run_radiomics(seg_path: Path, out: Path, params_name: str = "fast", workers:
     params = load_params(params_name)
     sha = settings_hash(params)
     cohort = _cohort(seg_path)
-    reused = cohort.reusable(resume.reusable(out, sha) if resume_previous else {})
-    fresh = iter(map_ordered(extract_patient, cohort.jobs(params, set(reused)), workers, scheduler))
-    journal_file = resume.journal_path(out)
-    records = []
-    with resume.open_journal(journal_file, sha) as journal:
+    with patient_journal(out, sha, resume_previous) as journal:
+        reused = cohort.reusable(resume.reusable(out, sha, journal) if resume_previous else {})
+        fresh = iter(map_ordered(extract_patient, cohort.jobs(params, set(reused)), workers, scheduler))
+        records = []
         for pid in cohort.patient_ids:
             record = reused.get(pid) or next(fresh)
             if pid not in reused:
-                resume.append(journal, record)
+                append(journal, record.patient_id, record.input_sha256, resume.journal_writer(record))
             records.append(record)
             if progress:
                 progress(record)
-    with store.create_store(out, cohort.patient_ids, cohort.centers) as h5:
-        store.write_features(h5, "radiomics", to_block(records, params, cohort.provenance))
-        store.write_qc(h5, [r.status for r in records], [r.reason for r in records])
-    journal_file.unlink()
+        with store.create_store(out, cohort.patient_ids, cohort.centers) as h5:
+            store.write_features(h5, "radiomics", to_block(records, params, cohort.provenance))
+            store.write_qc(h5, [r.status for r in records], [r.reason for r in records])
     return records

@@ -7,17 +7,18 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
+import h5py
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 import torch
 import yaml
 
-from tipsprog import store
+from tipsprog import resume, store
 from tipsprog.store import writes_output
 from tipsprog.devices import resolve_device
 from tipsprog.errors import InputError
-from tipsprog.io import read_cohort, read_ct
+from tipsprog.io import COHORT_PATH_COLUMNS, read_cohort, read_ct
 from tipsprog.parallel import map_ordered
 from tipsprog.segment import classic, foundation, semi
 from tipsprog.segment.crops import CROP_SHAPE, roi_crops, roi_volumes
@@ -182,38 +183,85 @@ def prepare_backend(name: str, cohort: pd.DataFrame, out: Path, fit_csv: Path | 
     return backend
 
 
+def input_digest(row: pd.Series) -> str:
+    """sha256 of a cohort row's CT and reference files (bytes) and its other values: what --resume compares."""
+    paths = [str(row[c]) for c in COHORT_PATH_COLUMNS if isinstance(row.get(c), str)]
+    texts = [f"{column}={value}" for column, value in row.items() if column not in COHORT_PATH_COLUMNS]
+    return store.inputs_sha256(texts, paths)
+
+
+def _journal_scan(result: ScanResult) -> Callable[[h5py.Group], None]:
+    """Writer of one scan's result into a journal record."""
+    def write(group: h5py.Group) -> None:
+        group.attrs.update(status=result.status, reason=result.reason, flags=";".join(result.flags))
+        group.create_dataset("volumes", data=result.volumes)
+        group.create_dataset("dice", data=result.dice)
+        if result.labels is not None:
+            store.write_mask(group, "labels", result.labels)
+        for roi, crop in result.crops.items():
+            group.create_dataset(f"crops/{roi}", data=crop.astype(np.float16))
+    return write
+
+
+def _journaled_scan(patient_id: str, group: h5py.Group) -> ScanResult:
+    """A scan's result as a journal record holds it (labels and crops stay in the journal)."""
+    flags = str(group.attrs["flags"])
+    return ScanResult(patient_id, str(group.attrs["status"]), str(group.attrs["reason"]), volumes=group["volumes"][()],
+                      flags=flags.split(";") if flags else [], dice=group["dice"][()])
+
+
+def _write_segment_store(h5: h5py.File, records: list[h5py.Group], results: list[ScanResult], cohort: pd.DataFrame,
+                         backend: Backend) -> None:
+    """Fill a new segment store from the journal records, one scan at a time."""
+    crops = {roi: store.create_crops(h5, roi, len(records), CROP_SHAPE) for roi in store.ROI_LABELS}
+    for index, (record, result) in enumerate(zip(records, results)):
+        if "labels" in record:
+            h5.copy(record["labels"], f"segment/masks/{result.patient_id}")
+        for roi in record.get("crops", {}):
+            crops[roi][index] = record[f"crops/{roi}"][()]
+    model_sha = store.file_sha256(backend.model_path) if backend.model_path else ""
+    store.write_segment_info(h5, backend.name, backend.settings(), cohort["ct"].tolist(), model_sha, backend.model_path)
+    store.write_volumes(h5, np.stack([r.volumes for r in results]), list(store.ROI_LABELS))
+    store.write_dice(h5, np.stack([r.dice for r in results]), list(store.ROI_LABELS))
+    store.write_qc(h5, [r.status for r in results], [r.reason for r in results],
+                   flags=[";".join(r.flags) for r in results], backend=backend.name)
+
+
 @writes_output
 def run_segment(cohort_csv: Path, out: Path, backend_name: str = "classic", workers: int = 1, strict: bool = False,
                 progress: Callable[[ScanResult], None] | None = None, fit_csv: Path | None = None,
                 model_path: Path | None = None, device: str = "auto",
                 semi_settings: semi.SemiSettings = semi.SemiSettings(),
-                fit_progress: Callable[[int, float, float], None] | None = None) -> list[ScanResult]:
-    """Segment every CT of a cohort and write seg.h5 (masks, crops, volumes, QC, Dice)."""
+                fit_progress: Callable[[int, float, float], None] | None = None,
+                resume_previous: bool = False) -> list[ScanResult]:
+    """Segment every CT of a cohort and write seg.h5 (masks, crops, volumes, QC, Dice).
+
+    Each finished scan goes to the journal `<out>.partial` first; with `resume_previous`, scans an interrupted
+    run finished with the same backend settings and the same input files are taken from it.
+    """
     cohort = read_cohort(cohort_csv)
     backend = prepare_backend(backend_name, cohort, out, fit_csv, model_path, device, semi_settings, fit_progress)
     if backend.name in ("semi", "totalseg") and backend.device == "cuda":
         workers = 1
-    ids = cohort["patient_id"].tolist()
-    results: list[ScanResult] = []
-    with store.create_store(out, ids, cohort["center"].tolist()) as h5:
-        crops = {roi: store.create_crops(h5, roi, len(ids), CROP_SHAPE) for roi in store.ROI_LABELS}
-        jobs = [(row, backend) for _, row in cohort.iterrows()]
-        for index, result in enumerate(map_ordered(_segment_one, jobs, workers)):
-            if strict and result.status != "ok":
-                raise InputError(f"{cohort_csv}: patient {result.patient_id}: {result.reason}")
-            if result.labels is not None:
-                store.write_mask(h5, result.patient_id, result.labels)
-            for roi, crop in result.crops.items():
-                crops[roi][index] = crop.astype(np.float16)
-            result.labels, result.crops = None, {}
-            results.append(result)
+    settings_sha = store.inputs_sha256([backend.settings()], [backend.model_path] if backend.model_path else [])
+    rows = [row for _, row in cohort.iterrows()]
+    digests = [input_digest(row) for row in rows]
+    with resume.patient_journal(out, settings_sha, resume_previous) as journal:
+        done = resume.finished(journal)
+        fresh = iter(map_ordered(_segment_one, [(row, backend) for row, digest in zip(rows, digests)
+                                                if (row["patient_id"], digest) not in done], workers))
+        records, results = [], []
+        for row, digest in zip(rows, digests):
+            key = (row["patient_id"], digest)
+            if key not in done:
+                result = next(fresh)
+                if strict and result.status != "ok":
+                    raise InputError(f"{cohort_csv}: patient {result.patient_id}: {result.reason}")
+                done[key] = resume.append(journal, result.patient_id, digest, _journal_scan(result))
+            records.append(done[key])
+            results.append(_journaled_scan(row["patient_id"], done[key]))
             if progress:
-                progress(result)
-        model_sha = store.file_sha256(backend.model_path) if backend.model_path else ""
-        store.write_segment_info(h5, backend.name, backend.settings(), cohort["ct"].tolist(), model_sha,
-                                 backend.model_path)
-        store.write_volumes(h5, np.stack([r.volumes for r in results]), list(store.ROI_LABELS))
-        store.write_dice(h5, np.stack([r.dice for r in results]), list(store.ROI_LABELS))
-        store.write_qc(h5, [r.status for r in results], [r.reason for r in results],
-                       flags=[";".join(r.flags) for r in results], backend=backend.name)
+                progress(results[-1])
+        with store.create_store(out, cohort["patient_id"].tolist(), cohort["center"].tolist()) as h5:
+            _write_segment_store(h5, records, results, cohort, backend)
     return results

@@ -1,0 +1,119 @@
+"""--resume: what an interrupted run finished, kept beside its output in `<out>.partial` until the output is written.
+
+Per-scan stages (segment, radiomics) append each finished patient to an HDF5 journal and flush it, so a killed run
+loses at most the patients in flight; training stages (embed --fit, fuse-train) save their whole training state,
+random generators included, every few seconds, so a resumed run continues exactly where the killed one stopped.
+A journal belongs to one settings digest: a run with other settings or inputs starts afresh. Outputs themselves
+are only ever written whole, by atomic rename.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+import h5py
+import torch
+
+from tipsprog.checkpoints import save_checkpoint
+
+CHECKPOINT_SECONDS = 10.0
+TRAINING_FORMAT = "tipsprog-training-state-1"
+
+
+def partial_path(out: Path) -> Path:
+    """Where a run keeps what it has finished until its output is written."""
+    out = Path(out)
+    return out.with_name(out.name + ".partial")
+
+
+def _journal_settings(path: Path) -> str | None:
+    """The settings digest of a journal on disk (None if absent or unreadable)."""
+    try:
+        with h5py.File(path, "r") as journal:
+            return str(journal.attrs.get("settings_sha256"))
+    except OSError:
+        return None
+
+
+@contextmanager
+def patient_journal(out: Path, settings_sha256: str, resume: bool) -> Iterator[h5py.File]:
+    """The run's journal: an interrupted run's, continued, when resuming with the same settings, else a fresh one.
+    It is removed once the block (which writes the output) succeeds."""
+    path = partial_path(out)
+    continued = resume and _journal_settings(path) == settings_sha256
+    with h5py.File(path, "a" if continued else "w") as journal:
+        journal.attrs["settings_sha256"] = settings_sha256
+        journal.require_group("records")
+        yield journal
+    path.unlink()
+
+
+def append(journal: h5py.File, patient_id: str, input_sha256: str, write: Callable[[h5py.Group], None]) -> h5py.Group:
+    """Add one finished patient (its data written by `write`), flush it to disk and return its record."""
+    records = journal["records"]
+    group = records.create_group(str(len(records)))
+    write(group)
+    group.attrs.update(patient_id=patient_id, input_sha256=input_sha256)
+    journal.flush()
+    return group
+
+
+def finished(journal: h5py.File) -> dict[tuple[str, str], h5py.Group]:
+    """Complete records keyed by (patient ID, input digest); a record cut short by a kill has no digest and is skipped."""
+    return {(str(group.attrs["patient_id"]), str(group.attrs["input_sha256"])): group
+            for group in journal["records"].values() if "input_sha256" in group.attrs}
+
+
+def _random_state() -> dict:
+    """torch's random generators (CPU and, where present, CUDA)."""
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore_random_state(state: dict) -> None:
+    """Put torch's random generators back where `_random_state` found them."""
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class TrainingJournal:
+    """A training loop's saved state: `load` once at the start (None unless resuming with the same settings),
+    `save` after every step (written at most every CHECKPOINT_SECONDS, and always when `force` is set)."""
+
+    def __init__(self, out: Path, settings_sha256: str, resume: bool, interval_s: float = CHECKPOINT_SECONDS):
+        self.path = partial_path(out)
+        self.settings_sha256 = settings_sha256
+        self.resume = resume
+        self.interval_s = interval_s
+        self._saved_at = time.monotonic()
+
+    def load(self) -> dict | None:
+        """The state a killed run saved with these settings, random generators restored (None if there is none)."""
+        if not (self.resume and self.path.is_file()):
+            return None
+        try:
+            payload = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception:  # torch raises many types for a file cut short; start afresh
+            return None
+        if payload.get("format") != TRAINING_FORMAT or payload.get("settings_sha256") != self.settings_sha256:
+            return None
+        _restore_random_state(payload["random"])
+        return payload["state"]
+
+    def save(self, state: Callable[[], dict], force: bool = False) -> None:
+        """Save `state()` with the random generators if the interval has passed (or `force`)."""
+        if not force and time.monotonic() - self._saved_at < self.interval_s:
+            return
+        save_checkpoint({"format": TRAINING_FORMAT, "settings_sha256": self.settings_sha256,
+                         "random": _random_state(), "state": state()}, self.path)
+        self._saved_at = time.monotonic()
+
+    def discard(self) -> None:
+        """Remove the saved state once the output is written."""
+        self.path.unlink(missing_ok=True)
