@@ -3,6 +3,7 @@ the rerun with --resume continues from the journal and gives the result of an un
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -16,9 +17,9 @@ import pytest
 from conftest import Pipeline, invoke
 
 
-def _start(*args) -> subprocess.Popen:
+def _start(*args, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "tipsprog", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, env=env)
 
 
 def _wait_for(condition, process: subprocess.Popen, seconds: float = 120) -> None:
@@ -79,23 +80,36 @@ def test_per_scan_stage_interrupted_then_resumed_equals_an_uninterrupted_run(pip
     assert not journal.exists() and _leftovers(tmp_path) == []
 
 
-def _training_command(pipeline: Pipeline, stage: str, out: Path, epochs: int) -> list:
+def _training_command(pipeline: Pipeline, stage: str, out: Path) -> list:
     if stage == "embed":
-        return ["embed", pipeline.seg, "--out", out, "--fit", "--epochs", epochs, "--device", "cpu", "--quiet"]
+        return ["embed", pipeline.seg, "--out", out, "--fit", "--epochs", 6, "--device", "cpu"]
     return ["fuse-train", pipeline.radiomics, "--clinical", pipeline.clinical, "--outcomes", pipeline.outcomes,
-            "--out", out, "--folds", 3, "--device", "cpu", "--quiet"]
+            "--out", out, "--folds", 3, "--device", "cpu"]
+
+
+def _training_result(stage: str, out: Path) -> np.ndarray:
+    """What the stage computed: the embeddings, or the out-of-fold risks."""
+    key, path = ("features/embed-ssl/values", out) if stage == "embed" else ("oof/risk", out / "oof.h5")
+    with h5py.File(path) as h5:
+        return h5[key][()]
 
 
 @pytest.mark.parametrize("stage", ["embed", "fuse-train"])
-def test_training_stages_killed_leave_no_output(pipeline: Pipeline, tmp_path, stage):
-    """embed --fit and fuse-train write nothing until they finish; a kill leaves no output and the rerun succeeds."""
-    out = tmp_path / ("embed.h5" if stage == "embed" else "model")
-    run = _start(*_training_command(pipeline, stage, out, 30))
-    _wait_for(lambda: (tmp_path / f".{out.name}.lock").exists(), run)
-    time.sleep(2.0)
+def test_training_stage_killed_then_resumed_equals_an_uninterrupted_run(pipeline: Pipeline, tmp_path, stage):
+    """embed --fit and fuse-train save their training state as they go; a SIGKILL leaves no output, and --resume
+    continues from the saved epoch to the same result as a run that was never stopped."""
+    name = "embed.h5" if stage == "embed" else "model"
+    uninterrupted = invoke(*_training_command(pipeline, stage, tmp_path / "whole" / name), "--quiet")
+    assert uninterrupted.exit_code == 0, uninterrupted.output
+    out, journal = tmp_path / name, tmp_path / f"{name}.partial"
+    run = _start(*_training_command(pipeline, stage, out), "--quiet", env={**os.environ, "TIPSPROG_CHECKPOINT_SECONDS": "0"})
+    _wait_for(journal.exists, run)
+    time.sleep(1.0)
     run.send_signal(signal.SIGKILL)
     run.wait()
-    assert not out.exists() and not (tmp_path / "embed.pt").exists()
-    result = invoke(*_training_command(pipeline, stage, out, 2))
+    assert not out.exists() and journal.exists()
+    result = invoke(*_training_command(pipeline, stage, out), "--resume")
     assert result.exit_code == 0, result.output
-    assert out.exists() and _leftovers(tmp_path) == []
+    assert f"--resume: continuing from {journal}" in " ".join(result.output.split())
+    np.testing.assert_array_equal(_training_result(stage, out), _training_result(stage, tmp_path / "whole" / name))
+    assert not journal.exists() and _leftovers(tmp_path) == []

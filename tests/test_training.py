@@ -14,6 +14,7 @@ from tipsprog.fusion.data import ModalityPreprocessor
 from tipsprog.fusion.models import MODELS, Layout, build_model
 from tipsprog.fusion.training import (TrainingData, cross_validate, cv_splits, inner_split, plan_members, predict_members,
                                       repeated_splits, train_ensemble)
+from tipsprog.resume import TrainingJournal
 
 RADIOMICS_GROUPS = [f"{roi}/{image}/{kind}" for roi in ("liver", "spleen") for image in ("original", "log-sigma-2")
                     for kind in ("firstorder", "glcm") for _ in range(3)]
@@ -233,3 +234,41 @@ def test_model_preset_applies_before_the_user_file(tmp_path):
     config = load_config(path)
     assert [s["name"] for s in config.stages] == ["one"]
     assert config.model_options() == {"heads": 2, "orthogonality_weight": 0.5}
+
+
+class _CountingJournal(TrainingJournal):
+    """A journal that counts its saves and, given `kill_after`, interrupts the run (KeyboardInterrupt) after that many."""
+
+    def __init__(self, out, resume: bool, kill_after: int = 0):
+        super().__init__(out, "same settings", resume)
+        self.saves, self.kill_after = 0, kill_after
+
+    def save(self, state, position: str, force: bool = False) -> None:
+        super().save(state, position, force)
+        self.saves += 1
+        if self.saves == self.kill_after:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("saves", [4, 11, 15], ids=["mid-first-stage", "stage-boundary", "mid-second-stage"])
+def test_training_killed_and_resumed_equals_an_uninterrupted_run(tmp_path, monkeypatch, saves):
+    """Weights, best epochs and loss histories are bit-identical: optimiser, early-stopping and dropout state resume."""
+    monkeypatch.setenv("TIPSPROG_CHECKPOINT_SECONDS", "0")
+    data = _cohort(60)
+    config = _config("multitips", epochs=10, patience=10)
+    plans = plan_members(data, cv_splits(data.event, data.centers, 3, "kfold", 0), config, seed=0)
+    whole = _CountingJournal(tmp_path / "whole", resume=False)
+    uninterrupted = train_ensemble(data, plans, config, torch.device("cpu"), journal=whole)
+    with pytest.raises(KeyboardInterrupt):
+        train_ensemble(data, plans, config, torch.device("cpu"), journal=_CountingJournal(tmp_path / "model", False, saves))
+    torch.manual_seed(12345)
+    rest = _CountingJournal(tmp_path / "model", resume=True)
+    resumed = train_ensemble(data, plans, config, torch.device("cpu"), journal=rest)
+    assert rest.saves == whole.saves - saves  # it went on from the saved epoch rather than starting again
+    for before, after in zip(uninterrupted, resumed):
+        assert before.best_epochs == after.best_epochs and before.train_loss == after.train_loss
+        for key, tensor in before.state_dict.items():
+            torch.testing.assert_close(after.state_dict[key], tensor, rtol=0, atol=0)
+    assert TrainingJournal(tmp_path / "model", "same settings", True).load()["stage"] == len(config.stages)
+    assert TrainingJournal(tmp_path / "model", "other settings", True).load() is None
+    assert TrainingJournal(tmp_path / "model", "same settings", False).load() is None

@@ -205,14 +205,15 @@ def embed(seg: Path = typer.Argument(..., help="Segment store from `tipsprog seg
           pool: str = typer.Option("mean", "--pool", help="Pooling inside each ROI mask: mean or mean+max."),
           epochs: int = typer.Option(40, "--epochs", min=1, help="Self-supervised epochs with --fit."),
           batch_size: int = typer.Option(16, "--batch-size", min=1, help="Crops per forward pass."),
-          seed: int = typer.Option(0, "--seed"), device: str = DEVICE, quiet: bool = QUIET) -> None:
+          seed: int = typer.Option(0, "--seed"), device: str = DEVICE, resume: bool = RESUME, quiet: bool = QUIET) -> None:
     """Deep ROI embeddings from a self-supervised or a published pretrained 3D encoder."""
     from tipsprog.embed import FitSettings, run_embed
 
     with progress_bar(f"embed: {encoder}", _patient_count(seg), quiet) as advance:
         written, report = run_embed(seg, out, encoder, fit, weights, device, FitSettings(epochs=epochs, seed=seed), pool,
                                     batch_size, lambda epoch, loss: advance(steps=0, text=f"pre-training epoch {epoch}/{epochs}, loss {loss:.4f}"),
-                                    lambda patients: advance(steps=patients, text="embedding"))
+                                    lambda patients: advance(steps=patients, text="embedding"), resume,
+                                    None if quiet else (lambda text: console.print(f"  {escape(text)}")))
     if not quiet:
         console.print(f"embed: {out} ({encoder}: {report}; weights {written})")
 
@@ -230,7 +231,8 @@ def fuse_train(stores: list[Path] = typer.Argument(None, help="Feature stores (r
                test: Optional[Path] = typer.Option(None, "--test", help="CSV with a patient_id column (e.g. a cohort.csv): patients held out of training and predicted once by the whole ensemble (held_out.h5)."),
                modalities: Optional[str] = typer.Option(None, "--modalities", help="Subset for ablations, e.g. clinical,radiomics (default: all the inputs provide)."),
                config: Optional[Path] = typer.Option(None, "--config", help="YAML config (see tipsprog/configs/default.yaml)."),
-               seed: int = typer.Option(0, "--seed"), device: str = DEVICE, quiet: bool = QUIET) -> None:
+               seed: int = typer.Option(0, "--seed"), device: str = DEVICE, resume: bool = RESUME,
+               quiet: bool = QUIET) -> None:
     """Cross-validated multimodal fusion for survival, OHE and ppg_post; writes a model bundle."""
     from tipsprog.fusion import run_fuse_train
     from tipsprog.fusion.config import load_config
@@ -238,7 +240,7 @@ def fuse_train(stores: list[Path] = typer.Argument(None, help="Feature stores (r
     settings = load_config(config, model=model, folds=folds, repeats=repeats)
     wanted = tuple(m.strip() for m in modalities.split(",")) if modalities else None
     metrics = run_fuse_train(stores or [], clinical, outcomes, out, settings, wanted, cv, device, seed,
-                             None if quiet else (lambda text: console.print(f"  {escape(text)}")), test)
+                             None if quiet else (lambda text: console.print(f"  {escape(text)}")), test, resume)
     if not quiet:
         table = Table(title=f"fuse-train ({settings.model}, {cv}): out-of-fold Harrell's C")
         table.add_column("row")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -16,6 +19,7 @@ from tipsprog.devices import resolve_device
 from tipsprog.embed.encoders import ENCODERS, RoiEncoder, load_encoder
 from tipsprog.embed.ssl import FitSettings, build_ssl_network, fit_ssl, save_ssl_weights
 from tipsprog.errors import InputError
+from tipsprog.resume import TrainingJournal
 from tipsprog.store import file_sha256, writes_output
 
 EMBED_ROIS = ("liver", "spleen")
@@ -77,6 +81,13 @@ def random_encoder(seed: int = 0) -> RoiEncoder:
     return RoiEncoder("ssl", build_ssl_network().eval())
 
 
+def _fit_digest(training: np.ndarray, settings: FitSettings, device: torch.device) -> str:
+    """sha256 of what pre-training depends on: its settings, the device type and the training crops."""
+    digest = hashlib.sha256(json.dumps({**asdict(settings), "device": device.type}, sort_keys=True).encode("utf-8"))
+    digest.update(np.ascontiguousarray(training).data)
+    return digest.hexdigest()
+
+
 @contextmanager
 def _segment_store(seg_path: Path) -> Iterator[tuple[list[str], list[str], tuple[list[str], list[str]], dict[str, str], dict[str, h5py.Dataset]]]:
     """Patients, centers, QC (status, reasons), segmentation provenance and the ROI crop datasets of a segment store,
@@ -92,10 +103,13 @@ def _segment_store(seg_path: Path) -> Iterator[tuple[list[str], list[str], tuple
 def run_embed(seg_path: Path, out: Path, encoder_name: str = "ssl", fit: bool = False, weights: Path | None = None,
               device_name: str = "auto", settings: FitSettings = FitSettings(), pooling: str = "mean",
               batch_size: int = 16, fit_progress: Callable[[int, float], None] | None = None,
-              progress: Callable[[float], None] | None = None) -> tuple[Path, str]:
+              progress: Callable[[float], None] | None = None, resume_previous: bool = False,
+              notes: Callable[[str], None] | None = None) -> tuple[Path, str]:
     """Embed every patient of a segment store into a store; with fit, pre-train the ssl encoder first.
 
-    Returns the weights file used and the loader's report (architecture, ignored tensors).
+    Pre-training saves its state to `<out>.partial` every few seconds; with `resume_previous` it continues from
+    there when the settings and the training crops are the same. Returns the weights file used and the loader's
+    report (architecture, ignored tensors).
     """
     if pooling not in POOLINGS:
         raise InputError(f"--pool {pooling}: choose one of {', '.join(POOLINGS)}")
@@ -112,7 +126,8 @@ def run_embed(seg_path: Path, out: Path, encoder_name: str = "ssl", fit: bool = 
             if usable.sum() < 2:
                 raise InputError(f"{seg_path}: fewer than 2 usable scans to train the encoder on")
             training = np.concatenate([crops[roi][()][usable] for roi in EMBED_ROIS])
-            save_ssl_weights(fit_ssl(training, settings, device, fit_progress), weights)
+            journal = TrainingJournal(out, _fit_digest(training, settings, device), resume_previous, notes)
+            save_ssl_weights(fit_ssl(training, settings, device, fit_progress, journal), weights)
             del training
             encoder = load_encoder("ssl", weights)
         provenance = {"weights_sha256": file_sha256(weights), "weights_path": str(Path(weights).resolve()), **segment_provenance}
@@ -121,4 +136,6 @@ def run_embed(seg_path: Path, out: Path, encoder_name: str = "ssl", fit: bool = 
     with store.create_store(out, ids, centers) as h5:
         store.write_features(h5, block.attrs["extractor"], block)
         store.write_qc(h5, status, reasons)
+    if fit:
+        journal.discard()
     return Path(weights), encoder.report.summary()

@@ -22,6 +22,7 @@ from monai.networks.nets import AutoEncoder
 from monai.transforms import RandCoarseDropout
 
 from tipsprog.checkpoints import load_checkpoint, save_checkpoint
+from tipsprog.resume import TrainingJournal, numpy_state, set_numpy_state
 from tipsprog.store import file_sha256
 
 WEIGHTS_FORMAT = "tipsprog-embed-ssl-2"
@@ -61,16 +62,26 @@ def _masked_batch(batch: torch.Tensor, masker: RandCoarseDropout) -> torch.Tenso
 
 
 def fit_ssl(crops: np.ndarray, settings: FitSettings, device: torch.device,
-            progress: Callable[[int, float], None] | None = None) -> AutoEncoder:
-    """Train the autoencoder to restore hidden parts of ROI crops [N, 2, D, H, W] (no outcome is ever seen)."""
+            progress: Callable[[int, float], None] | None = None, journal: TrainingJournal | None = None) -> AutoEncoder:
+    """Train the autoencoder to restore hidden parts of ROI crops [N, 2, D, H, W] (no outcome is ever seen).
+
+    With a journal, the training state is saved between epochs and a resumed run continues from the saved epoch.
+    """
     torch.manual_seed(settings.seed)
     generator = np.random.default_rng(settings.seed)
     masker = _masker(settings)
     network = build_ssl_network().to(device)
     optimiser = torch.optim.AdamW(network.parameters(), lr=settings.learning_rate, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, settings.epochs)
+    saved = journal.load() if journal else None
+    if saved:
+        network.load_state_dict(saved["network"])
+        optimiser.load_state_dict(saved["optimiser"])
+        schedule.load_state_dict(saved["schedule"])
+        set_numpy_state(generator, saved["order_generator"])
+        set_numpy_state(masker.R, saved["masker_generator"])
     data = torch.from_numpy(crops.astype(np.float32))
-    for epoch in range(settings.epochs):
+    for epoch in range(saved["epoch"] if saved else 0, settings.epochs):
         network.train()
         order = generator.permutation(len(data))
         losses = []
@@ -85,6 +96,10 @@ def fit_ssl(crops: np.ndarray, settings: FitSettings, device: torch.device,
             optimiser.step()
             losses.append(loss.item())
         schedule.step()
+        if journal:
+            journal.save(lambda: {"epoch": epoch + 1, "network": network.state_dict(), "optimiser": optimiser.state_dict(),
+                                  "schedule": schedule.state_dict(), "order_generator": numpy_state(generator),
+                                  "masker_generator": numpy_state(masker.R)}, f"epoch {epoch + 1} of {settings.epochs} done")
         if progress:
             progress(epoch + 1, float(np.mean(losses)))
     return network.eval()

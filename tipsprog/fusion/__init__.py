@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
 import yaml
 
 from tipsprog import store
@@ -17,6 +21,7 @@ from tipsprog.fusion.bundle import HeldOut, write_bundle
 from tipsprog.fusion.config import TrainConfig
 from tipsprog.fusion.training import TrainingData, cross_validate, fit_clinical_cox, predict_cohort
 from tipsprog.io import read_table
+from tipsprog.resume import TrainingJournal
 from tipsprog.store import file_sha256, writes_output
 
 
@@ -92,11 +97,26 @@ def _c_rows(data: TrainingData, predictions: dict[str, np.ndarray]) -> dict[str,
     return rows
 
 
+def training_digest(data: TrainingData, config: TrainConfig, cv_mode: str, seed: int, device: torch.device) -> str:
+    """sha256 of everything training depends on (settings, device type, patients, features, outcomes): what
+    --resume compares."""
+    settings = {"config": asdict(config), "cv": cv_mode, "seed": seed, "device": device.type, "patients": data.patient_ids,
+                "centers": data.centers.tolist(), "modalities": sorted(data.matrices)}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode("utf-8"))
+    for array in [*(data.matrices[m] for m in sorted(data.matrices)), *data.outcomes().values()]:
+        digest.update(np.ascontiguousarray(array, dtype=np.float64).data)
+    return digest.hexdigest()
+
+
 @writes_output
 def run_fuse_train(stores: list[Path], clinical_csv: Path, outcomes_csv: Path, out: Path, config: TrainConfig,
                    modalities: tuple[str, ...] | None = None, cv_mode: str = "kfold", device_name: str = "auto",
-                   seed: int = 0, progress: Callable[[str], None] | None = None, test_csv: Path | None = None) -> dict:
-    """Cross-validate the fusion model (holding out the --test patients, if any) and write the bundle; return metrics."""
+                   seed: int = 0, progress: Callable[[str], None] | None = None, test_csv: Path | None = None,
+                   resume_previous: bool = False) -> dict:
+    """Cross-validate the fusion model (holding out the --test patients, if any) and write the bundle; return metrics.
+
+    Training saves its state to `<out>.partial` every few seconds; with `resume_previous` it continues from there
+    when settings and data are the same."""
     assembled = assemble(stores, clinical_csv, outcomes_csv, modalities)
     if config.model == "clinical-cox" and "clinical" not in assembled.data.matrices:
         raise InputError("--model clinical-cox needs the clinical modality (add clinical to --modalities)")
@@ -113,7 +133,8 @@ def run_fuse_train(stores: list[Path], clinical_csv: Path, outcomes_csv: Path, o
         held_out = HeldOut(assembled.data.subset(test_rows), {}, score_columns(assembled.clinical.iloc[test_rows]))
         if np.nansum(data.event) < 2:
             raise InputError(f"{outcomes_csv}: fewer than 2 events among the {len(train_rows)} training patients")
-    cv = cross_validate(data, config, cv_mode, device, seed, progress)
+    journal = TrainingJournal(out, training_digest(data, config, cv_mode, seed, device), resume_previous, progress)
+    cv = cross_validate(data, config, cv_mode, device, seed, progress, journal)
     metrics = {"harrell_c": _c_rows(data, cv.oof)}
     if config.repeats > 1:
         metrics["harrell_c_by_repeat"] = [harrell_c(data.time, data.event, risk) for risk in cv.per_repeat["risk"].T]
@@ -137,4 +158,5 @@ def run_fuse_train(stores: list[Path], clinical_csv: Path, outcomes_csv: Path, o
     }
     write_bundle(out, data, cv, config, manifest, score_columns(clinical), metrics, model_card(data, config, metrics, cv_mode),
                  copied, clinical_cox, held_out)
+    journal.discard()
     return metrics

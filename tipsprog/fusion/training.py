@@ -21,6 +21,7 @@ from tipsprog.errors import InputError
 from tipsprog.fusion.data import ModalityPreprocessor, fit_preprocessors
 from tipsprog.fusion.losses import SurvivalIndex, cox_efron_nll, masked_bce, masked_huber
 from tipsprog.fusion.models import FusionModel, Layout, build_model
+from tipsprog.resume import TrainingJournal
 
 
 @dataclass
@@ -223,6 +224,16 @@ class Ensemble:
         """One member's weights as an ordinary state dict."""
         return {k: v[member].detach().cpu().clone() for k, v in {**self.params, **self.buffers}.items()}
 
+    def weights(self) -> dict[str, torch.Tensor]:
+        """Every member's stacked weights and buffers (a copy, for a training checkpoint)."""
+        return {k: v.detach().clone() for k, v in {**self.params, **self.buffers}.items()}
+
+    def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        """Overwrite the stacked weights and buffers with a checkpoint's."""
+        with torch.no_grad():
+            for key, value in {**self.params, **self.buffers}.items():
+                value.copy_(weights[key])
+
 
 def _task_loss(outputs: dict, rows: torch.Tensor, labels: dict, weights: dict, index: SurvivalIndex) -> torch.Tensor:
     """One member's weighted sum of per-event Cox NLL, class-weighted BCE and Huber over `rows`."""
@@ -276,8 +287,11 @@ class _StageResult:
 
 
 def _train_stage(ensemble: Ensemble, batch: _Batch, stage: dict, config: TrainConfig, elapsed: int,
-                 total_epochs: int) -> _StageResult:
-    """One stage for every member at once; each member keeps the weights of its best inner-validation epoch."""
+                 total_epochs: int, checkpoint: Callable[[Callable[[], dict], str], None], saved: dict | None) -> _StageResult:
+    """One stage for every member at once; each member keeps the weights of its best inner-validation epoch.
+
+    After every epoch `checkpoint` is offered the stage's state; `saved` is such a state to continue from.
+    """
     weights = stage["loss_weights"]
 
     def task(outputs: dict, rows: torch.Tensor, labels: dict) -> torch.Tensor:
@@ -293,7 +307,12 @@ def _train_stage(ensemble: Ensemble, batch: _Batch, stage: dict, config: TrainCo
     best_epoch = torch.zeros(members, dtype=torch.long, device=device)
     waited = torch.zeros(members, dtype=torch.long, device=device)
     train_history, validation_history = [], []
-    for epoch in range(1, stage["max_epochs"] + 1):
+    if saved:
+        optimiser.load_state_dict(saved["optimiser"])
+        best = {k: v.to(device) for k, v in saved["best"].items()}
+        best_loss, best_epoch, waited = (saved[k].to(device) for k in ("best_loss", "best_epoch", "waited"))
+        train_history, validation_history = list(saved["train_history"]), list(saved["validation_history"])
+    for epoch in range(saved["epoch"] + 1 if saved else 1, stage["max_epochs"] + 1):
         outputs = ensemble.forward(batch.inputs, train=True)
         fraction = (elapsed + epoch) / total_epochs
         auxiliary = vmap(lambda o, r: ensemble.base.auxiliary_loss(o, r, fraction))(outputs, batch.fit_rows)
@@ -313,6 +332,9 @@ def _train_stage(ensemble: Ensemble, batch: _Batch, stage: dict, config: TrainCo
         validation_history.append(val_loss.cpu())
         if not bool((waited < stage["patience"]).any()):
             break
+        checkpoint(lambda: {"epoch": epoch, "optimiser": optimiser.state_dict(), "best": best, "best_loss": best_loss,
+                            "best_epoch": best_epoch, "waited": waited, "train_history": train_history,
+                            "validation_history": validation_history}, f"stage {stage['name']} epoch {epoch}")
     with torch.no_grad():
         for key, value in ensemble.params.items():
             value.copy_(best[key])
@@ -320,9 +342,10 @@ def _train_stage(ensemble: Ensemble, batch: _Batch, stage: dict, config: TrainCo
 
 
 def train_ensemble(data: TrainingData, plans: list[MemberPlan], config: TrainConfig, device: torch.device,
-                   progress: Callable[[str], None] | None = None) -> list[Member]:
+                   progress: Callable[[str], None] | None = None, journal: TrainingJournal | None = None) -> list[Member]:
     """Train every planned member at once: shared forward pass over stacked weights, per-member losses on its
-    own fit rows, per-member early stopping on its own validation rows (stage by stage)."""
+    own fit rows, per-member early stopping on its own validation rows (stage by stage). With a journal, the
+    training state is saved as it goes and a resumed run continues from the saved epoch."""
     prepared = [_prepare(data, plan, config) for plan in plans]
     models = []
     for plan, prep in zip(plans, prepared):
@@ -332,16 +355,31 @@ def train_ensemble(data: TrainingData, plans: list[MemberPlan], config: TrainCon
     ensemble = Ensemble(models, device)
     batch = _batch(data, plans, prepared, device)
     total_epochs = sum(stage["max_epochs"] for stage in config.stages)
-    elapsed, best_epochs, history = 0, [[] for _ in plans], {"train": [], "validation": []}
-    for stage in config.stages:
-        result = _train_stage(ensemble, batch, stage, config, elapsed, total_epochs)
-        elapsed += stage["max_epochs"]
-        history["train"] += result.train_loss
-        history["validation"] += result.validation_loss
+    progress_state = {"stage": 0, "elapsed": 0, "best_epochs": [[] for _ in plans], "history": {"train": [], "validation": []}}
+    saved = journal.load() if journal else None
+    if saved:
+        ensemble.load_weights(saved["weights"])
+        progress_state = {key: saved[key] for key in progress_state}
+
+    def checkpoint(stage_state: Callable[[], dict], position: str, force: bool = False) -> None:
+        if journal:
+            done = f"{progress_state['stage']} of {len(config.stages)} stages complete"
+            journal.save(lambda: {**progress_state, "weights": ensemble.weights(), "stage_state": stage_state()},
+                         f"{position}, {done}" if position else done, force)
+
+    for index in range(progress_state["stage"], len(config.stages)):
+        stage = config.stages[index]
+        resumed = saved["stage_state"] if saved and index == saved["stage"] else None
+        result = _train_stage(ensemble, batch, stage, config, progress_state["elapsed"], total_epochs, checkpoint, resumed)
+        progress_state["stage"], progress_state["elapsed"] = index + 1, progress_state["elapsed"] + stage["max_epochs"]
+        progress_state["history"]["train"] += result.train_loss
+        progress_state["history"]["validation"] += result.validation_loss
         for member, epoch in enumerate(result.best_epoch):
-            best_epochs[member].append(epoch)
+            progress_state["best_epochs"][member].append(epoch)
+        checkpoint(lambda: None, "", force=True)
         if progress:
             progress(f"stage {stage['name']}: {len(plans)} members, best epochs {min(result.best_epoch)}–{max(result.best_epoch)}")
+    history, best_epochs = progress_state["history"], progress_state["best_epochs"]
     train_loss, validation_loss = (torch.stack(history[k]).T.tolist() for k in ("train", "validation"))
     return [Member(plan.fold, plan.seed, prep.preprocessors, ensemble.state_dict(i), prep.ppg_mean, prep.ppg_std,
                    best_epochs=best_epochs[i], train_loss=train_loss[i], validation_loss=validation_loss[i],
@@ -460,11 +498,11 @@ OOF_COLUMNS = ("risk", "ohe_probability", "ppg_post", "risk_cut", "ohe_threshold
 
 
 def cross_validate(data: TrainingData, config: TrainConfig, cv_mode: str, device: torch.device, seed: int = 0,
-                   progress: Callable[[str], None] | None = None) -> CrossValidation:
+                   progress: Callable[[str], None] | None = None, journal: TrainingJournal | None = None) -> CrossValidation:
     """(Repeated) K-fold or leave-one-center-out CV: all members trained at once, each test fold predicted once per repeat."""
     repeats = repeated_splits(data.event, data.centers, config, cv_mode, seed)
     plans = [plan for repeat, splits in enumerate(repeats) for plan in plan_members(data, splits, config, seed, repeat)]
-    members = train_ensemble(data, plans, config, device, progress)
+    members = train_ensemble(data, plans, config, device, progress, journal)
     n = len(data.patient_ids)
     per_repeat = {c: np.full((n, len(repeats)), np.nan) for c in OOF_COLUMNS}
     folds = np.full((n, len(repeats)), -1)
