@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -16,7 +17,8 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from conftest import Pipeline, invoke
+from conftest import REAL_CT, Pipeline, invoke
+from tipsprog.io import read_ct
 
 
 def _one_row(pipeline: Pipeline, folder: Path) -> Path:
@@ -66,11 +68,38 @@ def four_d_ct(p, d):
     return _predict(p, d, d / "series.nii.gz"), "series.nii.gz: CT must be a 3-D scalar image, got 4-D"
 
 
+def zero_sized_axis(p, d):
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((4, 10, 10), np.int16)), str(d / "whole.nii"))
+    header = bytearray((d / "whole.nii").read_bytes()[:352])
+    struct.pack_into("<h", header, 46, 0)  # NIfTI dim[3] = 0 slices
+    (d / "empty.nii").write_bytes(bytes(header))
+    (d / "whole.nii").unlink()
+    return _predict(p, d, d / "empty.nii"), "empty.nii: CT must have at least 2 voxels along every axis"
+
+
+def pelvis_only_ct(p, d):
+    """The real CT's bottom 40 slices: hip bones, bladder and bowel, no liver. QC fails the scan, so no prediction."""
+    if not REAL_CT.is_dir():
+        pytest.skip("../shared/data/real-ct is not available")
+    sitk.WriteImage(read_ct(REAL_CT / "example_ct.nii.gz")[:, :, :40], str(d / "pelvis.nii.gz"))
+    return _predict(p, d, d / "pelvis.nii.gz"), "pelvis.nii.gz: segmentation (classic) failed quality control: liver:in_pelvis"
+
+
+def mask_outside_the_ct(p, d):
+    image = sitk.ReadImage(str(p.cohort / "labels" / "P0000.nii.gz"))
+    image.SetOrigin([v + 5000.0 for v in image.GetOrigin()])
+    sitk.WriteImage(image, str(d / "elsewhere.nii.gz"))
+    pd.DataFrame({"patient_id": ["P0000"], "ct": [str(p.cohort / "images" / "P0000.nii.gz")],
+                  "label": [str(d / "elsewhere.nii.gz")]}).to_csv(d / "cohort.csv", index=False)
+    return (["segment", d / "cohort.csv", "--out", d / "seg.h5", "--backend", "masks", "--strict"],
+            "elsewhere.nii.gz: mask lies outside the CT")
+
+
 def missing_ct_strict_segment(p, d):
     cohort = pd.read_csv(p.cohort / "cohort.csv").head(2).drop(columns="label")
-    cohort["ct"] = [str(p.cohort / "images" / "P0000.nii.gz"), str(d / "gone.nii.gz")]
+    cohort["ct"] = [str(d / "gone.nii.gz"), str(p.cohort / "images" / "P0001.nii.gz")]
     cohort.to_csv(d / "cohort.csv", index=False)
-    return ["segment", d / "cohort.csv", "--out", d / "out.h5", "--strict", "--workers", 1], "patient P0001: "
+    return ["segment", d / "cohort.csv", "--out", d / "out.h5", "--strict", "--workers", 1], "patient P0000: "
 
 
 def cohort_without_patient_id(p, d):
@@ -171,7 +200,8 @@ def output_being_written_by_another_command(p, d):
     return ["segment", p.cohort / "cohort.csv", "--out", d / "seg.h5"], f"another tipsprog command (pid {os.getpid()}) is writing it"
 
 
-CASES = [missing_ct, unreadable_ct, ct_not_3d, truncated_gzip_ct, nan_voxels_in_nifti, four_d_ct, missing_ct_strict_segment, cohort_without_patient_id, duplicate_ids,
+CASES = [missing_ct, unreadable_ct, ct_not_3d, truncated_gzip_ct, nan_voxels_in_nifti, four_d_ct, zero_sized_axis,
+         pelvis_only_ct, mask_outside_the_ct, missing_ct_strict_segment, cohort_without_patient_id, duplicate_ids,
          clinical_out_of_range, clinical_unknown_unit, negative_time, event_not_binary, store_of_other_schema,
          no_patient_in_common, predict_clinical_out_of_range, batch_patient_without_clinical_row, bundle_of_an_older_format,
          patient_id_escaping_the_folder, tampered_bundle, output_being_written_by_another_command]
@@ -237,3 +267,24 @@ def test_two_commands_writing_one_output_one_wins_cleanly(pipeline, tmp_path):
     with h5py.File(tmp_path / "a.h5") as a, h5py.File(tmp_path / "b.h5") as b:
         np.testing.assert_array_equal(a["features/radiomics/values"][()], b["features/radiomics/values"][()])
     assert not list(tmp_path.glob(".*.lock")) and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_strict_stop_keeps_finished_scans_for_resume(pipeline, tmp_path):
+    """--strict stops at the first bad scan; the scans finished before it are kept, and once the row is fixed
+    --resume segments only what is left."""
+    cohort = pd.read_csv(pipeline.cohort / "cohort.csv").head(3).drop(columns="label")
+    cohort["ct"] = [str(pipeline.cohort / c) for c in cohort["ct"]]
+    good = cohort["ct"][1]
+    cohort.loc[1, "ct"] = str(tmp_path / "gone.nii.gz")
+    cohort.to_csv(tmp_path / "cohort.csv", index=False)
+    stopped = invoke("segment", tmp_path / "cohort.csv", "--out", tmp_path / "seg.h5", "--strict", "--workers", 1)
+    assert stopped.exit_code == 2 and "patient P0001: " in stopped.output
+    assert "(1 finished scans kept for --resume)" in " ".join(stopped.output.split())
+    assert not (tmp_path / "seg.h5").exists() and (tmp_path / "seg.h5.partial").exists()
+    cohort.loc[1, "ct"] = good
+    cohort.to_csv(tmp_path / "cohort.csv", index=False)
+    resumed = invoke("segment", tmp_path / "cohort.csv", "--out", tmp_path / "seg.h5", "--strict", "--resume", "--quiet")
+    assert resumed.exit_code == 0, resumed.output
+    with h5py.File(tmp_path / "seg.h5") as seg, h5py.File(pipeline.seg) as whole:
+        np.testing.assert_array_equal(seg["segment/volumes"][()], whole["segment/volumes"][:3])
+    assert not (tmp_path / "seg.h5.partial").exists()

@@ -137,16 +137,24 @@ def test_attributions_add_up_to_the_risk_and_match_the_ensemble(pipeline):
 
 
 def test_batch_and_single_predictions_agree_exactly(pipeline, tmp_path):
-    cohort = pd.read_csv(pipeline.cohort / "cohort.csv").iloc[[2, 5, 7]]
-    cohort.assign(ct=[str(pipeline.cohort / c) for c in cohort["ct"]]).to_csv(tmp_path / "cohort.csv", index=False)
+    """A batch equals single predictions; a scan that cannot be used gets its error row and the rest are predicted
+    (--strict stops instead)."""
+    cohort = pd.read_csv(pipeline.cohort / "cohort.csv").iloc[[2, 5, 9, 7]]
+    (tmp_path / "junk.nii.gz").write_bytes(b"not a scan")
+    ct_paths = [str(pipeline.cohort / c) for c in cohort["ct"]]
+    ct_paths[2] = str(tmp_path / "junk.nii.gz")
+    cohort.assign(ct=ct_paths).to_csv(tmp_path / "cohort.csv", index=False)
     result = invoke("predict", "--cohort", tmp_path / "cohort.csv", "--clinical", pipeline.clinical, "--model", pipeline.bundle,
                     "--out", tmp_path / "batch", "--overlay", tmp_path / "overlays", "--save-masks", tmp_path / "masks",
-                    "--workers", 2, "--quiet")
+                    "--workers", 2)
     assert result.exit_code == 0, result.output
+    assert "predicted 3 patients, 1 failed" in result.output and "P0009: " in result.output
     batch = [json.loads(line) for line in (tmp_path / "batch" / "predictions.jsonl").read_text().splitlines()]
     table = pd.read_csv(tmp_path / "batch" / "predictions.csv")
-    assert [r["patient_id"] for r in batch] == ["P0002", "P0005", "P0007"] == table["patient_id"].tolist()
-    assert np.allclose(table["risk_score"], [r["risk_score"]["estimate"] for r in batch], rtol=0, atol=1e-12)
+    assert [r["patient_id"] for r in batch] == ["P0002", "P0005", "P0009", "P0007"] == table["patient_id"].tolist()
+    assert "junk.nii.gz: cannot read CT" in batch[2]["error"] and set(batch[2]) == {"schema", "patient_id", "error"}
+    assert table["risk_score"].isna().tolist() == [False, False, True, False]
+    assert np.allclose(table["risk_score"].dropna(), [r["risk_score"]["estimate"] for r in batch if "error" not in r], rtol=0, atol=1e-12)
     pd.read_csv(pipeline.clinical).iloc[[5]].to_csv(tmp_path / "row.csv", index=False)
     single = invoke("predict", "--ct", pipeline.cohort / "images" / "P0005.nii.gz", "--clinical", tmp_path / "row.csv",
                     "--model", pipeline.bundle, "--json", "--overlay", tmp_path / "P0005.png")
@@ -154,6 +162,9 @@ def test_batch_and_single_predictions_agree_exactly(pipeline, tmp_path):
     assert (tmp_path / "P0005.png").read_bytes()[:4] == b"\x89PNG" == (tmp_path / "overlays" / "P0007.png").read_bytes()[:4]
     masks = sitk.ReadImage(str(tmp_path / "masks" / "P0002_labels.nii.gz"))
     assert set(np.unique(sitk.GetArrayFromImage(masks))) <= {0, 1, 2, 3}
+    strict = invoke("predict", "--cohort", tmp_path / "cohort.csv", "--clinical", pipeline.clinical, "--model",
+                    pipeline.bundle, "--out", tmp_path / "strict", "--strict", "--workers", 1)
+    assert strict.exit_code == 2 and "junk.nii.gz: cannot read CT" in strict.output and not (tmp_path / "strict").exists()
 
 
 def test_predict_on_the_real_ct(pipeline, real_ct, tmp_path):

@@ -8,9 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import SimpleITK as sitk
+from scipy import ndimage
 
-from tipsprog.io import read_ct, resample_to_spacing
-from tipsprog.segment import Backend, dice_per_roi, quality_flags, segment_scan
+from tipsprog.io import read_ct, read_mask, resample_to_spacing
+from tipsprog.segment import Backend, dice_per_roi, run_segment, segment_scan
+from tipsprog.segment.qc import qc_reason, qc_status, quality_flags
 from tipsprog.segment.crops import roi_volumes
 from tipsprog.segment.masks import TOTALSEGMENTATOR_IDS, map_labels
 
@@ -124,10 +126,61 @@ def test_masks_on_another_grid_are_resampled_in_physical_space(stored_variants, 
 
 def test_quality_flags_on_the_real_slab(stored_variants):
     original, reference, _ = stored_variants
-    labels = reference
-    flags = quality_flags(labels, roi_volumes(labels))
-    assert "liver:truncated" in flags  # a 90 mm slab cuts the liver
+    ct, labels = read_ct(original), reference
+    flags = quality_flags(ct, labels, roi_volumes(labels))
+    assert flags == ["liver:truncated", "spleen:truncated"]  # a 90 mm slab cuts the organs; the liver is in view
     tiny = sitk.Image(labels.GetSize(), sitk.sitkUInt8)
     tiny.CopyInformation(labels)
     tiny[40, 40, 10] = 1
-    assert quality_flags(tiny, roi_volumes(tiny)) == ["liver:implausible_volume", "spleen:empty", "portal_vein:empty"]
+    assert quality_flags(ct, tiny, roi_volumes(tiny)) == ["liver:implausible_volume", "spleen:empty", "portal_vein:empty"]
+
+
+def _whole_scan_labels(real_ct: Path) -> tuple[sitk.Image, sitk.Image]:
+    """The 112-slice real CT (pelvis to upper abdomen) and its liver and spleen labels: the reference labels belong
+    to example_ct_sm, which is this scan's top 30 slices (its header repeats the whole scan's origin)."""
+    ct = read_ct(real_ct / "example_ct.nii.gz")
+    top = read_mask(real_ct / "example_seg.nii.gz", read_ct(real_ct / "example_ct_sm.nii.gz"))
+    labels = np.zeros(sitk.GetArrayViewFromImage(ct).shape, np.uint8)
+    labels[-top.GetDepth():] = sitk.GetArrayFromImage(map_labels(top, TOTALSEGMENTATOR_IDS))
+    image = sitk.GetImageFromArray(labels)
+    image.CopyInformation(ct)
+    return ct, image
+
+
+def test_liver_in_view_checks_pass_the_real_liver_and_catch_a_liver_where_none_can_be(real_ct):
+    ct, labels = _whole_scan_labels(real_ct)
+    liver = sitk.GetArrayFromImage(labels) == 1
+    assert quality_flags(ct, labels, roi_volumes(labels)) == ["liver:truncated", "spleen:truncated"]
+
+    in_pelvis = np.zeros_like(liver)
+    in_pelvis[:30] = liver[-30:]  # the same liver moved down among the hip bones
+    flags = quality_flags(ct, _labels_like(ct, in_pelvis), roi_volumes(labels))
+    assert "liver:in_pelvis" in flags and qc_status(flags) == "failed"
+    assert "no liver in view" in qc_reason(flags)
+
+    head_to_foot = liver.any(axis=0) & np.ones_like(liver)  # taller than any liver
+    flags = quality_flags(ct, _labels_like(ct, head_to_foot), roi_volumes(labels))
+    assert flags[-1] == "liver:implausible_extent" and qc_status(flags) == "failed"
+
+    chest = sitk.GetArrayFromImage(ct)
+    for z in range(len(chest) - 30, len(chest)):  # lungs filling the body around the same liver: a chest slab
+        inside = ndimage.distance_transform_edt(ndimage.binary_fill_holes(chest[z] > -400), sampling=3.0) > 20
+        chest[z][inside & ~liver[z]] = -850
+    chest_ct = sitk.GetImageFromArray(chest)
+    chest_ct.CopyInformation(ct)
+    assert "liver:in_chest" in quality_flags(chest_ct, labels, roi_volumes(labels))
+
+
+def _labels_like(ct: sitk.Image, liver: np.ndarray) -> sitk.Image:
+    image = sitk.GetImageFromArray(liver.astype(np.uint8))
+    image.CopyInformation(ct)
+    return image
+
+
+def test_segment_fails_a_pelvis_only_scan_with_its_reason(real_ct, tmp_path):
+    """The classic backend finds a 'liver' among pelvic muscles and bowel; QC fails it instead of passing it on."""
+    sitk.WriteImage(read_ct(real_ct / "example_ct.nii.gz")[:, :, :40], str(tmp_path / "pelvis.nii.gz"))
+    pd.DataFrame({"patient_id": ["pelvis"], "ct": ["pelvis.nii.gz"]}).to_csv(tmp_path / "cohort.csv", index=False)
+    [result] = run_segment(tmp_path / "cohort.csv", tmp_path / "seg.h5")
+    assert result.status == "failed" and "liver:in_pelvis" in result.flags
+    assert "no liver in view" in result.reason

@@ -306,12 +306,14 @@ def predict(ct: Optional[Path] = typer.Option(None, "--ct", help="CT file or DIC
             overlay: Optional[Path] = typer.Option(None, "--overlay", help="PNG of the masks on three CT slices (a folder for a batch)."),
             as_json: bool = typer.Option(False, "--json", help="Print JSON to stdout (docs/predict.md)."),
             trust: bool = typer.Option(False, "--trust", help="Use a bundle whose files no longer match their recorded sha256."),
+            strict: bool = typer.Option(False, "--strict", help="Batch: a scan that cannot be used stops the run "
+                                        "(default: its row carries the error and the others are predicted)."),
             device: str = DEVICE, workers: Optional[int] = WORKERS, quiet: bool = QUIET) -> None:
     """Predict one patient or a cohort: risk, group, survival curve and 6/12/24-month survival, OHE, ppg_post,
     clinical scores, segmentation QC and the features that drove the risk."""
     from tipsprog.predict import PredictOptions, run_predict, run_predict_batch
 
-    options = PredictOptions(save_masks, overlay, device, _workers(workers), trust)
+    options = PredictOptions(save_masks, overlay, device, _workers(workers), trust, strict)
     if cohort is not None:
         if out is None or ct is not None:
             raise InputError("--cohort needs --out (and no --ct): it writes predictions.csv and predictions.jsonl")
@@ -319,7 +321,11 @@ def predict(ct: Optional[Path] = typer.Option(None, "--ct", help="CT file or DIC
         if as_json:
             typer.echo(json.dumps(results, indent=2))
         elif not quiet:
-            console.print(f"predicted {len(results)} patients → {out / 'predictions.csv'}, {out / 'predictions.jsonl'}")
+            failed = [r for r in results if "error" in r]
+            console.print(f"predicted {len(results) - len(failed)} patients, {len(failed)} failed → "
+                          f"{out / 'predictions.csv'}, {out / 'predictions.jsonl'}")
+            for result in failed[:5]:
+                console.print(f"  {result['patient_id']}: {escape(result['error'])}")
         return
     result = run_predict(model, ct, clinical, options)
     if as_json:

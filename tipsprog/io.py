@@ -102,7 +102,8 @@ def read_image(path: str | Path) -> sitk.Image:
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{path}: CT must be a 3-D scalar image, got {image.GetDimension()}-D")
     if min(image.GetSize()) < 2:
-        raise InputError(f"{path}: CT has a degenerate axis of size {min(image.GetSize())}")
+        size = "×".join(map(str, image.GetSize()))
+        raise InputError(f"{path}: CT must have at least 2 voxels along every axis, got {size}")
     if stored_non_finite:
         raise InputError(f"{path}: CT has {stored_non_finite} non-finite (NaN or infinite) voxels")
     return image
@@ -151,9 +152,12 @@ def read_mask(path: str | Path, reference: sitk.Image) -> sitk.Image:
         raise InputError(f"{path}: cannot read mask") from None
     if mask.GetDimension() != 3:
         raise InputError(f"{path}: mask must be 3-D, got {mask.GetDimension()}-D")
-    return sitk.Resample(
+    on_reference = sitk.Resample(
         sitk.Cast(mask, sitk.sitkUInt8), reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8
     )
+    if not sitk.GetArrayViewFromImage(on_reference).any() and sitk.GetArrayViewFromImage(mask).any():
+        raise InputError(f"{path}: mask lies outside the CT (no labelled voxel overlaps it in physical space)")
+    return on_reference
 
 
 def _unsafe_id(patient_id: str) -> bool:

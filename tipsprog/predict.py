@@ -28,7 +28,8 @@ from tipsprog.fusion.training import ensemble_survival, member_ensemble, predict
 from tipsprog.io import read_cohort, read_ct
 from tipsprog.parallel import map_ordered
 from tipsprog.radiomics.extract import extract_from_file
-from tipsprog.segment import Backend, qc_status, quality_flags, segment_scan
+from tipsprog.segment import Backend, segment_scan
+from tipsprog.segment.qc import qc_reason, qc_status, quality_flags
 from tipsprog.segment.crops import roi_crops, roi_volumes
 from tipsprog.segment.overlay import draw_overlay
 from tipsprog.store import atomic_output, writes_output
@@ -67,6 +68,7 @@ class PredictOptions:
     device: str = "auto"
     workers: int = 1
     trust: bool = False
+    strict: bool = False
 
 
 def _backend(bundle: Bundle, device_name: str) -> Backend:
@@ -80,11 +82,14 @@ def _backend(bundle: Bundle, device_name: str) -> Backend:
 
 def scan_features(job: ScanJob) -> ScanFeatures:
     """Segment one scan, extract the bundle's radiomics blocks, cut the ROI crops embeddings need, and write the
-    mask and overlay asked for."""
+    mask and overlay asked for. A scan whose segmentation fails quality control is refused: features of a liver
+    that is not there would give a confident-looking prediction of nothing."""
     ct = read_ct(job.ct_path)
     labels = segment_scan(ct, job.backend)
     volumes = roi_volumes(labels)
-    flags = quality_flags(labels, volumes)
+    flags = quality_flags(ct, labels, volumes)
+    if qc_status(flags) == "failed":
+        raise InputError(f"{job.ct_path}: segmentation ({job.backend.name}) failed quality control: {qc_reason(flags)}")
     qc = {"backend": job.backend.name, "volumes_ml": {roi: round(float(v), 1) for roi, v in zip(store.ROI_LABELS, volumes)},
           "status": qc_status(flags), "flags": flags}
     radiomics = {}
@@ -98,6 +103,14 @@ def scan_features(job: ScanJob) -> ScanFeatures:
         draw_overlay(ct, labels, job.overlay_path)
     needs_crops = any("encoder" in entry for entry in job.blocks.values())
     return ScanFeatures(radiomics, roi_crops(ct, labels) if needs_crops else {}, qc)
+
+
+def _usable_scan(job: ScanJob) -> ScanFeatures | str:
+    """scan_features, or the one-line reason the scan cannot be used."""
+    try:
+        return scan_features(job)
+    except InputError as err:
+        return str(err)
 
 
 def _image_paths(patient_ids: list[str], options: PredictOptions) -> tuple[list[Path | None], list[Path | None]]:
@@ -149,19 +162,38 @@ def _interval(values: np.ndarray) -> dict[str, float]:
     return {"estimate": float(np.mean(values)), "low": float(low), "high": float(high)}
 
 
+def _scans(bundle: Bundle, table: pd.DataFrame, ct_paths: list[str] | None, options: PredictOptions) -> tuple[list[ScanFeatures], dict[int, str]]:
+    """Each row's scan features (none when the bundle uses no imaging) and, unless strict, the rows whose scan could
+    not be used with the reason; when no scan can be used, the first reason is the error."""
+    if not bundle.manifest["pipeline"]["blocks"]:
+        return [], {}
+    if ct_paths is None:
+        raise InputError("--ct is required: this bundle uses imaging features")
+    backend = _backend(bundle, options.device)
+    masks, overlays = _image_paths(table["patient_id"].astype(str).tolist(), options)
+    jobs = [ScanJob(bundle.manifest["pipeline"]["blocks"], backend, path, mask, overlay)
+            for path, mask, overlay in zip(ct_paths, masks, overlays)]
+    outcomes = list(map_ordered(scan_features if options.strict else _usable_scan, jobs, min(options.workers, len(jobs))))
+    failed = {row: outcome for row, outcome in enumerate(outcomes) if isinstance(outcome, str)}
+    if len(failed) == len(outcomes):
+        raise InputError(failed[0])
+    return [outcome for outcome in outcomes if not isinstance(outcome, str)], failed
+
+
 def predict_patients(bundle: Bundle, table: pd.DataFrame, ct_paths: list[str] | None, options: PredictOptions) -> list[dict]:
-    """Predictions for the rows of a clinical table (scans in the same order when the bundle uses imaging)."""
-    pipeline = bundle.manifest["pipeline"]
-    scans: list[ScanFeatures] = []
-    blocks: dict[str, store.FeatureBlock] = {}
-    if pipeline["blocks"]:
-        if ct_paths is None:
-            raise InputError("--ct is required: this bundle uses imaging features")
-        backend = _backend(bundle, options.device)
-        masks, overlays = _image_paths(table["patient_id"].astype(str).tolist(), options)
-        jobs = [ScanJob(pipeline["blocks"], backend, path, mask, overlay) for path, mask, overlay in zip(ct_paths, masks, overlays)]
-        scans = list(map_ordered(scan_features, jobs, min(options.workers, len(jobs))))
-        blocks = _feature_blocks(bundle, scans, options.device)
+    """Predictions for the rows of a clinical table (scans in the same order when the bundle uses imaging). A row
+    whose scan cannot be used gets a record with its `error` (or, with options.strict, stops the run)."""
+    scans, failed = _scans(bundle, table, ct_paths, options)
+    usable = [row for row in range(len(table)) if row not in failed]
+    results = _predictions(bundle, table.iloc[usable], scans, options)
+    for row, reason in failed.items():
+        results.insert(row, {"schema": PREDICTION_SCHEMA, "patient_id": str(table["patient_id"].iloc[row]), "error": reason})
+    return results
+
+
+def _predictions(bundle: Bundle, table: pd.DataFrame, scans: list[ScanFeatures], options: PredictOptions) -> list[dict]:
+    """Predictions for clinical rows whose scans (if the bundle uses imaging) were all usable."""
+    blocks = _feature_blocks(bundle, scans, options.device) if scans else {}
     extras = bundle.manifest["clinical"]["extras"]
     clinical_matrix, clinical_names = clinical_features(table, extras)
     matrices, _, _ = modality_matrices(blocks, np.arange(len(table)), clinical_matrix, clinical_names,
@@ -224,8 +256,10 @@ CSV_INTERVALS = ("risk_score", "ohe_probability", "ppg_post_mmhg")
 
 
 def flat_row(result: dict) -> dict:
-    """One predictions.csv row: estimates with their member intervals, scores, QC and top features."""
-    row: dict = {"patient_id": result["patient_id"]}
+    """One predictions.csv row: estimates with their member intervals, scores, QC and top features (or the error)."""
+    row: dict = {"patient_id": result["patient_id"], "error": result.get("error", "")}
+    if "error" in result:
+        return row
     for key in CSV_INTERVALS:
         row.update({key: result[key]["estimate"], f"{key}_low": result[key]["low"], f"{key}_high": result[key]["high"]})
     row.update(risk_percentile=result["risk_percentile"], risk_group=result["risk_group"])

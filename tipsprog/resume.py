@@ -46,13 +46,22 @@ def _journal_settings(path: Path) -> str | None:
 @contextmanager
 def patient_journal(out: Path, settings_sha256: str, resume: bool) -> Iterator[h5py.File]:
     """The run's journal: an interrupted run's, continued, when resuming with the same settings, else a fresh one.
-    It is removed once the block (which writes the output) succeeds."""
+    It is removed once the block (which writes the output) succeeds, or when the block fails with nothing in it."""
     path = partial_path(out)
     continued = resume and _journal_settings(path) == settings_sha256
-    with h5py.File(path, "a" if continued else "w") as journal:
-        journal.attrs["settings_sha256"] = settings_sha256
-        journal.require_group("records")
-        yield journal
+    finished_any = False
+    try:
+        with h5py.File(path, "a" if continued else "w") as journal:
+            journal.attrs["settings_sha256"] = settings_sha256
+            journal.require_group("records")
+            try:
+                yield journal
+            finally:
+                finished_any = len(journal["records"]) > 0
+    except BaseException:
+        if not finished_any:
+            path.unlink(missing_ok=True)
+        raise
     path.unlink()
 
 

@@ -23,10 +23,9 @@ from tipsprog.parallel import map_ordered
 from tipsprog.segment import classic, foundation, semi
 from tipsprog.segment.crops import CROP_SHAPE, roi_crops, roi_volumes
 from tipsprog.segment.masks import has_reference, reference_labels
+from tipsprog.segment.qc import qc_reason, qc_status, quality_flags
 
 BACKENDS = ("classic", "masks", "semi", "totalseg")
-VOLUME_RANGES_ML = {"liver": (600.0, 4000.0), "spleen": (50.0, 2000.0)}
-REQUIRED_ROIS = ("liver", "spleen")
 
 
 @dataclass
@@ -94,32 +93,6 @@ def dice_per_roi(labels: sitk.Image, reference: sitk.Image) -> np.ndarray:
     return np.array(scores, dtype=np.float32)
 
 
-def _touches_border(mask: np.ndarray) -> bool:
-    """Whether a mask reaches the first or last slice of any array axis (the ROI is cut off)."""
-    return any(np.take(mask, index, axis=axis).any() for axis in range(mask.ndim) for index in (0, -1))
-
-
-def quality_flags(labels: sitk.Image, volumes: np.ndarray) -> list[str]:
-    """QC flags per ROI: `roi:empty`, `roi:implausible_volume`, `roi:truncated`."""
-    array = sitk.GetArrayViewFromImage(labels)
-    flags = []
-    for (roi, label), volume in zip(store.ROI_LABELS.items(), volumes):
-        if volume <= 0:
-            flags.append(f"{roi}:empty")
-            continue
-        low, high = VOLUME_RANGES_ML.get(roi, (0.0, np.inf))
-        if not low <= volume <= high:
-            flags.append(f"{roi}:implausible_volume")
-        if _touches_border(array == label):
-            flags.append(f"{roi}:truncated")
-    return flags
-
-
-def qc_status(flags: list[str]) -> str:
-    """A scan is unusable ('failed') when the liver or the spleen is empty."""
-    return "failed" if any(f"{roi}:empty" in flags for roi in REQUIRED_ROIS) else "ok"
-
-
 def _segment_one(job: tuple[pd.Series, Backend]) -> ScanResult:
     """Segment one cohort row; bad scans become a failed result, not an exception."""
     row, backend = job
@@ -134,8 +107,8 @@ def _segment_one(job: tuple[pd.Series, Backend]) -> ScanResult:
     except InputError as err:
         result.status, result.reason = "failed", str(err)
         return result
-    result.flags = quality_flags(result.labels, result.volumes)
-    result.status, result.reason = qc_status(result.flags), "; ".join(result.flags)
+    result.flags = quality_flags(ct, result.labels, result.volumes)
+    result.status, result.reason = qc_status(result.flags), qc_reason(result.flags)
     return result
 
 
@@ -256,7 +229,8 @@ def run_segment(cohort_csv: Path, out: Path, backend_name: str = "classic", work
             if key not in done:
                 result = next(fresh)
                 if strict and result.status != "ok":
-                    raise InputError(f"{cohort_csv}: patient {result.patient_id}: {result.reason}")
+                    kept = f" ({len(journal['records'])} finished scans kept for --resume)" if len(journal["records"]) else ""
+                    raise InputError(f"{cohort_csv}: patient {result.patient_id}: {result.reason}{kept}")
                 done[key] = resume.append(journal, result.patient_id, digest, _journal_scan(result))
             records.append(done[key])
             results.append(_journaled_scan(row["patient_id"], done[key]))

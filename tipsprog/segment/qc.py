@@ -1,0 +1,107 @@
+"""Quality control of a scan's ROI labels: empty ROIs, implausible volumes, ROIs cut by the scan border, and
+whether what was labelled liver can be the liver at all (a chest-only or pelvis-only scan has none in view).
+
+The anatomical checks read the CT slice by slice on a grid of about 3 mm: a slice is pelvic when bone deep inside
+the body (the iliac wings, sacrum and hips; ribs lie nearer the skin, and the lumbar spine's cortex adds far
+less) covers more than PELVIC_BONE_CM2, and thoracic when air inside the body (the lungs) covers more than
+LUNG_FRACTION of it. A liver sits below the lungs and above the pelvis, so a "liver" with most of its slices at
+either level, or one taller than any liver, is a failed segmentation or a scan without the liver.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from tipsprog.store import ROI_LABELS
+
+VOLUME_RANGES_ML = {"liver": (600.0, 4000.0), "spleen": (50.0, 2000.0)}
+REQUIRED_ROIS = ("liver", "spleen")
+LIVER_MAX_EXTENT_MM = 280.0
+QC_SPACING_MM = 3.0
+BODY_HU, BONE_HU, AIR_HU = -400.0, 200.0, -400.0
+BONE_DEPTH_MM = 25.0
+PELVIC_BONE_CM2 = 12.0
+LUNG_FRACTION = 0.3
+FAILING_KINDS = ("implausible_extent", "in_pelvis", "in_chest")
+EXPLANATIONS = {
+    "empty": "no voxels",
+    "implausible_volume": "volume outside the plausible range",
+    "truncated": "touches the scan border",
+    "implausible_extent": f"taller than any liver ({LIVER_MAX_EXTENT_MM:.0f} mm): the segmentation leaked",
+    "in_pelvis": "most of its slices are at the level of the pelvic bones: no liver in view",
+    "in_chest": "most of its slices are lung: no liver in view",
+}
+
+
+def _touches_border(mask: np.ndarray) -> bool:
+    """Whether a mask reaches the first or last slice of any array axis (the ROI is cut off)."""
+    return any(np.take(mask, index, axis=axis).any() for axis in range(mask.ndim) for index in (0, -1))
+
+
+def _slice_levels(ct: sitk.Image) -> tuple[sitk.Image, np.ndarray, np.ndarray]:
+    """The CT shrunk to about QC_SPACING_MM and, per axial slice, whether it is pelvic and whether it is thoracic."""
+    factors = [max(1, int(QC_SPACING_MM // spacing)) for spacing in ct.GetSpacing()]
+    small = sitk.BinShrink(sitk.Cast(ct, sitk.sitkFloat32), factors)
+    hu = ndimage.median_filter(sitk.GetArrayFromImage(small), size=(1, 3, 3))
+    in_plane = np.array(small.GetSpacing()[1::-1])
+    pixel_cm2 = float(np.prod(in_plane)) / 100.0
+    pelvic, thoracic = np.zeros(len(hu), bool), np.zeros(len(hu), bool)
+    for z, plane in enumerate(hu):
+        body = ndimage.binary_fill_holes(plane > BODY_HU)
+        if not body.any():
+            continue
+        depth = ndimage.distance_transform_edt(body, sampling=in_plane)
+        pelvic[z] = ((plane > BONE_HU) & (depth > BONE_DEPTH_MM)).sum() * pixel_cm2 > PELVIC_BONE_CM2
+        thoracic[z] = ((plane < AIR_HU) & body).sum() > LUNG_FRACTION * body.sum()
+    return small, pelvic, thoracic
+
+
+def liver_in_view_flags(ct: sitk.Image, labels: sitk.Image) -> list[str]:
+    """`liver:implausible_extent`, `liver:in_pelvis` or `liver:in_chest` where the labelled liver cannot be one."""
+    liver_slices = np.flatnonzero((sitk.GetArrayViewFromImage(labels) == ROI_LABELS["liver"]).any(axis=(1, 2)))
+    if not len(liver_slices):
+        return []
+    extent_mm = (liver_slices[-1] - liver_slices[0] + 1) * labels.GetSpacing()[2]
+    if extent_mm > LIVER_MAX_EXTENT_MM:
+        return ["liver:implausible_extent"]
+    small, pelvic, thoracic = _slice_levels(ct)
+    on_small = sitk.Resample(labels, small, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    liver_levels = (sitk.GetArrayViewFromImage(on_small) == ROI_LABELS["liver"]).any(axis=(1, 2))
+    if not liver_levels.any():
+        return []
+    flags = []
+    if pelvic[liver_levels].mean() > 0.5:
+        flags.append("liver:in_pelvis")
+    if thoracic[liver_levels].mean() > 0.5:
+        flags.append("liver:in_chest")
+    return flags
+
+
+def quality_flags(ct: sitk.Image, labels: sitk.Image, volumes: np.ndarray) -> list[str]:
+    """QC flags per ROI: `roi:empty`, `roi:implausible_volume`, `roi:truncated`, and the liver-in-view flags."""
+    array = sitk.GetArrayViewFromImage(labels)
+    flags = []
+    for (roi, label), volume in zip(ROI_LABELS.items(), volumes):
+        if volume <= 0:
+            flags.append(f"{roi}:empty")
+            continue
+        low, high = VOLUME_RANGES_ML.get(roi, (0.0, np.inf))
+        if not low <= volume <= high:
+            flags.append(f"{roi}:implausible_volume")
+        if _touches_border(array == label):
+            flags.append(f"{roi}:truncated")
+    return flags + liver_in_view_flags(ct, labels)
+
+
+def qc_status(flags: list[str]) -> str:
+    """A scan is unusable ('failed') when the liver or the spleen is empty, or the liver cannot be one."""
+    failing = [f"{roi}:empty" for roi in REQUIRED_ROIS] + [f"liver:{kind}" for kind in FAILING_KINDS]
+    return "failed" if any(flag in failing for flag in flags) else "ok"
+
+
+def qc_reason(flags: list[str]) -> str:
+    """The flags with what each means, those that fail the scan first (for /qc/reason and error messages)."""
+    ordered = sorted(flags, key=lambda flag: qc_status([flag]) != "failed")
+    return "; ".join(f"{flag} ({EXPLANATIONS[flag.split(':', 1)[1]]})" for flag in ordered)
