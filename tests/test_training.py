@@ -14,7 +14,7 @@ from tipsprog.fusion.data import ModalityPreprocessor
 from tipsprog.fusion.models import MODELS, Layout, build_model
 from tipsprog.fusion.training import (TrainingData, cross_validate, cv_splits, inner_split, plan_members, predict_members,
                                       repeated_splits, train_ensemble)
-from tipsprog.resume import TrainingJournal
+from tipsprog.checkpoints import TrainingJournal
 
 RADIOMICS_GROUPS = [f"{roi}/{image}/{kind}" for roi in ("liver", "spleen") for image in ("original", "log-sigma-2")
                     for kind in ("firstorder", "glcm") for _ in range(3)]

@@ -19,7 +19,7 @@ from tipsprog.devices import resolve_device
 from tipsprog.embed.encoders import ENCODERS, RoiEncoder, load_encoder
 from tipsprog.embed.ssl import FitSettings, build_ssl_network, fit_ssl, save_ssl_weights
 from tipsprog.errors import InputError
-from tipsprog.resume import TrainingJournal
+from tipsprog.checkpoints import TrainingJournal
 from tipsprog.store import file_sha256, writes_output
 
 EMBED_ROIS = ("liver", "spleen")

@@ -21,8 +21,7 @@ import torch.nn.functional as F
 from monai.networks.nets import AutoEncoder
 from monai.transforms import RandCoarseDropout
 
-from tipsprog.checkpoints import load_checkpoint, save_checkpoint
-from tipsprog.resume import TrainingJournal, numpy_state, set_numpy_state
+from tipsprog.checkpoints import TrainingJournal, load_checkpoint, numpy_state, save_checkpoint, set_numpy_state
 from tipsprog.store import file_sha256
 
 WEIGHTS_FORMAT = "tipsprog-embed-ssl-2"

@@ -21,7 +21,7 @@ from tipsprog.fusion.bundle import HeldOut, write_bundle
 from tipsprog.fusion.config import TrainConfig
 from tipsprog.fusion.training import TrainingData, cross_validate, fit_clinical_cox, predict_cohort
 from tipsprog.io import read_table
-from tipsprog.resume import TrainingJournal
+from tipsprog.checkpoints import TrainingJournal
 from tipsprog.store import file_sha256, writes_output
 
 

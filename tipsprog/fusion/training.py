@@ -21,7 +21,7 @@ from tipsprog.errors import InputError
 from tipsprog.fusion.data import ModalityPreprocessor, fit_preprocessors
 from tipsprog.fusion.losses import SurvivalIndex, cox_efron_nll, masked_bce, masked_huber
 from tipsprog.fusion.models import FusionModel, Layout, build_model
-from tipsprog.resume import TrainingJournal
+from tipsprog.checkpoints import TrainingJournal
 
 
 @dataclass

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-import numpy as np
+import h5py
 import SimpleITK as sitk
 import yaml
 
@@ -15,20 +15,28 @@ from tipsprog.store import writes_output
 from tipsprog.errors import InputError
 from tipsprog.parallel import map_ordered
 from tipsprog.radiomics import resume
-from tipsprog.radiomics.extract import PatientFeatures, PatientJob, extract_patient, feature_group, input_digest
+from tipsprog.radiomics.extract import PatientJob, extract_patient, feature_group, input_digest
 from tipsprog.radiomics.params import load_params, settings_hash
 from tipsprog.resume import append, patient_journal
 
 
-def to_block(records: list[PatientFeatures], params: dict, provenance: dict[str, str]) -> store.FeatureBlock:
-    """Assemble per-patient records into a feature matrix (NaN where a feature is missing)."""
-    names = list(dict.fromkeys(name for record in records for name in record.values))
-    values = np.array([[record.values.get(name, np.nan) for name in names] for record in records], dtype=np.float64)
+@dataclass(frozen=True)
+class PatientStatus:
+    """Whether a patient's features were extracted, and why not."""
+
+    patient_id: str
+    status: str
+    reason: str
+
+
+def features_block(journal: h5py.File, record_names: list[str], params: dict, provenance: dict[str, str]) -> store.FeatureBlock:
+    """The radiomics block of the journal records, in the given order."""
+    values, names = resume.feature_matrix(journal, record_names)
     groups = [feature_group(*name.split("/", 1)) for name in names]
     attrs = {"extractor": "pyradiomics", "settings": yaml.safe_dump(params, sort_keys=True),
              "settings_sha256": settings_hash(params), **provenance}
-    return store.FeatureBlock(values.reshape(len(records), len(names)), names, groups, attrs,
-                              [record.input_sha256 for record in records])
+    return store.FeatureBlock(values, names, groups, attrs,
+                              [str(journal["records"][name].attrs["input_sha256"]) for name in record_names])
 
 
 @dataclass
@@ -48,8 +56,8 @@ class SegmentedCohort:
             for pid, path in zip(self.patient_ids, self.ct_paths):
                 yield pid, path, store.patient_mask(seg, pid) if pid in masks else None
 
-    def reusable(self, done: dict) -> dict[str, PatientFeatures]:
-        """Records of an earlier run (keyed by patient and input digest) that still match this store's inputs."""
+    def reusable(self, done: dict[tuple[str, str], str]) -> dict[str, str]:
+        """Journal records of an earlier run (keyed by patient and input digest) that still match this store's inputs."""
         if not done:
             return {}
         digests = ((pid, input_digest(path, mask)) for pid, path, mask in self.inputs())
@@ -73,13 +81,15 @@ def _cohort(seg_path: Path) -> SegmentedCohort:
 
 @writes_output
 def run_radiomics(seg_path: Path, out: Path, params_name: str = "fast", workers: int = 1,
-                  progress: Callable[[PatientFeatures], None] | None = None, scheduler: str | None = None,
-                  resume_previous: bool = False) -> list[PatientFeatures]:
+                  progress: Callable[[PatientStatus], None] | None = None, scheduler: str | None = None,
+                  resume_previous: bool = False) -> list[PatientStatus]:
     """Extract radiomics for every patient of a segment store and write radiomics.h5.
 
     Patients run on `workers` local processes, or on a Dask cluster when `scheduler` is an address; output
-    order is the store's patient order either way. With `resume_previous`, patients whose features are in
-    the output store or the journal of an interrupted run, with the same settings and inputs, are reused.
+    order is the store's patient order either way. Each patient's features go to the journal `<out>.partial` as
+    they come, and the store is built from it, so memory does not grow with the cohort. With `resume_previous`,
+    patients whose features are in the output store or the journal of an interrupted run, with the same settings
+    and inputs, are reused.
     """
     params = load_params(params_name)
     sha = settings_hash(params)
@@ -87,15 +97,18 @@ def run_radiomics(seg_path: Path, out: Path, params_name: str = "fast", workers:
     with patient_journal(out, sha, resume_previous) as journal:
         reused = cohort.reusable(resume.reusable(out, sha, journal) if resume_previous else {})
         fresh = iter(map_ordered(extract_patient, cohort.jobs(params, set(reused)), workers, scheduler))
-        records = []
+        record_names, statuses = [], []
         for pid in cohort.patient_ids:
-            record = reused.get(pid) or next(fresh)
-            if pid not in reused:
-                append(journal, record.patient_id, record.input_sha256, resume.journal_writer(record))
-            records.append(record)
+            if pid in reused:
+                record_names.append(reused[pid])
+            else:
+                record = next(fresh)
+                record_names.append(append(journal, record.patient_id, record.input_sha256, resume.journal_writer(record)))
+            attrs = journal["records"][record_names[-1]].attrs
+            statuses.append(PatientStatus(pid, str(attrs["status"]), str(attrs["reason"])))
             if progress:
-                progress(record)
+                progress(statuses[-1])
         with store.create_store(out, cohort.patient_ids, cohort.centers) as h5:
-            store.write_features(h5, "radiomics", to_block(records, params, cohort.provenance))
-            store.write_qc(h5, [r.status for r in records], [r.reason for r in records])
-    return records
+            store.write_features(h5, "radiomics", features_block(journal, record_names, params, cohort.provenance))
+            store.write_qc(h5, [s.status for s in statuses], [s.reason for s in statuses])
+    return statuses

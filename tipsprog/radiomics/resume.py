@@ -1,10 +1,10 @@
-"""--resume for radiomics: features already computed with the same settings and inputs, from the journal of an
-interrupted run (tipsprog.resume) or from the finished output store."""
+"""The radiomics journal: each patient's features as a record of tipsprog.resume's journal, the features block
+built from it one record at a time, and --resume's reuse of the records of an interrupted run or a finished store."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import h5py
 import numpy as np
@@ -12,7 +12,7 @@ import numpy as np
 from tipsprog import store
 from tipsprog.errors import InputError
 from tipsprog.radiomics.extract import PatientFeatures
-from tipsprog.resume import finished
+from tipsprog.resume import append, finished
 
 
 def journal_writer(record: PatientFeatures) -> Callable[[h5py.Group], None]:
@@ -24,30 +24,41 @@ def journal_writer(record: PatientFeatures) -> Callable[[h5py.Group], None]:
     return write
 
 
-def _journal_record(group: h5py.Group) -> PatientFeatures:
-    """One patient as `journal_writer` wrote it."""
-    values = dict(zip(store.read_strings(group, "names"), group["values"][()].tolist()))
-    return PatientFeatures(str(group.attrs["patient_id"]), values, str(group.attrs["status"]),
-                           str(group.attrs["reason"]), str(group.attrs["input_sha256"]))
+def feature_matrix(journal: h5py.File, record_names: list[str]) -> tuple[np.ndarray, list[str]]:
+    """The records' features as one matrix (NaN where a patient lacks a feature) and the feature names, read
+    record by record."""
+    records = journal["records"]
+    names = list(dict.fromkeys(name for record in record_names for name in store.read_strings(records[record], "names")))
+    column = {name: index for index, name in enumerate(names)}
+    values = np.full((len(record_names), len(names)), np.nan)
+    for row, record in enumerate(record_names):
+        columns = [column[name] for name in store.read_strings(records[record], "names")]
+        values[row, columns] = records[record]["values"][()]
+    return values, names
 
 
-def _from_store(path: Path, settings_sha256: str) -> list[PatientFeatures]:
+def _from_store(path: Path, settings_sha256: str) -> Iterator[PatientFeatures]:
     """Records of a finished output store with the same settings (none if it has other settings)."""
     if not path.is_file():
-        return []
+        return
     with store.open_store(path) as previous:
         block = store.read_features(previous).get("radiomics")
         if block is None:
             raise InputError(f"{path}: --resume: not a radiomics store (no /features/radiomics)")
         if block.attrs.get("settings_sha256") != settings_sha256 or not block.input_sha256:
-            return []
+            return
         status, reasons = store.read_qc(previous)
         ids = store.read_patients(previous)
-    return [PatientFeatures(pid, {n: float(v) for n, v in zip(block.names, row) if np.isfinite(v)}, s, r, digest)
-            for pid, row, s, r, digest in zip(ids, block.values, status, reasons, block.input_sha256)]
+    for pid, row, s, r, digest in zip(ids, block.values, status, reasons, block.input_sha256):
+        yield PatientFeatures(pid, {n: float(v) for n, v in zip(block.names, row) if np.isfinite(v)}, s, r, digest)
 
 
-def reusable(out: Path, settings_sha256: str, journal: h5py.File) -> dict[tuple[str, str], PatientFeatures]:
-    """Successful records keyed by (patient ID, input digest), from the store and then the newer journal."""
-    records = _from_store(out, settings_sha256) + [_journal_record(group) for group in finished(journal).values()]
-    return {(r.patient_id, r.input_sha256): r for r in records if r.status == "ok"}
+def reusable(out: Path, settings_sha256: str, journal: h5py.File) -> dict[tuple[str, str], str]:
+    """Journal records of successful patients keyed by (patient ID, input digest); the finished store's records
+    with the same settings that the journal lacks are added to it first."""
+    records = finished(journal)
+    for record in _from_store(out, settings_sha256):
+        if (record.patient_id, record.input_sha256) not in records:
+            records[(record.patient_id, record.input_sha256)] = append(journal, record.patient_id, record.input_sha256,
+                                                                       journal_writer(record))
+    return {key: name for key, name in records.items() if journal["records"][name].attrs["status"] == "ok"}

@@ -183,11 +183,12 @@ def _journaled_scan(patient_id: str, group: h5py.Group) -> ScanResult:
                       flags=flags.split(";") if flags else [], dice=group["dice"][()])
 
 
-def _write_segment_store(h5: h5py.File, records: list[h5py.Group], results: list[ScanResult], cohort: pd.DataFrame,
-                         backend: Backend) -> None:
-    """Fill a new segment store from the journal records, one scan at a time."""
-    crops = {roi: store.create_crops(h5, roi, len(records), CROP_SHAPE) for roi in store.ROI_LABELS}
-    for index, (record, result) in enumerate(zip(records, results)):
+def _write_segment_store(h5: h5py.File, journal: h5py.File, record_names: list[str], results: list[ScanResult],
+                         cohort: pd.DataFrame, backend: Backend) -> None:
+    """Fill a new segment store from the journal's records, one scan at a time."""
+    crops = {roi: store.create_crops(h5, roi, len(record_names), CROP_SHAPE) for roi in store.ROI_LABELS}
+    for index, (name, result) in enumerate(zip(record_names, results)):
+        record = journal["records"][name]
         if "labels" in record:
             h5.copy(record["labels"], f"segment/masks/{result.patient_id}")
         for roi in record.get("crops", {}):
@@ -223,7 +224,7 @@ def run_segment(cohort_csv: Path, out: Path, backend_name: str = "classic", work
         done = resume.finished(journal)
         fresh = iter(map_ordered(_segment_one, [(row, backend) for row, digest in zip(rows, digests)
                                                 if (row["patient_id"], digest) not in done], workers))
-        records, results = [], []
+        record_names, results = [], []
         for row, digest in zip(rows, digests):
             key = (row["patient_id"], digest)
             if key not in done:
@@ -232,10 +233,10 @@ def run_segment(cohort_csv: Path, out: Path, backend_name: str = "classic", work
                     kept = f" ({len(journal['records'])} finished scans kept for --resume)" if len(journal["records"]) else ""
                     raise InputError(f"{cohort_csv}: patient {result.patient_id}: {result.reason}{kept}")
                 done[key] = resume.append(journal, result.patient_id, digest, _journal_scan(result))
-            records.append(done[key])
-            results.append(_journaled_scan(row["patient_id"], done[key]))
+            record_names.append(done[key])
+            results.append(_journaled_scan(row["patient_id"], journal["records"][done[key]]))
             if progress:
                 progress(results[-1])
         with store.create_store(out, cohort["patient_id"].tolist(), cohort["center"].tolist()) as h5:
-            _write_segment_store(h5, records, results, cohort, backend)
+            _write_segment_store(h5, journal, record_names, results, cohort, backend)
     return results
