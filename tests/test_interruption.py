@@ -59,8 +59,9 @@ def _same_radiomics_store(first: Path, second: Path) -> None:
         np.testing.assert_array_equal(a["features/radiomics/values"][()], b["features/radiomics/values"][()])
 
 
-@pytest.mark.parametrize("stage,sig", [("segment", signal.SIGINT), ("segment", signal.SIGKILL), ("radiomics", signal.SIGKILL)],
-                         ids=["segment-SIGINT", "segment-SIGKILL", "radiomics-SIGKILL"])
+@pytest.mark.parametrize("stage,sig", [("segment", signal.SIGINT), ("segment", signal.SIGKILL), ("radiomics", signal.SIGINT),
+                                       ("radiomics", signal.SIGKILL)],
+                         ids=["segment-SIGINT", "segment-SIGKILL", "radiomics-SIGINT", "radiomics-SIGKILL"])
 def test_per_scan_stage_interrupted_then_resumed_equals_an_uninterrupted_run(pipeline: Pipeline, tmp_path, stage, sig):
     """The journal keeps the scans finished before the signal; --resume reuses them and the store is the same."""
     source, reference, same = ((pipeline.cohort / "cohort.csv", pipeline.seg, _same_segment_store) if stage == "segment"
@@ -94,9 +95,10 @@ def _training_result(stage: str, out: Path) -> np.ndarray:
         return h5[key][()]
 
 
-@pytest.mark.parametrize("stage", ["embed", "fuse-train"])
-def test_training_stage_killed_then_resumed_equals_an_uninterrupted_run(pipeline: Pipeline, tmp_path, stage):
-    """embed --fit and fuse-train save their training state as they go; a SIGKILL leaves no output, and --resume
+@pytest.mark.parametrize("stage,sig", [("embed", signal.SIGKILL), ("fuse-train", signal.SIGINT), ("fuse-train", signal.SIGKILL)],
+                         ids=["embed-SIGKILL", "fuse-train-SIGINT", "fuse-train-SIGKILL"])
+def test_training_stage_killed_then_resumed_equals_an_uninterrupted_run(pipeline: Pipeline, tmp_path, stage, sig):
+    """embed --fit and fuse-train save their training state as they go; a signal leaves no output, and --resume
     continues from the saved epoch to the same result as a run that was never stopped."""
     name = "embed.h5" if stage == "embed" else "model"
     uninterrupted = invoke(*_training_command(pipeline, stage, tmp_path / "whole" / name), "--quiet")
@@ -105,9 +107,11 @@ def test_training_stage_killed_then_resumed_equals_an_uninterrupted_run(pipeline
     run = _start(*_training_command(pipeline, stage, out), "--quiet", env={**os.environ, "TIPSPROG_CHECKPOINT_SECONDS": "0"})
     _wait_for(journal.exists, run)
     time.sleep(1.0)
-    run.send_signal(signal.SIGKILL)
-    run.wait()
+    run.send_signal(sig)
+    output = run.communicate()[0]
     assert not out.exists() and journal.exists()
+    if sig == signal.SIGINT:
+        assert run.returncode == 130 and "interrupted" in output
     result = invoke(*_training_command(pipeline, stage, out), "--resume")
     assert result.exit_code == 0, result.output
     assert f"--resume: continuing from {journal}" in " ".join(result.output.split())
