@@ -40,12 +40,16 @@ def _touches_border(mask: np.ndarray) -> bool:
     return any(np.take(mask, index, axis=axis).any() for axis in range(mask.ndim) for index in (0, -1))
 
 
-def _slice_levels(ct: sitk.Image) -> tuple[sitk.Image, np.ndarray, np.ndarray]:
-    """The CT shrunk to about QC_SPACING_MM and, per axial slice, whether it is pelvic and whether it is thoracic."""
-    factors = [max(1, int(QC_SPACING_MM // spacing)) for spacing in ct.GetSpacing()]
-    small = sitk.BinShrink(sitk.Cast(ct, sitk.sitkFloat32), factors)
-    hu = ndimage.median_filter(sitk.GetArrayFromImage(small), size=(1, 3, 3))
-    in_plane = np.array(small.GetSpacing()[1::-1])
+def _shrunk(ct: sitk.Image) -> sitk.Image:
+    """The CT averaged down to about QC_SPACING_MM per axis (the nearest integer factors), as float."""
+    factors = [max(1, round(QC_SPACING_MM / spacing)) for spacing in ct.GetSpacing()]
+    return sitk.BinShrink(sitk.Cast(ct, sitk.sitkFloat32), factors)
+
+
+def _slice_levels(ct: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
+    """Per axial slice of a CT, whether it is pelvic and whether it is thoracic."""
+    hu = sitk.GetArrayFromImage(sitk.Median(ct, [1, 1, 0]))
+    in_plane = np.array(ct.GetSpacing()[1::-1])
     pixel_cm2 = float(np.prod(in_plane)) / 100.0
     pelvic, thoracic = np.zeros(len(hu), bool), np.zeros(len(hu), bool)
     for z, plane in enumerate(hu):
@@ -55,7 +59,7 @@ def _slice_levels(ct: sitk.Image) -> tuple[sitk.Image, np.ndarray, np.ndarray]:
         depth = ndimage.distance_transform_edt(body, sampling=in_plane)
         pelvic[z] = ((plane > BONE_HU) & (depth > BONE_DEPTH_MM)).sum() * pixel_cm2 > PELVIC_BONE_CM2
         thoracic[z] = ((plane < AIR_HU) & body).sum() > LUNG_FRACTION * body.sum()
-    return small, pelvic, thoracic
+    return pelvic, thoracic
 
 
 def liver_in_view_flags(ct: sitk.Image, labels: sitk.Image) -> list[str]:
@@ -66,15 +70,17 @@ def liver_in_view_flags(ct: sitk.Image, labels: sitk.Image) -> list[str]:
     extent_mm = (liver_slices[-1] - liver_slices[0] + 1) * labels.GetSpacing()[2]
     if extent_mm > LIVER_MAX_EXTENT_MM:
         return ["liver:implausible_extent"]
-    small, pelvic, thoracic = _slice_levels(ct)
+    small = _shrunk(ct)
     on_small = sitk.Resample(labels, small, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-    liver_levels = (sitk.GetArrayViewFromImage(on_small) == ROI_LABELS["liver"]).any(axis=(1, 2))
-    if not liver_levels.any():
+    liver_levels = np.flatnonzero((sitk.GetArrayViewFromImage(on_small) == ROI_LABELS["liver"]).any(axis=(1, 2)))
+    if not len(liver_levels):
         return []
+    first, last = int(liver_levels[0]), int(liver_levels[-1])
+    pelvic, thoracic = _slice_levels(small[:, :, first:last + 1])
     flags = []
-    if pelvic[liver_levels].mean() > 0.5:
+    if pelvic[liver_levels - first].mean() > 0.5:
         flags.append("liver:in_pelvis")
-    if thoracic[liver_levels].mean() > 0.5:
+    if thoracic[liver_levels - first].mean() > 0.5:
         flags.append("liver:in_chest")
     return flags
 
