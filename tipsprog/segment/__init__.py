@@ -40,6 +40,7 @@ class ScanResult:
     volumes: np.ndarray = field(default_factory=lambda: np.full(len(store.ROI_LABELS), np.nan, np.float32))
     flags: list[str] = field(default_factory=list)
     dice: np.ndarray = field(default_factory=lambda: np.full(len(store.ROI_LABELS), np.nan, np.float32))
+    input_sha256: str = ""
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ def dice_per_roi(labels: sitk.Image, reference: sitk.Image) -> np.ndarray:
 def _segment_one(job: tuple[pd.Series, Backend]) -> ScanResult:
     """Segment one cohort row; bad scans become a failed result, not an exception."""
     row, backend = job
-    result = ScanResult(patient_id=row["patient_id"])
+    result = ScanResult(patient_id=row["patient_id"], input_sha256=input_digest(row))
     try:
         ct = read_ct(row["ct"])
         result.labels = segment_scan(ct, backend, row)
@@ -219,22 +220,24 @@ def run_segment(cohort_csv: Path, out: Path, backend_name: str = "classic", work
         workers = 1
     settings_sha = store.inputs_sha256([backend.settings()], [backend.model_path] if backend.model_path else [])
     rows = [row for _, row in cohort.iterrows()]
-    digests = [input_digest(row) for row in rows]
     with resume.patient_journal(out, settings_sha, resume_previous) as journal:
         done = resume.finished(journal)
-        fresh = iter(map_ordered(_segment_one, [(row, backend) for row, digest in zip(rows, digests)
-                                                if (row["patient_id"], digest) not in done], workers))
+        reused = {}
+        if done:
+            digests = ((row["patient_id"], input_digest(row)) for row in rows)
+            reused = {pid: done[(pid, digest)] for pid, digest in digests if (pid, digest) in done}
+        fresh = iter(map_ordered(_segment_one, [(row, backend) for row in rows if row["patient_id"] not in reused], workers))
         record_names, results = [], []
-        for row, digest in zip(rows, digests):
-            key = (row["patient_id"], digest)
-            if key not in done:
+        for row in rows:
+            if row["patient_id"] in reused:
+                record_names.append(reused[row["patient_id"]])
+            else:
                 result = next(fresh)
                 if strict and result.status != "ok":
                     kept = f" ({len(journal['records'])} finished scans kept for --resume)" if len(journal["records"]) else ""
                     raise InputError(f"{cohort_csv}: patient {result.patient_id}: {result.reason}{kept}")
-                done[key] = resume.append(journal, result.patient_id, digest, _journal_scan(result))
-            record_names.append(done[key])
-            results.append(_journaled_scan(row["patient_id"], journal["records"][done[key]]))
+                record_names.append(resume.append(journal, result.patient_id, result.input_sha256, _journal_scan(result)))
+            results.append(_journaled_scan(row["patient_id"], journal["records"][record_names[-1]]))
             if progress:
                 progress(results[-1])
         with store.create_store(out, cohort["patient_id"].tolist(), cohort["center"].tolist()) as h5:
