@@ -41,8 +41,9 @@ class FeatureBlock:
 
 
 def file_sha256(path: str | Path) -> str:
-    """sha256 of a file's bytes."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    """sha256 of a file's bytes (read in blocks)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def inputs_sha256(texts: list[str], paths: list[str]) -> str:
@@ -55,8 +56,7 @@ def inputs_sha256(texts: list[str], paths: list[str]) -> str:
         digest.update(value.encode("utf-8") + b"\0")
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path] if path.is_file() else []
         for file in files:
-            with open(file, "rb") as handle:
-                digest.update(hashlib.file_digest(handle, "sha256").digest())
+            digest.update(bytes.fromhex(file_sha256(file)))
     return digest.hexdigest()
 
 
