@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pytest
 from typer.testing import CliRunner
@@ -11,6 +12,18 @@ from typer.testing import CliRunner
 from tipsprog.cli import app
 
 REAL_CT = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-ct" / "totalsegmentator-example"
+
+
+def interrupt_after(count: int) -> Callable[[object], None]:
+    """A progress callback that interrupts the run (KeyboardInterrupt) when its count-th patient is done."""
+    done = []
+
+    def progress(record: object) -> None:
+        done.append(record)
+        if len(done) == count:
+            raise KeyboardInterrupt
+
+    return progress
 
 
 def invoke(*args: str):

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 import yaml
-from conftest import invoke
+from conftest import interrupt_after, invoke
 
 from tipsprog import store
 from tipsprog.errors import InputError
@@ -87,15 +87,8 @@ def _features(path) -> tuple[list[str], np.ndarray]:
 
 def test_resume_reuses_an_interrupted_run(pipeline, tmp_path):
     out = tmp_path / "radiomics.h5"
-    seen = []
-
-    def stop_after_three(record):
-        seen.append(record.patient_id)
-        if len(seen) == 3:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        run_radiomics(pipeline.seg, out, "fast", 1, stop_after_three)
+        run_radiomics(pipeline.seg, out, "fast", 1, interrupt_after(3))
     assert not out.exists()
     with h5py.File(partial_path(out), "a") as journal:
         assert len(journal["records"]) == 3

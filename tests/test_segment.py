@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
+from conftest import interrupt_after
 from tipsprog.io import read_ct, read_mask
 from tipsprog.resume import partial_path
 from tipsprog.segment import Backend, dice_per_roi, run_segment, segment_scan
@@ -77,15 +78,8 @@ def test_segment_store_records_failed_scans(tmp_path):
 def test_resume_takes_finished_scans_from_the_journal_only_when_inputs_and_settings_match(tmp_path):
     make_cohort(tmp_path / "c", CohortSpec(n=5, centers=1, seed=5))
     cohort_csv, out = tmp_path / "c" / "cohort.csv", tmp_path / "seg.h5"
-    finished = []
-
-    def stop_after_three(result):
-        finished.append(result.patient_id)
-        if len(finished) == 3:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        run_segment(cohort_csv, out, workers=1, progress=stop_after_three)
+        run_segment(cohort_csv, out, workers=1, progress=interrupt_after(3))
     assert not out.exists()
     with h5py.File(partial_path(out), "a") as journal:
         assert len(journal["records"]) == 3
@@ -99,9 +93,8 @@ def test_resume_takes_finished_scans_from_the_journal_only_when_inputs_and_setti
     assert volumes[0] == 1234.0 and volumes[2] == 1234.0  # reused
     assert volumes[1] != 1234.0 and volumes[3:].tolist() != [1234.0, 1234.0]  # changed CT and unfinished: segmented
 
-    finished.clear()
     with pytest.raises(KeyboardInterrupt):
-        run_segment(cohort_csv, out, workers=1, progress=stop_after_three)
+        run_segment(cohort_csv, out, workers=1, progress=interrupt_after(3))
     with h5py.File(partial_path(out), "a") as journal:
         journal["records/0/volumes"][0] = 1234.0
     run_segment(cohort_csv, out, "masks", workers=1, resume_previous=True)  # other settings: the journal is set aside
