@@ -143,7 +143,7 @@ def segment(cohort: Path = typer.Argument(..., help="cohort.csv (patient_id, ct[
             backend: str = typer.Option("classic", "--backend", help="classic, masks, semi or totalseg."),
             fit: Optional[Path] = typer.Option(None, "--fit", help="semi: LABELED.csv (cohort format with labels) to train on."),
             model: Optional[Path] = typer.Option(None, "--model", help="semi: trained model to use, or where --fit saves it (default OUT.semi.pt)."),
-            iterations: int = typer.Option(600, "--iterations", min=1, help="semi: training iterations with --fit."),
+            iterations: int = typer.Option(1600, "--iterations", min=1, help="semi: training iterations with --fit."),
             workers: Optional[int] = WORKERS, device: str = DEVICE,
             strict: bool = typer.Option(False, "--strict", help="A failed patient stops the run."),
             resume: bool = RESUME, quiet: bool = QUIET) -> None:

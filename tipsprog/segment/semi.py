@@ -32,7 +32,7 @@ class SemiSettings:
     spacing_mm: float = 4.0
     patch: tuple[int, int, int] = (32, 48, 48)
     channels: tuple[int, ...] = (16, 32, 64, 128)
-    iterations: int = 600
+    iterations: int = 1600
     labeled_batch: int = 2
     unlabeled_batch: int = 2
     learning_rate: float = 2e-3
