@@ -66,6 +66,12 @@ def score(backend: Backend, cases: list[tuple[Path, Path]]) -> tuple[np.ndarray,
     return np.array(dice), np.array(hd95), seconds / len(cases)
 
 
+def held_out_cases(cohort: Path, images: str = "images") -> list[tuple[Path, Path]]:
+    """The 40 held-out scans (from the cohort folder `images`) with their reference labels."""
+    return [(cohort / images / f"P{i:04d}.nii.gz", cohort / "labels" / f"P{i:04d}.nii.gz")
+            for i in range(LABELED + UNLABELED, LABELED + UNLABELED + HELD_OUT)]
+
+
 def train_semi(cohort: Path, settings: semi.SemiSettings, device: torch.device, model_path: Path,
                labeled_count: int = LABELED, unlabeled_count: int = UNLABELED, unlabeled_images: str = "images") -> Backend:
     """Train on the first `labeled_count` scans with labels (and the next `unlabeled_count` without); save; return the backend.
@@ -112,8 +118,7 @@ def semi_value(cohort: Path, settings: semi.SemiSettings, device: torch.device, 
 
     Unlabeled and held-out scans are read from `images`; the 8 labeled ones always from images/.
     """
-    held_out = [(cohort / images / f"P{i:04d}.nii.gz", cohort / "labels" / f"P{i:04d}.nii.gz")
-                for i in range(LABELED + UNLABELED, LABELED + UNLABELED + HELD_OUT)]
+    held_out = held_out_cases(cohort, images)
     pairs = []
     for seed in seeds:
         seeded = dataclasses.replace(settings, seed=seed)
@@ -180,8 +185,7 @@ def main() -> None:
         folder = Path(folder)
         cohort = folder / "cohort"
         make_cohort(cohort, CohortSpec(n=LABELED + UNLABELED + HELD_OUT, centers=3, seed=args.seed), workers=2)
-        held_out = [(cohort / "images" / f"P{i:04d}.nii.gz", cohort / "labels" / f"P{i:04d}.nii.gz")
-                    for i in range(LABELED + UNLABELED, LABELED + UNLABELED + HELD_OUT)]
+        held_out = held_out_cases(cohort)
         settings = semi.SemiSettings(iterations=args.iterations)
         start = time.perf_counter()
         backends = {
