@@ -23,8 +23,8 @@ from pathlib import Path
 from time import perf_counter
 
 import pandas as pd
+from shared_data import REAL_CT
 
-REAL_CT = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-ct" / "totalsegmentator-example"
 GOAL_COLD_S = 20.0
 
 

@@ -31,8 +31,8 @@ from tipsprog.segment.foundation import missing_requirements
 from tipsprog.segment.masks import TOTALSEGMENTATOR_IDS, map_labels
 from tipsprog.store import ROI_LABELS
 from tipsprog.synth import CohortSpec, make_cohort
+from shared_data import REAL_CT
 
-REAL_CT = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-ct" / "totalsegmentator-example"
 LABELED, UNLABELED, HELD_OUT = 8, 80, 40
 
 

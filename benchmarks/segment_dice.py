@@ -17,8 +17,8 @@ from tipsprog.segment import Backend, dice_per_roi, segment_scan
 from tipsprog.segment.masks import TOTALSEGMENTATOR_IDS, map_labels
 from tipsprog.store import ROI_LABELS
 from tipsprog.synth import CohortSpec, make_cohort
+from shared_data import REAL_CT
 
-REAL_CT = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-ct" / "totalsegmentator-example"
 
 
 def synthetic_dice(n: int, seed: int) -> np.ndarray:

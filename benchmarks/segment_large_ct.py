@@ -27,14 +27,14 @@ import SimpleITK as sitk
 from tipsprog.io import resample_to_spacing
 from tipsprog.segment import run_segment, semi
 from tipsprog.synth import CohortSpec, make_cohort
+from shared_data import REAL_CT
 
-REAL_CT = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-ct" / "totalsegmentator-example" / "example_ct.nii.gz"
 CLINICAL_SPACING_MM = (0.75, 0.75, 1.0)
 
 
 def large_ct(folder: Path) -> Path:
     """The real CT upsampled to a clinical grid and stored as int16 NIfTI."""
-    upsampled = resample_to_spacing(sitk.ReadImage(str(REAL_CT)), CLINICAL_SPACING_MM, sitk.sitkBSpline, -1024.0)
+    upsampled = resample_to_spacing(sitk.ReadImage(str(REAL_CT / "example_ct.nii.gz")), CLINICAL_SPACING_MM, sitk.sitkBSpline, -1024.0)
     path = folder / "large_ct.nii.gz"
     sitk.WriteImage(sitk.Cast(upsampled, sitk.sitkInt16), str(path))
     return path
