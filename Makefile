@@ -1,11 +1,12 @@
-# make demo: whole pipeline on a generated cohort.  make test: the test suite.
+# make demo: whole pipeline on a generated cohort.  make test: the whole test suite.  make test-fast: without the
+# tests marked slow.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO := demo-out
 
-.PHONY: demo test venv clean
+.PHONY: demo test test-fast venv browser clean
 
 venv: $(STAMP)
 
@@ -16,8 +17,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[test]"
 	touch $(STAMP)
 
-test: $(STAMP)
+# The report test opens report.html in headless Chromium (Debian's chromium package; installing it needs root).
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  { echo "make test: install Debian's chromium package (apt-get install chromium) for the report test"; exit 1; }
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/demo.sh $(DEMO)

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import locale
+import os
+import subprocess
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
+import SimpleITK as sitk
+from hypothesis import settings
 from typer.testing import CliRunner
 
 from tipsprog.cli import app
+from tipsprog.resume import PAUSE_VARIABLE, PAUSED_LINE
+
+settings.register_profile("ci", derandomize=True, database=None)  # CI: the same examples every run, no flakes
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 REAL_CT = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-ct" / "totalsegmentator-example"
+UID_ROOT = "1.2.826.0.1.3680043.2.1125.1"
 
 
 def interrupt_after(count: int) -> Callable[[object], None]:
@@ -24,6 +37,27 @@ def interrupt_after(count: int) -> Callable[[object], None]:
             raise KeyboardInterrupt
 
     return progress
+
+
+def start_tipsprog(*args, pause_after: int | None = None, env: dict | None = None) -> subprocess.Popen:
+    """Start a real `tipsprog` process (output and errors on one pipe); with `pause_after`, it stops at its
+    pause_after-th journal write until it is signalled (TIPSPROG_PAUSE_AFTER, tipsprog/resume.py)."""
+    environment = {**os.environ, **(env or {})}
+    if pause_after is not None:
+        environment[PAUSE_VARIABLE] = str(pause_after)
+    return subprocess.Popen([sys.executable, "-m", "tipsprog", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=environment)
+
+
+def wait_until_paused(process: subprocess.Popen) -> None:
+    """Read a process's output until it says it has paused; it then waits for a signal, so it cannot finish first."""
+    seen = []
+    for line in process.stdout:
+        if line.startswith(PAUSED_LINE):
+            return
+        seen.append(line)
+    process.wait()
+    pytest.fail(f"exited {process.returncode} before reaching its pause point: {''.join(seen)}")
 
 
 def invoke(*args: str):
@@ -51,6 +85,14 @@ class Pipeline:
         return self.cohort / "outcomes.csv"
 
 
+@pytest.fixture(autouse=True)
+def process_locale_unchanged() -> Iterator[None]:
+    """Every test leaves the process locale as it found it (GDCM once left it 'C' and later tests read text as ASCII)."""
+    before = locale.setlocale(locale.LC_ALL)
+    yield
+    assert locale.setlocale(locale.LC_ALL) == before, "the process locale was changed (GDCM call outside locale_kept?)"
+
+
 @pytest.fixture(scope="session")
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
     """synth → segment → radiomics → embed → fuse-train on 30 small patients."""
@@ -69,9 +111,65 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
     return Pipeline(root, root / "cohort", root / "seg.h5", root / "radiomics.h5", root / "embed.h5", root / "model")
 
 
+def shared_data(path: Path) -> Path:
+    """A file or folder of ../shared/data: skips the test where it is absent on a developer's machine, fails it in
+    CI (CI=true), which always has ../shared beside the checkout."""
+    if not path.exists():
+        message = f"{path} is not available (../shared/data beside the checkout)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
 @pytest.fixture
 def real_ct() -> Path:
-    """The TotalSegmentator example folder (skips when ../shared is not beside the checkout)."""
-    if not REAL_CT.is_dir():
-        pytest.skip("../shared/data/real-ct is not available")
-    return REAL_CT
+    """The TotalSegmentator example folder (see shared_data)."""
+    return shared_data(REAL_CT)
+
+
+@contextmanager
+def locale_kept() -> Iterator[None]:
+    """Put the process locale back after GDCM calls made by a test (GDCM leaves it 'C'; Python then reads text as
+    ASCII), as tipsprog.io does around its own."""
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def write_dicom_series(image: sitk.Image, folder: Path, series: int = 2, description: str = "CT") -> Path:
+    """Write a 3-D image as a CT DICOM series (one file per slice, positions and orientation tagged) into `folder`;
+    series UID `UID_ROOT.<series>` and files `s<series>_<slice>.dcm`, so several series can share a folder."""
+    folder.mkdir(exist_ok=True)
+    image = sitk.Cast(image, sitk.sitkInt16)
+    d = image.GetDirection()
+    orientation = "\\".join(str(v) for v in (d[0], d[3], d[6], d[1], d[4], d[7]))
+    with locale_kept():
+        writer = sitk.ImageFileWriter()
+        writer.KeepOriginalImageUIDOn()
+        for index in range(image.GetDepth()):
+            plane = image[:, :, index]
+            tags = {"0008|0060": "CT", "0008|0016": "1.2.840.10008.5.1.4.1.1.2", "0020|000d": f"{UID_ROOT}.1",
+                    "0020|000e": f"{UID_ROOT}.{series}", "0008|0018": f"{UID_ROOT}.{series}.{index}", "0020|0037": orientation,
+                    "0020|0032": "\\".join(str(v) for v in image.TransformIndexToPhysicalPoint((0, 0, index))),
+                    "0020|0013": str(index), "0018|0050": str(image.GetSpacing()[2]), "0028|1052": "0", "0028|1053": "1",
+                    "0008|103e": description}
+            for key, value in tags.items():
+                plane.SetMetaData(key, value)
+            writer.SetFileName(str(folder / f"s{series}_{index:03d}.dcm"))
+            writer.Execute(plane)
+    return folder
+
+
+def rewrite_dicom_slice(source: Path, target: Path, tags: dict[str, str]) -> None:
+    """Write a DICOM slice file again with some tags changed (to break a series on purpose)."""
+    with locale_kept():
+        plane = sitk.ReadImage(str(source))
+        for key, value in tags.items():
+            plane.SetMetaData(key, value)
+        writer = sitk.ImageFileWriter()
+        writer.KeepOriginalImageUIDOn()
+        writer.SetFileName(str(target))
+        writer.Execute(plane)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h5py
@@ -17,7 +17,8 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from conftest import REAL_CT, Pipeline, invoke
+from conftest import REAL_CT, Pipeline, invoke, shared_data, start_tipsprog, wait_until_paused
+from tipsprog import store
 from tipsprog.io import read_ct
 
 
@@ -79,9 +80,7 @@ def zero_sized_axis(p, d):
 
 def pelvis_only_ct(p, d):
     """The real CT's bottom 40 slices: hip bones, bladder and bowel, no liver. QC fails the scan, so no prediction."""
-    if not REAL_CT.is_dir():
-        pytest.skip("../shared/data/real-ct is not available")
-    sitk.WriteImage(read_ct(REAL_CT / "example_ct.nii.gz")[:, :, :40], str(d / "pelvis.nii.gz"))
+    sitk.WriteImage(read_ct(shared_data(REAL_CT) / "example_ct.nii.gz")[:, :, :40], str(d / "pelvis.nii.gz"))
     return _predict(p, d, d / "pelvis.nii.gz"), "pelvis.nii.gz: segmentation (classic) failed quality control: liver:in_pelvis"
 
 
@@ -200,23 +199,90 @@ def output_being_written_by_another_command(p, d):
     return ["segment", p.cohort / "cohort.csv", "--out", d / "seg.h5"], f"another tipsprog command (pid {os.getpid()}) is writing it"
 
 
+def clinical_column_like_a_schema_variable(p, d):
+    pd.read_csv(p.clinical).rename(columns={"bilirubin": "bilirubn"}).to_csv(d / "clinical.csv", index=False)
+    return _train(p, d, clinical=d / "clinical.csv"), "column 'bilirubn' looks like the schema variable 'bilirubin'"
+
+
+def _slab(p, d, slices: int) -> Path:
+    """The first synthetic scan cut to a few slices (a scan that cannot hold a whole liver)."""
+    image = sitk.ReadImage(str(p.cohort / "images" / "P0000.nii.gz"))
+    middle = image.GetSize()[2] // 2
+    sitk.WriteImage(image[:, :, middle:middle + slices], str(d / "slab.nii.gz"))
+    return d / "slab.nii.gz"
+
+
+def three_slice_ct(p, d):
+    return _predict(p, d, _slab(p, d, 3)), "failed quality control: liver:partial_view"
+
+
+def masks_and_overlay_of_a_refused_scan(p, d):
+    """No empty --save-masks or --overlay folder is left behind when the scan is refused."""
+    args = _predict(p, d, _slab(p, d, 3))
+    return [*args, "--save-masks", d / "masks", "--overlay", d / "overlays"], "liver:partial_view"
+
+
+def radiomics_out_is_its_input(p, d):
+    shutil.copyfile(p.seg, d / "seg.h5")
+    return ["radiomics", d / "seg.h5", "--out", d / "seg.h5"], "seg.h5: is also an input of this command"
+
+
+def evaluate_out_is_the_bundle(p, d):
+    shutil.copytree(p.bundle, d / "model")
+    return ["evaluate", d / "model", "--out", d / "model"], "model: is also an input of this command"
+
+
+def out_holds_an_input(p, d):
+    shutil.copytree(p.bundle, d / "model")
+    return ["evaluate", d / "model", "--out", d], "holds an input of this command"
+
+
+def out_under_a_file(p, d):
+    (d / "afile").write_text("keep me")
+    return ["evaluate", p.bundle, "--out", d / "afile" / "report"], "afile is a file"
+
+
+def report_over_a_folder_of_other_files(p, d):
+    (d / "photos").mkdir()
+    (d / "photos" / "holiday.jpg").write_bytes(b"keep me")
+    return ["evaluate", p.bundle, "--out", d / "photos"], "photos: exists and is not a previous evaluate report"
+
+
+def store_over_a_csv(p, d):
+    (d / "notes.csv").write_text("keep,me\n")
+    return ["radiomics", p.seg, "--out", d / "notes.csv"], "notes.csv: exists and is not a previous HDF5 store"
+
+
+def every_scan_failed(p, d):
+    pd.DataFrame({"patient_id": ["A", "B"], "ct": [str(d / "gone.nii.gz"), str(d / "lost.nii.gz")]}).to_csv(d / "cohort.csv", index=False)
+    return ["segment", d / "cohort.csv", "--out", d / "seg.h5"], "cohort.csv: no scan could be segmented (patient A: "
+
+
 CASES = [missing_ct, unreadable_ct, ct_not_3d, truncated_gzip_ct, nan_voxels_in_nifti, four_d_ct, zero_sized_axis,
          pelvis_only_ct, mask_outside_the_ct, missing_ct_strict_segment, cohort_without_patient_id, duplicate_ids,
          clinical_out_of_range, clinical_unknown_unit, negative_time, event_not_binary, store_of_other_schema,
          no_patient_in_common, predict_clinical_out_of_range, batch_patient_without_clinical_row, bundle_of_an_older_format,
-         patient_id_escaping_the_folder, tampered_bundle, output_being_written_by_another_command]
+         patient_id_escaping_the_folder, tampered_bundle, output_being_written_by_another_command,
+         clinical_column_like_a_schema_variable, three_slice_ct, masks_and_overlay_of_a_refused_scan,
+         radiomics_out_is_its_input, evaluate_out_is_the_bundle, out_holds_an_input, out_under_a_file,
+         report_over_a_folder_of_other_files, store_over_a_csv, every_scan_failed]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__ for c in CASES])
 def test_bad_input(case, pipeline, tmp_path):
     args, fragment = case(pipeline, tmp_path)
-    before = set(tmp_path.iterdir())
+    before = _tree(tmp_path)
     result = invoke(*args)
     assert result.exit_code == 2, result.output
     errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "Traceback" not in result.output, result.output
     assert fragment in errors[0]
-    assert set(tmp_path.iterdir()) == before, "output or temporary files were left behind"
+    assert _tree(tmp_path) == before, "a file was changed, or output or temporary files were left behind"
+
+
+def _tree(folder: Path) -> dict[str, str]:
+    """Every file and folder under `folder` with the sha256 of each file's bytes."""
+    return {str(p.relative_to(folder)): store.file_sha256(p) if p.is_file() else "folder" for p in folder.rglob("*")}
 
 
 def test_good_inputs_of_the_same_shape_pass(pipeline, tmp_path):
@@ -236,22 +302,17 @@ def test_trust_uses_a_changed_bundle(pipeline, tmp_path):
     assert result.exit_code == 0, result.output
 
 
-def _tipsprog(*args) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "tipsprog", *map(str, args), "--quiet"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-
-
+@pytest.mark.slow
 def test_two_commands_writing_one_output_one_wins_cleanly(pipeline, tmp_path):
     """The second command stops at once with a clear line; the first writes a complete store; a lock left by a
     killed command is taken over; commands writing different outputs in one folder run side by side."""
-    first = _tipsprog("radiomics", pipeline.seg, "--out", tmp_path / "rad.h5", "--workers", 1)
+    first = start_tipsprog("radiomics", pipeline.seg, "--out", tmp_path / "rad.h5", "--workers", 1, "--quiet", pause_after=1)
+    wait_until_paused(first)
     lock = tmp_path / ".rad.h5.lock"
-    deadline = time.time() + 60
-    while not lock.exists() and first.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert lock.exists(), first.communicate()[0]
-    second = _tipsprog("radiomics", pipeline.seg, "--out", tmp_path / "rad.h5")
+    assert lock.exists()
+    second = start_tipsprog("radiomics", pipeline.seg, "--out", tmp_path / "rad.h5", "--quiet")
     assert second.wait() == 2 and "is writing it" in second.communicate()[0]
+    first.send_signal(signal.SIGUSR1)
     assert first.wait() == 0, first.communicate()[0]
     with h5py.File(tmp_path / "rad.h5") as rad:
         assert rad["features/radiomics/values"].shape[0] == 30
@@ -260,7 +321,8 @@ def test_two_commands_writing_one_output_one_wins_cleanly(pipeline, tmp_path):
     lock = tmp_path / ".seg.h5.lock"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
     lock.write_text(f"{socket.gethostname()} {dead}")
-    others = [_tipsprog("radiomics", pipeline.seg, "--out", tmp_path / name, "--workers", 1) for name in ("a.h5", "b.h5")]
+    others = [start_tipsprog("radiomics", pipeline.seg, "--out", tmp_path / name, "--workers", 1, "--quiet")
+              for name in ("a.h5", "b.h5")]
     retaken = invoke("segment", pipeline.cohort / "cohort.csv", "--out", tmp_path / "seg.h5", "--quiet")
     assert retaken.exit_code == 0, retaken.output
     assert [p.wait() for p in others] == [0, 0]

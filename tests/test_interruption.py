@@ -3,32 +3,14 @@ the rerun with --resume continues from the journal and gives the result of an un
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
-from conftest import Pipeline, invoke
-
-
-def _start(*args, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "tipsprog", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env)
-
-
-def _wait_for(condition, process: subprocess.Popen, seconds: float = 120) -> None:
-    """Poll until `condition()` holds while the process still runs."""
-    deadline = time.time() + seconds
-    while not condition():
-        assert process.poll() is None, f"finished before it could be interrupted: {process.communicate()[0]}"
-        assert time.time() < deadline, "timed out waiting for the run to get under way"
-        time.sleep(0.05)
+from conftest import Pipeline, invoke, start_tipsprog, wait_until_paused
 
 
 def _leftovers(folder: Path) -> list[str]:
@@ -59,6 +41,7 @@ def _same_radiomics_store(first: Path, second: Path) -> None:
         np.testing.assert_array_equal(a["features/radiomics/values"][()], b["features/radiomics/values"][()])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage,sig", [("segment", signal.SIGINT), ("segment", signal.SIGKILL), ("radiomics", signal.SIGINT),
                                        ("radiomics", signal.SIGKILL)],
                          ids=["segment-SIGINT", "segment-SIGKILL", "radiomics-SIGINT", "radiomics-SIGKILL"])
@@ -68,11 +51,12 @@ def test_per_scan_stage_interrupted_then_resumed_equals_an_uninterrupted_run(pip
                                else (pipeline.seg, pipeline.radiomics, _same_radiomics_store))
     out = tmp_path / reference.name
     journal = tmp_path / f"{reference.name}.partial"
-    run = _start(stage, source, "--out", out, "--workers", 1, "--quiet")
-    _wait_for(lambda: _journal_records(journal) >= 4, run)
+    run = start_tipsprog(stage, source, "--out", out, "--workers", 1, "--quiet", pause_after=4)
+    wait_until_paused(run)
+    assert _journal_records(journal) == 4
     run.send_signal(sig)
     output = run.communicate()[0]
-    assert not out.exists() and _journal_records(journal) >= 4
+    assert not out.exists() and _journal_records(journal) == 4
     if sig == signal.SIGINT:
         assert run.returncode == 130 and "interrupted" in output
     result = invoke(stage, source, "--out", out, "--resume", "--workers", 1)
@@ -95,6 +79,7 @@ def _training_result(stage: str, out: Path) -> np.ndarray:
         return h5[key][()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage,sig", [("embed", signal.SIGKILL), ("fuse-train", signal.SIGINT), ("fuse-train", signal.SIGKILL)],
                          ids=["embed-SIGKILL", "fuse-train-SIGINT", "fuse-train-SIGKILL"])
 def test_training_stage_killed_then_resumed_equals_an_uninterrupted_run(pipeline: Pipeline, tmp_path, stage, sig):
@@ -104,9 +89,9 @@ def test_training_stage_killed_then_resumed_equals_an_uninterrupted_run(pipeline
     uninterrupted = invoke(*_training_command(pipeline, stage, tmp_path / "whole" / name), "--quiet")
     assert uninterrupted.exit_code == 0, uninterrupted.output
     out, journal = tmp_path / name, tmp_path / f"{name}.partial"
-    run = _start(*_training_command(pipeline, stage, out), "--quiet", env={**os.environ, "TIPSPROG_CHECKPOINT_SECONDS": "0"})
-    _wait_for(journal.exists, run)
-    time.sleep(1.0)
+    run = start_tipsprog(*_training_command(pipeline, stage, out), "--quiet", pause_after=3, env={"TIPSPROG_CHECKPOINT_SECONDS": "0"})
+    wait_until_paused(run)
+    assert journal.exists()
     run.send_signal(sig)
     output = run.communicate()[0]
     assert not out.exists() and journal.exists()

@@ -8,6 +8,7 @@ import pytest
 from lifelines import CoxPHFitter, KaplanMeierFitter
 from lifelines.datasets import load_rossi
 
+from conftest import shared_data
 from tipsprog.evaluate import metrics
 from tipsprog.fusion.training import breslow, survival_at
 
@@ -17,8 +18,7 @@ ROTTERDAM = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-surv
 @pytest.fixture(scope="module")
 def rotterdam_cox() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """R's documented example: coxph(Surv(rtime, recur) ~ age + meno + size + pmin(nodes, 11)), in-sample."""
-    if not ROTTERDAM.is_file():
-        pytest.skip("../shared/data/real-survival is not available")
+    shared_data(ROTTERDAM)
     table = pd.read_csv(ROTTERDAM)
     covariates = pd.DataFrame({"age": table["age"], "meno": table["meno"], "nodes": np.minimum(table["nodes"], 11),
                                "size_20_50": (table["size"] == "20-50").astype(float),

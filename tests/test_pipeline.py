@@ -45,6 +45,7 @@ def test_bundle_contents(pipeline):
         assert set(oof["scores"]) >= {"FIPS", "MELD", "MELD-Na", "Child-Pugh", "ALBI"}
 
 
+@pytest.mark.slow
 def test_held_out_patients_never_train_and_are_predicted_once(pipeline, tmp_path):
     """--test removes its patients before cross-validation; the whole ensemble predicts them into held_out.h5."""
     held = [f"P{i:04d}" for i in range(0, 30, 3)]
@@ -73,6 +74,7 @@ def test_held_out_patients_never_train_and_are_predicted_once(pipeline, tmp_path
     assert (tmp_path / "report" / "held-out_km.png").is_file()
 
 
+@pytest.mark.slow
 def test_evaluate_writes_report_with_cis_and_baselines(pipeline, tmp_path):
     result = invoke("evaluate", pipeline.bundle, "--out", tmp_path / "report", "--truth", pipeline.cohort / "truth.csv",
                     "--bootstrap", 20, "--workers", 1, "--quiet")
@@ -136,6 +138,7 @@ def test_attributions_add_up_to_the_risk_and_match_the_ensemble(pipeline):
     assert np.abs(attribution.values).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_batch_and_single_predictions_agree_exactly(pipeline, tmp_path):
     """A batch equals single predictions; a scan that cannot be used gets its error row and the rest are predicted
     (--strict stops instead)."""
@@ -213,6 +216,7 @@ def test_version_and_help():
         assert command in listing
 
 
+@pytest.mark.slow
 def test_external_cohort_is_predicted_with_the_bundles_features(pipeline, tmp_path):
     """evaluate --test: a new synthetic cohort from other centers goes through the same stages and the bundle's
     ensemble; its report setting carries the clinical baselines and, with both truth tables, the oracle."""

@@ -43,6 +43,7 @@ def _assert_parity(ct_path, label_path, params: dict) -> None:
     assert relative.max() <= 1e-6, names[int(np.argmax(relative))]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", ["fast", "standard"])
 def test_cropped_features_equal_pyradiomics_on_the_real_ct(real_ct, preset, tmp_path):
     label_path = tmp_path / "labels.nii.gz"  # stored RAS-flipped like the CT: the canonical masks must map back
@@ -115,6 +116,7 @@ def test_resume_from_a_store_skips_only_matching_settings(pipeline, tmp_path):
     assert not np.any(_features(out)[1][0] == 7.0)  # other settings: recomputed
 
 
+@pytest.mark.slow
 def test_dask_cluster_gives_the_same_store(pipeline, tmp_path):
     from distributed import LocalCluster
 
@@ -128,6 +130,7 @@ def test_dask_cluster_gives_the_same_store(pipeline, tmp_path):
     np.testing.assert_array_equal(values, reference)
 
 
+@pytest.mark.slow
 def test_unreachable_scheduler_is_one_line(pipeline, tmp_path):
     result = invoke("radiomics", pipeline.seg, "--out", tmp_path / "r.h5", "--scheduler", "tcp://127.0.0.1:9")
     assert result.exit_code == 2 and "cannot reach the Dask scheduler" in result.output

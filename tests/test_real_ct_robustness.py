@@ -10,35 +10,13 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
+from conftest import REAL_CT, shared_data, write_dicom_series
+from tipsprog.errors import InputError
 from tipsprog.io import read_ct, read_mask, resample_to_spacing
 from tipsprog.segment import Backend, dice_per_roi, run_segment, segment_scan
 from tipsprog.segment.qc import qc_reason, qc_status, quality_flags
 from tipsprog.segment.crops import roi_volumes
 from tipsprog.segment.masks import TOTALSEGMENTATOR_IDS, map_labels
-
-UID_ROOT = "1.2.826.0.1.3680043.2.1125.1"
-
-
-def write_dicom_series(image: sitk.Image, folder: Path) -> Path:
-    """Write a 3-D image as a CT DICOM series (one file per slice, positions and orientation tagged)."""
-    folder.mkdir()
-    image = sitk.Cast(image, sitk.sitkInt16)
-    d = image.GetDirection()
-    orientation = "\\".join(str(v) for v in (d[0], d[3], d[6], d[1], d[4], d[7]))
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    for index in range(image.GetDepth()):
-        plane = image[:, :, index]
-        tags = {"0008|0060": "CT", "0008|0016": "1.2.840.10008.5.1.4.1.1.2", "0020|000d": f"{UID_ROOT}.1",
-                "0020|000e": f"{UID_ROOT}.2", "0008|0018": f"{UID_ROOT}.3.{index}", "0020|0037": orientation,
-                "0020|0032": "\\".join(str(v) for v in image.TransformIndexToPhysicalPoint((0, 0, index))),
-                "0020|0013": str(index), "0018|0050": str(image.GetSpacing()[2]), "0028|1052": "0", "0028|1053": "1"}
-        for key, value in tags.items():
-            plane.SetMetaData(key, value)
-        writer.SetFileName(str(folder / f"{index:03d}.dcm"))
-        writer.Execute(plane)
-    return folder
-
 
 def _variants(raw: sitk.Image, folder: Path) -> dict[str, Path]:
     """The real CT stored in other ways that keep its physical content.
@@ -81,10 +59,7 @@ def _dice_on_reference_grid(ct_path: Path, reference: sitk.Image) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def stored_variants(tmp_path_factory):
-    from conftest import REAL_CT
-
-    if not REAL_CT.is_dir():
-        pytest.skip("../shared/data/real-ct is not available")
+    shared_data(REAL_CT)
     raw = sitk.ReadImage(str(REAL_CT / "example_ct_sm.nii.gz"))
     reference = map_labels(sitk.ReadImage(str(REAL_CT / "example_seg.nii.gz")), TOTALSEGMENTATOR_IDS)
     return REAL_CT / "example_ct_sm.nii.gz", reference, _variants(raw, tmp_path_factory.mktemp("variants"))
@@ -178,9 +153,15 @@ def _labels_like(ct: sitk.Image, liver: np.ndarray) -> sitk.Image:
 
 
 def test_segment_fails_a_pelvis_only_scan_with_its_reason(real_ct, tmp_path):
-    """The classic backend finds a 'liver' among pelvic muscles and bowel; QC fails it instead of passing it on."""
+    """The classic backend finds a 'liver' among pelvic muscles and bowel; QC fails it instead of passing it on. The
+    store records the failure beside the usable scan; alone, it is a run in which no scan could be used: an error."""
     sitk.WriteImage(read_ct(real_ct / "example_ct.nii.gz")[:, :, :40], str(tmp_path / "pelvis.nii.gz"))
-    pd.DataFrame({"patient_id": ["pelvis"], "ct": ["pelvis.nii.gz"]}).to_csv(tmp_path / "cohort.csv", index=False)
-    [result] = run_segment(tmp_path / "cohort.csv", tmp_path / "seg.h5")
-    assert result.status == "failed" and "liver:in_pelvis" in result.flags
-    assert "no liver in view" in result.reason
+    pd.DataFrame({"patient_id": ["pelvis", "abdomen"], "ct": ["pelvis.nii.gz", str(real_ct / "example_ct_sm.nii.gz")]}
+                 ).to_csv(tmp_path / "cohort.csv", index=False)
+    pelvis, abdomen = run_segment(tmp_path / "cohort.csv", tmp_path / "seg.h5")
+    assert pelvis.status == "failed" and "liver:in_pelvis" in pelvis.flags and abdomen.status == "ok"
+    assert "no liver in view" in pelvis.reason
+    pd.DataFrame({"patient_id": ["pelvis"], "ct": ["pelvis.nii.gz"]}).to_csv(tmp_path / "alone.csv", index=False)
+    with pytest.raises(InputError, match="alone.csv: no scan could be segmented .patient pelvis: liver:in_pelvis"):
+        run_segment(tmp_path / "alone.csv", tmp_path / "alone.h5")
+    assert not (tmp_path / "alone.h5").exists() and not (tmp_path / "alone.h5.partial").exists()

@@ -31,6 +31,7 @@ def semi_run(pipeline, tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_semi_fit_saves_a_reusable_model(semi_run):
     model = semi_run / "seg.semi.pt"
     assert model.is_file()
@@ -47,6 +48,7 @@ def test_semi_fit_saves_a_reusable_model(semi_run):
         assert "qc/flags" in first and first["qc/backend"][0] == b"semi"
 
 
+@pytest.mark.slow
 def test_semi_bundle_carries_the_segmentation_model(semi_run, pipeline):
     embedded = invoke("embed", semi_run / "seg.h5", "--out", semi_run / "emb.h5", "--fit", "--epochs", 1, "--device", "cpu", "--quiet")
     assert embedded.exit_code == 0, embedded.output

@@ -106,6 +106,7 @@ def test_validation_rows_lie_inside_the_training_fold():
         assert not set(plan.fit_rows) & set(plan.val_rows)
 
 
+@pytest.mark.slow
 def test_batched_ensemble_equals_training_members_one_after_another():
     """Weights agree to float rounding (Adam amplifies it on parameters with no true gradient, such as attention key
     biases), and so do the predictions; the vmapped prediction of all members equals each plain model's forward."""

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from tipsprog.errors import InputError
-from tipsprog.resume import partial_path
+from tipsprog.resume import journal_written, partial_path
 from tipsprog.store import atomic_output
 
 CHECKPOINT_SECONDS = 10.0
@@ -24,7 +24,7 @@ TRAINING_FORMAT = "tipsprog-training-state-1"
 
 def save_checkpoint(payload: dict, path: Path) -> None:
     """Write a checkpoint atomically (temporary file, then rename)."""
-    with atomic_output(path) as tmp:
+    with atomic_output(path, "checkpoint") as tmp:
         torch.save(payload, tmp)
 
 
@@ -122,6 +122,7 @@ class TrainingJournal:
         save_checkpoint({"format": TRAINING_FORMAT, "settings_sha256": self.settings_sha256, "position": position,
                          "random": _random_state(), "state": state()}, self.path)
         self._saved_at = time.monotonic()
+        journal_written()
 
     def discard(self) -> None:
         """Remove the saved state once the output is written."""

@@ -136,6 +136,12 @@ def synth(out: Path = typer.Option(..., "--out", help="Output folder (must not e
         console.print(f"wrote {n} patients from {centers} centers to {out}")
 
 
+def _finite_mean(values: np.ndarray, form: str) -> str:
+    """The mean of the finite values, formatted ('–' when there are none)."""
+    finite = values[np.isfinite(values)]
+    return form.format(finite.mean()) if len(finite) else "–"
+
+
 @app.command()
 @guarded
 def segment(cohort: Path = typer.Argument(..., help="cohort.csv (patient_id, ct[, center, label|liver_mask|spleen_mask])."),
@@ -165,10 +171,8 @@ def segment(cohort: Path = typer.Argument(..., help="cohort.csv (patient_id, ct[
         table.add_column(column)
     volumes = np.array([r.volumes for r in results])
     for index, roi in enumerate(ROI_LABELS):
-        has_dice = np.isfinite(dice[:, index]).any()
         flagged = sum(any(f.startswith(f"{roi}:") for f in r.flags) for r in results)
-        table.add_row(roi, f"{np.nanmean(volumes[:, index]):.0f}",
-                      f"{np.nanmean(dice[:, index]):.3f}" if has_dice else "–", str(flagged))
+        table.add_row(roi, _finite_mean(volumes[:, index], "{:.0f}"), _finite_mean(dice[:, index], "{:.3f}"), str(flagged))
     console.print(table)
     for result in failed[:5]:
         console.print(f"  {result.patient_id}: {escape(result.reason)}")
@@ -298,6 +302,8 @@ def evaluate(bundle: Path = typer.Argument(..., help="Model bundle from `tipspro
 @app.command()
 @guarded
 def predict(ct: Optional[Path] = typer.Option(None, "--ct", help="CT file or DICOM series folder (one patient)."),
+            series: Optional[str] = typer.Option(None, "--series", help="SeriesInstanceUID to read when the --ct folder "
+                                                 "holds several DICOM series (a cohort's go in its 'series_uid' column)."),
             clinical: Path = typer.Option(..., "--clinical", help="Clinical CSV: one row, or the cohort's rows with --cohort."),
             model: Path = typer.Option(..., "--model", help="Model bundle folder."),
             cohort: Optional[Path] = typer.Option(None, "--cohort", help="cohort.csv (patient_id, ct) for a batch; needs --out."),
@@ -315,8 +321,9 @@ def predict(ct: Optional[Path] = typer.Option(None, "--ct", help="CT file or DIC
 
     options = PredictOptions(save_masks, overlay, device, _workers(workers), trust, strict)
     if cohort is not None:
-        if out is None or ct is not None:
-            raise InputError("--cohort needs --out (and no --ct): it writes predictions.csv and predictions.jsonl")
+        if out is None or ct is not None or series is not None:
+            raise InputError("--cohort needs --out (and no --ct or --series: a cohort's DICOM series go in its "
+                             "'series_uid' column): it writes predictions.csv and predictions.jsonl")
         results = run_predict_batch(model, cohort, clinical, out, options)
         if as_json:
             typer.echo(json.dumps(results, indent=2))
@@ -327,7 +334,9 @@ def predict(ct: Optional[Path] = typer.Option(None, "--ct", help="CT file or DIC
             for result in failed[:5]:
                 console.print(f"  {result['patient_id']}: {escape(result['error'])}")
         return
-    result = run_predict(model, ct, clinical, options)
+    if series is not None and ct is None:
+        raise InputError("--series chooses a DICOM series of the --ct folder; give --ct")
+    result = run_predict(model, ct, clinical, options, series)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     elif not quiet:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -13,9 +14,10 @@ import pandas as pd
 import yaml
 
 from tipsprog.errors import InputError
-from tipsprog.io import numbers, read_table
+from tipsprog.io import normal_name, numbers, read_table, rename_columns
 
-HEADER_UNIT = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*\[(.+)\]\s*$")
+HEADER_UNIT = re.compile(r"^(.+?)\s*(?:\[(.+)\]|\((.+)\))$")
+LOOKALIKE_CUTOFF = 0.85  # difflib ratio from which an unknown column counts as a misspelt schema variable
 BILIRUBIN_UMOL_PER_MGDL = 17.1
 RESERVED = {"patient_id", "center"}
 
@@ -50,25 +52,45 @@ def schema() -> dict[str, Variable]:
     return variables
 
 
+def _factor(variable: Variable, unit: str, column: str, path: Path) -> float:
+    """The factor from a header's unit (any case) to the variable's canonical unit."""
+    factors = {variable.unit.casefold(): 1.0, **{u.casefold(): f for u, f in variable.units}}
+    if unit.strip().casefold() not in factors:
+        known = ", ".join([variable.unit, *(u for u, _ in variable.units)])
+        raise InputError(f"{path}: column '{column}': unknown unit '{unit.strip()}' for {variable.name} (known: {known})")
+    return factors[unit.strip().casefold()]
+
+
+def _reject_lookalike(column: str, name: str, path: Path) -> None:
+    """Fail on an unknown column named like a schema variable (a misspelt header would silently be imputed); a
+    variable's name with a suffix (albumin_2, inr2, bilirubin_d7) is a deliberate extra column."""
+    normal = normal_name(name)
+    derived = any(re.fullmatch(rf"{re.escape(variable)}[_0-9].*", normal) for variable in schema())  # albumin_2, inr2
+    close = difflib.get_close_matches(normal, list(schema()), n=1, cutoff=LOOKALIKE_CUTOFF)
+    if close and not derived:
+        variable = schema()[close[0]]
+        hint = f" (units go in brackets: {variable.name}[{variable.units[0][0]}])" if variable.units else ""
+        raise InputError(f"{path}: column '{column}' looks like the schema variable '{variable.name}' but does not "
+                         f"match it; rename it{hint}")
+
+
 def _header_units(table: pd.DataFrame, path: Path) -> tuple[pd.DataFrame, dict[str, float]]:
-    """Rename `name[unit]` headers to `name`; return the factor to the canonical unit per column."""
+    """Rename headers to schema and reserved names (any case, spacing, unit in [] or ()); return unit factors."""
     renamed, factors_used = {}, {}
     for column in table.columns:
         match = HEADER_UNIT.match(column)
-        if not match:
-            continue
-        name, unit = match.group(1), match.group(2).strip()
-        variable = schema().get(name)
-        if variable is None:
-            renamed[column] = name
-            continue
-        factors = {variable.unit.lower(): 1.0, **{u.lower(): f for u, f in variable.units}}
-        if unit.lower() not in factors:
-            known = ", ".join([variable.unit, *(u for u, _ in variable.units)])
-            raise InputError(f"{path}: column '{column}': unknown unit '{unit}' for {name} (known: {known})")
-        factors_used[name] = factors[unit.lower()]
-        renamed[column] = name
-    return table.rename(columns=renamed), factors_used
+        name, unit = (match.group(1), match.group(2) or match.group(3)) if match else (column, None)
+        variable = schema().get(normal_name(name))
+        if variable is not None:
+            renamed[column] = variable.name
+            if unit is not None:
+                factors_used[variable.name] = _factor(variable, unit, column, path)
+        elif normal_name(column) in RESERVED:
+            renamed[column] = normal_name(column)
+        else:
+            _reject_lookalike(column, name, path)
+            renamed[column] = name if column.endswith("]") else column  # an extra column's [unit] is dropped
+    return rename_columns(table, renamed, path), factors_used
 
 
 def _validate_numeric(table: pd.DataFrame, variable: Variable, path: Path, factor: float) -> pd.Series:

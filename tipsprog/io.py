@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import csv
 import gzip
+import locale
 import zlib
-from pathlib import Path
-from typing import BinaryIO
+from contextlib import contextmanager
+from pathlib import Path, PureWindowsPath
+from typing import BinaryIO, Iterator
 
 import numpy as np
 import pandas as pd
@@ -28,9 +30,10 @@ def _delimiter(path: Path) -> str:
         return ","
 
 
-def read_ct(path: str | Path) -> sitk.Image:
-    """Read a CT file or DICOM series folder as a 3-D float32 image oriented LPS; every voxel must be finite."""
-    image = sitk.Cast(read_image(path), sitk.sitkFloat32)
+def read_ct(path: str | Path, series_uid: str | None = None) -> sitk.Image:
+    """Read a CT file or DICOM series folder (its series `series_uid` if given) as a 3-D float32 image oriented LPS;
+    every voxel must be finite."""
+    image = sitk.Cast(read_image(path, series_uid), sitk.sitkFloat32)
     non_finite = int((~np.isfinite(sitk.GetArrayViewFromImage(image))).sum())
     if non_finite:
         raise InputError(f"{path}: CT has {non_finite} non-finite (NaN or infinite) voxels")
@@ -78,21 +81,110 @@ def _stored_non_finite(path: Path) -> int:
         raise InputError(f"{path}: cannot read CT (compressed file is truncated or corrupt: {err})") from None
 
 
-def read_image(path: str | Path) -> sitk.Image:
-    """Read a CT file or DICOM series folder as stored (pixel type and orientation), checked to be a 3-D scalar
-    (and, for NIfTI, to store no NaN or infinite voxels, which ITK would read as zeros)."""
+SERIES_DESCRIPTION, IMAGE_POSITION, IMAGE_ORIENTATION = "0008|103e", "0020|0032", "0020|0037"
+SLICE_GAP_TOLERANCE = 0.1  # a gap this far (relative) from the series' median gap means a missing slice
+SAME_POSITION_MM = 1e-3
+
+
+def _dicom_header(path: str) -> sitk.ImageFileReader:
+    """A DICOM file's reader with its header read (no pixels)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    reader.ReadImageInformation()
+    return reader
+
+
+def _series_label(folder: Path, uid: str) -> str:
+    """A series as 'UID (N slices, 'description')' for error messages."""
+    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
+    header = _dicom_header(files[0])
+    description = header.GetMetaData(SERIES_DESCRIPTION).strip() if header.HasMetaDataKey(SERIES_DESCRIPTION) else ""
+    return f"{uid} ({len(files)} slices" + (f", {description!r})" if description else ")")
+
+
+def _series_files(folder: Path, series_uid: str | None) -> tuple[str, list[str]]:
+    """The UID and files of the folder's only DICOM series, or of the chosen one; never a silent pick among several."""
+    uids = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    if not uids:
+        raise InputError(f"{folder}: folder holds no DICOM series")
+    if series_uid is not None and series_uid not in uids:
+        raise InputError(f"{folder}: DICOM series {series_uid} is not in the folder, which holds "
+                         + ", ".join(_series_label(folder, uid) for uid in uids))
+    if series_uid is None and len(uids) > 1:
+        raise InputError(f"{folder}: folder holds {len(uids)} DICOM series; choose one with the cohort column "
+                         "'series_uid' (predict: --series): " + ", ".join(_series_label(folder, uid) for uid in uids))
+    uid = series_uid or uids[0]
+    return uid, list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
+
+
+def _slice_positions(files: list[str]) -> np.ndarray | None:
+    """Each slice file's position along the series' normal in mm, sorted (None when a file lacks the tags)."""
+    positions, normal = [], None
+    for file in files:
+        header = _dicom_header(file)
+        if not (header.HasMetaDataKey(IMAGE_POSITION) and header.HasMetaDataKey(IMAGE_ORIENTATION)):
+            return None
+        if normal is None:
+            orientation = np.array(header.GetMetaData(IMAGE_ORIENTATION).split("\\"), dtype=float)
+            normal = np.cross(orientation[:3], orientation[3:])
+        positions.append(float(np.dot(np.array(header.GetMetaData(IMAGE_POSITION).split("\\"), dtype=float), normal)))
+    return np.sort(positions)
+
+
+def _check_slice_spacing(folder: Path, uid: str, files: list[str]) -> None:
+    """Raise when two slices share a position (duplicate file) or a gap departs from the median one (missing file)."""
+    positions = _slice_positions(files)
+    if positions is None or len(positions) < 2:
+        return
+    gaps = np.diff(positions)
+    series = f"{folder}: DICOM series {uid}"
+    if (gaps < SAME_POSITION_MM).any():
+        at = positions[int(np.argmax(gaps < SAME_POSITION_MM))]
+        raise InputError(f"{series} has two slices at {at:.1f} mm: a slice file is duplicated")
+    median = float(np.median(gaps))
+    uneven = np.abs(gaps - median) > SLICE_GAP_TOLERANCE * median
+    if uneven.any():
+        index = int(np.argmax(uneven))
+        cause = "a slice file is missing" if gaps[index] > median else "slices are unevenly spaced"
+        raise InputError(f"{series} has a gap between slices at {positions[index]:.1f} and {positions[index + 1]:.1f} mm "
+                         f"(spacing {median:.3g} mm elsewhere): {cause}")
+
+
+@contextmanager
+def _gdcm_calls() -> Iterator[None]:
+    """Around GDCM's DICOM reading: ITK's multi-line warnings off (its 'Non uniform sampling' note for a small
+    jitter), and the process locale put back (GDCM leaves it 'C', after which Python reads text files as ASCII)."""
+    saved_locale = locale.setlocale(locale.LC_ALL)
+    warnings = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warnings)
+        locale.setlocale(locale.LC_ALL, saved_locale)
+
+
+def _read_dicom_series(folder: Path, series_uid: str | None) -> sitk.Image:
+    """Read one DICOM series of a folder (the only one, or the chosen one) after checking its slice spacing."""
+    with _gdcm_calls():
+        uid, files = _series_files(folder, series_uid)
+        _check_slice_spacing(folder, uid, files)
+        return sitk.ReadImage(files)
+
+
+def read_image(path: str | Path, series_uid: str | None = None) -> sitk.Image:
+    """Read a CT file or DICOM series folder (its series `series_uid` if given) as stored (pixel type and
+    orientation), checked to be a 3-D scalar (and, for NIfTI, to store no NaN or infinite voxels, which ITK would
+    read as zeros)."""
     path = Path(path)
     stored_non_finite = 0
     if not path.exists():
         raise InputError(f"{path}: CT file not found")
+    if series_uid is not None and not path.is_dir():
+        raise InputError(f"{path}: a DICOM series ({series_uid}) is chosen, but the CT is a file, not a DICOM folder")
     try:
         if path.is_dir():
-            reader = sitk.ImageSeriesReader()
-            files = reader.GetGDCMSeriesFileNames(str(path))
-            if not files:
-                raise InputError(f"{path}: folder holds no DICOM series")
-            reader.SetFileNames(files)
-            image = reader.Execute()
+            image = _read_dicom_series(path, series_uid)
         else:
             stored_non_finite = _stored_non_finite(path)
             image = sitk.ReadImage(str(path))
@@ -180,19 +272,43 @@ def numbers(raw: pd.Series) -> pd.Series:
     return raw.map(_number).where(raw.notna()).astype(float)
 
 
+def normal_name(header: str) -> str:
+    """A header as compared with known column names: case-folded, each run of spaces, '-' and '_' one '_', none at the ends."""
+    return "_".join(header.casefold().replace("-", " ").replace("_", " ").split())
+
+
+def rename_columns(table: pd.DataFrame, renames: dict[str, str], path: Path) -> pd.DataFrame:
+    """Rename columns (header → name); two headers given one name are an error naming both."""
+    first: dict[str, str] = {}
+    for column, name in renames.items():
+        if first.setdefault(name, column) != column:
+            raise InputError(f"{path}: columns '{first[name]}' and '{column}' both mean '{name}'")
+    return table.rename(columns=renames)
+
+
+def canonical_columns(table: pd.DataFrame, names: set[str], path: Path) -> pd.DataFrame:
+    """Rename each column whose normal_name is one of `names` to that name."""
+    return rename_columns(table, {c: normal_name(c) for c in table.columns if normal_name(c) in names}, path)
+
+
+COHORT_PATH_COLUMNS = ("ct", "label", "liver_mask", "spleen_mask", "portal_vein_mask")
+TEXT_COLUMNS = ("patient_id", "center", "series_uid", *COHORT_PATH_COLUMNS)  # read as written: '007', '1.20' stay so
+
+
 def read_table(path: str | Path, required: list[str]) -> pd.DataFrame:
-    """Read a CSV with a unique `patient_id` column and the required columns."""
+    """Read a CSV with a unique `patient_id` column (header in any case and spacing) and the required columns."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: file not found")
     try:
-        table = pd.read_csv(
-            path, dtype={"patient_id": str}, na_values=MISSING_MARKERS, keep_default_na=False, float_precision="round_trip",
-            sep=_delimiter(path), encoding="utf-8-sig",
-        )
+        options = {"sep": _delimiter(path), "encoding": "utf-8-sig"}
+        texts = [c for c in pd.read_csv(path, nrows=0, **options).columns if normal_name(str(c)) in TEXT_COLUMNS]
+        table = pd.read_csv(path, dtype=dict.fromkeys(texts, str), na_values=MISSING_MARKERS, keep_default_na=False,
+                            float_precision="round_trip", **options)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
         raise InputError(f"{path}: cannot parse CSV ({str(err).splitlines()[0]})") from None
     table.columns = [str(c).strip() for c in table.columns]
+    table = canonical_columns(table, {"patient_id"}, path)
     for column in ["patient_id", *required]:
         if column not in table.columns:
             raise InputError(f"{path}: missing required column '{column}'")
@@ -211,23 +327,31 @@ def read_table(path: str | Path, required: list[str]) -> pd.DataFrame:
     return table.set_index("patient_id", drop=False)
 
 
-COHORT_PATH_COLUMNS = ("ct", "label", "liver_mask", "spleen_mask", "portal_vein_mask")
+def _cohort_path(base: Path, value: str) -> str:
+    """A cohort path resolved against the CSV's folder; Windows separators ('images\\P1.nii.gz') read as '/'."""
+    given = base / value
+    if "\\" in value and not given.exists():
+        given = base / PureWindowsPath(value).as_posix()
+    return str(given.resolve())
 
 
 def read_cohort(path: str | Path) -> pd.DataFrame:
-    """Read cohort.csv; CT and mask paths resolve against the CSV's folder."""
+    """Read cohort.csv; CT and mask paths resolve against the CSV's folder; an empty 'series_uid' is None (no choice)."""
     path = Path(path)
     cohort = read_table(path, ["ct"])
     base = path.resolve().parent
     for column in COHORT_PATH_COLUMNS:
         if column in cohort.columns:
             cohort[column] = [
-                None if pd.isna(value) or str(value).strip() == "" else str((base / str(value).strip()).resolve())
+                None if pd.isna(value) or str(value).strip() == "" else _cohort_path(base, str(value).strip())
                 for value in cohort[column]
             ]
     if cohort["ct"].isna().any():
         row = int(np.flatnonzero(cohort["ct"].isna().to_numpy())[0]) + 2
         raise InputError(f"{path}: row {row}: empty 'ct' path")
+    if "series_uid" in cohort.columns:
+        cohort["series_uid"] = [None if pd.isna(value) or str(value).strip() == "" else str(value).strip()
+                                for value in cohort["series_uid"]]
     if "center" not in cohort.columns:
         cohort["center"] = "unknown"
     cohort["center"] = cohort["center"].fillna("unknown").astype(str)
@@ -235,10 +359,11 @@ def read_cohort(path: str | Path) -> pd.DataFrame:
 
 
 def read_outcomes(path: str | Path) -> pd.DataFrame:
-    """Read outcomes.csv and check time ≥ 0, event and ohe in {0, 1}."""
+    """Read outcomes.csv (headers in any case and spacing) and check time ≥ 0, event and ohe in {0, 1}."""
     path = Path(path)
-    outcomes = read_table(path, [])
-    for column in ["time", "event", "ohe", "ppg_post"]:
+    columns = ["time", "event", "ohe", "ppg_post"]
+    outcomes = canonical_columns(read_table(path, []), set(columns), path)
+    for column in columns:
         if column not in outcomes.columns:
             outcomes[column] = np.nan
         values = numbers(outcomes[column])

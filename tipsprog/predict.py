@@ -8,8 +8,10 @@ integrated gradients one patient at a time, so a patient's prediction never depe
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -32,7 +34,7 @@ from tipsprog.segment import Backend, segment_scan
 from tipsprog.segment.qc import qc_reason, qc_status, quality_flags
 from tipsprog.segment.crops import roi_crops, roi_volumes
 from tipsprog.segment.overlay import draw_overlay
-from tipsprog.store import atomic_output, writes_output
+from tipsprog.store import atomic_output, make_folder, writes_output
 
 PREDICTION_SCHEMA = "tipsprog-prediction-1"
 TOP_FEATURES = 8
@@ -50,13 +52,15 @@ class ScanFeatures:
 
 @dataclass
 class ScanJob:
-    """One scan to process: the bundle's feature blocks and backend, and where its mask and overlay go (or None)."""
+    """One scan to process: the bundle's feature blocks and backend, where its mask and overlay go (or None), and
+    the DICOM series chosen in a folder holding several (or None)."""
 
     blocks: dict
     backend: Backend
     ct_path: str
     mask_path: Path | None
     overlay_path: Path | None
+    series_uid: str | None = None
 
 
 @dataclass
@@ -84,7 +88,7 @@ def scan_features(job: ScanJob) -> ScanFeatures:
     """Segment one scan, extract the bundle's radiomics blocks, cut the ROI crops embeddings need, and write the
     mask and overlay asked for. A scan whose segmentation fails quality control is refused: features of a liver
     that is not there would give a confident-looking prediction of nothing."""
-    ct = read_ct(job.ct_path)
+    ct = read_ct(job.ct_path, job.series_uid)
     labels = segment_scan(ct, job.backend)
     volumes = roi_volumes(labels)
     flags = quality_flags(ct, labels, volumes)
@@ -95,9 +99,10 @@ def scan_features(job: ScanJob) -> ScanFeatures:
     radiomics = {}
     for name, entry in job.blocks.items():
         if entry["extractor"] == "pyradiomics":
-            values, _ = extract_from_file(job.ct_path, labels, entry["params"])
+            values, _ = extract_from_file(job.ct_path, labels, entry["params"], job.series_uid)
             radiomics[name] = np.array([values.get(feature, np.nan) for feature in entry["names"]], dtype=float)
     if job.mask_path is not None:
+        make_folder(job.mask_path.parent)
         sitk.WriteImage(labels, str(job.mask_path), useCompression=True)
     if job.overlay_path is not None:
         draw_overlay(ct, labels, job.overlay_path)
@@ -114,19 +119,42 @@ def _usable_scan(job: ScanJob) -> ScanFeatures | str:
 
 
 def _image_paths(patient_ids: list[str], options: PredictOptions) -> tuple[list[Path | None], list[Path | None]]:
-    """Per patient the --save-masks file and the --overlay PNG (a .png path for one patient, else a folder)."""
+    """Per patient the --save-masks file and the --overlay PNG (a .png path for one patient, else a folder); the
+    folders are made only when a file is written into them."""
     masks: list[Path | None] = [None] * len(patient_ids)
     overlays: list[Path | None] = [None] * len(patient_ids)
     if options.save_masks is not None:
-        options.save_masks.mkdir(parents=True, exist_ok=True)
         masks = [options.save_masks / f"{pid}_labels.nii.gz" for pid in patient_ids]
     if options.overlay is not None:
         if len(patient_ids) == 1 and options.overlay.suffix.lower() == ".png":
             overlays = [options.overlay]
         else:
-            options.overlay.mkdir(parents=True, exist_ok=True)
             overlays = [options.overlay / f"{pid}.png" for pid in patient_ids]
+    for path in [*masks, *overlays]:
+        if path is not None and path.parent.exists() and not path.parent.is_dir():
+            raise InputError(f"{path.parent}: is a file; masks and overlays need a folder here")
     return masks, overlays
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    """The folders above `path` that do not exist yet, deepest first."""
+    return [folder for folder in path.parents if not folder.exists()]
+
+
+@contextmanager
+def _removed_on_failure(files: list[Path]) -> Iterator[None]:
+    """If the block fails, remove those of `files` it wrote and the folders it made for them: nothing is left."""
+    made = {folder for path in files for folder in _missing_folders(path)}
+    try:
+        yield
+    except BaseException:
+        for path in files:
+            if path.is_file():
+                path.unlink()
+        for folder in sorted(made, key=lambda f: len(f.parts), reverse=True):
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        raise
 
 
 def _feature_blocks(bundle: Bundle, scans: list[ScanFeatures], device_name: str) -> dict[str, store.FeatureBlock]:
@@ -162,7 +190,8 @@ def _interval(values: np.ndarray) -> dict[str, float]:
     return {"estimate": float(np.mean(values)), "low": float(low), "high": float(high)}
 
 
-def _scans(bundle: Bundle, table: pd.DataFrame, ct_paths: list[str] | None, options: PredictOptions) -> tuple[list[ScanFeatures], dict[int, str]]:
+def _scans(bundle: Bundle, ct_paths: list[str] | None, options: PredictOptions, series_uids: list[str | None] | None,
+           images: tuple[list[Path | None], list[Path | None]]) -> tuple[list[ScanFeatures], dict[int, str]]:
     """Each row's scan features (none when the bundle uses no imaging) and, unless strict, the rows whose scan could
     not be used with the reason; when no scan can be used, the first reason is the error."""
     if not bundle.manifest["pipeline"]["blocks"]:
@@ -170,9 +199,10 @@ def _scans(bundle: Bundle, table: pd.DataFrame, ct_paths: list[str] | None, opti
     if ct_paths is None:
         raise InputError("--ct is required: this bundle uses imaging features")
     backend = _backend(bundle, options.device)
-    masks, overlays = _image_paths(table["patient_id"].astype(str).tolist(), options)
-    jobs = [ScanJob(bundle.manifest["pipeline"]["blocks"], backend, path, mask, overlay)
-            for path, mask, overlay in zip(ct_paths, masks, overlays)]
+    masks, overlays = images
+    series_uids = series_uids or [None] * len(ct_paths)
+    jobs = [ScanJob(bundle.manifest["pipeline"]["blocks"], backend, path, mask, overlay, series)
+            for path, mask, overlay, series in zip(ct_paths, masks, overlays, series_uids)]
     outcomes = list(map_ordered(scan_features if options.strict else _usable_scan, jobs, min(options.workers, len(jobs))))
     failed = {row: outcome for row, outcome in enumerate(outcomes) if isinstance(outcome, str)}
     if len(failed) == len(outcomes):
@@ -180,12 +210,16 @@ def _scans(bundle: Bundle, table: pd.DataFrame, ct_paths: list[str] | None, opti
     return [outcome for outcome in outcomes if not isinstance(outcome, str)], failed
 
 
-def predict_patients(bundle: Bundle, table: pd.DataFrame, ct_paths: list[str] | None, options: PredictOptions) -> list[dict]:
-    """Predictions for the rows of a clinical table (scans in the same order when the bundle uses imaging). A row
-    whose scan cannot be used gets a record with its `error` (or, with options.strict, stops the run)."""
-    scans, failed = _scans(bundle, table, ct_paths, options)
-    usable = [row for row in range(len(table)) if row not in failed]
-    results = _predictions(bundle, table.iloc[usable], scans, options)
+def predict_patients(bundle: Bundle, table: pd.DataFrame, ct_paths: list[str] | None, options: PredictOptions,
+                     series_uids: list[str | None] | None = None) -> list[dict]:
+    """Predictions for the rows of a clinical table (scans, and any DICOM series chosen in them, in the same order
+    when the bundle uses imaging). A row whose scan cannot be used gets a record with its `error` (or, with
+    options.strict, stops the run)."""
+    masks, overlays = _image_paths(table["patient_id"].astype(str).tolist(), options)
+    with _removed_on_failure([path for path in [*masks, *overlays] if path is not None]):
+        scans, failed = _scans(bundle, ct_paths, options, series_uids, (masks, overlays))
+        usable = [row for row in range(len(table)) if row not in failed]
+        results = _predictions(bundle, table.iloc[usable], scans, options)
     for row, reason in failed.items():
         results.insert(row, {"schema": PREDICTION_SCHEMA, "patient_id": str(table["patient_id"].iloc[row]), "error": reason})
     return results
@@ -243,13 +277,14 @@ def _patient_result(bundle: Bundle, patient_id: str, output: dict[str, np.ndarra
     }
 
 
-def run_predict(bundle_path: Path, ct_path: Path | None, clinical_csv: Path, options: PredictOptions) -> dict:
-    """Load a bundle and predict one patient."""
+def run_predict(bundle_path: Path, ct_path: Path | None, clinical_csv: Path, options: PredictOptions,
+                series_uid: str | None = None) -> dict:
+    """Load a bundle and predict one patient (from DICOM series `series_uid` when its folder holds several)."""
     bundle = load_bundle(bundle_path, options.trust)
     table = _clinical_rows(bundle, clinical_csv, None)
     if len(table) != 1:
         raise InputError(f"{clinical_csv}: expected one patient row, found {len(table)} (use --cohort for a batch)")
-    return predict_patients(bundle, table, [str(ct_path)] if ct_path is not None else None, options)[0]
+    return predict_patients(bundle, table, [str(ct_path)] if ct_path is not None else None, options, [series_uid])[0]
 
 
 CSV_INTERVALS = ("risk_score", "ohe_probability", "ppg_post_mmhg")
@@ -276,7 +311,7 @@ def flat_row(result: dict) -> dict:
     return row
 
 
-@writes_output
+@writes_output("predictions")
 def run_predict_batch(bundle_path: Path, cohort_csv: Path, clinical_csv: Path, out: Path, options: PredictOptions) -> list[dict]:
     """Predict every patient of a cohort.csv; write predictions.csv and predictions.jsonl into `out` atomically
     (masks and overlays, when asked for, into their own folders once every patient is predicted)."""
@@ -284,8 +319,9 @@ def run_predict_batch(bundle_path: Path, cohort_csv: Path, clinical_csv: Path, o
     cohort = read_cohort(cohort_csv)
     ids = cohort["patient_id"].astype(str).tolist()
     table = _clinical_rows(bundle, clinical_csv, ids)
-    results = predict_patients(bundle, table, cohort["ct"].tolist(), options)
-    with atomic_output(out) as tmp:
+    series_uids = cohort["series_uid"].tolist() if "series_uid" in cohort.columns else None
+    results = predict_patients(bundle, table, cohort["ct"].tolist(), options, series_uids)
+    with atomic_output(out, "predictions") as tmp:
         tmp.mkdir(parents=True)
         pd.DataFrame([flat_row(r) for r in results]).to_csv(tmp / "predictions.csv", index=False)
         (tmp / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in results), encoding="utf-8")

@@ -4,10 +4,17 @@ Per-scan stages (segment, radiomics) append each finished patient to an HDF5 jou
 loses at most the patients in flight; training stages (embed --fit, fuse-train) save their training state there
 instead (checkpoints.TrainingJournal). A journal belongs to one settings digest: a run with other settings or
 inputs starts afresh. Outputs themselves are only ever written whole, by atomic rename.
+
+Test hook: with TIPSPROG_PAUSE_AFTER=N in the environment, the N-th journal write of a process (a per-scan record
+or a training-state save) prints PAUSED_LINE to stderr and waits for SIGUSR1 (go on) or SIGINT (interrupt), so a
+test can signal a real run at a known point of its work, whatever the machine's speed.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
@@ -16,6 +23,28 @@ import h5py
 
 JOURNAL_FORMAT = ("v108", "v108")  # indexed groups: reading thousands of records back keeps memory flat, and
                                    # (unlike "latest") another process can read the journal while it is written
+
+
+PAUSE_VARIABLE = "TIPSPROG_PAUSE_AFTER"
+PAUSED_LINE = "tipsprog: paused after journal write"
+_journal_writes = 0
+
+
+def journal_written() -> None:
+    """Count one journal write of this process; at the TIPSPROG_PAUSE_AFTER-th, wait for SIGUSR1 or SIGINT."""
+    global _journal_writes
+    _journal_writes += 1
+    if os.environ.get(PAUSE_VARIABLE) != str(_journal_writes):
+        return
+    awaited = {signal.SIGUSR1, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, awaited)  # blocked before the line: no signal can be lost
+    try:
+        print(f"{PAUSED_LINE} {_journal_writes}", file=sys.stderr, flush=True)
+        received = signal.sigwait(awaited)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, awaited)
+    if received == signal.SIGINT:
+        raise KeyboardInterrupt
 
 
 def partial_path(out: Path) -> Path:
@@ -63,7 +92,14 @@ def append(journal: h5py.File, patient_id: str, input_sha256: str, write: Callab
     write(group)
     group.attrs.update(patient_id=patient_id, input_sha256=input_sha256)
     journal.flush()
+    journal_written()
     return name
+
+
+def forget(journal: h5py.File) -> None:
+    """Drop every record: a run that failed on every patient keeps nothing to resume (its journal is removed)."""
+    del journal["records"]
+    journal.require_group("records")
 
 
 def finished(journal: h5py.File) -> dict[tuple[str, str], str]:

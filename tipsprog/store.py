@@ -93,7 +93,7 @@ def output_lock(path: str | Path) -> Iterator[None]:
         yield
         return
     lock = path.with_name(f".{path.name}.lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(lock.parent)
     claim = lock.with_name(f"{lock.name}.{uuid.uuid4().hex[:8]}")
     claim.write_text(f"{socket.gethostname()} {os.getpid()}", encoding="utf-8")
     try:
@@ -117,14 +117,87 @@ def output_lock(path: str | Path) -> Iterator[None]:
         lock.unlink(missing_ok=True)
 
 
-def writes_output(stage: Callable[..., Result]) -> Callable[..., Result]:
+def _given_paths(arguments: dict[str, object]) -> list[Path]:
+    """The paths among a stage's arguments (a path, or a list of paths) other than its output."""
+    paths = []
+    for name, value in arguments.items():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        paths += [Path(v) for v in values if isinstance(v, Path) and name != "out"]
+    return paths
+
+
+def check_not_an_input(out: Path, inputs: list[Path]) -> None:
+    """An output may never be one of the command's inputs, nor a folder holding one: writing it would destroy it."""
+    target = Path(out).resolve()
+    for given in inputs:
+        resolved = given.resolve()
+        if resolved == target:
+            raise InputError(f"{out}: is also an input of this command ({given}); writing the output would destroy it")
+        if target in resolved.parents:
+            raise InputError(f"{out}: holds an input of this command ({given}); writing the output would destroy it")
+
+
+def writes_output(kind: str) -> Callable[[Callable[..., Result]], Callable[..., Result]]:
     """Run a stage under the lock of its `out` argument from start to end, so a second command writing the same
-    output stops before doing any work."""
-    @functools.wraps(stage)
-    def locked(*args, **kwargs) -> Result:
-        with output_lock(inspect.signature(stage).bind(*args, **kwargs).arguments["out"]):
-            return stage(*args, **kwargs)
-    return locked
+    output stops before doing any work; an `out` that is, or holds, one of the stage's path arguments, or an
+    existing file or folder that is not a previous output of this `kind` (OUTPUT_KINDS), is refused up front."""
+    def decorate(stage: Callable[..., Result]) -> Callable[..., Result]:
+        @functools.wraps(stage)
+        def locked(*args, **kwargs) -> Result:
+            arguments = inspect.signature(stage).bind(*args, **kwargs).arguments
+            out = Path(arguments["out"])
+            check_not_an_input(out, _given_paths(arguments))
+            with output_lock(out):
+                check_replaceable(out, kind)
+                return stage(*args, **kwargs)
+        return locked
+    return decorate
+
+
+def make_folder(path: str | Path) -> None:
+    """Create a folder and its parents; a file standing in the way is bad input, not an internal error."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), path)
+        raise InputError(f"{path}: cannot create this folder: {blocker} is a file") from None
+    except PermissionError:
+        raise InputError(f"{path}: cannot create this folder: permission denied") from None
+
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+ZIP_SIGNATURE = b"PK\x03\x04"
+
+
+def _starts_with(path: Path, signature: bytes) -> bool:
+    """Whether a file's first bytes are `signature`."""
+    with open(path, "rb") as handle:
+        return handle.read(len(signature)) == signature
+
+
+def _folder_with(marker: str) -> Callable[[Path], bool]:
+    """Recogniser of a previous folder output: one holding `marker`, or an empty one."""
+    return lambda path: path.is_dir() and ((path / marker).is_file() or not any(path.iterdir()))
+
+
+OUTPUT_KINDS: dict[str, tuple[str, Callable[[Path], bool]]] = {
+    "store": ("HDF5 store", lambda path: path.is_file() and _starts_with(path, HDF5_SIGNATURE)),
+    "checkpoint": ("torch checkpoint", lambda path: path.is_file() and _starts_with(path, ZIP_SIGNATURE)),
+    "bundle": ("model bundle", _folder_with("bundle.yaml")),
+    "report": ("evaluate report", _folder_with("metrics.json")),
+    "predictions": ("predictions folder", _folder_with("predictions.jsonl")),
+    "cohort": ("synthetic cohort", _folder_with("cohort.csv")),
+}
+
+
+def check_replaceable(path: Path, kind: str) -> None:
+    """An existing output may only be replaced by the same kind of output (a folder output never replaces a
+    folder of other files, a store never replaces a CSV)."""
+    description, is_previous = OUTPUT_KINDS[kind]
+    if (path.exists() or path.is_symlink()) and not is_previous(path):
+        raise InputError(f"{path}: exists and is not a previous {description}; writing the {description} here would "
+                         "destroy it: choose another output or remove it first")
 
 
 def _remove(path: Path) -> None:
@@ -136,13 +209,15 @@ def _remove(path: Path) -> None:
 
 
 @contextmanager
-def atomic_output(path: str | Path) -> Iterator[Path]:
+def atomic_output(path: str | Path, kind: str) -> Iterator[Path]:
     """Yield a temporary sibling path; rename it onto `path` only if the block succeeds (under the output's lock).
-    Temporaries that a killed command left beside the output are removed first."""
+    An existing `path` must be a previous output of this `kind` (OUTPUT_KINDS). Temporaries that a killed command
+    left beside the output are removed first."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     with output_lock(path):
+        check_replaceable(path, kind)
         for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
             _remove(stale)
         try:
@@ -157,7 +232,7 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
 @contextmanager
 def create_store(path: str | Path, patient_ids: list[str], centers: list[str]) -> Iterator[h5py.File]:
     """Create a store atomically with its root attributes, patient IDs and centers."""
-    with atomic_output(path) as tmp, h5py.File(tmp, "w") as store:
+    with atomic_output(path, "store") as tmp, h5py.File(tmp, "w") as store:
         store.attrs.update(
             schema_version=SCHEMA_VERSION, tipsprog_version=__version__,
             created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -178,12 +253,14 @@ def write_qc(store: h5py.File, status: list[str], reasons: list[str], flags: lis
         store.create_dataset("qc/backend", data=np.array([backend] * len(flags), dtype=object), dtype=STRING)
 
 
-def write_segment_info(store: h5py.File, backend: str, settings: str, ct_paths: list[str], model_sha256: str = "",
-                       model_path: str = "") -> None:
-    """Write the /segment attributes (backend, settings, model) and the CT path of every patient."""
+def write_segment_info(store: h5py.File, backend: str, settings: str, ct_paths: list[str], series_uids: list[str],
+                       model_sha256: str = "", model_path: str = "") -> None:
+    """Write the /segment attributes (backend, settings, model), the CT path of every patient and the DICOM series
+    chosen in it ('' where none was)."""
     group = store.require_group("segment")
     group.attrs.update(backend=backend, settings=settings, model_sha256=model_sha256, model_path=model_path)
     group.create_dataset("ct_paths", data=np.array(ct_paths, dtype=object), dtype=STRING)
+    group.create_dataset("series_uids", data=np.array(series_uids, dtype=object), dtype=STRING)
 
 
 def write_mask(group: h5py.Group, key: str, mask: sitk.Image) -> None:
@@ -221,6 +298,13 @@ def read_roi_table(store: h5py.File, key: str) -> tuple[np.ndarray, list[str]]:
 def read_ct_paths(store: h5py.File) -> list[str]:
     """CT path of every patient, as segment recorded it."""
     return read_strings(store, "segment/ct_paths")
+
+
+def read_series_uids(store: h5py.File) -> list[str | None]:
+    """The DICOM series segment read in each patient's CT folder (None: the folder's only series, or a file)."""
+    if "segment/series_uids" not in store:
+        return [None] * len(read_patients(store))
+    return [uid or None for uid in read_strings(store, "segment/series_uids")]
 
 
 def segment_provenance(store: h5py.File) -> dict[str, str]:

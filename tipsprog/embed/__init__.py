@@ -99,7 +99,7 @@ def _segment_store(seg_path: Path) -> Iterator[tuple[list[str], list[str], tuple
                {roi: seg[f"segment/crops/{roi}"] for roi in EMBED_ROIS})
 
 
-@writes_output
+@writes_output("store")
 def run_embed(seg_path: Path, out: Path, encoder_name: str = "ssl", fit: bool = False, weights: Path | None = None,
               device_name: str = "auto", settings: FitSettings = FitSettings(), pooling: str = "mean",
               batch_size: int = 16, fit_progress: Callable[[int, float], None] | None = None,

@@ -87,7 +87,7 @@ def _bundle_summary(bundle: Bundle) -> dict:
             "seeds": bundle.config.seeds, "members": len(bundle.members), "tipsprog_version": bundle.manifest["tipsprog_version"]}
 
 
-@writes_output
+@writes_output("report")
 def run_evaluate(bundle_path: Path, out: Path, truth_csvs: list[Path] | None = None, draws: int = 1000, seed: int = 0,
                  workers: int = 1, external: ExternalCohort | None = None, device_name: str = "auto") -> dict:
     """Evaluate a bundle's out-of-fold predictions, its held-out patients (fuse-train --test) and an external cohort
@@ -112,7 +112,7 @@ def run_evaluate(bundle_path: Path, out: Path, truth_csvs: list[Path] | None = N
     documents = {name: evaluate_rows(setting_rows, cohort, horizons, draws, seed, workers)
                  for name, (cohort, setting_rows) in settings.items()}
     document = {"schema": METRICS_SCHEMA, "bundle": _bundle_summary(bundle), "settings": documents, "notes": notes}
-    with atomic_output(out) as tmp:
+    with atomic_output(out, "report") as tmp:
         tmp.mkdir(parents=True)
         sections = []
         for name, (cohort, setting_rows) in settings.items():

@@ -108,7 +108,7 @@ def training_digest(data: TrainingData, config: TrainConfig, cv_mode: str, seed:
     return digest.hexdigest()
 
 
-@writes_output
+@writes_output("bundle")
 def run_fuse_train(stores: list[Path], clinical_csv: Path, outcomes_csv: Path, out: Path, config: TrainConfig,
                    modalities: tuple[str, ...] | None = None, cv_mode: str = "kfold", device_name: str = "auto",
                    seed: int = 0, progress: Callable[[str], None] | None = None, test_csv: Path | None = None,

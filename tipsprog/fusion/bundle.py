@@ -54,7 +54,7 @@ def write_bundle(out: Path, data: TrainingData, cv: CrossValidation, config: Tra
                  scores: dict[str, np.ndarray], metrics: dict, model_card: str, copied: dict[str, Path],
                  clinical_cox: ClinicalCox | None = None, held_out: HeldOut | None = None) -> None:
     """Write the bundle folder atomically; files named in `copied` are copied in and hashed."""
-    with store.atomic_output(out) as tmp:
+    with store.atomic_output(out, "bundle") as tmp:
         tmp.mkdir(parents=True)
         for name, source in copied.items():
             shutil.copyfile(source, tmp / name)

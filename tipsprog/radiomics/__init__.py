@@ -17,7 +17,7 @@ from tipsprog.parallel import map_ordered
 from tipsprog.radiomics import resume
 from tipsprog.radiomics.extract import PatientJob, extract_patient, feature_group, input_digest
 from tipsprog.radiomics.params import load_params, settings_hash
-from tipsprog.resume import append, patient_journal
+from tipsprog.resume import append, forget, patient_journal
 
 
 @dataclass(frozen=True)
@@ -47,27 +47,28 @@ class SegmentedCohort:
     patient_ids: list[str]
     centers: list[str]
     ct_paths: list[str]
+    series_uids: list[str | None]
     provenance: dict[str, str]
 
-    def inputs(self) -> Iterator[tuple[str, str, sitk.Image | None]]:
-        """Each patient's ID, CT path and label image, read one at a time (memory stays flat)."""
+    def inputs(self) -> Iterator[tuple[str, str, str | None, sitk.Image | None]]:
+        """Each patient's ID, CT path, DICOM series and label image, read one at a time (memory stays flat)."""
         with store.open_store(self.seg_path) as seg:
             masks = seg["segment/masks"]
-            for pid, path in zip(self.patient_ids, self.ct_paths):
-                yield pid, path, store.patient_mask(seg, pid) if pid in masks else None
+            for pid, path, series in zip(self.patient_ids, self.ct_paths, self.series_uids):
+                yield pid, path, series, store.patient_mask(seg, pid) if pid in masks else None
 
     def reusable(self, done: dict[tuple[str, str], str]) -> dict[str, str]:
         """Journal records of an earlier run (keyed by patient and input digest) that still match this store's inputs."""
         if not done:
             return {}
-        digests = ((pid, input_digest(path, mask)) for pid, path, mask in self.inputs())
+        digests = ((pid, input_digest(path, series, mask)) for pid, path, series, mask in self.inputs())
         return {pid: done[(pid, digest)] for pid, digest in digests if (pid, digest) in done}
 
     def jobs(self, params: dict, skip: set[str]) -> Iterator[PatientJob]:
         """One job per patient not in `skip`, its label image read only when the job is due."""
-        for pid, path, mask in self.inputs():
+        for pid, path, series, mask in self.inputs():
             if pid not in skip:
-                yield PatientJob(pid, path, mask, params, input_digest(path, mask))
+                yield PatientJob(pid, path, series, mask, params, input_digest(path, series, mask))
 
 
 def _cohort(seg_path: Path) -> SegmentedCohort:
@@ -76,10 +77,10 @@ def _cohort(seg_path: Path) -> SegmentedCohort:
         if "segment/ct_paths" not in seg:
             raise InputError(f"{seg_path}: not a segment store (no /segment)")
         return SegmentedCohort(seg_path, store.read_patients(seg), store.read_centers(seg), store.read_ct_paths(seg),
-                               store.segment_provenance(seg))
+                               store.read_series_uids(seg), store.segment_provenance(seg))
 
 
-@writes_output
+@writes_output("store")
 def run_radiomics(seg_path: Path, out: Path, params_name: str = "fast", workers: int = 1,
                   progress: Callable[[PatientStatus], None] | None = None, scheduler: str | None = None,
                   resume_previous: bool = False) -> list[PatientStatus]:
@@ -108,6 +109,10 @@ def run_radiomics(seg_path: Path, out: Path, params_name: str = "fast", workers:
             statuses.append(PatientStatus(pid, str(attrs["status"]), str(attrs["reason"])))
             if progress:
                 progress(statuses[-1])
+        if statuses and all(status.status != "ok" for status in statuses):
+            forget(journal)
+            raise InputError(f"{seg_path}: no patient's features could be extracted (patient {statuses[0].patient_id}: "
+                             f"{statuses[0].reason})")
         with store.create_store(out, cohort.patient_ids, cohort.centers) as h5:
             store.write_features(h5, "radiomics", features_block(journal, record_names, params, cohort.provenance))
             store.write_qc(h5, [s.status for s in statuses], [s.reason for s in statuses])

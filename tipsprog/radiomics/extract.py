@@ -35,6 +35,7 @@ class PatientJob:
 
     patient_id: str
     ct_path: str
+    series_uid: str | None
     labels: sitk.Image | None
     params: dict
     input_sha256: str
@@ -46,9 +47,9 @@ def feature_group(roi: str, key: str) -> str:
     return f"{roi}/{image_type}/{feature_class}"
 
 
-def input_digest(ct_path: str, labels: sitk.Image | None) -> str:
-    """SHA-256 of the CT path and the label image (voxels and geometry): what --resume compares."""
-    digest = hashlib.sha256(str(ct_path).encode("utf-8"))
+def input_digest(ct_path: str, series_uid: str | None, labels: sitk.Image | None) -> str:
+    """SHA-256 of the CT path, its DICOM series and the label image (voxels and geometry): what --resume compares."""
+    digest = hashlib.sha256(f"{ct_path}\0{series_uid or ''}".encode("utf-8"))
     if labels is not None:
         digest.update(sitk.GetArrayViewFromImage(labels).tobytes())
         digest.update(repr((labels.GetOrigin(), labels.GetSpacing(), labels.GetDirection())).encode("utf-8"))
@@ -96,14 +97,16 @@ def extract_scan(ct: sitk.Image, labels: sitk.Image, params: dict) -> tuple[dict
     return values, failures
 
 
-def extract_from_file(ct_path: str, labels: sitk.Image, params: dict) -> tuple[dict[str, float], list[str]]:
-    """extract_scan on the CT as stored, so features equal pyradiomics run on the file itself.
+def extract_from_file(ct_path: str, labels: sitk.Image, params: dict,
+                      series_uid: str | None = None) -> tuple[dict[str, float], list[str]]:
+    """extract_scan on the CT as stored (DICOM series `series_uid` of a folder holding several), so features equal
+    pyradiomics run on the file itself.
 
     tipsprog's masks live on the canonical LPS grid; they are mapped back onto the stored grid (a pure axis
     permutation, so nearest-neighbour is exact) because wavelet features change when axes flip, and the image
     keeps its stored pixel type because pyradiomics filters an integer file in float64, not float32.
     """
-    image = read_image(ct_path)
+    image = read_image(ct_path, series_uid)
     native_labels = sitk.Resample(labels, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
     with PYRADIOMICS_LOCK:  # a Dask worker may run several patients in threads of one process
         return extract_scan(image, native_labels, params)
@@ -115,7 +118,7 @@ def extract_patient(job: PatientJob) -> PatientFeatures:
     if job.labels is None:
         return PatientFeatures(job.patient_id, {}, "failed", "no segmentation", digest)
     try:
-        values, failures = extract_from_file(job.ct_path, job.labels, job.params)
+        values, failures = extract_from_file(job.ct_path, job.labels, job.params, job.series_uid)
     except InputError as err:
         return PatientFeatures(job.patient_id, {}, "failed", str(err), digest)
     nan_features = [name for name, value in values.items() if not np.isfinite(value)]

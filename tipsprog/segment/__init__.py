@@ -99,7 +99,7 @@ def _segment_one(job: tuple[pd.Series, Backend]) -> ScanResult:
     row, backend = job
     result = ScanResult(patient_id=row["patient_id"], input_sha256=input_digest(row))
     try:
-        ct = read_ct(row["ct"])
+        ct = read_ct(row["ct"], row.get("series_uid"))
         result.labels = segment_scan(ct, backend, row)
         result.volumes = roi_volumes(result.labels)
         result.crops = roi_crops(ct, result.labels)
@@ -123,9 +123,9 @@ def fit_semi(cohort: pd.DataFrame, labeled_csv: Path, model_path: Path, device: 
             raise InputError(f"{labeled_csv}: patient {row['patient_id']}: no 'label' (or liver_mask/spleen_mask) to learn from")
     labeled = []
     for _, row in labeled_rows.iterrows():
-        ct = read_ct(row["ct"])
+        ct = read_ct(row["ct"], row.get("series_uid"))
         labeled.append(semi.prepare(ct, reference_labels(row, ct), settings))
-    unlabeled = [semi.prepare(read_ct(row["ct"]), None, settings) for _, row in unlabeled_rows.iterrows()]
+    unlabeled = [semi.prepare(read_ct(row["ct"], row.get("series_uid")), None, settings) for _, row in unlabeled_rows.iterrows()]
     validation = labeled[-1:] if len(labeled) >= 4 else []
     training = labeled[:-1] if validation else labeled
     model = semi.fit(training, unlabeled, settings, device, validation, progress)
@@ -195,14 +195,15 @@ def _write_segment_store(h5: h5py.File, journal: h5py.File, record_names: list[s
         for roi in record.get("crops", {}):
             crops[roi][index] = record[f"crops/{roi}"][()]
     model_sha = store.file_sha256(backend.model_path) if backend.model_path else ""
-    store.write_segment_info(h5, backend.name, backend.settings(), cohort["ct"].tolist(), model_sha, backend.model_path)
+    series = cohort["series_uid"].fillna("").tolist() if "series_uid" in cohort.columns else [""] * len(cohort)
+    store.write_segment_info(h5, backend.name, backend.settings(), cohort["ct"].tolist(), series, model_sha, backend.model_path)
     store.write_volumes(h5, np.stack([r.volumes for r in results]), list(store.ROI_LABELS))
     store.write_dice(h5, np.stack([r.dice for r in results]), list(store.ROI_LABELS))
     store.write_qc(h5, [r.status for r in results], [r.reason for r in results],
                    flags=[";".join(r.flags) for r in results], backend=backend.name)
 
 
-@writes_output
+@writes_output("store")
 def run_segment(cohort_csv: Path, out: Path, backend_name: str = "classic", workers: int = 1, strict: bool = False,
                 progress: Callable[[ScanResult], None] | None = None, fit_csv: Path | None = None,
                 model_path: Path | None = None, device: str = "auto",
@@ -240,6 +241,9 @@ def run_segment(cohort_csv: Path, out: Path, backend_name: str = "classic", work
             results.append(_journaled_scan(row["patient_id"], journal["records"][record_names[-1]]))
             if progress:
                 progress(results[-1])
+        if results and all(result.status != "ok" for result in results):
+            resume.forget(journal)
+            raise InputError(f"{cohort_csv}: no scan could be segmented (patient {results[0].patient_id}: {results[0].reason})")
         with store.create_store(out, cohort["patient_id"].tolist(), cohort["center"].tolist()) as h5:
             _write_segment_store(h5, journal, record_names, results, cohort, backend)
     return results

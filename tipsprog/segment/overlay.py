@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 
-from tipsprog.store import ROI_LABELS  # noqa: E402
+from tipsprog.store import ROI_LABELS, make_folder  # noqa: E402
 
 ROI_COLOURS = {"liver": "tab:orange", "spleen": "tab:blue", "portal_vein": "tab:red"}
 WINDOW_HU = (-160.0, 240.0)
@@ -41,6 +41,6 @@ def draw_overlay(ct: sitk.Image, labels: sitk.Image, out: Path) -> None:
     handles = [plt.Line2D([], [], color=colour, label=roi.replace("_", " ")) for roi, colour in ROI_COLOURS.items()]
     figure.legend(handles=handles, loc="lower center", ncol=3, frameon=False)
     figure.tight_layout(rect=(0, 0.06, 1, 0.96))
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(out.parent)
     figure.savefig(out, dpi=100)
     plt.close(figure)

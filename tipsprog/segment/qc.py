@@ -1,5 +1,10 @@
-"""Quality control of a scan's ROI labels: empty ROIs, implausible volumes, ROIs cut by the scan border, and
-whether what was labelled liver can be the liver at all (a chest-only or pelvis-only scan has none in view).
+"""Quality control of a scan's ROI labels: empty ROIs, implausible volumes, ROIs cut by the scan border, whether
+enough of the liver is in view to measure it, and whether what was labelled liver can be the liver at all (a
+chest-only or pelvis-only scan has none in view).
+
+A liver cut off by both the first and the last slice of the scan, with a volume below any whole liver's, is a slab
+of it (a scan of a few slices): its volume and features would describe the slab, not the organ, so the scan fails.
+A liver cut off on one side only, or with a plausible volume, is flagged `truncated` and kept.
 
 The anatomical checks read the CT slice by slice on a grid of about 3 mm: a slice is pelvic when bone deep inside
 the body (the iliac wings, sacrum and hips; ribs lie nearer the skin, and the lumbar spine's cortex adds far
@@ -24,8 +29,10 @@ BODY_HU, BONE_HU, AIR_HU = -400.0, 200.0, -400.0
 BONE_DEPTH_MM = 25.0
 PELVIC_BONE_CM2 = 12.0
 LUNG_FRACTION = 0.3
-FAILING_KINDS = ("implausible_extent", "in_pelvis", "in_chest")
+FAILING_KINDS = ("partial_view", "implausible_extent", "in_pelvis", "in_chest")
 EXPLANATIONS = {
+    "partial_view": "cut off by both the first and the last slice, and smaller than any whole liver: only a slab of "
+                    "it is in view",
     "empty": "no voxels",
     "implausible_volume": "volume outside the plausible range",
     "truncated": "touches the scan border",
@@ -38,6 +45,11 @@ EXPLANATIONS = {
 def _touches_border(mask: np.ndarray) -> bool:
     """Whether a mask reaches the first or last slice of any array axis (the ROI is cut off)."""
     return any(np.take(mask, index, axis=axis).any() for axis in range(mask.ndim) for index in (0, -1))
+
+
+def _cut_at_both_ends(mask: np.ndarray) -> bool:
+    """Whether a mask reaches both the first and the last axial slice (it runs out of the scan above and below)."""
+    return bool(mask[0].any() and mask[-1].any())
 
 
 def _shrunk(ct: sitk.Image) -> sitk.Image:
@@ -96,6 +108,8 @@ def quality_flags(ct: sitk.Image, labels: sitk.Image, volumes: np.ndarray) -> li
         low, high = VOLUME_RANGES_ML.get(roi, (0.0, np.inf))
         if not low <= volume <= high:
             flags.append(f"{roi}:implausible_volume")
+        if roi == "liver" and volume < low and _cut_at_both_ends(array == label):
+            flags.append("liver:partial_view")
         if _touches_border(array == label):
             flags.append(f"{roi}:truncated")
     return flags + liver_in_view_flags(ct, labels)

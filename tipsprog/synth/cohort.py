@@ -174,14 +174,14 @@ def _render_patient(args: tuple[int, pd.Series, int, Scanner, CohortSpec, Path])
     return float((label_array == 1).sum() * voxel_ml), float((label_array == 2).sum() * voxel_ml)
 
 
-@writes_output
+@writes_output("cohort")
 def make_cohort(out: Path, spec: CohortSpec, workers: int = 1, progress: Callable[[], None] | None = None) -> pd.DataFrame:
     """Write images/, labels/, cohort.csv, clinical.csv, outcomes.csv and truth.csv into `out`."""
     lat = latents(spec)
     full = complete_clinical(lat, spec)
     outcomes, truth = outcomes_and_truth(lat, full, spec)
     scanners = {spec.center_name(c): scanner for c, scanner in enumerate(center_scanners(spec))}
-    with atomic_output(out) as tmp:
+    with atomic_output(out, "cohort") as tmp:
         (tmp / "images").mkdir(parents=True)
         (tmp / "labels").mkdir()
         jobs = [(i, row, int(full.at[i, "ascites"]), scanners[row["center"]], spec, tmp)
