@@ -39,21 +39,27 @@ def interrupt_after(count: int) -> Callable[[object], None]:
     return progress
 
 
+# The child answers SIGINT as at a terminal (KeyboardInterrupt) even where this test run inherited SIGINT ignored,
+# as a shell's background job does: Python then leaves it ignored, and a SIGINT sent to the child is discarded.
+INTERRUPTIBLE_TIPSPROG = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                          "sys.argv[0] = 'tipsprog'; runpy.run_module('tipsprog', run_name='__main__')")
+
+
 def start_tipsprog(*args, pause_after: int | None = None, env: dict | None = None) -> subprocess.Popen:
-    """Start a real `tipsprog` process (output and errors on one pipe); with `pause_after`, it stops at its
-    pause_after-th journal write until it is signalled (TIPSPROG_PAUSE_AFTER, tipsprog/resume.py)."""
+    """Start a real `tipsprog` process (output and errors on one pipe) that a SIGINT interrupts; with `pause_after`,
+    it stops at its pause_after-th journal write until it is signalled (TIPSPROG_PAUSE_AFTER, tipsprog/resume.py)."""
     environment = {**os.environ, **(env or {})}
     if pause_after is not None:
         environment[PAUSE_VARIABLE] = str(pause_after)
-    return subprocess.Popen([sys.executable, "-m", "tipsprog", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=environment)
+    return subprocess.Popen([sys.executable, "-c", INTERRUPTIBLE_TIPSPROG, *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, env=environment)
 
 
 def wait_until_paused(process: subprocess.Popen) -> None:
     """Read a process's output until it says it has paused; it then waits for a signal, so it cannot finish first."""
     seen = []
     for line in process.stdout:
-        if line.startswith(PAUSED_LINE):
+        if PAUSED_LINE in line:
             return
         seen.append(line)
     process.wait()

@@ -81,7 +81,7 @@ def zero_sized_axis(p, d):
 def pelvis_only_ct(p, d):
     """The real CT's bottom 40 slices: hip bones, bladder and bowel, no liver. QC fails the scan, so no prediction."""
     sitk.WriteImage(read_ct(shared_data(REAL_CT) / "example_ct.nii.gz")[:, :, :40], str(d / "pelvis.nii.gz"))
-    return _predict(p, d, d / "pelvis.nii.gz"), "pelvis.nii.gz: segmentation (classic) failed quality control: liver:in_pelvis"
+    return _predict(p, d, d / "pelvis.nii.gz"), "pelvis.nii.gz: segmentation (classic) failed quality control: scan:pelvis_only"
 
 
 def mask_outside_the_ct(p, d):

@@ -6,14 +6,17 @@ instead (checkpoints.TrainingJournal). A journal belongs to one settings digest:
 inputs starts afresh. Outputs themselves are only ever written whole, by atomic rename.
 
 Test hook: with TIPSPROG_PAUSE_AFTER=N in the environment, the N-th journal write of a process (a per-scan record
-or a training-state save) prints PAUSED_LINE to stderr and waits for SIGUSR1 (go on) or SIGINT (interrupt), so a
-test can signal a real run at a known point of its work, whatever the machine's speed.
+or a training-state save) prints PAUSED_LINE to stderr and waits for SIGUSR1 (go on) or SIGINT (interrupt; where
+the process inherited SIGINT ignored, as a shell's background job does, it stays ignored), so a test can signal a
+real run at a known point of its work, whatever the machine's speed.
 """
 
 from __future__ import annotations
 
 import os
+import select
 import signal
+import socket
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,17 +37,30 @@ def journal_written() -> None:
     """Count one journal write of this process; at the TIPSPROG_PAUSE_AFTER-th, wait for SIGUSR1 or SIGINT."""
     global _journal_writes
     _journal_writes += 1
-    if os.environ.get(PAUSE_VARIABLE) != str(_journal_writes):
-        return
-    awaited = {signal.SIGUSR1, signal.SIGINT}
-    signal.pthread_sigmask(signal.SIG_BLOCK, awaited)  # blocked before the line: no signal can be lost
+    if os.environ.get(PAUSE_VARIABLE) == str(_journal_writes):
+        _wait_for_a_signal(f"{PAUSED_LINE} {_journal_writes}")
+
+
+def _wait_for_a_signal(line: str) -> None:
+    """Print `line`, then wait until SIGUSR1 (return) or SIGINT (KeyboardInterrupt, as Python's handler raises it).
+
+    Any thread of the process may receive a signal sent to it (torch's threads among them); Python's handler then
+    writes to the wakeup socket, which the main thread waits on, so no signal is missed, whatever thread took it."""
+    resumed = []
+    receiver, sender = socket.socketpair()
+    sender.setblocking(False)
+    previous_handler = signal.signal(signal.SIGUSR1, lambda *_: resumed.append(True))
+    previous_fd = signal.set_wakeup_fd(sender.fileno())
     try:
-        print(f"{PAUSED_LINE} {_journal_writes}", file=sys.stderr, flush=True)
-        received = signal.sigwait(awaited)
+        print(line, file=sys.stderr, flush=True)
+        while not resumed:
+            select.select([receiver], [], [])  # a signal's handler runs as this returns (SIGINT raises here)
+            receiver.recv(64)
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, awaited)
-    if received == signal.SIGINT:
-        raise KeyboardInterrupt
+        signal.set_wakeup_fd(previous_fd)
+        signal.signal(signal.SIGUSR1, previous_handler)
+        receiver.close()
+        sender.close()
 
 
 def partial_path(out: Path) -> Path:

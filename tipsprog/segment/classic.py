@@ -1,4 +1,5 @@
-"""Training-free segmentation: HU windows, morphology, connected components, anatomical priors."""
+"""Training-free segmentation: HU windows, morphology, connected components, anatomical priors (the organs are
+searched above the pelvis, found by its iliac wings: landmarks.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from tipsprog.io import antialiased_resample
+from tipsprog.segment.landmarks import pelvis_top, slice_levels
 from tipsprog.store import ROI_LABELS
 
 SETTINGS = {
@@ -82,11 +84,16 @@ def _liver(smooth: np.ndarray, body: np.ndarray, deep: np.ndarray, spacing: np.n
 
 def _spleen(smooth: np.ndarray, body: np.ndarray, deep: np.ndarray, liver: np.ndarray, liver_hu: float,
             spacing: np.ndarray, mid: np.ndarray) -> np.ndarray:
-    """Spleen: largest liver-like-HU component on the patient's left, posterior half."""
+    """Spleen: largest liver-like-HU component on the patient's left, posterior half, at the liver's levels."""
     window = body & ~_dilate(liver, 2.0 * spacing.max(), spacing) & (np.abs(smooth - liver_hu) < SETTINGS["liver_window_hu"])
     core = _erode(window & deep, SETTINGS["spleen_erosion_mm"], spacing)
-    seed = _pick_component(core, lambda region, comp: _centroid_index(region, comp)[2] > mid[2]
-                           and _centroid_index(region, comp)[1] > mid[1] - 0.1 * body.shape[1])
+    liver_levels = np.flatnonzero(liver.any(axis=(1, 2)))
+
+    def beside_the_liver(region: tuple[slice, ...], component: np.ndarray) -> bool:
+        z, y, x = _centroid_index(region, component)
+        return x > mid[2] and y > mid[1] - 0.1 * body.shape[1] and liver_levels[0] <= z <= liver_levels[-1]
+
+    seed = _pick_component(core, beside_the_liver)
     grown = _dilate(seed, SETTINGS["spleen_erosion_mm"] + spacing.max(), spacing) & window
     return ndimage.binary_fill_holes(grown) if seed.any() else seed
 
@@ -127,6 +134,9 @@ def _label_array(ct: sitk.Image) -> np.ndarray:
     smooth = ndimage.median_filter(hu, size=SETTINGS["median_voxels"])
     body = _body(smooth)
     labels = np.zeros(hu.shape, dtype=np.uint8)
+    top = pelvis_top(slice_levels(smooth, spacing)[0], float(spacing[0]))
+    if top is not None:
+        body[:top + 1] = False  # the liver and spleen lie above the pelvis
     if body.any():
         mid = np.array(ndimage.center_of_mass(body))
         deep = _erode(body, SETTINGS["wall_mm"], spacing)

@@ -1,43 +1,41 @@
 """Quality control of a scan's ROI labels: empty ROIs, implausible volumes, ROIs cut by the scan border, whether
 enough of the liver is in view to measure it, and whether what was labelled liver can be the liver at all (a
-chest-only or pelvis-only scan has none in view).
+chest-only or pelvis-only scan has none in view; where no liver was found, the scan's landmarks say whether it could hold one).
 
 A liver cut off by both the first and the last slice of the scan, with a volume below any whole liver's, is a slab
 of it (a scan of a few slices): its volume and features would describe the slab, not the organ, so the scan fails.
 A liver cut off on one side only, or with a plausible volume, is flagged `truncated` and kept.
 
-The anatomical checks read the CT slice by slice on a grid of about 3 mm: a slice is pelvic when bone deep inside
-the body (the iliac wings, sacrum and hips; ribs lie nearer the skin, and the lumbar spine's cortex adds far
-less) covers more than PELVIC_BONE_CM2, and thoracic when air inside the body (the lungs) covers more than
-LUNG_FRACTION of it. A liver sits below the lungs and above the pelvis, so a "liver" with most of its slices at
-either level, or one taller than any liver, is a failed segmentation or a scan without the liver.
+The anatomical checks read the CT's slice levels (landmarks.py: pelvic where the iliac wings are, thoracic where
+the lungs are) on a grid of about 3 mm. A liver sits below the lungs and above the pelvis, so a "liver" with most
+of its slices at either level, or one taller than any liver, is a failed segmentation or a scan without the liver.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage
 
+from tipsprog.segment.landmarks import pelvis_top, slice_levels
 from tipsprog.store import ROI_LABELS
 
 VOLUME_RANGES_ML = {"liver": (600.0, 4000.0), "spleen": (50.0, 2000.0)}
 REQUIRED_ROIS = ("liver", "spleen")
 LIVER_MAX_EXTENT_MM = 280.0
 QC_SPACING_MM = 3.0
-BODY_HU, BONE_HU, AIR_HU = -400.0, 200.0, -400.0
-BONE_DEPTH_MM = 25.0
-PELVIC_BONE_CM2 = 12.0
-LUNG_FRACTION = 0.3
+MIN_ABOVE_PELVIS_MM = 40.0
 FAILING_KINDS = ("partial_view", "implausible_extent", "in_pelvis", "in_chest")
+FAILING_SCAN_FLAGS = ("scan:pelvis_only", "scan:chest_only")
 EXPLANATIONS = {
+    "pelvis_only": f"the scan ends less than {MIN_ABOVE_PELVIS_MM:.0f} mm above the iliac wings: no liver in view",
+    "chest_only": "most of its slices are lung: no liver in view",
     "partial_view": "cut off by both the first and the last slice, and smaller than any whole liver: only a slab of "
                     "it is in view",
     "empty": "no voxels",
     "implausible_volume": "volume outside the plausible range",
     "truncated": "touches the scan border",
     "implausible_extent": f"taller than any liver ({LIVER_MAX_EXTENT_MM:.0f} mm): the segmentation leaked",
-    "in_pelvis": "most of its slices are at the level of the pelvic bones: no liver in view",
+    "in_pelvis": "most of its slices are at the level of the iliac wings: no liver in view",
     "in_chest": "most of its slices are lung: no liver in view",
 }
 
@@ -58,22 +56,6 @@ def _shrunk(ct: sitk.Image) -> sitk.Image:
     return sitk.BinShrink(sitk.Cast(ct, sitk.sitkFloat32), factors)
 
 
-def _slice_levels(ct: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
-    """Per axial slice of a CT, whether it is pelvic and whether it is thoracic."""
-    hu = sitk.GetArrayFromImage(sitk.Median(ct, [1, 1, 0]))
-    in_plane = np.array(ct.GetSpacing()[1::-1])
-    pixel_cm2 = float(np.prod(in_plane)) / 100.0
-    pelvic, thoracic = np.zeros(len(hu), bool), np.zeros(len(hu), bool)
-    for z, plane in enumerate(hu):
-        body = ndimage.binary_fill_holes(plane > BODY_HU)
-        if not body.any():
-            continue
-        depth = ndimage.distance_transform_edt(body, sampling=in_plane)
-        pelvic[z] = ((plane > BONE_HU) & (depth > BONE_DEPTH_MM)).sum() * pixel_cm2 > PELVIC_BONE_CM2
-        thoracic[z] = ((plane < AIR_HU) & body).sum() > LUNG_FRACTION * body.sum()
-    return pelvic, thoracic
-
-
 def liver_in_view_flags(ct: sitk.Image, labels: sitk.Image) -> list[str]:
     """`liver:implausible_extent`, `liver:in_pelvis` or `liver:in_chest` where the labelled liver cannot be one."""
     liver_slices = np.flatnonzero((sitk.GetArrayViewFromImage(labels) == ROI_LABELS["liver"]).any(axis=(1, 2)))
@@ -88,7 +70,8 @@ def liver_in_view_flags(ct: sitk.Image, labels: sitk.Image) -> list[str]:
     if not len(liver_levels):
         return []
     first, last = int(liver_levels[0]), int(liver_levels[-1])
-    pelvic, thoracic = _slice_levels(small[:, :, first:last + 1])
+    band = small[:, :, first:last + 1]
+    pelvic, thoracic = slice_levels(sitk.GetArrayFromImage(sitk.Median(band, [1, 1, 0])), np.array(band.GetSpacing()[::-1]))
     flags = []
     if pelvic[liver_levels - first].mean() > 0.5:
         flags.append("liver:in_pelvis")
@@ -97,10 +80,23 @@ def liver_in_view_flags(ct: sitk.Image, labels: sitk.Image) -> list[str]:
     return flags
 
 
+def no_liver_level_flags(ct: sitk.Image) -> list[str]:
+    """Why a scan can hold no liver, where its landmarks tell: `scan:pelvis_only` (it ends at the pelvis) or
+    `scan:chest_only` (most of its slices are lung)."""
+    small = _shrunk(ct)
+    spacing = np.array(small.GetSpacing()[::-1])
+    pelvic, thoracic = slice_levels(sitk.GetArrayFromImage(sitk.Median(small, [1, 1, 0])), spacing)
+    top = pelvis_top(pelvic, float(spacing[0]))
+    if top is not None and (len(pelvic) - 1 - top) * spacing[0] < MIN_ABOVE_PELVIS_MM:
+        return ["scan:pelvis_only"]
+    return ["scan:chest_only"] if thoracic.mean() > 0.5 else []
+
+
 def quality_flags(ct: sitk.Image, labels: sitk.Image, volumes: np.ndarray) -> list[str]:
-    """QC flags per ROI: `roi:empty`, `roi:implausible_volume`, `roi:truncated`, and the liver-in-view flags."""
+    """QC flags: where no liver was found, why (`scan:pelvis_only`, `scan:chest_only`); per ROI `roi:empty`,
+    `roi:implausible_volume`, `roi:truncated`; and the liver-in-view flags."""
     array = sitk.GetArrayViewFromImage(labels)
-    flags = []
+    flags = no_liver_level_flags(ct) if volumes[0] <= 0 else []
     for (roi, label), volume in zip(ROI_LABELS.items(), volumes):
         if volume <= 0:
             flags.append(f"{roi}:empty")
@@ -117,7 +113,7 @@ def quality_flags(ct: sitk.Image, labels: sitk.Image, volumes: np.ndarray) -> li
 
 def qc_status(flags: list[str]) -> str:
     """A scan is unusable ('failed') when the liver or the spleen is empty, or the liver cannot be one."""
-    failing = [f"{roi}:empty" for roi in REQUIRED_ROIS] + [f"liver:{kind}" for kind in FAILING_KINDS]
+    failing = [f"{roi}:empty" for roi in REQUIRED_ROIS] + [f"liver:{kind}" for kind in FAILING_KINDS] + list(FAILING_SCAN_FLAGS)
     return "failed" if any(flag in failing for flag in flags) else "ok"
 
 
