@@ -56,6 +56,11 @@ def _shrunk(ct: sitk.Image) -> sitk.Image:
     return sitk.BinShrink(sitk.Cast(ct, sitk.sitkFloat32), factors)
 
 
+def _levels(small: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
+    """landmarks.slice_levels of a shrunk CT after an in-plane median (pelvic and thoracic slices)."""
+    return slice_levels(sitk.GetArrayFromImage(sitk.Median(small, [1, 1, 0])), np.array(small.GetSpacing()[::-1]))
+
+
 def liver_in_view_flags(ct: sitk.Image, labels: sitk.Image) -> list[str]:
     """`liver:implausible_extent`, `liver:in_pelvis` or `liver:in_chest` where the labelled liver cannot be one."""
     liver_slices = np.flatnonzero((sitk.GetArrayViewFromImage(labels) == ROI_LABELS["liver"]).any(axis=(1, 2)))
@@ -70,8 +75,7 @@ def liver_in_view_flags(ct: sitk.Image, labels: sitk.Image) -> list[str]:
     if not len(liver_levels):
         return []
     first, last = int(liver_levels[0]), int(liver_levels[-1])
-    band = small[:, :, first:last + 1]
-    pelvic, thoracic = slice_levels(sitk.GetArrayFromImage(sitk.Median(band, [1, 1, 0])), np.array(band.GetSpacing()[::-1]))
+    pelvic, thoracic = _levels(small[:, :, first:last + 1])
     flags = []
     if pelvic[liver_levels - first].mean() > 0.5:
         flags.append("liver:in_pelvis")
@@ -84,10 +88,10 @@ def no_liver_level_flags(ct: sitk.Image) -> list[str]:
     """Why a scan can hold no liver, where its landmarks tell: `scan:pelvis_only` (it ends at the pelvis) or
     `scan:chest_only` (most of its slices are lung)."""
     small = _shrunk(ct)
-    spacing = np.array(small.GetSpacing()[::-1])
-    pelvic, thoracic = slice_levels(sitk.GetArrayFromImage(sitk.Median(small, [1, 1, 0])), spacing)
-    top = pelvis_top(pelvic, float(spacing[0]))
-    if top is not None and (len(pelvic) - 1 - top) * spacing[0] < MIN_ABOVE_PELVIS_MM:
+    pelvic, thoracic = _levels(small)
+    slice_mm = small.GetSpacing()[2]
+    top = pelvis_top(pelvic, slice_mm)
+    if top is not None and (len(pelvic) - 1 - top) * slice_mm < MIN_ABOVE_PELVIS_MM:
         return ["scan:pelvis_only"]
     return ["scan:chest_only"] if thoracic.mean() > 0.5 else []
 
