@@ -1,13 +1,15 @@
 """The default (classic) backend on every real CT in ../shared: Dice per ROI against the reference masks, volumes,
-QC status and reason, and seconds for read + segment + QC; then the false-refusal count (real scans with the liver
+the main portal vein diameter (mm) measured on the segmentation and on the reference labels, QC status and
+reason, and seconds for read + segment + QC; then the false-refusal count (real scans with the liver
 in view that QC fails: must be 0) and the refusal of a pelvis-only crop (must fail, with the right reason).
 
 Usage: python benchmarks/real_ct.py
 
 Scans: 3D-IRCADb-01 1.1 (portal-venous, 0.57×0.57×1.6 mm; its portal-vein mask holds the portal venous system,
 so 'portal vein, outside the liver' scores the extrahepatic part alone), the TotalSegmentator example (non-contrast,
-3 mm; the reference labels cover its top 30 slices, also placed on the full pelvis-to-abdomen scan), and the same
-small scan re-stored as a DICOM series.
+3 mm; the reference labels cover its top 30 slices, also placed on the full pelvis-to-abdomen scan, where Dice is
+computed on those 30 slices: the liver continues below them, unlabelled), and the same small scan re-stored as a
+DICOM series.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,7 @@ from tipsprog.io import read_ct, read_mask
 from tipsprog.segment import Backend, dice_per_roi, segment_scan
 from tipsprog.segment.crops import roi_volumes
 from tipsprog.segment.masks import TOTALSEGMENTATOR_IDS, map_labels
+from tipsprog.segment.portal import portal_vein_measurements
 from tipsprog.segment.qc import qc_reason, qc_status, quality_flags
 from tipsprog.store import ROI_LABELS
 from shared_data import IRCADB, REAL_CT
@@ -41,6 +44,7 @@ class Case:
     ct: Path
     reference: object
     liver_in_view: bool = True
+    labelled_slices: slice = field(default_factory=lambda: slice(None))  # the slices the reference covers (Dice is computed on these)
 
 
 def ircadb_reference(ct: sitk.Image) -> np.ndarray:
@@ -76,17 +80,20 @@ def run_case(case: Case) -> tuple[str, bool]:
     flags = quality_flags(ct, labels, volumes)
     seconds = time.perf_counter() - start
     status = qc_status(flags)
+    diameter, reference_diameter = portal_vein_measurements(labels).main_diameter_mm, float("nan")
     if case.reference is None:
         dice, trunk = [float("nan")] * 3, float("nan")
     else:
         reference = case.reference(ct)
         image = sitk.GetImageFromArray(reference)
         image.CopyInformation(ct)
-        dice = dice_per_roi(labels, image)
-        trunk = extrahepatic_dice(sitk.GetArrayFromImage(labels), reference)
+        dice = dice_per_roi(labels[:, :, case.labelled_slices], image[:, :, case.labelled_slices])
+        trunk = extrahepatic_dice(sitk.GetArrayFromImage(labels)[case.labelled_slices], reference[case.labelled_slices])
+        reference_diameter = portal_vein_measurements(image).main_diameter_mm
     size = "×".join(map(str, ct.GetSize()))
     print(f"{case.name:<34} {size:>13} {dice[0]:>6.3f} {dice[1]:>6.3f} {dice[2]:>6.3f} {trunk:>8.3f} "
-          f"{volumes[0]:>6.0f} {volumes[1]:>5.0f} {seconds:>5.1f}  {status}: {qc_reason(flags) or '-'}")
+          f"{diameter:>5.1f} {reference_diameter:>5.1f} {volumes[0]:>6.0f} {volumes[1]:>5.0f} {seconds:>5.1f}  "
+          f"{status}: {qc_reason(flags) or '-'}")
     return status, case.liver_in_view
 
 
@@ -100,13 +107,13 @@ def main() -> None:
             Case("ircadb-1.1 (portal venous)", IRCADB / "ct.nii.gz", ircadb_reference),
             Case("example_ct_sm (non-contrast)", REAL_CT / "example_ct_sm.nii.gz", totalseg_reference),
             Case("example_ct_sm as DICOM series", dicom, totalseg_reference),
-            Case("example_ct (pelvis to abdomen)", REAL_CT / "example_ct.nii.gz", totalseg_reference),
+            Case("example_ct (pelvis to abdomen)", REAL_CT / "example_ct.nii.gz", totalseg_reference,
+                 labelled_slices=slice(read_ct(REAL_CT / "example_ct.nii.gz").GetDepth() - small.GetDepth(), None)),
             Case("example_ct bottom 40 slices (pelvis)", pelvis, None, liver_in_view=False),
         ]
-        del small
         print("classic backend on the real CTs in ../shared (Dice vs reference; PV-out = portal vein outside the liver)")
-        print(f"{'scan':<34} {'voxels':>13} {'liver':>6} {'spleen':>6} {'PV':>6} {'PV-out':>8} {'L mL':>6} {'S mL':>5} "
-              f"{'s':>5}  QC")
+        print(f"{'scan':<34} {'voxels':>13} {'liver':>6} {'spleen':>6} {'PV':>6} {'PV-out':>8} {'PV Ø':>5} {'ref Ø':>5} "
+              f"{'L mL':>6} {'S mL':>5} {'s':>5}  QC")
         outcomes = [run_case(case) for case in cases]
     false_refusals = sum(status == "failed" for status, in_view in outcomes if in_view)
     missed = sum(status == "ok" for status, in_view in outcomes if not in_view)

@@ -16,6 +16,7 @@ from tipsprog.fusion.assembly import assemble_for_bundle
 from tipsprog.fusion.attribution import integrated_gradients
 from tipsprog.fusion.bundle import load_bundle
 from tipsprog.fusion.training import predict_members
+from tipsprog.segment.portal import PORTAL_VEIN_FIELDS
 
 
 def test_stores_follow_the_schema(pipeline):
@@ -23,6 +24,7 @@ def test_stores_follow_the_schema(pipeline):
         assert seg.attrs["schema_version"] == 1
         assert seg["segment/crops/liver"].shape[0] == 30
         assert set(seg["segment/masks"]) == {f"P{i:04d}" for i in range(30)}
+        assert seg["segment/portal_vein"].shape == (30, len(PORTAL_VEIN_FIELDS))
     with h5py.File(pipeline.radiomics) as rad:
         groups = [g.decode() for g in rad["features/radiomics/groups"][()]]
         assert "liver/original/glcm" in groups and "spleen/original/shape" in groups
@@ -119,6 +121,10 @@ def test_predict_single_patient_json(pipeline, tmp_path):
     assert {"FIPS", "MELD"} <= set(prediction["clinical_scores"])
     assert prediction["segmentation"]["status"] == "ok"
     assert 600 < prediction["segmentation"]["volumes_ml"]["liver"] < 4000
+    assert list(prediction["segmentation"]["portal_vein"]) == list(PORTAL_VEIN_FIELDS)
+    printed = invoke("predict", "--ct", pipeline.cohort / "images" / "P0000.nii.gz", "--clinical", tmp_path / "row.csv",
+                     "--model", pipeline.bundle)
+    assert printed.exit_code == 0 and "main portal vein diameter " in printed.output, printed.output
     curve = prediction["survival_curve"]
     assert curve["days"][0] == 30 and np.all(np.diff(curve["survival"]) <= 0) and 0 < curve["survival"][-1] <= 1
     attribution = prediction["attribution"]

@@ -80,12 +80,23 @@ def test_dicom_series_reads_as_the_same_volume(stored_variants):
     np.testing.assert_allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-3)
 
 
-@pytest.mark.parametrize("variant", ["RAS", "LPS", "ASL", "flipped-x", "flipped-z", "int32", "float32", "nrrd", "mha", "dicom",
-                                     *map(_grid_name, RESAMPLED_SPACINGS)])
+@pytest.mark.parametrize("variant", ["RAS", "LPS", "ASL", "flipped-x", "flipped-z", "int32", "float32", "nrrd", "mha", "dicom"])
 def test_classic_dice_does_not_depend_on_storage(stored_variants, baseline_dice, variant):
+    """Re-storing the same voxels (orientation, flips, pixel type, format, DICOM) moves Dice by at most 0.005."""
     _, reference, variants = stored_variants
     changed = _dice_on_reference_grid(variants[variant], reference)
-    assert np.all(np.abs(changed[:2] - baseline_dice[:2]) <= 0.01), (variant, baseline_dice, changed)
+    assert np.all(np.abs(changed[:2] - baseline_dice[:2]) <= 0.005), (variant, baseline_dice, changed)
+
+
+@pytest.mark.parametrize("variant", [*map(_grid_name, RESAMPLED_SPACINGS)])
+def test_classic_dice_holds_on_other_grids(stored_variants, baseline_dice, variant):
+    """Another reconstruction grid changes the voxels themselves (two B-spline resamplings blur them), the organs
+    are split where they touch by a watershed whose cuts move by a voxel, and their borders are refined on a grid
+    as fine as the scan's (1.5 mm here, 3 mm for the original): Dice stays within 0.03 (measured: at most 0.026,
+    the spleen, 0.883 on the original and 0.909 on the finer grids)."""
+    _, reference, variants = stored_variants
+    changed = _dice_on_reference_grid(variants[variant], reference)
+    assert np.all(np.abs(changed[:2] - baseline_dice[:2]) <= 0.03), (variant, baseline_dice, changed)
 
 
 def test_masks_on_another_grid_are_resampled_in_physical_space(stored_variants, tmp_path):
@@ -182,29 +193,32 @@ def _dice_against(ct: sitk.Image, labels: sitk.Image, reference: np.ndarray) -> 
 @pytest.mark.slow
 def test_portal_venous_ct_is_segmented_and_passes_qc():
     """The real contrast CT (dense young lumbar spine, contrast in the vessels and kidneys) was refused as
-    'liver:in_pelvis' when QC counted all deep bone; the iliac-wing landmark passes it. Measured 0.848 / 0.860."""
+    'liver:in_pelvis' when QC counted all deep bone; the iliac-wing landmark passes it. Dice liver / spleen /
+    portal vein measured 0.927 / 0.909 / 0.578 (0.848 / 0.860 / 0.000 before the organ basins, the lesion closing,
+    the smooth upsampling and the portal vein tree)."""
     ct = read_ct(shared_data(IRCADB) / "ct.nii.gz")
     labels = segment_scan(ct, Backend("classic"))
     flags = quality_flags(ct, labels, roi_volumes(labels))
     assert qc_status(flags) == "ok", flags
     reference = np.zeros(sitk.GetArrayViewFromImage(ct).shape, np.uint8)
-    for name, label in (("liver", 1), ("spleen", 2)):
+    for name, label in (("liver", 1), ("spleen", 2), ("portalvein", 3)):
         reference[sitk.GetArrayFromImage(read_mask(IRCADB / f"{name}.nii.gz", ct)) > 0] = label
     dice = _dice_against(ct, labels, reference)
-    assert dice[0] >= 0.82 and dice[1] >= 0.82, dice
+    assert dice[0] >= 0.91 and dice[1] >= 0.85 and dice[2] >= 0.5, dice
 
 
 def test_pelvis_to_abdomen_scan_is_segmented_above_the_pelvis(real_ct):
     """The full example CT (pelvis to upper abdomen) was refused: the liver leaked into the pelvis (3,317 mL). The
-    organs are now searched above the iliac wings: not refused, liver Dice 0.690 against the reference labels
-    placed on the full scan (0.434 before)."""
+    organs are now searched above the iliac wings: not refused. Liver Dice on the 30 slices the reference labels
+    cover (the liver continues below them, unlabelled): 0.889 (0.690 with the iliac-wing bound alone, 0.434 before)."""
     ct, reference = _whole_scan_labels(real_ct)
     pelvic, _ = slice_levels(sitk.GetArrayFromImage(ct), np.array(ct.GetSpacing()[::-1]))
     assert 25 <= pelvis_top(pelvic, ct.GetSpacing()[2]) <= 45  # the iliac crests, about a third of the way up
     labels = segment_scan(ct, Backend("classic"))
     volumes = roi_volumes(labels)
     assert qc_status(quality_flags(ct, labels, volumes)) == "ok" and volumes[0] < 2500
-    assert dice_per_roi(labels, reference)[0] >= 0.65
+    labelled = slice(ct.GetDepth() - 30, None)
+    assert dice_per_roi(labels[:, :, labelled], reference[:, :, labelled])[0] >= 0.88
 
 
 def test_no_pelvis_is_found_in_upper_abdominal_scans(real_ct):

@@ -345,6 +345,8 @@ def predict(ct: Optional[Path] = typer.Option(None, "--ct", help="CT file or DIC
 
 def _print_prediction(result: dict) -> None:
     """The human-readable summary of one prediction."""
+    from tipsprog.predict import portal_vein_line
+
     out = Console()
     out.print(f"[bold]{result['patient_id']}[/bold]: risk {result['risk_score']['estimate']:.3f} "
               f"(percentile {result['risk_percentile']:.0f} of the training cohort), {result['risk_group']} risk")
@@ -356,6 +358,7 @@ def _print_prediction(result: dict) -> None:
     out.print("  " + ", ".join(f"{k} {v:g}" for k, v in result["clinical_scores"].items() if k in ("FIPS", "MELD")))
     if result["segmentation"]:
         out.print(f"  segmentation: {result['segmentation']['status']} {result['segmentation']['volumes_ml']}")
+        out.print(f"  {portal_vein_line(result['segmentation']['portal_vein'])}")
     if result["imputed"]:
         out.print(f"  imputed (training medians): {', '.join(result['imputed'])}")
     attribution = result["attribution"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -34,6 +34,7 @@ from tipsprog.segment import Backend, segment_scan
 from tipsprog.segment.qc import qc_reason, qc_status, quality_flags
 from tipsprog.segment.crops import roi_crops, roi_volumes
 from tipsprog.segment.overlay import draw_overlay
+from tipsprog.segment.portal import PortalVein, portal_vein_measurements
 from tipsprog.store import atomic_output, make_folder, writes_output
 
 PREDICTION_SCHEMA = "tipsprog-prediction-1"
@@ -95,7 +96,7 @@ def scan_features(job: ScanJob) -> ScanFeatures:
     if qc_status(flags) == "failed":
         raise InputError(f"{job.ct_path}: segmentation ({job.backend.name}) failed quality control: {qc_reason(flags)}")
     qc = {"backend": job.backend.name, "volumes_ml": {roi: round(float(v), 1) for roi, v in zip(store.ROI_LABELS, volumes)},
-          "status": qc_status(flags), "flags": flags}
+          "status": qc_status(flags), "flags": flags, "portal_vein": portal_vein_record(portal_vein_measurements(labels))}
     radiomics = {}
     for name, entry in job.blocks.items():
         if entry["extractor"] == "pyradiomics":
@@ -108,6 +109,18 @@ def scan_features(job: ScanJob) -> ScanFeatures:
         draw_overlay(ct, labels, job.overlay_path)
     needs_crops = any("encoder" in entry for entry in job.blocks.values())
     return ScanFeatures(radiomics, roi_crops(ct, labels) if needs_crops else {}, qc)
+
+
+def portal_vein_record(measurements: PortalVein) -> dict[str, float | None]:
+    """The portal vein measurements for the JSON record, to 0.1 (None: not measured)."""
+    return {name: round(float(value), 1) if np.isfinite(value) else None for name, value in asdict(measurements).items()}
+
+
+def portal_vein_line(record: dict[str, float | None]) -> str:
+    """'main portal vein diameter X mm, volume Y mL', with 'not measured' for what was not."""
+    diameter, volume = record.get("main_diameter_mm"), record.get("volume_ml")
+    return (f"main portal vein diameter {'not measured' if diameter is None else f'{diameter:.1f} mm'}, "
+            f"volume {'not measured' if volume is None else f'{volume:.1f} mL'}")
 
 
 def _usable_scan(job: ScanJob) -> ScanFeatures | str:
@@ -305,7 +318,8 @@ def flat_row(result: dict) -> dict:
     segmentation = result["segmentation"]
     if segmentation:
         row.update(qc_status=segmentation["status"], qc_flags=";".join(segmentation["flags"]),
-                   **{f"{roi}_ml": volume for roi, volume in segmentation["volumes_ml"].items()})
+                   **{f"{roi}_ml": volume for roi, volume in segmentation["volumes_ml"].items()},
+                   **{f"portal_vein_{name}": value for name, value in segmentation["portal_vein"].items()})
     row.update(imputed=";".join(result["imputed"]),
                top_features=";".join(f"{t['group']}:{t['contribution']:+.3f}" for t in result["attribution"]["top"]))
     return row

@@ -289,6 +289,20 @@ def write_dice(store: h5py.File, dice: np.ndarray, roi_names: list[str]) -> None
     dataset.attrs["names"] = roi_names
 
 
+def write_portal_vein(store: h5py.File, values: np.ndarray, names: list[str]) -> None:
+    """Write the portal vein measurements, one row per patient and one named column each (NaN: not measured)."""
+    dataset = store.create_dataset("segment/portal_vein", data=values.astype(np.float32))
+    dataset.attrs["names"] = names
+
+
+def read_portal_vein(store: h5py.File) -> dict[str, np.ndarray]:
+    """The portal vein measurements by name, one value per patient (none in a store written before they were)."""
+    if "segment/portal_vein" not in store:
+        return {}
+    dataset = store["segment/portal_vein"]
+    return {str(name): dataset[:, column] for column, name in enumerate(dataset.attrs["names"])}
+
+
 def read_roi_table(store: h5py.File, key: str) -> tuple[np.ndarray, list[str]]:
     """Read a per-patient per-ROI table (/segment/volumes or /segment/dice) and its ROI names."""
     dataset = store[key]

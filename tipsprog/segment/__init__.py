@@ -23,6 +23,7 @@ from tipsprog.parallel import map_ordered
 from tipsprog.segment import classic, foundation, semi
 from tipsprog.segment.crops import CROP_SHAPE, roi_crops, roi_volumes
 from tipsprog.segment.masks import has_reference, reference_labels
+from tipsprog.segment.portal import PORTAL_VEIN_FIELDS, PortalVein, portal_vein_measurements
 from tipsprog.segment.qc import qc_reason, qc_status, quality_flags
 
 BACKENDS = ("classic", "masks", "semi", "totalseg")
@@ -41,6 +42,7 @@ class ScanResult:
     flags: list[str] = field(default_factory=list)
     dice: np.ndarray = field(default_factory=lambda: np.full(len(store.ROI_LABELS), np.nan, np.float32))
     input_sha256: str = ""
+    portal_vein: PortalVein = field(default_factory=PortalVein)
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,7 @@ def _segment_one(job: tuple[pd.Series, Backend]) -> ScanResult:
         ct = read_ct(row["ct"], row.get("series_uid"))
         result.labels = segment_scan(ct, backend, row)
         result.volumes = roi_volumes(result.labels)
+        result.portal_vein = portal_vein_measurements(result.labels)
         result.crops = roi_crops(ct, result.labels)
         if backend.name != "masks" and has_reference(row):
             result.dice = dice_per_roi(result.labels, reference_labels(row, ct))
@@ -170,6 +173,7 @@ def _journal_scan(result: ScanResult) -> Callable[[h5py.Group], None]:
         group.attrs.update(status=result.status, reason=result.reason, flags=";".join(result.flags))
         group.create_dataset("volumes", data=result.volumes)
         group.create_dataset("dice", data=result.dice)
+        group.create_dataset("portal_vein", data=result.portal_vein.as_array())
         if result.labels is not None:
             store.write_mask(group, "labels", result.labels)
         for roi, crop in result.crops.items():
@@ -180,8 +184,9 @@ def _journal_scan(result: ScanResult) -> Callable[[h5py.Group], None]:
 def _journaled_scan(patient_id: str, group: h5py.Group) -> ScanResult:
     """A scan's result as a journal record holds it (labels and crops stay in the journal)."""
     flags = str(group.attrs["flags"])
+    portal_vein = PortalVein(*map(float, group["portal_vein"][()])) if "portal_vein" in group else PortalVein()
     return ScanResult(patient_id, str(group.attrs["status"]), str(group.attrs["reason"]), volumes=group["volumes"][()],
-                      flags=flags.split(";") if flags else [], dice=group["dice"][()])
+                      flags=flags.split(";") if flags else [], dice=group["dice"][()], portal_vein=portal_vein)
 
 
 def _write_segment_store(h5: h5py.File, journal: h5py.File, record_names: list[str], results: list[ScanResult],
@@ -199,6 +204,7 @@ def _write_segment_store(h5: h5py.File, journal: h5py.File, record_names: list[s
     store.write_segment_info(h5, backend.name, backend.settings(), cohort["ct"].tolist(), series, model_sha, backend.model_path)
     store.write_volumes(h5, np.stack([r.volumes for r in results]), list(store.ROI_LABELS))
     store.write_dice(h5, np.stack([r.dice for r in results]), list(store.ROI_LABELS))
+    store.write_portal_vein(h5, np.stack([r.portal_vein.as_array() for r in results]), list(PORTAL_VEIN_FIELDS))
     store.write_qc(h5, [r.status for r in results], [r.reason for r in results],
                    flags=[";".join(r.flags) for r in results], backend=backend.name)
 

@@ -38,7 +38,7 @@ def reference_labels(row: pd.Series, ct: sitk.Image) -> sitk.Image:
     labels = np.zeros(sitk.GetArrayViewFromImage(ct).shape, dtype=np.uint8)
     for column, roi in PER_ROI_COLUMNS.items():
         if isinstance(row.get(column), str):
-            labels[sitk.GetArrayViewFromImage(read_mask(row[column], ct)) > 0] = ROI_LABELS[roi]
+            labels[sitk.GetArrayFromImage(read_mask(row[column], ct)) > 0] = ROI_LABELS[roi]
     mask = sitk.GetImageFromArray(labels)
     mask.CopyInformation(ct)
     return mask

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Hashable, Mapping
 
 import numpy as np
 import SimpleITK as sitk
@@ -45,6 +45,8 @@ class SemiSettings:
     confidence: float = 0.9
     class_ratios: tuple[float, ...] = (1.0, 1.0, 1.0, 2.0)
     seed: int = 0
+    tissue_shift_hu: float = 0.0  # randomised tissue intensities in labeled patches: ± HU per ROI (0: off)
+    flip_axes: tuple[int, ...] = (2, 1)  # patch axes (z, y, x = 0, 1, 2) mirrored at random; () keeps left and right
 
 
 def build_network(settings: SemiSettings) -> UNet:
@@ -58,7 +60,8 @@ def to_network_grid(ct: sitk.Image, settings: SemiSettings) -> sitk.Image:
     return antialiased_resample(ct, (settings.spacing_mm,) * 3, -1024.0)
 
 
-WINDOW = transforms.ScaleIntensityRange(a_min=-200.0, a_max=300.0, b_min=0.0, b_max=1.0, clip=True)
+WINDOW_HU = (-200.0, 300.0)
+WINDOW = transforms.ScaleIntensityRange(a_min=WINDOW_HU[0], a_max=WINDOW_HU[1], b_min=0.0, b_max=1.0, clip=True)
 
 
 def prepare(ct: sitk.Image, labels: sitk.Image | None, settings: SemiSettings) -> dict[str, np.ndarray]:
@@ -69,19 +72,53 @@ def prepare(ct: sitk.Image, labels: sitk.Image | None, settings: SemiSettings) -
         label_grid = sitk.Resample(labels, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
         sample["label"] = sitk.GetArrayFromImage(label_grid)[None].astype(np.int64)
     pad = transforms.SpatialPadd(list(sample), spatial_size=settings.patch, mode="constant")
-    return {k: np.asarray(v) for k, v in pad(sample).items()}
+    sample = {k: np.asarray(v) for k, v in pad(sample).items()}
+    if labels is not None:  # an ROI without a voxel in the reference is unlabeled there, not background (see _marginal)
+        sample["present"] = np.bincount(sample["label"].ravel(), minlength=CLASSES)[:CLASSES] > 0
+        sample["present"][0] = True
+    return sample
+
+
+class RandTissueIntensityd(transforms.RandomizableTransform, transforms.MapTransform):
+    """Randomised tissue intensities: each ROI shifted by its own random HU offset, then a random gamma."""
+
+    def __init__(self, shift_hu: float, gamma: tuple[float, float] = (0.7, 1.4), prob: float = 1.0) -> None:
+        transforms.MapTransform.__init__(self, ["image"])
+        transforms.RandomizableTransform.__init__(self, prob)
+        self.shift = shift_hu / (WINDOW_HU[1] - WINDOW_HU[0])
+        self.gamma = gamma
+        self.soften = transforms.GaussianSmooth(sigma=1.0)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        """Shift each labelled ROI by its own offset (edges softened over a voxel, like partial volume), clip, gamma."""
+        sample = dict(data)
+        self.randomize(None)
+        if not self._do_transform:
+            return sample
+        offsets = torch.as_tensor(self.R.uniform(-self.shift, self.shift, CLASSES), dtype=torch.float32)
+        offsets[0] = 0.0
+        label = torch.as_tensor(sample["label"]).long().clamp(0, CLASSES - 1)
+        image = torch.as_tensor(sample["image"]) + self.soften(offsets[label])
+        gamma = float(np.exp(self.R.uniform(*np.log(self.gamma))))
+        sample["image"] = image.clamp(0.0, 1.0) ** gamma
+        return sample
 
 
 def _augment(keys: list[str], settings: SemiSettings, labeled: bool) -> transforms.Compose:
     """Random patch, flips and a small affine, plus intensity scale/shift for labeled patches (MONAI transforms)."""
+    # labeled patches are centred per class, background ones inside the body (> -200 HU); unlabeled ones in its box
     crop = (transforms.RandCropByLabelClassesd(keys, "label", settings.patch, ratios=list(settings.class_ratios),
-                                               num_classes=CLASSES, num_samples=1)
-            if labeled else transforms.RandSpatialCropd(keys, settings.patch, random_size=False))
+                                               num_classes=CLASSES, num_samples=1, image_key="image", warn=False)
+            if labeled else transforms.Compose([
+                transforms.CropForegroundd(keys, "image", start_coord_key=None, end_coord_key=None),
+                transforms.SpatialPadd(keys, settings.patch),
+                transforms.RandSpatialCropd(keys, settings.patch, random_size=False)]))
+    tissue = [RandTissueIntensityd(settings.tissue_shift_hu)] if labeled and settings.tissue_shift_hu > 0 else []
     modes = ["bilinear", "nearest"][: len(keys)]
     spatial = [
         crop,
-        transforms.RandFlipd(keys, prob=0.5, spatial_axis=2),
-        transforms.RandFlipd(keys, prob=0.5, spatial_axis=1),
+        *tissue,
+        *(transforms.RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in settings.flip_axes),
         transforms.RandAffined(keys, prob=0.3, rotate_range=(0.1, 0.1, 0.1), scale_range=(0.1, 0.1, 0.1), mode=modes,
                                padding_mode="border"),
     ]
@@ -103,6 +140,18 @@ def _perturb(images: torch.Tensor, settings: SemiSettings) -> torch.Tensor:
 def _flip(images: torch.Tensor, axes: list[int]) -> torch.Tensor:
     """Flip spatial axes (its own inverse), so the student also sees the unlabeled patch mirrored."""
     return torch.flip(images, axes) if axes else images
+
+
+def _marginal(logits: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """Log-probabilities in which the classes a scan's reference lacks count as background (marginal loss)."""
+    if bool(present.all()):
+        return logits
+    absent = ~present.to(logits.device)[:, :, None, None, None]
+    log_p = torch.log_softmax(logits.float(), dim=1)
+    merged = absent.clone()
+    merged[:, 0] = True
+    background = torch.logsumexp(log_p.masked_fill(~merged, float("-inf")), dim=1, keepdim=True)
+    return torch.cat([background, log_p[:, 1:].masked_fill(absent[:, 1:], -1e4)], dim=1)
 
 
 def _consistency(student_logits: torch.Tensor, teacher_logits: torch.Tensor, settings: SemiSettings) -> torch.Tensor:
@@ -161,9 +210,10 @@ def fit(labeled: list[dict], unlabeled: list[dict], settings: SemiSettings, devi
     pool_samples = unlabeled + labeled
     for step in range(1, settings.iterations + 1):
         student.train()
-        images, targets = (t.to(device) for t in _patches(labeled, labeled_aug, settings.labeled_batch, rng, ("image", "label")))
+        images, targets, present = _patches(labeled, labeled_aug, settings.labeled_batch, rng, ("image", "label", "present"))
+        images, targets = images.to(device), targets.to(device)
         with torch.autocast(device.type, enabled=device.type == "cuda"):
-            loss = supervised_loss(student(images), targets)
+            loss = supervised_loss(_marginal(student(images), present), targets)
             if use_unlabeled:
                 (pool,) = _patches(pool_samples, unlabeled_aug, settings.unlabeled_batch, rng, ("image",))
                 pool = pool.to(device)
