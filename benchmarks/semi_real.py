@@ -1,8 +1,8 @@
 """`semi` on real CT: leave-one-real-scan-out Dice per ROI, beside the network trained on phantoms alone.
 
-Trains the `semi` network (supervised: no unlabeled scans) with two recipes and scores Dice per
-ROI on each real labeled scan in ../shared (3D-IRCADb-01 1.1, portal venous, 512×512×129; the TotalSegmentator
-example, non-contrast, 3 mm; its full-length example_ct is the same patient, so it is left out):
+Trains the `semi` network (supervised: no unlabeled scans) with two recipes and scores Dice per ROI on each real
+labeled scan in ../shared (3D-IRCADb-01 1.1, portal venous, 512×512×129; the TotalSegmentator example,
+non-contrast, 3 mm; its full-length example_ct is the same patient, so it is left out):
   - today's recipe: the phantoms' own HU, patches mirrored at random left-right and front-back;
   - shape recipe: randomised tissue intensities (`tissue_shift_hu`: each ROI shifted by its own random offset, then
     a random gamma, so the network must learn shape rather than the phantoms' HU) and no mirroring (`flip_axes=()`:
@@ -11,8 +11,9 @@ on the phantoms alone (one network per recipe, scored on every real scan) and on
 labeled scan but the one scored (drawn as often as all the phantoms together; one network per recipe and fold).
 Trained networks stay in memory (IRCADb is CC BY-NC-ND: nothing derived from it is written into the project).
 
-Measured with the defaults: 16 `full` phantoms, 1,600 iterations, 1 CPU thread, 4-7 minutes per network on the
-shared 2-core machine, so 8-14 minutes per fold (two networks) and 6 networks, 25-40 minutes, in all.
+Measured with the defaults (16 `full` phantoms, seed 21, 1,600 iterations, ±150 HU) and --training-seeds 0 1 2,
+1 CPU thread on the shared 2-core machine: 200-250 s per network, so about 8 minutes per fold (its two networks)
+and 25 minutes per training seed (6 networks).
 
 Usage: OMP_NUM_THREADS=1 python benchmarks/semi_real.py [--iterations 1600] [--phantoms 16] [--tissue-shift-hu 150]
                                                         [--training-seeds 0 1 2]
