@@ -351,8 +351,8 @@ def portal_vein_measurements(labels: sitk.Image) -> PortalVein:
     if not pv_array.any():
         return PortalVein()
     volume_ml = float(pv_array.sum()) * float(np.prod(labels.GetSpacing())) / 1000.0
-    if not (array == ROI_LABELS["liver"]).any():
-        return PortalVein(volume_ml=volume_ml)
+    if not (array == ROI_LABELS["liver"]).any() or max(labels.GetSpacing()) > SETTINGS["max_spacing_mm"]:
+        return PortalVein(volume_ml=volume_ml)  # no liver, or a grid too coarse to tell the vein's course
     pv = labels == ROI_LABELS["portal_vein"]
     lower, upper = _physical_box(labels, pv_array)
     spacing = SETTINGS["skeleton_mm"]
@@ -360,8 +360,7 @@ def portal_vein_measurements(labels: sitk.Image) -> PortalVein:
     vessel = _resampled(pv, grid, linear=True)
     hepatic = _resampled(_closed_liver(labels == ROI_LABELS["liver"], lower, upper), grid, linear=False)
     extrahepatic_ml = volume_ml * float((vessel & ~hepatic).sum()) / max(float(vessel.sum()), 1.0)
-    resolved = max(labels.GetSpacing()) <= SETTINGS["max_spacing_mm"]
-    line = centreline(_largest_component(vessel), hepatic, grid) if resolved else None
+    line = centreline(_largest_component(vessel), hepatic, grid)
     found = main_trunk(line) if line is not None else None
     if found is None:
         return PortalVein(volume_ml=volume_ml, extrahepatic_volume_ml=extrahepatic_ml)
