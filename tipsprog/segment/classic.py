@@ -253,9 +253,9 @@ def segment_classic(ct: sitk.Image) -> sitk.Image:
     """
     fine = _no_finer_than(ct, SETTINGS["vessel_spacing_mm"])
     working = _no_finer_than(fine, SETTINGS["working_spacing_mm"])
-    organs = sitk.GetImageFromArray(_label_array(working))
+    fine_hu = _median_hu(fine)
+    organs = sitk.GetImageFromArray(_label_array(fine_hu if working is fine else _median_hu(working), working))
     organs.CopyInformation(working)
-    fine_hu = ndimage.median_filter(sitk.GetArrayFromImage(fine).astype(np.float32), size=SETTINGS["median_voxels"])
     organs = _refined_organs(fine, fine_hu, organs)
     labels = upsampled_labels(organs, ct)
     portal = _portal_vein(fine, fine_hu, organs)
@@ -355,13 +355,16 @@ def _box_on(reference: sitk.Image, source: sitk.Image, box: tuple[slice, ...]) -
     return tuple(slice(int(a), int(b)) for a, b in zip(low[::-1], high[::-1]))
 
 
-def _label_array(ct: sitk.Image) -> np.ndarray:
-    """Liver and spleen labels of a CT on its own grid."""
+def _median_hu(ct: sitk.Image) -> np.ndarray:
+    """The CT's HU array (z, y, x) after a MEDIAN_VOXELS median filter."""
+    return ndimage.median_filter(sitk.GetArrayFromImage(ct).astype(np.float32), size=SETTINGS["median_voxels"])
+
+
+def _label_array(smooth: np.ndarray, ct: sitk.Image) -> np.ndarray:
+    """Liver and spleen labels of a CT on its own grid, from its median-filtered HU array."""
     spacing = np.array(ct.GetSpacing()[::-1])
-    hu = sitk.GetArrayFromImage(ct).astype(np.float32)
-    smooth = ndimage.median_filter(hu, size=SETTINGS["median_voxels"])
     body = _body(smooth)
-    labels = np.zeros(hu.shape, dtype=np.uint8)
+    labels = np.zeros(smooth.shape, dtype=np.uint8)
     top = pelvis_top(slice_levels(smooth, spacing)[0], float(spacing[0]))
     if top is not None:
         body[:top + 1] = False  # the liver and spleen lie above the pelvis
