@@ -1,7 +1,9 @@
 """The default (classic) backend on every real CT in ../shared: Dice per ROI against the reference masks, volumes,
 the main portal vein diameter (mm) measured on the segmentation and on the reference labels, QC status and
 reason, and seconds for read + segment + QC; then the false-refusal count (real scans with the liver
-in view that QC fails: must be 0) and the refusal of a pelvis-only crop (must fail, with the right reason).
+in view that QC fails: must be 0) and the refusal of a pelvis-only crop (must fail, with the right reason); last,
+the seconds of `tipsprog segment` end to end (read, segment, crops, QC, write the store) on a 512×512×150 CT:
+ircadb-1.1 resampled to 150 slices in a temporary folder (the #20 goal: at most 15 s on 2 cores).
 
 Usage: python benchmarks/real_ct.py
 
@@ -21,10 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import SimpleITK as sitk
 
-from tipsprog.io import read_ct, read_mask
-from tipsprog.segment import Backend, dice_per_roi, segment_scan
+from tipsprog.io import read_ct, read_mask, resample_to_spacing
+from tipsprog.segment import Backend, dice_per_roi, run_segment, segment_scan
 from tipsprog.segment.crops import roi_volumes
 from tipsprog.segment.masks import TOTALSEGMENTATOR_IDS, map_labels
 from tipsprog.segment.portal import portal_vein_measurements
@@ -97,6 +100,18 @@ def run_case(case: Case) -> tuple[str, bool]:
     return status, case.liver_in_view
 
 
+def end_to_end_seconds(folder: Path, slices: int = 150) -> tuple[str, float]:
+    """Size and wall-clock seconds of `tipsprog segment` (classic) on ircadb-1.1 resampled to `slices` slices."""
+    ct = sitk.ReadImage(str(IRCADB / "ct.nii.gz"))
+    spacing = (*ct.GetSpacing()[:2], ct.GetSpacing()[2] * ct.GetDepth() / slices)
+    path = folder / "ct150.nii.gz"
+    sitk.WriteImage(sitk.Cast(resample_to_spacing(ct, spacing, sitk.sitkLinear, -1024.0), sitk.sitkInt16), str(path))
+    pd.DataFrame({"patient_id": ["IRCAD150"], "ct": [str(path)]}).to_csv(folder / "cohort.csv", index=False)
+    start = time.perf_counter()
+    run_segment(folder / "cohort.csv", folder / "seg.h5", "classic", 1)
+    return "×".join(map(str, sitk.ReadImage(str(path)).GetSize())), time.perf_counter() - start
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         small = read_ct(REAL_CT / "example_ct_sm.nii.gz")
@@ -119,6 +134,10 @@ def main() -> None:
     missed = sum(status == "ok" for status, in_view in outcomes if not in_view)
     print(f"false refusals (liver in view, QC failed): {false_refusals} of {sum(v for _, v in outcomes)}; "
           f"scans without a liver passed: {missed} of {sum(not v for _, v in outcomes)}")
+    with tempfile.TemporaryDirectory() as folder:
+        size, seconds = end_to_end_seconds(Path(folder))
+    print(f"tipsprog segment end to end (read, segment, crops, QC, write) on ircadb-1.1 at {size}: {seconds:.1f} s "
+          f"(goal: at most 15 s on 2 cores)")
 
 
 if __name__ == "__main__":

@@ -90,13 +90,14 @@ def test_classic_dice_does_not_depend_on_storage(stored_variants, baseline_dice,
 
 @pytest.mark.parametrize("variant", [*map(_grid_name, RESAMPLED_SPACINGS)])
 def test_classic_dice_holds_on_other_grids(stored_variants, baseline_dice, variant):
-    """Another reconstruction grid changes the voxels themselves (two B-spline resamplings blur them), the organs
+    """Another reconstruction grid changes the voxels themselves (two resamplings blur them), the organs
     are split where they touch by a watershed whose cuts move by a voxel, and their borders are refined on a grid
-    as fine as the scan's (1.5 mm here, 3 mm for the original): Dice stays within 0.03 (measured: at most 0.026,
-    the spleen, 0.883 on the original and 0.909 on the finer grids)."""
+    as fine as the scan's (1.5 mm here, 3 mm for the original): Dice drops by at most 0.03. A finer grid may gain
+    more (measured: spleen 0.918 on 1.5×1.5×3 mm against 0.885 on the original, whose borders cannot be refined
+    finer than its own 3 mm voxels)."""
     _, reference, variants = stored_variants
     changed = _dice_on_reference_grid(variants[variant], reference)
-    assert np.all(np.abs(changed[:2] - baseline_dice[:2]) <= 0.03), (variant, baseline_dice, changed)
+    assert np.all(changed[:2] >= baseline_dice[:2] - 0.03), (variant, baseline_dice, changed)
 
 
 def test_masks_on_another_grid_are_resampled_in_physical_space(stored_variants, tmp_path):
@@ -180,6 +181,26 @@ def test_segment_fails_a_pelvis_only_scan_with_its_reason(real_ct, tmp_path):
     assert not (tmp_path / "alone.h5").exists() and not (tmp_path / "alone.h5.partial").exists()
 
 
+def test_segment_fails_a_chest_slab_with_its_reason(real_ct, tmp_path):
+    """No scan in ../shared reaches above the liver dome by more than a few slices, so the chest-only crop is the
+    real upper-abdominal scan with both lungs put in (air beside a mediastinum 90 mm wide, below the same body
+    wall and over the same spine, aorta and heart-level soft tissue): whatever the backend labels in it, QC fails
+    the scan with 'no liver in view'."""
+    chest = sitk.GetArrayFromImage(read_ct(real_ct / "example_ct_sm.nii.gz"))
+    for plane in chest:
+        body = ndimage.binary_fill_holes(plane > -400)
+        lateral_mm = np.abs(np.arange(plane.shape[1]) - ndimage.center_of_mass(body)[1]) * 3.0
+        plane[(ndimage.distance_transform_edt(body, sampling=3.0) > 20) & (lateral_mm > 45)[None] & (plane < 200)] = -850
+    image = sitk.GetImageFromArray(chest)
+    image.CopyInformation(read_ct(real_ct / "example_ct_sm.nii.gz"))
+    sitk.WriteImage(image, str(tmp_path / "chest.nii.gz"))
+    pd.DataFrame({"patient_id": ["chest", "abdomen"], "ct": ["chest.nii.gz", str(real_ct / "example_ct_sm.nii.gz")]}
+                 ).to_csv(tmp_path / "cohort.csv", index=False)
+    chest_result, abdomen = run_segment(tmp_path / "cohort.csv", tmp_path / "seg.h5")
+    assert chest_result.status == "failed" and abdomen.status == "ok", (chest_result.flags, abdomen.flags)
+    assert "no liver in view" in chest_result.reason
+
+
 IRCADB = REAL_CT.parent / "ircadb-1.1"  # CC BY-NC-ND: read in place from ../shared, never copied
 
 
@@ -194,8 +215,8 @@ def _dice_against(ct: sitk.Image, labels: sitk.Image, reference: np.ndarray) -> 
 def test_portal_venous_ct_is_segmented_and_passes_qc():
     """The real contrast CT (dense young lumbar spine, contrast in the vessels and kidneys) was refused as
     'liver:in_pelvis' when QC counted all deep bone; the iliac-wing landmark passes it. Dice liver / spleen /
-    portal vein measured 0.927 / 0.909 / 0.578 (0.848 / 0.860 / 0.000 before the organ basins, the lesion closing,
-    the smooth upsampling and the portal vein tree)."""
+    portal vein measured 0.928 / 0.904 / 0.575 (0.848 / 0.860 / 0.000 before the organ basins, the lesion closing,
+    the smooth upsampling and the portal vein tree); the #20 targets are 0.92 / 0.88 / 0.50."""
     ct = read_ct(shared_data(IRCADB) / "ct.nii.gz")
     labels = segment_scan(ct, Backend("classic"))
     flags = quality_flags(ct, labels, roi_volumes(labels))
@@ -204,13 +225,13 @@ def test_portal_venous_ct_is_segmented_and_passes_qc():
     for name, label in (("liver", 1), ("spleen", 2), ("portalvein", 3)):
         reference[sitk.GetArrayFromImage(read_mask(IRCADB / f"{name}.nii.gz", ct)) > 0] = label
     dice = _dice_against(ct, labels, reference)
-    assert dice[0] >= 0.91 and dice[1] >= 0.85 and dice[2] >= 0.5, dice
+    assert dice[0] >= 0.92 and dice[1] >= 0.88 and dice[2] >= 0.5, dice
 
 
 def test_pelvis_to_abdomen_scan_is_segmented_above_the_pelvis(real_ct):
     """The full example CT (pelvis to upper abdomen) was refused: the liver leaked into the pelvis (3,317 mL). The
     organs are now searched above the iliac wings: not refused. Liver Dice on the 30 slices the reference labels
-    cover (the liver continues below them, unlabelled): 0.889 (0.690 with the iliac-wing bound alone, 0.434 before)."""
+    cover (the liver continues below them, unlabelled): 0.891 (0.690 with the iliac-wing bound alone, 0.434 before)."""
     ct, reference = _whole_scan_labels(real_ct)
     pelvic, _ = slice_levels(sitk.GetArrayFromImage(ct), np.array(ct.GetSpacing()[::-1]))
     assert 25 <= pelvis_top(pelvic, ct.GetSpacing()[2]) <= 45  # the iliac crests, about a third of the way up

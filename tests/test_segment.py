@@ -35,7 +35,9 @@ def test_classic_on_real_ct(real_ct):
     labels = segment_scan(ct, Backend("classic"))
     dice = dice_per_roi(labels, _real_reference(real_ct, ct))
     print(f"real CT Dice liver {dice[0]:.3f} spleen {dice[1]:.3f} portal vein {dice[2]:.3f}")
-    assert dice[0] >= 0.88 and dice[1] >= 0.85  # measured 0.898 / 0.883 (non-contrast scan, 90 mm of upper abdomen)
+    # the #20 targets; measured 0.901 / 0.885 (non-contrast scan, 90 mm of upper abdomen; 0.898 / 0.883 while a
+    # closing before the hole filling also filled the hilum and the IVC's groove)
+    assert dice[0] >= 0.90 and dice[1] >= 0.88
     volumes = roi_volumes(labels)
     assert 600 < volumes[0] < 4000
     assert volumes[2] == 0  # no contrast, no enhancing vessel tree: no portal vein rather than a wrong one

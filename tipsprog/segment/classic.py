@@ -20,6 +20,7 @@ from skimage.filters import threshold_otsu
 
 from tipsprog.io import antialiased_resample
 from tipsprog.segment.landmarks import pelvis_top, slice_levels
+from tipsprog.segment.morphology import depth_mm, dilated, eroded
 from tipsprog.store import ROI_LABELS
 
 SETTINGS = {
@@ -31,16 +32,6 @@ SETTINGS = {
     "blob_rim_mm": 4.0, "hepatic_margin_mm": 3.0, "portal_reach_mm": 100.0, "portal_min_radius_mm": 3.0,
     "portal_min_extrahepatic_ml": 1.0, "portal_min_intrahepatic_ml": 2.0, "vessel_box_margin_mm": 60.0, "vessel_max_spacing_mm": 3.5,
 }
-
-
-def _erode(mask: np.ndarray, radius_mm: float, spacing: np.ndarray) -> np.ndarray:
-    """Exact erosion by a ball of radius_mm (Euclidean distance in mm)."""
-    return ndimage.distance_transform_edt(mask, sampling=spacing) > radius_mm
-
-
-def _dilate(mask: np.ndarray, radius_mm: float, spacing: np.ndarray) -> np.ndarray:
-    """Exact dilation by a ball of radius_mm."""
-    return ndimage.distance_transform_edt(~mask, sampling=spacing) <= radius_mm
 
 
 def _components(mask: np.ndarray) -> tuple[np.ndarray, int]:
@@ -72,13 +63,13 @@ def _liver_seed(smooth: np.ndarray, deep: np.ndarray, spacing: np.ndarray, mid_x
     """A core of liver parenchyma: the largest thick soft-tissue region in the patient's right half (a body wall
     thick enough to survive the erosion is cut by the midline into smaller arcs), narrowed to the voxels within
     SEED_WINDOW of its median HU (which drops fat, bone, air and enhancing vessels)."""
-    core = _erode(deep & (smooth > -30) & (smooth < 250), SETTINGS["core_mm"], spacing)
+    core = eroded(deep & (smooth > -30) & (smooth < 250), SETTINGS["core_mm"], spacing)
     core[..., int(mid_x):] = False
     seed = _largest(core)
     if not seed.any():
         return seed
     window = deep & (np.abs(smooth - np.median(smooth[seed])) < SETTINGS["seed_window_hu"])
-    return _largest(_erode(window, SETTINGS["core_mm"], spacing) & _dilate(seed, 1.0, spacing))
+    return _largest(eroded(window, SETTINGS["core_mm"], spacing) & dilated(seed, 1.0, spacing))
 
 
 def _parenchyma_window(smooth: np.ndarray, seed: np.ndarray) -> tuple[float, float]:
@@ -94,7 +85,7 @@ def _organ_basins(candidate: np.ndarray, spacing: np.ndarray) -> tuple[np.ndarra
     """Split organs of one HU window where they touch: every region deeper than MARKER_DEPTH inside the window is a
     marker, and a watershed on the depth map gives each window voxel to the marker it is deepest-connected to
     (organs touch through necks thinner than the organs). Returns the basin labels and each marker's bounding box."""
-    depth = ndimage.distance_transform_edt(candidate, sampling=spacing).astype(np.float32)
+    depth = depth_mm(candidate, spacing)
     markers, count = ndimage.label(depth > SETTINGS["marker_depth_mm"])
     regions = ndimage.find_objects(markers)
     markers[~candidate] = count + 1  # outside the window: its own basin
@@ -124,20 +115,20 @@ def _opened(mask: np.ndarray, spacing: np.ndarray) -> np.ndarray:
     """The largest component of the mask less what a ball of OPENING_MM cannot reach (thin attachments: body
     wall, vessels, bowel touching the organ)."""
     radius = SETTINGS["opening_mm"]
-    return _largest(_dilate(_erode(mask, radius, spacing), radius + 0.5 * spacing.max(), spacing) & mask)
+    return _largest(dilated(eroded(mask, radius, spacing), radius + 0.5 * spacing.max(), spacing) & mask)
 
 
 def _filled(mask: np.ndarray) -> np.ndarray:
-    """The mask with what it encloses (vessels, lesions) in each axial slice after a one-voxel closing."""
-    closed = mask | ndimage.binary_closing(mask, iterations=2)
-    return np.stack([ndimage.binary_fill_holes(plane) for plane in closed])
+    """The mask with what it encloses (vessels, lesions) in each axial slice (a closing would also fill the hilum,
+    the IVC's groove and the gallbladder fossa: what opens onto the surface is _enclosed_tissue's job)."""
+    return np.stack([ndimage.binary_fill_holes(plane) for plane in mask])
 
 
 def _enclosed_tissue(organ: np.ndarray, smooth: np.ndarray, deep: np.ndarray, max_hu: float, spacing: np.ndarray) -> np.ndarray:
     """Soft tissue no brighter than the organ that a closing by LESION_CLOSING_MM adds to it: lesions darker than
     the parenchyma (tumours, cysts, fibrosis) that open onto the organ's surface, which fill_holes cannot reach."""
     radius = SETTINGS["lesion_closing_mm"]
-    closed = _erode(_dilate(organ, radius, spacing), radius, spacing)
+    closed = eroded(dilated(organ, radius, spacing), radius, spacing)
     return closed & deep & ~organ & (smooth > SETTINGS["lesion_min_hu"]) & (smooth < max_hu)
 
 
@@ -153,7 +144,7 @@ def _liver_and_spleen(smooth: np.ndarray, deep: np.ndarray, spacing: np.ndarray,
     liver_label = _largest_marker(basins, regions, lambda zyx: zyx[2] < mid[2])
     liver = _filled(_opened(basins == liver_label, spacing))
     liver |= _enclosed_tissue(liver, smooth, deep, centre + half, spacing)
-    return liver, _spleen(smooth, deep & ~_dilate(liver, spacing.max(), spacing), centre, half, liver, spacing, mid)
+    return liver, _spleen(smooth, deep & ~dilated(liver, spacing.max(), spacing), centre, half, liver, spacing, mid)
 
 
 def _nearest_hu_class(region: np.ndarray, smooth: np.ndarray, target_hu: float, separation_hu: float) -> np.ndarray:
@@ -213,19 +204,19 @@ def _portal_venous_system(hu: np.ndarray, liver: np.ndarray, spacing: np.ndarray
     bone, column = _vertebral_column(hu, spacing, body_mid_x)
     levels = np.flatnonzero(liver.any(axis=(1, 2)))
     bright[:levels[0]], bright[levels[-1] + 1:] = False, False
-    vessels = bright & ~_dilate(bone, SETTINGS["bone_margin_mm"], spacing) & ~_dilate(column, SETTINGS["spine_margin_mm"], spacing)
-    depth = ndimage.distance_transform_edt(vessels, sampling=spacing)
+    vessels = bright & ~dilated(bone, SETTINGS["bone_margin_mm"], spacing) & ~dilated(column, SETTINGS["spine_margin_mm"], spacing)
+    depth = depth_mm(vessels, spacing)
     blobs = ndimage.binary_propagation(depth > SETTINGS["blob_radius_mm"], mask=vessels & (depth > SETTINGS["blob_rim_mm"]))
-    vessels &= ~_dilate(blobs, SETTINGS["bone_margin_mm"], spacing)
-    inside = _erode(liver, SETTINGS["hepatic_margin_mm"], spacing)
+    vessels &= ~dilated(blobs, SETTINGS["bone_margin_mm"], spacing)
+    inside = eroded(liver, SETTINGS["hepatic_margin_mm"], spacing)
     components, count = ndimage.label(vessels)
     if count == 0 or not (components & inside).any():
         return np.zeros_like(liver)
     system = components == np.argmax(np.bincount(components[inside], minlength=count + 1)[1:]) + 1
     reach = _along_vessels_mm(system, system & inside, spacing)
     portal = system & (reach <= SETTINGS["portal_reach_mm"])
-    outside = portal & ~_dilate(liver, SETTINGS["hepatic_margin_mm"], spacing)
-    thick = ndimage.distance_transform_edt(portal, sampling=spacing)[outside].max(initial=0.0)
+    outside = portal & ~dilated(liver, SETTINGS["hepatic_margin_mm"], spacing)
+    thick = depth_mm(portal, spacing)[outside].max(initial=0.0)
     voxel_ml = float(np.prod(spacing)) / 1000.0
     tree = (portal & inside).sum() * voxel_ml >= SETTINGS["portal_min_intrahepatic_ml"]
     trunk = outside.sum() * voxel_ml >= SETTINGS["portal_min_extrahepatic_ml"] and thick >= SETTINGS["portal_min_radius_mm"]
@@ -285,9 +276,9 @@ def _refined_organs(fine: sitk.Image, fine_hu: np.ndarray, organs: sitk.Image) -
             continue
         box = _grown_box(labels == label, SETTINGS["refine_mm"], spacing)
         organ, hu = labels[box] == label, fine_hu[box]
-        core = _erode(organ, SETTINGS["opening_mm"], spacing)
+        core = eroded(organ, SETTINGS["opening_mm"], spacing)
         centre, half = _parenchyma_window(hu, core if core.any() else organ)
-        border = _dilate(organ, SETTINGS["refine_mm"], spacing) & (labels[box] == 0) & (np.abs(hu - centre) < half)
+        border = dilated(organ, SETTINGS["refine_mm"], spacing) & (labels[box] == 0) & (np.abs(hu - centre) < half)
         grown = ndimage.binary_propagation(organ, mask=organ | border)
         refined[box][grown & (refined[box] == 0)] = label
     image = sitk.GetImageFromArray(refined)
@@ -357,7 +348,8 @@ def _box_on(reference: sitk.Image, source: sitk.Image, box: tuple[slice, ...]) -
 
 def _median_hu(ct: sitk.Image) -> np.ndarray:
     """The CT's HU array (z, y, x) after a MEDIAN_VOXELS median filter."""
-    return ndimage.median_filter(sitk.GetArrayFromImage(ct).astype(np.float32), size=SETTINGS["median_voxels"])
+    radius = SETTINGS["median_voxels"] // 2
+    return sitk.GetArrayFromImage(sitk.Median(sitk.Cast(ct, sitk.sitkFloat32), [radius] * 3))
 
 
 def _label_array(smooth: np.ndarray, ct: sitk.Image) -> np.ndarray:
@@ -370,7 +362,7 @@ def _label_array(smooth: np.ndarray, ct: sitk.Image) -> np.ndarray:
         body[:top + 1] = False  # the liver and spleen lie above the pelvis
     if body.any():
         mid = np.array(ndimage.center_of_mass(body))
-        deep = _erode(body, SETTINGS["wall_mm"], spacing)
+        deep = eroded(body, SETTINGS["wall_mm"], spacing)
         liver, spleen = _liver_and_spleen(smooth, deep, spacing, mid)
         labels[liver] = ROI_LABELS["liver"]
         labels[spleen & ~liver] = ROI_LABELS["spleen"]

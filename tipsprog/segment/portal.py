@@ -34,6 +34,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components, depth_first_order, dijkstra, minimum_spanning_tree
 from skimage.morphology import skeletonize
 
+from tipsprog.segment.morphology import depth_mm, dilated, eroded
 from tipsprog.store import ROI_LABELS
 
 SETTINGS = {
@@ -143,9 +144,8 @@ def _closed_liver(liver: sitk.Image, lower: np.ndarray, upper: np.ndarray) -> si
     mask = _resampled(liver, grid, linear=False)
     closed = np.zeros_like(mask)
     if mask.any():
-        dilated = ndimage.distance_transform_edt(~mask, sampling=spacing) <= radius
-        padded = np.pad(dilated, 1, constant_values=True)  # no erosion from the grid's edge
-        closed = ndimage.distance_transform_edt(padded, sampling=spacing)[1:-1, 1:-1, 1:-1] > radius
+        padded = np.pad(dilated(mask, radius, np.full(3, spacing)), 1, constant_values=True)  # no erosion from the grid's edge
+        closed = eroded(padded, radius, np.full(3, spacing))[1:-1, 1:-1, 1:-1]
     image = sitk.GetImageFromArray(closed.astype(np.uint8))
     image.CopyInformation(grid)
     return image
@@ -215,7 +215,7 @@ def centreline(vessel: np.ndarray, hepatic: np.ndarray, grid: sitk.Image) -> Cen
     linked = np.flatnonzero(predecessor >= 0)
     step_of[linked] = np.asarray((tree + tree.T).tocsr()[linked, predecessor[linked]]).ravel()
     parent, size, depth, length, hepatic_length = _tree_arrays(order, predecessor, step_of, hepatic_of.astype(float))
-    radius = ndimage.distance_transform_edt(vessel, sampling=spacing)[tuple(voxels[order].T)]
+    radius = depth_mm(vessel, np.full(3, spacing))[tuple(voxels[order].T)]
     points = np.array(grid.GetOrigin()) + voxels[order][:, ::-1] * spacing
     return Centreline(points, parent, radius, depth, size, length, hepatic_length)
 
