@@ -30,11 +30,11 @@ tipsprog synth --out external --n "${DEMO_EXTERNAL:-100}" --centers 2 --seed 8 -
 tipsprog segment external/cohort.csv --out external/seg.h5
 tipsprog radiomics external/seg.h5 --out external/radiomics.h5
 tipsprog embed external/seg.h5 --out external/embed.h5 --weights embed.pt
-step "fuse-train (concat fusion, 5-fold CV stratified by event and center)"
-tipsprog fuse-train radiomics.h5 embed.h5 --clinical cohort/train_clinical.csv --outcomes cohort/train_outcomes.csv --out model
+step "fuse-train (clinical, biomarkers, radiomics, embeddings; 5-fold CV stratified by event and center)"
+tipsprog fuse-train seg.h5 radiomics.h5 embed.h5 --clinical cohort/train_clinical.csv --outcomes cohort/train_outcomes.csv --out model
 step "evaluate (out-of-fold and external, bootstrap 95% CIs, clinical scores, oracle)"
 tipsprog evaluate model --out report --truth cohort/truth.csv --truth external/truth.csv --bootstrap "${DEMO_BOOTSTRAP:-1000}" \
-  --test external/radiomics.h5 --test external/embed.h5 --clinical external/clinical.csv --outcomes external/outcomes.csv
+  --test external/seg.h5 --test external/radiomics.h5 --test external/embed.h5 --clinical external/clinical.csv --outcomes external/outcomes.csv
 step "predict the held-out patient ${held_out}"
 tipsprog predict --ct "cohort/images/${held_out}.nii.gz" --clinical held_out_clinical.csv --model model
 printf '\nDemo finished in %d s. Report: %s/report/report.md\n' $((SECONDS - start)) "$out"

@@ -108,7 +108,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
         ("segment", root / "cohort" / "cohort.csv", "--out", root / "seg.h5", "--workers", 2, "--quiet"),
         ("radiomics", root / "seg.h5", "--out", root / "radiomics.h5", "--workers", 2, "--quiet"),
         ("embed", root / "seg.h5", "--out", root / "embed.h5", "--fit", "--epochs", 2, "--device", "cpu", "--quiet"),
-        ("fuse-train", root / "radiomics.h5", root / "embed.h5", "--clinical", root / "cohort" / "clinical.csv",
+        ("fuse-train", root / "seg.h5", root / "radiomics.h5", root / "embed.h5", "--clinical", root / "cohort" / "clinical.csv",
          "--outcomes", root / "cohort" / "outcomes.csv", "--out", root / "model", "--folds", 3, "--device", "cpu", "--quiet"),
     ]
     for step in steps:

@@ -29,8 +29,8 @@ def _journal_records(path: Path) -> int:
 def _same_segment_store(first: Path, second: Path) -> None:
     """Masks, crops, volumes and QC of two segment stores are identical."""
     with h5py.File(first) as a, h5py.File(second) as b:
-        for key in ("segment/volumes", "segment/portal_vein", "qc/status", "segment/crops/liver", "segment/crops/spleen",
-                    "segment/crops/portal_vein"):
+        for key in ("segment/volumes", "segment/portal_vein", "qc/status", "qc/flags", "segment/crops/liver",
+                    "segment/crops/spleen", "segment/crops/portal_vein", "features/biomarkers/values"):
             np.testing.assert_array_equal(a[key][()], b[key][()])
         assert set(a["segment/masks"]) == set(b["segment/masks"])
         for pid in a["segment/masks"]:

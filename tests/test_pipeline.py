@@ -16,6 +16,7 @@ from tipsprog.fusion.assembly import assemble_for_bundle
 from tipsprog.fusion.attribution import integrated_gradients
 from tipsprog.fusion.bundle import load_bundle
 from tipsprog.fusion.training import predict_members
+from tipsprog.segment.biomarkers import NAMES as BIOMARKER_NAMES
 from tipsprog.segment.portal import PORTAL_VEIN_FIELDS
 
 
@@ -25,6 +26,7 @@ def test_stores_follow_the_schema(pipeline):
         assert seg["segment/crops/liver"].shape[0] == 30
         assert set(seg["segment/masks"]) == {f"P{i:04d}" for i in range(30)}
         assert seg["segment/portal_vein"].shape == (30, len(PORTAL_VEIN_FIELDS))
+        assert seg["features/biomarkers/values"].shape == (30, len(BIOMARKER_NAMES))
     with h5py.File(pipeline.radiomics) as rad:
         groups = [g.decode() for g in rad["features/radiomics/groups"][()]]
         assert "liver/original/glcm" in groups and "spleen/original/shape" in groups
@@ -38,7 +40,10 @@ def test_bundle_contents(pipeline):
     manifest = yaml.safe_load((pipeline.bundle / "bundle.yaml").read_text())
     assert set(manifest["files"]) >= {"weights.pt", "preprocess.json", "oof.h5", "metrics.json", "model_card.md", "embed-ssl.pt"}
     assert manifest["pipeline"]["segment"] == {"backend": "classic"}
-    assert set(manifest["modalities"]) == {"clinical", "radiomics", "embed"}
+    assert set(manifest["modalities"]) == {"clinical", "radiomics", "embed", "biomarkers"}
+    percentiles = manifest["pipeline"]["blocks"]["biomarkers"]["training_percentiles"]
+    spleen = np.array(percentiles["spleen/volume[mL]"], dtype=float)
+    assert len(spleen) == 101 and np.all(np.diff(spleen) >= 0)
     with h5py.File(pipeline.bundle / "oof.h5") as oof:
         risk = oof["oof/risk"][()]
         folds = oof["outcomes/fold"][()]
@@ -122,20 +127,27 @@ def test_predict_single_patient_json(pipeline, tmp_path):
     assert prediction["segmentation"]["status"] == "ok"
     assert 600 < prediction["segmentation"]["volumes_ml"]["liver"] < 4000
     assert list(prediction["segmentation"]["portal_vein"]) == list(PORTAL_VEIN_FIELDS)
+    spleen = prediction["biomarkers"]["spleen/volume[mL]"]  # P0000 is a training patient: its own value is ranked
+    with h5py.File(pipeline.seg) as seg:
+        stored = seg["features/biomarkers/values"][0, list(BIOMARKER_NAMES).index("spleen/volume[mL]")]
+    assert list(prediction["biomarkers"]) == list(BIOMARKER_NAMES) and spleen["value"] == pytest.approx(stored, abs=0.01)
+    assert 0 <= spleen["percentile"] <= 100
     printed = invoke("predict", "--ct", pipeline.cohort / "images" / "P0000.nii.gz", "--clinical", tmp_path / "row.csv",
                      "--model", pipeline.bundle)
     assert printed.exit_code == 0 and "main portal vein diameter " in printed.output, printed.output
+    assert "spleen/volume[mL]: " in printed.output and "of the training cohort)" in printed.output
     curve = prediction["survival_curve"]
     assert curve["days"][0] == 30 and np.all(np.diff(curve["survival"]) <= 0) and 0 < curve["survival"][-1] <= 1
     attribution = prediction["attribution"]
-    assert len(attribution["top"]) == 8 and {t["modality"] for t in attribution["top"]} <= {"clinical", "radiomics", "embed"}
+    assert len(attribution["top"]) == 8 and {t["modality"] for t in attribution["top"]} <= {"clinical", "radiomics", "embed", "biomarkers"}
     assert sum(attribution["by_modality"].values()) == pytest.approx(attribution["risk_minus_baseline"], abs=2e-3)
 
 
 def test_attributions_add_up_to_the_risk_and_match_the_ensemble(pipeline):
     """Integrated gradients are complete: per patient they sum to risk minus the baseline patient's risk."""
     bundle = load_bundle(pipeline.bundle)
-    assembled = assemble_for_bundle(bundle.manifest, [pipeline.radiomics, pipeline.embed], pipeline.clinical, pipeline.outcomes)
+    assembled = assemble_for_bundle(bundle.manifest, [pipeline.seg, pipeline.radiomics, pipeline.embed], pipeline.clinical,
+                                    pipeline.outcomes)
     matrices = {m: v[:4] for m, v in assembled.data.matrices.items()}
     attribution = integrated_gradients(bundle.members, matrices, bundle.config, torch.device("cpu"))
     np.testing.assert_allclose(attribution.values.sum(axis=1), attribution.risk - attribution.baseline_risk, atol=2e-3)
@@ -237,7 +249,7 @@ def test_external_cohort_is_predicted_with_the_bundles_features(pipeline, tmp_pa
         assert result.exit_code == 0, f"{step[0]} failed: {result.output}"
     cohort = ["--clinical", ext / "cohort" / "clinical.csv", "--outcomes", ext / "cohort" / "outcomes.csv"]
     result = invoke("evaluate", pipeline.bundle, "--out", tmp_path / "report", "--test", ext / "embed.h5", "--test",
-                    ext / "radiomics.h5", *cohort, "--truth", pipeline.cohort / "truth.csv", "--truth",
+                    ext / "radiomics.h5", "--test", ext / "seg.h5", *cohort, "--truth", pipeline.cohort / "truth.csv", "--truth",
                     ext / "cohort" / "truth.csv", "--bootstrap", 10, "--workers", 1, "--device", "cpu", "--quiet")
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
@@ -247,8 +259,9 @@ def test_external_cohort_is_predicted_with_the_bundles_features(pipeline, tmp_pa
     assert 0 <= external["survival"]["model"]["harrell_c"]["estimate"] <= 1
     assert (tmp_path / "report" / "external_km.png").is_file() and "External cohort" in (tmp_path / "report" / "report.md").read_text()
 
-    result = invoke("evaluate", pipeline.bundle, "--out", tmp_path / "again", "--test", ext / "radiomics.h5", *cohort)
+    result = invoke("evaluate", pipeline.bundle, "--out", tmp_path / "again", "--test", ext / "radiomics.h5", "--test",
+                    ext / "seg.h5", *cohort)
     assert result.exit_code == 2 and "embed features are needed" in result.output and not (tmp_path / "again").exists()
     result = invoke("evaluate", pipeline.bundle, "--out", tmp_path / "again", "--test", pipeline.radiomics, "--test",
-                    pipeline.embed, "--clinical", pipeline.clinical, "--outcomes", pipeline.outcomes)
+                    pipeline.embed, "--test", pipeline.seg, "--clinical", pipeline.clinical, "--outcomes", pipeline.outcomes)
     assert result.exit_code == 2 and "is in the bundle's training cohort" in result.output

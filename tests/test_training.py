@@ -209,6 +209,17 @@ def test_preprocessor_keeps_token_layout_and_reduces_wide_groups():
     assert plain.width == 6 and np.isfinite(plain.transform(train)).all()
 
 
+def test_every_fold_gets_the_same_layout_when_a_level_is_absent_from_one():
+    """A one-hot level no training patient of a fold has (a rare etiology in a 10-patient fold) is unusable there;
+    the layout must not shrink with it, or the fold's members cannot be stacked with the others' (it did: 'stack
+    expects each tensor to be equal size' at 20 patients, 2 folds)."""
+    rng = np.random.default_rng(3)
+    train = rng.standard_normal((10, 5))
+    groups = ["age", "etiology", "etiology", "etiology", "etiology"]
+    train[:, 1:] = np.eye(4)[rng.choice([0, 1, 2], size=10)]  # the fourth level never occurs in this fold
+    assert ModalityPreprocessor.fit(train, groups).width == 4
+
+
 def test_config_rejects_unknown_keys_and_bad_types(tmp_path):
     path = tmp_path / "train.yaml"
     cases = {

@@ -359,6 +359,10 @@ def _print_prediction(result: dict) -> None:
     if result["segmentation"]:
         out.print(f"  segmentation: {result['segmentation']['status']} {result['segmentation']['volumes_ml']}")
         out.print(f"  {portal_vein_line(result['segmentation']['portal_vein'])}")
+    for name, value in result["biomarkers"].items():
+        shown = "not measured" if value["value"] is None else f"{value['value']:g}"
+        rank = "" if value["percentile"] is None else f" (percentile {value['percentile']:.0f} of the training cohort)"
+        out.print(escape(f"  {name}: {shown}{rank}"))  # the units' brackets are not markup
     if result["imputed"]:
         out.print(f"  imputed (training medians): {', '.join(result['imputed'])}")
     attribution = result["attribution"]

@@ -30,7 +30,7 @@ from tipsprog.fusion.training import ensemble_survival, member_ensemble, predict
 from tipsprog.io import read_cohort, read_ct
 from tipsprog.parallel import map_ordered
 from tipsprog.radiomics.extract import extract_from_file
-from tipsprog.segment import Backend, segment_scan
+from tipsprog.segment import Backend, biomarkers, segment_scan
 from tipsprog.segment.qc import qc_reason, qc_status, quality_flags
 from tipsprog.segment.crops import roi_crops, roi_volumes
 from tipsprog.segment.overlay import draw_overlay
@@ -44,9 +44,9 @@ CURVE_STEP_DAYS = 30
 
 @dataclass
 class ScanFeatures:
-    """What the per-scan stages give one patient: radiomics rows by block, ROI crops and QC."""
+    """What the per-scan stages give one patient: feature rows by block (radiomics, biomarkers), ROI crops and QC."""
 
-    radiomics: dict[str, np.ndarray]
+    rows: dict[str, np.ndarray]
     crops: dict[str, np.ndarray]
     qc: dict
 
@@ -95,20 +95,42 @@ def scan_features(job: ScanJob) -> ScanFeatures:
     flags = quality_flags(ct, labels, volumes)
     if qc_status(flags) == "failed":
         raise InputError(f"{job.ct_path}: segmentation ({job.backend.name}) failed quality control: {qc_reason(flags)}")
-    qc = {"backend": job.backend.name, "volumes_ml": {roi: round(float(v), 1) for roi, v in zip(store.ROI_LABELS, volumes)},
-          "status": qc_status(flags), "flags": flags, "portal_vein": portal_vein_record(portal_vein_measurements(labels))}
-    radiomics = {}
+    portal_vein = portal_vein_measurements(labels)
+    rows = {}
     for name, entry in job.blocks.items():
         if entry["extractor"] == "pyradiomics":
             values, _ = extract_from_file(job.ct_path, labels, entry["params"], job.series_uid)
-            radiomics[name] = np.array([values.get(feature, np.nan) for feature in entry["names"]], dtype=float)
+            rows[name] = np.array([values.get(feature, np.nan) for feature in entry["names"]], dtype=float)
+        elif entry["extractor"] == biomarkers.EXTRACTOR:
+            measured, measure_flags = biomarkers.measure(ct, labels, volumes, portal_vein)
+            rows[name], flags = _in_order(measured, entry["names"]), flags + measure_flags
+    qc = {"backend": job.backend.name, "volumes_ml": {roi: round(float(v), 1) for roi, v in zip(store.ROI_LABELS, volumes)},
+          "status": qc_status(flags), "flags": flags, "portal_vein": portal_vein_record(portal_vein)}
     if job.mask_path is not None:
         make_folder(job.mask_path.parent)
         sitk.WriteImage(labels, str(job.mask_path), useCompression=True)
     if job.overlay_path is not None:
         draw_overlay(ct, labels, job.overlay_path)
     needs_crops = any("encoder" in entry for entry in job.blocks.values())
-    return ScanFeatures(radiomics, roi_crops(ct, labels) if needs_crops else {}, qc)
+    return ScanFeatures(rows, roi_crops(ct, labels) if needs_crops else {}, qc)
+
+
+def _in_order(measured: np.ndarray, names: list[str]) -> np.ndarray:
+    """The biomarkers a bundle was trained on, in its order (NaN for one this version does not measure)."""
+    value_of = dict(zip(biomarkers.NAMES, measured))
+    return np.array([value_of.get(name, np.nan) for name in names], dtype=float)
+
+
+def biomarker_record(values: np.ndarray, entry: dict) -> dict[str, dict[str, float | None]]:
+    """Each biomarker's value and its percentile among the training cohort's patients (None: not measured)."""
+    record = {}
+    for name, value in zip(entry["names"], values):
+        reference = entry["training_percentiles"][name]
+        measured = bool(np.isfinite(value))
+        known = measured and reference[0] is not None
+        record[name] = {"value": round(float(value), 2) if measured else None,
+                        "percentile": round(float(np.interp(value, reference, np.arange(101))), 1) if known else None}
+    return record
 
 
 def portal_vein_record(measurements: PortalVein) -> dict[str, float | None]:
@@ -174,8 +196,8 @@ def _feature_blocks(bundle: Bundle, scans: list[ScanFeatures], device_name: str)
     """The bundle's feature blocks for all scans: radiomics stacked, embeddings one crop at a time."""
     blocks = {}
     for name, entry in bundle.manifest["pipeline"]["blocks"].items():
-        if entry["extractor"] == "pyradiomics":
-            blocks[name] = store.FeatureBlock(np.stack([scan.radiomics[name] for scan in scans]), entry["names"], [])
+        if entry["extractor"] in ("pyradiomics", biomarkers.EXTRACTOR):
+            blocks[name] = store.FeatureBlock(np.stack([scan.rows[name] for scan in scans]), entry["names"], [])
         elif "encoder" in entry:
             encoder = load_encoder(entry["encoder"], bundle.path / entry["weights"])
             crops = {roi: np.stack([scan.crops[roi] for scan in scans]) for roi in scans[0].crops}
@@ -261,6 +283,8 @@ def _predictions(bundle: Bundle, table: pd.DataFrame, scans: list[ScanFeatures],
                                  "risk_minus_baseline": round(float(attribution.risk[row] - attribution.baseline_risk[row]), 4),
                                  "by_modality": attribution.by_modality(row), "top": attribution.top(row, TOP_FEATURES)}
         result["segmentation"] = scans[row].qc if scans else {}
+        entry = bundle.manifest["pipeline"]["blocks"].get("biomarkers")
+        result["biomarkers"] = biomarker_record(scans[row].rows["biomarkers"], entry) if entry and scans else {}
         results.append(result)
     return results
 
@@ -320,6 +344,8 @@ def flat_row(result: dict) -> dict:
         row.update(qc_status=segmentation["status"], qc_flags=";".join(segmentation["flags"]),
                    **{f"{roi}_ml": volume for roi, volume in segmentation["volumes_ml"].items()},
                    **{f"portal_vein_{name}": value for name, value in segmentation["portal_vein"].items()})
+    for name, value in result["biomarkers"].items():
+        row.update({f"biomarker_{name}": value["value"], f"biomarker_{name}_percentile": value["percentile"]})
     row.update(imputed=";".join(result["imputed"]),
                top_features=";".join(f"{t['group']}:{t['contribution']:+.3f}" for t in result["attribution"]["top"]))
     return row

@@ -32,6 +32,16 @@ def _verified(source: Path, sha256: str) -> Path:
     return source
 
 
+def training_percentiles(block: store.FeatureBlock) -> dict[str, list[float | None]]:
+    """Each feature's 0th…100th percentiles over the patients measured (None where nobody was): what predict ranks a
+    new patient against."""
+    percentiles = {}
+    for column, name in enumerate(block.names):
+        values = block.values[:, column][np.isfinite(block.values[:, column])]
+        percentiles[name] = np.percentile(values, np.arange(101)).round(4).tolist() if len(values) else [None] * 101
+    return percentiles
+
+
 def pipeline_manifest(blocks: dict[str, store.FeatureBlock]) -> tuple[dict, dict[str, Path]]:
     """How to replay the feature pipeline on a new scan, and the weight files to copy into the bundle."""
     sources = {(b.attrs.get("segment_backend", ""), b.attrs.get("segment_model_sha256", "")) for b in blocks.values()}
@@ -50,6 +60,8 @@ def pipeline_manifest(blocks: dict[str, store.FeatureBlock]) -> tuple[dict, dict
         entry: dict = {"extractor": block.attrs.get("extractor", name), "names": block.names}
         if block.attrs.get("extractor") == "pyradiomics":
             entry["params"] = yaml.safe_load(block.attrs["settings"])
+        if name == "biomarkers":
+            entry["training_percentiles"] = training_percentiles(block)
         if "weights_path" in block.attrs:
             entry.update(encoder=block.attrs["encoder"], pooling=block.attrs["pooling"],
                          weights=f"{name}{Path(block.attrs['weights_path']).suffix}")

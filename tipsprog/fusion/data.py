@@ -12,7 +12,7 @@ from sklearn.decomposition import PCA
 from tipsprog.clinical import extra_columns, schema
 from tipsprog.store import FeatureBlock
 
-MODALITIES = ("clinical", "radiomics", "embed")
+MODALITIES = ("clinical", "radiomics", "embed", "biomarkers")
 CLIP_SD = 5.0
 
 
@@ -105,7 +105,7 @@ class ModalityPreprocessor:
         usable = np.isfinite(median) & (std > 1e-8)
         token_names = list(dict.fromkeys(column_groups))
         columns = [[c for c, g in enumerate(column_groups) if g == name and usable[c]] for name in token_names]
-        group_width = max((len(c) for c in columns), default=1)
+        group_width = max((column_groups.count(name) for name in token_names), default=1)  # not what this fold can use
         width = min(max_width, group_width) if max_width else group_width
         fitted = cls(np.where(usable, median, 0.0).tolist(), np.where(usable, imputed.mean(axis=0), 0.0).tolist(),
                      np.where(usable, std, 1.0).tolist(), token_names, columns, [], [], max(width, 1))

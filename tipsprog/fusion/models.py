@@ -17,7 +17,7 @@ from tipsprog.fusion.modules import (AttentionBlock, ClinicalFilm, CrossOrganGra
                                      MultiGranularityAttention, OrthogonalDecomposition, TokenEmbedding)
 
 MODELS = ("clinical-cox", "concat", "late", "intermediate", "tmiclnet", "multitips", "graph")
-IMAGE_ORDER = ("embed", "radiomics", "clinical")
+IMAGE_ORDER = ("embed", "radiomics", "biomarkers", "clinical")
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from tipsprog.devices import resolve_device
 from tipsprog.errors import InputError
 from tipsprog.io import COHORT_PATH_COLUMNS, read_cohort, read_ct
 from tipsprog.parallel import map_ordered
-from tipsprog.segment import classic, foundation, semi
+from tipsprog.segment import biomarkers, classic, foundation, semi
 from tipsprog.segment.crops import CROP_SHAPE, roi_crops, roi_volumes
 from tipsprog.segment.masks import has_reference, reference_labels
 from tipsprog.segment.portal import PORTAL_VEIN_FIELDS, PortalVein, portal_vein_measurements
@@ -43,6 +43,7 @@ class ScanResult:
     dice: np.ndarray = field(default_factory=lambda: np.full(len(store.ROI_LABELS), np.nan, np.float32))
     input_sha256: str = ""
     portal_vein: PortalVein = field(default_factory=PortalVein)
+    biomarkers: np.ndarray = field(default_factory=lambda: np.full(len(biomarkers.NAMES), np.nan, np.float32))
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,10 @@ def _segment_one(job: tuple[pd.Series, Backend]) -> ScanResult:
         return result
     result.flags = quality_flags(ct, result.labels, result.volumes)
     result.status, result.reason = qc_status(result.flags), qc_reason(result.flags)
+    if result.status == "ok":
+        result.biomarkers, measure_flags = biomarkers.measure(ct, result.labels, result.volumes, result.portal_vein)
+        result.flags += measure_flags
+        result.reason = qc_reason(result.flags)
     return result
 
 
@@ -174,6 +179,7 @@ def _journal_scan(result: ScanResult) -> Callable[[h5py.Group], None]:
         group.create_dataset("volumes", data=result.volumes)
         group.create_dataset("dice", data=result.dice)
         group.create_dataset("portal_vein", data=result.portal_vein.as_array())
+        group.create_dataset("biomarkers", data=result.biomarkers)
         if result.labels is not None:
             store.write_mask(group, "labels", result.labels)
         for roi, crop in result.crops.items():
@@ -185,8 +191,10 @@ def _journaled_scan(patient_id: str, group: h5py.Group) -> ScanResult:
     """A scan's result as a journal record holds it (labels and crops stay in the journal)."""
     flags = str(group.attrs["flags"])
     portal_vein = PortalVein(*map(float, group["portal_vein"][()])) if "portal_vein" in group else PortalVein()
+    measured = group["biomarkers"][()] if "biomarkers" in group else np.full(len(biomarkers.NAMES), np.nan, np.float32)
     return ScanResult(patient_id, str(group.attrs["status"]), str(group.attrs["reason"]), volumes=group["volumes"][()],
-                      flags=flags.split(";") if flags else [], dice=group["dice"][()], portal_vein=portal_vein)
+                      flags=flags.split(";") if flags else [], dice=group["dice"][()], portal_vein=portal_vein,
+                      biomarkers=measured)
 
 
 def _write_segment_store(h5: h5py.File, journal: h5py.File, record_names: list[str], results: list[ScanResult],
@@ -205,6 +213,10 @@ def _write_segment_store(h5: h5py.File, journal: h5py.File, record_names: list[s
     store.write_volumes(h5, np.stack([r.volumes for r in results]), list(store.ROI_LABELS))
     store.write_dice(h5, np.stack([r.dice for r in results]), list(store.ROI_LABELS))
     store.write_portal_vein(h5, np.stack([r.portal_vein.as_array() for r in results]), list(PORTAL_VEIN_FIELDS))
+    provenance = {"segment_backend": backend.name, "segment_model_path": backend.model_path, "segment_model_sha256": model_sha}
+    store.write_features(h5, "biomarkers", store.FeatureBlock(
+        np.stack([r.biomarkers for r in results]), list(biomarkers.NAMES), biomarkers.groups(),
+        {"extractor": biomarkers.EXTRACTOR, "version": biomarkers.VERSION, **provenance}, [r.input_sha256 for r in results]))
     store.write_qc(h5, [r.status for r in results], [r.reason for r in results],
                    flags=[";".join(r.flags) for r in results], backend=backend.name)
 

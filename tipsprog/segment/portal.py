@@ -353,21 +353,38 @@ def portal_vein_measurements(labels: sitk.Image) -> PortalVein:
     volume_ml = float(pv_array.sum()) * float(np.prod(labels.GetSpacing())) / 1000.0
     if not (array == ROI_LABELS["liver"]).any() or max(labels.GetSpacing()) > SETTINGS["max_spacing_mm"]:
         return PortalVein(volume_ml=volume_ml)  # no liver, or a grid too coarse to tell the vein's course
-    pv = labels == ROI_LABELS["portal_vein"]
-    lower, upper = _physical_box(labels, pv_array)
-    spacing = SETTINGS["skeleton_mm"]
-    grid = _grid(lower - 2.0 * spacing, upper + 2.0 * spacing, spacing)
-    vessel = _resampled(pv, grid, linear=True)
-    hepatic = _resampled(_closed_liver(labels == ROI_LABELS["liver"], lower, upper), grid, linear=False)
-    extrahepatic_ml = volume_ml * float((vessel & ~hepatic).sum()) / max(float(vessel.sum()), 1.0)
-    line = centreline(_largest_component(vessel), hepatic, grid)
-    found = main_trunk(line) if line is not None else None
+    extrahepatic_share, line, found = _traced(labels, pv_array)
+    extrahepatic_ml = volume_ml * extrahepatic_share
     if found is None:
         return PortalVein(volume_ml=volume_ml, extrahepatic_volume_ml=extrahepatic_ml)
     diameter = trunk_diameter_mm(_vessel_image(labels, pv_array), line, found)
     measured = np.isfinite(diameter) and found.confluence
     length = float(line.depth[found.nodes[-1]] - line.depth[found.nodes[0]]) if measured else np.nan
     return PortalVein(diameter, length, volume_ml, extrahepatic_ml)
+
+
+def _traced(labels: sitk.Image, pv_array: np.ndarray) -> tuple[float, Centreline | None, Trunk | None]:
+    """The share of the portal-vein label outside the liver closed over its vessels, its centreline on a
+    skeleton_mm grid, and the main trunk on it (None where not found)."""
+    lower, upper = _physical_box(labels, pv_array)
+    spacing = SETTINGS["skeleton_mm"]
+    grid = _grid(lower - 2.0 * spacing, upper + 2.0 * spacing, spacing)
+    vessel = _resampled(labels == ROI_LABELS["portal_vein"], grid, linear=True)
+    hepatic = _resampled(_closed_liver(labels == ROI_LABELS["liver"], lower, upper), grid, linear=False)
+    share = float((vessel & ~hepatic).sum()) / max(float(vessel.sum()), 1.0)
+    line = centreline(_largest_component(vessel), hepatic, grid)
+    return share, line, main_trunk(line) if line is not None else None
+
+
+def trunk_hepatic_end_mm(labels: sitk.Image) -> np.ndarray | None:
+    """Physical LPS (x, y, z) of the main portal vein's hepatic end, the bifurcation (or where the trunk enters the
+    liver); None where the trunk cannot be identified."""
+    pv_array = sitk.GetArrayViewFromImage(labels) == ROI_LABELS["portal_vein"]
+    if not pv_array.any() or not (sitk.GetArrayViewFromImage(labels) == ROI_LABELS["liver"]).any() \
+            or max(labels.GetSpacing()) > SETTINGS["max_spacing_mm"]:
+        return None
+    _, line, found = _traced(labels, pv_array)
+    return None if found is None else line.points[found.nodes[-1]]
 
 
 def _vessel_image(labels: sitk.Image, pv_array: np.ndarray) -> sitk.Image:

@@ -37,6 +37,9 @@ EXPLANATIONS = {
     "implausible_extent": f"taller than any liver ({LIVER_MAX_EXTENT_MM:.0f} mm): the segmentation leaked",
     "in_pelvis": "most of its slices are at the level of the iliac wings: no liver in view",
     "in_chest": "most of its slices are lung: no liver in view",
+    "no_vertebral_level": "no named lumbar vertebra in view: body composition not measured",
+    "rib_anchored": "vertebral levels counted from the lowest rib, whose lateral end can lie a level lower",
+    **{f"at_{level}": f"L3 out of view: body composition measured at {level}" for level in ("L1", "L2", "L4")},
 }
 
 

@@ -1,0 +1,258 @@
+"""Imaging biomarkers of a segmented CT, as the cirrhosis and TIPS literature reports them: body composition at L3,
+ascites, liver and spleen size and liver surface, portal-vein calibre (the store's feature block `biomarkers`).
+
+Body composition follows the Alberta protocol: on the axial slices within SLAB_MM of the middle of L3
+(vertebrae.py), skeletal muscle is tissue of MUSCLE_HU, fat of FAT_HU. Subcutaneous fat is the fat reached from the
+skin through fat wider than 2 × SAT_NECK_MM (a gap in the muscle wall does not let it into the abdomen). Inside it
+lies the fascia; muscle is what of MUSCLE_HU is (a) reached from the fascia through muscle within WALL_MM (the
+abdominal wall) or (b) in the boxes where the posterior muscles lie relative to the spinal canal's front
+(vertebrae.py): paraspinal muscles behind it, psoas beside the vertebral body, quadratus lumborum behind the kidney;
+never the spinal canal, the liver or the spleen. Visceral fat is the fat inside the fascia in front of the canal,
+outside those boxes. Where L3 is out of view the nearest named lumbar level in view is used and the flag
+`muscle:at_<level>` says so; without a named level there is no measurement (`muscle:no_vertebral_level`).
+
+Ascites: free fluid (FLUID_HU, shifted by the scan's water offset read from the air around the body) inside the
+fascia, RETROPERITONEUM_MM in front of the spinal canal (the kidneys and an old patient's paraspinal muscles can be as
+dark), outside liver and spleen and above the pelvis (the bladder). It is grown, through fluid whose whole voxel
+neighbourhood is fluid (a fat/soft-tissue border averages into the fluid window too, one voxel thin), from the
+fluid that lies within LINING_MM of both the abdominal wall and the liver's or spleen's capsule (ascites collects
+first around the liver and spleen, between them and the wall; bowel lies inside them), then given back its one-voxel
+rim. Pieces smaller than MIN_FLUID_ML, with more than BOWEL_GAS_SHARE of their voxels within LINING_MM of gas (fluid
+under gas is in the bowel; a layer of ascites touches the lung bases over a small part of it) or compact (a
+gallbladder, a cyst: filling more than COMPACT_FILL of their convex hull) are not ascites.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+from scipy.spatial import ConvexHull, QhullError
+
+from tipsprog.segment.landmarks import pelvis_top, slice_levels
+from tipsprog.segment.morphology import depth_mm, dilated, eroded
+from tipsprog.segment.portal import PortalVein, trunk_hepatic_end_mm
+from tipsprog.segment.vertebrae import VertebralLevels, canal_front_rows, shrunk, vertebral_levels
+from tipsprog.store import ROI_LABELS
+
+MUSCLE_HU, FAT_HU, FLUID_HU = (-29.0, 150.0), (-190.0, -30.0), (-15.0, 25.0)
+BODY_HU, GAS_HU = -500.0, -400.0
+AIR_HU, MAX_OFFSET_HU = (-1010.0, -900.0), 30.0
+SLAB_MM = 5.0
+SKIN_MM = 10.0
+SAT_NECK_MM = 6.0
+WALL_MM = 20.0
+POSTERIOR_MUSCLE_BOXES_MM = (((-90.0, 0.0), (0.0, 80.0)),  # (mm ahead of the canal's front, mm from the midline):
+                             ((0.0, 45.0), (18.0, 60.0)),  # paraspinal muscles; psoas beside the vertebral body;
+                             ((-10.0, 15.0), (0.0, 90.0)))  # quadratus lumborum behind the kidney
+CANAL_DEPTH_MM, CANAL_HALF_WIDTH_MM = 20.0, 12.0
+RETROPERITONEUM_MM = 30.0
+MIN_FLUID_ML, LINING_MM, COMPACT_FILL, COMPACT_MAX_ML, BOWEL_GAS_SHARE = 2.0, 6.0, 0.7, 300.0, 0.2
+SMOOTH_SURFACE_MM = 5.0
+DEFAULT_TRUNK_RADIUS_MM = 6.0
+LUMBAR_ORDER = ("L3", "L2", "L4", "L1")
+
+EXTRACTOR, VERSION = "tipsprog-biomarkers", "1"
+NAMES = ("muscle/l3_area[cm2]", "muscle/l3_density[HU]", "fat/l3_subcutaneous_area[cm2]", "fat/l3_visceral_area[cm2]",
+         "ascites/volume[mL]", "liver/volume[mL]", "liver/caudate_right_ratio[1]", "liver/surface_roughness[mm]",
+         "spleen/volume[mL]", "spleen/length[mm]", "portal_vein/diameter[mm]")
+
+
+def groups() -> list[str]:
+    """The token group of each biomarker (its organ or compartment)."""
+    return [name.split("/")[0] for name in NAMES]
+
+
+def _largest(mask: np.ndarray) -> np.ndarray:
+    """The largest connected component of a mask (empty if it is empty)."""
+    labels, count = ndimage.label(mask)
+    return labels == np.argmax(np.bincount(labels.ravel())[1:]) + 1 if count else mask
+
+
+def _fascia_inside(hu: np.ndarray, spacing: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Body, subcutaneous fat and what the fascia encloses on one axial slice (2-D arrays)."""
+    body = ndimage.binary_fill_holes(_largest(hu > BODY_HU))
+    fat = (hu >= FAT_HU[0]) & (hu <= FAT_HU[1]) & body
+    skin = body & ~eroded(body, SKIN_MM, spacing)
+    core = eroded(fat, SAT_NECK_MM, spacing)  # reached through fat wider than a gap in the muscle wall
+    reached = ndimage.binary_propagation(core & skin, mask=core)
+    subcutaneous = ndimage.binary_propagation(reached | (fat & skin), mask=fat & dilated(reached, SAT_NECK_MM + spacing.max(), spacing) | (fat & skin))
+    inside = ndimage.binary_fill_holes(_largest(body & ~subcutaneous & ~(skin & ~fat)))
+    return body, subcutaneous, inside
+
+
+def composition_on_slice(hu: np.ndarray, spacing: np.ndarray, canal_front: float, organs: np.ndarray
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Skeletal muscle, subcutaneous and visceral fat masks on one median-filtered axial slice (y, x; spacing in mm)
+    whose spinal canal's anterior edge lies on row canal_front; organs (liver, spleen) are never muscle."""
+    body, subcutaneous, inside = _fascia_inside(hu, spacing)
+    midline = ndimage.center_of_mass(body)[1]
+    muscle_range = (hu >= MUSCLE_HU[0]) & (hu <= MUSCLE_HU[1]) & inside
+    lining = inside & ~eroded(inside, SKIN_MM / 2.0, spacing)
+    wall = ndimage.binary_propagation(muscle_range & lining, mask=muscle_range & ~eroded(inside, WALL_MM, spacing))
+    rows, columns = np.indices(hu.shape)
+    ahead_mm, lateral_mm = (canal_front - rows) * spacing[0], np.abs(columns - midline) * spacing[1]
+    posterior = np.zeros(hu.shape, bool)
+    for (ahead_low, ahead_high), (lateral_low, lateral_high) in POSTERIOR_MUSCLE_BOXES_MM:
+        posterior |= (ahead_mm >= ahead_low) & (ahead_mm < ahead_high) & (lateral_mm >= lateral_low) & (lateral_mm < lateral_high)
+    posterior &= ~((ahead_mm > -CANAL_DEPTH_MM) & (lateral_mm < CANAL_HALF_WIDTH_MM))  # the spinal canal
+    muscle = (wall | (muscle_range & posterior)) & ~organs
+    fat = (hu >= FAT_HU[0]) & (hu <= FAT_HU[1]) & inside
+    return muscle, subcutaneous, fat & (ahead_mm > 0) & ~posterior
+
+
+def _measured_level(levels: VertebralLevels) -> tuple[str | None, list[str]]:
+    """The lumbar level to measure body composition at (L3, else the nearest named one in view) and its flags."""
+    level = next((name for name in LUMBAR_ORDER if levels.z_of(name) is not None), None)
+    if level is None:
+        return None, ["muscle:no_vertebral_level"]
+    flags = [] if level == "L3" else [f"muscle:at_{level}"]
+    return level, flags + (["muscle:rib_anchored"] if levels.anchor == "ribs" else [])
+
+
+def body_composition(ct: sitk.Image, labels: sitk.Image, levels: VertebralLevels) -> tuple[list[float], list[str]]:
+    """Muscle area (cm²) and density (HU), subcutaneous and visceral fat areas (cm²) averaged over the axial slices
+    within SLAB_MM/2 of the middle of L3 (or the level _measured_level falls back to), with the flags saying so."""
+    level, flags = _measured_level(levels)
+    if level is None:
+        return [np.nan] * 4, flags
+    hu = sitk.GetArrayFromImage(ct)
+    z_of_slice = np.array([ct.TransformIndexToPhysicalPoint((0, 0, k))[2] for k in range(len(hu))])
+    distance = np.abs(z_of_slice - levels.z_of(level))
+    slab = np.flatnonzero(distance <= max(SLAB_MM / 2.0, distance.min()))
+    spacing = np.array(ct.GetSpacing()[1::-1])
+    pixel_cm2 = float(np.prod(spacing)) / 100.0
+    canal_front = ct.TransformPhysicalPointToContinuousIndex((0.0, levels.canal_front_of(level), 0.0))[1]
+    areas, muscle_hu = [], []
+    organs = sitk.GetArrayViewFromImage(labels) > 0
+    for k in slab:
+        masks = composition_on_slice(ndimage.median_filter(hu[k].astype(np.float32), size=3), spacing, canal_front, organs[k])
+        areas.append([mask.sum() * pixel_cm2 for mask in masks])
+        muscle_hu.append(hu[k][masks[0]])
+    mean_area = np.mean(areas, axis=0)
+    return [float(mean_area[0]), float(np.mean(np.concatenate(muscle_hu))), float(mean_area[1]), float(mean_area[2])], flags
+
+
+def _coarse(ct: sitk.Image, labels: sitk.Image) -> tuple[np.ndarray, np.ndarray, sitk.Image]:
+    """HU and labels on the grid of about 3 mm that vertebrae.shrunk makes, and that grid."""
+    grid = shrunk(ct)
+    on_grid = sitk.Resample(labels, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    return sitk.GetArrayFromImage(grid), sitk.GetArrayFromImage(on_grid), grid
+
+
+def _compact(component: np.ndarray, spacing: np.ndarray) -> bool:
+    """Whether a component fills more than COMPACT_FILL of its convex hull (a gallbladder, a cyst)."""
+    points = np.argwhere(component) * spacing
+    try:
+        hull = ConvexHull(points)
+    except QhullError:
+        return False  # flat: a sheet of fluid
+    return len(points) * float(np.prod(spacing)) / max(hull.volume, 1e-6) > COMPACT_FILL
+
+
+def water_offset_hu(ct: sitk.Image) -> float:
+    """How far the scan's HU scale sits from air at −1000 (water at 0 then sits as far off): the median of the air
+    around the body (AIR_HU; padding outside the reconstructed field of view is below it), within ±MAX_OFFSET_HU."""
+    hu = sitk.GetArrayViewFromImage(ct)[:: max(1, ct.GetDepth() // 8)]
+    air = hu[(hu > AIR_HU[0]) & (hu < AIR_HU[1])]
+    return float(np.clip(np.median(air) + 1000.0, -MAX_OFFSET_HU, MAX_OFFSET_HU)) if air.size > 1000 else 0.0
+
+
+def ascites_mask(ct: sitk.Image, labels: sitk.Image) -> tuple[np.ndarray, sitk.Image] | None:
+    """Free peritoneal fluid, as the module docstring defines it, on a grid of about 3 mm (the mask and its grid);
+    None where no spine is in view (the retroperitoneum cannot be told from the peritoneal cavity)."""
+    hu, roi, grid = _coarse(ct, labels)
+    spacing = np.array(grid.GetSpacing()[::-1])
+    organs = (roi == ROI_LABELS["liver"]) | (roi == ROI_LABELS["spleen"])
+    inside = np.stack([_fascia_inside(plane, spacing[1:])[2] for plane in hu])
+    canal = canal_front_rows(hu, spacing)
+    if not np.isfinite(canal).any():
+        return None
+    canal = np.where(np.isfinite(canal), canal, np.nanmedian(canal))
+    ahead = (np.arange(hu.shape[1])[None, :] * spacing[1] < canal[:, None] * spacing[1] - RETROPERITONEUM_MM)[:, :, None]
+    pelvic, _ = slice_levels(hu, spacing)
+    top = pelvis_top(pelvic, spacing[0])
+    water = water_offset_hu(ct)
+    fluid = (hu >= FLUID_HU[0] + water) & (hu <= FLUID_HU[1] + water) & inside & ahead & ~organs
+    if top is not None:
+        fluid[:top + 1] = False
+    core = ndimage.binary_erosion(fluid)  # a fat/tissue border averages into the fluid window too, one voxel thin
+    wall = inside & ~eroded(inside, LINING_MM, spacing)
+    capsule = dilated(organs, LINING_MM + spacing.max(), spacing)
+    grown = ndimage.binary_propagation(core & wall & capsule, mask=core)
+    gas = dilated((hu < GAS_HU) & inside, LINING_MM, spacing)
+    components, _ = ndimage.label(ndimage.binary_dilation(grown) & fluid)
+    ascites = np.zeros(hu.shape, bool)
+    for label, region in enumerate(ndimage.find_objects(components), start=1):
+        piece = components[region] == label
+        volume = piece.sum() * float(np.prod(spacing)) / 1000.0
+        if volume < MIN_FLUID_ML or (piece & gas[region]).sum() > BOWEL_GAS_SHARE * piece.sum():
+            continue
+        if volume < COMPACT_MAX_ML and _compact(piece, spacing):
+            continue
+        ascites[region] |= piece
+    return ascites, grid
+
+
+def ascites_ml(ct: sitk.Image, labels: sitk.Image) -> float:
+    """Free peritoneal fluid (mL); NaN where no spine is in view."""
+    found = ascites_mask(ct, labels)
+    return np.nan if found is None else float(found[0].sum()) * float(np.prod(found[1].GetSpacing())) / 1000.0
+
+
+def spleen_length_mm(labels: sitk.Image) -> float:
+    """The spleen's length: its extent (mm) along its longest principal axis (NaN without a spleen)."""
+    points = np.argwhere(sitk.GetArrayViewFromImage(labels) == ROI_LABELS["spleen"]) * np.array(labels.GetSpacing()[::-1])
+    if len(points) < 10:
+        return np.nan
+    centred = points - points.mean(axis=0)
+    axis = np.linalg.svd(centred[:: max(1, len(points) // 50000)], full_matrices=False)[2][0]
+    projection = centred @ axis
+    return float(projection.max() - projection.min())
+
+
+def caudate_right_ratio(labels: sitk.Image, hepatic_end_mm: np.ndarray | None, trunk_diameter_mm: float) -> float:
+    """Caudate-to-right-lobe ratio (Harbin) on the axial slice through the main portal vein's bifurcation: a
+    sagittal line along the trunk's right wall; the caudate's width is from that line to the medial edge of the
+    liver behind the vein, its right lobe's from that line to the liver's right edge. NaN without a trunk."""
+    if hepatic_end_mm is None:
+        return np.nan
+    x, y, z = labels.TransformPhysicalPointToContinuousIndex(tuple(float(v) for v in hepatic_end_mm))
+    spacing_x, spacing_y = labels.GetSpacing()[:2]
+    radius = trunk_diameter_mm / 2.0 if np.isfinite(trunk_diameter_mm) else DEFAULT_TRUNK_RADIUS_MM
+    wall = int(round(x - radius / spacing_x))
+    liver = sitk.GetArrayViewFromImage(labels)[int(round(z))] == ROI_LABELS["liver"]
+    behind = liver.copy()
+    behind[: int(round(y + radius / spacing_y)) + 1], behind[:, :wall + 1] = False, False
+    pieces, _ = ndimage.label(behind)
+    touching = np.unique(pieces[:, wall + 1][pieces[:, wall + 1] > 0])
+    columns = np.flatnonzero(liver.any(axis=0))
+    if not len(touching) or not len(columns) or columns[0] >= wall:
+        return np.nan
+    caudate = np.flatnonzero(np.isin(pieces, touching).any(axis=0))
+    return float((caudate.max() - wall) / (wall - columns[0]))
+
+
+def surface_roughness_mm(labels: sitk.Image) -> float:
+    """Mean distance (mm) of the liver's surface from the same surface smoothed by a SMOOTH_SURFACE_MM Gaussian (a
+    nodular liver deviates more; NaN without a liver)."""
+    liver = sitk.GetArrayViewFromImage(labels) == ROI_LABELS["liver"]
+    if liver.sum() < 100:
+        return np.nan
+    spacing = np.array(labels.GetSpacing()[::-1])
+    box = tuple(slice(max(0, r.start - 5), r.stop + 5) for r in ndimage.find_objects(liver.astype(np.uint8))[0])
+    raw = liver[box]
+    smooth = ndimage.gaussian_filter(raw.astype(np.float32), SMOOTH_SURFACE_MM / spacing) > 0.5
+    signed = depth_mm(smooth, spacing) - depth_mm(~smooth, spacing)
+    surface = raw & ~eroded(raw, 1.01 * spacing.max(), spacing)
+    return float(np.mean(np.abs(signed[surface])))
+
+
+def measure(ct: sitk.Image, labels: sitk.Image, volumes: np.ndarray, portal_vein: PortalVein) -> tuple[np.ndarray, list[str]]:
+    """Every biomarker of NAMES for one canonical CT and its labels (NaN where not measurable) and the flags."""
+    composition, flags = body_composition(ct, labels, vertebral_levels(ct))
+    liver_ml, spleen_ml = volumes[ROI_LABELS["liver"] - 1], volumes[ROI_LABELS["spleen"] - 1]
+    caudate = caudate_right_ratio(labels, trunk_hepatic_end_mm(labels), portal_vein.main_diameter_mm)
+    values = [*composition, ascites_ml(ct, labels), liver_ml, caudate, surface_roughness_mm(labels), spleen_ml,
+              spleen_length_mm(labels), portal_vein.main_diameter_mm]
+    return np.array(values, dtype=np.float32), flags
