@@ -63,11 +63,11 @@ def main() -> None:
         print(f"  {'biomarker':<32}{'value':>9}   {'on the reference labels':<25}published adult range")
         for column, (feature, value) in enumerate(zip(NAMES, values)):
             low, high = PUBLISHED_RANGES[feature]
-            truth_value = "" if reference is None or np.isnan(reference[column]) else f"{reference[column]:.1f}"
-            if truth_value and feature.split("/")[0] in ("liver", "spleen", "portal_vein"):
+            truth_value = "" if reference is None or np.isnan(reference[column]) else f"{reference[column]:.2f}"
+            if truth_value and np.isfinite(value) and feature.split("/")[0] in ("liver", "spleen", "portal_vein"):
                 truth_value += f" ({100 * (value / reference[column] - 1):+.1f}%)"
             check = "not measured" if np.isnan(value) else f"{'within' if low <= value <= high else 'OUTSIDE'} {low}-{high}"
-            print(f"  {feature:<32}{value:>9.1f}   {truth_value:<25}{check}")
+            print(f"  {feature:<32}{value:>9.2f}   {truth_value:<25}{check}")
 
 if __name__ == "__main__":
     main()

@@ -16,6 +16,7 @@ from tipsprog.segment.biomarkers import NAMES, ascites_ml, body_composition
 from tipsprog.segment.morphology import depth_mm
 from tipsprog.segment.vertebrae import vertebral_levels
 from tipsprog.store import ROI_LABELS
+from tipsprog.synth import CohortSpec, make_cohort
 
 IRCADB = REAL_CT.parent / "ircadb-1.1"  # CC BY-NC-ND: read in place from ../shared, never copied
 TOTALSEG_VERTEBRAE = {"L2": 30, "L1": 31}  # TotalSegmentator v2 label ids
@@ -111,3 +112,12 @@ def test_segment_store_holds_the_biomarkers_block(real_ct, tmp_path):
     assert np.isnan(values["muscle/l3_area[cm2]"]) and "muscle:no_vertebral_level" in flags
     assert 1000 < values["liver/volume[mL]"] < 1500 and 200 < values["spleen/volume[mL]"] < 350
     assert block.groups[:4] == ["muscle", "muscle", "fat", "fat"]
+
+
+def test_phantom_vertebrae_are_named_from_their_ribs(tmp_path):
+    """The synthetic spine (docs/synth.md: L3 centred at z −62 mm, ribs on T11 and T12 only, no pelvis) is named
+    from its lowest rib on the 6 mm grid too (an in-plane median there would erase the canal): L3 within 5 mm."""
+    make_cohort(tmp_path / "c", CohortSpec(n=3, centers=1, seed=1))
+    for pid in ("P0000", "P0001", "P0002"):
+        levels = vertebral_levels(read_ct(tmp_path / "c" / "images" / f"{pid}.nii.gz"))
+        assert levels.anchor == "ribs" and abs(levels.z_of("L3") + 62.0) <= 5.0, (pid, levels)

@@ -59,9 +59,12 @@ class VertebralLevels:
 
 
 def shrunk(ct: sitk.Image) -> sitk.Image:
-    """The CT averaged down to about GRID_MM per axis (nearest integer factors), as float."""
+    """The CT averaged down to about GRID_MM per axis (nearest integer factors), as float, median-filtered in plane
+    where its pixels are no coarser than 1.5 GRID_MM (on coarser ones a median erases the spinal canal)."""
     factors = [max(1, round(GRID_MM / spacing)) for spacing in ct.GetSpacing()]
-    return sitk.Median(sitk.BinShrink(sitk.Cast(ct, sitk.sitkFloat32), factors), [1, 1, 0])
+    grid = sitk.BinShrink(sitk.Cast(ct, sitk.sitkFloat32), factors)
+    radius = [int(spacing <= 1.5 * GRID_MM) for spacing in grid.GetSpacing()[:2]] + [0]
+    return sitk.Median(grid, radius) if any(radius) else grid
 
 
 def _body_midline(hu: np.ndarray) -> tuple[np.ndarray, float]:
@@ -176,12 +179,26 @@ def _named(bodies: list[tuple[int, int]], anchor_index: int, anchor_level: int) 
     return [LEVEL_NAMES.get(anchor_level - (i - anchor_index), "") for i in range(len(bodies))]
 
 
+def _bodies(discs: np.ndarray, slices: int) -> list[tuple[int, int]]:
+    """Vertebral bodies (first and last slice) between consecutive discs, plus the bodies beyond the first and the
+    last disc where the scan reaches their middle (half the median pitch beyond the disc)."""
+    if len(discs) < 2:
+        return []
+    inner = [(int(a) + 1, int(b)) for a, b in zip(discs[:-1], discs[1:])]
+    reach = int(np.median(np.diff(discs)))
+    below = [(int(discs[0]) - reach, int(discs[0]) - 1)] if discs[0] - reach // 2 >= 0 else []
+    above = [(int(discs[-1]) + 1, int(discs[-1]) + reach)] if discs[-1] + reach // 2 < slices else []
+    return below + inner + above
+
+
 def _anchored_names(bodies: list[tuple[int, int]], discs: np.ndarray, crest: int | None, ribs: np.ndarray
                     ) -> tuple[list[str], str]:
     """Names of the vertebral bodies from the iliac crests (the disc nearest their top is L5/S1) or, without the
     pelvis in view, from the ribs (the body holding the lowest rib slice, or the one above the top disc, is T12)."""
     if crest is not None:
-        return _named(bodies, int(np.argmin(np.abs(discs - crest))), 5), "iliac crests"  # bodies[i] lies above discs[i]
+        disc = discs[int(np.argmin(np.abs(discs - crest)))]
+        above = next((i for i, (low, _) in enumerate(bodies) if low > disc), None)
+        return (_named(bodies, above, 5), "iliac crests") if above is not None else ([], "none")
     if len(ribs):
         holding = next((i for i, (_, top) in enumerate(bodies) if top >= ribs[0]), len(bodies))
         return _named(bodies, holding, 0), "ribs"
@@ -203,7 +220,7 @@ def vertebral_levels(ct: sitk.Image) -> VertebralLevels:
     body, midline = _body_midline(hu)
     canal = _canal_front(hu, body, midline, spacing)
     discs = _discs(_body_profile(hu, canal, midline, spacing), spacing[0])
-    bodies = [(int(a) + 1, int(b)) for a, b in zip(discs[:-1], discs[1:])] + ([(int(discs[-1]) + 1, len(hu) - 1)] if len(discs) else [])
+    bodies = _bodies(discs, len(hu))
     pelvic, _ = slice_levels(hu, spacing)
     crest = pelvis_top(pelvic, spacing[0])
     ribs = np.flatnonzero(_rib_slices(hu, body, canal, midline, spacing, pelvic)) if crest is None else np.array([], int)
