@@ -103,3 +103,21 @@ def test_resume_takes_finished_scans_from_the_journal_only_when_inputs_and_setti
     run_segment(cohort_csv, out, "masks", workers=1, resume_previous=True)  # other settings: the journal is set aside
     with open_store(out) as h5:
         assert read_qc(h5)[0] == ["ok"] * 5 and 1234.0 not in read_roi_table(h5, "segment/volumes")[0][:, 0]
+
+
+def test_a_spleens_partial_volume_rim_is_not_taken_for_a_second_organ():
+    """The spleen's basin is split at its Otsu threshold only to drop a kidney in it; a spleen that enhances more
+    than the liver with a rim of partial volume (10% of the basin, nearer the liver's HU) lost everything but the
+    rim (synthetic spleen Dice 0.07 / 0.03 / 0.00 on three of twelve full-size phantoms)."""
+    from tipsprog.segment.classic import _nearest_hu_class
+    rng = np.random.default_rng(0)
+    region = np.ones((20, 20, 20), bool)
+    smooth = 125.0 + 4.0 * rng.standard_normal(region.shape)
+    rim = rng.random(region.shape) < 0.1
+    smooth[rim] = 95.0 + 4.0 * rng.standard_normal(rim.sum())
+    kept = _nearest_hu_class(region, smooth, target_hu=109.0, separation_hu=25.0)
+    assert (kept & ~rim).sum() > 0.95 * (~rim).sum() and not (kept & rim).any()
+    kidney = np.zeros(region.shape, bool)
+    kidney[:8] = True  # 40% of the basin 45 HU brighter: a second organ, dropped
+    smooth[kidney] += 45.0
+    assert not (_nearest_hu_class(region, smooth, target_hu=109.0, separation_hu=25.0) & kidney & ~rim).any()

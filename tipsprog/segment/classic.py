@@ -26,7 +26,7 @@ from tipsprog.store import ROI_LABELS
 SETTINGS = {
     "working_spacing_mm": 3.0, "refine_mm": 3.0, "median_voxels": 3, "body_hu": -400.0, "wall_mm": 15.0, "seed_window_hu": 40.0,
     "core_mm": 8.0, "window_robust_sd": 2.5, "min_half_window_hu": 25.0, "marker_depth_mm": 10.0, "opening_mm": 6.0,
-    "lesion_closing_mm": 12.0, "lesion_min_hu": 0.0, "spleen_above_liver_hu": 30.0, "spleen_min_marker_share": 0.25,
+    "lesion_closing_mm": 12.0, "lesion_min_hu": 0.0, "spleen_above_liver_hu": 30.0, "organ_min_class_share": 0.25, "spleen_min_marker_share": 0.25,
     "vessel_spacing_mm": 1.5, "vessel_above_liver_hu": 40.0, "vessel_max_above_liver_hu": 250.0, "bone_hu": 350.0,
     "bone_margin_mm": 3.0, "spine_lateral_mm": 40.0, "spine_margin_mm": 20.0, "blob_radius_mm": 10.0,
     "blob_rim_mm": 4.0, "hepatic_margin_mm": 3.0, "portal_reach_mm": 100.0, "portal_min_radius_mm": 3.0,
@@ -156,6 +156,8 @@ def _nearest_hu_class(region: np.ndarray, smooth: np.ndarray, target_hu: float, 
     if not len(low) or not len(high) or np.median(high) - np.median(low) <= separation_hu:
         return region
     keep_high = abs(np.median(high) - target_hu) < abs(np.median(low) - target_hu)
+    if min(len(low), len(high)) < SETTINGS["organ_min_class_share"] * len(values):
+        keep_high = len(high) > len(low)  # one class is a rim (partial volume), not a second organ
     return region & ((smooth > threshold) if keep_high else (smooth <= threshold))
 
 
