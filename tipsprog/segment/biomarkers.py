@@ -12,14 +12,15 @@ outside those boxes. Where L3 is out of view the nearest named lumbar level in v
 `muscle:at_<level>` says so; without a named level there is no measurement (`muscle:no_vertebral_level`).
 
 Ascites: free fluid (FLUID_HU, shifted by the scan's water offset read from the air around the body) inside the
-fascia, RETROPERITONEUM_MM in front of the spinal canal (the kidneys and an old patient's paraspinal muscles can be as
-dark), outside liver and spleen and above the pelvis (the bladder). It is grown, through fluid whose whole voxel
-neighbourhood is fluid (a fat/soft-tissue border averages into the fluid window too, one voxel thin), from the
-fluid that lies within LINING_MM of both the abdominal wall and the liver's or spleen's capsule (ascites collects
-first around the liver and spleen, between them and the wall; bowel lies inside them), then given back its one-voxel
-rim. Pieces smaller than MIN_FLUID_ML, with more than BOWEL_GAS_SHARE of their voxels within LINING_MM of gas (fluid
-under gas is in the bowel; a layer of ascites touches the lung bases over a small part of it) or compact (a
-gallbladder, a cyst: filling more than COMPACT_FILL of their convex hull) are not ascites.
+fascia, RETROPERITONEUM_MM in front of the spinal canal (the kidneys and an old patient's paraspinal muscles can be
+as dark), outside liver and spleen and above the pelvis (the bladder). It is grown, through fluid whose whole voxel
+neighbourhood is fluid (a fat/soft-tissue border averages into the fluid window too, one voxel thin), from the fluid
+that lies within WALL_REACH_MM of the fascia (the wall muscle and its fat lining) and LINING_MM of the liver's or
+spleen's capsule (ascites collects first around the liver and spleen, between them and the wall; bowel lies inside
+them), then given back its one-voxel rim. Pieces smaller than MIN_FLUID_ML, with more than BOWEL_GAS_SHARE of their
+voxels within LINING_MM of gas (fluid under gas is in the bowel; a layer of ascites touches the lung bases over a
+small part of it) or compact (a gallbladder, a cyst: filling more than COMPACT_FILL of their convex hull) are not
+ascites.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ POSTERIOR_MUSCLE_BOXES_MM = (((-90.0, 0.0), (0.0, 80.0)),  # (mm ahead of the ca
                              ((-10.0, 15.0), (0.0, 90.0)))  # quadratus lumborum behind the kidney
 CANAL_DEPTH_MM, CANAL_HALF_WIDTH_MM = 20.0, 12.0
 RETROPERITONEUM_MM = 30.0
+WALL_REACH_MM = 25.0
 MIN_FLUID_ML, LINING_MM, COMPACT_FILL, COMPACT_MAX_ML, BOWEL_GAS_SHARE = 2.0, 6.0, 0.7, 300.0, 0.2
 SMOOTH_SURFACE_MM = 5.0
 DEFAULT_TRUNK_RADIUS_MM = 6.0
@@ -177,7 +179,7 @@ def ascites_mask(ct: sitk.Image, labels: sitk.Image) -> tuple[np.ndarray, sitk.I
     if top is not None:
         fluid[:top + 1] = False
     core = ndimage.binary_erosion(fluid)  # a fat/tissue border averages into the fluid window too, one voxel thin
-    wall = inside & ~eroded(inside, LINING_MM, spacing)
+    wall = inside & ~eroded(inside, WALL_REACH_MM, spacing)
     capsule = dilated(organs, LINING_MM + spacing.max(), spacing)
     grown = ndimage.binary_propagation(core & wall & capsule, mask=core)
     gas = dilated((hu < GAS_HU) & inside, LINING_MM, spacing)
