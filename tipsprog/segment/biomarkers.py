@@ -31,7 +31,7 @@ from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
 from tipsprog.segment.landmarks import pelvis_top, slice_levels
-from tipsprog.segment.morphology import depth_mm, dilated, eroded
+from tipsprog.segment.morphology import depth_mm, dilated, eroded, largest
 from tipsprog.segment.portal import PortalVein, trunk_hepatic_end_mm
 from tipsprog.segment.vertebrae import VertebralLevels, canal_front_rows, shrunk, vertebral_levels
 from tipsprog.store import ROI_LABELS
@@ -65,21 +65,15 @@ def groups() -> list[str]:
     return [name.split("/")[0] for name in NAMES]
 
 
-def _largest(mask: np.ndarray) -> np.ndarray:
-    """The largest connected component of a mask (empty if it is empty)."""
-    labels, count = ndimage.label(mask)
-    return labels == np.argmax(np.bincount(labels.ravel())[1:]) + 1 if count else mask
-
-
 def _fascia_inside(hu: np.ndarray, spacing: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Body, subcutaneous fat and what the fascia encloses on one axial slice (2-D arrays)."""
-    body = ndimage.binary_fill_holes(_largest(hu > BODY_HU))
+    body = ndimage.binary_fill_holes(largest(hu > BODY_HU))
     fat = (hu >= FAT_HU[0]) & (hu <= FAT_HU[1]) & body
     skin = body & ~eroded(body, SKIN_MM, spacing)
     core = eroded(fat, SAT_NECK_MM, spacing)  # reached through fat wider than a gap in the muscle wall
     reached = ndimage.binary_propagation(core & skin, mask=core)
     subcutaneous = ndimage.binary_propagation(reached | (fat & skin), mask=fat & dilated(reached, SAT_NECK_MM + spacing.max(), spacing) | (fat & skin))
-    inside = ndimage.binary_fill_holes(_largest(body & ~subcutaneous & ~(skin & ~fat)))
+    inside = ndimage.binary_fill_holes(largest(body & ~subcutaneous & ~(skin & ~fat)))
     return body, subcutaneous, inside
 
 

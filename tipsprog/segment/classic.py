@@ -20,7 +20,7 @@ from skimage.filters import threshold_otsu
 
 from tipsprog.io import antialiased_resample
 from tipsprog.segment.landmarks import pelvis_top, slice_levels
-from tipsprog.segment.morphology import depth_mm, dilated, eroded
+from tipsprog.segment.morphology import depth_mm, dilated, eroded, largest
 from tipsprog.store import ROI_LABELS
 
 SETTINGS = {
@@ -34,23 +34,9 @@ SETTINGS = {
 }
 
 
-def _components(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """6-connected components."""
-    return ndimage.label(mask)
-
-
-def _largest(mask: np.ndarray) -> np.ndarray:
-    """The largest connected component (empty if the mask is empty)."""
-    labels, count = _components(mask)
-    if count == 0:
-        return mask.copy()
-    sizes = np.bincount(labels.ravel())[1:]
-    return labels == int(np.argmax(sizes)) + 1
-
-
 def _body(hu: np.ndarray) -> np.ndarray:
     """Body outline: largest component above the air threshold, holes filled slice by slice."""
-    body = _largest(hu > SETTINGS["body_hu"])
+    body = largest(hu > SETTINGS["body_hu"])
     return np.stack([ndimage.binary_fill_holes(s) for s in body])
 
 
@@ -65,11 +51,11 @@ def _liver_seed(smooth: np.ndarray, deep: np.ndarray, spacing: np.ndarray, mid_x
     SEED_WINDOW of its median HU (which drops fat, bone, air and enhancing vessels)."""
     core = eroded(deep & (smooth > -30) & (smooth < 250), SETTINGS["core_mm"], spacing)
     core[..., int(mid_x):] = False
-    seed = _largest(core)
+    seed = largest(core)
     if not seed.any():
         return seed
     window = deep & (np.abs(smooth - np.median(smooth[seed])) < SETTINGS["seed_window_hu"])
-    return _largest(eroded(window, SETTINGS["core_mm"], spacing) & dilated(seed, 1.0, spacing))
+    return largest(eroded(window, SETTINGS["core_mm"], spacing) & dilated(seed, 1.0, spacing))
 
 
 def _parenchyma_window(smooth: np.ndarray, seed: np.ndarray) -> tuple[float, float]:
@@ -115,7 +101,7 @@ def _opened(mask: np.ndarray, spacing: np.ndarray) -> np.ndarray:
     """The largest component of the mask less what a ball of OPENING_MM cannot reach (thin attachments: body
     wall, vessels, bowel touching the organ)."""
     radius = SETTINGS["opening_mm"]
-    return _largest(dilated(eroded(mask, radius, spacing), radius + 0.5 * spacing.max(), spacing) & mask)
+    return largest(dilated(eroded(mask, radius, spacing), radius + 0.5 * spacing.max(), spacing) & mask)
 
 
 def _filled(mask: np.ndarray) -> np.ndarray:
@@ -187,7 +173,7 @@ def _vertebral_column(hu: np.ndarray, spacing: np.ndarray, body_mid_x: float) ->
     component within SPINE_LATERAL_MM of the body's midline (column index body_mid_x)."""
     bone = np.stack([ndimage.binary_fill_holes(plane) for plane in hu > SETTINGS["bone_hu"]])
     lateral_mm = np.abs(np.arange(hu.shape[2]) - body_mid_x) * spacing[2]
-    return bone, _largest(bone & (lateral_mm < SETTINGS["spine_lateral_mm"])[None, None, :])
+    return bone, largest(bone & (lateral_mm < SETTINGS["spine_lateral_mm"])[None, None, :])
 
 
 def _portal_venous_system(hu: np.ndarray, liver: np.ndarray, spacing: np.ndarray, body_mid_x: float) -> np.ndarray:

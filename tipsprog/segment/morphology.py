@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage
 
 
 def depth_mm(mask: np.ndarray, spacing: np.ndarray) -> np.ndarray:
@@ -16,6 +17,14 @@ def depth_mm(mask: np.ndarray, spacing: np.ndarray) -> np.ndarray:
     outside.SetSpacing(tuple(float(s) for s in spacing[::-1]))
     distance = sitk.SignedMaurerDistanceMap(outside, insideIsPositive=False, squaredDistance=False, useImageSpacing=True)
     return np.maximum(sitk.GetArrayFromImage(distance), 0.0)
+
+
+def largest(mask: np.ndarray) -> np.ndarray:
+    """The largest (6-)connected component of a mask (an empty copy if the mask is empty)."""
+    labels, count = ndimage.label(mask)
+    if count == 0:
+        return mask.copy()
+    return labels == int(np.argmax(np.bincount(labels.ravel())[1:])) + 1
 
 
 def eroded(mask: np.ndarray, radius_mm: float, spacing: np.ndarray) -> np.ndarray:
