@@ -4,13 +4,9 @@ Part 1 (agreement): one cohort of --n patients on the `full` grid (2 mm in plane
 per biomarker, Pearson r between what `segment` measured and the generator's truth (truth.csv), with the mean
 difference. Goal: r ≥ 0.9 for muscle area, ascites volume, spleen volume and portal vein diameter.
 
-Part 2 (prognosis, --survival): at n = 120 and 300, for --seeds generator seeds, 5-fold CV (stratified by event):
-out-of-fold Harrell's C of a ridge Cox on the clinical variables, of one on the clinical variables plus the measured
-biomarkers, and of the default fused model (`fuse-train`, its default config; out-of-fold C)
-trained on the clinical table and radiomics with and without the biomarkers block (no embeddings: an encoder per
-cohort is out of a 2-core budget); the paired difference with the clinical Cox beside each.
+Part 2 of #21 (prognosis with and without the block at n = 120 and 300) is benchmarks/fusion_safety.py.
 
-Usage: python benchmarks/biomarkers_synthetic.py [--n 40] [--survival] [--seeds 0 1 2]
+Usage: python benchmarks/biomarkers_synthetic.py [--n 40] [--seed 0]
 """
 
 from __future__ import annotations
@@ -21,16 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from lifelines import CoxPHFitter
-from lifelines.utils import concordance_index
-from sklearn.model_selection import StratifiedKFold
 
 from tipsprog import store
-from tipsprog.clinical import read_clinical
-from tipsprog.fusion import run_fuse_train
-from tipsprog.fusion.config import load_config
-from tipsprog.fusion.data import clinical_features, numeric_extras
-from tipsprog.radiomics import run_radiomics
 from tipsprog.segment import run_segment
 from tipsprog.synth import CohortSpec, make_cohort
 
@@ -41,7 +29,6 @@ TRUTH_OF = {"muscle/l3_area[cm2]": "muscle_l3_area_cm2", "muscle/l3_density[HU]"
             "spleen/volume[mL]": "spleen_volume_ml", "spleen/length[mm]": "spleen_length_mm",
             "portal_vein/diameter[mm]": "pv_diameter_mm"}
 GOALS = ("muscle/l3_area[cm2]", "ascites/volume[mL]", "spleen/volume[mL]", "portal_vein/diameter[mm]")
-FOLDS = 5
 
 
 def measured_biomarkers(folder: Path, spec: CohortSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -68,64 +55,12 @@ def agreement(n: int, seed: int) -> None:
         print(f"{name:<32}{len(pair):>9}{r:>8.3f}{(pair.iloc[:, 0] - pair.iloc[:, 1]).mean():>11.2f}   {goal}")
 
 
-def _ridge_cox_c(features: np.ndarray, time: np.ndarray, event: np.ndarray, folds: list) -> float:
-    """Out-of-fold Harrell C of a ridge Cox (median imputation and scaling fitted on the training folds; each fold's
-    linear predictor centred on its training patients, so that the folds pool on one scale)."""
-    risk = np.zeros(len(time))
-    for train, test in folds:
-        median = np.nanmedian(features[train], axis=0)
-        filled = np.where(np.isnan(features), median, features)
-        scale = filled[train].std(axis=0)
-        keep = scale > 1e-8
-        z = (filled[:, keep] - filled[train][:, keep].mean(axis=0)) / scale[keep]
-        frame = pd.DataFrame(z[train]).assign(time=time[train], event=event[train])
-        model = CoxPHFitter(penalizer=0.1).fit(frame, "time", "event")
-        risk[test] = z[test] @ model.params_.to_numpy() - (z[train] @ model.params_.to_numpy()).mean()
-    return float(concordance_index(time, -risk, event))
-
-
-def _fused_c(folder: Path, stores: list[Path], name: str) -> float:
-    """Out-of-fold Harrell C of the default fused model trained by fuse-train on the given stores."""
-    out = folder / name
-    metrics = run_fuse_train(stores, folder / "cohort" / "clinical.csv", folder / "cohort" / "outcomes.csv", out,
-                             load_config(folds=FOLDS), cv_mode="kfold", device_name="cpu")
-    return float(metrics["harrell_c"]["model"]["estimate"])
-
-
-def prognosis(n: int, seed: int) -> dict[str, float]:
-    """Part 2 for one cohort: C of each model."""
-    with tempfile.TemporaryDirectory() as folder:
-        folder = Path(folder)
-        measured, _ = measured_biomarkers(folder, CohortSpec(n=n, centers=3, seed=seed))
-        run_radiomics(folder / "seg.h5", folder / "radiomics.h5", workers=2)
-        clinical = read_clinical(folder / "cohort" / "clinical.csv").loc[measured.index]
-        outcomes = pd.read_csv(folder / "cohort" / "outcomes.csv").set_index("patient_id").loc[measured.index]
-        time, event = outcomes["time"].to_numpy(float), outcomes["event"].to_numpy(float)
-        matrix, _ = clinical_features(clinical, numeric_extras(clinical))
-        folds = list(StratifiedKFold(FOLDS, shuffle=True, random_state=seed).split(matrix, event))
-        return {"clinical Cox": _ridge_cox_c(matrix, time, event, folds),
-                "clinical + biomarkers (ridge Cox)": _ridge_cox_c(np.hstack([matrix, measured.to_numpy()]), time, event, folds),
-                "fused, clinical + radiomics": _fused_c(folder, [folder / "radiomics.h5"], "without"),
-                "fused, + biomarkers": _fused_c(folder, [folder / "seg.h5", folder / "radiomics.h5"], "with")}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=40)
-    parser.add_argument("--survival", action="store_true")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    agreement(args.n, args.seeds[0])
-    if not args.survival:
-        return
-    for n in (120, 300):
-        rows = pd.DataFrame([prognosis(n, seed) for seed in args.seeds])
-        base = rows["clinical Cox"]
-        print(f"\nn = {n}, {FOLDS}-fold CV, generator seeds {args.seeds}: Harrell's C, mean over seeds (paired Δ vs clinical Cox)")
-        for model in rows.columns:
-            delta = rows[model] - base
-            print(f"  {model:<36}{rows[model].mean():.3f}  Δ {delta.mean():+.3f} ({delta.min():+.3f} to {delta.max():+.3f})")
-
+    agreement(args.n, args.seed)
 
 if __name__ == "__main__":
     main()

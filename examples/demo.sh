@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The whole tipsprog pipeline on a generated 3-center cohort, one patient held out for predict, and a second
-# cohort from two new centers evaluated as an external validation set.
+# cohort from two new centers evaluated as an external validation set. The held-out patient is segmented and embedded
+# with the others but left out of the encoder's self-supervised pre-training (--fit-ids) and of fuse-train (no
+# clinical or outcome row), so no fitted step sees its scan; the external cohort reuses the encoder without --fit.
 # Usage: bash examples/demo.sh [OUTPUT_DIR]   (make demo runs it inside the project's .venv)
 set -euo pipefail
 out=${1:-demo-out}
@@ -20,11 +22,11 @@ done
 { head -n 1 cohort/clinical.csv; grep "^${held_out}," cohort/clinical.csv; } > held_out_clinical.csv
 
 step "segment (classic backend)"
-tipsprog segment cohort/train_cohort.csv --out seg.h5
+tipsprog segment cohort/cohort.csv --out seg.h5
 step "radiomics (pyradiomics, original image, all classes)"
 tipsprog radiomics seg.h5 --out radiomics.h5
-step "embed (self-supervised 3D encoder, masked-volume reconstruction)"
-tipsprog embed seg.h5 --out embed.h5 --fit
+step "embed (self-supervised 3D encoder, masked-volume reconstruction, pre-trained on the training patients only)"
+tipsprog embed seg.h5 --out embed.h5 --fit --fit-ids cohort/train_cohort.csv
 step "external cohort: ${DEMO_EXTERNAL:-100} patients from 2 new centers, same feature pipeline and encoder"
 tipsprog synth --out external --n "${DEMO_EXTERNAL:-100}" --centers 2 --seed 8 --prefix ext-
 tipsprog segment external/cohort.csv --out external/seg.h5

@@ -19,6 +19,7 @@ import SimpleITK as sitk
 
 from conftest import REAL_CT, Pipeline, invoke, shared_data, start_tipsprog, wait_until_paused
 from tipsprog import store
+from tipsprog.fusion.bundle import BUNDLE_FORMAT
 from tipsprog.io import read_ct
 
 
@@ -176,7 +177,7 @@ def batch_patient_without_clinical_row(p, d):
 
 def bundle_of_an_older_format(p, d):
     shutil.copytree(p.bundle, d / "old")
-    manifest = (d / "old" / "bundle.yaml").read_text().replace("bundle_format: 2", "bundle_format: 1")
+    manifest = (d / "old" / "bundle.yaml").read_text().replace(f"bundle_format: {BUNDLE_FORMAT}", "bundle_format: 1")
     (d / "old" / "bundle.yaml").write_text(manifest)
     return ["predict", "--ct", p.cohort / "images" / "P0000.nii.gz", "--clinical", _one_row(p, d), "--model", d / "old"], "bundle format 1"
 

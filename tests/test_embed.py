@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import h5py
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from monai.networks.nets import ResNet
@@ -14,9 +16,10 @@ from monai.networks.nets.swin_unetr import SwinTransformer
 from safetensors.torch import save_file
 
 from conftest import invoke
+import tipsprog.embed as embed_stage
 from tipsprog.embed import embed_crops, masked_pool, random_encoder
 from tipsprog.embed.encoders import load_encoder
-from tipsprog.embed.ssl import FitSettings, fit_ssl, load_ssl_weights, save_ssl_weights
+from tipsprog.embed.ssl import FitSettings, fit_ssl, load_ssl_weights, save_ssl_weights, ssl_fitted_on
 from tipsprog.errors import InputError
 
 CPU = torch.device("cpu")
@@ -187,3 +190,52 @@ def test_cli_embeds_with_published_weights(pipeline, tmp_path):
 def test_cli_embed_input_errors(pipeline, tmp_path, arguments, message):
     result = invoke("embed", pipeline.seg, "--out", tmp_path / "e.h5", *arguments)
     assert result.exit_code == 2 and message in result.output and not (tmp_path / "e.h5").exists()
+
+
+def _fitted_on(path: Path, block: str = "features/embed-ssl") -> object:
+    """The encoder_fitted_on attr of a store's ssl block, parsed (the text itself where it is no JSON list)."""
+    with h5py.File(path) as store:
+        text = str(store[block].attrs["encoder_fitted_on"])
+    return json.loads(text) if text.startswith("[") else text
+
+
+def test_embed_fit_records_its_patients_and_fit_ids_restrict_them(pipeline, tmp_path, monkeypatch):
+    """The weights and the block name every patient pre-training saw; --fit-ids pre-trains on the listed ones only,
+    and a store embedded later with those weights (no --fit) carries the same list; older weights read 'unknown'."""
+    with h5py.File(pipeline.seg) as seg:
+        everyone = [p.decode() for p in seg["patients"][()]]
+        liver = seg["segment/crops/liver"][()]
+    assert _fitted_on(pipeline.embed) == everyone and ssl_fitted_on(pipeline.embed.with_suffix(".pt")) == everyone
+    listed = everyone[::3][::-1]
+    pd.DataFrame({"patient_id": listed}).to_csv(tmp_path / "fit.csv", index=False)
+    seen = []
+    real_fit = embed_stage.fit_ssl
+    monkeypatch.setattr(embed_stage, "fit_ssl", lambda crops, *args: seen.append(crops) or real_fit(crops, *args))
+    result = invoke("embed", pipeline.seg, "--out", tmp_path / "e.h5", "--fit", "--fit-ids", tmp_path / "fit.csv",
+                    "--epochs", 1, "--device", "cpu", "--quiet")
+    assert result.exit_code == 0, result.output
+    rows = sorted(everyone.index(pid) for pid in listed)
+    np.testing.assert_array_equal(seen[0][:len(rows)], liver[rows])
+    assert len(seen[0]) == 2 * len(rows)
+    assert sorted(_fitted_on(tmp_path / "e.h5")) == sorted(listed) == sorted(ssl_fitted_on(tmp_path / "e.pt"))
+    result = invoke("embed", pipeline.seg, "--out", tmp_path / "later.h5", "--weights", tmp_path / "e.pt", "--device", "cpu", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert sorted(_fitted_on(tmp_path / "later.h5")) == sorted(listed)
+    save_ssl_weights(random_encoder().backbone, tmp_path / "old.pt")  # as weights saved before the record existed
+    result = invoke("embed", pipeline.seg, "--out", tmp_path / "old.h5", "--weights", tmp_path / "old.pt", "--device", "cpu", "--quiet")
+    assert result.exit_code == 0 and _fitted_on(tmp_path / "old.h5") == "unknown"
+
+
+@pytest.mark.parametrize("rows, arguments, message", [
+    (["P0001"], (), "--fit-ids {ids}: chooses the patients --fit pre-trains the encoder on; give --fit too"),
+    (["P0001", "X9"], ("--fit",), "{ids}: patient X9 is not in {seg}"),
+    ([], ("--fit",), "{ids}: lists no patient"),
+    (None, ("--fit",), "{ids}: missing required column 'patient_id'"),
+])
+def test_cli_embed_fit_ids_errors(pipeline, tmp_path, rows, arguments, message):
+    ids = tmp_path / "ids.csv"
+    table = pd.DataFrame({"patient_id": rows}) if rows is not None else pd.DataFrame({"id": ["P0001"]})
+    table.to_csv(ids, index=False)
+    result = invoke("embed", pipeline.seg, "--out", tmp_path / "e.h5", "--fit-ids", ids, *arguments, "--epochs", 1, "--device", "cpu")
+    assert result.exit_code == 2 and message.format(ids=ids, seg=pipeline.seg) in result.output.replace("\n", "")
+    assert not (tmp_path / "e.h5").exists() and not (tmp_path / "e.pt").exists()

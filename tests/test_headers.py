@@ -89,10 +89,33 @@ def test_lookalike_headers_are_errors(tmp_path, header, name):
 
 @pytest.mark.parametrize("header", [
     "bmi", "hvpg", "meld_lab", "Child Pugh class", "bilirubin_direct", "ascites_volume", "platelet_count",
-    "sodium_urine", "center_size", "ppg_post", "time", "ohe", "BMI (kg/m2)", "albumin_2", "inr2", "bilirubin_d7",
+    "sodium_urine", "center_size", "BMI (kg/m2)", "albumin_2", "inr2", "bilirubin_d7", "ppg_post_day7", "event_count",
 ])
 def test_genuine_extra_columns_are_kept_as_written(tmp_path, header):
     assert extra_columns(read_clinical(_clinical(tmp_path, header, 1))) == [header]
+
+
+@pytest.mark.parametrize("header", ["ppg_post", "time", "ohe", "event", "Event", "PPG Post", "Time (days)", "ppg-post[mmHg]"])
+def test_an_outcome_column_in_the_clinical_table_is_an_error(tmp_path, header):
+    """An outcome must never become a feature (an extra column), whatever its spelling."""
+    path = _clinical(tmp_path, header, 1)
+    with pytest.raises(InputError) as error:
+        read_clinical(path)
+    assert str(error.value) == (f"{path}: column '{header}' is an outcome, not a clinical variable; remove it "
+                                "(outcomes go in outcomes.csv)")
+
+
+def test_a_column_of_the_outcomes_file_in_the_clinical_table_is_an_error(tmp_path):
+    (tmp_path / "outcomes.csv").write_text("patient_id,time,event,Death Date,center\nA,100,1,2020-01-01,C1\n")
+    path = _clinical(tmp_path, "death_date", "2020-01-01")
+    with pytest.raises(InputError) as error:
+        read_clinical(path, tmp_path / "outcomes.csv")
+    assert str(error.value) == (f"{path}: column 'death_date' is also a column of the outcomes file "
+                                f"{tmp_path / 'outcomes.csv'}; remove it (an outcome may not be a feature)")
+    assert extra_columns(read_clinical(path)) == ["death_date"]  # without an outcomes file it is an ordinary extra
+    center = tmp_path / "center.csv"
+    center.write_text("patient_id,Center,bmi\nA,C1,22\n")
+    assert extra_columns(read_clinical(center, tmp_path / "outcomes.csv")) == ["bmi"]
 
 
 @pytest.mark.parametrize("first, second", [("Age", "age"), ("bilirubin", "Bilirubin [umol/L]"), ("He History", "he-history")])

@@ -7,9 +7,13 @@ import pandas as pd
 import pytest
 from lifelines import CoxPHFitter, KaplanMeierFitter
 from lifelines.datasets import load_rossi
+from sksurv.metrics import brier_score, integrated_brier_score
+from sksurv.util import Surv
 
 from conftest import shared_data
 from tipsprog.evaluate import metrics
+from tipsprog.evaluate.report import evaluation_grid, survival_metrics
+from tipsprog.evaluate.rows import Cohort, PredictionRow
 from tipsprog.fusion.training import breslow, survival_at
 
 ROTTERDAM = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-survival" / "rotterdam.csv"
@@ -63,3 +67,56 @@ def test_a_statistic_that_fails_leaves_the_others_intact():
     values = metrics.stacked([(lambda r: 0.5, 1), (lambda r: metrics.uno_c(np.zeros(10), np.zeros(10), np.zeros(10), 1.0), 1),
                               (lambda r: np.array([1.0, 2.0]), 2)], rows)
     assert values[0] == 0.5 and np.isnan(values[1]) and list(values[2:]) == [1.0, 2.0]
+
+
+def _cohort_with_curves(n: int = 60, seed: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Follow-up times (one early death, one long survivor), deaths, risks, the evaluation grid and Breslow survival
+    curves on it."""
+    rng = np.random.default_rng(seed)
+    risk = rng.standard_normal(n)
+    death, censored = rng.exponential(600 * np.exp(-risk)), rng.uniform(60, 900, n)
+    time, event = np.minimum(death, censored).round(), (death <= censored).astype(float)
+    time[0], event[0], time[1], event[1] = 5.0, 1.0, 1200.0, 0.0
+    _, grid = evaluation_grid(time, np.array([182.0, 365.0, 730.0]))
+    return time, event, risk, grid, survival_at(*breslow(risk, time, event), risk, grid)
+
+
+def test_integrated_brier_on_the_cohort_grid_equals_scikit_survival():
+    """The point estimate is scikit-survival's integrated_brier_score over the grid within follow-up, as before."""
+    time, event, _, grid, curves = _cohort_with_curves()
+    inside = metrics.within_follow_up(grid, time)
+    survival = Surv.from_arrays(event.astype(bool), time)
+    expected = integrated_brier_score(survival, survival, curves[:, inside], grid[inside])
+    assert metrics.integrated_brier(time, event, curves[:, inside], grid[inside]) == pytest.approx(expected, rel=1e-12)
+
+
+def test_every_bootstrap_resample_integrates_over_the_same_grid(monkeypatch):
+    """A resample whose follow-up does not cover the cohort's IBS grid (here: no one dies or leaves before its first
+    point) used to integrate over a shorter grid of its own; now every resample uses the cohort's grid (the one
+    metrics.json reports as ibs_grid_days)."""
+    time, event, risk, grid, curves = _cohort_with_curves()
+    integrated_brier, seen = metrics.integrated_brier, []
+
+    def recording(t: np.ndarray, e: np.ndarray, s: np.ndarray, g: np.ndarray) -> float:
+        seen.append(np.array(g))
+        return integrated_brier(t, e, s, g)
+
+    monkeypatch.setattr(metrics, "integrated_brier", recording)
+    inside = metrics.within_follow_up(grid, time)
+    cohort_grid, on_grid = grid[inside], curves[:, inside]
+    samples = metrics.bootstrap_samples(len(time), 30, 0)
+    samples[0] = np.resize(np.flatnonzero(time > cohort_grid[1]), len(time))
+    data = Cohort([f"P{i}" for i in range(len(time))], ["A"] * len(time), {"time": time, "event": event}, {})
+    row = PredictionRow("model", risk, curves, np.full(len(time), 0.5), risk > np.median(risk))
+    results, kept = survival_metrics(row, data, np.array([182.0, 365.0, 730.0]), 365.0, grid, samples)
+    assert len(seen) == 2 + len(samples) and all(np.array_equal(g, cohort_grid) for g in seen)
+    assert results["integrated_brier"]["estimate"] == integrated_brier(time, event, on_grid, cohort_grid)
+    # resample 0 on the cohort's grid: before its first follow-up time everyone is a control (censoring survival 1)
+    rows = samples[0]
+    covered = metrics.within_follow_up(cohort_grid, time[rows])
+    assert covered.sum() == len(cohort_grid) - 2
+    survival = Surv.from_arrays(event[rows].astype(bool), time[rows])
+    scores = np.concatenate([((1.0 - on_grid[rows][:, ~covered]) ** 2).mean(axis=0),
+                             brier_score(survival, survival, on_grid[rows][:, covered], cohort_grid[covered])[1]])
+    expected = np.trapezoid(scores, cohort_grid) / (cohort_grid[-1] - cohort_grid[0])
+    assert kept["integrated_brier"][1][0] == pytest.approx(expected, rel=1e-12)

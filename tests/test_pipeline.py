@@ -1,5 +1,6 @@
 """End to end through the CLI on a tiny cohort: stores, bundle, report, prediction."""
 
+import html
 import json
 import shutil
 
@@ -12,6 +13,7 @@ import torch
 import yaml
 
 from conftest import invoke
+from tipsprog import store
 from tipsprog.fusion.assembly import assemble_for_bundle
 from tipsprog.fusion.attribution import integrated_gradients
 from tipsprog.fusion.bundle import load_bundle
@@ -59,10 +61,16 @@ def test_held_out_patients_never_train_and_are_predicted_once(pipeline, tmp_path
     pd.DataFrame({"patient_id": held}).to_csv(tmp_path / "test.csv", index=False)
     (tmp_path / "quick.yaml").write_text("seeds: 2\nstages: [{name: joint, max_epochs: 40, patience: 10, shared_lr_scale: 1.0, "
                                          "loss_weights: {survival: 1.0, ohe: 0.5, ppg: 0.5}}]\n")
-    result = invoke("fuse-train", pipeline.radiomics, "--clinical", pipeline.clinical, "--outcomes", pipeline.outcomes,
+    result = invoke("fuse-train", pipeline.seg, pipeline.radiomics, "--clinical", pipeline.clinical, "--outcomes", pipeline.outcomes,
                     "--out", tmp_path / "model", "--folds", 2, "--repeats", 2, "--config", tmp_path / "quick.yaml",
                     "--test", tmp_path / "test.csv", "--device", "cpu", "--quiet")
     assert result.exit_code == 0, result.output
+    with store.open_store(pipeline.seg) as h5:  # predict ranks patients against the training patients only
+        block, patients = store.read_features(h5)["biomarkers"], store.read_patients(h5)
+    volume = block.values[[pid not in held for pid in patients], block.names.index("spleen/volume[mL]")]
+    percentiles = yaml.safe_load((tmp_path / "model" / "bundle.yaml").read_text())["pipeline"]["blocks"]["biomarkers"]
+    np.testing.assert_allclose(percentiles["training_percentiles"]["spleen/volume[mL]"],
+                               np.percentile(volume[np.isfinite(volume)], np.arange(101)).round(4))
     with h5py.File(tmp_path / "model" / "oof.h5") as oof, h5py.File(tmp_path / "model" / "held_out.h5") as test:
         trained = [p.decode() for p in oof["patients"][()]]
         assert not set(trained) & set(held) and len(trained) == 20
@@ -79,6 +87,8 @@ def test_held_out_patients_never_train_and_are_predicted_once(pipeline, tmp_path
     assert settings["held-out"]["patients"] == 10 and settings["out-of-fold"]["patients"] == 20
     assert {"model", "clinical-cox", "FIPS"} <= set(settings["held-out"]["survival"])
     assert (tmp_path / "report" / "held-out_km.png").is_file()
+    assert ("held-out: no feature step was fitted on scans; none of these 10 patients' scans was seen before evaluation"
+            in (tmp_path / "report" / "report.md").read_text())
 
 
 @pytest.mark.slow
@@ -104,6 +114,8 @@ def test_evaluate_writes_report_with_cis_and_baselines(pipeline, tmp_path):
     assert setting["decision_curve_ohe"]["net_benefit"]["treat none"][0] == 0.0
     report = (tmp_path / "report" / "report.md").read_text()
     assert "| FIPS |" in report and "| oracle |" in report
+    seen = "out-of-fold: the ssl encoder was pre-trained on the scans of 30 of these 30 patients (unlabeled), test folds included"
+    assert f"- {seen}" in report and seen in metrics["notes"] and metrics["transductive"]["out-of-fold"]["steps"]["encoder"]["seen"] == 30
     page = (tmp_path / "report" / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 8 and "src='http" not in page and "<td>oracle</td>" in page
     for plot in ("km", "forest", "td_roc", "calibration", "ohe_roc", "ohe_calibration", "decision_curve", "ppg"):
@@ -258,6 +270,10 @@ def test_external_cohort_is_predicted_with_the_bundles_features(pipeline, tmp_pa
     assert {"model", "clinical-cox", "FIPS", "oracle"} <= set(external["survival"])
     assert 0 <= external["survival"]["model"]["harrell_c"]["estimate"] <= 1
     assert (tmp_path / "report" / "external_km.png").is_file() and "External cohort" in (tmp_path / "report" / "report.md").read_text()
+    unseen = "external: 0 of 16 patients' scans were seen by the ssl encoder"
+    assert f"- {unseen}" in (tmp_path / "report" / "report.md").read_text()
+    assert html.escape(unseen) in (tmp_path / "report" / "report.html").read_text()
+    assert [metrics["transductive"][s]["steps"]["encoder"]["seen"] for s in ("out-of-fold", "external")] == [30, 0]
 
     result = invoke("evaluate", pipeline.bundle, "--out", tmp_path / "again", "--test", ext / "radiomics.h5", "--test",
                     ext / "seg.h5", *cohort)
@@ -265,3 +281,106 @@ def test_external_cohort_is_predicted_with_the_bundles_features(pipeline, tmp_pa
     result = invoke("evaluate", pipeline.bundle, "--out", tmp_path / "again", "--test", pipeline.radiomics, "--test",
                     pipeline.embed, "--test", pipeline.seg, "--clinical", pipeline.clinical, "--outcomes", pipeline.outcomes)
     assert result.exit_code == 2 and "is in the bundle's training cohort" in result.output
+
+
+def _errors(result) -> list[str]:
+    return [line for line in result.output.splitlines() if line.startswith("error: ")]
+
+
+def test_an_outcome_in_the_clinical_table_is_refused_by_every_command(pipeline, tmp_path):
+    """time, event, ohe, ppg_post or any column of the outcomes file in clinical.csv would become a feature (an extra
+    column): fuse-train, evaluate --test and predict refuse it with exit 2 and write nothing."""
+    clinical = pd.read_csv(pipeline.clinical)
+    outcomes = pd.read_csv(pipeline.outcomes)
+    clinical.merge(outcomes[["patient_id", "ppg_post"]], on="patient_id").to_csv(tmp_path / "leak.csv", index=False)
+    result = invoke("fuse-train", pipeline.radiomics, "--clinical", tmp_path / "leak.csv", "--outcomes", pipeline.outcomes,
+                    "--out", tmp_path / "model", "--folds", 2, "--device", "cpu", "--quiet")
+    assert result.exit_code == 2 and not (tmp_path / "model").exists()
+    assert _errors(result) == [f"error: {tmp_path / 'leak.csv'}: column 'ppg_post' is an outcome, not a clinical variable; "
+                               f"remove it (outcomes go in {pipeline.outcomes})"]
+    outcomes.assign(days_in_icu=3).to_csv(tmp_path / "outcomes.csv", index=False)
+    clinical.assign(**{"Days in ICU": 3}).to_csv(tmp_path / "icu.csv", index=False)
+    result = invoke("fuse-train", pipeline.radiomics, "--clinical", tmp_path / "icu.csv", "--outcomes", tmp_path / "outcomes.csv",
+                    "--out", tmp_path / "model", "--folds", 2, "--device", "cpu", "--quiet")
+    assert result.exit_code == 2 and not (tmp_path / "model").exists()
+    assert "icu.csv: column 'Days in ICU' is also a column of the outcomes file" in _errors(result)[0]
+    clinical.merge(outcomes[["patient_id", "time"]], on="patient_id").to_csv(tmp_path / "timed.csv", index=False)
+    result = invoke("evaluate", pipeline.bundle, "--out", tmp_path / "report", "--test", pipeline.seg, "--test",
+                    pipeline.radiomics, "--test", pipeline.embed, "--clinical", tmp_path / "timed.csv", "--outcomes",
+                    pipeline.outcomes, "--bootstrap", 10, "--device", "cpu", "--quiet")
+    assert result.exit_code == 2 and not (tmp_path / "report").exists()
+    assert "timed.csv: column 'time' is an outcome" in _errors(result)[0]
+    clinical.iloc[[0]].assign(OHE=0).to_csv(tmp_path / "row.csv", index=False)
+    result = invoke("predict", "--ct", pipeline.cohort / "images" / "P0000.nii.gz", "--clinical", tmp_path / "row.csv",
+                    "--model", pipeline.bundle, "--json")
+    assert result.exit_code == 2 and "row.csv: column 'OHE' is an outcome" in _errors(result)[0]
+
+
+def test_bundle_records_the_provenance_of_its_feature_blocks(pipeline):
+    blocks = yaml.safe_load((pipeline.bundle / "bundle.yaml").read_text())["pipeline"]["blocks"]
+    with h5py.File(pipeline.radiomics) as rad, h5py.File(pipeline.embed) as emb:
+        assert blocks["radiomics"]["provenance"] == {"segment_backend": "classic", "segment_model_sha256": "",
+                                                     "settings_sha256": rad["features/radiomics"].attrs["settings_sha256"]}
+        assert blocks["embed-ssl"]["provenance"]["weights_sha256"] == emb["features/embed-ssl"].attrs["weights_sha256"]
+    assert blocks["biomarkers"]["provenance"] == {"segment_backend": "classic", "segment_model_sha256": ""}
+    with h5py.File(pipeline.seg) as seg:
+        everyone = [p.decode() for p in seg["patients"][()]]
+    transductive = yaml.safe_load((pipeline.bundle / "bundle.yaml").read_text())["transductive"]
+    assert transductive == {"encoder": {"blocks": ["embed-ssl"], "fitted_on": everyone}}  # embed --fit saw every scan
+
+
+@pytest.mark.parametrize("store_name, block, key", [
+    ("radiomics", "radiomics", "settings_sha256"), ("embed", "embed-ssl", "weights_sha256"),
+    ("radiomics", "radiomics", "segment_backend"), ("seg", "biomarkers", "segment_model_sha256"),
+])
+def test_external_stores_must_come_from_the_bundles_feature_pipeline(pipeline, tmp_path, store_name, block, key):
+    """evaluate --test compares each store's segment backend and model, radiomics settings and encoder weights with
+    what the bundle was trained on; a mismatch is exit 2 naming the store, the attribute and both values."""
+    stores = {name: tmp_path / f"{name}.h5" for name in ("seg", "radiomics", "embed")}
+    for name, path in stores.items():
+        shutil.copyfile(getattr(pipeline, name), path)
+    with h5py.File(stores[store_name], "r+") as h5:
+        expected = str(h5[f"features/{block}"].attrs[key])
+        h5[f"features/{block}"].attrs[key] = "other"
+    result = invoke("evaluate", pipeline.bundle, "--out", tmp_path / "report", *(a for p in stores.values() for a in ("--test", p)),
+                    "--clinical", pipeline.clinical, "--outcomes", pipeline.outcomes, "--bootstrap", 10, "--device", "cpu")
+    assert result.exit_code == 2 and not (tmp_path / "report").exists()
+    assert _errors(result) == [f"error: {stores[store_name]}: feature block '{block}' has {key}='other', the bundle was "
+                               f"trained on {key}={expected!r}; extract the external cohort's features the same way"]
+
+
+@pytest.mark.slow
+def test_a_clinical_score_without_its_inputs_is_noted_in_the_report(pipeline, tmp_path):
+    """Without an albumin column FIPS, Child-Pugh and ALBI cannot be computed: metrics.json, report.md and report.html
+    say so for the out-of-fold and the held-out patients instead of leaving them out silently."""
+    pd.read_csv(pipeline.clinical).drop(columns="albumin").to_csv(tmp_path / "clinical.csv", index=False)
+    pd.DataFrame({"patient_id": [f"P{i:04d}" for i in range(0, 30, 3)]}).to_csv(tmp_path / "test.csv", index=False)
+    (tmp_path / "quick.yaml").write_text("seeds: 1\nstages: [{name: joint, max_epochs: 20, patience: 5, shared_lr_scale: 1.0, "
+                                         "loss_weights: {survival: 1.0, ohe: 0.5, ppg: 0.5}}]\n")
+    result = invoke("fuse-train", pipeline.radiomics, "--clinical", tmp_path / "clinical.csv", "--outcomes", pipeline.outcomes,
+                    "--out", tmp_path / "model", "--folds", 2, "--config", tmp_path / "quick.yaml", "--test",
+                    tmp_path / "test.csv", "--modalities", "radiomics", "--device", "cpu", "--quiet")
+    assert result.exit_code == 0, result.output
+    external = tmp_path / "ext-radiomics.h5"  # the same scans as new patients: an external cohort without albumin
+    shutil.copyfile(pipeline.radiomics, external)
+    with h5py.File(external, "r+") as h5:
+        renamed = np.array([f"ext-{p.decode()}" for p in h5["patients"][()]], dtype=object)
+        del h5["patients"]
+        h5.create_dataset("patients", data=renamed, dtype=h5py.string_dtype())
+    for table in ("clinical", "outcomes"):
+        source = tmp_path / "clinical.csv" if table == "clinical" else pipeline.outcomes
+        pd.read_csv(source).assign(patient_id=lambda t: "ext-" + t["patient_id"]).to_csv(tmp_path / f"ext-{table}.csv", index=False)
+    result = invoke("evaluate", tmp_path / "model", "--out", tmp_path / "report", "--test", external, "--clinical",
+                    tmp_path / "ext-clinical.csv", "--outcomes", tmp_path / "ext-outcomes.csv", "--bootstrap", 10,
+                    "--workers", 1, "--device", "cpu", "--quiet")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    scores = ("FIPS", "Child-Pugh", "ALBI")
+    expected = [f"{score} not shown: clinical.csv lacks albumin" for score in scores]
+    assert set(expected) <= set(metrics["notes"])
+    assert {f"held-out: {score} not shown: clinical.csv (held-out patients) lacks albumin" for score in scores} <= set(metrics["notes"])
+    assert {f"external cohort: {score} not shown: {tmp_path / 'ext-clinical.csv'} lacks albumin" for score in scores} <= set(metrics["notes"])
+    assert all(not set(scores) & set(setting["survival"]) and "MELD" in setting["survival"] for setting in metrics["settings"].values())
+    assert set(metrics["settings"]) == {"out-of-fold", "held-out", "external"}
+    assert f"- {expected[0]}" in (tmp_path / "report" / "report.md").read_text()
+    assert f"<li>{expected[0]}</li>" in (tmp_path / "report" / "report.html").read_text()

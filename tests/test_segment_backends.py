@@ -17,8 +17,9 @@ from monai.losses import DiceCELoss
 
 from conftest import invoke
 from tipsprog.io import read_ct
-from tipsprog.segment import fit_semi, foundation, semi
+from tipsprog.segment import Backend, _fitted_attrs, fit_semi, foundation, semi
 from tipsprog.segment.crops import roi_volumes
+from tipsprog.store import segment_provenance
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +64,9 @@ def test_semi_bundle_carries_the_segmentation_model(semi_run, pipeline):
     manifest = yaml.safe_load((semi_run / "model" / "bundle.yaml").read_text())
     assert manifest["pipeline"]["segment"] == {"backend": "semi", "model": "segment-model.pt"}
     assert "segment-model.pt" in manifest["files"]
+    everyone = pd.read_csv(semi_run / "cohort.csv")["patient_id"].tolist()
+    assert manifest["transductive"]["segment"] == {"blocks": ["embed-ssl"], "fitted_on": everyone, "labeled": everyone[:4]}
+    assert manifest["transductive"]["encoder"]["fitted_on"] == everyone
     pd.read_csv(pipeline.clinical).iloc[[2]].to_csv(semi_run / "row.csv", index=False)
     predicted = invoke("predict", "--ct", pipeline.cohort / "images" / "P0002.nii.gz", "--clinical", semi_run / "row.csv",
                        "--model", semi_run / "model", "--json", "--device", "cpu")
@@ -199,3 +203,60 @@ def test_totalsegmentator_output_maps_to_tipsprog_labels(real_ct):
     labels = foundation.labels_from_totalsegmentator(real_ct / "example_seg.nii.gz", ct)
     volumes = roi_volumes(labels)
     np.testing.assert_allclose(volumes, [1043.118, 255.204, 24.327], rtol=1e-4)
+
+
+def _semi_cohort(pipeline, root, labeled: int = 2, count: int = 5) -> tuple:
+    """The first `count` patients of the tiny cohort (absolute paths, no labels) and LABELED.csv with the first ones."""
+    cohort = pd.read_csv(pipeline.cohort / "cohort.csv").head(count)
+    cohort["ct"] = [str(pipeline.cohort / p) for p in cohort["ct"]]
+    cohort["label"] = [str(pipeline.cohort / p) for p in cohort["label"]]
+    cohort.head(labeled).to_csv(root / "labeled.csv", index=False)
+    cohort.drop(columns="label").to_csv(root / "cohort.csv", index=False)
+    return root / "cohort.csv", root / "labeled.csv", cohort
+
+
+def test_semi_fit_ids_restrict_the_unlabeled_scans_and_are_recorded(pipeline, tmp_path, monkeypatch):
+    """--fit-ids: only the listed unlabeled scans reach training; the model file, /segment and the provenance every
+    feature block derived from the store carries record the patients the model was trained on (the labeled ones apart)."""
+    cohort_csv, labeled_csv, cohort = _semi_cohort(pipeline, tmp_path)
+    pd.DataFrame({"patient_id": ["P0003", "P0001", "P0000"]}).to_csv(tmp_path / "fit.csv", index=False)
+    unlabeled = []
+    real_fit = semi.fit
+    monkeypatch.setattr(semi, "fit", lambda labeled, pool, *args: unlabeled.extend(pool) or real_fit(labeled, pool, *args))
+    result = invoke("segment", cohort_csv, "--out", tmp_path / "seg.h5", "--backend", "semi", "--fit", labeled_csv,
+                    "--fit-ids", tmp_path / "fit.csv", "--iterations", 2, "--workers", 1, "--device", "cpu", "--quiet")
+    assert result.exit_code == 0, result.output
+    (sample,) = unlabeled
+    expected = semi.prepare(read_ct(cohort["ct"][3]), None, semi.SemiSettings(iterations=2))
+    np.testing.assert_array_equal(sample["image"], expected["image"])
+    assert semi.model_fitted_on(tmp_path / "seg.semi.pt") == (["P0000", "P0001", "P0003"], ["P0000", "P0001"])
+    with h5py.File(tmp_path / "seg.h5") as seg:
+        assert json.loads(seg["segment"].attrs["fitted_on"]) == ["P0000", "P0001", "P0003"]
+        block = seg["features/biomarkers"].attrs
+        assert json.loads(block["segment_fitted_on"]) == ["P0000", "P0001", "P0003"]
+        assert json.loads(block["segment_fitted_labeled"]) == ["P0000", "P0001"]
+        provenance = segment_provenance(seg)  # what radiomics and embed copy into their blocks
+    assert json.loads(provenance["segment_fitted_on"]) == ["P0000", "P0001", "P0003"]
+
+
+@pytest.mark.parametrize("listed, arguments, message", [
+    (["P0000", "P0003"], ("--fit", "{labeled}"), "{ids}: patient P0001 of {labeled} is not listed"),
+    (["P0000", "P0001", "X9"], ("--fit", "{labeled}"), "{ids}: patient X9 is not in {cohort} or {labeled}"),
+    (["P0000"], ("--model", "{model}"), "--fit-ids {ids}: chooses the patients `--backend semi --fit` trains on"),
+])
+def test_semi_fit_ids_errors(pipeline, tmp_path, listed, arguments, message):
+    cohort_csv, labeled_csv, _ = _semi_cohort(pipeline, tmp_path)
+    pd.DataFrame({"patient_id": listed}).to_csv(tmp_path / "ids.csv", index=False)
+    names = {"labeled": labeled_csv, "ids": tmp_path / "ids.csv", "cohort": cohort_csv, "model": tmp_path / "m.pt"}
+    result = invoke("segment", cohort_csv, "--out", tmp_path / "seg.h5", "--backend", "semi", "--fit-ids", tmp_path / "ids.csv",
+                    *(a.format(**names) for a in arguments), "--iterations", 1, "--device", "cpu")
+    assert result.exit_code == 2 and message.format(**names) in result.output.replace("\n", "")
+    assert not (tmp_path / "seg.h5").exists() and not (tmp_path / "seg.semi.pt").exists()
+
+
+def test_semi_model_without_a_record_reads_unknown(tmp_path):
+    settings = semi.SemiSettings(channels=(4, 8))
+    semi.save_model(semi.build_network(settings), settings, tmp_path / "old.pt")
+    assert semi.model_fitted_on(tmp_path / "old.pt") == (None, None)
+    backend = Backend("semi", str(tmp_path / "old.pt"))
+    assert _fitted_attrs(backend) == {"segment_fitted_on": "unknown", "segment_fitted_labeled": "unknown"}

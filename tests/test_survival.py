@@ -106,3 +106,21 @@ def test_sdm_is_small_when_modalities_identify_the_same_patient():
     poisoned = first.clone()
     poisoned[20:] = 1e3
     assert sdm_loss(first, poisoned, rows, 50.0) == pytest.approx(sdm_loss(first[:20], first[:20], rows[:20], 50.0).item())
+
+
+@pytest.mark.parametrize("unknown", ["time", "event"])
+def test_rows_with_unknown_time_or_event_leave_the_partial_likelihood(rossi, unknown):
+    """A row whose time or event is unknown must not sit in any risk set: the loss (and its gradient) equals the loss
+    with that patient left out of the rows, whatever risk the row is given."""
+    data, covariates, _ = rossi
+    time, event = data["week"].to_numpy(float), data["arrest"].to_numpy(float)
+    (time if unknown == "time" else event)[[3, 10]] = np.nan
+    index = SurvivalIndex.build(time, event)
+    risk = torch.tensor(covariates @ np.linspace(-0.3, 0.3, covariates.shape[1]), requires_grad=True)
+    everyone = cox_efron_nll(risk, index, torch.ones(len(data), dtype=torch.bool))
+    dropped = torch.ones(len(data), dtype=torch.bool)
+    dropped[[3, 10]] = False
+    without = cox_efron_nll(risk, index, dropped)
+    torch.testing.assert_close(everyone, without)
+    torch.testing.assert_close(torch.autograd.grad(everyone, risk)[0], torch.autograd.grad(without, risk)[0])
+    torch.testing.assert_close(cox_efron_nll(risk, index), without)

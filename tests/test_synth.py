@@ -199,6 +199,19 @@ def test_outcomes_follow_muscle_below_its_cut_ascites_and_their_interaction():
     assert (ppg[0] < ppg[1]).all() and (ppg[1] < ppg[2]).all()
 
 
+def test_without_imaging_signal_outcomes_follow_the_clinical_table_only():
+    spec = CohortSpec(n=200, seed=1, imaging_signal=False)
+    lat = latents(spec)
+    full = complete_clinical(lat, spec)
+    findings = imaging_findings(full, spec)
+    imaging = dict(sarcopenia=1.5, myosteatosis=1.0, liver_texture=1.0, spleen_size=1.0, portal_hypertension=1.0)
+    plain = outcomes_and_truth(lat, full, findings, spec)
+    changed = outcomes_and_truth(lat.assign(**imaging), full, findings.assign(ascites_mm=15.0), spec)
+    pd.testing.assert_frame_equal(plain[0], changed[0])
+    with_signal = outcomes_and_truth(lat, full, findings, dataclasses.replace(spec, imaging_signal=True))[0]
+    assert (with_signal["time"] != plain[0]["time"]).any()
+
+
 def test_rendering_is_deterministic_and_the_cohort_writes_every_truth_column(tmp_path):
     again = render(BASE, SCANNER, "small", np.random.default_rng(0))
     np.testing.assert_array_equal(sitk.GetArrayFromImage(again.image), sitk.GetArrayFromImage(_phantom().image))

@@ -11,9 +11,9 @@ from tipsprog.errors import InputError
 from tipsprog.evaluate.metrics import harrell_c
 from tipsprog.fusion.config import load_config
 from tipsprog.fusion.data import ModalityPreprocessor
-from tipsprog.fusion.models import MODELS, Layout, build_model
-from tipsprog.fusion.training import (TrainingData, cross_validate, cv_splits, inner_split, plan_members, predict_members,
-                                      repeated_splits, train_ensemble)
+from tipsprog.fusion.models import MODELS, Layout, build_model, is_guided
+from tipsprog.fusion.training import (TrainingData, cross_validate, cv_splits, inner_split, mixed_precision, plan_members,
+                                      predict_members, repeated_splits, train_ensemble)
 from tipsprog.checkpoints import TrainingJournal
 
 RADIOMICS_GROUPS = [f"{roi}/{image}/{kind}" for roi in ("liver", "spleen") for image in ("original", "log-sigma-2")
@@ -124,11 +124,12 @@ def test_batched_ensemble_equals_training_members_one_after_another():
         np.testing.assert_allclose(risks[0], risks[1], atol=1e-5)
     together_risk = predict_members(together, data.matrices, rows, config, torch.device("cpu"))["risk"]
     for member, risk in zip(together, together_risk):
-        network = build_model(config.model, member.layout, config.hidden, config.dropout, config.model_options()).eval()
+        network = build_model(config.model, member.layout, config.hidden, config.dropout, config.model_options(),
+                              is_guided(config.model, member.layout, config.clinical_offset)).eval()
         network.load_state_dict(member.state_dict)
         with torch.no_grad():
             plain = network({m: torch.from_numpy(p.transform(data.matrices[m])) for m, p in member.preprocessors.items()})
-        np.testing.assert_allclose(risk, plain["risk"].double().numpy(), atol=1e-5)
+        np.testing.assert_allclose(risk, plain["risk"].double().numpy() - member.risk_center, atol=1e-5)
 
 
 def test_repeated_cv_reshuffles_folds_and_averages_out_of_fold_predictions():
@@ -284,3 +285,59 @@ def test_training_killed_and_resumed_equals_an_uninterrupted_run(tmp_path, monke
     assert TrainingJournal(tmp_path / "model", "same settings", True).load()["stage"] == len(config.stages)
     assert TrainingJournal(tmp_path / "model", "other settings", True).load() is None
     assert TrainingJournal(tmp_path / "model", "same settings", False).load() is None
+
+
+def test_a_patient_with_unknown_time_trains_and_leaves_the_survival_loss():
+    data = _cohort()
+    data.time[4], data.event[4] = np.nan, np.nan
+    result = cross_validate(data, _config(epochs=5, patience=5), "kfold", torch.device("cpu"))
+    assert np.isfinite(result.oof["risk"]).all()
+
+
+def _clinical_only_cohort(n: int, seed: int) -> TrainingData:
+    """Outcome driven by the clinical table alone; the imaging modalities are noise."""
+    data = _cohort(n, seed)
+    rng = np.random.default_rng(seed + 100)
+    risk = data.matrices["clinical"][:, 0] - 0.7 * data.matrices["clinical"][:, 1]
+    time = rng.exponential(500 * np.exp(-risk))
+    return dataclasses.replace(data, time=np.minimum(time, 700), event=(time < 700).astype(float))
+
+
+def test_guided_model_starts_from_the_clinical_cox_and_centres_each_member():
+    data = _cohort()
+    config = _config(epochs=3, patience=3)
+    plans = plan_members(data, cv_splits(data.event, data.centers, 3, "kfold", 0), config, seed=0)[:1]
+    member = train_ensemble(data, plans, config, torch.device("cpu"))[0]
+    network = build_model(config.model, member.layout, config.hidden, config.dropout, guided=True)
+    network.load_state_dict(member.state_dict)
+    assert 0.0 <= float(network.residual_weight) <= 1.0
+    fresh = build_model(config.model, member.layout, config.hidden, config.dropout, guided=True).eval()
+    inputs = {m: torch.from_numpy(p.transform(data.matrices[m])) for m, p in member.preprocessors.items()}
+    with torch.no_grad():
+        outputs = fresh(inputs)
+    assert torch.equal(outputs["residual_risk"], torch.zeros_like(outputs["residual_risk"]))
+    result = cross_validate(data, config, "kfold", torch.device("cpu"))
+    for fold, (train_rows, _) in enumerate(cv_splits(data.event, data.centers, 3, "kfold", 0)):
+        members = [m for m in result.members if m.fold == fold]
+        risk = predict_members(members, data.matrices, train_rows, config, torch.device("cpu"))["risk"]
+        np.testing.assert_allclose(risk.mean(axis=1), 0.0, atol=1e-9)
+
+
+@pytest.mark.slow
+def test_default_fusion_does_not_lose_to_the_clinical_cox_when_images_are_noise():
+    """With the clinical Cox as offset the imaging residual is weighted down (or off) in each fold, so the fused
+    model stays at the clinical Cox's C; without the offset the same network loses to it."""
+    data = _clinical_only_cohort(150, 1)
+    delta = {}
+    for guided in (True, False):
+        config = _config(epochs=120, patience=30, imaging_width=4, folds=5, seeds=2, clinical_offset=guided)
+        result = cross_validate(data, config, "kfold", torch.device("cpu"), seed=1)
+        delta[guided] = (harrell_c(data.time, data.event, result.oof["risk"])
+                         - harrell_c(data.time, data.event, result.oof["clinical_cox_risk"]))
+    assert delta[True] >= -0.01 and delta[False] < delta[True] - 0.02
+
+
+def test_predictions_are_never_made_in_bf16():
+    assert mixed_precision(torch.device("cuda"), train=True)
+    assert not mixed_precision(torch.device("cuda"), train=False)
+    assert not mixed_precision(torch.device("cpu"), train=True)

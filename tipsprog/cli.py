@@ -121,6 +121,8 @@ def synth(out: Path = typer.Option(..., "--out", help="Output folder (must not e
           seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same cohort)."),
           size: str = typer.Option("small", "--size", help="small (64×64×32) or full (192×192×96) volumes."),
           prefix: str = typer.Option("", "--prefix", help="Prefix of patient IDs and center names (e.g. ext- for an external cohort)."),
+          imaging_signal: bool = typer.Option(True, "--imaging-signal/--no-imaging-signal",
+                                              help="Outcomes depend on the imaging (default) or on the clinical table only."),
           workers: Optional[int] = WORKERS, quiet: bool = QUIET) -> None:
     """Generate a synthetic multi-center TIPS cohort with known truth."""
     from tipsprog.synth import CohortSpec, make_cohort
@@ -131,7 +133,7 @@ def synth(out: Path = typer.Option(..., "--out", help="Output folder (must not e
     if out.exists():
         raise InputError(f"{out}: already exists; choose a new folder")
     with progress_bar("synth", n, quiet) as advance:
-        make_cohort(out, CohortSpec(n, centers, seed, size, prefix), _workers(workers), advance)
+        make_cohort(out, CohortSpec(n, centers, seed, size, prefix, imaging_signal), _workers(workers), advance)
     if not quiet:
         console.print(f"wrote {n} patients from {centers} centers to {out}")
 
@@ -150,6 +152,8 @@ def segment(cohort: Path = typer.Argument(..., help="cohort.csv (patient_id, ct[
             fit: Optional[Path] = typer.Option(None, "--fit", help="semi: LABELED.csv (cohort format with labels) to train on."),
             model: Optional[Path] = typer.Option(None, "--model", help="semi: trained model to use, or where --fit saves it (default OUT.semi.pt)."),
             iterations: int = typer.Option(1600, "--iterations", min=1, help="semi: training iterations with --fit."),
+            fit_ids: Optional[Path] = typer.Option(None, "--fit-ids", help="semi --fit: CSV with a patient_id column; train on "
+                                                   "these patients' scans only (every LABELED.csv patient listed too)."),
             workers: Optional[int] = WORKERS, device: str = DEVICE,
             strict: bool = typer.Option(False, "--strict", help="A failed patient stops the run."),
             resume: bool = RESUME, quiet: bool = QUIET) -> None:
@@ -161,7 +165,7 @@ def segment(cohort: Path = typer.Argument(..., help="cohort.csv (patient_id, ct[
             progress_bar("segment", _count_rows(cohort), quiet) as advance:
         results = run_segment(cohort, out, backend, _workers(workers), strict, advance, fit, model, device,
                               SemiSettings(iterations=iterations),
-                              lambda step, loss, dice: trained(text=f"loss {loss:.3f} val Dice {dice:.3f}"), resume)
+                              lambda step, loss, dice: trained(text=f"loss {loss:.3f} val Dice {dice:.3f}"), resume, fit_ids)
     if quiet:
         return
     failed = [r for r in results if r.status != "ok"]
@@ -205,6 +209,8 @@ def embed(seg: Path = typer.Argument(..., help="Segment store from `tipsprog seg
           encoder: str = typer.Option("ssl", "--encoder", help="ssl (self-supervised, trained with --fit), medicalnet-resnet10|18|50 "
                                       "(resnet_*_23dataset.pth), swinunetr (model_swinvit.pt) or ctfm (model.safetensors)."),
           fit: bool = typer.Option(False, "--fit", help="Pre-train the ssl encoder on this store's crops (masked-volume reconstruction)."),
+          fit_ids: Optional[Path] = typer.Option(None, "--fit-ids", help="With --fit: CSV with a patient_id column; pre-train on "
+                                                 "these patients' crops only (e.g. leave held-out patients unseen)."),
           weights: Optional[Path] = typer.Option(None, "--weights", help="Encoder weights file (ssl: to write with --fit, default OUT.pt)."),
           pool: str = typer.Option("mean", "--pool", help="Pooling inside each ROI mask: mean or mean+max."),
           epochs: int = typer.Option(40, "--epochs", min=1, help="Self-supervised epochs with --fit."),
@@ -217,7 +223,7 @@ def embed(seg: Path = typer.Argument(..., help="Segment store from `tipsprog seg
         written, report = run_embed(seg, out, encoder, fit, weights, device, FitSettings(epochs=epochs, seed=seed), pool,
                                     batch_size, lambda epoch, loss: advance(steps=0, text=f"pre-training epoch {epoch}/{epochs}, loss {loss:.4f}"),
                                     lambda patients: advance(steps=patients, text="embedding"), resume,
-                                    None if quiet else (lambda text: console.print(f"  {escape(text)}")))
+                                    None if quiet else (lambda text: console.print(f"  {escape(text)}")), fit_ids)
     if not quiet:
         console.print(f"embed: {out} ({encoder}: {report}; weights {written})")
 

@@ -20,6 +20,7 @@ HEADER_UNIT = re.compile(r"^(.+?)\s*(?:\[(.+)\]|\((.+)\))$")
 LOOKALIKE_CUTOFF = 0.85  # difflib ratio from which an unknown column counts as a misspelt schema variable
 BILIRUBIN_UMOL_PER_MGDL = 17.1
 RESERVED = {"patient_id", "center"}
+OUTCOMES = ("time", "event", "ohe", "ppg_post")  # never features: a model would be handed the answer
 
 
 @dataclass(frozen=True)
@@ -74,9 +75,21 @@ def _reject_lookalike(column: str, name: str, path: Path) -> None:
                          f"match it; rename it{hint}")
 
 
-def _header_units(table: pd.DataFrame, path: Path) -> tuple[pd.DataFrame, dict[str, float]]:
+def _reject_outcome(column: str, name: str, path: Path, outcome_headers: set[str], outcomes: Path | None) -> None:
+    """Fail on a column named like an outcome (time, event, ohe, ppg_post or a column of the outcomes file): as an
+    extra column it would become a feature."""
+    if normal_name(name) in OUTCOMES or normal_name(column) in OUTCOMES:
+        raise InputError(f"{path}: column '{column}' is an outcome, not a clinical variable; remove it (outcomes go in "
+                         f"{outcomes or 'outcomes.csv'})")
+    if normal_name(name) in outcome_headers or normal_name(column) in outcome_headers:
+        raise InputError(f"{path}: column '{column}' is also a column of the outcomes file {outcomes}; remove it (an "
+                         "outcome may not be a feature)")
+
+
+def _header_units(table: pd.DataFrame, path: Path, outcomes: Path | None = None) -> tuple[pd.DataFrame, dict[str, float]]:
     """Rename headers to schema and reserved names (any case, spacing, unit in [] or ()); return unit factors."""
     renamed, factors_used = {}, {}
+    outcome_headers = {normal_name(c) for c in read_table(outcomes, []).columns} - RESERVED if outcomes else set()
     for column in table.columns:
         match = HEADER_UNIT.match(column)
         name, unit = (match.group(1), match.group(2) or match.group(3)) if match else (column, None)
@@ -88,6 +101,7 @@ def _header_units(table: pd.DataFrame, path: Path) -> tuple[pd.DataFrame, dict[s
         elif normal_name(column) in RESERVED:
             renamed[column] = normal_name(column)
         else:
+            _reject_outcome(column, name, path, outcome_headers, outcomes)
             _reject_lookalike(column, name, path)
             renamed[column] = name if column.endswith("]") else column  # an extra column's [unit] is dropped
     return rename_columns(table, renamed, path), factors_used
@@ -124,10 +138,11 @@ def _validate_categorical(table: pd.DataFrame, variable: Variable, path: Path) -
     return values
 
 
-def read_clinical(path: str | Path) -> pd.DataFrame:
-    """Read clinical.csv: convert units, validate ranges and levels, keep extra columns."""
+def read_clinical(path: str | Path, outcomes: Path | None = None) -> pd.DataFrame:
+    """Read clinical.csv: convert units, validate ranges and levels, keep extra columns; a column named like an
+    outcome (or like a column of the `outcomes` file) is an error."""
     path = Path(path)
-    table, factors = _header_units(read_table(path, []), path)
+    table, factors = _header_units(read_table(path, []), path, outcomes)
     for name, variable in schema().items():
         if name not in table.columns:
             table[name] = np.nan if variable.kind == "numeric" else None
@@ -253,11 +268,20 @@ SCORE_FUNCTIONS = {
 }
 
 
+def missing_score_inputs(table: pd.DataFrame) -> dict[str, list[str]]:
+    """Each clinical score that cannot be computed and the inputs the table lacks (known for no patient)."""
+    lacking = {name: [column for column in inputs if table[column].isna().all()] for name, inputs in SCORE_INPUTS.items()}
+    return {name: columns for name, columns in lacking.items() if columns}
+
+
+def score_notes(table: pd.DataFrame, source: str) -> list[str]:
+    """One line per clinical score left out because `source` (the clinical table) lacks its inputs."""
+    return [f"{name} not shown: {source} lacks {', '.join(columns)}" for name, columns in missing_score_inputs(table).items()]
+
+
 def clinical_scores(table: pd.DataFrame) -> pd.DataFrame:
     """All clinical scores whose inputs exist in the table (NaN where a patient lacks an input)."""
-    scores = {}
-    for name, inputs in SCORE_INPUTS.items():
-        if any(table[column].isna().all() for column in inputs):
-            continue
-        scores[name] = SCORE_FUNCTIONS[name](*(table[column].to_numpy() for column in inputs))
+    missing = missing_score_inputs(table)
+    scores = {name: SCORE_FUNCTIONS[name](*(table[column].to_numpy() for column in inputs))
+              for name, inputs in SCORE_INPUTS.items() if name not in missing}
     return pd.DataFrame(scores, index=table.index)

@@ -328,6 +328,19 @@ def read_table(path: str | Path, required: list[str]) -> pd.DataFrame:
     return table.set_index("patient_id", drop=False)
 
 
+def read_id_list(path: str | Path, known: list[str], source: str) -> list[str]:
+    """The patient IDs of a CSV with a patient_id column (e.g. --fit-ids), each one of `known` (the patients of `source`)."""
+    listed = read_table(path, []).index.tolist()
+    if not listed:
+        raise InputError(f"{path}: lists no patient")
+    known_ids = set(known)
+    unknown = [pid for pid in listed if pid not in known_ids]
+    if unknown:
+        more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
+        raise InputError(f"{path}: patient {unknown[0]} is not in {source}{more}")
+    return listed
+
+
 def _cohort_path(base: Path, value: str) -> str:
     """A cohort path resolved against the CSV's folder; Windows separators ('images\\P1.nii.gz') read as '/'."""
     given = base / value

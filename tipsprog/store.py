@@ -322,10 +322,13 @@ def read_series_uids(store: h5py.File) -> list[str | None]:
 
 
 def segment_provenance(store: h5py.File) -> dict[str, str]:
-    """Which backend and model produced a segment store (carried into feature blocks and bundles)."""
+    """Which backend and model produced a segment store, and a semi model's fitted-on patients (carried into feature
+    blocks and bundles)."""
     attrs = store["segment"].attrs
-    return {"segment_backend": str(attrs["backend"]), "segment_model_path": str(attrs.get("model_path", "")),
-            "segment_model_sha256": str(attrs.get("model_sha256", ""))}
+    provenance = {"segment_backend": str(attrs["backend"]), "segment_model_path": str(attrs.get("model_path", "")),
+                  "segment_model_sha256": str(attrs.get("model_sha256", ""))}
+    provenance.update({f"segment_{key}": str(attrs[key]) for key in ("fitted_on", "fitted_labeled") if key in attrs})
+    return provenance
 
 
 def read_crops(store: h5py.File, roi: str) -> np.ndarray:

@@ -17,10 +17,12 @@ import torch.nn.functional as F
 from tipsprog import store
 from tipsprog.devices import resolve_device
 from tipsprog.embed.encoders import ENCODERS, RoiEncoder, load_encoder
-from tipsprog.embed.ssl import FitSettings, build_ssl_network, fit_ssl, save_ssl_weights
+from tipsprog.embed.ssl import FitSettings, build_ssl_network, fit_ssl, save_ssl_weights, ssl_fitted_on
 from tipsprog.errors import InputError
+from tipsprog.io import read_id_list
 from tipsprog.checkpoints import TrainingJournal
 from tipsprog.store import file_sha256, writes_output
+from tipsprog.transductive import fitted_attr
 
 EMBED_ROIS = ("liver", "spleen")
 POOLINGS = ("mean", "mean+max")
@@ -81,9 +83,10 @@ def random_encoder(seed: int = 0) -> RoiEncoder:
     return RoiEncoder("ssl", build_ssl_network().eval())
 
 
-def _fit_digest(training: np.ndarray, settings: FitSettings, device: torch.device) -> str:
-    """sha256 of what pre-training depends on: its settings, the device type and the training crops."""
-    digest = hashlib.sha256(json.dumps({**asdict(settings), "device": device.type}, sort_keys=True).encode("utf-8"))
+def _fit_digest(training: np.ndarray, settings: FitSettings, device: torch.device, fitted_on: list[str]) -> str:
+    """sha256 of what pre-training depends on: its settings, the device type, the patients and their training crops."""
+    digest = hashlib.sha256(json.dumps({**asdict(settings), "device": device.type, "patients": fitted_on},
+                                       sort_keys=True).encode("utf-8"))
     digest.update(np.ascontiguousarray(training).data)
     return digest.hexdigest()
 
@@ -99,13 +102,25 @@ def _segment_store(seg_path: Path) -> Iterator[tuple[list[str], list[str], tuple
                {roi: seg[f"segment/crops/{roi}"] for roi in EMBED_ROIS})
 
 
+def _fit_rows(ids: list[str], usable: np.ndarray, seg_path: Path, fit_ids: Path | None) -> np.ndarray:
+    """Rows whose crops pre-train the encoder: the usable scans, of the --fit-ids patients if given."""
+    rows = usable.copy()
+    if fit_ids is not None:
+        rows &= np.isin(ids, read_id_list(fit_ids, ids, str(seg_path)))
+    if rows.sum() < 2:
+        chosen = f" among the patients of {fit_ids}" if fit_ids is not None else ""
+        raise InputError(f"{seg_path}: fewer than 2 usable scans{chosen} to train the encoder on")
+    return rows
+
+
 @writes_output("store")
 def run_embed(seg_path: Path, out: Path, encoder_name: str = "ssl", fit: bool = False, weights: Path | None = None,
               device_name: str = "auto", settings: FitSettings = FitSettings(), pooling: str = "mean",
               batch_size: int = 16, fit_progress: Callable[[int, float], None] | None = None,
               progress: Callable[[float], None] | None = None, resume_previous: bool = False,
-              notes: Callable[[str], None] | None = None) -> tuple[Path, str]:
-    """Embed every patient of a segment store into a store; with fit, pre-train the ssl encoder first.
+              notes: Callable[[str], None] | None = None, fit_ids: Path | None = None) -> tuple[Path, str]:
+    """Embed every patient of a segment store into a store; with fit, pre-train the ssl encoder first (on the
+    patients of `fit_ids` only, if given). The patients it was pre-trained on go into the weights file and the block.
 
     Pre-training saves its state to `<out>.partial` every few seconds; with `resume_previous` it continues from
     there when the settings and the training crops are the same. Returns the weights file used and the loader's
@@ -115,6 +130,8 @@ def run_embed(seg_path: Path, out: Path, encoder_name: str = "ssl", fit: bool = 
         raise InputError(f"--pool {pooling}: choose one of {', '.join(POOLINGS)}")
     if fit and encoder_name != "ssl":
         raise InputError(f"--fit trains the ssl encoder only; --encoder {encoder_name} loads published weights")
+    if fit_ids is not None and not fit:
+        raise InputError(f"--fit-ids {fit_ids}: chooses the patients --fit pre-trains the encoder on; give --fit too")
     device = resolve_device(device_name)
     if encoder_name == "ssl":
         weights = weights or out.with_suffix(".pt")
@@ -123,14 +140,16 @@ def run_embed(seg_path: Path, out: Path, encoder_name: str = "ssl", fit: bool = 
     with _segment_store(seg_path) as (ids, centers, (status, reasons), segment_provenance, crops):
         usable = np.array([s == "ok" for s in status])
         if fit:
-            if usable.sum() < 2:
-                raise InputError(f"{seg_path}: fewer than 2 usable scans to train the encoder on")
-            training = np.concatenate([crops[roi][()][usable] for roi in EMBED_ROIS])
-            journal = TrainingJournal(out, _fit_digest(training, settings, device), resume_previous, notes)
-            save_ssl_weights(fit_ssl(training, settings, device, fit_progress, journal), weights)
+            rows = _fit_rows(ids, usable, seg_path, fit_ids)
+            fitted_on = [pid for pid, chosen in zip(ids, rows) if chosen]
+            training = np.concatenate([crops[roi][()][rows] for roi in EMBED_ROIS])
+            journal = TrainingJournal(out, _fit_digest(training, settings, device, fitted_on), resume_previous, notes)
+            save_ssl_weights(fit_ssl(training, settings, device, fit_progress, journal), weights, fitted_on)
             del training
             encoder = load_encoder("ssl", weights)
         provenance = {"weights_sha256": file_sha256(weights), "weights_path": str(Path(weights).resolve()), **segment_provenance}
+        if encoder_name == "ssl":
+            provenance["encoder_fitted_on"] = fitted_attr(ssl_fitted_on(weights))
         block = embedding_block(encoder, crops, device, pooling, provenance, batch_size, progress)
     block.values[~usable] = np.nan
     with store.create_store(out, ids, centers) as h5:

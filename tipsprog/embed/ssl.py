@@ -104,11 +104,22 @@ def fit_ssl(crops: np.ndarray, settings: FitSettings, device: torch.device,
     return network.eval()
 
 
-def save_ssl_weights(network: AutoEncoder, path: Path) -> str:
-    """Save the ssl network atomically; return the file's sha256."""
+def save_ssl_weights(network: AutoEncoder, path: Path, fitted_on: list[str] | None = None) -> str:
+    """Save the ssl network atomically, with the patients it was pre-trained on; return the file's sha256."""
     architecture = {"channels": list(SSL_CHANNELS), "strides": list(SSL_STRIDES)}
-    save_checkpoint({"format": WEIGHTS_FORMAT, "architecture": architecture, "state_dict": network.state_dict()}, path)
+    payload = {"format": WEIGHTS_FORMAT, "architecture": architecture, "state_dict": network.state_dict()}
+    if fitted_on is not None:
+        payload["fitted_on"] = list(fitted_on)
+    save_checkpoint(payload, path)
     return file_sha256(path)
+
+
+def ssl_fitted_on(path: Path) -> list[str] | None:
+    """The patients whose scans pre-trained a weights file (None: the file does not record them)."""
+    payload = load_checkpoint(path, WEIGHTS_FORMAT, "ssl encoder weights file", torch.device("cpu"),
+                              " (train them with `tipsprog embed --fit`)")
+    fitted_on = payload.get("fitted_on")
+    return [str(pid) for pid in fitted_on] if isinstance(fitted_on, list) else None
 
 
 def load_ssl_weights(path: Path) -> AutoEncoder:

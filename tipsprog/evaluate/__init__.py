@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tipsprog.clinical import score_notes
 from tipsprog.evaluate import plots
 from tipsprog.evaluate.render import html_page, markdown, setting_sections
 from tipsprog.evaluate.report import METRICS_SCHEMA, evaluate_rows, evaluation_grid
@@ -18,7 +19,8 @@ from tipsprog.evaluate.rows import (Cohort, OutOfFold, PredictionRow, held_out_r
 from tipsprog.fusion.assembly import assemble_for_bundle, score_columns
 from tipsprog.fusion.bundle import Bundle, load_bundle
 from tipsprog.fusion.training import predict_cohort
-from tipsprog.store import atomic_output, writes_output
+from tipsprog.store import atomic_output, open_store, writes_output
+from tipsprog.transductive import exposure_report
 
 TITLE = "tipsprog evaluation report"
 
@@ -61,6 +63,20 @@ class ExternalCohort:
     outcomes: Path
 
 
+def check_provenance(bundle: Bundle, stores: list[Path]) -> None:
+    """Each external store's feature blocks come from the bundle's segmentation backend and model, radiomics settings
+    and encoder weights (as fuse-train recorded them)."""
+    blocks = bundle.manifest["pipeline"]["blocks"]
+    for path in stores:
+        with open_store(path) as h5:
+            for name, group in h5.get("features", {}).items():
+                for key, expected in blocks.get(name, {}).get("provenance", {}).items():
+                    found = str(group.attrs.get(key, ""))
+                    if found != expected:
+                        raise InputError(f"{path}: feature block '{name}' has {key}={found!r}, the bundle was trained on "
+                                         f"{key}={expected!r}; extract the external cohort's features the same way")
+
+
 def external_predictions(bundle: Bundle, training: OutOfFold, external: ExternalCohort,
                          device_name: str) -> tuple[Cohort, dict[str, np.ndarray], list[str]]:
     """Assemble an external cohort like the bundle's training data and predict it with the whole ensemble."""
@@ -68,6 +84,7 @@ def external_predictions(bundle: Bundle, training: OutOfFold, external: External
     if imaging and not external.stores:
         raise InputError(f"{bundle.path}: the bundle uses {' and '.join(imaging)} features; give the external cohort's "
                          "feature stores with --test")
+    check_provenance(bundle, external.stores)
     assembled = assemble_for_bundle(bundle.manifest, external.stores, external.clinical, external.outcomes)
     data = assembled.data
     seen = sorted(set(data.patient_ids) & set(training.patient_ids))
@@ -76,7 +93,8 @@ def external_predictions(bundle: Bundle, training: OutOfFold, external: External
                          f"({len(seen)} such patients); an external cohort must be new patients")
     predictions = predict_cohort(bundle.members, data.matrices, bundle.config, resolve_device(device_name), bundle.clinical_cox)
     cohort = Cohort(data.patient_ids, data.centers.tolist(), data.outcomes(), score_columns(assembled.clinical))
-    return cohort, predictions, [f"external cohort: {note}" for note in assembled.notes]
+    notes = [*assembled.notes, *score_notes(assembled.clinical, str(external.clinical))]
+    return cohort, predictions, [f"external cohort: {note}" for note in notes]
 
 
 def _bundle_summary(bundle: Bundle) -> dict:
@@ -98,10 +116,13 @@ def run_evaluate(bundle_path: Path, out: Path, truth_csvs: list[Path] | None = N
     truth = read_truth(truth_csvs) if truth_csvs else None
     _, grid = evaluation_grid(data.outcomes["time"], horizons)
     rows, notes = prediction_rows(data, grid, truth)
+    absent_scores = bundle.manifest["clinical"].get("score_notes", {})  # scores fuse-train could not compute
+    notes += absent_scores.get("out-of-fold", [])
     settings = {"out-of-fold": (data, rows)}
     unseen = []
     if (bundle.path / "held_out.h5").is_file():
-        unseen.append(("held-out", *read_held_out(bundle.path / "held_out.h5"), []))
+        unseen.append(("held-out", *read_held_out(bundle.path / "held_out.h5"),
+                       [f"held-out: {note}" for note in absent_scores.get("held-out", [])]))
     if external is not None:
         unseen.append(("external", *external_predictions(bundle, data, external, device_name)))
     for name, cohort, predictions, cohort_notes in unseen:
@@ -111,7 +132,11 @@ def run_evaluate(bundle_path: Path, out: Path, truth_csvs: list[Path] | None = N
         notes += cohort_notes + [f"{name}: {note}" for note in row_notes]
     documents = {name: evaluate_rows(setting_rows, cohort, horizons, draws, seed, workers)
                  for name, (cohort, setting_rows) in settings.items()}
-    document = {"schema": METRICS_SCHEMA, "bundle": _bundle_summary(bundle), "settings": documents, "notes": notes}
+    transductive, seen_notes = exposure_report(bundle.manifest, {name: (cohort.patient_ids, cohort.centers)
+                                                                 for name, (cohort, _) in settings.items()})
+    notes = seen_notes + notes
+    document = {"schema": METRICS_SCHEMA, "bundle": _bundle_summary(bundle), "settings": documents, "notes": notes,
+                "transductive": transductive}
     with atomic_output(out, "report") as tmp:
         tmp.mkdir(parents=True)
         sections = []

@@ -13,8 +13,8 @@ from lifelines.statistics import logrank_test
 from scipy.stats import chi2, pearsonr
 from sklearn.metrics import (accuracy_score, brier_score_loss, f1_score, mean_absolute_error, mean_squared_error,
                              r2_score, recall_score, roc_auc_score)
-from sksurv.metrics import (brier_score, concordance_index_censored, concordance_index_ipcw, cumulative_dynamic_auc,
-                            integrated_brier_score)
+from sksurv.metrics import brier_score, concordance_index_censored, concordance_index_ipcw, cumulative_dynamic_auc
+from sksurv.nonparametric import CensoringDistributionEstimator
 from sksurv.util import Surv
 
 TIE_BREAK_DRAWS = 20
@@ -73,12 +73,27 @@ def time_dependent_auc(time: np.ndarray, event: np.ndarray, risk: np.ndarray, ho
     return result
 
 
+def brier_curve(time: np.ndarray, event: np.ndarray, survival_curves: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """IPCW Brier score at each grid time: scikit-survival's `brier_score` (censoring Kaplan–Meier of the same
+    patients) without its follow-up check, so a bootstrap resample is scored on its cohort's grid; before the first
+    or from the last follow-up time one side of the sum is simply empty."""
+    censoring = CensoringDistributionEstimator().fit(Surv.from_arrays(event.astype(bool), time))
+    at_grid = censoring.predict_proba(np.minimum(grid, time.max()))  # past the last time there are no controls
+    at_own = censoring.predict_proba(time)
+    at_grid[at_grid == 0], at_own[at_own == 0] = np.inf, np.inf
+    case = (time[:, None] <= grid[None, :]) & event.astype(bool)[:, None]
+    control = time[:, None] > grid[None, :]
+    return np.mean(survival_curves ** 2 * case / at_own[:, None] + (1.0 - survival_curves) ** 2 * control / at_grid, axis=0)
+
+
 def integrated_brier(time: np.ndarray, event: np.ndarray, survival_curves: np.ndarray, grid: np.ndarray) -> float:
-    """Integrated Brier score over the grid of predicted survival curves [patients, grid]."""
+    """Integrated Brier score of predicted survival curves [patients, grid] over a fixed grid (chosen once per
+    evaluated cohort, see `within_follow_up`); equals scikit-survival's `integrated_brier_score` on that cohort."""
     rows = _known(time, event) & np.isfinite(survival_curves).all(axis=1)
-    survival = Surv.from_arrays(event[rows].astype(bool), time[rows])
-    inside = within_follow_up(grid, time[rows])
-    return float(integrated_brier_score(survival, survival, survival_curves[rows][:, inside], grid[inside]))
+    if len(grid) < 2:
+        raise ValueError("At least two time points must be given")
+    scores = brier_curve(time[rows], event[rows].astype(float), survival_curves[rows], grid)
+    return float(np.trapezoid(scores, grid) / (grid[-1] - grid[0]))
 
 
 def within_follow_up(grid: np.ndarray, time: np.ndarray) -> np.ndarray:

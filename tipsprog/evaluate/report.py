@@ -33,6 +33,8 @@ def survival_metrics(row: PredictionRow, data: Cohort, horizons: np.ndarray, tau
     time, event, risk = data.outcomes["time"], data.outcomes["event"], row.risk
     tied = metrics.has_ties(risk)
     at_horizons = row.survival[:, _horizon_columns(grid, horizons)]
+    inside = metrics.within_follow_up(grid, time)  # the IBS grid: fixed by the whole cohort, the same in every resample
+    ibs_grid, on_ibs_grid = grid[inside], row.survival[:, inside]
     names = ["harrell_c", "harrell_c_random_ties", "uno_c", "integrated_brier",
              *(f"auc_{int(h)}d" for h in horizons), *(f"brier_{int(h)}d" for h in horizons)]
 
@@ -42,7 +44,7 @@ def survival_metrics(row: PredictionRow, data: Cohort, horizons: np.ndarray, tau
             (lambda r: metrics.harrell_c(time[r], event[r], risk[r]), 1),
             (lambda r: random_ties(time[r], event[r], risk[r], tie_draws), 1),
             (lambda r: metrics.uno_c(time[r], event[r], risk[r], tau), 1),
-            (lambda r: metrics.integrated_brier(time[r], event[r], row.survival[r], grid), 1),
+            (lambda r: metrics.integrated_brier(time[r], event[r], on_ibs_grid[r], ibs_grid), 1),
             (lambda r: metrics.time_dependent_auc(time[r], event[r], risk[r], horizons), len(horizons)),
             (lambda r: metrics.brier_at(time[r], event[r], at_horizons[r], horizons), len(horizons))], rows)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
 
@@ -19,10 +19,12 @@ from tipsprog.evaluate.metrics import harrell_c, harrell_c_with_ci
 from tipsprog.fusion.assembly import assemble, score_columns
 from tipsprog.fusion.bundle import HeldOut, write_bundle
 from tipsprog.fusion.config import TrainConfig
-from tipsprog.fusion.training import TrainingData, cross_validate, fit_clinical_cox, predict_cohort
+from tipsprog.fusion.training import Member, TrainingData, cross_validate, fit_clinical_cox, predict_cohort
 from tipsprog.io import read_table
 from tipsprog.checkpoints import TrainingJournal
+from tipsprog.clinical import score_notes
 from tipsprog.store import file_sha256, writes_output
+from tipsprog.transductive import fitted_steps
 
 
 def _verified(source: Path, sha256: str) -> Path:
@@ -42,6 +44,9 @@ def training_percentiles(block: store.FeatureBlock) -> dict[str, list[float | No
     return percentiles
 
 
+PROVENANCE = ("segment_backend", "segment_model_sha256", "settings_sha256", "weights_sha256")  # evaluate --test compares
+
+
 def pipeline_manifest(blocks: dict[str, store.FeatureBlock]) -> tuple[dict, dict[str, Path]]:
     """How to replay the feature pipeline on a new scan, and the weight files to copy into the bundle."""
     sources = {(b.attrs.get("segment_backend", ""), b.attrs.get("segment_model_sha256", "")) for b in blocks.values()}
@@ -57,7 +62,8 @@ def pipeline_manifest(blocks: dict[str, store.FeatureBlock]) -> tuple[dict, dict
             copied["segment-model.pt"] = _verified(Path(block.attrs["segment_model_path"]), block.attrs["segment_model_sha256"])
             pipeline["segment"]["model"] = "segment-model.pt"
     for name, block in blocks.items():
-        entry: dict = {"extractor": block.attrs.get("extractor", name), "names": block.names}
+        entry: dict = {"extractor": block.attrs.get("extractor", name), "names": block.names,
+                       "provenance": {key: block.attrs[key] for key in PROVENANCE if key in block.attrs}}
         if block.attrs.get("extractor") == "pyradiomics":
             entry["params"] = yaml.safe_load(block.attrs["settings"])
         if name == "biomarkers":
@@ -109,6 +115,12 @@ def _c_rows(data: TrainingData, predictions: dict[str, np.ndarray]) -> dict[str,
     return rows
 
 
+def residual_weights(members: list[Member]) -> list[float]:
+    """Each fold's weight of the imaging residual on the clinical Cox (empty for unguided models)."""
+    by_fold = {m.fold: float(m.state_dict["residual_weight"]) for m in members if "residual_weight" in m.state_dict}
+    return [by_fold[fold] for fold in sorted(by_fold)]
+
+
 def training_digest(data: TrainingData, config: TrainConfig, cv_mode: str, seed: int, device: torch.device) -> str:
     """sha256 of everything training depends on (settings, device type, patients, features, outcomes): what
     --resume compares."""
@@ -136,12 +148,13 @@ def run_fuse_train(stores: list[Path], clinical_csv: Path, outcomes_csv: Path, o
         if progress:
             progress(note)
     device = resolve_device(device_name)
-    data, clinical = assembled.data, assembled.clinical
+    data, clinical, blocks = assembled.data, assembled.clinical, assembled.blocks
     held_out = None
     if test_csv is not None:
         test_rows = held_out_positions(test_csv, data.patient_ids)
         train_rows = np.setdiff1d(np.arange(len(data.patient_ids)), test_rows)
         data, clinical = data.subset(train_rows), assembled.clinical.iloc[train_rows]
+        blocks = {name: replace(block, values=block.values[train_rows]) for name, block in blocks.items()}
         held_out = HeldOut(assembled.data.subset(test_rows), {}, score_columns(assembled.clinical.iloc[test_rows]))
         if np.nansum(data.event) < 2:
             raise InputError(f"{outcomes_csv}: fewer than 2 events among the {len(train_rows)} training patients")
@@ -157,16 +170,24 @@ def run_fuse_train(stores: list[Path], clinical_csv: Path, outcomes_csv: Path, o
         metrics["held_out"] = {"patients": len(held_out.data.patient_ids), "events": int(np.nansum(held_out.data.event))}
         if np.nansum(held_out.data.event) >= 2:
             metrics["held_out"]["harrell_c"] = _c_rows(held_out.data, held_out.predictions)
-    pipeline, copied = pipeline_manifest(assembled.blocks)
-    oof_risk = cv.oof["risk"][~np.isnan(cv.oof["risk"])]
+    pipeline, copied = pipeline_manifest(blocks)
+    missing_scores = {"out-of-fold": score_notes(clinical, clinical_csv.name)}  # what evaluate says of absent scores
+    if held_out is not None:
+        missing_scores["held-out"] = score_notes(assembled.clinical.loc[held_out.data.patient_ids],
+                                                 f"{clinical_csv.name} (held-out patients)")
+    ensemble_risk = predict_cohort(cv.members, data.matrices, config, device, None)["risk"]
+    weights = residual_weights(cv.members)
+    if weights:
+        metrics["residual_weight_by_fold"] = weights
     manifest = {
         "pipeline": pipeline,
         "modalities": {m: assembled.data.feature_names[m] for m in data.matrices},
-        "clinical": {"extras": assembled.extras},
+        "clinical": {"extras": assembled.extras, "score_notes": missing_scores},
         "training": {"patients": len(data.patient_ids), "events": int(np.nansum(data.event)), "cv": cv_mode,
                      "repeats": config.repeats, "centers": sorted(set(data.centers.tolist())),
                      "held_out": held_out.data.patient_ids if held_out is not None else []},
-        "risk_groups": {"cut": float(np.median(oof_risk)), "labels": ["low", "high"]},
+        "risk_groups": {"cut": float(np.median(ensemble_risk)), "labels": ["low", "high"]},
+        "transductive": fitted_steps(assembled.blocks),  # fitted feature steps and the patients whose scans they saw
     }
     write_bundle(out, data, cv, config, manifest, score_columns(clinical), metrics, model_card(data, config, metrics, cv_mode),
                  copied, clinical_cox, held_out)

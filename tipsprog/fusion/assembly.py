@@ -40,7 +40,7 @@ def assemble(stores: list[Path], clinical_csv: Path, outcomes_csv: Path, modalit
     `modalities` None means every modality the stores and the clinical table provide; `extras` None means every
     numeric extra column of the clinical table (a bundle's own list when assembling a cohort to apply it to).
     """
-    clinical = read_clinical(clinical_csv)
+    clinical = read_clinical(clinical_csv, outcomes_csv)
     outcomes = read_outcomes(outcomes_csv)
     notes = []
     if stores:
@@ -81,7 +81,9 @@ def assemble(stores: list[Path], clinical_csv: Path, outcomes_csv: Path, modalit
                         labels["ohe"].to_numpy(float), labels["ppg_post"].to_numpy(float))
     if np.nansum(data.event) < 2:
         raise InputError(f"{outcomes_csv}: fewer than 2 events among the {len(common)} matched patients")
-    used_blocks = {name: block for name, block in blocks.items() if modality_of(name) in modalities}
+    rows = np.array([row_of[pid] for pid in common], dtype=int)  # blocks as trained on: store patients without
+    used_blocks = {name: replace(block, values=block.values[rows])  # a clinical or outcome row are left out
+                   for name, block in blocks.items() if modality_of(name) in modalities}
     return Assembled(data, table, extras, used_blocks, notes)
 
 

@@ -63,5 +63,5 @@ def integrated_gradients(members: list[Member], matrices: dict[str, np.ndarray],
         with torch.no_grad():
             ends = {m: torch.cat([torch.zeros_like(inputs[m]), inputs[m]], dim=1) for m in modalities}
             end_risk = ensemble.forward(ends, train=False)["risk"].double().mean(dim=0).cpu().numpy()
-        baseline[row], risk[row] = end_risk
+        baseline[row], risk[row] = end_risk - np.mean([m.risk_center for m in members])  # on predict_members' scale
     return Attribution(tokens, values, risk, baseline)

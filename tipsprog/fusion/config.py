@@ -32,6 +32,7 @@ class TrainConfig:
     imaging_width: int
     horizons_days: list
     clinical_cox_penalizer: float
+    clinical_offset: bool
     stages: list
     tmiclnet: dict
     multitips: dict

@@ -22,6 +22,7 @@ class SurvivalIndex:
     risk_set_start: torch.Tensor  # per distinct event time: first position in `order` still at risk
     event_group: torch.Tensor   # per row: its event time's index, or len(event_times) if not an event
     known_event: torch.Tensor   # per row: event observed (time known)
+    known: torch.Tensor         # per row: time and event both known (only these rows enter the partial likelihood)
     max_ties: int
 
     @classmethod
@@ -37,16 +38,17 @@ class SurvivalIndex:
         group[is_event] = np.searchsorted(event_times, time[is_event])
         ties = np.bincount(group[is_event], minlength=len(event_times)) if len(event_times) else np.zeros(0, int)
         as_tensor = partial(torch.as_tensor, device=device)
-        return cls(as_tensor(order), as_tensor(start), as_tensor(group), as_tensor(is_event),
+        return cls(as_tensor(order), as_tensor(start), as_tensor(group), as_tensor(is_event), as_tensor(known),
                    int(ties.max()) if len(ties) else 0)
 
 
 def cox_efron_nll(risk: torch.Tensor, index: SurvivalIndex, rows: torch.Tensor | None = None) -> torch.Tensor:
     """Negative Cox log partial likelihood with Efron's tie correction, summed over the events in `rows`.
 
-    Equals lifelines' CoxPHFitter log-likelihood (tested on rossi). Returns 0 when `rows` hold no event.
+    Equals lifelines' CoxPHFitter log-likelihood (tested on rossi). Returns 0 when `rows` hold no event. Rows whose
+    time or event is unknown leave the likelihood entirely (they are in no risk set).
     """
-    rows = torch.ones_like(index.known_event) if rows is None else rows
+    rows = index.known if rows is None else rows & index.known
     member_event = rows & index.known_event
     shift = torch.where(rows, risk, torch.full_like(risk, -torch.inf)).max().detach()
     shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))

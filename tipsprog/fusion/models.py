@@ -238,10 +238,56 @@ class GraphFusion(FusionModel):
         return self.heads(self.trunk(torch.cat(parts, dim=1)))
 
 
-def build_model(name: str, layout: dict[str, Layout], hidden: int, dropout: float, options: dict | None = None) -> FusionModel:
-    """Instantiate a fusion model by name with its model-specific options (the config section of the same name)."""
+GUIDE_MODALITIES = ("clinical", "biomarkers")
+
+
+class ClinicallyGuided(FusionModel):
+    """A fusion model made a residual on a linear Cox (MultiTIPS' clinically guided idea as a safety rail):
+    risk = the guide's linear predictor (fixed coefficients over the clinical tokens and, where present, the biomarker
+    tokens, fitted on the fold's training rows) + residual_weight × the fusion model's risk. The fusion model's risk head
+    starts at zero, so training starts from the guide; the weight in [0, 1] is chosen after training on the fold's
+    inner validation rows (0 gives the guide back). The OHE and PPG heads are the fusion model's own."""
+
+    def __init__(self, fusion: FusionModel, layout: dict[str, Layout]):
+        super().__init__(layout)
+        self.fusion = fusion
+        self.guide = [m for m in GUIDE_MODALITIES if m in layout]
+        for m in self.guide:
+            self.register_buffer(f"{m}_coefficients", torch.zeros(layout[m].flat))
+        self.register_buffer("residual_weight", torch.ones(()))
+        for module in fusion.modules():
+            if isinstance(module, Heads):
+                nn.init.zeros_(module.risk.weight)
+
+    def layout_width(self, modality: str) -> int:
+        """Number of guide coefficients over one modality's flattened tokens."""
+        return len(getattr(self, f"{modality}_coefficients"))
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> dict:
+        """The fusion model's outputs with the risk replaced by clinical + weighted residual (both parts kept)."""
+        outputs = self.fusion(inputs)
+        clinical = sum(_flat(inputs[m]) @ getattr(self, f"{m}_coefficients").to(inputs[m].dtype) for m in self.guide)
+        outputs["clinical_risk"], outputs["residual_risk"] = clinical, outputs["risk"]
+        outputs["risk"] = clinical + self.residual_weight * outputs["risk"]
+        return outputs
+
+    def auxiliary_loss(self, outputs: dict, rows: torch.Tensor, progress: float) -> torch.Tensor:
+        """The fusion model's own auxiliary objective."""
+        return self.fusion.auxiliary_loss(outputs, rows, progress)
+
+
+def is_guided(name: str, modalities, clinical_offset: bool) -> bool:
+    """Whether a model is trained as a residual on the clinical Cox (not the clinical Cox itself; needs clinical)."""
+    return clinical_offset and name != "clinical-cox" and "clinical" in modalities
+
+
+def build_model(name: str, layout: dict[str, Layout], hidden: int, dropout: float, options: dict | None = None,
+                guided: bool = False) -> FusionModel:
+    """Instantiate a fusion model by name with its model-specific options (the config section of the same name),
+    wrapped as a residual on the clinical Cox when `guided`."""
     classes = {"clinical-cox": ClinicalCox, "concat": ConcatFusion, "late": LateFusion, "intermediate": IntermediateFusion,
                "tmiclnet": TmiClNet, "multitips": MultiTips, "graph": GraphFusion}
     if name not in classes:
         raise ValueError(f"unknown model {name}")
-    return classes[name](layout, hidden, dropout, **(options or {}))
+    model = classes[name](layout, hidden, dropout, **(options or {}))
+    return ClinicallyGuided(model, layout) if guided else model

@@ -5,6 +5,7 @@ inner validation split."""
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -12,6 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 from lifelines import CoxPHFitter
+from lifelines.exceptions import ConvergenceError, ConvergenceWarning
 from sklearn.metrics import roc_curve
 from sklearn.model_selection import StratifiedKFold, train_test_split
 from torch.func import functional_call, stack_module_state, vmap
@@ -20,7 +22,7 @@ from tipsprog.fusion.config import TrainConfig
 from tipsprog.errors import InputError
 from tipsprog.fusion.data import ModalityPreprocessor, fit_preprocessors
 from tipsprog.fusion.losses import SurvivalIndex, cox_efron_nll, masked_bce, masked_huber
-from tipsprog.fusion.models import FusionModel, Layout, build_model
+from tipsprog.fusion.models import GUIDE_MODALITIES, FusionModel, Layout, build_model, is_guided
 from tipsprog.checkpoints import TrainingJournal
 
 
@@ -61,13 +63,13 @@ class Member:
     ppg_std: float
     baseline_times: list[float] = field(default_factory=list)
     baseline_cumhaz: list[float] = field(default_factory=list)
-    risk_cut: float = 0.0
     ohe_threshold: float = 0.5
     ohe_logit_offset: float = 0.0
     best_epochs: list[int] = field(default_factory=list)
     train_loss: list[float] = field(default_factory=list)
     validation_loss: list[float] = field(default_factory=list)
     repeat: int = 0
+    risk_center: float = 0.0
 
     @property
     def layout(self) -> dict[str, Layout]:
@@ -90,7 +92,7 @@ def cv_splits(event: np.ndarray, centers: np.ndarray, folds: int, mode: str, see
         return [(rows[centers != c], rows[centers == c]) for c in unique]
     if mode != "kfold":
         raise InputError(f"--cv {mode}: choose kfold or center")
-    event_label = np.where(np.isnan(event), "u", np.nan_to_num(event).astype(int).astype(str))
+    event_label = np.nan_to_num(event).astype(int).astype(str)  # an unknown event is stratified as censored
     strata = np.char.add(np.char.add(event_label, "|"), centers.astype(str))
     labels, counts = np.unique(strata, return_counts=True)
     rare = np.isin(strata, labels[counts < folds])
@@ -104,15 +106,15 @@ def cv_splits(event: np.ndarray, centers: np.ndarray, folds: int, mode: str, see
 
 
 def inner_split(train_rows: np.ndarray, event: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Split a training fold into fit and early-stopping validation rows, stratified by event."""
-    strata = np.nan_to_num(event[train_rows], nan=-1)
+    """Split a training fold into fit and early-stopping validation rows, stratified by event (unknown as censored)."""
+    strata = np.nan_to_num(event[train_rows])
     fit_rows, val_rows = train_test_split(train_rows, test_size=fraction, random_state=seed, stratify=strata)
     return np.sort(fit_rows), np.sort(val_rows)
 
 
 def breslow(risk: np.ndarray, time: np.ndarray, event: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Breslow cumulative baseline hazard at the distinct event times."""
-    known = ~np.isnan(time)
+    known = np.isfinite(time) & np.isfinite(event)
     risk, time, event = risk[known], time[known], event[known]
     hazard = np.exp(risk - risk.max())
     event_times = np.unique(time[event == 1])
@@ -202,6 +204,11 @@ def _parameter_groups(params: dict[str, torch.Tensor], lr: float, shared_scale: 
     return [g for g in ({"params": heads, "lr": lr}, {"params": shared, "lr": lr * shared_scale}) if g["params"]]
 
 
+def mixed_precision(device: torch.device, train: bool) -> bool:
+    """bf16 autocast: on CUDA while training; never for predictions (risks, survival and cut-offs need float32)."""
+    return device.type == "cuda" and train
+
+
 class Ensemble:
     """Stacked weights of all members and their vmapped forward pass."""
 
@@ -211,13 +218,13 @@ class Ensemble:
         self.device = device
 
     def forward(self, inputs: dict[str, torch.Tensor], train: bool) -> dict:
-        """Every member's outputs on every row ([members, rows])."""
+        """Every member's outputs on every row ([members, rows]); bf16 autocast on CUDA while training only."""
         self.base.train(train)
 
         def one(params: dict, buffers: dict, member_inputs: dict) -> dict:
             return functional_call(self.base, (params, buffers), (member_inputs,))
 
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=mixed_precision(self.device, train)):
             return vmap(one, randomness="different")(self.params, self.buffers, inputs)
 
     def state_dict(self, member: int) -> dict[str, torch.Tensor]:
@@ -341,17 +348,121 @@ def _train_stage(ensemble: Ensemble, batch: _Batch, stage: dict, config: TrainCo
     return _StageResult(best_epoch.tolist(), train_history, validation_history)
 
 
+RESIDUAL_WEIGHTS = np.linspace(0.0, 1.0, 11)
+RESIDUAL_MARGIN_NATS = 1.92  # half the 95% quantile of χ²(1): a likelihood-ratio test for the one added weight
+BIOMARKER_PENALTIES = (np.inf, 1.0, 0.3, 0.1)  # ridge penalties the guide chooses among for the biomarkers (inf: left out)
+INNER_FOLDS = 5
+CONSTANT_SD = 1e-6  # a standardised column varying less than this is constant up to float32 rounding
+
+
+def cox_coefficients(standardised: np.ndarray, time: np.ndarray, event: np.ndarray,
+                     penalizer: float | np.ndarray) -> np.ndarray:
+    """Penalised Cox (lifelines, Efron ties) coefficients over standardised columns, from the rows with a known
+    outcome; `penalizer` per column or for all (an infinite penalty leaves a column out); zero for constant columns
+    (all zero without an event). Where a few patients separate a column, the penalty is raised ten- then hundredfold."""
+    known = np.isfinite(time) & np.isfinite(event)
+    standardised, time, event = standardised[known], time[known], event[known]
+    penalizer = np.broadcast_to(np.asarray(penalizer, dtype=float), standardised.shape[1])
+    coefficients = np.zeros(standardised.shape[1])
+    used = np.flatnonzero((standardised.std(axis=0) > CONSTANT_SD) & np.isfinite(penalizer))
+    if event.sum() < 1 or not len(used):
+        return coefficients
+    table = pd.DataFrame(standardised[:, used], columns=[f"x{i}" for i in used]).assign(time=time, event=event)
+    for strength in (1.0, 10.0, 100.0):  # a few patients can separate a column: then penalise harder
+        try:
+            with warnings.catch_warnings():  # lifelines' advice on separation; a hard failure is retried below
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                fitted = CoxPHFitter(penalizer=strength * penalizer[used]).fit(table, "time", "event")
+        except ConvergenceError:
+            continue
+        coefficients[used] = fitted.params_.to_numpy()
+        return coefficients
+    raise InputError(f"the penalised Cox does not converge on {len(time)} patients with {int(event.sum())} events; "
+                     "add patients or leave out the clinical columns that separate them")
+
+
+def _inner_cv_nll(standardised: np.ndarray, time: np.ndarray, event: np.ndarray, penalizer: np.ndarray) -> float:
+    """Cox NLL of the pooled inner-cross-validated linear predictors (5 folds stratified by event): how well a
+    penalty generalises within a training fold."""
+    known = np.isfinite(time) & np.isfinite(event)
+    standardised, time, event = standardised[known], time[known], event[known]
+    risk = np.zeros(len(time))
+    for fit, held in StratifiedKFold(INNER_FOLDS, shuffle=True, random_state=0).split(standardised, event):
+        risk[held] = standardised[held] @ cox_coefficients(standardised[fit], time[fit], event[fit], penalizer)
+    return float(cox_efron_nll(torch.from_numpy(risk), SurvivalIndex.build(time, event)))
+
+
+def guide_penalties(standardised: dict[str, np.ndarray], time: np.ndarray, event: np.ndarray,
+                    clinical_penalizer: float) -> np.ndarray:
+    """Per column of the guide's modalities, its ridge penalty: the clinical one from the config; the biomarkers'
+    chosen among BIOMARKER_PENALTIES by inner cross-validation on these (training) rows, kept in the guide only when
+    their cross-validated NLL beats leaving them out by the likelihood-ratio margin (safety first: a chance
+    inclusion costs the clinical Cox's discrimination)."""
+    clinical = np.full(standardised["clinical"].shape[1], clinical_penalizer)
+    if "biomarkers" not in standardised:
+        return clinical
+    columns = np.hstack([standardised[m] for m in GUIDE_MODALITIES if m in standardised])
+    candidates = [np.concatenate([clinical, np.full(standardised["biomarkers"].shape[1], p)]) for p in BIOMARKER_PENALTIES]
+    losses = [_inner_cv_nll(columns, time, event, c) for c in candidates]
+    best = int(np.argmin(losses))
+    return candidates[best] if losses[0] - losses[best] > RESIDUAL_MARGIN_NATS else candidates[0]
+
+
+def _guide(models: list[FusionModel], data: TrainingData, plans: list[MemberPlan], prepared: list[_Prepared],
+           penalizer: float) -> list[float]:
+    """The linear Cox guide of each fold (clinical and biomarker tokens), with the penalties chosen on the fold's
+    training rows and fitted on all of them (like the clinical Cox it must not fall behind), set in every member of
+    the fold; returns each fold's biomarker penalty (inf: biomarkers left out of the guide)."""
+    guides: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for model, plan, prep in zip(models, plans, prepared):
+        if plan.fold not in guides:
+            rows = plan.train_rows
+            standardised = {m: prep.preprocessors[m].transform_flat(data.matrices[m][rows]) for m in model.guide}
+            penalties = guide_penalties(standardised, data.time[rows], data.event[rows], penalizer)
+            columns = np.hstack([standardised[m] for m in model.guide])
+            guides[plan.fold] = (penalties, cox_coefficients(columns, data.time[rows], data.event[rows], penalties))
+        widths = np.cumsum([model.layout_width(m) for m in model.guide])[:-1]
+        for m, part in zip(model.guide, np.split(guides[plan.fold][1], widths)):
+            getattr(model, f"{m}_coefficients").copy_(torch.from_numpy(part))
+    return [float(penalties[-1]) for penalties, _ in guides.values()]
+
+
+@torch.no_grad()
+def choose_residual_weights(ensemble: Ensemble, batch: _Batch, plans: list[MemberPlan]) -> list[float]:
+    """Per fold, the residual weight (0…1) minimising its members' summed Cox NLL on their own inner validation rows,
+    kept only when it beats weight 0 by a likelihood-ratio test (RESIDUAL_MARGIN_NATS; conservative on purpose: the
+    same rows stopped the training early), set in every member of the fold; returns each member's weight."""
+    outputs = ensemble.forward(batch.inputs, train=False)
+    clinical, residual = outputs["clinical_risk"].float(), outputs["residual_risk"].float()
+    chosen = [1.0] * len(plans)
+    for fold in sorted({plan.fold for plan in plans}):
+        members = [i for i, plan in enumerate(plans) if plan.fold == fold]
+        losses = [sum(float(cox_efron_nll(clinical[i] + weight * residual[i], batch.index, batch.val_rows[i])) for i in members)
+                  for weight in RESIDUAL_WEIGHTS]
+        best = int(np.argmin(losses))
+        for i in members:
+            chosen[i] = float(RESIDUAL_WEIGHTS[best]) if losses[0] - losses[best] > RESIDUAL_MARGIN_NATS else 0.0
+    ensemble.buffers["residual_weight"].copy_(torch.tensor(chosen, dtype=ensemble.buffers["residual_weight"].dtype))
+    return chosen
+
+
 def train_ensemble(data: TrainingData, plans: list[MemberPlan], config: TrainConfig, device: torch.device,
                    progress: Callable[[str], None] | None = None, journal: TrainingJournal | None = None) -> list[Member]:
     """Train every planned member at once: shared forward pass over stacked weights, per-member losses on its
     own fit rows, per-member early stopping on its own validation rows (stage by stage). With a journal, the
     training state is saved as it goes and a resumed run continues from the saved epoch."""
     prepared = [_prepare(data, plan, config) for plan in plans]
+    guided = is_guided(config.model, data.matrices, config.clinical_offset)
     models = []
     for plan, prep in zip(plans, prepared):
         torch.manual_seed(plan.seed)
         models.append(build_model(config.model, layout_of(prep.preprocessors), config.hidden, config.dropout,
-                                  config.model_options()).to(device))
+                                  config.model_options(), guided))
+    if guided:
+        penalties = _guide(models, data, plans, prepared, config.clinical_cox_penalizer)
+        if progress and "biomarkers" in data.matrices:
+            progress("biomarker penalty of the linear guide per fold: " + ", ".join(f"{p:g}" for p in penalties))
+    models = [model.to(device) for model in models]
     ensemble = Ensemble(models, device)
     batch = _batch(data, plans, prepared, device)
     total_epochs = sum(stage["max_epochs"] for stage in config.stages)
@@ -379,6 +490,11 @@ def train_ensemble(data: TrainingData, plans: list[MemberPlan], config: TrainCon
         checkpoint(lambda: None, "", force=True)
         if progress:
             progress(f"stage {stage['name']}: {len(plans)} members, best epochs {min(result.best_epoch)}–{max(result.best_epoch)}")
+    if guided:
+        weights = choose_residual_weights(ensemble, batch, plans)
+        if progress:
+            by_fold = {plan.fold: weight for plan, weight in zip(plans, weights)}
+            progress("residual weight on the clinical Cox per fold: " + ", ".join(f"{w:.1f}" for w in by_fold.values()))
     history, best_epochs = progress_state["history"], progress_state["best_epochs"]
     train_loss, validation_loss = (torch.stack(history[k]).T.tolist() for k in ("train", "validation"))
     return [Member(plan.fold, plan.seed, prep.preprocessors, ensemble.state_dict(i), prep.ppg_mean, prep.ppg_std,
@@ -389,11 +505,15 @@ def train_ensemble(data: TrainingData, plans: list[MemberPlan], config: TrainCon
 
 def calibrate_members(members: list[Member], predictions: dict[str, np.ndarray], data: TrainingData,
                       train_rows: np.ndarray) -> None:
-    """Each member's Breslow baseline, median risk cut and OHE threshold from its predictions on its training rows."""
-    for member, risk, ohe in zip(members, predictions["risk"], predictions["ohe_probability"]):
+    """Each member's risk centre (its mean risk on its training rows, so that members and folds pool on one scale),
+    then its Breslow baseline and OHE threshold from its predictions on its training rows; the
+    predictions' risks are centred in place."""
+    for index, (member, ohe) in enumerate(zip(members, predictions["ohe_probability"])):
+        member.risk_center += float(predictions["risk"][index].mean())
+        predictions["risk"][index] -= predictions["risk"][index].mean()
+        risk = predictions["risk"][index]
         times, cumhaz = breslow(risk, data.time[train_rows], data.event[train_rows])
         member.baseline_times, member.baseline_cumhaz = times.tolist(), cumhaz.tolist()
-        member.risk_cut = float(np.median(risk))
         member.ohe_threshold = _youden_threshold(ohe, data.ohe[train_rows])
 
 
@@ -410,7 +530,8 @@ def member_ensemble(members: list[Member], config: TrainConfig, device: torch.de
     """Trained members rebuilt from their weights and stacked for one vmapped forward pass."""
     models = []
     for member in members:
-        model = build_model(config.model, member.layout, config.hidden, config.dropout, config.model_options())
+        model = build_model(config.model, member.layout, config.hidden, config.dropout, config.model_options(),
+                            is_guided(config.model, member.layout, config.clinical_offset))
         model.load_state_dict(member.state_dict)
         models.append(model.to(device))
     return Ensemble(models, device)
@@ -422,7 +543,8 @@ def predict_members(members: list[Member], matrices: dict[str, np.ndarray], rows
     """Every member's risk, OHE probability and ppg_post on the selected rows ([members, rows]), in one vmapped pass
     (over `ensemble`, the members already stacked, when a caller predicts many times).
 
-    The OHE logit is shifted by −log(pos_weight): class-weighted BCE inflates the odds by that factor.
+    The OHE logit is shifted by −log(pos_weight): class-weighted BCE inflates the odds by that factor; each member's
+    risk is centred on its training rows.
     """
     outputs = (ensemble or member_ensemble(members, config, device)).forward(
         stacked_inputs([m.preprocessors for m in members], matrices, rows, device), train=False)
@@ -431,7 +553,7 @@ def predict_members(members: list[Member], matrices: dict[str, np.ndarray], rows
         return np.array(values)[:, None]
 
     risk, ohe_logit, ppg = (outputs[k].double().cpu().numpy() for k in ("risk", "ohe", "ppg"))
-    return {"risk": risk,
+    return {"risk": risk - column([m.risk_center for m in members]),
             "ohe_probability": 1.0 / (1.0 + np.exp(-(ohe_logit - column([m.ohe_logit_offset for m in members])))),
             "ppg_post": ppg * column([m.ppg_std for m in members]) + column([m.ppg_mean for m in members])}
 
@@ -470,14 +592,9 @@ class ClinicalCox:
 def fit_clinical_cox(data: TrainingData, train_rows: np.ndarray, penalizer: float) -> ClinicalCox:
     """Fit the clinical-only Cox model on training rows (patients with a known follow-up)."""
     scaler = ModalityPreprocessor.fit(data.matrices["clinical"][train_rows], data.feature_groups["clinical"])
-    rows = train_rows[~np.isnan(data.time[train_rows])]
-    standardised = scaler.transform_flat(data.matrices["clinical"][rows])
-    used = np.flatnonzero(standardised.std(axis=0) > 0)
-    table = pd.DataFrame(standardised[:, used], columns=[f"x{i}" for i in used]).assign(time=data.time[rows], event=data.event[rows])
-    fitter = CoxPHFitter(penalizer=penalizer).fit(table, "time", "event")
-    coefficients = np.zeros(standardised.shape[1])
-    coefficients[used] = fitter.params_.to_numpy()
-    train_risk = scaler.transform_flat(data.matrices["clinical"][train_rows]) @ coefficients
+    standardised = scaler.transform_flat(data.matrices["clinical"][train_rows])
+    coefficients = cox_coefficients(standardised, data.time[train_rows], data.event[train_rows], penalizer)
+    train_risk = standardised @ coefficients
     times, cumhaz = breslow(train_risk, data.time[train_rows], data.event[train_rows])
     return ClinicalCox(scaler, coefficients.tolist(), times.tolist(), cumhaz.tolist(), float(np.median(train_risk)))
 
@@ -516,7 +633,7 @@ def cross_validate(data: TrainingData, config: TrainConfig, cv_mode: str, device
             test_prediction = predict_members(fold_members, data.matrices, test_rows, config, device)
             for key in ("risk", "ohe_probability", "ppg_post"):
                 per_repeat[key][test_rows, repeat] = test_prediction[key].mean(axis=0)
-            per_repeat["risk_cut"][test_rows, repeat] = np.mean([m.risk_cut for m in fold_members])
+            per_repeat["risk_cut"][test_rows, repeat] = np.median(train_prediction["risk"].mean(axis=0))
             per_repeat["ohe_threshold"][test_rows, repeat] = np.mean([m.ohe_threshold for m in fold_members])
             baselines["model"].append(breslow(train_prediction["risk"].mean(axis=0), data.time[train_rows], data.event[train_rows]))
             if "clinical" in data.matrices:

@@ -18,13 +18,14 @@ from tipsprog import resume, store
 from tipsprog.store import writes_output
 from tipsprog.devices import resolve_device
 from tipsprog.errors import InputError
-from tipsprog.io import COHORT_PATH_COLUMNS, read_cohort, read_ct
+from tipsprog.io import COHORT_PATH_COLUMNS, read_cohort, read_ct, read_id_list
 from tipsprog.parallel import map_ordered
 from tipsprog.segment import biomarkers, classic, foundation, semi
 from tipsprog.segment.crops import CROP_SHAPE, roi_crops, roi_volumes
 from tipsprog.segment.masks import has_reference, reference_labels
 from tipsprog.segment.portal import PORTAL_VEIN_FIELDS, PortalVein, portal_vein_measurements
 from tipsprog.segment.qc import qc_reason, qc_status, quality_flags
+from tipsprog.transductive import fitted_attr
 
 BACKENDS = ("classic", "masks", "semi", "totalseg")
 
@@ -121,11 +122,29 @@ def _segment_one(job: tuple[pd.Series, Backend]) -> ScanResult:
     return result
 
 
-def fit_semi(cohort: pd.DataFrame, labeled_csv: Path, model_path: Path, device: torch.device,
-             settings: semi.SemiSettings, progress: Callable[[int, float, float], None] | None = None) -> None:
-    """Train the semi-supervised network on LABELED.csv plus the cohort's other scans; save it."""
-    labeled_rows = read_cohort(labeled_csv)
+def _fit_unlabeled(cohort: pd.DataFrame, labeled_rows: pd.DataFrame, labeled_csv: Path, fit_ids: Path | None,
+                   cohort_name: str) -> pd.DataFrame:
+    """The cohort rows semi trains on unlabeled: those not in LABELED.csv, of the --fit-ids patients if given (which
+    must list every labeled patient too)."""
     unlabeled_rows = cohort[~cohort["patient_id"].isin(labeled_rows["patient_id"])]
+    if fit_ids is None:
+        return unlabeled_rows
+    known = list(dict.fromkeys([*cohort["patient_id"], *labeled_rows["patient_id"]]))
+    listed = read_id_list(fit_ids, known, f"{cohort_name} or {labeled_csv}")
+    unlisted = [pid for pid in labeled_rows["patient_id"] if pid not in set(listed)]
+    if unlisted:
+        raise InputError(f"{fit_ids}: patient {unlisted[0]} of {labeled_csv} is not listed; the labeled scans are part "
+                         "of the fit (list them, or leave them out of LABELED.csv)")
+    return unlabeled_rows[unlabeled_rows["patient_id"].isin(listed)]
+
+
+def fit_semi(cohort: pd.DataFrame, labeled_csv: Path, model_path: Path, device: torch.device,
+             settings: semi.SemiSettings, progress: Callable[[int, float, float], None] | None = None,
+             fit_ids: Path | None = None, cohort_name: str = "the cohort") -> None:
+    """Train the semi-supervised network on LABELED.csv plus the cohort's other scans (of the `fit_ids` patients
+    only, if given); save it with the patients it was trained on."""
+    labeled_rows = read_cohort(labeled_csv)
+    unlabeled_rows = _fit_unlabeled(cohort, labeled_rows, labeled_csv, fit_ids, cohort_name)
     for _, row in labeled_rows.iterrows():
         if not has_reference(row):
             raise InputError(f"{labeled_csv}: patient {row['patient_id']}: no 'label' (or liver_mask/spleen_mask) to learn from")
@@ -137,13 +156,18 @@ def fit_semi(cohort: pd.DataFrame, labeled_csv: Path, model_path: Path, device: 
     validation = labeled[-1:] if len(labeled) >= 4 else []
     training = labeled[:-1] if validation else labeled
     model = semi.fit(training, unlabeled, settings, device, validation, progress)
-    semi.save_model(model, settings, model_path)
+    semi.save_model(model, settings, model_path, [*labeled_rows["patient_id"], *unlabeled_rows["patient_id"]],
+                    labeled_rows["patient_id"].tolist())
 
 
 def prepare_backend(name: str, cohort: pd.DataFrame, out: Path, fit_csv: Path | None, model_path: Path | None,
                     device_name: str, semi_settings: semi.SemiSettings,
-                    fit_progress: Callable[[int, float, float], None] | None) -> Backend:
-    """Check the backend's requirements up front; for semi, train (--fit) or locate (--model) the network."""
+                    fit_progress: Callable[[int, float, float], None] | None, fit_ids: Path | None = None,
+                    cohort_name: str = "the cohort") -> Backend:
+    """Check the backend's requirements up front; for semi, train (--fit, on the --fit-ids patients if given) or
+    locate (--model) the network."""
+    if fit_ids is not None and fit_csv is None:
+        raise InputError(f"--fit-ids {fit_ids}: chooses the patients `--backend semi --fit` trains on; give --fit too")
     if name not in BACKENDS:
         raise InputError(f"unknown segmentation backend '{name}' (choose from {', '.join(BACKENDS)})")
     device = resolve_device(device_name)
@@ -159,7 +183,7 @@ def prepare_backend(name: str, cohort: pd.DataFrame, out: Path, fit_csv: Path | 
         raise InputError("backend 'semi' needs --fit LABELED.csv (to train) or --model PATH (a trained model)")
     model_path = Path(model_path or out.with_suffix(".semi.pt"))
     if fit_csv is not None:
-        fit_semi(cohort, fit_csv, model_path, device, semi_settings, fit_progress)
+        fit_semi(cohort, fit_csv, model_path, device, semi_settings, fit_progress, fit_ids, cohort_name)
     backend = Backend(name, str(model_path.resolve()), device.type)
     _semi_model(backend.model_path, backend.device)
     return backend
@@ -197,6 +221,14 @@ def _journaled_scan(patient_id: str, group: h5py.Group) -> ScanResult:
                       biomarkers=measured)
 
 
+def _fitted_attrs(backend: Backend) -> dict[str, str]:
+    """segment_fitted_on / segment_fitted_labeled of a semi model (JSON lists, or 'unknown'); none for other backends."""
+    if backend.name != "semi":
+        return {}
+    fitted_on, labeled = semi.model_fitted_on(Path(backend.model_path))
+    return {"segment_fitted_on": fitted_attr(fitted_on), "segment_fitted_labeled": fitted_attr(labeled)}
+
+
 def _write_segment_store(h5: h5py.File, journal: h5py.File, record_names: list[str], results: list[ScanResult],
                          cohort: pd.DataFrame, backend: Backend) -> None:
     """Fill a new segment store from the journal's records, one scan at a time."""
@@ -210,10 +242,13 @@ def _write_segment_store(h5: h5py.File, journal: h5py.File, record_names: list[s
     model_sha = store.file_sha256(backend.model_path) if backend.model_path else ""
     series = cohort["series_uid"].fillna("").tolist() if "series_uid" in cohort.columns else [""] * len(cohort)
     store.write_segment_info(h5, backend.name, backend.settings(), cohort["ct"].tolist(), series, model_sha, backend.model_path)
+    fitted = _fitted_attrs(backend)
+    h5["segment"].attrs.update({key.removeprefix("segment_"): value for key, value in fitted.items()})
     store.write_volumes(h5, np.stack([r.volumes for r in results]), list(store.ROI_LABELS))
     store.write_dice(h5, np.stack([r.dice for r in results]), list(store.ROI_LABELS))
     store.write_portal_vein(h5, np.stack([r.portal_vein.as_array() for r in results]), list(PORTAL_VEIN_FIELDS))
-    provenance = {"segment_backend": backend.name, "segment_model_path": backend.model_path, "segment_model_sha256": model_sha}
+    provenance = {"segment_backend": backend.name, "segment_model_path": backend.model_path, "segment_model_sha256": model_sha,
+                  **fitted}
     store.write_features(h5, "biomarkers", store.FeatureBlock(
         np.stack([r.biomarkers for r in results]), list(biomarkers.NAMES), biomarkers.groups(),
         {"extractor": biomarkers.EXTRACTOR, "version": biomarkers.VERSION, **provenance}, [r.input_sha256 for r in results]))
@@ -227,14 +262,15 @@ def run_segment(cohort_csv: Path, out: Path, backend_name: str = "classic", work
                 model_path: Path | None = None, device: str = "auto",
                 semi_settings: semi.SemiSettings = semi.SemiSettings(),
                 fit_progress: Callable[[int, float, float], None] | None = None,
-                resume_previous: bool = False) -> list[ScanResult]:
+                resume_previous: bool = False, fit_ids: Path | None = None) -> list[ScanResult]:
     """Segment every CT of a cohort and write seg.h5 (masks, crops, volumes, QC, Dice).
 
     Each finished scan goes to the journal `<out>.partial` first; with `resume_previous`, scans an interrupted
     run finished with the same backend settings and the same input files are taken from it.
     """
     cohort = read_cohort(cohort_csv)
-    backend = prepare_backend(backend_name, cohort, out, fit_csv, model_path, device, semi_settings, fit_progress)
+    backend = prepare_backend(backend_name, cohort, out, fit_csv, model_path, device, semi_settings, fit_progress,
+                              fit_ids, str(cohort_csv))
     if backend.name in ("semi", "totalseg") and backend.device == "cuda":
         workers = 1
     settings_sha = store.inputs_sha256([backend.settings()], [backend.model_path] if backend.model_path else [])

@@ -274,9 +274,22 @@ def _unpad(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return array[tuple(slice(s, s + n) for s, n in zip(starts, shape))]
 
 
-def save_model(model: torch.nn.Module, settings: SemiSettings, path: Path) -> None:
-    """Save weights and settings atomically."""
-    save_checkpoint({"format": MODEL_FORMAT, "settings": asdict(settings), "state_dict": model.state_dict()}, path)
+def save_model(model: torch.nn.Module, settings: SemiSettings, path: Path, fitted_on: list[str] | None = None,
+               labeled: list[str] | None = None) -> None:
+    """Save weights and settings atomically, with the patients whose scans trained it (and which of them were labeled)."""
+    payload = {"format": MODEL_FORMAT, "settings": asdict(settings), "state_dict": model.state_dict()}
+    if fitted_on is not None:
+        payload.update(fitted_on=list(fitted_on), labeled=list(labeled or []))
+    save_checkpoint(payload, path)
+
+
+def model_fitted_on(path: Path) -> tuple[list[str] | None, list[str] | None]:
+    """The patients whose scans trained a saved model and the labeled ones among them (None, None: not recorded)."""
+    payload = load_checkpoint(path, MODEL_FORMAT, "semi-supervised segmentation model", torch.device("cpu"),
+                              " (train one with --fit LABELED.csv)")
+    if not isinstance(payload.get("fitted_on"), list):
+        return None, None
+    return [str(pid) for pid in payload["fitted_on"]], [str(pid) for pid in payload.get("labeled", [])]
 
 
 def load_model(path: Path, device: torch.device) -> tuple[torch.nn.Module, SemiSettings]:

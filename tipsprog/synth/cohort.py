@@ -40,6 +40,7 @@ class CohortSpec:
     seed: int = 0
     size: str = "small"
     prefix: str = ""
+    imaging_signal: bool = True  # False: outcomes depend on the clinical table only (the images stay the same)
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_-]*", self.prefix):
@@ -159,25 +160,26 @@ def portal_radius_mm(portal_hypertension: np.ndarray | float) -> np.ndarray | fl
 def outcomes_and_truth(lat: pd.DataFrame, full: pd.DataFrame, findings: pd.DataFrame,
                        spec: CohortSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Survival (PH Weibull), OHE (logistic) and ppg_post from the complete clinical table, latents and imaging
-    findings (equations: docs/synth.md)."""
+    findings (equations: docs/synth.md); without imaging signal the imaging terms are left out (same draws)."""
     rng = np.random.default_rng([spec.seed, 3])
+    imaging = 1.0 if spec.imaging_signal else 0.0
     n = len(lat)
     age, bili, alb, creat = full["age"], full["bilirubin"], full["albumin"], full["creatinine"]
     sarc, myo, tex, spleen = lat["sarcopenia"], lat["myosteatosis"], lat["liver_texture"], lat["spleen_size"]
     low_muscle = np.maximum(sarc - SARCOPENIA_CUT, 0.0)
     fluid = findings["ascites_mm"] / 10.0
     linear_predictor = (0.035 * (age - 57) + 0.55 * np.log(bili / 1.4) - 0.05 * (alb - 33) + 0.6 * np.log(creat / 0.9)
-                        + 0.9 * low_muscle + 0.3 * myo + 0.3 * fluid + 0.4 * low_muscle * fluid + 0.45 * tex
-                        + 0.2 * spleen)
+                        + imaging * (0.9 * low_muscle + 0.3 * myo + 0.3 * fluid + 0.4 * low_muscle * fluid + 0.45 * tex
+                                     + 0.2 * spleen))
     event_time = (rng.exponential(size=n) / (WEIBULL_SCALE * np.exp(linear_predictor))) ** (1 / WEIBULL_SHAPE)
     dropout = rng.exponential(1 / DROPOUT_PER_DAY, size=n)
     censor = np.minimum(dropout, FOLLOW_UP_DAYS)
     time = np.maximum(np.minimum(event_time, censor), 1.0).round(0)
     event = (event_time <= censor).astype(int)
     ohe_probability = _sigmoid(-1.4 + 0.8 * full["he_history"] + 0.45 * lat["liver_dysfunction"]
-                               + 0.35 * (age - 57) / 10 + 0.45 * sarc + 0.35 * myo + 0.2 * tex)
+                               + 0.35 * (age - 57) / 10 + imaging * (0.45 * sarc + 0.35 * myo + 0.2 * tex))
     pv_diameter = 2.0 * portal_radius_mm(lat["portal_hypertension"])
-    ppg_expected = 0.3 * full["ppg_pre"] + 2.5 + 1.0 * spleen + 0.25 * (pv_diameter - 13.0)
+    ppg_expected = 0.3 * full["ppg_pre"] + 2.5 + imaging * (1.0 * spleen + 0.25 * (pv_diameter - 13.0))
     outcomes = pd.DataFrame({
         "patient_id": lat["patient_id"], "time": time, "event": event,
         "ohe": (rng.random(n) < ohe_probability).astype(int),
