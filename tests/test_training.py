@@ -153,7 +153,9 @@ def test_every_model_trains_with_finite_decreasing_loss(model):
     member = train_ensemble(data, plans, config, torch.device("cpu"))[0]
     losses = np.array(member.train_loss)
     assert np.isfinite(losses).all() and len(losses) == 25 * len(config.stages)
-    assert losses[-5:].mean() < losses[:5].mean()
+    by_stage = losses.reshape(len(config.stages), 25)  # a later stage may add loss terms: compare within stages
+    assert (by_stage[:, -5:].mean(axis=1) <= by_stage[:, :5].mean(axis=1)).all()
+    assert (by_stage[:, :5].mean(axis=1) - by_stage[:, -5:].mean(axis=1)).max() > 0.01
 
 
 @pytest.mark.parametrize("model", ["tmiclnet", "multitips", "graph", "late"])
