@@ -12,11 +12,13 @@ from conftest import REAL_CT, shared_data
 from tipsprog import store
 from tipsprog.io import read_ct, read_mask
 from tipsprog.segment import Backend, run_segment, segment_scan
-from tipsprog.segment.biomarkers import NAMES, ascites_ml, body_composition
+from tipsprog.segment.biomarkers import MIN_FLUID_ML, NAMES, ascites_ml, body_composition
 from tipsprog.segment.morphology import depth_mm
 from tipsprog.segment.vertebrae import vertebral_levels
 from tipsprog.store import ROI_LABELS
 from tipsprog.synth import CohortSpec, make_cohort
+from tipsprog.synth.cohort import anatomy_for, center_scanners, complete_clinical, imaging_findings, latents
+from tipsprog.synth.phantom import render
 
 IRCADB = REAL_CT.parent / "ircadb-1.1"  # CC BY-NC-ND: read in place from ../shared, never copied
 TOTALSEG_VERTEBRAE = {"L2": 30, "L1": 31}  # TotalSegmentator v2 label ids
@@ -121,3 +123,17 @@ def test_phantom_vertebrae_are_named_from_their_ribs(tmp_path):
     for pid in ("P0000", "P0001", "P0002"):
         levels = vertebral_levels(read_ct(tmp_path / "c" / "images" / f"{pid}.nii.gz"))
         assert levels.anchor == "ribs" and abs(levels.z_of("L3") + 62.0) <= 5.0, (pid, levels)
+
+
+@pytest.mark.parametrize("index", [5, 6])
+def test_no_ascites_is_found_in_a_dry_phantom_patient(index):
+    """Two dry patients of the seed-0 full-size cohort in which the 3 mm grid's partial-volume rims passed for fluid
+    (68 and 157 mL); on the 2 mm fluid grid they measure none."""
+    spec = CohortSpec(n=24, seed=0, size="full")
+    lat = latents(spec)
+    findings = imaging_findings(complete_clinical(lat, spec), spec)
+    row = pd.concat([lat, findings], axis=1).iloc[index]
+    assert row["ascites_mm"] == 0.0
+    scanner = center_scanners(spec)[[spec.center_name(c) for c in range(spec.centers)].index(row["center"])]
+    phantom = render(anatomy_for(row), scanner, spec.size, np.random.default_rng([spec.seed, 100 + index]))
+    assert ascites_ml(phantom.image, phantom.labels) < MIN_FLUID_ML * 5

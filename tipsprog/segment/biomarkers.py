@@ -11,7 +11,8 @@ never the spinal canal, the liver or the spleen. Visceral fat is the fat inside 
 outside those boxes. Where L3 is out of view the nearest named lumbar level in view is used and the flag
 `muscle:at_<level>` says so; without a named level there is no measurement (`muscle:no_vertebral_level`).
 
-Ascites: free fluid (FLUID_HU, shifted by the scan's water offset read from the air around the body) inside the
+Ascites, on the CT averaged to about FLUID_GRID_MM (the spine and pelvis are found on the coarser grid of
+vertebrae.py): free fluid (FLUID_HU, shifted by the scan's water offset read from the air around the body) inside the
 fascia, RETROPERITONEUM_MM in front of the spinal canal (the kidneys and an old patient's paraspinal muscles can be
 as dark), outside liver and spleen and above the pelvis (the bladder). It is grown, through fluid whose whole voxel
 neighbourhood is fluid (a fat/soft-tissue border averages into the fluid window too, one voxel thin), from the fluid
@@ -49,6 +50,7 @@ POSTERIOR_MUSCLE_BOXES_MM = (((-90.0, 0.0), (0.0, 80.0)),  # (mm ahead of the ca
 CANAL_DEPTH_MM, CANAL_HALF_WIDTH_MM = 20.0, 12.0
 RETROPERITONEUM_MM = 30.0
 WALL_REACH_MM = 25.0
+FLUID_GRID_MM = 2.0
 MIN_FLUID_ML, LINING_MM, COMPACT_FILL, COMPACT_MAX_ML, BOWEL_GAS_SHARE = 2.0, 6.0, 0.7, 300.0, 0.2
 SMOOTH_SURFACE_MM = 5.0
 DEFAULT_TRUNK_RADIUS_MM = 6.0
@@ -154,24 +156,46 @@ def water_offset_hu(ct: sitk.Image) -> float:
     return float(np.clip(np.median(air) + 1000.0, -MAX_OFFSET_HU, MAX_OFFSET_HU)) if air.size > 1000 else 0.0
 
 
-def ascites_mask(ct: sitk.Image, labels: sitk.Image) -> tuple[np.ndarray, sitk.Image] | None:
-    """Free peritoneal fluid, as the module docstring defines it, on a grid of about 3 mm (the mask and its grid);
-    None where no spine is in view (the retroperitoneum cannot be told from the peritoneal cavity)."""
-    hu, roi, grid = _coarse(ct, labels)
+def _peritoneal_region(ct: sitk.Image, labels: sitk.Image) -> sitk.Image | None:
+    """Where peritoneal fluid may lie, found on the grid of about 3 mm: ahead of the retroperitoneum (the spinal
+    canal's front less RETROPERITONEUM_MM) and above the iliac wings; None where no spine is in view."""
+    hu, _, grid = _coarse(ct, labels)
     spacing = np.array(grid.GetSpacing()[::-1])
-    organs = (roi == ROI_LABELS["liver"]) | (roi == ROI_LABELS["spleen"])
-    inside = np.stack([_fascia_inside(plane, spacing[1:])[2] for plane in hu])
     canal = canal_front_rows(hu, spacing)
     if not np.isfinite(canal).any():
         return None
     canal = np.where(np.isfinite(canal), canal, np.nanmedian(canal))
-    ahead = (np.arange(hu.shape[1])[None, :] * spacing[1] < canal[:, None] * spacing[1] - RETROPERITONEUM_MM)[:, :, None]
-    pelvic, _ = slice_levels(hu, spacing)
-    top = pelvis_top(pelvic, spacing[0])
-    water = water_offset_hu(ct)
-    fluid = (hu >= FLUID_HU[0] + water) & (hu <= FLUID_HU[1] + water) & inside & ahead & ~organs
+    ahead = np.arange(hu.shape[1])[None, :] * spacing[1] < canal[:, None] * spacing[1] - RETROPERITONEUM_MM
+    region = np.broadcast_to(ahead[:, :, None], hu.shape).copy()
+    top = pelvis_top(slice_levels(hu, spacing)[0], spacing[0])
     if top is not None:
-        fluid[:top + 1] = False
+        region[:top + 1] = False
+    image = sitk.GetImageFromArray(region.astype(np.uint8))
+    image.CopyInformation(grid)
+    return image
+
+
+def _fluid_grid(ct: sitk.Image) -> sitk.Image:
+    """The CT averaged down to about FLUID_GRID_MM per axis, unfiltered: a 5 mm layer of fluid keeps a core voxel."""
+    factors = [max(1, round(FLUID_GRID_MM / spacing)) for spacing in ct.GetSpacing()]
+    return sitk.BinShrink(sitk.Cast(ct, sitk.sitkFloat32), factors)
+
+
+def ascites_mask(ct: sitk.Image, labels: sitk.Image) -> tuple[np.ndarray, sitk.Image] | None:
+    """Free peritoneal fluid, as the module docstring defines it, on a grid of about FLUID_GRID_MM (the mask and its
+    grid); None where no spine is in view (the retroperitoneum cannot be told from the peritoneal cavity)."""
+    region = _peritoneal_region(ct, labels)
+    if region is None:
+        return None
+    grid = _fluid_grid(ct)
+    hu = sitk.GetArrayFromImage(grid)
+    roi = sitk.GetArrayFromImage(sitk.Resample(labels, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8))
+    allowed = sitk.GetArrayFromImage(sitk.Resample(region, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0)).astype(bool)
+    spacing = np.array(grid.GetSpacing()[::-1])
+    organs = (roi == ROI_LABELS["liver"]) | (roi == ROI_LABELS["spleen"])
+    inside = np.stack([_fascia_inside(plane, spacing[1:])[2] for plane in hu])
+    water = water_offset_hu(ct)
+    fluid = (hu >= FLUID_HU[0] + water) & (hu <= FLUID_HU[1] + water) & inside & allowed & ~organs
     core = ndimage.binary_erosion(fluid)  # a fat/tissue border averages into the fluid window too, one voxel thin
     wall = inside & ~eroded(inside, WALL_REACH_MM, spacing)
     capsule = dilated(organs, LINING_MM + spacing.max(), spacing)
