@@ -20,7 +20,7 @@ from tipsprog.fusion.assembly import assemble, score_columns
 from tipsprog.fusion.bundle import HeldOut, write_bundle
 from tipsprog.fusion.config import TrainConfig
 from tipsprog.fusion.training import Member, TrainingData, cross_validate, fit_clinical_cox, predict_cohort
-from tipsprog.io import read_table
+from tipsprog.io import read_id_list
 from tipsprog.checkpoints import TrainingJournal
 from tipsprog.clinical import score_notes
 from tipsprog.store import file_sha256, writes_output
@@ -97,11 +97,8 @@ Limits: performance outside the training centers is unknown until evaluated with
 
 def held_out_positions(test_csv: Path, patient_ids: list[str]) -> np.ndarray:
     """Rows of the patients listed in a --test table (any CSV with a patient_id column, e.g. a cohort.csv)."""
-    listed = read_table(test_csv, []).index.tolist()
+    listed = read_id_list(test_csv, patient_ids, "the training inputs (features, clinical row and outcome)")
     position = {pid: row for row, pid in enumerate(patient_ids)}
-    unknown = [pid for pid in listed if pid not in position]
-    if unknown:
-        raise InputError(f"{test_csv}: patient {unknown[0]} has no features, clinical row or outcome in the training inputs")
     if len(listed) > len(patient_ids) // 2:
         raise InputError(f"{test_csv}: {len(listed)} held-out patients leave too few of {len(patient_ids)} to train on")
     return np.array(sorted(position[pid] for pid in listed), dtype=int)
