@@ -15,7 +15,7 @@ Embeddings are left out (an encoder per cohort is beyond a 2-core budget). Print
 C averaged over seeds and the paired difference with the clinical Cox (mean, min to max over seeds), and the residual
 weights the guided model chose. Goals (#22): mean Δ of the default ≥ −0.005 without imaging signal and ≥ +0.02 with it.
 
-Usage: python benchmarks/fusion_safety.py [--sizes 120 300] [--seeds 0 1 2]
+Usage: python benchmarks/fusion_safety.py [--sizes 120 300] [--seeds 0 1 2 3 4 5]
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def cohort_rows(n: int, seed: int) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[120, 300])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5])
     args = parser.parse_args()
     table = pd.DataFrame([row for n in args.sizes for seed in args.seeds for row in cohort_rows(n, seed)])
     models = ["clinical Cox", "clinical + biomarkers (ridge Cox)", "fused without biomarkers", "fused (default)"]

@@ -14,6 +14,7 @@ import yaml
 
 from conftest import invoke
 from tipsprog import store
+from tipsprog.predict import percentile_rank
 from tipsprog.fusion.assembly import assemble_for_bundle
 from tipsprog.fusion.attribution import integrated_gradients
 from tipsprog.fusion.bundle import load_bundle
@@ -384,3 +385,13 @@ def test_a_clinical_score_without_its_inputs_is_noted_in_the_report(pipeline, tm
     assert set(metrics["settings"]) == {"out-of-fold", "held-out", "external"}
     assert f"- {expected[0]}" in (tmp_path / "report" / "report.md").read_text()
     assert f"<li>{expected[0]}</li>" in (tmp_path / "report" / "report.html").read_text()
+
+
+def test_a_value_tied_with_most_of_the_cohort_ranks_in_the_middle_of_the_tie():
+    """0 mL of ascites where 97 of the 101 training percentiles are 0 ranks at 48 (mid-rank), not 96."""
+    quantiles = [0.0] * 97 + [50.0, 100.0, 200.0, 400.0]
+    assert percentile_rank(0.0, quantiles) == 48.0
+    assert percentile_rank(75.0, quantiles) == 97.5
+    assert percentile_rank(400.0, quantiles) == 100.0 and percentile_rank(500.0, quantiles) == 100.0
+    assert percentile_rank(-1.0, quantiles) == 0.0
+    assert percentile_rank(25.0, list(np.linspace(0.0, 100.0, 101))) == 25.0

@@ -12,8 +12,11 @@ from tipsprog.evaluate.metrics import harrell_c
 from tipsprog.fusion.config import load_config
 from tipsprog.fusion.data import ModalityPreprocessor
 from tipsprog.fusion.models import MODELS, Layout, build_model, is_guided
-from tipsprog.fusion.training import (TrainingData, cross_validate, cv_splits, inner_split, mixed_precision, plan_members,
-                                      predict_members, repeated_splits, train_ensemble)
+from tipsprog.fusion.modules import pod_penalty
+from tipsprog.fusion.losses import SurvivalIndex
+from tipsprog.fusion.training import (RESIDUAL_WEIGHTS, TrainingData, member_task_loss, cross_validate, cv_splits,
+                                      inner_split, mixed_precision, plan_members, predict_members, repeated_splits,
+                                      residual_weight, train_ensemble)
 from tipsprog.checkpoints import TrainingJournal
 
 RADIOMICS_GROUPS = [f"{roi}/{image}/{kind}" for roi in ("liver", "spleen") for image in ("original", "log-sigma-2")
@@ -149,6 +152,8 @@ def test_repeated_cv_reshuffles_folds_and_averages_out_of_fold_predictions():
 def test_every_model_trains_with_finite_decreasing_loss(model):
     data = _cohort()
     config = _config(model, epochs=25, patience=25)
+    if model == "multitips":  # the POD weight at full strength from the start: a ramping term may raise the loss
+        config = dataclasses.replace(config, multitips={**config.multitips, "ramp_epochs": 1})
     plans = plan_members(data, cv_splits(data.event, data.centers, 3, "kfold", 0), config, seed=0)[:1]
     member = train_ensemble(data, plans, config, torch.device("cpu"))[0]
     losses = np.array(member.train_loss)
@@ -169,6 +174,36 @@ def test_models_accept_any_subset_of_modalities(model, modalities):
     assert all(outputs[key].shape == (5,) and torch.isfinite(outputs[key]).all() for key in ("risk", "ohe", "ppg"))
 
 
+def test_multitips_pod_penalty_is_on_the_gated_vectors_the_heads_use():
+    """CGPE's FiLM gate adds a clinical shift to the shared and specific parts; the POD penalty must see the parts
+    after it (a shift common to both makes them parallel: cosine² near 1), not the parts before it."""
+    layout = {"clinical": Layout(["age", "sex"], 2), "radiomics": Layout(sorted(set(RADIOMICS_GROUPS)), 2)}
+    torch.manual_seed(0)
+    network = build_model("multitips", layout, 16, 0.0, load_config(model="multitips").model_options()).eval()
+    with torch.no_grad():
+        network.film["radiomics"].film.bias[32:] = 50.0  # the same large shift on both halves of [shared, specific]
+        outputs = network({m: torch.randn(6, len(spec.tokens), spec.width) for m, spec in layout.items()})
+    shared, specific = outputs["shared"]["radiomics"], outputs["specific"]["radiomics"]
+    assert (torch.nn.functional.cosine_similarity(shared, specific, dim=-1) > 0.99).all()
+    torch.testing.assert_close(outputs["penalty"], pod_penalty(outputs["shared"], outputs["specific"]))
+
+
+def test_multitips_orthogonality_weight_ramps_over_the_epochs_run():
+    layout = {"clinical": Layout(["age", "sex"], 2)}
+    network = build_model("multitips", layout, 16, 0.0, {"heads": 2, "orthogonality_weight": 0.4, "ramp_epochs": 10})
+    outputs = {"risk": torch.zeros(4), "penalty": torch.ones(4)}
+    rows = torch.ones(4, dtype=torch.bool)
+    weights = [float(network.auxiliary_loss(outputs, rows, torch.tensor(float(epoch)))) for epoch in (0, 5, 10, 500)]
+    assert weights == pytest.approx([0.0, 0.2, 0.4, 0.4])
+
+
+def test_tmiclnet_aligns_with_the_papers_weight():
+    """TMI-CLNet's total loss is task + α·TMFF with α = 1 (Eq. 6) and λ = 0.6 (Eq. 5) by default."""
+    options = load_config(model="tmiclnet").model_options()
+    network = build_model("tmiclnet", {"clinical": Layout(["age", "sex"], 2)}, 16, 0.0, options)
+    assert (network.alignment_weight, network.balance) == (1.0, 0.6)
+
+
 def test_late_fusion_with_one_modality_equals_that_modality_model():
     layout = {"radiomics": Layout(sorted(set(RADIOMICS_GROUPS)), 2)}
     torch.manual_seed(3)
@@ -176,8 +211,34 @@ def test_late_fusion_with_one_modality_equals_that_modality_model():
     torch.manual_seed(3)
     single = build_model("concat", layout, 16, 0.0)
     inputs = {"radiomics": torch.randn(7, len(layout["radiomics"].tokens), 2)}
-    for key, value in late(inputs).items():
-        torch.testing.assert_close(value, single(inputs)[key])
+    for key, value in single(inputs).items():
+        torch.testing.assert_close(late(inputs)[key], value)
+
+
+@pytest.mark.parametrize("guided", [False, True])
+def test_late_fusion_trains_each_modality_model_on_its_own_loss(guided):
+    """True late fusion: a branch's gradient is that of its own task loss (as if trained alone), not of the
+    averaged output's loss."""
+    data = _cohort(40)
+    layout = {"clinical": Layout(["age", "sex"], 2), "radiomics": Layout(sorted(set(RADIOMICS_GROUPS)), 2)}
+    inputs = {m: torch.randn(40, len(spec.tokens), spec.width) for m, spec in layout.items()}
+    network = build_model("late", layout, 16, 0.0, guided=guided)
+    if guided:
+        network.clinical_coefficients.normal_()
+    index, rows = SurvivalIndex.build(data.time, data.event), torch.ones(40, dtype=torch.bool)
+    labels = {"ohe": torch.zeros(40), "ppg": torch.zeros(40), "pos_weight": torch.tensor(1.0)}
+    weights = {"survival": 1.0, "ohe": 0.5, "ppg": 0.5}
+    outputs = network(inputs)
+    total = sum(member_task_loss(part, rows, labels, weights, index) for part in network.loss_outputs(outputs))
+    branch = (network.fusion if guided else network).branches["radiomics"]
+    alone = branch({"radiomics": inputs["radiomics"]})
+    if guided:
+        alone["risk"] = outputs["clinical_risk"] + alone["risk"]
+    parameters = list(branch.parameters())
+    expected = torch.autograd.grad(member_task_loss(alone, rows, labels, weights, index), parameters, allow_unused=True)
+    for got, want in zip(torch.autograd.grad(total, parameters, allow_unused=True), expected):
+        if want is not None:
+            torch.testing.assert_close(got, want)
 
 
 def test_staged_schedule_runs_every_stage_and_freezes_nothing_it_should_train():
@@ -248,7 +309,7 @@ def test_model_preset_applies_before_the_user_file(tmp_path):
                     "loss_weights: {survival: 1.0, ohe: 0.0, ppg: 0.0}}]\nmultitips: {orthogonality_weight: 0.5}\n")
     config = load_config(path)
     assert [s["name"] for s in config.stages] == ["one"]
-    assert config.model_options() == {"heads": 2, "orthogonality_weight": 0.5}
+    assert config.model_options() == {"heads": 2, "orthogonality_weight": 0.5, "ramp_epochs": 60}
 
 
 class _CountingJournal(TrainingJournal):
@@ -337,6 +398,15 @@ def test_default_fusion_does_not_lose_to_the_clinical_cox_when_images_are_noise(
         delta[guided] = (harrell_c(data.time, data.event, result.oof["risk"])
                          - harrell_c(data.time, data.event, result.oof["clinical_cox_risk"]))
     assert delta[True] >= -0.01 and delta[False] < delta[True] - 0.02
+
+
+def test_residual_weight_needs_the_margin_per_member_not_summed_over_members():
+    """Five members each gaining 1 nat at w = 0.5 on their own validation rows are each short of the 1.92-nat
+    likelihood-ratio margin: their sum (5 nats) must not pass it for them; a mean gain of 3 nats does pass."""
+    gain = np.abs(RESIDUAL_WEIGHTS - 0.5) - 0.5  # 0 at w = 0, its minimum (−0.5) at w = 0.5
+    assert residual_weight(np.tile(100.0 + 2.0 * gain, (5, 1))) == 0.0
+    assert residual_weight(np.tile(100.0 + 6.0 * gain, (5, 1))) == 0.5
+    assert residual_weight(np.tile(100.0 - 6.0 * gain, (5, 1))) == 0.0  # the residual only hurts
 
 
 def test_predictions_are_never_made_in_bf16():

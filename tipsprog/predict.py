@@ -121,6 +121,22 @@ def _in_order(measured: np.ndarray, names: list[str]) -> np.ndarray:
     return np.array([value_of.get(name, np.nan) for name in names], dtype=float)
 
 
+def percentile_rank(value: float, quantiles: list[float]) -> float:
+    """Where `value` ranks among a cohort given by its 0th…100th percentiles: interpolated between them, and the
+    middle of a run of equal percentiles for a value equal to them (mid-rank: 0 mL of ascites in a cohort where most
+    have none ranks near the middle, not at the top of the run)."""
+    levels = np.asarray(quantiles, dtype=float)
+    distinct = np.unique(levels)
+    first = np.searchsorted(levels, distinct, side="left")
+    last = np.searchsorted(levels, distinct, side="right") - 1
+    i = int(np.searchsorted(distinct, value))
+    if i < len(distinct) and distinct[i] == value:
+        return (first[i] + last[i]) / 2.0
+    if i == 0 or i == len(distinct):
+        return 0.0 if i == 0 else 100.0
+    return float(np.interp(value, distinct[i - 1:i + 1], [last[i - 1], first[i]]))
+
+
 def biomarker_record(values: np.ndarray, entry: dict) -> dict[str, dict[str, float | None]]:
     """Each biomarker's value and its percentile among the training cohort's patients (None: not measured)."""
     record = {}
@@ -129,7 +145,7 @@ def biomarker_record(values: np.ndarray, entry: dict) -> dict[str, dict[str, flo
         measured = bool(np.isfinite(value))
         known = measured and reference[0] is not None
         record[name] = {"value": round(float(value), 2) if measured else None,
-                        "percentile": round(float(np.interp(value, reference, np.arange(101))), 1) if known else None}
+                        "percentile": round(percentile_rank(value, reference), 1) if known else None}
     return record
 
 

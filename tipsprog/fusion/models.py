@@ -14,7 +14,7 @@ from torch import nn
 
 from tipsprog.fusion.losses import masked_mean, sdm_loss
 from tipsprog.fusion.modules import (AttentionBlock, ClinicalFilm, CrossOrganGraph, CyclicCrossAttention,
-                                     MultiGranularityAttention, OrthogonalDecomposition, TokenEmbedding)
+                                     MultiGranularityAttention, OrthogonalDecomposition, TokenEmbedding, pod_penalty)
 
 MODELS = ("clinical-cox", "concat", "late", "intermediate", "tmiclnet", "multitips", "graph")
 IMAGE_ORDER = ("embed", "radiomics", "biomarkers", "clinical")
@@ -63,9 +63,14 @@ class FusionModel(nn.Module):
         super().__init__()
         self.modalities = sorted(layout)
 
-    def auxiliary_loss(self, outputs: dict, rows: torch.Tensor, progress: float) -> torch.Tensor:
-        """Model-specific training objective beside the three task losses (none by default)."""
+    def auxiliary_loss(self, outputs: dict, rows: torch.Tensor, epoch: torch.Tensor) -> torch.Tensor:
+        """Model-specific training objective beside the three task losses at `epoch` (the member's epochs run so far,
+        counted across stages; none by default)."""
         return outputs["risk"].new_zeros(())
+
+    def loss_outputs(self, outputs: dict) -> list[dict]:
+        """The outputs the task losses are computed on and summed over: the model's own by default."""
+        return [outputs]
 
 
 class ClinicalCox(FusionModel):
@@ -99,16 +104,22 @@ class ConcatFusion(FusionModel):
 
 
 class LateFusion(FusionModel):
-    """Late fusion (CT+pathology study): one complete model per modality, their three outputs averaged."""
+    """Late fusion (CT+pathology study): one complete model per modality, each trained on its own task losses (no
+    gradient passes between them, as if trained alone), their three outputs averaged."""
 
     def __init__(self, layout: dict[str, Layout], hidden: int, dropout: float):
         super().__init__(layout)
         self.branches = nn.ModuleDict({m: ConcatFusion({m: layout[m]}, hidden, dropout) for m in self.modalities})
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Mean of the per-modality outputs."""
+        """Mean of the per-modality outputs, and those outputs (`branches`, what each branch is trained on)."""
         outputs = [self.branches[m]({m: inputs[m]}) for m in self.modalities]
-        return {key: torch.stack([o[key] for o in outputs]).mean(dim=0) for key in outputs[0]}
+        mean = {key: torch.stack([o[key] for o in outputs]).mean(dim=0) for key in outputs[0]}
+        return {**mean, "branches": outputs}
+
+    def loss_outputs(self, outputs: dict) -> list[dict]:
+        """Each branch's own outputs: the task losses train every modality's model on its own."""
+        return outputs["branches"]
 
 
 class IntermediateFusion(FusionModel):
@@ -133,7 +144,7 @@ class TmiClNet(FusionModel):
     image → radiomics → clinical → image, per-modality output projection, and the TMFF alignment loss."""
 
     def __init__(self, layout: dict[str, Layout], hidden: int, dropout: float, heads: int = 4,
-                 alignment_weight: float = 0.1, balance: float = 0.6, logit_scale: float = 10.0):
+                 alignment_weight: float = 1.0, balance: float = 0.6, logit_scale: float = 10.0):
         super().__init__(layout)
         self.order = [m for m in IMAGE_ORDER if m in layout]
         self.embed = nn.ModuleDict({m: TokenEmbedding(len(layout[m].tokens), layout[m].width, hidden) for m in self.order})
@@ -153,7 +164,7 @@ class TmiClNet(FusionModel):
         outputs["aligned"] = aligned
         return outputs
 
-    def auxiliary_loss(self, outputs: dict, rows: torch.Tensor, progress: float) -> torch.Tensor:
+    def auxiliary_loss(self, outputs: dict, rows: torch.Tensor, epoch: torch.Tensor) -> torch.Tensor:
         """TMFF: λ·(SDM(image, clinical) + SDM(radiomics, clinical))/2 + (1 − λ)·SDM(image, radiomics), over present pairs."""
         aligned = outputs["aligned"]
         terms = []
@@ -163,17 +174,18 @@ class TmiClNet(FusionModel):
         if "embed" in aligned and "radiomics" in aligned:
             terms.append((1 - self.balance, sdm_loss(aligned["embed"], aligned["radiomics"], rows, self.logit_scale)))
         if not terms:
-            return super().auxiliary_loss(outputs, rows, progress)
+            return super().auxiliary_loss(outputs, rows, epoch)
         total_weight = sum(w for w, _ in terms)
         return self.alignment_weight * sum(w * t for w, t in terms) / total_weight
 
 
 class MultiTips(FusionModel):
     """MultiTIPS's interaction: MGRA (image tokens over multi-granularity radiomics tokens), POD (shared/specific
-    split with a progressively weighted orthogonality penalty) and CGPE (clinical FiLM gates and a clinical prior)."""
+    split with a progressively weighted orthogonality penalty on the vectors the heads use, after CGPE) and CGPE
+    (clinical FiLM gates and a clinical prior)."""
 
     def __init__(self, layout: dict[str, Layout], hidden: int, dropout: float, heads: int = 4,
-                 orthogonality_weight: float = 0.1):
+                 orthogonality_weight: float = 0.1, ramp_epochs: int = 60):
         super().__init__(layout)
         self.embed = nn.ModuleDict({m: TokenEmbedding(len(layout[m].tokens), layout[m].width, hidden) for m in self.modalities})
         self.granular = (MultiGranularityAttention(layout["radiomics"].tokens, hidden, heads)
@@ -185,15 +197,16 @@ class MultiTips(FusionModel):
         self.prior = nn.Linear(hidden, 1, bias=False) if guided else None
         self.trunk = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden * (1 + len(self.modalities)), hidden), nn.GELU())
         self.heads = Heads(hidden)
-        self.orthogonality_weight = orthogonality_weight
+        self.orthogonality_weight, self.ramp_epochs = orthogonality_weight, ramp_epochs
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> dict:
-        """Heads on [mean shared part, specific parts], imaging gated by the clinical vector; clinical prior added."""
+        """Heads on [mean shared part, specific parts], imaging gated by the clinical vector; clinical prior added;
+        the POD penalty of those gated parts (`shared`, `specific`: what the heads see)."""
         tokens = {m: self.embed[m](inputs[m]) for m in self.modalities}
         if self.granular is not None:
             query = "embed" if "embed" in tokens else "radiomics"
             tokens[query] = self.granular(tokens[query], tokens["radiomics"])
-        shared, specific, penalty = self.decompose({m: t.mean(dim=1) for m, t in tokens.items()})
+        shared, specific = self.decompose({m: t.mean(dim=1) for m, t in tokens.items()})
         for m in self.film:
             gated = self.film[m](specific["clinical"], torch.cat([shared[m], specific[m]], dim=1))
             shared[m], specific[m] = gated.chunk(2, dim=1)
@@ -201,12 +214,14 @@ class MultiTips(FusionModel):
         outputs = self.heads(self.trunk(torch.cat([common] + [specific[m] for m in self.modalities], dim=1)))
         if self.prior is not None:
             outputs["risk"] = outputs["risk"] + self.prior(specific["clinical"]).squeeze(-1)
-        outputs["penalty"] = penalty
+        outputs["penalty"] = pod_penalty(shared, specific)
+        outputs["shared"], outputs["specific"] = shared, specific
         return outputs
 
-    def auxiliary_loss(self, outputs: dict, rows: torch.Tensor, progress: float) -> torch.Tensor:
-        """POD penalty, its weight growing linearly from 0 to `orthogonality_weight` over the training schedule."""
-        return self.orthogonality_weight * min(1.0, progress) * masked_mean(outputs["penalty"], rows)
+    def auxiliary_loss(self, outputs: dict, rows: torch.Tensor, epoch: torch.Tensor) -> torch.Tensor:
+        """POD penalty, its weight growing linearly from 0 to `orthogonality_weight` over the first `ramp_epochs`
+        epochs run (counted across the stages, so an early stop does not make it jump)."""
+        return self.orthogonality_weight * (epoch / self.ramp_epochs).clamp(max=1.0) * masked_mean(outputs["penalty"], rows)
 
 
 class GraphFusion(FusionModel):
@@ -264,16 +279,23 @@ class ClinicallyGuided(FusionModel):
         return len(getattr(self, f"{modality}_coefficients"))
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> dict:
-        """The fusion model's outputs with the risk replaced by clinical + weighted residual (both parts kept)."""
+        """The fusion model's outputs with the risk replaced by clinical + weighted residual (both parts kept), and
+        so each of a late model's branch risks."""
         outputs = self.fusion(inputs)
         clinical = sum(_flat(inputs[m]) @ getattr(self, f"{m}_coefficients").to(inputs[m].dtype) for m in self.guide)
         outputs["clinical_risk"], outputs["residual_risk"] = clinical, outputs["risk"]
         outputs["risk"] = clinical + self.residual_weight * outputs["risk"]
+        for branch in outputs.get("branches", []):
+            branch["risk"] = clinical + self.residual_weight * branch["risk"]
         return outputs
 
-    def auxiliary_loss(self, outputs: dict, rows: torch.Tensor, progress: float) -> torch.Tensor:
+    def auxiliary_loss(self, outputs: dict, rows: torch.Tensor, epoch: torch.Tensor) -> torch.Tensor:
         """The fusion model's own auxiliary objective."""
-        return self.fusion.auxiliary_loss(outputs, rows, progress)
+        return self.fusion.auxiliary_loss(outputs, rows, epoch)
+
+    def loss_outputs(self, outputs: dict) -> list[dict]:
+        """The fusion model's loss outputs (their risks made residuals on the guide by forward)."""
+        return self.fusion.loss_outputs(outputs)
 
 
 def is_guided(name: str, modalities, clinical_offset: bool) -> bool:

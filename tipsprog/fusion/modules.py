@@ -134,28 +134,29 @@ class MultiGranularityAttention(nn.Module):
         return self.norm(query + attended)
 
 
-class OrthogonalDecomposition(nn.Module):
-    """MultiTIPS's POD: split a modality vector into shared and specific parts.
+def pod_penalty(shared: dict[str, torch.Tensor], specific: dict[str, torch.Tensor]) -> torch.Tensor:
+    """MultiTIPS's POD penalty per patient: the squared cosine between each modality's shared and specific parts
+    (orthogonality) plus, with two or more modalities, one minus the cosine between shared parts (they must agree
+    to be shared)."""
+    penalty = sum(F.cosine_similarity(shared[m], specific[m], dim=-1) ** 2 for m in shared) / len(shared)
+    names = list(shared)
+    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+    if pairs:
+        penalty = penalty + sum(1 - F.cosine_similarity(shared[a], shared[b], dim=-1) for a, b in pairs) / len(pairs)
+    return penalty
 
-    The penalty per patient is the squared cosine between each modality's shared and specific parts (orthogonality)
-    plus, with two or more modalities, one minus the cosine between shared parts (they must agree to be shared).
-    """
+
+class OrthogonalDecomposition(nn.Module):
+    """MultiTIPS's POD: split a modality vector into shared and specific parts (penalised by pod_penalty)."""
 
     def __init__(self, modalities: list[str], hidden: int):
         super().__init__()
         self.shared = nn.ModuleDict({m: nn.Linear(hidden, hidden) for m in modalities})
         self.specific = nn.ModuleDict({m: nn.Linear(hidden, hidden) for m in modalities})
 
-    def forward(self, vectors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
-        """Shared parts, specific parts and the per-patient penalty."""
-        shared = {m: self.shared[m](v) for m, v in vectors.items()}
-        specific = {m: self.specific[m](v) for m, v in vectors.items()}
-        penalty = sum(F.cosine_similarity(shared[m], specific[m], dim=-1) ** 2 for m in vectors) / len(vectors)
-        names = list(vectors)
-        pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
-        if pairs:
-            penalty = penalty + sum(1 - F.cosine_similarity(shared[a], shared[b], dim=-1) for a, b in pairs) / len(pairs)
-        return shared, specific, penalty
+    def forward(self, vectors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Shared parts and specific parts."""
+        return ({m: self.shared[m](v) for m, v in vectors.items()}, {m: self.specific[m](v) for m, v in vectors.items()})
 
 
 class ClinicalFilm(nn.Module):

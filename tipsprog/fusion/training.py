@@ -242,7 +242,7 @@ class Ensemble:
                 value.copy_(weights[key])
 
 
-def _task_loss(outputs: dict, rows: torch.Tensor, labels: dict, weights: dict, index: SurvivalIndex) -> torch.Tensor:
+def member_task_loss(outputs: dict, rows: torch.Tensor, labels: dict, weights: dict, index: SurvivalIndex) -> torch.Tensor:
     """One member's weighted sum of per-event Cox NLL, class-weighted BCE and Huber over `rows`."""
     risk = outputs["risk"].float()
     events = (rows & index.known_event).sum().clamp_min(1)
@@ -293,16 +293,23 @@ class _StageResult:
     validation_loss: list[torch.Tensor]
 
 
-def _train_stage(ensemble: Ensemble, batch: _Batch, stage: dict, config: TrainConfig, elapsed: int,
-                 total_epochs: int, checkpoint: Callable[[Callable[[], dict], str], None], saved: dict | None) -> _StageResult:
-    """One stage for every member at once; each member keeps the weights of its best inner-validation epoch.
+def stopped_at(best_epoch: int, stage: dict) -> int:
+    """The epoch at which a member trained alone stops in a stage: `patience` epochs without improvement after
+    its best, or the stage's last (what each member's schedule counts, batched or not)."""
+    return min(stage["max_epochs"], best_epoch + stage["patience"])
+
+
+def _train_stage(ensemble: Ensemble, batch: _Batch, stage: dict, config: TrainConfig, elapsed: list[int],
+                 checkpoint: Callable[[Callable[[], dict], str], None], saved: dict | None) -> _StageResult:
+    """One stage for every member at once, after each member's `elapsed` epochs run in earlier stages; each member
+    keeps the weights of its best inner-validation epoch.
 
     After every epoch `checkpoint` is offered the stage's state; `saved` is such a state to continue from.
     """
     weights = stage["loss_weights"]
 
     def task(outputs: dict, rows: torch.Tensor, labels: dict) -> torch.Tensor:
-        return _task_loss(outputs, rows, labels, weights, batch.index)
+        return sum(member_task_loss(part, rows, labels, weights, batch.index) for part in ensemble.base.loss_outputs(outputs))
 
     task_loss = vmap(task, in_dims=(0, 0, LABEL_AXES))
     members = batch.fit_rows.shape[0]
@@ -321,8 +328,8 @@ def _train_stage(ensemble: Ensemble, batch: _Batch, stage: dict, config: TrainCo
         train_history, validation_history = list(saved["train_history"]), list(saved["validation_history"])
     for epoch in range(saved["epoch"] + 1 if saved else 1, stage["max_epochs"] + 1):
         outputs = ensemble.forward(batch.inputs, train=True)
-        fraction = (elapsed + epoch) / total_epochs
-        auxiliary = vmap(lambda o, r: ensemble.base.auxiliary_loss(o, r, fraction))(outputs, batch.fit_rows)
+        epochs_run = torch.tensor(elapsed, dtype=torch.float32, device=device) + epoch
+        auxiliary = vmap(ensemble.base.auxiliary_loss)(outputs, batch.fit_rows, epochs_run)
         loss = task_loss(outputs, batch.fit_rows, batch.labels) + auxiliary
         optimiser.zero_grad(set_to_none=True)
         loss.sum().backward()
@@ -427,21 +434,29 @@ def _guide(models: list[FusionModel], data: TrainingData, plans: list[MemberPlan
     return [float(penalties[-1]) for penalties, _ in guides.values()]
 
 
+def residual_weight(losses: np.ndarray) -> float:
+    """The fold's residual weight from its members' inner-validation Cox NLL [members, RESIDUAL_WEIGHTS]: the weight
+    minimising their mean, kept only when that mean beats weight 0 by the likelihood-ratio margin. The mean, not the
+    sum: each member's improvement is measured on its own validation rows, which also stopped it, so five members
+    clearing the margin together must not count as five tests passed."""
+    mean = losses.mean(axis=0)
+    best = int(np.argmin(mean))
+    return float(RESIDUAL_WEIGHTS[best]) if mean[0] - mean[best] > RESIDUAL_MARGIN_NATS else 0.0
+
+
 @torch.no_grad()
 def choose_residual_weights(ensemble: Ensemble, batch: _Batch, plans: list[MemberPlan]) -> list[float]:
-    """Per fold, the residual weight (0…1) minimising its members' summed Cox NLL on their own inner validation rows,
-    kept only when it beats weight 0 by a likelihood-ratio test (RESIDUAL_MARGIN_NATS; conservative on purpose: the
-    same rows stopped the training early), set in every member of the fold; returns each member's weight."""
+    """Per fold, the residual weight (residual_weight) from its members' Cox NLL on their own inner validation rows,
+    set in every member of the fold; returns each member's weight."""
     outputs = ensemble.forward(batch.inputs, train=False)
     clinical, residual = outputs["clinical_risk"].float(), outputs["residual_risk"].float()
     chosen = [1.0] * len(plans)
     for fold in sorted({plan.fold for plan in plans}):
         members = [i for i, plan in enumerate(plans) if plan.fold == fold]
-        losses = [sum(float(cox_efron_nll(clinical[i] + weight * residual[i], batch.index, batch.val_rows[i])) for i in members)
-                  for weight in RESIDUAL_WEIGHTS]
-        best = int(np.argmin(losses))
+        losses = np.array([[float(cox_efron_nll(clinical[i] + weight * residual[i], batch.index, batch.val_rows[i]))
+                            for weight in RESIDUAL_WEIGHTS] for i in members])
         for i in members:
-            chosen[i] = float(RESIDUAL_WEIGHTS[best]) if losses[0] - losses[best] > RESIDUAL_MARGIN_NATS else 0.0
+            chosen[i] = residual_weight(losses)
     ensemble.buffers["residual_weight"].copy_(torch.tensor(chosen, dtype=ensemble.buffers["residual_weight"].dtype))
     return chosen
 
@@ -465,8 +480,7 @@ def train_ensemble(data: TrainingData, plans: list[MemberPlan], config: TrainCon
     models = [model.to(device) for model in models]
     ensemble = Ensemble(models, device)
     batch = _batch(data, plans, prepared, device)
-    total_epochs = sum(stage["max_epochs"] for stage in config.stages)
-    progress_state = {"stage": 0, "elapsed": 0, "best_epochs": [[] for _ in plans], "history": {"train": [], "validation": []}}
+    progress_state = {"stage": 0, "elapsed": [0] * len(plans), "best_epochs": [[] for _ in plans], "history": {"train": [], "validation": []}}
     saved = journal.load() if journal else None
     if saved:
         ensemble.load_weights(saved["weights"])
@@ -481,8 +495,9 @@ def train_ensemble(data: TrainingData, plans: list[MemberPlan], config: TrainCon
     for index in range(progress_state["stage"], len(config.stages)):
         stage = config.stages[index]
         resumed = saved["stage_state"] if saved and index == saved["stage"] else None
-        result = _train_stage(ensemble, batch, stage, config, progress_state["elapsed"], total_epochs, checkpoint, resumed)
-        progress_state["stage"], progress_state["elapsed"] = index + 1, progress_state["elapsed"] + stage["max_epochs"]
+        result = _train_stage(ensemble, batch, stage, config, progress_state["elapsed"], checkpoint, resumed)
+        progress_state["stage"] = index + 1
+        progress_state["elapsed"] = [run + stopped_at(best, stage) for run, best in zip(progress_state["elapsed"], result.best_epoch)]
         progress_state["history"]["train"] += result.train_loss
         progress_state["history"]["validation"] += result.validation_loss
         for member, epoch in enumerate(result.best_epoch):
