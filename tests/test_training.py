@@ -188,6 +188,26 @@ def test_multitips_pod_penalty_is_on_the_gated_vectors_the_heads_use():
     torch.testing.assert_close(outputs["penalty"], pod_penalty(outputs["shared"], outputs["specific"]))
 
 
+def test_multitips_cgpe_gates_are_guided_by_the_clinical_cox():
+    """CGPE uses clinical knowledge: under the linear guide, the guide's linear predictor conditions the FiLM gates,
+    so the network's own (residual) risk depends on it."""
+    layout = {"clinical": Layout(["age", "sex"], 2), "radiomics": Layout(sorted(set(RADIOMICS_GROUPS)), 2)}
+    torch.manual_seed(0)
+    network = build_model("multitips", layout, 16, 0.0, load_config(model="multitips").model_options(), guided=True).eval()
+    for gate in network.fusion.film.values():
+        torch.nn.init.normal_(gate.film.weight)
+    for head in network.fusion.modules():
+        if isinstance(head, torch.nn.Linear) and head.out_features == 1:
+            torch.nn.init.normal_(head.weight)
+    inputs = {m: torch.randn(6, len(spec.tokens), spec.width) for m, spec in layout.items()}
+    residuals = []
+    with torch.no_grad():
+        for scale in (0.0, 1.0):
+            network.clinical_coefficients.fill_(scale)
+            residuals.append(network(inputs)["residual_risk"])
+    assert not torch.allclose(residuals[0], residuals[1])
+
+
 def test_multitips_orthogonality_weight_ramps_over_the_epochs_run():
     layout = {"clinical": Layout(["age", "sex"], 2)}
     network = build_model("multitips", layout, 16, 0.0, {"heads": 2, "orthogonality_weight": 0.4, "ramp_epochs": 10})
@@ -195,6 +215,19 @@ def test_multitips_orthogonality_weight_ramps_over_the_epochs_run():
     rows = torch.ones(4, dtype=torch.bool)
     weights = [float(network.auxiliary_loss(outputs, rows, torch.tensor(float(epoch)))) for epoch in (0, 5, 10, 500)]
     assert weights == pytest.approx([0.0, 0.2, 0.4, 0.4])
+
+
+def test_graph_selects_nodes_by_a_learned_score_that_gets_gradients():
+    """DMMGNet's top-k by summed LayerNorm-ed activation ranks float noise at initialisation; the learned score
+    spreads the tokens from the start and learns from the loss."""
+    layout = {"radiomics": Layout(sorted(set(RADIOMICS_GROUPS)), 2), "embed": Layout(sorted(set(EMBED_GROUPS)), 2)}
+    torch.manual_seed(0)
+    network = build_model("graph", layout, 16, 0.0, load_config(model="graph").model_options())
+    inputs = {m: torch.randn(8, len(spec.tokens), spec.width) for m, spec in layout.items()}
+    tokens = torch.cat([network.embed[m](inputs[m]) for m in network.imaging], dim=1)
+    assert network.graph.node_scores(tokens).std(dim=1).min() > 0.05
+    network(inputs)["risk"].sum().backward()
+    assert network.graph.score.weight.grad.abs().sum() > 0
 
 
 def test_tmiclnet_aligns_with_the_papers_weight():

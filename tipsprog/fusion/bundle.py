@@ -18,7 +18,7 @@ from tipsprog.errors import InputError
 from tipsprog.fusion.data import ModalityPreprocessor
 from tipsprog.fusion.training import ClinicalCox, CrossValidation, Member, TrainingData
 
-BUNDLE_FORMAT = 3
+BUNDLE_FORMAT = 4
 WEIGHTS_FORMAT = "tipsprog-fusion-2"
 REQUIRED_FILES = ("bundle.yaml", "preprocess.json", "weights.pt", "oof.h5", "metrics.json", "model_card.md")
 

@@ -18,6 +18,7 @@ from tipsprog.fusion.modules import (AttentionBlock, ClinicalFilm, CrossOrganGra
 
 MODELS = ("clinical-cox", "concat", "late", "intermediate", "tmiclnet", "multitips", "graph")
 IMAGE_ORDER = ("embed", "radiomics", "biomarkers", "clinical")
+GUIDE_RISK = "guide_risk"  # the inputs key under which ClinicallyGuided hands its linear predictor to the fusion model
 
 
 @dataclass(frozen=True)
@@ -182,7 +183,8 @@ class TmiClNet(FusionModel):
 class MultiTips(FusionModel):
     """MultiTIPS's interaction: MGRA (image tokens over multi-granularity radiomics tokens), POD (shared/specific
     split with a progressively weighted orthogonality penalty on the vectors the heads use, after CGPE) and CGPE
-    (clinical FiLM gates and a clinical prior)."""
+    (FiLM gates conditioned on the clinical vector and on the clinical Cox's linear predictor where the model is a
+    residual on it, GUIDE_RISK; and a clinical prior)."""
 
     def __init__(self, layout: dict[str, Layout], hidden: int, dropout: float, heads: int = 4,
                  orthogonality_weight: float = 0.1, ramp_epochs: int = 60):
@@ -193,7 +195,7 @@ class MultiTips(FusionModel):
         self.decompose = OrthogonalDecomposition(self.modalities, hidden)
         self.imaging = [m for m in self.modalities if m != "clinical"]
         guided = "clinical" in layout
-        self.film = nn.ModuleDict({m: ClinicalFilm(hidden, 2 * hidden) for m in self.imaging} if guided else {})
+        self.film = nn.ModuleDict({m: ClinicalFilm(hidden + 1, 2 * hidden) for m in self.imaging} if guided else {})
         self.prior = nn.Linear(hidden, 1, bias=False) if guided else None
         self.trunk = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden * (1 + len(self.modalities)), hidden), nn.GELU())
         self.heads = Heads(hidden)
@@ -207,8 +209,9 @@ class MultiTips(FusionModel):
             query = "embed" if "embed" in tokens else "radiomics"
             tokens[query] = self.granular(tokens[query], tokens["radiomics"])
         shared, specific = self.decompose({m: t.mean(dim=1) for m, t in tokens.items()})
+        knowledge = self._clinical_knowledge(specific["clinical"], inputs) if self.film else None
         for m in self.film:
-            gated = self.film[m](specific["clinical"], torch.cat([shared[m], specific[m]], dim=1))
+            gated = self.film[m](knowledge, torch.cat([shared[m], specific[m]], dim=1))
             shared[m], specific[m] = gated.chunk(2, dim=1)
         common = torch.stack([shared[m] for m in self.modalities]).mean(dim=0)
         outputs = self.heads(self.trunk(torch.cat([common] + [specific[m] for m in self.modalities], dim=1)))
@@ -217,6 +220,12 @@ class MultiTips(FusionModel):
         outputs["penalty"] = pod_penalty(shared, specific)
         outputs["shared"], outputs["specific"] = shared, specific
         return outputs
+
+    @staticmethod
+    def _clinical_knowledge(clinical: torch.Tensor, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """What CGPE's gates are conditioned on: the clinical vector and the guide's linear predictor (0 unguided)."""
+        guide = inputs.get(GUIDE_RISK, clinical.new_zeros(len(clinical)))
+        return torch.cat([clinical, guide[:, None].to(clinical.dtype)], dim=1)
 
     def auxiliary_loss(self, outputs: dict, rows: torch.Tensor, epoch: torch.Tensor) -> torch.Tensor:
         """POD penalty, its weight growing linearly from 0 to `orthogonality_weight` over the first `ramp_epochs`
@@ -279,10 +288,10 @@ class ClinicallyGuided(FusionModel):
         return len(getattr(self, f"{modality}_coefficients"))
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> dict:
-        """The fusion model's outputs with the risk replaced by clinical + weighted residual (both parts kept), and
-        so each of a late model's branch risks."""
-        outputs = self.fusion(inputs)
+        """The fusion model's outputs (it is given the guide's linear predictor as GUIDE_RISK) with the risk replaced
+        by clinical + weighted residual (both parts kept), and so each of a late model's branch risks."""
         clinical = sum(_flat(inputs[m]) @ getattr(self, f"{m}_coefficients").to(inputs[m].dtype) for m in self.guide)
+        outputs = self.fusion({**inputs, GUIDE_RISK: clinical})
         outputs["clinical_risk"], outputs["residual_risk"] = clinical, outputs["risk"]
         outputs["risk"] = clinical + self.residual_weight * outputs["risk"]
         for branch in outputs.get("branches", []):

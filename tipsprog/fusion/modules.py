@@ -175,9 +175,10 @@ class ClinicalFilm(nn.Module):
 
 
 class CrossOrganGraph(nn.Module):
-    """DMMGNet's graph module on tokens: keep the top-k tokens by summed activation, link each to its nearest
-    tokens of another ROI (dilated k-NN, rebuilt every forward pass), EdgeConv, and write the result back in place
-    as a learned mix with the input."""
+    """DMMGNet's graph module on tokens: keep the top-k tokens by a learned node score (a projection, as graph
+    U-Nets' gPool; DMMGNet's summed activation is ~0 after LayerNorm), link each to its nearest tokens of another ROI
+    (dilated k-NN, rebuilt every forward pass), EdgeConv, and write the result back in place as a mix with the input
+    whose weight grows with the node's score (so the score learns from the loss)."""
 
     def __init__(self, token_rois: list[str], hidden: int, top_k: int, neighbours: int, dilation: int):
         super().__init__()
@@ -187,12 +188,18 @@ class CrossOrganGraph(nn.Module):
         self.neighbours = max(1, min(neighbours, self.top_k - 1))
         self.dilation = max(1, min(dilation, (self.top_k - 1) // self.neighbours))
         self.edge = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+        self.score = nn.Linear(hidden, 1, bias=False)
         self.mix_logit = nn.Parameter(torch.zeros(1))
+
+    def node_scores(self, tokens: torch.Tensor) -> torch.Tensor:
+        """[n, t, h] → [n, t]: each token's projection on the learned score direction (unit length)."""
+        return self.score(tokens).squeeze(-1) / self.score.weight.norm().clamp_min(1e-12)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """[n, t, h] → [n, t, h] with the selected tokens replaced by their graph update."""
         n, _, hidden = tokens.shape
-        selected = torch.topk(tokens.sum(dim=-1), self.top_k, dim=1).indices
+        scores = self.node_scores(tokens)
+        selected = torch.topk(scores, self.top_k, dim=1).indices
         nodes = torch.gather(tokens, 1, selected[..., None].expand(-1, -1, hidden))
         roi = self.roi_of_token[selected]
         distance = torch.cdist(nodes, nodes)
@@ -204,5 +211,5 @@ class CrossOrganGraph(nn.Module):
                                           nearest[..., None].expand(-1, -1, -1, hidden))
         centre = nodes[:, :, None].expand_as(neighbour_features)
         updated = self.edge(torch.cat([centre, neighbour_features - centre], dim=-1)).amax(dim=2)
-        mix = torch.sigmoid(self.mix_logit)
+        mix = torch.sigmoid(self.mix_logit + torch.gather(scores, 1, selected))[..., None]
         return tokens.scatter(1, selected[..., None].expand(-1, -1, hidden), (1 - mix) * nodes + mix * updated)
