@@ -12,7 +12,7 @@ from tipsprog.evaluate.metrics import harrell_c
 from tipsprog.fusion.config import load_config
 from tipsprog.fusion.data import ModalityPreprocessor
 from tipsprog.fusion.models import MODELS, Layout, build_model, is_guided
-from tipsprog.fusion.modules import pod_penalty
+from tipsprog.fusion.modules import OrganSimilarityFusion, pod_penalty
 from tipsprog.fusion.losses import SurvivalIndex
 from tipsprog.fusion.training import (RESIDUAL_WEIGHTS, TrainingData, member_task_loss, cross_validate, cv_splits,
                                       inner_split, mixed_precision, plan_members, predict_members, repeated_splits,
@@ -228,6 +228,25 @@ def test_graph_selects_nodes_by_a_learned_score_that_gets_gradients():
     assert network.graph.node_scores(tokens).std(dim=1).min() > 0.05
     network(inputs)["risk"].sum().backward()
     assert network.graph.score.weight.grad.abs().sum() > 0
+
+
+def test_mmdfm_links_the_liver_tokens_most_similar_to_another_organ_and_starts_as_the_identity():
+    """DMMGNet's MMDFM (Eqs. 6-8): α = (1, 0, 1, 0) leaves the tokens as they are; a liver token equal to a spleen
+    token (similarity 1) is among the selected ones and, once α2 > 0, takes the spleen side's message."""
+    torch.manual_seed(0)
+    rois = ["liver"] * 6 + ["spleen"] * 6
+    fusion = OrganSimilarityFusion(rois, 8, top_k=2)
+    tokens = torch.randn(3, 12, 8)
+    tokens[:, 4] = tokens[:, 9]  # liver token 4 equals spleen token 9
+    torch.testing.assert_close(fusion(tokens), tokens)
+    with torch.no_grad():
+        fusion.alpha[1] = 1.0
+    changed = (fusion(tokens) != tokens).any(dim=-1)
+    assert changed[:, 4].all() and changed[:, :6].sum(dim=1).eq(2).all() and not changed[:, 6:].any()
+    layout = {"radiomics": Layout(sorted(set(RADIOMICS_GROUPS)), 2)}
+    options = {**load_config(model="graph").model_options(), "mmdfm": False}
+    assert build_model("graph", layout, 16, 0.0, options).organs is None
+    assert build_model("graph", layout, 16, 0.0, load_config(model="graph").model_options()).organs is not None
 
 
 def test_tmiclnet_aligns_with_the_papers_weight():

@@ -14,7 +14,8 @@ from torch import nn
 
 from tipsprog.fusion.losses import masked_mean, sdm_loss
 from tipsprog.fusion.modules import (AttentionBlock, ClinicalFilm, CrossOrganGraph, CyclicCrossAttention,
-                                     MultiGranularityAttention, OrthogonalDecomposition, TokenEmbedding, pod_penalty)
+                                     MultiGranularityAttention, OrganSimilarityFusion, OrthogonalDecomposition,
+                                     TokenEmbedding, pod_penalty)
 
 MODELS = ("clinical-cox", "concat", "late", "intermediate", "tmiclnet", "multitips", "graph")
 IMAGE_ORDER = ("embed", "radiomics", "biomarkers", "clinical")
@@ -234,16 +235,19 @@ class MultiTips(FusionModel):
 
 
 class GraphFusion(FusionModel):
-    """DMMGNet's idea on tokens: a dynamic cross-organ k-NN graph over the top-k imaging tokens (EdgeConv, written
-    back in place), pooled and joined with a clinical encoder."""
+    """DMMGNet's idea on tokens: a dynamic cross-organ k-NN graph over the top-k imaging tokens (SGCM: EdgeConv,
+    written back in place), then MMDFM between the liver's tokens and the other organs' (`mmdfm`), pooled and joined
+    with a clinical encoder."""
 
     def __init__(self, layout: dict[str, Layout], hidden: int, dropout: float, top_k: int = 8, neighbours: int = 3,
-                 dilation: int = 2):
+                 dilation: int = 2, mmdfm: bool = True):
         super().__init__(layout)
         self.imaging = [m for m in self.modalities if m != "clinical"]
         self.embed = nn.ModuleDict({m: TokenEmbedding(len(layout[m].tokens), layout[m].width, hidden) for m in self.imaging})
         rois = [name.split("/")[0] for m in self.imaging for name in layout[m].tokens]
         self.graph = CrossOrganGraph(rois, hidden, top_k, neighbours, dilation) if len(rois) > 1 else None
+        organs = set(rois)
+        self.organs = OrganSimilarityFusion(rois, hidden, top_k) if mmdfm and "liver" in organs and len(organs) > 1 else None
         self.clinical = _mlp(layout["clinical"].flat, hidden, dropout) if "clinical" in layout else None
         parts = (1 if self.imaging else 0) + (1 if self.clinical is not None else 0)
         self.trunk = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden * parts, hidden), nn.GELU())
@@ -256,6 +260,8 @@ class GraphFusion(FusionModel):
             tokens = torch.cat([self.embed[m](inputs[m]) for m in self.imaging], dim=1)
             if self.graph is not None:
                 tokens = self.graph(tokens)
+            if self.organs is not None:
+                tokens = self.organs(tokens)
             parts.append(tokens.mean(dim=1))
         if self.clinical is not None:
             parts.append(self.clinical(_flat(inputs["clinical"])))

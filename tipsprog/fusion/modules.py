@@ -213,3 +213,40 @@ class CrossOrganGraph(nn.Module):
         updated = self.edge(torch.cat([centre, neighbour_features - centre], dim=-1)).amax(dim=2)
         mix = torch.sigmoid(self.mix_logit + torch.gather(scores, 1, selected))[..., None]
         return tokens.scatter(1, selected[..., None].expand(-1, -1, hidden), (1 - mix) * nodes + mix * updated)
+
+
+class OrganSimilarityFusion(nn.Module):
+    """DMMGNet's MMDFM on tokens: the cosine-similarity map M between the liver's tokens and the other organs'
+    (Eq. 6); on each side the top-k tokens by their best similarity (top-k on each dimension of M); each selected
+    token receives a GCN message from the other side's selected tokens, weighted by softmax over M; the adaptive
+    coefficients α (Eqs. 7-8) mix own features and message, written back in place. α starts at (1, 0, 1, 0):
+    the identity."""
+
+    def __init__(self, token_rois: list[str], hidden: int, top_k: int):
+        super().__init__()
+        liver = [i for i, roi in enumerate(token_rois) if roi == "liver"]
+        other = [i for i, roi in enumerate(token_rois) if roi != "liver"]
+        self.register_buffer("liver_tokens", torch.tensor(liver, dtype=torch.long))
+        self.register_buffer("other_tokens", torch.tensor(other, dtype=torch.long))
+        self.k_liver, self.k_other = min(top_k, len(liver)), min(top_k, len(other))
+        self.message = nn.ModuleDict({"liver": nn.Linear(hidden, hidden), "other": nn.Linear(hidden, hidden)})
+        self.alpha = nn.Parameter(torch.tensor([1.0, 0.0, 1.0, 0.0]))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """[n, t, h] → [n, t, h] with the selected liver and other-organ tokens replaced by their fused features."""
+        hidden = tokens.shape[-1]
+        liver, other = tokens[:, self.liver_tokens], tokens[:, self.other_tokens]
+        similarity = F.normalize(liver, dim=-1) @ F.normalize(other, dim=-1).transpose(1, 2)
+        pick_liver = torch.topk(similarity.amax(dim=2), self.k_liver, dim=1).indices
+        pick_other = torch.topk(similarity.amax(dim=1), self.k_other, dim=1).indices
+        nodes_liver = torch.gather(liver, 1, pick_liver[..., None].expand(-1, -1, hidden))
+        nodes_other = torch.gather(other, 1, pick_other[..., None].expand(-1, -1, hidden))
+        graph = torch.gather(torch.gather(similarity, 1, pick_liver[..., None].expand(-1, -1, similarity.shape[2])),
+                             2, pick_other[:, None].expand(-1, self.k_liver, -1))
+        to_liver = self.message["liver"](torch.softmax(graph, dim=2) @ nodes_other)
+        to_other = self.message["other"](torch.softmax(graph, dim=1).transpose(1, 2) @ nodes_liver)
+        a = self.alpha
+        fused_liver, fused_other = a[0] * nodes_liver + a[1] * to_liver, a[2] * nodes_other + a[3] * to_other
+        positions_liver, positions_other = self.liver_tokens[pick_liver], self.other_tokens[pick_other]
+        tokens = tokens.scatter(1, positions_liver[..., None].expand(-1, -1, hidden), fused_liver)
+        return tokens.scatter(1, positions_other[..., None].expand(-1, -1, hidden), fused_other)
