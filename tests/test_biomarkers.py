@@ -12,8 +12,8 @@ from conftest import REAL_CT, shared_data
 from tipsprog import store
 from tipsprog.io import read_ct, read_mask
 from tipsprog.segment import Backend, run_segment, segment_scan
-from tipsprog.segment.biomarkers import MIN_FLUID_ML, NAMES, ascites_ml, body_composition
-from tipsprog.segment.morphology import depth_mm
+from tipsprog.segment.biomarkers import MIN_FLUID_ML, NAMES, _largest_per_slice, ascites_ml, body_composition
+from tipsprog.segment.morphology import depth_mm, largest
 from tipsprog.segment.vertebrae import vertebral_levels
 from tipsprog.store import ROI_LABELS
 from tipsprog.synth import CohortSpec, make_cohort
@@ -137,3 +137,13 @@ def test_no_ascites_is_found_in_a_dry_phantom_patient(index):
     scanner = center_scanners(spec)[[spec.center_name(c) for c in range(spec.centers)].index(row["center"])]
     phantom = render(anatomy_for(row), scanner, spec.size, np.random.default_rng([spec.seed, 100 + index]))
     assert ascites_ml(phantom.image, phantom.labels) < MIN_FLUID_ML * 5
+
+
+def test_each_slice_of_a_stack_keeps_its_own_largest_component():
+    """The stacked fascia search treats every axial slice on its own: its largest component is the one a 2-D search
+    of that slice alone finds (here a blob that is the largest in 3-D loses on the slices where it is small)."""
+    rng = np.random.default_rng(0)
+    stack = rng.random((6, 40, 40)) > 0.55
+    stack[:3, 5:35, 5:35] = True  # large on the first three slices only
+    found = _largest_per_slice(stack)
+    assert all(np.array_equal(found[k], largest(stack[k])) for k in range(len(stack)))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -34,7 +34,7 @@ from tipsprog.segment import Backend, biomarkers, segment_scan
 from tipsprog.segment.qc import qc_reason, qc_status, quality_flags
 from tipsprog.segment.crops import roi_crops, roi_volumes
 from tipsprog.segment.overlay import draw_overlay
-from tipsprog.segment.portal import PortalVein, portal_vein_measurements
+from tipsprog.segment.portal import PORTAL_VEIN_FIELDS, PortalVein, portal_vein_measurements
 from tipsprog.store import atomic_output, make_folder, writes_output
 
 PREDICTION_SCHEMA = "tipsprog-prediction-1"
@@ -151,7 +151,8 @@ def biomarker_record(values: np.ndarray, entry: dict) -> dict[str, dict[str, flo
 
 def portal_vein_record(measurements: PortalVein) -> dict[str, float | None]:
     """The portal vein measurements for the JSON record, to 0.1 (None: not measured)."""
-    return {name: round(float(value), 1) if np.isfinite(value) else None for name, value in asdict(measurements).items()}
+    return {name: round(float(value), 1) if np.isfinite(value) else None
+            for name, value in zip(PORTAL_VEIN_FIELDS, measurements.as_array())}
 
 
 def portal_vein_line(record: dict[str, float | None]) -> str:

@@ -32,8 +32,8 @@ from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
 from tipsprog.segment.landmarks import pelvis_top, slice_levels
-from tipsprog.segment.morphology import depth_mm, dilated, eroded, largest
-from tipsprog.segment.portal import PortalVein, trunk_hepatic_end_mm
+from tipsprog.segment.morphology import depth_mm, dilated, eroded
+from tipsprog.segment.portal import PortalVein
 from tipsprog.segment.vertebrae import VertebralLevels, canal_front_rows, shrunk, vertebral_levels
 from tipsprog.store import ROI_LABELS
 
@@ -54,6 +54,9 @@ FLUID_GRID_MM = 2.0
 MIN_FLUID_ML, LINING_MM, COMPACT_FILL, COMPACT_MAX_ML, BOWEL_GAS_SHARE = 2.0, 6.0, 0.7, 300.0, 0.2
 SMOOTH_SURFACE_MM = 5.0
 DEFAULT_TRUNK_RADIUS_MM = 6.0
+SLICES_APART_MM = 1e6  # the z spacing a stack of slices is given: no distance reaches from one slice to the next
+IN_PLANE = np.zeros((3, 3, 3), bool)
+IN_PLANE[1] = ndimage.generate_binary_structure(2, 1)  # 4-connected within an axial slice, nothing across slices
 LUMBAR_ORDER = ("L3", "L2", "L4", "L1")
 
 EXTRACTOR, VERSION = "tipsprog-biomarkers", "1"
@@ -68,15 +71,38 @@ def groups() -> list[str]:
 
 
 def _fascia_inside(hu: np.ndarray, spacing: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Body, subcutaneous fat and what the fascia encloses on one axial slice (2-D arrays)."""
-    body = ndimage.binary_fill_holes(largest(hu > BODY_HU))
-    fat = (hu >= FAT_HU[0]) & (hu <= FAT_HU[1]) & body
-    skin = body & ~eroded(body, SKIN_MM, spacing)
-    core = eroded(fat, SAT_NECK_MM, spacing)  # reached through fat wider than a gap in the muscle wall
-    reached = ndimage.binary_propagation(core & skin, mask=core)
-    subcutaneous = ndimage.binary_propagation(reached | (fat & skin), mask=fat & dilated(reached, SAT_NECK_MM + spacing.max(), spacing) | (fat & skin))
-    inside = ndimage.binary_fill_holes(largest(body & ~subcutaneous & ~(skin & ~fat)))
-    return body, subcutaneous, inside
+    """Body, subcutaneous fat and what the fascia encloses on an axial slice (y, x) or on each slice of a stack
+    (z, y, x) on its own; spacing is the in-plane (y, x) one."""
+    stack = hu if hu.ndim == 3 else hu[None]
+    grid = np.array([SLICES_APART_MM, *spacing])
+    body = _per_slice(ndimage.binary_fill_holes, _largest_per_slice(stack > BODY_HU))
+    fat = (stack >= FAT_HU[0]) & (stack <= FAT_HU[1]) & body
+    skin = body & ~eroded(body, SKIN_MM, grid)
+    core = eroded(fat, SAT_NECK_MM, grid)  # reached through fat wider than a gap in the muscle wall
+    reached = _per_slice(ndimage.binary_propagation, core & skin, mask=core)
+    subcutaneous = _per_slice(ndimage.binary_propagation, reached | (fat & skin),
+                              mask=fat & dilated(reached, SAT_NECK_MM + spacing.max(), grid) | (fat & skin))
+    inside = _per_slice(ndimage.binary_fill_holes, _largest_per_slice(body & ~subcutaneous & ~(skin & ~fat)))
+    return (body, subcutaneous, inside) if hu.ndim == 3 else (body[0], subcutaneous[0], inside[0])
+
+
+def _per_slice(operation, image: np.ndarray, **limits: np.ndarray) -> np.ndarray:
+    """A scipy binary operation (fill holes, propagation) on each axial slice of a stack on its own."""
+    return operation(image, structure=IN_PLANE, **limits)
+
+
+def _largest_per_slice(mask: np.ndarray) -> np.ndarray:
+    """The largest (4-)connected component of each axial slice of a stack (ties: the first in raster order)."""
+    components, count = ndimage.label(mask, structure=IN_PLANE)
+    if count == 0:
+        return mask.copy()
+    sizes = np.bincount(components.ravel())[1:]
+    plane = np.array([region[0].start for region in ndimage.find_objects(components)])
+    order = np.lexsort((np.arange(count), -sizes, plane))
+    first = order[np.r_[True, plane[order][1:] != plane[order][:-1]]]
+    keep = np.zeros(count + 1, bool)
+    keep[first + 1] = True
+    return keep[components]
 
 
 def composition_on_slice(hu: np.ndarray, spacing: np.ndarray, canal_front: float, organs: np.ndarray
@@ -193,7 +219,7 @@ def ascites_mask(ct: sitk.Image, labels: sitk.Image) -> tuple[np.ndarray, sitk.I
     allowed = sitk.GetArrayFromImage(sitk.Resample(region, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0)).astype(bool)
     spacing = np.array(grid.GetSpacing()[::-1])
     organs = (roi == ROI_LABELS["liver"]) | (roi == ROI_LABELS["spleen"])
-    inside = np.stack([_fascia_inside(plane, spacing[1:])[2] for plane in hu])
+    inside = _fascia_inside(hu, spacing[1:])[2]
     water = water_offset_hu(ct)
     fluid = (hu >= FLUID_HU[0] + water) & (hu <= FLUID_HU[1] + water) & inside & allowed & ~organs
     core = ndimage.binary_erosion(fluid)  # a fat/tissue border averages into the fluid window too, one voxel thin
@@ -262,7 +288,9 @@ def surface_roughness_mm(labels: sitk.Image) -> float:
     spacing = np.array(labels.GetSpacing()[::-1])
     box = tuple(slice(max(0, r.start - 5), r.stop + 5) for r in ndimage.find_objects(liver.astype(np.uint8))[0])
     raw = liver[box]
-    smooth = ndimage.gaussian_filter(raw.astype(np.float32), SMOOTH_SURFACE_MM / spacing) > 0.5
+    image = sitk.GetImageFromArray(raw.astype(np.float32))
+    image.SetSpacing(tuple(float(v) for v in spacing[::-1]))
+    smooth = sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(image, SMOOTH_SURFACE_MM)) > 0.5
     signed = depth_mm(smooth, spacing) - depth_mm(~smooth, spacing)
     surface = raw & ~eroded(raw, 1.01 * spacing.max(), spacing)
     return float(np.mean(np.abs(signed[surface])))
@@ -272,7 +300,8 @@ def measure(ct: sitk.Image, labels: sitk.Image, volumes: np.ndarray, portal_vein
     """Every biomarker of NAMES for one canonical CT and its labels (NaN where not measurable) and the flags."""
     composition, flags = body_composition(ct, labels, vertebral_levels(ct))
     liver_ml, spleen_ml = volumes[ROI_LABELS["liver"] - 1], volumes[ROI_LABELS["spleen"] - 1]
-    caudate = caudate_right_ratio(labels, trunk_hepatic_end_mm(labels), portal_vein.main_diameter_mm)
+    hepatic_end = None if portal_vein.hepatic_end_mm is None else np.array(portal_vein.hepatic_end_mm)
+    caudate = caudate_right_ratio(labels, hepatic_end, portal_vein.main_diameter_mm)
     values = [*composition, ascites_ml(ct, labels), liver_ml, caudate, surface_roughness_mm(labels), spleen_ml,
               spleen_length_mm(labels), portal_vein.main_diameter_mm]
     return np.array(values, dtype=np.float32), flags

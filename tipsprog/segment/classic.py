@@ -27,7 +27,8 @@ SETTINGS = {
     "working_spacing_mm": 3.0, "refine_mm": 3.0, "median_voxels": 3, "body_hu": -400.0, "wall_mm": 15.0, "seed_window_hu": 40.0,
     "core_mm": 8.0, "window_robust_sd": 2.5, "min_half_window_hu": 25.0, "marker_depth_mm": 10.0, "opening_mm": 6.0,
     "lesion_closing_mm": 12.0, "lesion_min_hu": 0.0, "spleen_above_liver_hu": 30.0, "organ_min_class_share": 0.25, "spleen_min_marker_share": 0.25,
-    "vessel_spacing_mm": 1.5, "vessel_above_liver_hu": 40.0, "vessel_max_above_liver_hu": 250.0, "bone_hu": 350.0,
+    "vessel_spacing_mm": 1.5, "vessel_above_liver_hu": 40.0, "vessel_max_above_liver_hu": 250.0,
+    "vessel_rim_mm": 3.0, "vessel_background_mm": 6.0, "bone_hu": 350.0,
     "bone_margin_mm": 3.0, "spine_lateral_mm": 40.0, "spine_margin_mm": 20.0, "blob_radius_mm": 10.0,
     "blob_rim_mm": 4.0, "hepatic_margin_mm": 3.0, "portal_reach_mm": 100.0, "portal_min_radius_mm": 3.0,
     "portal_min_extrahepatic_ml": 1.0, "portal_min_intrahepatic_ml": 2.0, "vessel_box_margin_mm": 60.0, "vessel_max_spacing_mm": 3.5,
@@ -184,7 +185,7 @@ def _portal_venous_system(hu: np.ndarray, liver: np.ndarray, spacing: np.ndarray
     Enhancing voxels (VESSEL_ABOVE_LIVER_HU over the liver's median) are kept away from bone, from the vertebral
     column's neighbourhood (the aorta and the crura lie against it) and from thick blobs (kidneys, heart, aorta:
     deeper than BLOB_RADIUS_MM); of the vessel components, the portal system is the one with most voxels inside
-    the liver, and its extrahepatic part is what lies within PORTAL_REACH_MM of the liver along the vessels. It is
+    the liver, grown out to its wall (_to_half_maximum), and its extrahepatic part is what lies within PORTAL_REACH_MM of the liver along the vessels. It is
     kept only if it branches inside the liver (PORTAL_MIN_INTRAHEPATIC_ML) and leaves it as a trunk (at least
     PORTAL_MIN_EXTRAHEPATIC_ML, PORTAL_MIN_RADIUS_MM thick)."""
     liver_hu = float(np.median(hu[liver]))
@@ -192,15 +193,16 @@ def _portal_venous_system(hu: np.ndarray, liver: np.ndarray, spacing: np.ndarray
     bone, column = _vertebral_column(hu, spacing, body_mid_x)
     levels = np.flatnonzero(liver.any(axis=(1, 2)))
     bright[:levels[0]], bright[levels[-1] + 1:] = False, False
-    vessels = bright & ~dilated(bone, SETTINGS["bone_margin_mm"], spacing) & ~dilated(column, SETTINGS["spine_margin_mm"], spacing)
-    depth = depth_mm(vessels, spacing)
-    blobs = ndimage.binary_propagation(depth > SETTINGS["blob_radius_mm"], mask=vessels & (depth > SETTINGS["blob_rim_mm"]))
-    vessels &= ~dilated(blobs, SETTINGS["bone_margin_mm"], spacing)
+    allowed = ~dilated(bone, SETTINGS["bone_margin_mm"], spacing) & ~dilated(column, SETTINGS["spine_margin_mm"], spacing)
+    depth = depth_mm(bright & allowed, spacing)
+    blobs = ndimage.binary_propagation(depth > SETTINGS["blob_radius_mm"], mask=bright & allowed & (depth > SETTINGS["blob_rim_mm"]))
+    allowed &= ~dilated(blobs, SETTINGS["bone_margin_mm"], spacing)
     inside = eroded(liver, SETTINGS["hepatic_margin_mm"], spacing)
-    components, count = ndimage.label(vessels)
+    components, count = ndimage.label(bright & allowed)
     if count == 0 or not (components & inside).any():
         return np.zeros_like(liver)
     system = components == np.argmax(np.bincount(components[inside], minlength=count + 1)[1:]) + 1
+    system = _to_half_maximum(system, hu, liver_hu, allowed, spacing)
     reach = _along_vessels_mm(system, system & inside, spacing)
     portal = system & (reach <= SETTINGS["portal_reach_mm"])
     outside = portal & ~dilated(liver, SETTINGS["hepatic_margin_mm"], spacing)
@@ -209,6 +211,29 @@ def _portal_venous_system(hu: np.ndarray, liver: np.ndarray, spacing: np.ndarray
     tree = (portal & inside).sum() * voxel_ml >= SETTINGS["portal_min_intrahepatic_ml"]
     trunk = outside.sum() * voxel_ml >= SETTINGS["portal_min_extrahepatic_ml"] and thick >= SETTINGS["portal_min_radius_mm"]
     return portal if tree and trunk else np.zeros_like(liver)
+
+
+def _to_half_maximum(vessels: np.ndarray, hu: np.ndarray, liver_hu: float, allowed: np.ndarray,
+                     spacing: np.ndarray) -> np.ndarray:
+    """Vessels found above a fixed enhancement grown out to their wall, where the HU is half-way from the tissue
+    around them to their median lumen HU (full width at half maximum: a fixed threshold cuts a faint or blurred
+    vessel inside its wall, most of all one running in fat), through allowed voxels within VESSEL_RIM_MM of them."""
+    box = _grown_box(vessels, 2.0 * SETTINGS["vessel_rim_mm"] + 3.0 * SETTINGS["vessel_background_mm"], spacing)
+    core, image = vessels[box], hu[box]
+    near = dilated(core, SETTINGS["vessel_rim_mm"], spacing)
+    edge_hu = 0.5 * (float(np.median(image[core])) + _surrounding_hu(image, ~near, spacing))
+    rim = near & allowed[box] & (image > edge_hu) & (image < liver_hu + SETTINGS["vessel_max_above_liver_hu"])
+    grown = vessels.copy()
+    grown[box] = ndimage.binary_propagation(core, mask=core | rim)
+    return grown
+
+
+def _surrounding_hu(hu: np.ndarray, tissue: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """The mean HU of the tissue voxels around every voxel (Gaussian-weighted over VESSEL_BACKGROUND_MM)."""
+    sigma = SETTINGS["vessel_background_mm"] / spacing
+    weight = ndimage.gaussian_filter(tissue.astype(np.float32), sigma)
+    total = ndimage.gaussian_filter(np.where(tissue, hu, 0.0).astype(np.float32), sigma)
+    return total / np.maximum(weight, 1e-3)
 
 
 def _along_vessels_mm(region: np.ndarray, start: np.ndarray, spacing: np.ndarray) -> np.ndarray:

@@ -25,7 +25,7 @@ confluence behind the pancreas neck to the porta hepatis; a mislabelled structur
 
 from __future__ import annotations
 
-from dataclasses import astuple, dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import SimpleITK as sitk
@@ -63,13 +63,14 @@ class PortalVein:
     main_length_mm: float = np.nan           # trunk: centreline length, confluence to bifurcation (or hilum)
     volume_ml: float = np.nan                # the whole portal-vein label (NaN: the label is empty)
     extrahepatic_volume_ml: float = np.nan   # its part outside the liver closed over its vessels
+    hepatic_end_mm: tuple[float, float, float] | None = field(default=None, compare=False)  # LPS point, not stored
 
     def as_array(self) -> np.ndarray:
-        """The values in field order (float64)."""
-        return np.array(astuple(self), dtype=np.float64)
+        """The stored values, PORTAL_VEIN_FIELDS in order (float64)."""
+        return np.array([getattr(self, name) for name in PORTAL_VEIN_FIELDS], dtype=np.float64)
 
 
-PORTAL_VEIN_FIELDS = tuple(f.name for f in fields(PortalVein))
+PORTAL_VEIN_FIELDS = tuple(f.name for f in fields(PortalVein) if f.name != "hepatic_end_mm")
 
 
 @dataclass
@@ -345,7 +346,8 @@ def trunk_diameter_mm(vessel: sitk.Image, line: Centreline, trunk: Trunk) -> flo
 
 
 def portal_vein_measurements(labels: sitk.Image) -> PortalVein:
-    """Main portal vein diameter and length, and the portal-vein label's volume, whole and outside the liver."""
+    """Main portal vein diameter and length, and the portal-vein label's volume, whole and outside the liver; with
+    the trunk's hepatic end (the bifurcation, or where the trunk enters the liver) where the trunk is found."""
     array = sitk.GetArrayViewFromImage(labels)
     pv_array = array == ROI_LABELS["portal_vein"]
     if not pv_array.any():
@@ -360,7 +362,7 @@ def portal_vein_measurements(labels: sitk.Image) -> PortalVein:
     diameter = trunk_diameter_mm(_vessel_image(labels, pv_array), line, found)
     measured = np.isfinite(diameter) and found.confluence
     length = float(line.depth[found.nodes[-1]] - line.depth[found.nodes[0]]) if measured else np.nan
-    return PortalVein(diameter, length, volume_ml, extrahepatic_ml)
+    return PortalVein(diameter, length, volume_ml, extrahepatic_ml, tuple(map(float, line.points[found.nodes[-1]])))
 
 
 def _traced(labels: sitk.Image, pv_array: np.ndarray) -> tuple[float, Centreline | None, Trunk | None]:
@@ -374,17 +376,6 @@ def _traced(labels: sitk.Image, pv_array: np.ndarray) -> tuple[float, Centreline
     share = float((vessel & ~hepatic).sum()) / max(float(vessel.sum()), 1.0)
     line = centreline(_largest_component(vessel), hepatic, grid)
     return share, line, main_trunk(line) if line is not None else None
-
-
-def trunk_hepatic_end_mm(labels: sitk.Image) -> np.ndarray | None:
-    """Physical LPS (x, y, z) of the main portal vein's hepatic end, the bifurcation (or where the trunk enters the
-    liver); None where the trunk cannot be identified."""
-    pv_array = sitk.GetArrayViewFromImage(labels) == ROI_LABELS["portal_vein"]
-    if not pv_array.any() or not (sitk.GetArrayViewFromImage(labels) == ROI_LABELS["liver"]).any() \
-            or max(labels.GetSpacing()) > SETTINGS["max_spacing_mm"]:
-        return None
-    _, line, found = _traced(labels, pv_array)
-    return None if found is None else line.points[found.nodes[-1]]
 
 
 def _vessel_image(labels: sitk.Image, pv_array: np.ndarray) -> sitk.Image:
