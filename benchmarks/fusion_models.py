@@ -5,11 +5,14 @@ Prints
      FIPS and the oracle (the generating model's own linear predictor);
   2. modality ablations (clinical, radiomics, embed, pairs, all three) for multitips and tmiclnet;
   3. seconds to train 5 folds × 5 seeds as one batched ensemble, one member after another with the same code,
-     and as DeepSurv models trained one at a time in minibatches (pycox/torchsurv style) on the same features.
+     and as DeepSurv models trained one at a time in minibatches (pycox/torchsurv style) on the same features;
+  4. module ablations of the seed models (#23): each paper module switched off in turn (MODULE_SWITCHES), the
+     network trained alone (`clinical_offset: false`, so the module is not hidden behind the clinical Cox), with
+     the paired bootstrap difference in C from the full model (95% CI).
 
 The cohort goes through the real pipeline once (synth → segment → radiomics → embed --fit) into --work, which is
-reused by later runs. Usage: python benchmarks/fusion_models.py [--n 500] [--work DIR] [--device cpu] [--tables accuracy,ablation,timing]
-       [--models concat,late] [--ablation-seeds 1]
+reused by later runs. Usage: python benchmarks/fusion_models.py [--n 500] [--work DIR] [--device cpu]
+       [--tables accuracy,ablation,timing,modules] [--models concat,late] [--ablation-seeds 1] [--module-seeds 3]
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import pandas as pd
 import torch
 
 from tipsprog.clinical import clinical_scores
-from tipsprog.evaluate.metrics import auc, harrell_c_with_ci, mae
+from tipsprog.evaluate.metrics import auc, bootstrap_samples, harrell_c, harrell_c_with_ci, interval, mae, with_bootstrap
 from tipsprog.fusion.assembly import assemble
 from tipsprog.fusion.config import load_config
 from tipsprog.fusion.data import fit_preprocessors
@@ -54,7 +57,7 @@ def build_cohort(work: Path, n: int) -> None:
 
 def load(work: Path, modalities: tuple[str, ...] | None = None) -> tuple[TrainingData, pd.DataFrame, pd.DataFrame]:
     """Training data, clinical table and truth rows of the cohort."""
-    assembled = assemble([work / "radiomics.h5", work / "embed.h5"], work / "cohort/clinical.csv",
+    assembled = assemble([work / "seg.h5", work / "radiomics.h5", work / "embed.h5"], work / "cohort/clinical.csv",
                          work / "cohort/outcomes.csv", modalities)
     truth = pd.read_csv(work / "cohort/truth.csv", dtype={"patient_id": str}).set_index("patient_id")
     return assembled.data, assembled.clinical, truth.loc[assembled.data.patient_ids]
@@ -72,9 +75,18 @@ def score_row(data: TrainingData, risk: np.ndarray, ohe: np.ndarray | None, ppg:
     return f"{_c(data, risk):>22} {ohe_cell:>8} {ppg_cell:>8}"
 
 
-def run_model(data: TrainingData, model: str, device: torch.device, seeds: int | None = None) -> tuple[dict, float]:
-    """5-fold CV of one model (the config's seeds per fold unless given): out-of-fold predictions and seconds."""
+MODULE_SWITCHES = {"multitips": {"MGRA": {"mgra": False}, "POD": {"orthogonality_weight": 0.0}, "CGPE": {"cgpe": False}},
+                   "graph": {"SGCM": {"sgcm": False}, "MMDFM": {"mmdfm": False}},
+                   "tmiclnet": {"TMFF": {"alignment_weight": 0.0}}}
+
+
+def run_model(data: TrainingData, model: str, device: torch.device, seeds: int | None = None,
+              **settings) -> tuple[dict, float]:
+    """5-fold CV of one model (the config's seeds per fold unless given; settings replace config keys, a model
+    section's keys one by one): out-of-fold predictions and seconds."""
     config = load_config(model=model, seeds=seeds)
+    config = dataclasses.replace(config, **{key: {**getattr(config, key), **value} if isinstance(value, dict) else value
+                                            for key, value in settings.items()})
     start = time.perf_counter()
     cv = cross_validate(data, config, "kfold", device, seed=0)
     return cv.oof, time.perf_counter() - start
@@ -106,6 +118,29 @@ def ablation_table(work: Path, device: torch.device, seeds: int) -> None:
         data, _, _ = load(work, subset)
         cells = [_c(data, run_model(data, model, device, seeds)[0]["risk"]) for model in ("multitips", "tmiclnet")]
         print(f"{'+'.join(subset):<28}" + "".join(f"{c:>24}" for c in cells), flush=True)
+
+
+def paired_c_difference(data: TrainingData, risk: np.ndarray, reference: np.ndarray, draws: int = 200) -> str:
+    """C(risk) − C(reference) on the same patients with its paired bootstrap 95% CI, as a table cell."""
+    def difference(rows: np.ndarray) -> float:
+        return harrell_c(data.time[rows], data.event[rows], risk[rows]) - harrell_c(data.time[rows], data.event[rows], reference[rows])
+    value = interval(*with_bootstrap(difference, len(risk), bootstrap_samples(len(risk), draws, 0)))
+    return f"{value['estimate']:+.3f} ({value['low']:+.3f} to {value['high']:+.3f})"
+
+
+def module_table(work: Path, device: torch.device, seeds: int) -> None:
+    """Each seed model's paper modules switched off one at a time, the network trained alone."""
+    data, _, _ = load(work)
+    print(f"\n4. Module ablations, network alone (clinical_offset: false), 5-fold CV, {seeds} seeds per fold: "
+          "Harrell's C (95% CI) and C minus the full model's (paired bootstrap 95% CI)")
+    print(f"{'model':<12}{'switched off':<14}{'C-index':>22}{'ΔC vs full':>28}{'seconds':>9}")
+    for model, switches in MODULE_SWITCHES.items():
+        full, seconds = run_model(data, model, device, seeds, clinical_offset=False)
+        print(f"{model:<12}{'(none)':<14}{_c(data, full['risk']):>22}{'':>28}{seconds:>9.0f}", flush=True)
+        for module, change in switches.items():
+            ablated, seconds = run_model(data, model, device, seeds, clinical_offset=False, **{model: change})
+            print(f"{'':<12}{module:<14}{_c(data, ablated['risk']):>22}"
+                  f"{paired_c_difference(data, ablated['risk'], full['risk']):>28}{seconds:>9.0f}", flush=True)
 
 
 def deepsurv_one_at_a_time(data: TrainingData, plans: list, config, device: torch.device, epochs: int,
@@ -166,15 +201,17 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("benchmarks/.fusion-work"))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--timing-epochs", type=int, default=300)
-    parser.add_argument("--tables", default="accuracy,ablation,timing", help="Which tables to print, in this order.")
+    parser.add_argument("--tables", default="accuracy,ablation,timing,modules", help="Which tables to print, in this order.")
     parser.add_argument("--models", default=",".join(MODELS), help="Models of the accuracy table.")
     parser.add_argument("--ablation-seeds", type=int, default=1, help="Seeds per fold in the ablation table.")
+    parser.add_argument("--module-seeds", type=int, default=3, help="Seeds per fold in the module ablation table.")
     args = parser.parse_args()
     device = torch.device(args.device)
     build_cohort(args.work, args.n)
     tables = {"accuracy": lambda: accuracy_table(args.work, device, args.models.split(",")),
               "ablation": lambda: ablation_table(args.work, device, args.ablation_seeds),
-              "timing": lambda: timing_table(args.work, device, args.timing_epochs)}
+              "timing": lambda: timing_table(args.work, device, args.timing_epochs),
+              "modules": lambda: module_table(args.work, device, args.module_seeds)}
     for name in args.tables.split(","):
         tables[name]()
 

@@ -465,3 +465,18 @@ def test_predictions_are_never_made_in_bf16():
     assert mixed_precision(torch.device("cuda"), train=True)
     assert not mixed_precision(torch.device("cuda"), train=False)
     assert not mixed_precision(torch.device("cpu"), train=True)
+
+
+@pytest.mark.parametrize(("model", "switch", "module"), [("multitips", "mgra", "granular"), ("multitips", "cgpe", "prior"),
+                                                          ("graph", "sgcm", "graph"), ("graph", "mmdfm", "organs")])
+def test_each_paper_module_can_be_switched_off_for_its_ablation(model, switch, module):
+    """The ablation benchmark switches one paper module off at a time: the model is built without it and still runs."""
+    layout = {"clinical": Layout(["age", "sex"], 2), "radiomics": Layout(sorted(set(RADIOMICS_GROUPS)), 2)}
+    options = load_config(model=model).model_options()
+    assert getattr(build_model(model, layout, 16, 0.0, options), module) is not None
+    network = build_model(model, layout, 16, 0.0, {**options, switch: False})
+    assert getattr(network, module) is None
+    if switch == "cgpe":
+        assert not network.film
+    outputs = network({m: torch.randn(5, len(spec.tokens), spec.width) for m, spec in layout.items()})
+    assert outputs["risk"].shape == (5,) and torch.isfinite(outputs["risk"]).all()

@@ -185,17 +185,18 @@ class MultiTips(FusionModel):
     """MultiTIPS's interaction: MGRA (image tokens over multi-granularity radiomics tokens), POD (shared/specific
     split with a progressively weighted orthogonality penalty on the vectors the heads use, after CGPE) and CGPE
     (FiLM gates conditioned on the clinical vector and on the clinical Cox's linear predictor where the model is a
-    residual on it, GUIDE_RISK; and a clinical prior)."""
+    residual on it, GUIDE_RISK; and a clinical prior). `mgra` and `cgpe` switch those modules off for ablation (POD:
+    orthogonality_weight 0)."""
 
     def __init__(self, layout: dict[str, Layout], hidden: int, dropout: float, heads: int = 4,
-                 orthogonality_weight: float = 0.1, ramp_epochs: int = 60):
+                 orthogonality_weight: float = 0.1, ramp_epochs: int = 60, mgra: bool = True, cgpe: bool = True):
         super().__init__(layout)
         self.embed = nn.ModuleDict({m: TokenEmbedding(len(layout[m].tokens), layout[m].width, hidden) for m in self.modalities})
         self.granular = (MultiGranularityAttention(layout["radiomics"].tokens, hidden, heads)
-                         if "radiomics" in layout else None)
+                         if mgra and "radiomics" in layout else None)
         self.decompose = OrthogonalDecomposition(self.modalities, hidden)
         self.imaging = [m for m in self.modalities if m != "clinical"]
-        guided = "clinical" in layout
+        guided = cgpe and "clinical" in layout
         self.film = nn.ModuleDict({m: ClinicalFilm(hidden + 1, 2 * hidden) for m in self.imaging} if guided else {})
         self.prior = nn.Linear(hidden, 1, bias=False) if guided else None
         self.trunk = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden * (1 + len(self.modalities)), hidden), nn.GELU())
@@ -237,15 +238,15 @@ class MultiTips(FusionModel):
 class GraphFusion(FusionModel):
     """DMMGNet's idea on tokens: a dynamic cross-organ k-NN graph over the top-k imaging tokens (SGCM: EdgeConv,
     written back in place), then MMDFM between the liver's tokens and the other organs' (`mmdfm`), pooled and joined
-    with a clinical encoder."""
+    with a clinical encoder. `sgcm` and `mmdfm` switch those modules off for ablation."""
 
     def __init__(self, layout: dict[str, Layout], hidden: int, dropout: float, top_k: int = 8, neighbours: int = 3,
-                 dilation: int = 2, mmdfm: bool = True):
+                 dilation: int = 2, sgcm: bool = True, mmdfm: bool = True):
         super().__init__(layout)
         self.imaging = [m for m in self.modalities if m != "clinical"]
         self.embed = nn.ModuleDict({m: TokenEmbedding(len(layout[m].tokens), layout[m].width, hidden) for m in self.imaging})
         rois = [name.split("/")[0] for m in self.imaging for name in layout[m].tokens]
-        self.graph = CrossOrganGraph(rois, hidden, top_k, neighbours, dilation) if len(rois) > 1 else None
+        self.graph = CrossOrganGraph(rois, hidden, top_k, neighbours, dilation) if sgcm and len(rois) > 1 else None
         organs = set(rois)
         self.organs = OrganSimilarityFusion(rois, hidden, top_k) if mmdfm and "liver" in organs and len(organs) > 1 else None
         self.clinical = _mlp(layout["clinical"].flat, hidden, dropout) if "clinical" in layout else None
