@@ -349,6 +349,19 @@ def predict(ct: Optional[Path] = typer.Option(None, "--ct", help="CT file or DIC
         _print_prediction(result)
 
 
+@app.command()
+@guarded
+def info(file: Path = typer.Argument(..., help="A store (.h5), a --resume journal (OUT.partial) or a bundle folder."),
+         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of YAML-style text.")) -> None:
+    """What a store, journal or bundle holds: patients, feature blocks, QC counts, provenance, settings digests."""
+    import yaml
+
+    from tipsprog.info import describe
+
+    described = describe(file)
+    typer.echo(json.dumps(described, indent=2) if as_json else yaml.safe_dump(described, sort_keys=False, allow_unicode=True).rstrip())
+
+
 def _print_prediction(result: dict) -> None:
     """The human-readable summary of one prediction."""
     from tipsprog.predict import portal_vein_line
