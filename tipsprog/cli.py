@@ -351,6 +351,21 @@ def predict(ct: Optional[Path] = typer.Option(None, "--ct", help="CT file or DIC
 
 @app.command()
 @guarded
+def export(seg: Path = typer.Argument(..., help="Segment store from `tipsprog segment`."),
+           out: Path = typer.Option(..., "--out", help="Output folder: <patient>_labels.nii.gz, label tables, <patient>_qc.png."),
+           montage: bool = typer.Option(True, "--montage/--no-montage", help="Write a QC montage PNG per patient."),
+           quiet: bool = QUIET) -> None:
+    """Every patient's ROI masks as NIfTI on the grid of its CT as stored (for 3D Slicer, ITK-SNAP), with label
+    tables and a QC montage."""
+    from tipsprog.export import run_export
+
+    exported = run_export(seg, out, montage)
+    if not quiet:
+        console.print(f"exported the masks of {len(exported)} patients → {out}")
+
+
+@app.command()
+@guarded
 def info(file: Path = typer.Argument(..., help="A store (.h5), a --resume journal (OUT.partial) or a bundle folder."),
          as_json: bool = typer.Option(False, "--json", help="Print JSON instead of YAML-style text.")) -> None:
     """What a store, journal or bundle holds: patients, feature blocks, QC counts, provenance, settings digests."""

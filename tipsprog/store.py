@@ -188,6 +188,7 @@ OUTPUT_KINDS: dict[str, tuple[str, Callable[[Path], bool]]] = {
     "report": ("evaluate report", _folder_with("metrics.json")),
     "predictions": ("predictions folder", _folder_with("predictions.jsonl")),
     "cohort": ("synthetic cohort", _folder_with("cohort.csv")),
+    "export": ("mask export folder", _folder_with("labels.csv")),
 }
 
 

@@ -1,0 +1,63 @@
+"""`tipsprog export`: the store's masks as NIfTI on each CT's own grid, equal to the store's voxel for voxel."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+
+from conftest import invoke
+from tipsprog import store
+from tipsprog.io import canonical
+from tipsprog.store import ROI_LABELS
+
+
+@pytest.fixture(scope="module")
+def reoriented_store(pipeline, tmp_path_factory) -> tuple:
+    """Two synthetic patients whose CT files are stored in other orientations (RAS, PIR), segmented."""
+    root = tmp_path_factory.mktemp("export")
+    cohort = pd.read_csv(pipeline.cohort / "cohort.csv", dtype=str).head(2)
+    for row, orientation in zip(cohort.itertuples(), ("RAS", "PIR")):
+        path = root / f"{row.patient_id}.nii.gz"
+        sitk.WriteImage(sitk.DICOMOrient(sitk.ReadImage(str(pipeline.cohort / row.ct)), orientation), str(path))
+        cohort.loc[row.Index, "ct"] = str(path)
+    cohort[["patient_id", "ct"]].to_csv(root / "cohort.csv", index=False)
+    result = invoke("segment", root / "cohort.csv", "--out", root / "seg.h5", "--workers", 1, "--quiet")
+    assert result.exit_code == 0, result.output
+    return root, cohort
+
+
+def test_exported_masks_lie_on_the_ct_grid_and_equal_the_store(reoriented_store):
+    root, cohort = reoriented_store
+    result = invoke("export", root / "seg.h5", "--out", root / "masks", "--quiet")
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(root / "masks" / "labels.csv")
+    assert dict(zip(table["name"], table["label"])) == ROI_LABELS
+    assert (root / "masks" / "slicer_labels.ctbl").is_file() and (root / "masks" / "itksnap_labels.txt").is_file()
+    with store.open_store(root / "seg.h5") as h5:
+        for row in cohort.itertuples():
+            ct = sitk.ReadImage(row.ct)
+            exported = sitk.ReadImage(str(root / "masks" / f"{row.patient_id}_labels.nii.gz"))
+            assert exported.GetSize() == ct.GetSize()
+            np.testing.assert_allclose(exported.GetDirection(), ct.GetDirection(), atol=1e-6)
+            np.testing.assert_allclose(exported.GetOrigin(), ct.GetOrigin(), atol=1e-4)
+            stored = sitk.GetArrayFromImage(store.patient_mask(h5, row.patient_id))
+            back = sitk.GetArrayFromImage(canonical(exported))
+            for label in ROI_LABELS.values():
+                both = ((back == label) & (stored == label)).sum()
+                total = (back == label).sum() + (stored == label).sum()
+                assert total == 0 or 2 * both / total == 1.0
+            assert (root / "masks" / f"{row.patient_id}_qc.png").stat().st_size > 0
+
+
+def test_export_without_its_ct_writes_nothing(reoriented_store, tmp_path):
+    root, _ = reoriented_store
+    moved, missing = tmp_path / "seg.h5", tmp_path / "gone.nii.gz"
+    moved.write_bytes((root / "seg.h5").read_bytes())
+    with h5py.File(moved, "r+") as h5:
+        h5["segment/ct_paths"][1] = str(missing)  # the second patient's CT was moved away
+    result = invoke("export", moved, "--out", tmp_path / "masks")
+    assert result.exit_code == 2 and str(missing) in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "masks").exists()
