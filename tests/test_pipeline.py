@@ -41,7 +41,8 @@ def test_stores_follow_the_schema(pipeline):
 
 def test_bundle_contents(pipeline):
     manifest = yaml.safe_load((pipeline.bundle / "bundle.yaml").read_text())
-    assert set(manifest["files"]) >= {"weights.pt", "preprocess.json", "oof.h5", "metrics.json", "model_card.md", "embed-ssl.pt"}
+    assert set(manifest["files"]) >= {"weights.pt", "preprocess.json", "oof.h5", "metrics.json", "model_card.md", "embed-ssl.pt",
+                                      "ood.json"}
     assert manifest["pipeline"]["segment"] == {"backend": "classic"}
     assert set(manifest["modalities"]) == {"clinical", "radiomics", "embed", "biomarkers"}
     percentiles = manifest["pipeline"]["blocks"]["biomarkers"]["training_percentiles"]
@@ -145,6 +146,7 @@ def test_predict_single_patient_json(pipeline, tmp_path):
         stored = seg["features/biomarkers/values"][0, list(BIOMARKER_NAMES).index("spleen/volume[mL]")]
     assert list(prediction["biomarkers"]) == list(BIOMARKER_NAMES) and spleen["value"] == pytest.approx(stored, abs=0.01)
     assert 0 <= spleen["percentile"] <= 100
+    assert prediction["warnings"] == []  # a training patient lies within the training cohort
     printed = invoke("predict", "--ct", pipeline.cohort / "images" / "P0000.nii.gz", "--clinical", tmp_path / "row.csv",
                      "--model", pipeline.bundle)
     assert printed.exit_code == 0 and "main portal vein diameter " in printed.output, printed.output
@@ -395,3 +397,15 @@ def test_a_value_tied_with_most_of_the_cohort_ranks_in_the_middle_of_the_tie():
     assert percentile_rank(400.0, quantiles) == 100.0 and percentile_rank(500.0, quantiles) == 100.0
     assert percentile_rank(-1.0, quantiles) == 0.0
     assert percentile_rank(25.0, list(np.linspace(0.0, 100.0, 101))) == 25.0
+
+
+def test_predict_warns_for_a_patient_unlike_the_training_cohort(pipeline, tmp_path):
+    """Clinical values that are possible but far outside the training cohort's: the clinical modality is flagged."""
+    clinical = pd.read_csv(pipeline.clinical).iloc[[0]]
+    clinical = clinical.assign(bilirubin=45.0, creatinine=12.0, albumin=12.0, inr=8.0, sodium=105.0, platelets=1400.0)
+    clinical.to_csv(tmp_path / "row.csv", index=False)
+    result = invoke("predict", "--ct", pipeline.cohort / "images" / "P0000.nii.gz", "--clinical", tmp_path / "row.csv",
+                    "--model", pipeline.bundle, "--json")
+    assert result.exit_code == 0, result.output
+    warnings = json.loads(result.stdout)["warnings"]
+    assert len(warnings) == 1 and warnings[0].startswith("clinical features lie beyond the training cohort")

@@ -399,6 +399,8 @@ def _print_prediction(result: dict) -> None:
         out.print(escape(f"  {name}: {shown}{rank}"))  # the units' brackets are not markup
     if result["imputed"]:
         out.print(f"  imputed (training medians): {', '.join(result['imputed'])}")
+    for warning in result["warnings"]:
+        out.print(f"  [yellow]warning:[/yellow] {escape(warning)}")
     attribution = result["attribution"]
     out.print(f"  risk vs the training-fold mean patient: {attribution['risk_minus_baseline']:+.3f}, by modality "
               + ", ".join(f"{m} {v:+.3f}" for m, v in attribution["by_modality"].items()))

@@ -26,6 +26,7 @@ from tipsprog.evaluate.rows import read_oof
 from tipsprog.fusion.attribution import integrated_gradients
 from tipsprog.fusion.bundle import Bundle, load_bundle
 from tipsprog.fusion.data import clinical_features, modality_matrices, with_extras
+from tipsprog.fusion.ood import OOD_QUANTILE
 from tipsprog.fusion.training import ensemble_survival, member_ensemble, predict_members
 from tipsprog.io import read_cohort, read_ct
 from tipsprog.parallel import map_ordered
@@ -290,6 +291,7 @@ def _predictions(bundle: Bundle, table: pd.DataFrame, scans: list[ScanFeatures],
     reference = read_oof(bundle.path / "oof.h5").oof["risk"]
     reference = reference[np.isfinite(reference)]
     scores = clinical_scores(table)
+    unlike = bundle.ood.flagged(matrices) if bundle.ood is not None else [None] * len(table)
     results = []
     for row, patient_id in enumerate(table["patient_id"].astype(str)):
         output = predict_members(bundle.members, {m: v[row:row + 1] for m, v in matrices.items()}, np.array([0]),
@@ -302,8 +304,18 @@ def _predictions(bundle: Bundle, table: pd.DataFrame, scans: list[ScanFeatures],
         result["segmentation"] = scans[row].qc if scans else {}
         entry = bundle.manifest["pipeline"]["blocks"].get("biomarkers")
         result["biomarkers"] = biomarker_record(scans[row].rows["biomarkers"], entry) if entry and scans else {}
+        result["warnings"] = ood_warnings(unlike[row])
         results.append(result)
     return results
+
+
+def ood_warnings(modalities: list[str] | None) -> list[str]:
+    """The out-of-distribution warnings of one patient (fusion/ood.py), one line per modality flagged."""
+    if modalities is None:
+        return ["out-of-distribution check unavailable: the bundle predates it (no ood.json); retrain to add it"]
+    return [f"{m} features lie beyond the training cohort ({100 * OOD_QUANTILE:.0f}th percentile of its patients' "
+            "distance): this patient is unlike those the model learned from; read the prediction with care"
+            for m in modalities]
 
 
 def _patient_result(bundle: Bundle, patient_id: str, output: dict[str, np.ndarray], reference: np.ndarray,
@@ -363,7 +375,7 @@ def flat_row(result: dict) -> dict:
                    **{f"portal_vein_{name}": value for name, value in segmentation["portal_vein"].items()})
     for name, value in result["biomarkers"].items():
         row.update({f"biomarker_{name}": value["value"], f"biomarker_{name}_percentile": value["percentile"]})
-    row.update(imputed=";".join(result["imputed"]),
+    row.update(warnings=" | ".join(result["warnings"]), imputed=";".join(result["imputed"]),
                top_features=";".join(f"{t['group']}:{t['contribution']:+.3f}" for t in result["attribution"]["top"]))
     return row
 

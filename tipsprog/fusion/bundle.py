@@ -16,6 +16,7 @@ from tipsprog import __version__, store
 from tipsprog.fusion.config import TrainConfig
 from tipsprog.errors import InputError
 from tipsprog.fusion.data import ModalityPreprocessor
+from tipsprog.fusion.ood import OodReference, fit_ood
 from tipsprog.fusion.training import ClinicalCox, CrossValidation, Member, TrainingData
 
 BUNDLE_FORMAT = 4
@@ -32,6 +33,7 @@ class Bundle:
     config: TrainConfig
     members: list[Member]
     clinical_cox: ClinicalCox | None
+    ood: OodReference | None = None  # None: a bundle written before #24 (no ood.json)
 
 
 @dataclass
@@ -76,6 +78,7 @@ def write_bundle(out: Path, data: TrainingData, cv: CrossValidation, config: Tra
                 store.write_columns(h5, "predictions", {k: v for k, v in held_out.predictions.items() if k != "member_risk"})
                 store.write_columns(h5, "members", {"risk": held_out.predictions["member_risk"]})
                 store.write_columns(h5, "scores", held_out.scores)
+        (tmp / "ood.json").write_text(json.dumps(fit_ood(data.matrices, cv.folds[:, 0]).to_dict()), encoding="utf-8")
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
         (tmp / "model_card.md").write_text(model_card, encoding="utf-8")
         manifest = {**manifest, "bundle_format": BUNDLE_FORMAT, "tipsprog_version": __version__,
@@ -111,4 +114,6 @@ def load_bundle(path: Path, trust: bool = False) -> Bundle:
         preprocessors = {k: ModalityPreprocessor(**v) for k, v in fitted["preprocessors"].items()}
         members.append(Member(**{**entry, "preprocessors": preprocessors}))
     clinical_cox = ClinicalCox.from_dict(preprocess["clinical_cox"]) if preprocess.get("clinical_cox") else None
-    return Bundle(path, manifest, TrainConfig(**manifest["config"]), members, clinical_cox)
+    ood_file = path / "ood.json"
+    ood = OodReference.from_dict(json.loads(ood_file.read_text(encoding="utf-8"))) if ood_file.is_file() else None
+    return Bundle(path, manifest, TrainConfig(**manifest["config"]), members, clinical_cox, ood)
