@@ -277,6 +277,8 @@ def test_external_cohort_is_predicted_with_the_bundles_features(pipeline, tmp_pa
     assert f"- {unseen}" in (tmp_path / "report" / "report.md").read_text()
     assert html.escape(unseen) in (tmp_path / "report" / "report.html").read_text()
     assert [metrics["transductive"][s]["steps"]["encoder"]["seen"] for s in ("out-of-fold", "external")] == [30, 0]
+    assert any(note.startswith("external cohort: ") and "of 16 patients lie beyond the training cohort" in note
+               for note in metrics["notes"])
 
     result = invoke("evaluate", pipeline.bundle, "--out", tmp_path / "again", "--test", ext / "radiomics.h5", "--test",
                     ext / "seg.h5", *cohort)

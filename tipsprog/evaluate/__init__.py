@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,8 +95,19 @@ def external_predictions(bundle: Bundle, training: OutOfFold, external: External
                          f"({len(seen)} such patients); an external cohort must be new patients")
     predictions = predict_cohort(bundle.members, data.matrices, bundle.config, resolve_device(device_name), bundle.clinical_cox)
     cohort = Cohort(data.patient_ids, data.centers.tolist(), data.outcomes(), score_columns(assembled.clinical))
-    notes = [*assembled.notes, *score_notes(assembled.clinical, str(external.clinical))]
+    notes = [*assembled.notes, *score_notes(assembled.clinical, str(external.clinical)), ood_note(bundle, data.matrices)]
     return cohort, predictions, [f"external cohort: {note}" for note in notes]
+
+
+def ood_note(bundle: Bundle, matrices: dict[str, np.ndarray]) -> str:
+    """How many patients of a cohort lie beyond the bundle's training cohort (fusion/ood.py), by modality."""
+    if bundle.ood is None:
+        return "out-of-distribution check unavailable: the bundle predates it (no ood.json)"
+    flagged = bundle.ood.flagged(matrices)
+    by_modality = Counter(modality for modalities in flagged for modality in modalities)
+    detail = f" ({', '.join(f'{m} {k}' for m, k in by_modality.most_common())})" if by_modality else ""
+    return (f"{sum(map(bool, flagged))} of {len(flagged)} patients lie beyond the training cohort in some modality "
+            f"(out-of-distribution warning, docs/predict.md){detail}")
 
 
 def _bundle_summary(bundle: Bundle) -> dict:
