@@ -121,3 +121,22 @@ def test_a_spleens_partial_volume_rim_is_not_taken_for_a_second_organ():
     kidney[:8] = True  # 40% of the basin 45 HU brighter: a second organ, dropped
     smooth[kidney] += 45.0
     assert not (_nearest_hu_class(region, smooth, target_hu=109.0, separation_hu=25.0) & kidney & ~rim).any()
+
+
+@pytest.mark.slow
+def test_segment_on_a_dask_process_cluster_writes_the_local_store(pipeline, tmp_path):
+    """--scheduler: the same scans segmented by a two-process Dask cluster give the store a local run writes."""
+    from distributed import LocalCluster
+
+    cohort = pd.read_csv(pipeline.cohort / "cohort.csv", dtype=str).head(4)
+    for column in ("ct", "label"):
+        cohort[column] = [str(pipeline.cohort / path) for path in cohort[column]]
+    cohort.to_csv(tmp_path / "cohort.csv", index=False)
+    run_segment(tmp_path / "cohort.csv", tmp_path / "local.h5", "classic", 1)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        run_segment(tmp_path / "cohort.csv", tmp_path / "dask.h5", "classic", 1, scheduler=cluster.scheduler_address)
+    with h5py.File(tmp_path / "local.h5") as local, h5py.File(tmp_path / "dask.h5") as dask:
+        for key in ("segment/volumes", "features/biomarkers/values", "segment/crops/liver", "qc/status"):
+            np.testing.assert_array_equal(local[key][()], dask[key][()])
+        for patient in local["segment/masks"]:
+            np.testing.assert_array_equal(local[f"segment/masks/{patient}"][()], dask[f"segment/masks/{patient}"][()])

@@ -31,6 +31,8 @@ QUIET = typer.Option(False, "--quiet", "-q", help="Print no progress or summary.
 RESUME = typer.Option(False, "--resume", help="Continue an interrupted run from OUT.partial: what it finished with the same settings and inputs is reused.")
 WORKERS = typer.Option(None, "--workers", help="Parallel processes (default: all cores).")
 DEVICE = typer.Option("auto", "--device", help="auto, cpu or cuda.")
+SCHEDULER = typer.Option(None, "--scheduler", help="Dask scheduler address (tcp://HOST:PORT) to run patients on "
+                         "(its workers must see the same file paths).")
 
 
 def _version(value: bool) -> None:
@@ -156,7 +158,7 @@ def segment(cohort: Path = typer.Argument(..., help="cohort.csv (patient_id, ct[
                                                    "these patients' scans only (every LABELED.csv patient listed too)."),
             workers: Optional[int] = WORKERS, device: str = DEVICE,
             strict: bool = typer.Option(False, "--strict", help="A failed patient stops the run."),
-            resume: bool = RESUME, quiet: bool = QUIET) -> None:
+            scheduler: Optional[str] = SCHEDULER, resume: bool = RESUME, quiet: bool = QUIET) -> None:
     """Segment liver, spleen and portal vein; store masks, ROI crops, volumes, QC flags and Dice vs reference."""
     from tipsprog.segment import run_segment
     from tipsprog.segment.semi import SemiSettings
@@ -165,7 +167,8 @@ def segment(cohort: Path = typer.Argument(..., help="cohort.csv (patient_id, ct[
             progress_bar("segment", _count_rows(cohort), quiet) as advance:
         results = run_segment(cohort, out, backend, _workers(workers), strict, advance, fit, model, device,
                               SemiSettings(iterations=iterations),
-                              lambda step, loss, dice: trained(text=f"loss {loss:.3f} val Dice {dice:.3f}"), resume, fit_ids)
+                              lambda step, loss, dice: trained(text=f"loss {loss:.3f} val Dice {dice:.3f}"), resume, fit_ids,
+                              scheduler)
     if quiet:
         return
     failed = [r for r in results if r.status != "ok"]
@@ -189,9 +192,7 @@ def radiomics(seg: Path = typer.Argument(..., help="Segment store from `tipsprog
               params: str = typer.Option("fast", "--params",
                                          help="Preset (fast, standard, ibsi) or a pyradiomics YAML parameter file."),
               workers: Optional[int] = WORKERS,
-              scheduler: Optional[str] = typer.Option(None, "--scheduler",
-                                                      help="Dask scheduler address (tcp://HOST:PORT) to run patients on."),
-              resume: bool = RESUME, quiet: bool = QUIET) -> None:
+              scheduler: Optional[str] = SCHEDULER, resume: bool = RESUME, quiet: bool = QUIET) -> None:
     """pyradiomics features per ROI, tagged roi/image-type/feature-class; each ROI cropped before extraction."""
     from tipsprog.radiomics import run_radiomics
 
@@ -320,12 +321,13 @@ def predict(ct: Optional[Path] = typer.Option(None, "--ct", help="CT file or DIC
             trust: bool = typer.Option(False, "--trust", help="Use a bundle whose files no longer match their recorded sha256."),
             strict: bool = typer.Option(False, "--strict", help="Batch: a scan that cannot be used stops the run "
                                         "(default: its row carries the error and the others are predicted)."),
-            device: str = DEVICE, workers: Optional[int] = WORKERS, quiet: bool = QUIET) -> None:
+            device: str = DEVICE, workers: Optional[int] = WORKERS, scheduler: Optional[str] = SCHEDULER,
+            quiet: bool = QUIET) -> None:
     """Predict one patient or a cohort: risk, group, survival curve and 6/12/24-month survival, OHE, ppg_post,
     clinical scores, segmentation QC and the features that drove the risk."""
     from tipsprog.predict import PredictOptions, run_predict, run_predict_batch
 
-    options = PredictOptions(save_masks, overlay, device, _workers(workers), trust, strict)
+    options = PredictOptions(save_masks, overlay, device, _workers(workers), trust, strict, scheduler)
     if cohort is not None:
         if out is None or ct is not None or series is not None:
             raise InputError("--cohort needs --out (and no --ct or --series: a cohort's DICOM series go in its "

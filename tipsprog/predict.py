@@ -75,6 +75,7 @@ class PredictOptions:
     workers: int = 1
     trust: bool = False
     strict: bool = False
+    scheduler: str | None = None  # a Dask scheduler address: scans run on that cluster instead of local workers
 
 
 def _backend(bundle: Bundle, device_name: str) -> Backend:
@@ -256,7 +257,8 @@ def _scans(bundle: Bundle, ct_paths: list[str] | None, options: PredictOptions, 
     series_uids = series_uids or [None] * len(ct_paths)
     jobs = [ScanJob(bundle.manifest["pipeline"]["blocks"], backend, path, mask, overlay, series)
             for path, mask, overlay, series in zip(ct_paths, masks, overlays, series_uids)]
-    outcomes = list(map_ordered(scan_features if options.strict else _usable_scan, jobs, min(options.workers, len(jobs))))
+    outcomes = list(map_ordered(scan_features if options.strict else _usable_scan, jobs, min(options.workers, len(jobs)),
+                                options.scheduler))
     failed = {row: outcome for row, outcome in enumerate(outcomes) if isinstance(outcome, str)}
     if len(failed) == len(outcomes):
         raise InputError(failed[0])

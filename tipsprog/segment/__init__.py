@@ -262,8 +262,9 @@ def run_segment(cohort_csv: Path, out: Path, backend_name: str = "classic", work
                 model_path: Path | None = None, device: str = "auto",
                 semi_settings: semi.SemiSettings = semi.SemiSettings(),
                 fit_progress: Callable[[int, float, float], None] | None = None,
-                resume_previous: bool = False, fit_ids: Path | None = None) -> list[ScanResult]:
-    """Segment every CT of a cohort and write seg.h5 (masks, crops, volumes, QC, Dice).
+                resume_previous: bool = False, fit_ids: Path | None = None, scheduler: str | None = None) -> list[ScanResult]:
+    """Segment every CT of a cohort and write seg.h5 (masks, crops, volumes, QC, Dice), on `workers` local
+    processes or on the Dask cluster at `scheduler`.
 
     Each finished scan goes to the journal `<out>.partial` first; with `resume_previous`, scans an interrupted
     run finished with the same backend settings and the same input files are taken from it.
@@ -281,7 +282,8 @@ def run_segment(cohort_csv: Path, out: Path, backend_name: str = "classic", work
         if done:
             digests = ((row["patient_id"], input_digest(row)) for row in rows)
             reused = {pid: done[(pid, digest)] for pid, digest in digests if (pid, digest) in done}
-        fresh = iter(map_ordered(_segment_one, [(row, backend) for row in rows if row["patient_id"] not in reused], workers))
+        fresh = iter(map_ordered(_segment_one, [(row, backend) for row in rows if row["patient_id"] not in reused], workers,
+                                 scheduler))
         record_names, results = [], []
         for row in rows:
             if row["patient_id"] in reused:
