@@ -23,7 +23,9 @@ import numpy as np
 import pandas as pd
 
 from tipsprog.fusion.assembly import assemble
+from tipsprog.fusion.data import modality_matrices
 from tipsprog.fusion.ood import fit_ood
+from tipsprog.store import join_features
 from shared_data import IRCADB, REAL_CT
 
 IMAGING = ("biomarkers", "radiomics")
@@ -38,30 +40,35 @@ def tipsprog(work: Path, output: str, *command: str) -> None:
     print(f"  {command[0]} ({work.name}): {time.perf_counter() - start:.0f} s", flush=True)
 
 
-def synthetic(work: Path, n: int, seed: int) -> dict[str, np.ndarray]:
-    """A synthetic cohort's modality matrices (clinical, biomarkers, radiomics)."""
+def synthetic(work: Path, n: int, seed: int) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
+    """A synthetic cohort's modality matrices (clinical, biomarkers, radiomics) and their column names."""
     work.mkdir(parents=True, exist_ok=True)
     tipsprog(work, "cohort", "synth", "--out", "cohort", "--n", str(n), "--centers", "3", "--seed", str(seed))
     tipsprog(work, "seg.h5", "segment", "cohort/cohort.csv", "--out", "seg.h5")
     tipsprog(work, "radiomics.h5", "radiomics", "seg.h5", "--out", "radiomics.h5")
-    return assemble([work / "seg.h5", work / "radiomics.h5"], work / "cohort/clinical.csv", work / "cohort/outcomes.csv",
-                    None).data.matrices
+    data = assemble([work / "seg.h5", work / "radiomics.h5"], work / "cohort/clinical.csv", work / "cohort/outcomes.csv",
+                    None).data
+    return data.matrices, data.feature_names
 
 
-def real_scans(work: Path) -> tuple[list[str], dict[str, np.ndarray]]:
-    """The real CTs' imaging matrices, segmented and extracted as one cohort."""
+def real_scans(work: Path, names: dict[str, list[str]]) -> tuple[list[str], dict[str, np.ndarray]]:
+    """The real CTs' imaging matrices, segmented and extracted as one cohort, in the training columns `names` (a
+    feature the training scans never had, e.g. of a portal vein, is left out; one the real scan lacks is missing)."""
     work.mkdir(parents=True, exist_ok=True)
     scans = {"ircadb-1.1": IRCADB / "ct.nii.gz", "example_ct": REAL_CT / "example_ct.nii.gz",
              "example_ct_sm": REAL_CT / "example_ct_sm.nii.gz"}
     pd.DataFrame({"patient_id": list(scans), "ct": [str(p) for p in scans.values()]}).to_csv(work / "cohort.csv", index=False)
     tipsprog(work, "seg.h5", "segment", "cohort.csv", "--out", "seg.h5")
     tipsprog(work, "radiomics.h5", "radiomics", "seg.h5", "--out", "radiomics.h5")
-    outcomes = pd.DataFrame({"patient_id": list(scans), "time": 1.0, "event": 0})
-    outcomes.to_csv(work / "outcomes.csv", index=False)
-    clinical = pd.read_csv(Path(work).parent / "train" / "cohort" / "clinical.csv").head(len(scans))
-    clinical.assign(patient_id=list(scans)).to_csv(work / "clinical.csv", index=False)  # placeholder rows, not used
-    data = assemble([work / "seg.h5", work / "radiomics.h5"], work / "clinical.csv", work / "outcomes.csv", IMAGING).data
-    return data.patient_ids, data.matrices
+    joined = join_features([work / "seg.h5", work / "radiomics.h5"])
+    rows = np.arange(len(joined.patient_ids))
+    matrices, found, _ = modality_matrices(joined.blocks, rows, np.zeros((len(rows), 0)), [], IMAGING)
+    aligned = {}
+    for modality in IMAGING:
+        column = {name: index for index, name in enumerate(found[modality])}
+        aligned[modality] = np.column_stack([matrices[modality][:, column[name]] if name in column else np.full(len(rows), np.nan)
+                                             for name in names[modality]])
+    return joined.patient_ids, aligned
 
 
 def rates(flagged: list[list[str]], modalities: tuple[str, ...]) -> str:
@@ -76,9 +83,10 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=600)
     parser.add_argument("--work", type=Path, default=Path("benchmarks/.ood-work"))
     args = parser.parse_args()
-    cohort = synthetic(args.work / "train", args.n, 21)
-    other = synthetic(args.work / "other-scanners", args.n // 4, 22)
-    ids, real = real_scans(args.work / "real")
+    cohort, names = synthetic(args.work / "train", args.n, 21)
+    other, other_names = synthetic(args.work / "other-scanners", args.n // 4, 22)
+    assert other_names == names, "the two synthetic cohorts' feature columns differ"
+    ids, real = real_scans(args.work / "real", names)
     train = int(0.75 * args.n)
     modalities = tuple(cohort)
     reference = fit_ood({m: v[:train] for m, v in cohort.items()}, np.arange(train) % 5)
@@ -90,7 +98,7 @@ def main() -> None:
     print(f"\nimaging modalities only (reference threshold {imaging.threshold:.2f}); distance on the common scale:")
     distances = imaging.distances(real)
     for row, patient in enumerate(ids):
-        cells = "".join(f"{m} {distances[m][row]:8.1f}   " for m in IMAGING)
+        cells = "".join(f"{m} {distances[m][row]:9.3g}   " for m in IMAGING)
         print(f"  {patient:<20}{cells}{'warned' if any(distances[m][row] > imaging.threshold for m in IMAGING) else 'not warned'}")
 
 

@@ -16,6 +16,7 @@ noise).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,10 +40,11 @@ class ModalityReference:
 
     @classmethod
     def fit(cls, matrix: np.ndarray) -> ModalityReference:
-        """The reference of a training matrix [n, p] (NaN: missing)."""
-        centre = np.nanmedian(matrix, axis=0)
+        """The reference of a training matrix [n, p] (NaN: missing; a feature missing everywhere sits at 0)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
+            centre, scale = np.nanmedian(matrix, axis=0), np.nanstd(matrix, axis=0)
         centre = np.where(np.isfinite(centre), centre, 0.0)
-        scale = np.nanstd(matrix, axis=0)
         scale = np.where(np.isfinite(scale) & (scale > 1e-12), scale, 1.0)
         standard = _standardised(matrix, centre, scale)
         _, singular, directions = np.linalg.svd(standard - standard.mean(axis=0), full_matrices=False)
