@@ -185,9 +185,10 @@ def _portal_venous_system(hu: np.ndarray, liver: np.ndarray, spacing: np.ndarray
     Enhancing voxels (VESSEL_ABOVE_LIVER_HU over the liver's median) are kept away from bone, from the vertebral
     column's neighbourhood (the aorta and the crura lie against it) and from thick blobs (kidneys, heart, aorta:
     deeper than BLOB_RADIUS_MM); of the vessel components, the portal system is the one with most voxels inside
-    the liver, grown out to its wall (_to_half_maximum), and its extrahepatic part is what lies within PORTAL_REACH_MM of the liver along the vessels. It is
-    kept only if it branches inside the liver (PORTAL_MIN_INTRAHEPATIC_ML) and leaves it as a trunk (at least
-    PORTAL_MIN_EXTRAHEPATIC_ML, PORTAL_MIN_RADIUS_MM thick)."""
+    the liver, grown out to its wall (_to_half_maximum), and its extrahepatic part is what lies within
+    PORTAL_REACH_MM of the liver along the vessels. It is kept only if it branches inside the liver
+    (PORTAL_MIN_INTRAHEPATIC_ML) and leaves it as a trunk (at least PORTAL_MIN_EXTRAHEPATIC_ML, PORTAL_MIN_RADIUS_MM
+    thick)."""
     liver_hu = float(np.median(hu[liver]))
     bright = (hu > liver_hu + SETTINGS["vessel_above_liver_hu"]) & (hu < liver_hu + SETTINGS["vessel_max_above_liver_hu"])
     bone, column = _vertebral_column(hu, spacing, body_mid_x)
