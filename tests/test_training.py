@@ -361,7 +361,7 @@ def test_model_preset_applies_before_the_user_file(tmp_path):
                     "loss_weights: {survival: 1.0, ohe: 0.0, ppg: 0.0}}]\nmultitips: {orthogonality_weight: 0.5}\n")
     config = load_config(path)
     assert [s["name"] for s in config.stages] == ["one"]
-    assert config.model_options() == {"heads": 2, "orthogonality_weight": 0.5, "ramp_epochs": 60}
+    assert config.model_options() == {"heads": 2, "orthogonality_weight": 0.5, "ramp_epochs": 60, "mgra": True, "cgpe": True}
 
 
 class _CountingJournal(TrainingJournal):
