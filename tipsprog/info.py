@@ -17,8 +17,6 @@ from tipsprog.checkpoints import TRAINING_FORMAT
 from tipsprog.errors import InputError
 from tipsprog.resume import finished
 
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-
 
 def describe(path: Path) -> dict:
     """What the file or bundle folder at `path` holds; InputError for anything else."""
@@ -29,9 +27,7 @@ def describe(path: Path) -> dict:
         return bundle_info(path)
     if not path.is_file():
         raise InputError(f"{path}: not found")
-    with path.open("rb") as file:
-        signature = file.read(len(HDF5_SIGNATURE))
-    if signature == HDF5_SIGNATURE:
+    if store.starts_with(path, store.HDF5_SIGNATURE):
         with h5py.File(path, "r") as h5:
             if "settings_sha256" in h5.attrs and "records" in h5:
                 return journal_info(path, h5)

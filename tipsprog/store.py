@@ -170,7 +170,7 @@ HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 ZIP_SIGNATURE = b"PK\x03\x04"
 
 
-def _starts_with(path: Path, signature: bytes) -> bool:
+def starts_with(path: Path, signature: bytes) -> bool:
     """Whether a file's first bytes are `signature`."""
     with open(path, "rb") as handle:
         return handle.read(len(signature)) == signature
@@ -182,8 +182,8 @@ def _folder_with(marker: str) -> Callable[[Path], bool]:
 
 
 OUTPUT_KINDS: dict[str, tuple[str, Callable[[Path], bool]]] = {
-    "store": ("HDF5 store", lambda path: path.is_file() and _starts_with(path, HDF5_SIGNATURE)),
-    "checkpoint": ("torch checkpoint", lambda path: path.is_file() and _starts_with(path, ZIP_SIGNATURE)),
+    "store": ("HDF5 store", lambda path: path.is_file() and starts_with(path, HDF5_SIGNATURE)),
+    "checkpoint": ("torch checkpoint", lambda path: path.is_file() and starts_with(path, ZIP_SIGNATURE)),
     "bundle": ("model bundle", _folder_with("bundle.yaml")),
     "report": ("evaluate report", _folder_with("metrics.json")),
     "predictions": ("predictions folder", _folder_with("predictions.jsonl")),
