@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+import pandas as pd
 import pytest
 import SimpleITK as sitk
 from hypothesis import settings
@@ -115,6 +116,28 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
         result = invoke(*step)
         assert result.exit_code == 0, f"{step[0]} failed: {result.output}"
     return Pipeline(root, root / "cohort", root / "seg.h5", root / "radiomics.h5", root / "embed.h5", root / "model")
+
+
+@dataclass
+class FewPatients:
+    """The tiny cohort's first patients on their own (absolute paths), segmented once: for tests that run a stage
+    several times and need only a few scans."""
+
+    cohort_csv: Path
+    seg: Path
+
+
+@pytest.fixture(scope="session")
+def few(pipeline: Pipeline, tmp_path_factory: pytest.TempPathFactory) -> FewPatients:
+    """The first 6 patients of the pipeline's cohort and their segment store."""
+    root = tmp_path_factory.mktemp("few")
+    cohort = pd.read_csv(pipeline.cohort / "cohort.csv", dtype=str).head(6)
+    for column in ("ct", "label"):
+        cohort[column] = [str(pipeline.cohort / path) for path in cohort[column]]
+    cohort.to_csv(root / "cohort.csv", index=False)
+    result = invoke("segment", root / "cohort.csv", "--out", root / "seg.h5", "--workers", 2, "--quiet")
+    assert result.exit_code == 0, result.output
+    return FewPatients(root / "cohort.csv", root / "seg.h5")
 
 
 def shared_data(path: Path) -> Path:

@@ -304,27 +304,27 @@ def test_trust_uses_a_changed_bundle(pipeline, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_commands_writing_one_output_one_wins_cleanly(pipeline, tmp_path):
+def test_two_commands_writing_one_output_one_wins_cleanly(few, tmp_path):
     """The second command stops at once with a clear line; the first writes a complete store; a lock left by a
     killed command is taken over; commands writing different outputs in one folder run side by side."""
-    first = start_tipsprog("radiomics", pipeline.seg, "--out", tmp_path / "rad.h5", "--workers", 1, "--quiet", pause_after=1)
+    first = start_tipsprog("radiomics", few.seg, "--out", tmp_path / "rad.h5", "--workers", 1, "--quiet", pause_after=1)
     wait_until_paused(first)
     lock = tmp_path / ".rad.h5.lock"
     assert lock.exists()
-    second = start_tipsprog("radiomics", pipeline.seg, "--out", tmp_path / "rad.h5", "--quiet")
+    second = start_tipsprog("radiomics", few.seg, "--out", tmp_path / "rad.h5", "--quiet")
     assert second.wait() == 2 and "is writing it" in second.communicate()[0]
     first.send_signal(signal.SIGUSR1)
     assert first.wait() == 0, first.communicate()[0]
     with h5py.File(tmp_path / "rad.h5") as rad:
-        assert rad["features/radiomics/values"].shape[0] == 30
+        assert rad["features/radiomics/values"].shape[0] == 6
     assert not lock.exists()
 
     lock = tmp_path / ".seg.h5.lock"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
     lock.write_text(f"{socket.gethostname()} {dead}")
-    others = [start_tipsprog("radiomics", pipeline.seg, "--out", tmp_path / name, "--workers", 1, "--quiet")
+    others = [start_tipsprog("radiomics", few.seg, "--out", tmp_path / name, "--workers", 1, "--quiet")
               for name in ("a.h5", "b.h5")]
-    retaken = invoke("segment", pipeline.cohort / "cohort.csv", "--out", tmp_path / "seg.h5", "--quiet")
+    retaken = invoke("segment", few.cohort_csv, "--out", tmp_path / "seg.h5", "--quiet")
     assert retaken.exit_code == 0, retaken.output
     assert [p.wait() for p in others] == [0, 0]
     with h5py.File(tmp_path / "a.h5") as a, h5py.File(tmp_path / "b.h5") as b:

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
+from typing import Callable
 
 import h5py
 import numpy as np
 import pytest
 
-from conftest import Pipeline, invoke, start_tipsprog, wait_until_paused
+from conftest import FewPatients, Pipeline, invoke, start_tipsprog, wait_until_paused
 
 
 def _leftovers(folder: Path) -> list[str]:
@@ -46,9 +47,10 @@ def _same_radiomics_store(first: Path, second: Path) -> None:
 @pytest.mark.parametrize("stage,sig", [("segment", signal.SIGINT), ("segment", signal.SIGKILL), ("radiomics", signal.SIGINT),
                                        ("radiomics", signal.SIGKILL)],
                          ids=["segment-SIGINT", "segment-SIGKILL", "radiomics-SIGINT", "radiomics-SIGKILL"])
-def test_per_scan_stage_interrupted_then_resumed_equals_an_uninterrupted_run(pipeline: Pipeline, tmp_path, stage, sig):
+def test_per_scan_stage_interrupted_then_resumed_equals_an_uninterrupted_run(pipeline: Pipeline, few: FewPatients, tmp_path,
+                                                                          stage, sig):
     """The journal keeps the scans finished before the signal; --resume reuses them and the store is the same."""
-    source, reference, same = ((pipeline.cohort / "cohort.csv", pipeline.seg, _same_segment_store) if stage == "segment"
+    source, reference, same = ((few.cohort_csv, few.seg, _same_segment_store) if stage == "segment"
                                else (pipeline.seg, pipeline.radiomics, _same_radiomics_store))
     out = tmp_path / reference.name
     journal = tmp_path / f"{reference.name}.partial"
@@ -80,15 +82,29 @@ def _training_result(stage: str, out: Path) -> np.ndarray:
         return h5[key][()]
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(pipeline: Pipeline, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], np.ndarray]:
+    """A training stage's result when never stopped, computed once per stage for the signals tested."""
+    results: dict[str, np.ndarray] = {}
+
+    def result(stage: str) -> np.ndarray:
+        if stage not in results:
+            out = tmp_path_factory.mktemp("whole") / ("embed.h5" if stage == "embed" else "model")
+            run = invoke(*_training_command(pipeline, stage, out), "--quiet")
+            assert run.exit_code == 0, run.output
+            results[stage] = _training_result(stage, out)
+        return results[stage]
+
+    return result
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("stage,sig", [("embed", signal.SIGKILL), ("fuse-train", signal.SIGINT), ("fuse-train", signal.SIGKILL)],
                          ids=["embed-SIGKILL", "fuse-train-SIGINT", "fuse-train-SIGKILL"])
-def test_training_stage_killed_then_resumed_equals_an_uninterrupted_run(pipeline: Pipeline, tmp_path, stage, sig):
+def test_training_stage_killed_then_resumed_equals_an_uninterrupted_run(pipeline: Pipeline, uninterrupted, tmp_path, stage, sig):
     """embed --fit and fuse-train save their training state as they go; a signal leaves no output, and --resume
     continues from the saved epoch to the same result as a run that was never stopped."""
     name = "embed.h5" if stage == "embed" else "model"
-    uninterrupted = invoke(*_training_command(pipeline, stage, tmp_path / "whole" / name), "--quiet")
-    assert uninterrupted.exit_code == 0, uninterrupted.output
     out, journal = tmp_path / name, tmp_path / f"{name}.partial"
     run = start_tipsprog(*_training_command(pipeline, stage, out), "--quiet", pause_after=3, env={"TIPSPROG_CHECKPOINT_SECONDS": "0"})
     wait_until_paused(run)
@@ -101,5 +117,5 @@ def test_training_stage_killed_then_resumed_equals_an_uninterrupted_run(pipeline
     result = invoke(*_training_command(pipeline, stage, out), "--resume")
     assert result.exit_code == 0, result.output
     assert f"--resume: continuing from {journal}" in " ".join(result.output.split())
-    np.testing.assert_array_equal(_training_result(stage, out), _training_result(stage, tmp_path / "whole" / name))
+    np.testing.assert_array_equal(_training_result(stage, out), uninterrupted(stage))
     assert not journal.exists() and _leftovers(tmp_path) == []

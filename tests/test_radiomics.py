@@ -132,7 +132,11 @@ def test_dask_cluster_gives_the_same_store(pipeline, tmp_path):
 
 @pytest.mark.slow
 def test_unreachable_scheduler_is_one_line(pipeline, tmp_path):
-    result = invoke("radiomics", pipeline.seg, "--out", tmp_path / "r.h5", "--scheduler", "tcp://127.0.0.1:9")
+    import dask
+    import distributed  # noqa: F401  (loads its configuration defaults)
+
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):  # as DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT=1s
+        result = invoke("radiomics", pipeline.seg, "--out", tmp_path / "r.h5", "--scheduler", "tcp://127.0.0.1:9")
     assert result.exit_code == 2 and "cannot reach the Dask scheduler" in result.output
     assert not (tmp_path / "r.h5").exists()
 

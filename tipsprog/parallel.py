@@ -56,7 +56,7 @@ def _map_dask(function: Callable[[Item], Result], items: Iterable[Item], address
     except ImportError:
         raise InputError("--scheduler needs Dask: pip install 'tipsprog[dask]'") from None
     try:
-        client = Client(address, timeout="10s", set_as_default=False)
+        client = Client(address, set_as_default=False)  # waits Dask's distributed.comm.timeouts.connect (30 s)
     except (OSError, TimeoutError) as err:
         raise InputError(f"--scheduler {address}: cannot reach the Dask scheduler ({err})") from None
     with client:
