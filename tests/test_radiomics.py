@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import h5py
 import numpy as np
 import pandas as pd
@@ -114,6 +116,23 @@ def test_resume_from_a_store_skips_only_matching_settings(pipeline, tmp_path):
     params.write_text(yaml.safe_dump({**PRESETS["fast"], "setting": {**PRESETS["fast"]["setting"], "binWidth": 20}}))
     run_radiomics(pipeline.seg, out, str(params), 1, resume_previous=True)
     assert not np.any(_features(out)[1][0] == 7.0)  # other settings: recomputed
+
+
+def test_resume_recomputes_a_ct_changed_in_place(few, tmp_path):
+    """--resume compares the CT's bytes, not its path: a scan rewritten under the same name is extracted again."""
+    seg, ct = tmp_path / "seg.h5", tmp_path / "P0000.nii.gz"
+    seg.write_bytes(few.seg.read_bytes())
+    with h5py.File(seg, "r+") as h5:
+        ct.write_bytes(Path(h5["segment/ct_paths"][0].decode()).read_bytes())
+        h5["segment/ct_paths"][0] = str(ct)
+    out = tmp_path / "radiomics.h5"
+    run_radiomics(seg, out, "fast", 1)
+    with h5py.File(out, "a") as h5:
+        h5["features/radiomics/values"][:2] = 7.0
+    sitk.WriteImage(sitk.ReadImage(str(ct)) + 50, str(ct))  # the same file name, other voxels
+    run_radiomics(seg, out, "fast", 1, resume_previous=True)
+    values = _features(out)[1]
+    assert not np.any(values[0] == 7.0) and np.all(values[1] == 7.0)
 
 
 @pytest.mark.slow

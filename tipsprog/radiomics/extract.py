@@ -48,8 +48,9 @@ def feature_group(roi: str, key: str) -> str:
 
 
 def input_digest(ct_path: str, series_uid: str | None, labels: sitk.Image | None) -> str:
-    """SHA-256 of the CT path, its DICOM series and the label image (voxels and geometry): what --resume compares."""
-    digest = hashlib.sha256(f"{ct_path}\0{series_uid or ''}".encode("utf-8"))
+    """SHA-256 of the CT (its path and bytes: a file or DICOM folder rewritten in place is new), its DICOM series and
+    the label image (voxels and geometry): what --resume compares."""
+    digest = hashlib.sha256(bytes.fromhex(store.inputs_sha256([series_uid or ""], [ct_path])))
     if labels is not None:
         digest.update(sitk.GetArrayViewFromImage(labels).tobytes())
         digest.update(repr((labels.GetOrigin(), labels.GetSpacing(), labels.GetDirection())).encode("utf-8"))
