@@ -162,6 +162,8 @@ def test_masked_reconstruction_learns_and_round_trips(tmp_path):
     save_ssl_weights(network, tmp_path / "ssl.pt")
     reloaded = load_ssl_weights(tmp_path / "ssl.pt")
     assert all(torch.equal(a, b) for a, b in zip(network.state_dict().values(), reloaded.state_dict().values()))
+    save_ssl_weights(network, tmp_path / "again.pt")  # the same weights give the same file (the bundle digests it)
+    assert (tmp_path / "again.pt").read_bytes() == (tmp_path / "ssl.pt").read_bytes()
 
 
 def test_cli_embeds_with_published_weights(pipeline, tmp_path):

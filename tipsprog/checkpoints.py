@@ -23,9 +23,10 @@ TRAINING_FORMAT = "tipsprog-training-state-1"
 
 
 def save_checkpoint(payload: dict, path: Path) -> None:
-    """Write a checkpoint atomically (temporary file, then rename)."""
-    with atomic_output(path, "checkpoint") as tmp:
-        torch.save(payload, tmp)
+    """Write a checkpoint atomically (temporary file, then rename). torch.save is given an open file, not the
+    temporary's random name, which it would write into the archive: the same payload gives the same bytes."""
+    with atomic_output(path, "checkpoint") as tmp, open(tmp, "wb") as handle:
+        torch.save(payload, handle)
 
 
 def load_checkpoint(path: Path, expected_format: str, what: str, device: torch.device, hint: str = "") -> dict:
