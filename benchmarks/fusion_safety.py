@@ -29,12 +29,13 @@ import numpy as np
 import pandas as pd
 
 from tipsprog import store
-from tipsprog.evaluate.metrics import harrell_c
+from tipsprog.survival import harrell_c
 from tipsprog.fusion import run_fuse_train
 from tipsprog.fusion.assembly import assemble
 from tipsprog.fusion.config import load_config
 from tipsprog.fusion.data import ModalityPreprocessor
-from tipsprog.fusion.training import cox_coefficients, cv_splits
+from tipsprog.fusion.clinical_cox import cox_coefficients
+from tipsprog.fusion.splits import cv_splits
 from tipsprog.radiomics import run_radiomics
 from tipsprog.segment import run_segment
 from tipsprog.synth import CohortSpec, make_cohort

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from tipsprog.segment.classic import SETTINGS, _portal_venous_system
+from tipsprog.segment.classic import _portal_venous_system
 
 SPACING = np.array([1.6, 1.5, 1.5])  # z, y, x (mm)
 SHAPE = (110, 170, 170)

@@ -11,10 +11,11 @@ from sksurv.metrics import brier_score, integrated_brier_score
 from sksurv.util import Surv
 
 from conftest import shared_data
+from tipsprog import bootstrap
 from tipsprog.evaluate import metrics
+from tipsprog.survival import BreslowBaseline, harrell_c
 from tipsprog.evaluate.report import evaluation_grid, survival_metrics
 from tipsprog.evaluate.rows import Cohort, PredictionRow
-from tipsprog.fusion.training import breslow, survival_at
 
 ROTTERDAM = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-survival" / "rotterdam.csv"
 
@@ -34,9 +35,9 @@ def rotterdam_cox() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def test_concordance_and_brier_reproduce_r_survival_on_rotterdam(rotterdam_cox):
     time, event, risk = rotterdam_cox
-    assert metrics.harrell_c(time, event, risk) == pytest.approx(0.675, abs=5e-4)
+    assert harrell_c(time, event, risk) == pytest.approx(0.675, abs=5e-4)
     horizons = np.array([4.0, 6.0]) * 365.25
-    survival = survival_at(*breslow(risk, time, event), risk, horizons)
+    survival = BreslowBaseline.fit(risk, time, event).survival(risk, horizons)
     np.testing.assert_allclose(metrics.brier_at(time, event, survival, horizons), [0.1952731, 0.2097106], atol=5e-5)
 
 
@@ -64,7 +65,7 @@ def test_time_dependent_auc_survives_deaths_at_the_administrative_end_of_follow_
 
 def test_a_statistic_that_fails_leaves_the_others_intact():
     rows = np.arange(10)
-    values = metrics.stacked([(lambda r: 0.5, 1), (lambda r: metrics.uno_c(np.zeros(10), np.zeros(10), np.zeros(10), 1.0), 1),
+    values = bootstrap.stacked([(lambda r: 0.5, 1), (lambda r: metrics.uno_c(np.zeros(10), np.zeros(10), np.zeros(10), 1.0), 1),
                               (lambda r: np.array([1.0, 2.0]), 2)], rows)
     assert values[0] == 0.5 and np.isnan(values[1]) and list(values[2:]) == [1.0, 2.0]
 
@@ -78,7 +79,7 @@ def _cohort_with_curves(n: int = 60, seed: int = 1) -> tuple[np.ndarray, np.ndar
     time, event = np.minimum(death, censored).round(), (death <= censored).astype(float)
     time[0], event[0], time[1], event[1] = 5.0, 1.0, 1200.0, 0.0
     _, grid = evaluation_grid(time, np.array([182.0, 365.0, 730.0]))
-    return time, event, risk, grid, survival_at(*breslow(risk, time, event), risk, grid)
+    return time, event, risk, grid, BreslowBaseline.fit(risk, time, event).survival(risk, grid)
 
 
 def test_integrated_brier_on_the_cohort_grid_equals_scikit_survival():
@@ -104,7 +105,7 @@ def test_every_bootstrap_resample_integrates_over_the_same_grid(monkeypatch):
     monkeypatch.setattr(metrics, "integrated_brier", recording)
     inside = metrics.within_follow_up(grid, time)
     cohort_grid, on_grid = grid[inside], curves[:, inside]
-    samples = metrics.bootstrap_samples(len(time), 30, 0)
+    samples = bootstrap.bootstrap_samples(len(time), 30, 0)
     samples[0] = np.resize(np.flatnonzero(time > cohort_grid[1]), len(time))
     data = Cohort([f"P{i}" for i in range(len(time))], ["A"] * len(time), {"time": time, "event": event}, {})
     row = PredictionRow("model", risk, curves, np.full(len(time), 0.5), risk > np.median(risk))

@@ -8,7 +8,7 @@ from lifelines.datasets import load_rossi
 from torch.func import vmap
 
 from tipsprog.fusion.losses import SurvivalIndex, cox_efron_nll, masked_bce, masked_huber, sdm_loss
-from tipsprog.fusion.training import breslow
+from tipsprog.survival import BreslowBaseline
 
 
 @pytest.fixture(scope="module")
@@ -75,13 +75,18 @@ def test_rows_outside_the_mask_never_reach_value_or_gradient(rossi):
     assert torch.isfinite(loss) and risk.grad[-1] == 0 and torch.isfinite(risk.grad).all()
 
 
-def test_breslow_matches_lifelines_baseline(rossi):
+def test_breslow_matches_lifelines_baseline_and_survival(rossi):
     data, covariates, _ = rossi
     fitter = CoxPHFitter().fit(data, "week", "arrest")
     risk = _linear_risk(covariates, fitter, np.arange(len(data))).numpy()
-    times, cumhaz = breslow(risk, data["week"].to_numpy(float), data["arrest"].to_numpy(float))
+    baseline = BreslowBaseline.fit(risk, data["week"].to_numpy(float), data["arrest"].to_numpy(float))
     reference = fitter.baseline_cumulative_hazard_.iloc[:, 0]
-    np.testing.assert_allclose(cumhaz, reference.loc[times].to_numpy(), rtol=1e-6)
+    np.testing.assert_allclose(baseline.cumhaz, reference.loc[baseline.times].to_numpy(), rtol=1e-6)
+    weeks = np.array([1.0, 10.0, 26.0, 52.0])  # event times (lifelines interpolates between them; Breslow is a step)
+    expected = fitter.predict_survival_function(data.iloc[:7], times=weeks).to_numpy().T
+    np.testing.assert_allclose(baseline.survival(risk[:7], weeks), expected, rtol=1e-6)
+    own = data["week"].to_numpy(float)[:7]
+    np.testing.assert_allclose(baseline.survival_at_own_time(risk[:7], own), np.diag(baseline.survival(risk[:7], own)))
 
 
 def test_masked_losses_skip_missing_labels_and_other_rows():

@@ -8,15 +8,17 @@ import pytest
 import torch
 
 from tipsprog.errors import InputError
-from tipsprog.evaluate.metrics import harrell_c
+from tipsprog.survival import harrell_c
 from tipsprog.fusion.config import load_config
 from tipsprog.fusion.data import ModalityPreprocessor
 from tipsprog.fusion.models import MODELS, Layout, build_model, is_guided
 from tipsprog.fusion.modules import OrganSimilarityFusion, pod_penalty
 from tipsprog.fusion.losses import SurvivalIndex
-from tipsprog.fusion.training import (RESIDUAL_WEIGHTS, TrainingData, member_task_loss, cross_validate, cv_splits,
-                                      inner_split, mixed_precision, plan_members, predict_members, repeated_splits,
-                                      residual_weight, train_ensemble)
+from tipsprog.fusion.crossval import cross_validate
+from tipsprog.fusion.data import TrainingData
+from tipsprog.fusion.ensemble import mixed_precision, predict_members
+from tipsprog.fusion.splits import cv_splits, inner_split, plan_members, repeated_splits
+from tipsprog.fusion.training import RESIDUAL_WEIGHTS, member_task_loss, residual_weight, train_ensemble
 from tipsprog.checkpoints import TrainingJournal
 
 RADIOMICS_GROUPS = [f"{roi}/{image}/{kind}" for roi in ("liver", "spleen") for image in ("original", "log-sigma-2")

@@ -22,12 +22,11 @@ from tipsprog.clinical import clinical_scores, read_clinical, schema
 from tipsprog.devices import resolve_device
 from tipsprog.embed import embedding_block, load_encoder
 from tipsprog.errors import InputError
-from tipsprog.evaluate.rows import read_oof
 from tipsprog.fusion.attribution import integrated_gradients
 from tipsprog.fusion.bundle import Bundle, load_bundle
 from tipsprog.fusion.data import clinical_features, modality_matrices, with_extras
 from tipsprog.fusion.ood import OOD_QUANTILE
-from tipsprog.fusion.training import ensemble_survival, member_ensemble, predict_members
+from tipsprog.fusion.ensemble import ensemble_survival, member_ensemble, predict_members
 from tipsprog.io import read_cohort, read_ct
 from tipsprog.parallel import map_ordered
 from tipsprog.radiomics.extract import extract_from_file
@@ -290,8 +289,7 @@ def _predictions(bundle: Bundle, table: pd.DataFrame, scans: list[ScanFeatures],
     device = resolve_device(options.device)
     ensemble = member_ensemble(bundle.members, bundle.config, device)
     attribution = integrated_gradients(bundle.members, matrices, bundle.config, device, ensemble)
-    reference = read_oof(bundle.path / "oof.h5").oof["risk"]
-    reference = reference[np.isfinite(reference)]
+    reference = bundle.out_of_fold_risk()
     scores = clinical_scores(table)
     unlike = bundle.ood.flagged(matrices) if bundle.ood is not None else [None] * len(table)
     results = []

@@ -20,7 +20,7 @@ from tipsprog.evaluate.rows import (Cohort, OutOfFold, PredictionRow, held_out_r
                                     read_oof, read_truth)
 from tipsprog.fusion.assembly import assemble_for_bundle, score_columns
 from tipsprog.fusion.bundle import Bundle, load_bundle
-from tipsprog.fusion.training import predict_cohort
+from tipsprog.fusion.ensemble import predict_cohort
 from tipsprog.store import atomic_output, open_store, writes_output
 from tipsprog.transductive import exposure_report
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -13,24 +12,13 @@ from lifelines.statistics import logrank_test
 from scipy.stats import chi2, pearsonr
 from sklearn.metrics import (accuracy_score, brier_score_loss, f1_score, mean_absolute_error, mean_squared_error,
                              r2_score, recall_score, roc_auc_score)
-from sksurv.metrics import brier_score, concordance_index_censored, concordance_index_ipcw, cumulative_dynamic_auc
+from sksurv.metrics import brier_score, concordance_index_ipcw, cumulative_dynamic_auc
 from sksurv.nonparametric import CensoringDistributionEstimator
 from sksurv.util import Surv
 
+from tipsprog.survival import harrell_c, known_rows
+
 TIE_BREAK_DRAWS = 20
-
-
-def _known(*arrays: np.ndarray) -> np.ndarray:
-    """Rows where every array is finite."""
-    return np.logical_and.reduce([np.isfinite(np.asarray(a, dtype=float)) for a in arrays])
-
-
-def harrell_c(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
-    """Harrell's C (tied risks count 1/2), scikit-survival's implementation."""
-    rows = _known(time, event, risk)
-    if event[rows].sum() == 0:
-        return np.nan
-    return float(concordance_index_censored(event[rows].astype(bool), time[rows], risk[rows])[0])
 
 
 def has_ties(risk: np.ndarray) -> bool:
@@ -42,7 +30,7 @@ def has_ties(risk: np.ndarray) -> bool:
 def harrell_c_random_ties(time: np.ndarray, event: np.ndarray, risk: np.ndarray, draws: int = TIE_BREAK_DRAWS,
                           seed: int = 0) -> float:
     """Harrell's C with tied risks broken at random, averaged over draws (ccRCC study)."""
-    rows = _known(time, event, risk)
+    rows = known_rows(time, event, risk)
     values = risk[rows]
     gaps = np.diff(np.unique(values))
     jitter = (gaps.min() if len(gaps) else 1.0) * 1e-3
@@ -53,7 +41,7 @@ def harrell_c_random_ties(time: np.ndarray, event: np.ndarray, risk: np.ndarray,
 
 def uno_c(time: np.ndarray, event: np.ndarray, risk: np.ndarray, tau: float) -> float:
     """Uno's IPCW C truncated at tau (censoring distribution from the same patients)."""
-    rows = _known(time, event, risk)
+    rows = known_rows(time, event, risk)
     survival = Surv.from_arrays(event[rows].astype(bool), time[rows])
     return float(concordance_index_ipcw(survival, survival, risk[rows], tau=tau)[0])
 
@@ -64,7 +52,7 @@ def time_dependent_auc(time: np.ndarray, event: np.ndarray, risk: np.ndarray, ho
     Deaths at the last follow-up time count as censored here: scikit-survival weights every death by the inverse
     censoring survival, which is zero there under administrative censoring, and such a patient is a control at every
     horizon before it either way, so the AUCs are unchanged."""
-    rows = _known(time, event, risk)
+    rows = known_rows(time, event, risk)
     survival = Surv.from_arrays(event[rows].astype(bool) & (time[rows] < time[rows].max()), time[rows])
     result = np.full(len(horizons), np.nan)
     valid = (horizons > time[rows].min()) & (horizons < time[rows].max())
@@ -89,7 +77,7 @@ def brier_curve(time: np.ndarray, event: np.ndarray, survival_curves: np.ndarray
 def integrated_brier(time: np.ndarray, event: np.ndarray, survival_curves: np.ndarray, grid: np.ndarray) -> float:
     """Integrated Brier score of predicted survival curves [patients, grid] over a fixed grid (chosen once per
     evaluated cohort, see `within_follow_up`); equals scikit-survival's `integrated_brier_score` on that cohort."""
-    rows = _known(time, event) & np.isfinite(survival_curves).all(axis=1)
+    rows = known_rows(time, event) & np.isfinite(survival_curves).all(axis=1)
     if len(grid) < 2:
         raise ValueError("At least two time points must be given")
     scores = brier_curve(time[rows], event[rows].astype(float), survival_curves[rows], grid)
@@ -103,7 +91,7 @@ def within_follow_up(grid: np.ndarray, time: np.ndarray) -> np.ndarray:
 
 def brier_at(time: np.ndarray, event: np.ndarray, survival_at_horizons: np.ndarray, horizons: np.ndarray) -> np.ndarray:
     """IPCW Brier score at each horizon (NaN where a horizon is outside follow-up)."""
-    rows = _known(time, event) & np.isfinite(survival_at_horizons).all(axis=1)
+    rows = known_rows(time, event) & np.isfinite(survival_at_horizons).all(axis=1)
     survival = Surv.from_arrays(event[rows].astype(bool), time[rows])
     result = np.full(len(horizons), np.nan)
     valid = (horizons >= time[rows].min()) & (horizons < time[rows].max())
@@ -125,7 +113,7 @@ def kaplan_meier_at(time: np.ndarray, event: np.ndarray, horizon: float) -> tupl
 def calibration_table(time: np.ndarray, event: np.ndarray, predicted_survival: np.ndarray, horizon: float,
                       groups: int = 10) -> list[dict[str, float]]:
     """Mean predicted vs Kaplan–Meier observed survival at a horizon, by group (decile) of predicted survival."""
-    rows = np.flatnonzero(_known(time, event, predicted_survival))
+    rows = np.flatnonzero(known_rows(time, event, predicted_survival))
     order = rows[np.argsort(predicted_survival[rows], kind="stable")]
     table = []
     for number, members in enumerate(np.array_split(order, groups), 1):
@@ -139,7 +127,7 @@ def calibration_table(time: np.ndarray, event: np.ndarray, predicted_survival: n
 
 def calibration_slope(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
     """Slope of the predicted log hazard ratio in a Cox model refitted on these patients (1 = well calibrated spread)."""
-    rows = _known(time, event, risk)
+    rows = known_rows(time, event, risk)
     table = pd.DataFrame({"risk": risk[rows], "time": time[rows], "event": event[rows]})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -148,7 +136,7 @@ def calibration_slope(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> 
 
 def observed_expected(time: np.ndarray, event: np.ndarray, predicted_survival: np.ndarray, horizon: float) -> float:
     """Calibration in the large at a horizon: observed (Kaplan–Meier) over mean predicted risk of death."""
-    rows = _known(time, event, predicted_survival)
+    rows = known_rows(time, event, predicted_survival)
     observed = 1.0 - kaplan_meier_at(time[rows], event[rows], horizon)[0]
     return float(observed / max(1.0 - predicted_survival[rows].mean(), 1e-12))
 
@@ -158,7 +146,7 @@ def d_calibration(time: np.ndarray, event: np.ndarray, survival_at_own_time: np.
 
     An event adds 1 to the bin of S(T_i); a censored patient spreads its mass uniformly below S(C_i).
     """
-    rows = _known(time, event, survival_at_own_time)
+    rows = known_rows(time, event, survival_at_own_time)
     probability, observed_event = np.clip(survival_at_own_time[rows], 0.0, 1.0), event[rows].astype(bool)
     edges = np.linspace(0.0, 1.0, bins + 1)
     counts = np.zeros(bins)
@@ -179,7 +167,7 @@ def net_reclassification(time: np.ndarray, event: np.ndarray, reference_high: np
                          horizon: float) -> dict[str, float]:
     """Two-category NRI at a horizon: deaths by the horizon should move up, survivors past it down (censored
     before the horizon are left out)."""
-    rows = _known(time, event, reference_high, new_high)
+    rows = known_rows(time, event, reference_high, new_high)
     died = rows & (event == 1) & (time <= horizon)
     survived = rows & (time > horizon)
     up = (new_high == 1) & (reference_high == 0)
@@ -191,7 +179,7 @@ def net_reclassification(time: np.ndarray, event: np.ndarray, reference_high: np
 
 def net_benefit(label: np.ndarray, probability: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     """Decision-curve net benefit of treating patients whose probability reaches each threshold."""
-    rows = _known(label, probability)
+    rows = known_rows(label, probability)
     label, probability = label[rows], probability[rows]
     treated = probability[None, :] >= thresholds[:, None]
     true_positive = (treated & (label == 1)).sum(axis=1) / len(label)
@@ -201,7 +189,7 @@ def net_benefit(label: np.ndarray, probability: np.ndarray, thresholds: np.ndarr
 
 def hazard_ratio(time: np.ndarray, event: np.ndarray, high_risk: np.ndarray) -> dict[str, float]:
     """HR high vs low risk group with 95% CI (lifelines Cox) and log-rank p; NaN if a group has no event."""
-    rows = _known(time, event, high_risk)
+    rows = known_rows(time, event, high_risk)
     group = high_risk[rows].astype(bool)
     if event[rows][group].sum() == 0 or event[rows][~group].sum() == 0:
         return {"estimate": np.nan, "low": np.nan, "high": np.nan, "logrank_p": np.nan}
@@ -220,19 +208,19 @@ def hazard_ratio(time: np.ndarray, event: np.ndarray, high_risk: np.ndarray) -> 
 
 def auc(label: np.ndarray, score: np.ndarray) -> float:
     """ROC AUC over patients with both values known (NaN if one class only)."""
-    rows = _known(label, score)
+    rows = known_rows(label, score)
     return float(roc_auc_score(label[rows], score[rows])) if len(np.unique(label[rows])) == 2 else np.nan
 
 
 def f1_at(label: np.ndarray, probability: np.ndarray, threshold: np.ndarray) -> float:
     """F1 at per-patient thresholds fixed on the training folds."""
-    rows = _known(label, probability, threshold)
+    rows = known_rows(label, probability, threshold)
     return float(f1_score(label[rows], probability[rows] >= threshold[rows], zero_division=0))
 
 
 def classification_at(label: np.ndarray, probability: np.ndarray, threshold: np.ndarray) -> np.ndarray:
     """Accuracy, sensitivity and specificity at per-patient thresholds fixed on the training folds."""
-    rows = _known(label, probability, threshold)
+    rows = known_rows(label, probability, threshold)
     predicted = probability[rows] >= threshold[rows]
     return np.array([accuracy_score(label[rows], predicted), recall_score(label[rows], predicted, zero_division=0),
                      recall_score(1 - label[rows], ~predicted, zero_division=0)])
@@ -240,76 +228,29 @@ def classification_at(label: np.ndarray, probability: np.ndarray, threshold: np.
 
 def brier(label: np.ndarray, probability: np.ndarray) -> float:
     """Brier score of a probability over known pairs."""
-    rows = _known(label, probability)
+    rows = known_rows(label, probability)
     return float(brier_score_loss(label[rows], np.clip(probability[rows], 0.0, 1.0)))
 
 
 def rmse(observed: np.ndarray, predicted: np.ndarray) -> float:
     """Root mean squared error over known pairs."""
-    rows = _known(observed, predicted)
+    rows = known_rows(observed, predicted)
     return float(np.sqrt(mean_squared_error(observed[rows], predicted[rows])))
 
 
 def pearson(observed: np.ndarray, predicted: np.ndarray) -> float:
     """Pearson correlation over known pairs."""
-    rows = _known(observed, predicted)
+    rows = known_rows(observed, predicted)
     return float(pearsonr(observed[rows], predicted[rows])[0])
 
 
 def mae(observed: np.ndarray, predicted: np.ndarray) -> float:
     """Mean absolute error over known pairs."""
-    rows = _known(observed, predicted)
+    rows = known_rows(observed, predicted)
     return float(mean_absolute_error(observed[rows], predicted[rows]))
 
 
 def r2(observed: np.ndarray, predicted: np.ndarray) -> float:
     """Coefficient of determination over known pairs."""
-    rows = _known(observed, predicted)
+    rows = known_rows(observed, predicted)
     return float(r2_score(observed[rows], predicted[rows]))
-
-
-def bootstrap_samples(n: int, draws: int, seed: int) -> np.ndarray:
-    """Patient indices of each bootstrap resample, [draws, n]."""
-    return np.random.default_rng(seed).integers(0, n, size=(draws, n))
-
-
-def interval(estimate: float, replicates: np.ndarray) -> dict[str, float]:
-    """Point estimate with the 2.5/97.5 percentile bootstrap interval."""
-    finite = replicates[np.isfinite(replicates)]
-    if len(finite) < 10:
-        return {"estimate": float(estimate), "low": np.nan, "high": np.nan}
-    low, high = np.percentile(finite, [2.5, 97.5])
-    return {"estimate": float(estimate), "low": float(low), "high": float(high)}
-
-
-def _safe(statistic: Callable[[np.ndarray], float | np.ndarray], rows: np.ndarray, width: int) -> np.ndarray:
-    """A statistic on some rows; a resample it cannot be computed on gives NaN."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return np.atleast_1d(np.asarray(statistic(rows), dtype=float))
-    except (ValueError, ZeroDivisionError, FloatingPointError):
-        return np.full(width, np.nan)
-
-
-def stacked(parts: list[tuple[Callable[[np.ndarray], float | np.ndarray], int]], rows: np.ndarray) -> np.ndarray:
-    """Several statistics of some rows side by side; one that cannot be computed gives NaN without hiding the others."""
-    return np.concatenate([_safe(statistic, rows, width) for statistic, width in parts])
-
-
-def with_bootstrap(statistic: Callable[[np.ndarray], float], n: int, samples: np.ndarray) -> tuple[float, np.ndarray]:
-    """A scalar statistic on all rows and on each resample (failures become NaN)."""
-    return float(_safe(statistic, np.arange(n), 1)[0]), np.array([_safe(statistic, rows, 1)[0] for rows in samples])
-
-
-def with_bootstrap_vector(statistic: Callable[[np.ndarray], np.ndarray], n: int, samples: np.ndarray,
-                          width: int) -> tuple[np.ndarray, np.ndarray]:
-    """A vector of statistics on all rows and on each resample, [width] and [draws, width]."""
-    return _safe(statistic, np.arange(n), width), np.array([_safe(statistic, rows, width) for rows in samples])
-
-
-def harrell_c_with_ci(time: np.ndarray, event: np.ndarray, risk: np.ndarray, draws: int = 200, seed: int = 0) -> dict[str, float]:
-    """Harrell's C with a bootstrap 95% CI."""
-    estimate, replicates = with_bootstrap(lambda rows: harrell_c(time[rows], event[rows], risk[rows]),
-                                          len(time), bootstrap_samples(len(time), draws, seed))
-    return interval(estimate, replicates)

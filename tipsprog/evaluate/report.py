@@ -7,7 +7,9 @@ import numpy as np
 from lifelines.exceptions import ConvergenceError
 
 from tipsprog.clinical import FIPS_HIGH_RISK
+from tipsprog import bootstrap
 from tipsprog.evaluate import metrics
+from tipsprog.survival import harrell_c, harrell_c_with_ci
 from tipsprog.evaluate.rows import Cohort, PredictionRow
 from tipsprog.parallel import map_ordered
 
@@ -39,19 +41,19 @@ def survival_metrics(row: PredictionRow, data: Cohort, horizons: np.ndarray, tau
              *(f"auc_{int(h)}d" for h in horizons), *(f"brier_{int(h)}d" for h in horizons)]
 
     def statistics(rows: np.ndarray, tie_draws: int) -> np.ndarray:
-        random_ties = metrics.harrell_c_random_ties if tied else lambda t, e, r, _: metrics.harrell_c(t, e, r)
-        return metrics.stacked([
-            (lambda r: metrics.harrell_c(time[r], event[r], risk[r]), 1),
+        random_ties = metrics.harrell_c_random_ties if tied else lambda t, e, r, _: harrell_c(t, e, r)
+        return bootstrap.stacked([
+            (lambda r: harrell_c(time[r], event[r], risk[r]), 1),
             (lambda r: random_ties(time[r], event[r], risk[r], tie_draws), 1),
             (lambda r: metrics.uno_c(time[r], event[r], risk[r], tau), 1),
             (lambda r: metrics.integrated_brier(time[r], event[r], on_ibs_grid[r], ibs_grid), 1),
             (lambda r: metrics.time_dependent_auc(time[r], event[r], risk[r], horizons), len(horizons)),
             (lambda r: metrics.brier_at(time[r], event[r], at_horizons[r], horizons), len(horizons))], rows)
 
-    estimate, _ = metrics.with_bootstrap_vector(lambda r: statistics(r, metrics.TIE_BREAK_DRAWS), len(time),
+    estimate, _ = bootstrap.with_bootstrap_vector(lambda r: statistics(r, metrics.TIE_BREAK_DRAWS), len(time),
                                                 samples[:0], len(names))
-    _, replicates = metrics.with_bootstrap_vector(lambda r: statistics(r, 1), len(time), samples, len(names))
-    results = {name: metrics.interval(estimate[i], replicates[:, i]) for i, name in enumerate(names)}
+    _, replicates = bootstrap.with_bootstrap_vector(lambda r: statistics(r, 1), len(time), samples, len(names))
+    results = {name: bootstrap.interval(estimate[i], replicates[:, i]) for i, name in enumerate(names)}
     results["hazard_ratio"] = metrics.hazard_ratio(time, event, row.high_risk.astype(float))
     results["calibration"] = calibration_summary(row, data, horizons, grid)
     kept = {name: (estimate[names.index(name)], replicates[:, names.index(name)]) for name in COMPARED}
@@ -85,15 +87,15 @@ def ohe_metrics(row: PredictionRow, data: Cohort, samples: np.ndarray) -> dict:
     """OHE AUC; Brier for probabilities; accuracy, sensitivity, specificity and F1 at the training-fold threshold."""
     label, score = data.outcomes["ohe"], row.ohe_probability
     n = len(label)
-    results = {"auc": metrics.interval(*metrics.with_bootstrap(lambda r: metrics.auc(label[r], score[r]), n, samples))}
+    results = {"auc": bootstrap.interval(*bootstrap.with_bootstrap(lambda r: metrics.auc(label[r], score[r]), n, samples))}
     if row.ohe_threshold is not None:
         threshold = row.ohe_threshold
-        results["brier"] = metrics.interval(*metrics.with_bootstrap(lambda r: metrics.brier(label[r], score[r]), n, samples))
-        results["f1"] = metrics.interval(*metrics.with_bootstrap(lambda r: metrics.f1_at(label[r], score[r], threshold[r]), n, samples))
-        estimate, replicates = metrics.with_bootstrap_vector(
+        results["brier"] = bootstrap.interval(*bootstrap.with_bootstrap(lambda r: metrics.brier(label[r], score[r]), n, samples))
+        results["f1"] = bootstrap.interval(*bootstrap.with_bootstrap(lambda r: metrics.f1_at(label[r], score[r], threshold[r]), n, samples))
+        estimate, replicates = bootstrap.with_bootstrap_vector(
             lambda r: metrics.classification_at(label[r], score[r], threshold[r]), n, samples, 3)
         for i, name in enumerate(("accuracy", "sensitivity", "specificity")):
-            results[name] = metrics.interval(estimate[i], replicates[:, i])
+            results[name] = bootstrap.interval(estimate[i], replicates[:, i])
     return results
 
 
@@ -101,7 +103,7 @@ def ppg_metrics(row: PredictionRow, data: Cohort, samples: np.ndarray) -> dict:
     """ppg_post MAE, RMSE, R² and Pearson r with CIs."""
     observed, predicted = data.outcomes["ppg_post"], row.ppg_post
     statistics = {"mae_mmhg": metrics.mae, "rmse_mmhg": metrics.rmse, "r2": metrics.r2, "pearson_r": metrics.pearson}
-    return {name: metrics.interval(*metrics.with_bootstrap(lambda r, f=function: f(observed[r], predicted[r]), len(observed), samples))
+    return {name: bootstrap.interval(*bootstrap.with_bootstrap(lambda r, f=function: f(observed[r], predicted[r]), len(observed), samples))
             for name, function in statistics.items()}
 
 
@@ -137,11 +139,11 @@ def reclassification(rows: list[PredictionRow], data: Cohort, horizon: float, sa
     known = np.isfinite(fips_high) & np.isfinite(risk)
     flagged = float(fips_high[known].mean())
     model_high = np.where(known, risk >= np.quantile(risk[known], 1.0 - flagged), np.nan)
-    estimate, replicates = metrics.with_bootstrap_vector(
+    estimate, replicates = bootstrap.with_bootstrap_vector(
         lambda r: np.array(list(metrics.net_reclassification(time[r], event[r], fips_high[r], model_high[r], horizon).values())),
         len(time), samples, 3)
     return {"horizon_days": float(horizon), "fips_cut": FIPS_HIGH_RISK, "flagged_fraction": flagged,
-            **{name: metrics.interval(estimate[i], replicates[:, i]) for i, name in enumerate(("nri", "events", "nonevents"))}}
+            **{name: bootstrap.interval(estimate[i], replicates[:, i]) for i, name in enumerate(("nri", "events", "nonevents"))}}
 
 
 def decision_curve(rows: list[PredictionRow], data: Cohort) -> dict:
@@ -166,7 +168,7 @@ def per_center(rows: list[PredictionRow], data: Cohort, draws: int, seed: int) -
         if np.nansum(event[inside]) < MIN_CENTER_EVENTS:
             continue
         breakdown[center] = {"patients": int(inside.sum()), "events": int(np.nansum(event[inside])),
-                             "harrell_c": {row.name: metrics.harrell_c_with_ci(time[inside], event[inside], row.risk[inside], draws, seed)
+                             "harrell_c": {row.name: harrell_c_with_ci(time[inside], event[inside], row.risk[inside], draws, seed)
                                            for row in rows}}
     return breakdown
 
@@ -176,7 +178,7 @@ def evaluate_rows(rows: list[PredictionRow], data: Cohort, horizons: np.ndarray,
     """Every metric of one evaluation setting (the out-of-fold predictions or a held-out cohort)."""
     time = data.outcomes["time"]
     tau, grid = evaluation_grid(time, horizons)
-    samples = metrics.bootstrap_samples(len(time), draws, seed)
+    samples = bootstrap.bootstrap_samples(len(time), draws, seed)
     survival, ohe, ppg, kept = {}, {}, {}, {}
     jobs = [(row, data, horizons, tau, grid, samples) for row in rows]
     for row, (row_survival, row_kept, row_ohe, row_ppg) in zip(rows, map_ordered(_row_metrics, jobs, workers)):
@@ -185,7 +187,7 @@ def evaluate_rows(rows: list[PredictionRow], data: Cohort, horizons: np.ndarray,
             ohe[row.name] = row_ohe
         if row_ppg is not None:
             ppg[row.name] = row_ppg
-    differences = {name: {metric: metrics.interval(kept["model"][metric][0] - values[metric][0],
+    differences = {name: {metric: bootstrap.interval(kept["model"][metric][0] - values[metric][0],
                                                    kept["model"][metric][1] - values[metric][1]) for metric in COMPARED}
                    for name, values in kept.items() if name != "model"}
     middle = float(horizons[len(horizons) // 2])

@@ -15,8 +15,8 @@ from tipsprog import store
 from tipsprog.clinical import FIPS_HIGH_RISK
 from tipsprog.errors import InputError
 from tipsprog.fusion.bundle import Bundle
-from tipsprog.fusion.training import baseline_at, breslow, survival_at
 from tipsprog.io import read_table
+from tipsprog.survival import BreslowBaseline
 
 
 @dataclass
@@ -50,7 +50,7 @@ class OutOfFold(Cohort):
 
     oof: dict[str, np.ndarray]
     repeats: dict[str, np.ndarray]
-    baselines: dict[str, list[tuple[np.ndarray, np.ndarray]]]
+    baselines: dict[str, list[BreslowBaseline]]
 
 
 def read_oof(path: Path) -> OutOfFold:
@@ -58,7 +58,7 @@ def read_oof(path: Path) -> OutOfFold:
     with store.open_store(path) as h5:
         return OutOfFold(store.read_patients(h5), store.read_centers(h5), store.read_columns(h5, "outcomes"),
                          store.read_columns(h5, "scores"), store.read_columns(h5, "oof"), store.read_columns(h5, "repeats"),
-                         {row: store.read_baselines(h5, row) for row in ("model", "clinical_cox")})
+                         {row: [BreslowBaseline(*pair) for pair in store.read_baselines(h5, row)] for row in ("model", "clinical_cox")})
 
 
 def read_held_out(path: Path) -> tuple[Cohort, dict[str, np.ndarray]]:
@@ -69,17 +69,17 @@ def read_held_out(path: Path) -> tuple[Cohort, dict[str, np.ndarray]]:
         return cohort, {**store.read_columns(h5, "predictions"), "member_risk": store.read_columns(h5, "members")["risk"]}
 
 
-def _survival_from_baselines(risk: np.ndarray, fold: np.ndarray, baselines: list, grid: np.ndarray,
+def _survival_from_baselines(risk: np.ndarray, fold: np.ndarray, baselines: list[BreslowBaseline], grid: np.ndarray,
                              time: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Survival on the grid and at each patient's own time, from the patient's test-fold baseline, averaged over
     repeats. `risk` and `fold` are [patients, repeats]; fold ids index `baselines`."""
     curves = np.full((risk.shape[1], len(risk), len(grid)), np.nan)
     own = np.full((risk.shape[1], len(risk)), np.nan)
-    for index, (times, cumhaz) in enumerate(baselines):
+    for index, baseline in enumerate(baselines):
         for repeat in range(risk.shape[1]):
             rows = (fold[:, repeat] == index) & np.isfinite(risk[:, repeat])
-            curves[repeat, rows] = survival_at(times, cumhaz, risk[rows, repeat], grid)
-            own[repeat, rows] = np.exp(-np.exp(risk[rows, repeat]) * baseline_at(times, cumhaz, time[rows]))
+            curves[repeat, rows] = baseline.survival(risk[rows, repeat], grid)
+            own[repeat, rows] = baseline.survival_at_own_time(risk[rows, repeat], time[rows])
     return curves.mean(axis=0), own.mean(axis=0)
 
 
@@ -95,13 +95,12 @@ class _ScoreCox:
     centre: float
     spread: float
     coefficient: float
-    times: np.ndarray
-    cumhaz: np.ndarray
+    baseline: BreslowBaseline
 
     def survival(self, score: np.ndarray, time: np.ndarray, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Survival on the grid and at each patient's own time."""
         risk = self.coefficient * (score - self.centre) / self.spread
-        return survival_at(self.times, self.cumhaz, risk, grid), np.exp(-np.exp(risk) * baseline_at(self.times, self.cumhaz, time))
+        return self.baseline.survival(risk, grid), self.baseline.survival_at_own_time(risk, time)
 
 
 def _fit_score_cox(score: np.ndarray, time: np.ndarray, event: np.ndarray) -> _ScoreCox | None:
@@ -115,7 +114,7 @@ def _fit_score_cox(score: np.ndarray, time: np.ndarray, event: np.ndarray) -> _S
     except ConvergenceError:
         return None
     coefficient = float(fitter.params_["s"])
-    return _ScoreCox(centre, spread, coefficient, *breslow(coefficient * standardised, time, event))
+    return _ScoreCox(centre, spread, coefficient, BreslowBaseline.fit(coefficient * standardised, time, event))
 
 
 def _survival_from_score(score: np.ndarray, data: OutOfFold, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -152,18 +151,15 @@ def held_out_rows(bundle: Bundle, training: OutOfFold, cohort: Cohort, predictio
     when `truth` covers both cohorts, the oracle."""
     time = cohort.outcomes["time"]
     member_risk = predictions["member_risk"]
-    curves = np.mean([survival_at(np.array(m.baseline_times), np.array(m.baseline_cumhaz), member_risk[:, i], grid)
-                      for i, m in enumerate(bundle.members)], axis=0)
-    own = np.mean([np.exp(-np.exp(member_risk[:, i]) * baseline_at(np.array(m.baseline_times), np.array(m.baseline_cumhaz), time))
-                   for i, m in enumerate(bundle.members)], axis=0)
+    curves = np.mean([m.baseline.survival(member_risk[:, i], grid) for i, m in enumerate(bundle.members)], axis=0)
+    own = np.mean([m.baseline.survival_at_own_time(member_risk[:, i], time) for i, m in enumerate(bundle.members)], axis=0)
     risk = predictions["risk"]
     rows = [PredictionRow("model", risk, curves, own, risk > bundle.manifest["risk_groups"]["cut"],
                           predictions["ohe_probability"], predictions["ohe_threshold"], predictions["ppg_post"])]
     if bundle.clinical_cox is not None and "clinical_cox_risk" in predictions:
         cox, cox_risk = bundle.clinical_cox, predictions["clinical_cox_risk"]
-        times, cumhaz = np.array(cox.baseline_times), np.array(cox.baseline_cumhaz)
-        rows.append(PredictionRow("clinical-cox", cox_risk, survival_at(times, cumhaz, cox_risk, grid),
-                                  np.exp(-np.exp(cox_risk) * baseline_at(times, cumhaz, time)), cox_risk > cox.cut))
+        rows.append(PredictionRow("clinical-cox", cox_risk, cox.baseline.survival(cox_risk, grid),
+                                  cox.baseline.survival_at_own_time(cox_risk, time), cox_risk > cox.cut))
     notes = []
     for name, score in cohort.scores.items():
         refitted = _refitted(training.scores.get(name, np.full(len(training.patient_ids), np.nan)), training, score, time, grid)

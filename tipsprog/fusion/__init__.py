@@ -15,11 +15,14 @@ import yaml
 from tipsprog import store
 from tipsprog.devices import resolve_device
 from tipsprog.errors import InputError
-from tipsprog.evaluate.metrics import harrell_c, harrell_c_with_ci
+from tipsprog.survival import harrell_c, harrell_c_with_ci
 from tipsprog.fusion.assembly import assemble, score_columns
 from tipsprog.fusion.bundle import HeldOut, write_bundle
 from tipsprog.fusion.config import TrainConfig
-from tipsprog.fusion.training import Member, TrainingData, cross_validate, fit_clinical_cox, predict_cohort
+from tipsprog.fusion.clinical_cox import fit_clinical_cox
+from tipsprog.fusion.crossval import cross_validate
+from tipsprog.fusion.data import TrainingData
+from tipsprog.fusion.ensemble import Member, predict_cohort
 from tipsprog.io import read_id_list
 from tipsprog.checkpoints import TrainingJournal
 from tipsprog.clinical import score_notes

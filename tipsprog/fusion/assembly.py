@@ -13,7 +13,7 @@ from tipsprog.clinical import clinical_scores, read_clinical
 from tipsprog.errors import InputError
 from tipsprog.fusion.data import (MODALITIES, clinical_features, modality_matrices, modality_of, numeric_extras,
                                   with_extras)
-from tipsprog.fusion.training import TrainingData
+from tipsprog.fusion.data import TrainingData
 from tipsprog.io import read_outcomes
 
 

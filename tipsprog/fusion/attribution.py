@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from tipsprog.fusion.config import TrainConfig
-from tipsprog.fusion.training import Ensemble, Member, member_ensemble, stacked_inputs
+from tipsprog.fusion.ensemble import Ensemble, Member, member_ensemble, stacked_inputs
 
 ATTRIBUTION_STEPS = 32
 

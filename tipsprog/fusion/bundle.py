@@ -17,7 +17,10 @@ from tipsprog.fusion.config import TrainConfig
 from tipsprog.errors import InputError
 from tipsprog.fusion.data import ModalityPreprocessor
 from tipsprog.fusion.ood import OodReference, fit_ood
-from tipsprog.fusion.training import ClinicalCox, CrossValidation, Member, TrainingData
+from tipsprog.fusion.clinical_cox import ClinicalCoxFit
+from tipsprog.fusion.crossval import CrossValidation
+from tipsprog.fusion.data import TrainingData
+from tipsprog.fusion.ensemble import Member
 
 BUNDLE_FORMAT = 4
 WEIGHTS_FORMAT = "tipsprog-fusion-2"
@@ -32,8 +35,14 @@ class Bundle:
     manifest: dict
     config: TrainConfig
     members: list[Member]
-    clinical_cox: ClinicalCox | None
+    clinical_cox: ClinicalCoxFit | None
     ood: OodReference | None = None  # None: a bundle written before #24 (no ood.json)
+
+    def out_of_fold_risk(self) -> np.ndarray:
+        """The training patients' out-of-fold risks (oof.h5), those known."""
+        with store.open_store(self.path / "oof.h5") as h5:
+            risk = store.read_columns(h5, "oof")["risk"]
+        return risk[np.isfinite(risk)]
 
 
 @dataclass
@@ -54,7 +63,7 @@ def _member_payload(member: Member) -> dict:
 
 def write_bundle(out: Path, data: TrainingData, cv: CrossValidation, config: TrainConfig, manifest: dict,
                  scores: dict[str, np.ndarray], metrics: dict, model_card: str, copied: dict[str, Path],
-                 clinical_cox: ClinicalCox | None = None, held_out: HeldOut | None = None) -> None:
+                 clinical_cox: ClinicalCoxFit | None = None, held_out: HeldOut | None = None) -> None:
     """Write the bundle folder atomically; files named in `copied` are copied in and hashed."""
     with store.atomic_output(out, "bundle") as tmp:
         tmp.mkdir(parents=True)
@@ -71,7 +80,7 @@ def write_bundle(out: Path, data: TrainingData, cv: CrossValidation, config: Tra
             store.write_columns(h5, "repeats", {**cv.per_repeat, "fold": cv.folds})
             store.write_columns(h5, "scores", scores)
             for row, baselines in cv.baselines.items():
-                store.write_baselines(h5, row, baselines)
+                store.write_baselines(h5, row, [(baseline.times, baseline.cumhaz) for baseline in baselines])
         if held_out is not None:
             with store.create_store(tmp / "held_out.h5", held_out.data.patient_ids, held_out.data.centers.tolist()) as h5:
                 store.write_columns(h5, "outcomes", held_out.data.outcomes())
@@ -113,7 +122,7 @@ def load_bundle(path: Path, trust: bool = False) -> Bundle:
     for entry, fitted in zip(payload["members"], preprocess["members"]):
         preprocessors = {k: ModalityPreprocessor(**v) for k, v in fitted["preprocessors"].items()}
         members.append(Member(**{**entry, "preprocessors": preprocessors}))
-    clinical_cox = ClinicalCox.from_dict(preprocess["clinical_cox"]) if preprocess.get("clinical_cox") else None
+    clinical_cox = ClinicalCoxFit.from_dict(preprocess["clinical_cox"]) if preprocess.get("clinical_cox") else None
     ood_file = path / "ood.json"
     ood = OodReference.from_dict(json.loads(ood_file.read_text(encoding="utf-8"))) if ood_file.is_file() else None
     return Bundle(path, manifest, TrainConfig(**manifest["config"]), members, clinical_cox, ood)

@@ -159,3 +159,27 @@ def fit_preprocessors(matrices: dict[str, np.ndarray], groups: dict[str, list[st
     return {m: ModalityPreprocessor.fit(values[train_rows], groups[m], 0 if m == "clinical" else imaging_width)
             for m, values in matrices.items()}
 
+
+@dataclass
+class TrainingData:
+    """Raw (unscaled) modality matrices and labels of the training cohort."""
+
+    patient_ids: list[str]
+    centers: np.ndarray
+    matrices: dict[str, np.ndarray]
+    feature_names: dict[str, list[str]]
+    feature_groups: dict[str, list[str]]
+    time: np.ndarray
+    event: np.ndarray
+    ohe: np.ndarray
+    ppg_post: np.ndarray
+
+    def subset(self, rows: np.ndarray) -> TrainingData:
+        """The same cohort restricted to `rows`."""
+        return TrainingData([self.patient_ids[r] for r in rows], self.centers[rows], {m: v[rows] for m, v in self.matrices.items()},
+                            self.feature_names, self.feature_groups, self.time[rows], self.event[rows], self.ohe[rows],
+                            self.ppg_post[rows])
+
+    def outcomes(self) -> dict[str, np.ndarray]:
+        """Observed outcome columns."""
+        return {"time": self.time, "event": self.event, "ohe": self.ohe, "ppg_post": self.ppg_post}

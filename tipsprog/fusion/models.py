@@ -75,7 +75,7 @@ class FusionModel(nn.Module):
         return [outputs]
 
 
-class ClinicalCox(FusionModel):
+class ClinicalCoxNetwork(FusionModel):
     """Linear heads on the clinical variables: the Cox model every report shows, trained by the same core."""
 
     def __init__(self, layout: dict[str, Layout], hidden: int, dropout: float):
@@ -323,7 +323,7 @@ def build_model(name: str, layout: dict[str, Layout], hidden: int, dropout: floa
                 guided: bool = False) -> FusionModel:
     """Instantiate a fusion model by name with its model-specific options (the config section of the same name),
     wrapped as a residual on the clinical Cox when `guided`."""
-    classes = {"clinical-cox": ClinicalCox, "concat": ConcatFusion, "late": LateFusion, "intermediate": IntermediateFusion,
+    classes = {"clinical-cox": ClinicalCoxNetwork, "concat": ConcatFusion, "late": LateFusion, "intermediate": IntermediateFusion,
                "tmiclnet": TmiClNet, "multitips": MultiTips, "graph": GraphFusion}
     if name not in classes:
         raise ValueError(f"unknown model {name}")
