@@ -36,7 +36,7 @@ from tipsprog.fusion.assembly import assemble
 from tipsprog.fusion.config import load_config
 from tipsprog.fusion.data import fit_preprocessors
 from tipsprog.fusion.losses import SurvivalIndex, cox_efron_nll
-from tipsprog.fusion.models import MODELS
+from tipsprog.registry import FUSION_MODELS
 from tipsprog.survival import harrell_c, harrell_c_with_ci
 from tipsprog.fusion.crossval import cross_validate
 from tipsprog.fusion.data import TrainingData
@@ -207,7 +207,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--timing-epochs", type=int, default=300)
     parser.add_argument("--tables", default="accuracy,ablation,timing,modules", help="Which tables to print, in this order.")
-    parser.add_argument("--models", default=",".join(MODELS), help="Models of the accuracy and module tables.")
+    parser.add_argument("--models", default=",".join(FUSION_MODELS), help="Models of the accuracy and module tables.")
     parser.add_argument("--ablation-seeds", type=int, default=1, help="Seeds per fold in the ablation table.")
     parser.add_argument("--module-seeds", type=int, default=3, help="Seeds per fold in the module ablation table.")
     args = parser.parse_args()

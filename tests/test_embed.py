@@ -185,7 +185,7 @@ def test_cli_embeds_with_published_weights(pipeline, tmp_path):
 @pytest.mark.parametrize("arguments, message", [
     (("--encoder", "swinunetr", "--fit"), "--fit trains the ssl encoder only"),
     (("--encoder", "ctfm"), "--encoder ctfm: needs --weights PATH"),
-    (("--encoder", "resnet"), "--encoder resnet: choose one of ssl, medicalnet-resnet10"),
+    (("--encoder", "resnet"), "--encoder resnet: unknown encoder; choose one of ssl, medicalnet-resnet10"),
     (("--encoder", "ctfm", "--weights", "absent.safetensors"), "absent.safetensors: weights file not found"),
     (("--pool", "median"), "--pool median: choose one of mean, mean+max"),
 ])

@@ -11,7 +11,8 @@ from tipsprog.errors import InputError
 from tipsprog.survival import harrell_c
 from tipsprog.fusion.config import load_config
 from tipsprog.fusion.data import ModalityPreprocessor
-from tipsprog.fusion.models import MODELS, Layout, build_model, is_guided
+from tipsprog.fusion.models import Layout, build_model, is_guided
+from tipsprog.registry import FUSION_MODELS
 from tipsprog.fusion.modules import OrganSimilarityFusion, pod_penalty
 from tipsprog.fusion.losses import SurvivalIndex
 from tipsprog.fusion.crossval import cross_validate
@@ -150,7 +151,7 @@ def test_repeated_cv_reshuffles_folds_and_averages_out_of_fold_predictions():
         repeated_splits(data.event, data.centers, config, "center", 0)
 
 
-@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("model", list(FUSION_MODELS))
 def test_every_model_trains_with_finite_decreasing_loss(model):
     data = _cohort()
     config = _config(model, epochs=25, patience=25)
@@ -343,7 +344,7 @@ def test_config_rejects_unknown_keys_and_bad_types(tmp_path):
     cases = {
         "folds: 3\nlearnig_rate: 0.01\n": "train.yaml: unknown config key 'learnig_rate'",
         "folds: three\n": "'folds' must be int",
-        "model: transformer\n": "model 'transformer' unknown",
+        "model: transformer\n": "train.yaml: model transformer: unknown fusion model; choose one of clinical-cox, concat",
         "tmiclnet: {balanse: 0.5}\n": "unknown key 'tmiclnet.balanse'",
         "stages: [{name: a, max_epochs: 10, patience: 5, loss_weights: {survival: 1.0}}]\n": r"stages\[1\] needs exactly the keys",
         "stages: [{name: a, max_epochs: 10, patience: 5, shared_lr_scale: 1.0, loss_weights: {death: 1.0}}]\n":

@@ -22,6 +22,7 @@ from rich.table import Table
 from tipsprog import __version__
 from tipsprog.errors import InputError
 from tipsprog.parallel import default_workers
+from tipsprog.registry import ENCODERS, FUSION_MODELS, SEGMENTATION_BACKENDS
 from tipsprog.store import ROI_LABELS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -150,7 +151,7 @@ def _finite_mean(values: np.ndarray, form: str) -> str:
 @guarded
 def segment(cohort: Path = typer.Argument(..., help="cohort.csv (patient_id, ct[, center, label|liver_mask|spleen_mask])."),
             out: Path = typer.Option(..., "--out", help="Output segment store (.h5)."),
-            backend: str = typer.Option("classic", "--backend", help="classic, masks, semi or totalseg."),
+            backend: str = typer.Option("classic", "--backend", help=f"One of {SEGMENTATION_BACKENDS.choices()}."),
             fit: Optional[Path] = typer.Option(None, "--fit", help="semi: LABELED.csv (cohort format with labels) to train on."),
             model: Optional[Path] = typer.Option(None, "--model", help="semi: trained model to use, or where --fit saves it (default OUT.semi.pt)."),
             iterations: int = typer.Option(1600, "--iterations", min=1, help="semi: training iterations with --fit."),
@@ -207,8 +208,9 @@ def radiomics(seg: Path = typer.Argument(..., help="Segment store from `tipsprog
 @guarded
 def embed(seg: Path = typer.Argument(..., help="Segment store from `tipsprog segment`."),
           out: Path = typer.Option(..., "--out", help="Output embedding store (.h5)."),
-          encoder: str = typer.Option("ssl", "--encoder", help="ssl (self-supervised, trained with --fit), medicalnet-resnet10|18|50 "
-                                      "(resnet_*_23dataset.pth), swinunetr (model_swinvit.pt) or ctfm (model.safetensors)."),
+          encoder: str = typer.Option("ssl", "--encoder", help=f"One of {ENCODERS.choices()}: ssl is pre-trained "
+                                      "here (--fit); the others read their publisher's file (medicalnet: resnet_*_23dataset.pth, "
+                                      "swinunetr: model_swinvit.pt, ctfm: model.safetensors)."),
           fit: bool = typer.Option(False, "--fit", help="Pre-train the ssl encoder on this store's crops (masked-volume reconstruction)."),
           fit_ids: Optional[Path] = typer.Option(None, "--fit-ids", help="With --fit: CSV with a patient_id column; pre-train on "
                                                  "these patients' crops only (e.g. leave held-out patients unseen)."),
@@ -235,7 +237,7 @@ def fuse_train(stores: list[Path] = typer.Argument(None, help="Feature stores (r
                clinical: Path = typer.Option(..., "--clinical", help="clinical.csv"),
                outcomes: Path = typer.Option(..., "--outcomes", help="outcomes.csv"),
                out: Path = typer.Option(..., "--out", help="Output bundle folder."),
-               model: Optional[str] = typer.Option(None, "--model", help="clinical-cox, concat (default), late, intermediate, tmiclnet, multitips or graph (docs/models.md)."),
+               model: Optional[str] = typer.Option(None, "--model", help=f"One of {FUSION_MODELS.choices()} (default concat; docs/models.md)."),
                folds: Optional[int] = typer.Option(None, "--folds", help="CV folds (default 5)."),
                cv: str = typer.Option("kfold", "--cv", help="kfold (stratified by event and center) or center."),
                repeats: Optional[int] = typer.Option(None, "--repeats", help="Repeated K-fold: reshuffles (default 1)."),

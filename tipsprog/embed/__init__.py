@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from tipsprog import store
 from tipsprog.devices import resolve_device
-from tipsprog.embed.encoders import ENCODERS, RoiEncoder, load_encoder
+from tipsprog.embed.encoders import RoiEncoder, load_encoder
 from tipsprog.embed.ssl import FitSettings, build_ssl_network, fit_ssl, save_ssl_weights, ssl_fitted_on
 from tipsprog.errors import InputError
 from tipsprog.io import read_id_list
@@ -27,7 +27,7 @@ from tipsprog.transductive import fitted_attr
 EMBED_ROIS = ("liver", "spleen")
 POOLINGS = ("mean", "mean+max")
 
-__all__ = ["ENCODERS", "EMBED_ROIS", "POOLINGS", "FitSettings", "embed_crops", "embedding_block", "random_encoder",
+__all__ = ["EMBED_ROIS", "POOLINGS", "FitSettings", "embed_crops", "embedding_block", "random_encoder",
            "run_embed", "load_encoder"]
 
 

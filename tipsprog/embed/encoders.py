@@ -16,10 +16,8 @@ from monai.transforms import ScaleIntensityRange
 from tipsprog.embed.published import LoadReport, ctfm_segresencoder, medicalnet_resnet, swinunetr_ssl
 from tipsprog.embed.ssl import SSL_CHANNELS, load_ssl_weights
 from tipsprog.errors import InputError
+from tipsprog.registry import ENCODERS
 from tipsprog.segment.crops import HU_CENTER, HU_HALF_WIDTH
-
-ENCODERS = ("ssl", "medicalnet-resnet10", "medicalnet-resnet18", "medicalnet-resnet50", "swinunetr", "ctfm")
-
 
 def crop_to_hu(ct_channel: torch.Tensor) -> torch.Tensor:
     """Undo the crops' window scaling (values outside −200…300 HU stay clipped)."""
@@ -77,18 +75,30 @@ class RoiEncoder(torch.nn.Module):
         return self._features(self.backbone, crops)
 
 
+def ssl_encoder(name: str, weights: Path) -> RoiEncoder:
+    """tipsprog's self-supervised autoencoder from its own weights file."""
+    return RoiEncoder(name, load_ssl_weights(weights), LoadReport(f"MONAI AutoEncoder, channels {list(SSL_CHANNELS)}"))
+
+
+def medicalnet_encoder(name: str, weights: Path) -> RoiEncoder:
+    """MedicalNet's ResNet of the depth in its name (medicalnet-resnet10|18|50) from Tencent's file."""
+    return RoiEncoder(name, *medicalnet_resnet(weights, int(name.removeprefix("medicalnet-resnet"))))
+
+
+def swinunetr_encoder(name: str, weights: Path) -> RoiEncoder:
+    """MONAI's self-supervised SwinUNETR backbone from model_swinvit.pt."""
+    return RoiEncoder(name, *swinunetr_ssl(weights))
+
+
+def ctfm_encoder(name: str, weights: Path) -> RoiEncoder:
+    """CT-FM's SegResEncoder from its safetensors file."""
+    return RoiEncoder(name, *ctfm_segresencoder(weights))
+
+
 def load_encoder(name: str, weights: Path | None) -> RoiEncoder:
-    """An encoder by name: ssl from tipsprog's own weights file, the others from their publisher's file."""
-    if name not in ENCODERS:
-        raise InputError(f"--encoder {name}: choose one of {', '.join(ENCODERS)}")
+    """An encoder by name (the ENCODERS registry): ssl from tipsprog's own weights file, the others from their
+    publisher's file."""
+    ENCODERS.check(name, "--encoder")
     if weights is None:
         raise InputError(f"--encoder {name}: needs --weights PATH (a local file; nothing is downloaded)")
-    if name == "ssl":
-        return RoiEncoder(name, load_ssl_weights(weights), LoadReport(f"MONAI AutoEncoder, channels {list(SSL_CHANNELS)}"))
-    if name.startswith("medicalnet-resnet"):
-        backbone, report = medicalnet_resnet(weights, int(name.removeprefix("medicalnet-resnet")))
-    elif name == "swinunetr":
-        backbone, report = swinunetr_ssl(weights)
-    else:
-        backbone, report = ctfm_segresencoder(weights)
-    return RoiEncoder(name, backbone, report).eval()
+    return ENCODERS.get(name)(name, weights).eval()

@@ -9,11 +9,11 @@ from pathlib import Path
 import yaml
 
 from tipsprog.errors import InputError
-from tipsprog.fusion.models import MODELS
+
+from tipsprog.registry import FUSION_MODEL_SECTIONS, FUSION_MODELS
 
 LOSS_KEYS = ("survival", "ohe", "ppg")
 STAGE_TYPES = {"name": str, "max_epochs": int, "patience": int, "loss_weights": dict, "shared_lr_scale": float}
-MODEL_SECTIONS = ("tmiclnet", "multitips", "graph")
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class TrainConfig:
 
     def model_options(self) -> dict:
         """The config section of the chosen model (empty for models without one)."""
-        return dict(getattr(self, self.model)) if self.model in MODEL_SECTIONS else {}
+        return dict(getattr(self, self.model)) if self.model in FUSION_MODEL_SECTIONS else {}
 
 
 def _packaged(name: str) -> dict | None:
@@ -100,13 +100,12 @@ def _check_stages(stages, source: str) -> None:
 def _check(values: dict, defaults: dict, source: str) -> None:
     """Type and range checks with a message naming the file and key."""
     for key, value in values.items():
-        if key in MODEL_SECTIONS:
+        if key in FUSION_MODEL_SECTIONS:
             _check_section(value, defaults[key], key, source)
         elif key != "stages":
             _same_type(value, defaults[key], key, source)
     _check_stages(values["stages"], source)
-    if values["model"] not in MODELS:
-        raise InputError(f"{source}: model '{values['model']}' unknown (choose from {', '.join(MODELS)})")
+    FUSION_MODELS.check(values["model"], f"{source}: model")
     if values["folds"] < 2 or values["seeds"] < 1 or values["repeats"] < 1 or not 0 < values["validation_fraction"] < 0.5:
         raise InputError(f"{source}: need folds ≥ 2, seeds ≥ 1, repeats ≥ 1 and 0 < validation_fraction < 0.5")
     if values["hidden"] % values["tmiclnet"]["heads"] or values["hidden"] % values["multitips"]["heads"]:
@@ -123,9 +122,9 @@ def load_config(path: Path | None = None, **overrides) -> TrainConfig:
         raise InputError(f"{path}: unknown config key '{unknown[0]}' (known: {', '.join(sorted(defaults))})")
     given = {k: v for k, v in overrides.items() if v is not None}
     model = given.get("model", loaded.get("model", defaults["model"]))
-    preset = _packaged(model) if model in MODELS else None
+    preset = _packaged(model) if model in FUSION_MODELS else None
     values = {**defaults, **(preset or {})}
     for key, value in {**loaded, **given}.items():
-        values[key] = {**defaults[key], **value} if key in MODEL_SECTIONS and isinstance(value, dict) else value
+        values[key] = {**defaults[key], **value} if key in FUSION_MODEL_SECTIONS and isinstance(value, dict) else value
     _check(values, defaults, source)
     return TrainConfig(**values)

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from tipsprog.registry import FUSION_MODELS
 from tipsprog.fusion.losses import masked_mean, sdm_loss
 from tipsprog.fusion.modules import (AttentionBlock, ClinicalFilm, CrossOrganGraph, CyclicCrossAttention,
                                      MultiGranularityAttention, OrganSimilarityFusion, OrthogonalDecomposition,
                                      TokenEmbedding, pod_penalty)
 
-MODELS = ("clinical-cox", "concat", "late", "intermediate", "tmiclnet", "multitips", "graph")
 IMAGE_ORDER = ("embed", "radiomics", "biomarkers", "clinical")
 GUIDE_RISK = "guide_risk"  # the inputs key under which ClinicallyGuided hands its linear predictor to the fusion model
 
@@ -323,9 +323,5 @@ def build_model(name: str, layout: dict[str, Layout], hidden: int, dropout: floa
                 guided: bool = False) -> FusionModel:
     """Instantiate a fusion model by name with its model-specific options (the config section of the same name),
     wrapped as a residual on the clinical Cox when `guided`."""
-    classes = {"clinical-cox": ClinicalCoxNetwork, "concat": ConcatFusion, "late": LateFusion, "intermediate": IntermediateFusion,
-               "tmiclnet": TmiClNet, "multitips": MultiTips, "graph": GraphFusion}
-    if name not in classes:
-        raise ValueError(f"unknown model {name}")
-    model = classes[name](layout, hidden, dropout, **(options or {}))
+    model = FUSION_MODELS.get(name)(layout, hidden, dropout, **(options or {}))
     return ClinicallyGuided(model, layout) if guided else model

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from functools import lru_cache
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -12,7 +11,6 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 import torch
-import yaml
 
 from tipsprog import resume, store
 from tipsprog.store import writes_output
@@ -20,15 +18,14 @@ from tipsprog.devices import resolve_device
 from tipsprog.errors import InputError
 from tipsprog.io import COHORT_PATH_COLUMNS, read_cohort, read_ct, read_id_list
 from tipsprog.parallel import map_ordered
-from tipsprog.segment import biomarkers, classic, foundation, semi
+from tipsprog.segment import biomarkers, foundation, semi
+from tipsprog.registry import SEGMENTATION_BACKENDS
+from tipsprog.segment.backends import Backend, segment_scan, semi_model
 from tipsprog.segment.crops import CROP_SHAPE, roi_crops, roi_volumes
 from tipsprog.segment.masks import has_reference, reference_labels
 from tipsprog.segment.portal import PORTAL_VEIN_FIELDS, PortalVein, portal_vein_measurements
 from tipsprog.segment.qc import qc_reason, qc_status, quality_flags
 from tipsprog.transductive import fitted_attr
-
-BACKENDS = ("classic", "masks", "semi", "totalseg")
-
 
 @dataclass
 class ScanResult:
@@ -45,46 +42,6 @@ class ScanResult:
     input_sha256: str = ""
     portal_vein: PortalVein = field(default_factory=PortalVein)
     biomarkers: np.ndarray = field(default_factory=lambda: np.full(len(biomarkers.NAMES), np.nan, np.float32))
-
-
-@dataclass(frozen=True)
-class Backend:
-    """A segmentation backend and what it needs: a trained model file, a device, TotalSegmentator's mode."""
-
-    name: str = "classic"
-    model_path: str = ""
-    device: str = "cpu"
-    fast: bool = True
-
-    def settings(self) -> str:
-        """The backend's settings as YAML text (recorded in stores and bundles)."""
-        extra = {"classic": classic.SETTINGS, "totalseg": {"fast": self.fast, "roi_subset": foundation.ROI_SUBSET}}
-        settings = {"backend": self.name, **extra.get(self.name, {})}
-        if self.name == "semi":
-            settings.update(asdict(_semi_model(self.model_path, self.device)[1]))
-        return yaml.safe_dump(settings, sort_keys=True)
-
-
-@lru_cache(maxsize=2)
-def _semi_model(model_path: str, device: str) -> tuple[torch.nn.Module, semi.SemiSettings]:
-    """The semi-supervised network, loaded once per process."""
-    return semi.load_model(Path(model_path), torch.device(device))
-
-
-def segment_scan(ct: sitk.Image, backend: Backend, row: pd.Series | None = None) -> sitk.Image:
-    """Label one canonical CT with the chosen backend."""
-    if backend.name == "classic":
-        return classic.segment_classic(ct)
-    if backend.name == "masks":
-        if row is None or not has_reference(row):
-            raise InputError("backend 'masks' needs a 'label', 'liver_mask' or 'spleen_mask' column in the cohort")
-        return reference_labels(row, ct)
-    if backend.name == "semi":
-        model, settings = _semi_model(backend.model_path, backend.device)
-        return semi.segment_semi(ct, model, settings, torch.device(backend.device))
-    if backend.name == "totalseg":
-        return foundation.segment_totalseg(ct, backend.fast, backend.device)
-    raise InputError(f"unknown segmentation backend '{backend.name}' (choose from {', '.join(BACKENDS)})")
 
 
 def dice_per_roi(labels: sitk.Image, reference: sitk.Image) -> np.ndarray:
@@ -168,8 +125,7 @@ def prepare_backend(name: str, cohort: pd.DataFrame, out: Path, fit_csv: Path | 
     locate (--model) the network."""
     if fit_ids is not None and fit_csv is None:
         raise InputError(f"--fit-ids {fit_ids}: chooses the patients `--backend semi --fit` trains on; give --fit too")
-    if name not in BACKENDS:
-        raise InputError(f"unknown segmentation backend '{name}' (choose from {', '.join(BACKENDS)})")
+    SEGMENTATION_BACKENDS.check(name, "--backend")
     device = resolve_device(device_name)
     if name == "totalseg":
         missing = foundation.missing_requirements(fast=True)
@@ -185,7 +141,7 @@ def prepare_backend(name: str, cohort: pd.DataFrame, out: Path, fit_csv: Path | 
     if fit_csv is not None:
         fit_semi(cohort, fit_csv, model_path, device, semi_settings, fit_progress, fit_ids, cohort_name)
     backend = Backend(name, str(model_path.resolve()), device.type)
-    _semi_model(backend.model_path, backend.device)
+    semi_model(backend.model_path, backend.device)
     return backend
 
 
