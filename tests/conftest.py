@@ -18,7 +18,7 @@ from hypothesis import settings
 from typer.testing import CliRunner
 
 from tipsprog.cli import app
-from tipsprog.resume import PAUSE_VARIABLE, PAUSED_LINE
+from tipsprog.journal import PAUSE_VARIABLE, PAUSED_LINE
 
 settings.register_profile("ci", derandomize=True, database=None)  # CI: the same examples every run, no flakes
 if os.environ.get("CI"):

@@ -18,7 +18,7 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import REAL_CT, Pipeline, invoke, shared_data, start_tipsprog, wait_until_paused
-from tipsprog import store
+from tipsprog import outputs
 from tipsprog.fusion.bundle import BUNDLE_FORMAT
 from tipsprog.io import read_ct
 
@@ -283,7 +283,7 @@ def test_bad_input(case, pipeline, tmp_path):
 
 def _tree(folder: Path) -> dict[str, str]:
     """Every file and folder under `folder` with the sha256 of each file's bytes."""
-    return {str(p.relative_to(folder)): store.file_sha256(p) if p.is_file() else "folder" for p in folder.rglob("*")}
+    return {str(p.relative_to(folder)): outputs.file_sha256(p) if p.is_file() else "folder" for p in folder.rglob("*")}
 
 
 def test_good_inputs_of_the_same_shape_pass(pipeline, tmp_path):

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from conftest import Pipeline, invoke
-from tipsprog import store
+from tipsprog import outputs
 
 
 def _copies(pipeline: Pipeline, folder: Path) -> dict[str, Path]:
@@ -45,7 +45,7 @@ STAGE_INPUTS = [("segment", "cohort"), ("radiomics", "seg"), ("embed", "seg"), (
 
 def _tree(folder: Path) -> dict[str, str]:
     """Every file and folder under `folder` with the sha256 of each file's bytes."""
-    return {str(p.relative_to(folder)): store.file_sha256(p) if p.is_file() else "folder" for p in folder.rglob("*")}
+    return {str(p.relative_to(folder)): outputs.file_sha256(p) if p.is_file() else "folder" for p in folder.rglob("*")}
 
 
 @pytest.mark.parametrize("where", ["the input", "its folder", "a folder above it"])

@@ -18,7 +18,7 @@ from tipsprog.io import read_ct, read_mask
 from tipsprog.radiomics import run_radiomics
 from tipsprog.radiomics.extract import extract_from_file, feature_group
 from tipsprog.radiomics.params import PRESETS, crop_plan, load_params, make_extractor
-from tipsprog.resume import partial_path
+from tipsprog.journal import partial_path
 from tipsprog.segment.masks import TOTALSEGMENTATOR_IDS, map_labels
 
 

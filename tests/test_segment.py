@@ -10,7 +10,7 @@ import SimpleITK as sitk
 
 from conftest import interrupt_after
 from tipsprog.io import read_ct, read_mask
-from tipsprog.resume import partial_path
+from tipsprog.journal import partial_path
 from tipsprog.segment import Backend, dice_per_roi, run_segment, segment_scan
 from tipsprog.segment.crops import CROP_SHAPE, roi_crops, roi_volumes
 from tipsprog.segment.masks import TOTALSEGMENTATOR_IDS, map_labels

@@ -20,7 +20,7 @@ from tipsprog.fusion.data import TrainingData
 from tipsprog.fusion.ensemble import mixed_precision, predict_members
 from tipsprog.fusion.splits import cv_splits, inner_split, plan_members, repeated_splits
 from tipsprog.fusion.training import RESIDUAL_WEIGHTS, member_task_loss, residual_weight, train_ensemble
-from tipsprog.checkpoints import TrainingJournal
+from tipsprog.journal import TrainingJournal
 
 RADIOMICS_GROUPS = [f"{roi}/{image}/{kind}" for roi in ("liver", "spleen") for image in ("original", "log-sigma-2")
                     for kind in ("firstorder", "glcm") for _ in range(3)]

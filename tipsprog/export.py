@@ -13,9 +13,10 @@ from tipsprog import store
 from tipsprog.errors import InputError
 from tipsprog.io import canonical, read_image
 from tipsprog.segment.overlay import ROI_COLOURS, draw_overlay
-from tipsprog.store import ROI_LABELS, atomic_output, check_not_an_input, make_folder
+from tipsprog.store import ROI_LABELS
+from tipsprog.outputs import atomic_output, check_not_an_input, make_folder
 
-LABEL_TABLE = "labels.csv"  # the folder's marker (store.OUTPUT_KINDS["export"])
+LABEL_TABLE = "labels.csv"  # the folder's marker (outputs.OUTPUT_KINDS["export"])
 
 
 def on_original_grid(labels: sitk.Image, ct: sitk.Image) -> sitk.Image:

@@ -12,10 +12,10 @@ import h5py
 import torch
 import yaml
 
-from tipsprog import store
-from tipsprog.checkpoints import TRAINING_FORMAT
+from tipsprog import outputs, store
+from tipsprog.journal import TRAINING_FORMAT
 from tipsprog.errors import InputError
-from tipsprog.resume import finished
+from tipsprog.journal import finished
 
 
 def describe(path: Path) -> dict:
@@ -27,7 +27,7 @@ def describe(path: Path) -> dict:
         return bundle_info(path)
     if not path.is_file():
         raise InputError(f"{path}: not found")
-    if store.starts_with(path, store.HDF5_SIGNATURE):
+    if outputs.starts_with(path, outputs.HDF5_SIGNATURE):
         with h5py.File(path, "r") as h5:
             if "settings_sha256" in h5.attrs and "records" in h5:
                 return journal_info(path, h5)

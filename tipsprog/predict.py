@@ -35,7 +35,7 @@ from tipsprog.segment.qc import qc_reason, qc_status, quality_flags
 from tipsprog.segment.crops import roi_crops, roi_volumes
 from tipsprog.segment.overlay import draw_overlay
 from tipsprog.segment.portal import PORTAL_VEIN_FIELDS, PortalVein, portal_vein_measurements
-from tipsprog.store import atomic_output, make_folder, writes_output
+from tipsprog.outputs import atomic_output, make_folder, writes_output
 
 PREDICTION_SCHEMA = "tipsprog-prediction-1"
 TOP_FEATURES = 8

@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from monai.networks.nets import AutoEncoder
 from monai.transforms import RandCoarseDropout
 
-from tipsprog.checkpoints import TrainingJournal, load_checkpoint, numpy_state, save_checkpoint, set_numpy_state
-from tipsprog.store import file_sha256
+from tipsprog.journal import TrainingJournal, numpy_state, set_numpy_state
+from tipsprog.checkpoints import load_checkpoint, save_checkpoint
+from tipsprog.outputs import file_sha256
 
 WEIGHTS_FORMAT = "tipsprog-embed-ssl-2"
 SSL_CHANNELS, SSL_STRIDES = (16, 32, 64), (2, 2, 2)

@@ -21,7 +21,8 @@ from tipsprog.evaluate.rows import (Cohort, OutOfFold, PredictionRow, held_out_r
 from tipsprog.fusion.assembly import assemble_for_bundle, score_columns
 from tipsprog.fusion.bundle import Bundle, load_bundle
 from tipsprog.fusion.ensemble import predict_cohort
-from tipsprog.store import atomic_output, open_store, writes_output
+from tipsprog.store import open_store
+from tipsprog.outputs import atomic_output, writes_output
 from tipsprog.transductive import exposure_report
 
 TITLE = "tipsprog evaluation report"

@@ -24,9 +24,9 @@ from tipsprog.fusion.crossval import cross_validate
 from tipsprog.fusion.data import TrainingData
 from tipsprog.fusion.ensemble import Member, predict_cohort
 from tipsprog.io import read_id_list
-from tipsprog.checkpoints import TrainingJournal
+from tipsprog.journal import TrainingJournal
 from tipsprog.clinical import score_notes
-from tipsprog.store import file_sha256, writes_output
+from tipsprog.outputs import file_sha256, writes_output
 from tipsprog.transductive import fitted_steps
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import yaml
 
-from tipsprog import __version__, store
+from tipsprog import __version__, outputs, store
 from tipsprog.fusion.config import TrainConfig
 from tipsprog.errors import InputError
 from tipsprog.fusion.data import ModalityPreprocessor
@@ -65,7 +65,7 @@ def write_bundle(out: Path, data: TrainingData, cv: CrossValidation, config: Tra
                  scores: dict[str, np.ndarray], metrics: dict, model_card: str, copied: dict[str, Path],
                  clinical_cox: ClinicalCoxFit | None = None, held_out: HeldOut | None = None) -> None:
     """Write the bundle folder atomically; files named in `copied` are copied in and hashed."""
-    with store.atomic_output(out, "bundle") as tmp:
+    with outputs.atomic_output(out, "bundle") as tmp:
         tmp.mkdir(parents=True)
         for name, source in copied.items():
             shutil.copyfile(source, tmp / name)
@@ -93,7 +93,7 @@ def write_bundle(out: Path, data: TrainingData, cv: CrossValidation, config: Tra
         manifest = {**manifest, "bundle_format": BUNDLE_FORMAT, "tipsprog_version": __version__,
                     "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                     "config": asdict(config)}
-        manifest["files"] = {p.name: store.file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        manifest["files"] = {p.name: outputs.file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         (tmp / "bundle.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False), encoding="utf-8")
 
 
@@ -113,7 +113,7 @@ def load_bundle(path: Path, trust: bool = False) -> Bundle:
         file = path / name
         if not file.is_file():
             raise InputError(f"{path}: bundle file {name} is missing")
-        if not trust and store.file_sha256(file) != digest:
+        if not trust and outputs.file_sha256(file) != digest:
             raise InputError(f"{path}: bundle file {name} does not match its recorded sha256 (changed since training; "
                              "--trust uses it anyway)")
     payload = torch.load(path / "weights.pt", map_location="cpu", weights_only=True)

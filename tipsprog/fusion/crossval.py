@@ -9,7 +9,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from tipsprog.checkpoints import TrainingJournal
+from tipsprog.journal import TrainingJournal
 from tipsprog.fusion.clinical_cox import fit_clinical_cox
 from tipsprog.fusion.config import TrainConfig
 from tipsprog.fusion.data import TrainingData

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.func import vmap
 
-from tipsprog.checkpoints import TrainingJournal
+from tipsprog.journal import TrainingJournal
 from tipsprog.fusion.clinical_cox import RESIDUAL_MARGIN_NATS, cox_coefficients, guide_penalties
 from tipsprog.fusion.config import TrainConfig
 from tipsprog.fusion.data import ModalityPreprocessor, TrainingData, fit_preprocessors

@@ -11,13 +11,13 @@ import SimpleITK as sitk
 import yaml
 
 from tipsprog import store
-from tipsprog.store import writes_output
+from tipsprog.outputs import writes_output
 from tipsprog.errors import InputError
 from tipsprog.parallel import map_ordered
-from tipsprog.radiomics import resume
-from tipsprog.radiomics.extract import PatientJob, extract_patient, feature_group, input_digest
+from tipsprog.radiomics import reuse
+from tipsprog.radiomics.extract import PatientJob, extract_patient, feature_group, extraction_inputs_digest
 from tipsprog.radiomics.params import load_params, settings_hash
-from tipsprog.resume import append, forget, patient_journal
+from tipsprog.journal import append, forget, patient_journal
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class PatientStatus:
 
 def features_block(journal: h5py.File, record_names: list[str], params: dict, provenance: dict[str, str]) -> store.FeatureBlock:
     """The radiomics block of the journal records, in the given order."""
-    values, names = resume.feature_matrix(journal, record_names)
+    values, names = reuse.feature_matrix(journal, record_names)
     groups = [feature_group(*name.split("/", 1)) for name in names]
     attrs = {"extractor": "pyradiomics", "settings": yaml.safe_dump(params, sort_keys=True),
              "settings_sha256": settings_hash(params), **provenance}
@@ -61,14 +61,14 @@ class SegmentedCohort:
         """Journal records of an earlier run (keyed by patient and input digest) that still match this store's inputs."""
         if not done:
             return {}
-        digests = ((pid, input_digest(path, series, mask)) for pid, path, series, mask in self.inputs())
+        digests = ((pid, extraction_inputs_digest(path, series, mask)) for pid, path, series, mask in self.inputs())
         return {pid: done[(pid, digest)] for pid, digest in digests if (pid, digest) in done}
 
     def jobs(self, params: dict, skip: set[str]) -> Iterator[PatientJob]:
         """One job per patient not in `skip`, its label image read only when the job is due."""
         for pid, path, series, mask in self.inputs():
             if pid not in skip:
-                yield PatientJob(pid, path, series, mask, params, input_digest(path, series, mask))
+                yield PatientJob(pid, path, series, mask, params, extraction_inputs_digest(path, series, mask))
 
 
 def _cohort(seg_path: Path) -> SegmentedCohort:
@@ -96,7 +96,7 @@ def run_radiomics(seg_path: Path, out: Path, params_name: str = "fast", workers:
     sha = settings_hash(params)
     cohort = _cohort(seg_path)
     with patient_journal(out, sha, resume_previous) as journal:
-        reused = cohort.reusable(resume.reusable(out, sha, journal) if resume_previous else {})
+        reused = cohort.reusable(reuse.reusable(out, sha, journal) if resume_previous else {})
         fresh = iter(map_ordered(extract_patient, cohort.jobs(params, set(reused)), workers, scheduler))
         record_names, statuses = [], []
         for pid in cohort.patient_ids:
@@ -104,7 +104,7 @@ def run_radiomics(seg_path: Path, out: Path, params_name: str = "fast", workers:
                 record_names.append(reused[pid])
             else:
                 record = next(fresh)
-                record_names.append(append(journal, record.patient_id, record.input_sha256, resume.journal_writer(record)))
+                record_names.append(append(journal, record.patient_id, record.input_sha256, reuse.journal_writer(record)))
             attrs = journal["records"][record_names[-1]].attrs
             statuses.append(PatientStatus(pid, str(attrs["status"]), str(attrs["reason"])))
             if progress:

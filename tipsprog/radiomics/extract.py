@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
-from tipsprog import store
+from tipsprog import outputs, store
 from tipsprog.errors import InputError
 from tipsprog.io import read_image
 from tipsprog.radiomics.params import CropPlan, crop_plan, make_extractor
@@ -47,10 +47,10 @@ def feature_group(roi: str, key: str) -> str:
     return f"{roi}/{image_type}/{feature_class}"
 
 
-def input_digest(ct_path: str, series_uid: str | None, labels: sitk.Image | None) -> str:
+def extraction_inputs_digest(ct_path: str, series_uid: str | None, labels: sitk.Image | None) -> str:
     """SHA-256 of the CT (its path and bytes: a file or DICOM folder rewritten in place is new), its DICOM series and
     the label image (voxels and geometry): what --resume compares."""
-    digest = hashlib.sha256(bytes.fromhex(store.inputs_sha256([series_uid or ""], [ct_path])))
+    digest = hashlib.sha256(bytes.fromhex(outputs.inputs_sha256([series_uid or ""], [ct_path])))
     if labels is not None:
         digest.update(sitk.GetArrayViewFromImage(labels).tobytes())
         digest.update(repr((labels.GetOrigin(), labels.GetSpacing(), labels.GetDirection())).encode("utf-8"))

@@ -12,8 +12,9 @@ import pandas as pd
 import SimpleITK as sitk
 import torch
 
-from tipsprog import resume, store
-from tipsprog.store import writes_output
+from tipsprog import outputs, store
+from tipsprog.journal import append, finished, forget, patient_journal
+from tipsprog.outputs import writes_output
 from tipsprog.devices import resolve_device
 from tipsprog.errors import InputError
 from tipsprog.io import COHORT_PATH_COLUMNS, read_cohort, read_ct, read_id_list
@@ -58,7 +59,7 @@ def dice_per_roi(labels: sitk.Image, reference: sitk.Image) -> np.ndarray:
 def _segment_one(job: tuple[pd.Series, Backend]) -> ScanResult:
     """Segment one cohort row; bad scans become a failed result, not an exception."""
     row, backend = job
-    result = ScanResult(patient_id=row["patient_id"], input_sha256=input_digest(row))
+    result = ScanResult(patient_id=row["patient_id"], input_sha256=cohort_row_digest(row))
     try:
         ct = read_ct(row["ct"], row.get("series_uid"))
         result.labels = segment_scan(ct, backend, row)
@@ -145,11 +146,11 @@ def prepare_backend(name: str, cohort: pd.DataFrame, out: Path, fit_csv: Path | 
     return backend
 
 
-def input_digest(row: pd.Series) -> str:
+def cohort_row_digest(row: pd.Series) -> str:
     """sha256 of a cohort row's CT and reference files (bytes) and its other values: what --resume compares."""
     paths = [str(row[c]) for c in COHORT_PATH_COLUMNS if isinstance(row.get(c), str)]
     texts = [f"{column}={value}" for column, value in row.items() if column not in COHORT_PATH_COLUMNS]
-    return store.inputs_sha256(texts, paths)
+    return outputs.inputs_sha256(texts, paths)
 
 
 def _journal_scan(result: ScanResult) -> Callable[[h5py.Group], None]:
@@ -195,7 +196,7 @@ def _write_segment_store(h5: h5py.File, journal: h5py.File, record_names: list[s
             h5.copy(record["labels"], f"segment/masks/{result.patient_id}")
         for roi in record.get("crops", {}):
             crops[roi][index] = record[f"crops/{roi}"][()]
-    model_sha = store.file_sha256(backend.model_path) if backend.model_path else ""
+    model_sha = outputs.file_sha256(backend.model_path) if backend.model_path else ""
     series = cohort["series_uid"].fillna("").tolist() if "series_uid" in cohort.columns else [""] * len(cohort)
     store.write_segment_info(h5, backend.name, backend.settings(), cohort["ct"].tolist(), series, model_sha, backend.model_path)
     fitted = _fitted_attrs(backend)
@@ -230,13 +231,13 @@ def run_segment(cohort_csv: Path, out: Path, backend_name: str = "classic", work
                               fit_ids, str(cohort_csv))
     if backend.name in ("semi", "totalseg") and backend.device == "cuda":
         workers = 1
-    settings_sha = store.inputs_sha256([backend.settings()], [backend.model_path] if backend.model_path else [])
+    settings_sha = outputs.inputs_sha256([backend.settings()], [backend.model_path] if backend.model_path else [])
     rows = [row for _, row in cohort.iterrows()]
-    with resume.patient_journal(out, settings_sha, resume_previous) as journal:
-        done = resume.finished(journal)
+    with patient_journal(out, settings_sha, resume_previous) as journal:
+        done = finished(journal)
         reused = {}
         if done:
-            digests = ((row["patient_id"], input_digest(row)) for row in rows)
+            digests = ((row["patient_id"], cohort_row_digest(row)) for row in rows)
             reused = {pid: done[(pid, digest)] for pid, digest in digests if (pid, digest) in done}
         fresh = iter(map_ordered(_segment_one, [(row, backend) for row in rows if row["patient_id"] not in reused], workers,
                                  scheduler))
@@ -249,12 +250,12 @@ def run_segment(cohort_csv: Path, out: Path, backend_name: str = "classic", work
                 if strict and result.status != "ok":
                     kept = f" ({len(journal['records'])} finished scans kept for --resume)" if len(journal["records"]) else ""
                     raise InputError(f"{cohort_csv}: patient {result.patient_id}: {result.reason}{kept}")
-                record_names.append(resume.append(journal, result.patient_id, result.input_sha256, _journal_scan(result)))
+                record_names.append(append(journal, result.patient_id, result.input_sha256, _journal_scan(result)))
             results.append(_journaled_scan(row["patient_id"], journal["records"][record_names[-1]]))
             if progress:
                 progress(results[-1])
         if results and all(result.status != "ok" for result in results):
-            resume.forget(journal)
+            forget(journal)
             raise InputError(f"{cohort_csv}: no scan could be segmented (patient {results[0].patient_id}: {results[0].reason})")
         with store.create_store(out, cohort["patient_id"].tolist(), cohort["center"].tolist()) as h5:
             _write_segment_store(h5, journal, record_names, results, cohort, backend)

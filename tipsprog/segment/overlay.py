@@ -11,7 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 
-from tipsprog.store import ROI_LABELS, make_folder  # noqa: E402
+from tipsprog.outputs import make_folder  # noqa: E402
+from tipsprog.store import ROI_LABELS  # noqa: E402
 
 ROI_COLOURS = {"liver": "tab:orange", "spleen": "tab:blue", "portal_vein": "tab:red"}
 WINDOW_HU = (-160.0, 240.0)

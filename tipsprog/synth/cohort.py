@@ -13,7 +13,7 @@ import SimpleITK as sitk
 
 from tipsprog.errors import InputError
 from tipsprog.parallel import map_ordered
-from tipsprog.store import atomic_output, writes_output
+from tipsprog.outputs import atomic_output, writes_output
 from tipsprog.synth.phantom import Anatomy, Scanner, render
 
 FOLLOW_UP_DAYS = 3 * 365.0

@@ -12,7 +12,7 @@ import numpy as np
 from tipsprog import store
 from tipsprog.errors import InputError
 from tipsprog.radiomics.extract import PatientFeatures
-from tipsprog.resume import append, finished
+from tipsprog.journal import append, finished
 
 
 def journal_writer(record: PatientFeatures) -> Callable[[h5py.Group], None]:
