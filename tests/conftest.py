@@ -48,7 +48,7 @@ INTERRUPTIBLE_TIPSPROG = ("import runpy, signal, sys; signal.signal(signal.SIGIN
 
 def start_tipsprog(*args, pause_after: int | None = None, env: dict | None = None) -> subprocess.Popen:
     """Start a real `tipsprog` process (output and errors on one pipe) that a SIGINT interrupts; with `pause_after`,
-    it stops at its pause_after-th journal write until it is signalled (TIPSPROG_PAUSE_AFTER, tipsprog/resume.py)."""
+    it stops at its pause_after-th journal write until it is signalled (TIPSPROG_PAUSE_AFTER, tipsprog/journal.py)."""
     environment = {**os.environ, **(env or {})}
     if pause_after is not None:
         environment[PAUSE_VARIABLE] = str(pause_after)

@@ -1,4 +1,4 @@
-"""The radiomics journal: each patient's features as a record of tipsprog.resume's journal, the features block
+"""The radiomics journal: each patient's features as a record of tipsprog.journal's per-scan journal, the features block
 built from it one record at a time, and --resume's reuse of the records of an interrupted run or a finished store."""
 
 from __future__ import annotations
