@@ -13,6 +13,7 @@ import time
 import numpy as np
 import SimpleITK as sitk
 
+from shared_data import IRCADB, REAL_CT
 from tipsprog.io import read_ct, read_mask
 from tipsprog.segment import Backend, segment_scan
 from tipsprog.segment.biomarkers import NAMES, measure
@@ -20,7 +21,6 @@ from tipsprog.segment.crops import roi_volumes
 from tipsprog.segment.masks import TOTALSEGMENTATOR_IDS, map_labels
 from tipsprog.segment.portal import portal_vein_measurements
 from tipsprog.segment.vertebrae import vertebral_levels
-from shared_data import IRCADB, REAL_CT
 
 PUBLISHED_RANGES = {  # adults; cirrhosis widens the organ ranges
     "muscle/l3_area[cm2]": (80, 250), "muscle/l3_density[HU]": (-10, 90), "fat/l3_subcutaneous_area[cm2]": (10, 600),

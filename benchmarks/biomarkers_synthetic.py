@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from tipsprog import store
-from tipsprog.segment import run_segment
+from tipsprog.segment import SegmentOptions, run_segment
 from tipsprog.synth import CohortSpec, make_cohort
 
 TRUTH_OF = {"muscle/l3_area[cm2]": "muscle_l3_area_cm2", "muscle/l3_density[HU]": "muscle_l3_hu",
@@ -34,7 +34,7 @@ GOALS = ("muscle/l3_area[cm2]", "ascites/volume[mL]", "spleen/volume[mL]", "port
 def measured_biomarkers(folder: Path, spec: CohortSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A synthetic cohort segmented by the default backend: its biomarkers block (by patient) and truth.csv."""
     make_cohort(folder / "cohort", spec, workers=2)
-    run_segment(folder / "cohort" / "cohort.csv", folder / "seg.h5", "classic", 2)
+    run_segment(folder / "cohort" / "cohort.csv", folder / "seg.h5", SegmentOptions(workers=2))
     with store.open_store(folder / "seg.h5") as h5:
         block = store.read_features(h5)["biomarkers"]
         patients = store.read_patients(h5)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tipsprog.fusion import run_fuse_train
+from tipsprog.fusion import FuseTrainOptions, run_fuse_train
 from tipsprog.fusion.config import load_config
 from tipsprog.synth import CohortSpec, make_cohort
 
@@ -34,8 +34,8 @@ def cohort_rows(n: int, seed: int, models: list[str]) -> list[dict]:
             for guided in (True, False):
                 config = dataclasses.replace(load_config(model=model), clinical_offset=guided)
                 metrics = run_fuse_train([], folder / "cohort" / "clinical.csv", folder / "cohort" / "outcomes.csv",
-                                         folder / f"{model}-{guided}", config, modalities=("clinical",),
-                                         device_name="cpu")
+                                         folder / f"{model}-{guided}",
+                                         FuseTrainOptions(config, modalities=("clinical",), device="cpu"))
                 rows.append({"seed": seed, "model": model, "guided": guided,
                              "C": metrics["harrell_c"]["model"]["estimate"],
                              "clinical Cox": metrics["harrell_c"]["clinical-cox"]["estimate"],

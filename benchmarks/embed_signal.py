@@ -33,7 +33,7 @@ from tipsprog import store
 from tipsprog.embed import EMBED_ROIS, embed_crops, random_encoder
 from tipsprog.embed.encoders import RoiEncoder, load_encoder
 from tipsprog.embed.ssl import FitSettings, fit_ssl
-from tipsprog.segment import run_segment
+from tipsprog.segment import SegmentOptions, run_segment
 from tipsprog.synth import CohortSpec, make_cohort
 
 LATENTS = ("spleen_size", "liver_texture", "sarcopenia", "portal_hypertension", "liver_dysfunction")
@@ -91,7 +91,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         make_cohort(folder / "cohort", CohortSpec(n=args.n, centers=3, seed=args.seed), workers=2)
-        run_segment(folder / "cohort" / "cohort.csv", folder / "seg.h5", workers=2)
+        run_segment(folder / "cohort" / "cohort.csv", folder / "seg.h5", SegmentOptions(workers=2))
         with store.open_store(folder / "seg.h5") as seg:
             crops = {roi: store.read_crops(seg, roi).astype(np.float32) for roi in EMBED_ROIS}
         truth = pd.read_csv(folder / "cohort" / "truth.csv")

@@ -29,19 +29,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tipsprog.clinical import clinical_scores
 from tipsprog.bootstrap import bootstrap_samples, interval, with_bootstrap
+from tipsprog.clinical import clinical_scores
 from tipsprog.evaluate.metrics import auc, mae
 from tipsprog.fusion.assembly import assemble
 from tipsprog.fusion.config import load_config
-from tipsprog.fusion.data import fit_preprocessors
-from tipsprog.fusion.losses import SurvivalIndex, cox_efron_nll
-from tipsprog.registry import FUSION_MODELS
-from tipsprog.survival import harrell_c, harrell_c_with_ci
 from tipsprog.fusion.crossval import cross_validate
-from tipsprog.fusion.data import TrainingData
+from tipsprog.fusion.data import TrainingData, fit_preprocessors
+from tipsprog.fusion.losses import SurvivalIndex, cox_efron_nll
 from tipsprog.fusion.splits import cv_splits, plan_members
 from tipsprog.fusion.training import train_ensemble
+from tipsprog.registry import FUSION_MODELS
+from tipsprog.survival import harrell_c, harrell_c_with_ci
 
 
 def build_cohort(work: Path, n: int) -> None:

@@ -29,15 +29,15 @@ import numpy as np
 import pandas as pd
 
 from tipsprog import store
-from tipsprog.survival import harrell_c
-from tipsprog.fusion import run_fuse_train
+from tipsprog.fusion import FuseTrainOptions, run_fuse_train
 from tipsprog.fusion.assembly import assemble
+from tipsprog.fusion.clinical_cox import cox_coefficients
 from tipsprog.fusion.config import load_config
 from tipsprog.fusion.data import ModalityPreprocessor
-from tipsprog.fusion.clinical_cox import cox_coefficients
 from tipsprog.fusion.splits import cv_splits
 from tipsprog.radiomics import run_radiomics
-from tipsprog.segment import run_segment
+from tipsprog.segment import SegmentOptions, run_segment
+from tipsprog.survival import harrell_c
 from tipsprog.synth import CohortSpec, make_cohort
 from tipsprog.synth.cohort import complete_clinical, imaging_findings, latents, outcomes_and_truth
 
@@ -59,7 +59,7 @@ def _ridge_cox_c(features: np.ndarray, outcomes: pd.DataFrame, centers: np.ndarr
 def _fused(folder: Path, stores: list[Path], outcomes_csv: Path, name: str) -> dict:
     """fuse-train's metrics for the default config on the given stores."""
     return run_fuse_train(stores, folder / "cohort" / "clinical.csv", outcomes_csv, folder / name,
-                          load_config(folds=FOLDS), cv_mode="kfold", device_name="cpu")
+                          FuseTrainOptions(load_config(folds=FOLDS), device="cpu"))
 
 
 def _outcomes_without_signal(spec: CohortSpec, path: Path) -> None:
@@ -78,7 +78,7 @@ def cohort_rows(n: int, seed: int) -> list[dict]:
         spec = CohortSpec(n=n, centers=3, seed=seed)
         make_cohort(folder / "cohort", spec, workers=2)
         _outcomes_without_signal(spec, folder / "outcomes-none.csv")
-        run_segment(folder / "cohort" / "cohort.csv", folder / "seg.h5", "classic", 2)
+        run_segment(folder / "cohort" / "cohort.csv", folder / "seg.h5", SegmentOptions(workers=2))
         run_radiomics(folder / "seg.h5", folder / "radiomics.h5", workers=2)
         with store.open_store(folder / "seg.h5") as h5:
             patients = store.read_patients(h5)

@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from shared_data import IRCADB, REAL_CT
 from tipsprog.fusion.assembly import assemble
 from tipsprog.fusion.data import modality_matrices
 from tipsprog.fusion.ood import fit_ood
 from tipsprog.store import join_features
-from shared_data import IRCADB, REAL_CT
 
 IMAGING = ("biomarkers", "radiomics")
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from time import perf_counter
 
 import pandas as pd
+
 from shared_data import REAL_CT
 
 GOAL_COLD_S = 20.0
@@ -79,6 +80,7 @@ def stages(work: Path, ct: Path) -> dict[str, float]:
     import numpy as np
     import torch
 
+    from tipsprog import store
     from tipsprog.clinical import read_clinical
     from tipsprog.devices import resolve_device
     from tipsprog.embed import embedding_block, load_encoder
@@ -90,7 +92,6 @@ def stages(work: Path, ct: Path) -> dict[str, float]:
     from tipsprog.radiomics.extract import extract_from_file
     from tipsprog.segment import Backend, segment_scan
     from tipsprog.segment.crops import roi_crops
-    from tipsprog import store
     timing = {"imports": perf_counter() - start}
 
     def timed(name: str, function, *args):

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
+from shared_data import IRCADB, REAL_CT
 from tipsprog.io import read_ct, read_mask, resample_to_spacing
 from tipsprog.segment import Backend, dice_per_roi, run_segment, segment_scan
 from tipsprog.segment.crops import roi_volumes
@@ -33,7 +34,6 @@ from tipsprog.segment.masks import TOTALSEGMENTATOR_IDS, map_labels
 from tipsprog.segment.portal import portal_vein_measurements
 from tipsprog.segment.qc import qc_reason, qc_status, quality_flags
 from tipsprog.store import ROI_LABELS
-from shared_data import IRCADB, REAL_CT
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import write_dicom_series  # noqa: E402  (the tests' DICOM writer: one way to write a series)
@@ -108,7 +108,7 @@ def end_to_end_seconds(folder: Path, slices: int = 150) -> tuple[str, float]:
     sitk.WriteImage(sitk.Cast(resample_to_spacing(ct, spacing, sitk.sitkLinear, -1024.0), sitk.sitkInt16), str(path))
     pd.DataFrame({"patient_id": ["IRCAD150"], "ct": [str(path)]}).to_csv(folder / "cohort.csv", index=False)
     start = time.perf_counter()
-    run_segment(folder / "cohort.csv", folder / "seg.h5", "classic", 1)
+    run_segment(folder / "cohort.csv", folder / "seg.h5")
     return "×".join(map(str, sitk.ReadImage(str(path)).GetSize())), time.perf_counter() - start
 
 

@@ -25,11 +25,11 @@ from pathlib import Path
 import pandas as pd
 import SimpleITK as sitk
 
+from shared_data import REAL_CT
 from tipsprog.errors import InputError
 from tipsprog.io import resample_to_spacing
-from tipsprog.segment import run_segment, semi
+from tipsprog.segment import SegmentOptions, run_segment, semi
 from tipsprog.synth import CohortSpec, make_cohort
-from shared_data import REAL_CT
 
 CLINICAL_SPACING_MM = (0.75, 0.75, 1.0)
 
@@ -47,8 +47,8 @@ def quick_model(folder: Path, iterations: int, device: str) -> Path:
     cohort = folder / "labeled"
     make_cohort(cohort, CohortSpec(n=8, centers=1, seed=3), workers=2)
     model_path = folder / "semi.pt"
-    run_segment(cohort / "cohort.csv", folder / "labeled.h5", "semi", 1, fit_csv=cohort / "cohort.csv",
-                model_path=model_path, device=device, semi_settings=semi.SemiSettings(iterations=iterations))
+    run_segment(cohort / "cohort.csv", folder / "labeled.h5", SegmentOptions("semi", fit_csv=cohort / "cohort.csv",
+                model_path=model_path, device=device, semi=semi.SemiSettings(iterations=iterations)))
     return model_path
 
 
@@ -60,7 +60,7 @@ def seconds_per_run(cohort_csv: Path, folder: Path, backend: str, model: Path | 
     for run in range(repeats + 1):
         start = time.perf_counter()
         try:
-            run_segment(cohort_csv, folder / f"{backend}-{run}.h5", backend, 1, model_path=model, device=device)
+            run_segment(cohort_csv, folder / f"{backend}-{run}.h5", SegmentOptions(backend, model_path=model, device=device))
         except InputError as error:
             qc = "QC failed: " + re.search(r"\(patient [^:]+: ([a-z_]+:[a-z_]+)", str(error)).group(1)
         seconds.append(time.perf_counter() - start)

@@ -95,7 +95,7 @@ def test_reading_a_series_keeps_the_process_locale(raw, tmp_path):
     before = locale.setlocale(locale.LC_ALL)
     read_ct(folder)
     assert locale.setlocale(locale.LC_ALL) == before
-    (tmp_path / "dash.txt").write_bytes("0.6–0.8".encode("utf-8"))
+    (tmp_path / "dash.txt").write_bytes("0.6–0.8".encode())
     assert open(tmp_path / "dash.txt").read() == "0.6–0.8"  # the locale's encoding, as the tests and users read files
 
 

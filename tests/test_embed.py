@@ -15,8 +15,8 @@ from monai.networks.nets.segresnet_ds import SegResEncoder
 from monai.networks.nets.swin_unetr import SwinTransformer
 from safetensors.torch import save_file
 
-from conftest import invoke
 import tipsprog.embed as embed_stage
+from conftest import invoke
 from tipsprog.embed import embed_crops, masked_pool, random_encoder
 from tipsprog.embed.encoders import load_encoder
 from tipsprog.embed.ssl import FitSettings, fit_ssl, load_ssl_weights, save_ssl_weights, ssl_fitted_on

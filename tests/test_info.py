@@ -9,8 +9,7 @@ import yaml
 
 from conftest import invoke
 from tipsprog import store
-from tipsprog.journal import TrainingJournal
-from tipsprog.journal import append, partial_path, patient_journal
+from tipsprog.journal import TrainingJournal, append, partial_path, patient_journal
 from tipsprog.segment.biomarkers import NAMES as BIOMARKER_NAMES
 
 

@@ -4,8 +4,8 @@ the rerun with --resume continues from the journal and gives the result of an un
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import h5py
 import numpy as np

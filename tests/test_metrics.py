@@ -13,9 +13,9 @@ from sksurv.util import Surv
 from conftest import shared_data
 from tipsprog import bootstrap
 from tipsprog.evaluate import metrics
-from tipsprog.survival import BreslowBaseline, harrell_c
 from tipsprog.evaluate.report import evaluation_grid, survival_metrics
 from tipsprog.evaluate.rows import Cohort, PredictionRow
+from tipsprog.survival import BreslowBaseline, harrell_c
 
 ROTTERDAM = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-survival" / "rotterdam.csv"
 

@@ -14,11 +14,11 @@ import yaml
 
 from conftest import invoke
 from tipsprog import store
-from tipsprog.predict import percentile_rank
 from tipsprog.fusion.assembly import assemble_for_bundle
 from tipsprog.fusion.attribution import integrated_gradients
 from tipsprog.fusion.bundle import load_bundle
 from tipsprog.fusion.ensemble import predict_members
+from tipsprog.predict import percentile_rank
 from tipsprog.segment.biomarkers import NAMES as BIOMARKER_NAMES
 from tipsprog.segment.portal import PORTAL_VEIN_FIELDS
 
@@ -61,7 +61,7 @@ def test_held_out_patients_never_train_and_are_predicted_once(pipeline, tmp_path
     """--test removes its patients before cross-validation; the whole ensemble predicts them into held_out.h5."""
     held = [f"P{i:04d}" for i in range(0, 30, 3)]
     pd.DataFrame({"patient_id": held}).to_csv(tmp_path / "test.csv", index=False)
-    (tmp_path / "quick.yaml").write_text("seeds: 2\nstages: [{name: joint, max_epochs: 40, patience: 10, shared_lr_scale: 1.0, "
+    (tmp_path / "quick.yaml").write_text("seeds: 2\nstages: [{name: joint, max_epochs: 20, patience: 5, shared_lr_scale: 1.0, "
                                          "loss_weights: {survival: 1.0, ohe: 0.5, ppg: 0.5}}]\n")
     result = invoke("fuse-train", pipeline.seg, pipeline.radiomics, "--clinical", pipeline.clinical, "--outcomes", pipeline.outcomes,
                     "--out", tmp_path / "model", "--folds", 2, "--repeats", 2, "--config", tmp_path / "quick.yaml",
@@ -254,7 +254,7 @@ def test_external_cohort_is_predicted_with_the_bundles_features(pipeline, tmp_pa
     """evaluate --test: a new synthetic cohort from other centers goes through the same stages and the bundle's
     ensemble; its report setting carries the clinical baselines and, with both truth tables, the oracle."""
     ext = tmp_path / "ext"
-    steps = [("synth", "--out", ext / "cohort", "--n", 16, "--seed", 8, "--prefix", "ext-", "--quiet"),
+    steps = [("synth", "--out", ext / "cohort", "--n", 12, "--seed", 8, "--prefix", "ext-", "--quiet"),
              ("segment", ext / "cohort" / "cohort.csv", "--out", ext / "seg.h5", "--workers", 2, "--quiet"),
              ("radiomics", ext / "seg.h5", "--out", ext / "radiomics.h5", "--workers", 2, "--quiet"),
              ("embed", ext / "seg.h5", "--out", ext / "embed.h5", "--weights", pipeline.embed.with_suffix(".pt"),
@@ -269,15 +269,15 @@ def test_external_cohort_is_predicted_with_the_bundles_features(pipeline, tmp_pa
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
     external = metrics["settings"]["external"]
-    assert external["patients"] == 16 and metrics["settings"]["out-of-fold"]["patients"] == 30
+    assert external["patients"] == 12 and metrics["settings"]["out-of-fold"]["patients"] == 30
     assert {"model", "clinical-cox", "FIPS", "oracle"} <= set(external["survival"])
     assert 0 <= external["survival"]["model"]["harrell_c"]["estimate"] <= 1
     assert (tmp_path / "report" / "external_km.png").is_file() and "External cohort" in (tmp_path / "report" / "report.md").read_text()
-    unseen = "external: 0 of 16 patients' scans were seen by the ssl encoder"
+    unseen = "external: 0 of 12 patients' scans were seen by the ssl encoder"
     assert f"- {unseen}" in (tmp_path / "report" / "report.md").read_text()
     assert html.escape(unseen) in (tmp_path / "report" / "report.html").read_text()
     assert [metrics["transductive"][s]["steps"]["encoder"]["seen"] for s in ("out-of-fold", "external")] == [30, 0]
-    assert any(note.startswith("external cohort: ") and "of 16 patients lie beyond the training cohort" in note
+    assert any(note.startswith("external cohort: ") and "of 12 patients lie beyond the training cohort" in note
                for note in metrics["notes"])
 
     result = invoke("evaluate", pipeline.bundle, "--out", tmp_path / "again", "--test", ext / "radiomics.h5", "--test",

@@ -11,7 +11,7 @@ import SimpleITK as sitk
 from conftest import REAL_CT, shared_data
 from tipsprog.io import read_ct, read_mask
 from tipsprog.predict import portal_vein_line, portal_vein_record
-from tipsprog.segment import run_segment
+from tipsprog.segment import SegmentOptions, run_segment
 from tipsprog.segment.crops import roi_volumes
 from tipsprog.segment.portal import PORTAL_VEIN_FIELDS, PortalVein, portal_vein_measurements
 from tipsprog.store import open_store, patient_mask, read_portal_vein
@@ -175,7 +175,7 @@ def test_segment_store_keeps_the_measurements_per_patient(tmp_path, y_phantom):
     cohort = pd.read_csv(tmp_path / "c" / "cohort.csv")
     cohort.loc[1] = ["Y", "phantom_ct.nii.gz", "C1", "phantom_labels.nii.gz"]
     cohort.to_csv(tmp_path / "c" / "cohort.csv", index=False)
-    results = run_segment(tmp_path / "c" / "cohort.csv", tmp_path / "seg.h5", "masks")
+    results = run_segment(tmp_path / "c" / "cohort.csv", tmp_path / "seg.h5", SegmentOptions("masks"))
     with open_store(tmp_path / "seg.h5") as h5:
         stored = read_portal_vein(h5)
         expected = [portal_vein_measurements(patient_mask(h5, pid)) for pid in ("P0000", "Y")]

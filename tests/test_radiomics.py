@@ -10,15 +10,15 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 import yaml
-from conftest import interrupt_after, invoke
 
+from conftest import interrupt_after, invoke
 from tipsprog import store
 from tipsprog.errors import InputError
 from tipsprog.io import read_ct, read_mask
+from tipsprog.journal import partial_path
 from tipsprog.radiomics import run_radiomics
 from tipsprog.radiomics.extract import extract_from_file, feature_group
 from tipsprog.radiomics.params import PRESETS, crop_plan, load_params, make_extractor
-from tipsprog.journal import partial_path
 from tipsprog.segment.masks import TOTALSEGMENTATOR_IDS, map_labels
 
 

@@ -14,10 +14,11 @@ from conftest import REAL_CT, shared_data, write_dicom_series
 from tipsprog.errors import InputError
 from tipsprog.io import read_ct, read_mask, resample_to_spacing
 from tipsprog.segment import Backend, dice_per_roi, run_segment, segment_scan
-from tipsprog.segment.landmarks import pelvis_top, slice_levels
-from tipsprog.segment.qc import qc_reason, qc_status, quality_flags
 from tipsprog.segment.crops import roi_volumes
+from tipsprog.segment.landmarks import pelvis_top, slice_levels
 from tipsprog.segment.masks import TOTALSEGMENTATOR_IDS, map_labels
+from tipsprog.segment.qc import qc_reason, qc_status, quality_flags
+
 
 def _variants(raw: sitk.Image, folder: Path) -> dict[str, Path]:
     """The real CT stored in other ways that keep its physical content.

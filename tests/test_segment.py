@@ -11,11 +11,12 @@ import SimpleITK as sitk
 from conftest import interrupt_after
 from tipsprog.io import read_ct, read_mask
 from tipsprog.journal import partial_path
-from tipsprog.segment import Backend, dice_per_roi, run_segment, segment_scan
+from tipsprog.segment import Backend, SegmentOptions, dice_per_roi, run_segment, segment_scan
 from tipsprog.segment.crops import CROP_SHAPE, roi_crops, roi_volumes
 from tipsprog.segment.masks import TOTALSEGMENTATOR_IDS, map_labels
 from tipsprog.store import open_store, read_qc, read_roi_table
 from tipsprog.synth import CohortSpec, make_cohort
+
 
 def _real_reference(real_ct: Path, ct: sitk.Image) -> sitk.Image:
     return map_labels(read_mask(real_ct / "example_seg.nii.gz", ct), TOTALSEGMENTATOR_IDS)
@@ -82,14 +83,14 @@ def test_resume_takes_finished_scans_from_the_journal_only_when_inputs_and_setti
     make_cohort(tmp_path / "c", CohortSpec(n=5, centers=1, seed=5))
     cohort_csv, out = tmp_path / "c" / "cohort.csv", tmp_path / "seg.h5"
     with pytest.raises(KeyboardInterrupt):
-        run_segment(cohort_csv, out, workers=1, progress=interrupt_after(3))
+        run_segment(cohort_csv, out, progress=interrupt_after(3))
     assert not out.exists()
     with h5py.File(partial_path(out), "a") as journal:
         assert len(journal["records"]) == 3
         for record in journal["records"].values():
             record["volumes"][0] = 1234.0  # only a reused record can carry this into the store
     (tmp_path / "c" / "images" / "P0001.nii.gz").write_bytes((tmp_path / "c" / "images" / "P0003.nii.gz").read_bytes())
-    run_segment(cohort_csv, out, workers=1, resume_previous=True)
+    run_segment(cohort_csv, out, SegmentOptions(resume=True))
     assert not partial_path(out).exists()
     with open_store(out) as h5:
         volumes = read_roi_table(h5, "segment/volumes")[0][:, 0]
@@ -97,10 +98,10 @@ def test_resume_takes_finished_scans_from_the_journal_only_when_inputs_and_setti
     assert volumes[1] != 1234.0 and volumes[3:].tolist() != [1234.0, 1234.0]  # changed CT and unfinished: segmented
 
     with pytest.raises(KeyboardInterrupt):
-        run_segment(cohort_csv, out, workers=1, progress=interrupt_after(3))
+        run_segment(cohort_csv, out, progress=interrupt_after(3))
     with h5py.File(partial_path(out), "a") as journal:
         journal["records/0/volumes"][0] = 1234.0
-    run_segment(cohort_csv, out, "masks", workers=1, resume_previous=True)  # other settings: the journal is set aside
+    run_segment(cohort_csv, out, SegmentOptions("masks", resume=True))  # other settings: the journal is set aside
     with open_store(out) as h5:
         assert read_qc(h5)[0] == ["ok"] * 5 and 1234.0 not in read_roi_table(h5, "segment/volumes")[0][:, 0]
 
@@ -132,9 +133,9 @@ def test_segment_on_a_dask_process_cluster_writes_the_local_store(pipeline, tmp_
     for column in ("ct", "label"):
         cohort[column] = [str(pipeline.cohort / path) for path in cohort[column]]
     cohort.to_csv(tmp_path / "cohort.csv", index=False)
-    run_segment(tmp_path / "cohort.csv", tmp_path / "local.h5", "classic", 1)
+    run_segment(tmp_path / "cohort.csv", tmp_path / "local.h5")
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        run_segment(tmp_path / "cohort.csv", tmp_path / "dask.h5", "classic", 1, scheduler=cluster.scheduler_address)
+        run_segment(tmp_path / "cohort.csv", tmp_path / "dask.h5", SegmentOptions(scheduler=cluster.scheduler_address))
     with h5py.File(tmp_path / "local.h5") as local, h5py.File(tmp_path / "dask.h5") as dask:
         for key in ("segment/volumes", "features/biomarkers/values", "segment/crops/liver", "qc/status"):
             np.testing.assert_array_equal(local[key][()], dask[key][()])

@@ -4,7 +4,7 @@ the latents, and the outcomes depend on the imaging biomarkers as documented."""
 from __future__ import annotations
 
 import dataclasses
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import pandas as pd
@@ -12,10 +12,20 @@ import pytest
 import SimpleITK as sitk
 
 from tipsprog.synth import CohortSpec, make_cohort
-from tipsprog.synth.cohort import (SARCOPENIA_CUT, anatomy_for, complete_clinical, imaging_findings, latents,
-                                   outcomes_and_truth)
-from tipsprog.synth.phantom import (BODY_YX_MM, CANAL_RADII_MM, CANAL_YX_MM, CODE, KIDNEY_CENTRE_MM, KIDNEY_RADII_MM,
-                                    LEVELS, Anatomy, Scanner, level_z_mm, render)
+from tipsprog.synth.cohort import SARCOPENIA_CUT, anatomy_for, complete_clinical, imaging_findings, latents, outcomes_and_truth
+from tipsprog.synth.phantom import (
+    BODY_YX_MM,
+    CANAL_RADII_MM,
+    CANAL_YX_MM,
+    CODE,
+    KIDNEY_CENTRE_MM,
+    KIDNEY_RADII_MM,
+    LEVELS,
+    Anatomy,
+    Scanner,
+    level_z_mm,
+    render,
+)
 
 BASE = Anatomy(liver_scale=1.0, right_lobe_scale=1.0, caudate_ratio=0.6, nodularity_mm=1.5, texture_hu=6.0,
                liver_hu_shift=0.0, spleen_scale=1.0, portal_radius_mm=6.5, ascites_mm=0.0, muscle_mm=12.0,
@@ -26,7 +36,7 @@ PATIENT = {"liver_dysfunction": 0.0, "portal_hypertension": 0.0, "sarcopenia": 0
            "cyst_mm": 0.0, "cyst_side": 1.0, "cyst_z_mm": 0.0}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _phantom(anatomy: Anatomy = BASE, size: str = "small"):
     return render(anatomy, SCANNER, size, np.random.default_rng(0))
 

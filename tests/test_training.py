@@ -8,19 +8,18 @@ import pytest
 import torch
 
 from tipsprog.errors import InputError
-from tipsprog.survival import harrell_c
 from tipsprog.fusion.config import load_config
-from tipsprog.fusion.data import ModalityPreprocessor
-from tipsprog.fusion.models import Layout, build_model, is_guided
-from tipsprog.registry import FUSION_MODELS
-from tipsprog.fusion.modules import OrganSimilarityFusion, pod_penalty
-from tipsprog.fusion.losses import SurvivalIndex
 from tipsprog.fusion.crossval import cross_validate
-from tipsprog.fusion.data import TrainingData
+from tipsprog.fusion.data import ModalityPreprocessor, TrainingData
 from tipsprog.fusion.ensemble import mixed_precision, predict_members
+from tipsprog.fusion.losses import SurvivalIndex
+from tipsprog.fusion.models import Layout, build_model, is_guided
+from tipsprog.fusion.modules import OrganSimilarityFusion, pod_penalty
 from tipsprog.fusion.splits import cv_splits, inner_split, plan_members, repeated_splits
 from tipsprog.fusion.training import RESIDUAL_WEIGHTS, member_task_loss, residual_weight, train_ensemble
 from tipsprog.journal import TrainingJournal
+from tipsprog.registry import FUSION_MODELS
+from tipsprog.survival import harrell_c
 
 RADIOMICS_GROUPS = [f"{roi}/{image}/{kind}" for roi in ("liver", "spleen") for image in ("original", "log-sigma-2")
                     for kind in ("firstorder", "glcm") for _ in range(3)]

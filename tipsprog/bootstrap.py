@@ -4,7 +4,7 @@ percentile interval."""
 from __future__ import annotations
 
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

@@ -6,18 +6,26 @@ import functools
 import json
 import os
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Optional
 
 import numpy as np
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
-from rich.text import Text
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
+from rich.text import Text
 
 from tipsprog import __version__
 from tipsprog.errors import InputError
@@ -97,7 +105,7 @@ def progress_bar(description: str, total: int | None, quiet: bool) -> Iterator[C
         yield advance
 
 
-def _workers(workers: Optional[int]) -> int:
+def _workers(workers: int | None) -> int:
     return workers if workers and workers > 0 else default_workers()
 
 
@@ -126,7 +134,7 @@ def synth(out: Path = typer.Option(..., "--out", help="Output folder (must not e
           prefix: str = typer.Option("", "--prefix", help="Prefix of patient IDs and center names (e.g. ext- for an external cohort)."),
           imaging_signal: bool = typer.Option(True, "--imaging-signal/--no-imaging-signal",
                                               help="Outcomes depend on the imaging (default) or on the clinical table only."),
-          workers: Optional[int] = WORKERS, quiet: bool = QUIET) -> None:
+          workers: int | None = WORKERS, quiet: bool = QUIET) -> None:
     """Generate a synthetic multi-center TIPS cohort with known truth."""
     from tipsprog.synth import CohortSpec, make_cohort
     from tipsprog.synth.phantom import GRID
@@ -152,24 +160,24 @@ def _finite_mean(values: np.ndarray, form: str) -> str:
 def segment(cohort: Path = typer.Argument(..., help="cohort.csv (patient_id, ct[, center, label|liver_mask|spleen_mask])."),
             out: Path = typer.Option(..., "--out", help="Output segment store (.h5)."),
             backend: str = typer.Option("classic", "--backend", help=f"One of {SEGMENTATION_BACKENDS.choices()}."),
-            fit: Optional[Path] = typer.Option(None, "--fit", help="semi: LABELED.csv (cohort format with labels) to train on."),
-            model: Optional[Path] = typer.Option(None, "--model", help="semi: trained model to use, or where --fit saves it (default OUT.semi.pt)."),
+            fit: Path | None = typer.Option(None, "--fit", help="semi: LABELED.csv (cohort format with labels) to train on."),
+            model: Path | None = typer.Option(None, "--model", help="semi: trained model to use, or where --fit saves it (default OUT.semi.pt)."),
             iterations: int = typer.Option(1600, "--iterations", min=1, help="semi: training iterations with --fit."),
-            fit_ids: Optional[Path] = typer.Option(None, "--fit-ids", help="semi --fit: CSV with a patient_id column; train on "
+            fit_ids: Path | None = typer.Option(None, "--fit-ids", help="semi --fit: CSV with a patient_id column; train on "
                                                    "these patients' scans only (every LABELED.csv patient listed too)."),
-            workers: Optional[int] = WORKERS, device: str = DEVICE,
+            workers: int | None = WORKERS, device: str = DEVICE,
             strict: bool = typer.Option(False, "--strict", help="A failed patient stops the run."),
-            scheduler: Optional[str] = SCHEDULER, resume: bool = RESUME, quiet: bool = QUIET) -> None:
+            scheduler: str | None = SCHEDULER, resume: bool = RESUME, quiet: bool = QUIET) -> None:
     """Segment liver, spleen and portal vein; store masks, ROI crops, volumes, QC flags and Dice vs reference."""
-    from tipsprog.segment import run_segment
+    from tipsprog.segment import SegmentOptions, run_segment
     from tipsprog.segment.semi import SemiSettings
 
+    options = SegmentOptions(backend, _workers(workers), strict, fit, fit_ids, model, device, SemiSettings(iterations=iterations),
+                             resume, scheduler)
     with progress_bar("semi: training", iterations if fit else 0, quiet) as trained, \
             progress_bar("segment", _count_rows(cohort), quiet) as advance:
-        results = run_segment(cohort, out, backend, _workers(workers), strict, advance, fit, model, device,
-                              SemiSettings(iterations=iterations),
-                              lambda step, loss, dice: trained(text=f"loss {loss:.3f} val Dice {dice:.3f}"), resume, fit_ids,
-                              scheduler)
+        results = run_segment(cohort, out, options, advance,
+                              lambda step, loss, dice: trained(text=f"loss {loss:.3f} val Dice {dice:.3f}"))
     if quiet:
         return
     failed = [r for r in results if r.status != "ok"]
@@ -192,8 +200,8 @@ def radiomics(seg: Path = typer.Argument(..., help="Segment store from `tipsprog
               out: Path = typer.Option(..., "--out", help="Output radiomics store (.h5)."),
               params: str = typer.Option("fast", "--params",
                                          help="Preset (fast, standard, ibsi) or a pyradiomics YAML parameter file."),
-              workers: Optional[int] = WORKERS,
-              scheduler: Optional[str] = SCHEDULER, resume: bool = RESUME, quiet: bool = QUIET) -> None:
+              workers: int | None = WORKERS,
+              scheduler: str | None = SCHEDULER, resume: bool = RESUME, quiet: bool = QUIET) -> None:
     """pyradiomics features per ROI, tagged roi/image-type/feature-class; each ROI cropped before extraction."""
     from tipsprog.radiomics import run_radiomics
 
@@ -212,21 +220,22 @@ def embed(seg: Path = typer.Argument(..., help="Segment store from `tipsprog seg
                                       "here (--fit); the others read their publisher's file (medicalnet: resnet_*_23dataset.pth, "
                                       "swinunetr: model_swinvit.pt, ctfm: model.safetensors)."),
           fit: bool = typer.Option(False, "--fit", help="Pre-train the ssl encoder on this store's crops (masked-volume reconstruction)."),
-          fit_ids: Optional[Path] = typer.Option(None, "--fit-ids", help="With --fit: CSV with a patient_id column; pre-train on "
+          fit_ids: Path | None = typer.Option(None, "--fit-ids", help="With --fit: CSV with a patient_id column; pre-train on "
                                                  "these patients' crops only (e.g. leave held-out patients unseen)."),
-          weights: Optional[Path] = typer.Option(None, "--weights", help="Encoder weights file (ssl: to write with --fit, default OUT.pt)."),
+          weights: Path | None = typer.Option(None, "--weights", help="Encoder weights file (ssl: to write with --fit, default OUT.pt)."),
           pool: str = typer.Option("mean", "--pool", help="Pooling inside each ROI mask: mean or mean+max."),
           epochs: int = typer.Option(40, "--epochs", min=1, help="Self-supervised epochs with --fit."),
           batch_size: int = typer.Option(16, "--batch-size", min=1, help="Crops per forward pass."),
           seed: int = typer.Option(0, "--seed"), device: str = DEVICE, resume: bool = RESUME, quiet: bool = QUIET) -> None:
     """Deep ROI embeddings from a self-supervised or a published pretrained 3D encoder."""
-    from tipsprog.embed import FitSettings, run_embed
+    from tipsprog.embed import EmbedOptions, FitSettings, run_embed
 
+    options = EmbedOptions(encoder, fit, fit_ids, weights, FitSettings(epochs=epochs, seed=seed), pool, device, batch_size, resume)
     with progress_bar(f"embed: {encoder}", _patient_count(seg), quiet) as advance:
-        written, report = run_embed(seg, out, encoder, fit, weights, device, FitSettings(epochs=epochs, seed=seed), pool,
-                                    batch_size, lambda epoch, loss: advance(steps=0, text=f"pre-training epoch {epoch}/{epochs}, loss {loss:.4f}"),
-                                    lambda patients: advance(steps=patients, text="embedding"), resume,
-                                    None if quiet else (lambda text: console.print(f"  {escape(text)}")), fit_ids)
+        written, report = run_embed(seg, out, options,
+                                    lambda epoch, loss: advance(steps=0, text=f"pre-training epoch {epoch}/{epochs}, loss {loss:.4f}"),
+                                    lambda patients: advance(steps=patients, text="embedding"),
+                                    None if quiet else (lambda text: console.print(f"  {escape(text)}")))
     if not quiet:
         console.print(f"embed: {out} ({encoder}: {report}; weights {written})")
 
@@ -237,23 +246,24 @@ def fuse_train(stores: list[Path] = typer.Argument(None, help="Feature stores (r
                clinical: Path = typer.Option(..., "--clinical", help="clinical.csv"),
                outcomes: Path = typer.Option(..., "--outcomes", help="outcomes.csv"),
                out: Path = typer.Option(..., "--out", help="Output bundle folder."),
-               model: Optional[str] = typer.Option(None, "--model", help=f"One of {FUSION_MODELS.choices()} (default concat; docs/models.md)."),
-               folds: Optional[int] = typer.Option(None, "--folds", help="CV folds (default 5)."),
+               model: str | None = typer.Option(None, "--model", help=f"One of {FUSION_MODELS.choices()} (default concat; docs/models.md)."),
+               folds: int | None = typer.Option(None, "--folds", help="CV folds (default 5)."),
                cv: str = typer.Option("kfold", "--cv", help="kfold (stratified by event and center) or center."),
-               repeats: Optional[int] = typer.Option(None, "--repeats", help="Repeated K-fold: reshuffles (default 1)."),
-               test: Optional[Path] = typer.Option(None, "--test", help="CSV with a patient_id column (e.g. a cohort.csv): patients held out of training and predicted once by the whole ensemble (held_out.h5)."),
-               modalities: Optional[str] = typer.Option(None, "--modalities", help="Subset for ablations, e.g. clinical,radiomics (default: all the inputs provide)."),
-               config: Optional[Path] = typer.Option(None, "--config", help="YAML config (see tipsprog/configs/default.yaml)."),
+               repeats: int | None = typer.Option(None, "--repeats", help="Repeated K-fold: reshuffles (default 1)."),
+               test: Path | None = typer.Option(None, "--test", help="CSV with a patient_id column (e.g. a cohort.csv): patients held out of training and predicted once by the whole ensemble (held_out.h5)."),
+               modalities: str | None = typer.Option(None, "--modalities", help="Subset for ablations, e.g. clinical,radiomics (default: all the inputs provide)."),
+               config: Path | None = typer.Option(None, "--config", help="YAML config (see tipsprog/configs/default.yaml)."),
                seed: int = typer.Option(0, "--seed"), device: str = DEVICE, resume: bool = RESUME,
                quiet: bool = QUIET) -> None:
     """Cross-validated multimodal fusion for survival, OHE and ppg_post; writes a model bundle."""
-    from tipsprog.fusion import run_fuse_train
+    from tipsprog.fusion import FuseTrainOptions, run_fuse_train
     from tipsprog.fusion.config import load_config
 
     settings = load_config(config, model=model, folds=folds, repeats=repeats)
     wanted = tuple(m.strip() for m in modalities.split(",")) if modalities else None
-    metrics = run_fuse_train(stores or [], clinical, outcomes, out, settings, wanted, cv, device, seed,
-                             None if quiet else (lambda text: console.print(f"  {escape(text)}")), test, resume)
+    options = FuseTrainOptions(settings, wanted, cv, seed, test, device, resume)
+    metrics = run_fuse_train(stores or [], clinical, outcomes, out, options,
+                             None if quiet else (lambda text: console.print(f"  {escape(text)}")))
     if not quiet:
         table = Table(title=f"fuse-train ({settings.model}, {cv}): out-of-fold Harrell's C")
         table.add_column("row")
@@ -271,16 +281,16 @@ def fuse_train(stores: list[Path] = typer.Argument(None, help="Feature stores (r
 @guarded
 def evaluate(bundle: Path = typer.Argument(..., help="Model bundle from `tipsprog fuse-train`."),
              out: Path = typer.Option(..., "--out", help="Report folder."),
-             truth: Optional[list[Path]] = typer.Option(None, "--truth", help="truth.csv of a synthetic cohort (oracle row); "
+             truth: list[Path] | None = typer.Option(None, "--truth", help="truth.csv of a synthetic cohort (oracle row); "
                                                         "repeat for an external cohort's."),
-             test: Optional[list[Path]] = typer.Option(None, "--test", help="Feature store of an external cohort (repeat "
+             test: list[Path] | None = typer.Option(None, "--test", help="Feature store of an external cohort (repeat "
                                                        "for several); with --clinical and --outcomes."),
-             clinical: Optional[Path] = typer.Option(None, "--clinical", help="clinical.csv of the external cohort."),
-             outcomes: Optional[Path] = typer.Option(None, "--outcomes", help="outcomes.csv of the external cohort."),
+             clinical: Path | None = typer.Option(None, "--clinical", help="clinical.csv of the external cohort."),
+             outcomes: Path | None = typer.Option(None, "--outcomes", help="outcomes.csv of the external cohort."),
              bootstrap: int = typer.Option(1000, "--bootstrap", min=10, help="Bootstrap resamples for 95% CIs."),
              seed: int = typer.Option(0, "--seed"),
              as_json: bool = typer.Option(False, "--json", help="Print metrics.json to stdout."),
-             device: str = DEVICE, workers: Optional[int] = WORKERS, quiet: bool = QUIET) -> None:
+             device: str = DEVICE, workers: int | None = WORKERS, quiet: bool = QUIET) -> None:
     """Metrics with 95% CIs beside the clinical scores (out-of-fold, held-out, external); report.html/.md, metrics.json, plots."""
     from tipsprog.evaluate import ExternalCohort, run_evaluate
 
@@ -310,20 +320,20 @@ def evaluate(bundle: Path = typer.Argument(..., help="Model bundle from `tipspro
 
 @app.command()
 @guarded
-def predict(ct: Optional[Path] = typer.Option(None, "--ct", help="CT file or DICOM series folder (one patient)."),
-            series: Optional[str] = typer.Option(None, "--series", help="SeriesInstanceUID to read when the --ct folder "
+def predict(ct: Path | None = typer.Option(None, "--ct", help="CT file or DICOM series folder (one patient)."),
+            series: str | None = typer.Option(None, "--series", help="SeriesInstanceUID to read when the --ct folder "
                                                  "holds several DICOM series (a cohort's go in its 'series_uid' column)."),
             clinical: Path = typer.Option(..., "--clinical", help="Clinical CSV: one row, or the cohort's rows with --cohort."),
             model: Path = typer.Option(..., "--model", help="Model bundle folder."),
-            cohort: Optional[Path] = typer.Option(None, "--cohort", help="cohort.csv (patient_id, ct) for a batch; needs --out."),
-            out: Optional[Path] = typer.Option(None, "--out", help="Batch output folder: predictions.csv and predictions.jsonl."),
-            save_masks: Optional[Path] = typer.Option(None, "--save-masks", help="Folder for the ROI label images (NIfTI)."),
-            overlay: Optional[Path] = typer.Option(None, "--overlay", help="PNG of the masks on three CT slices (a folder for a batch)."),
+            cohort: Path | None = typer.Option(None, "--cohort", help="cohort.csv (patient_id, ct) for a batch; needs --out."),
+            out: Path | None = typer.Option(None, "--out", help="Batch output folder: predictions.csv and predictions.jsonl."),
+            save_masks: Path | None = typer.Option(None, "--save-masks", help="Folder for the ROI label images (NIfTI)."),
+            overlay: Path | None = typer.Option(None, "--overlay", help="PNG of the masks on three CT slices (a folder for a batch)."),
             as_json: bool = typer.Option(False, "--json", help="Print JSON to stdout (docs/predict.md)."),
             trust: bool = typer.Option(False, "--trust", help="Use a bundle whose files no longer match their recorded sha256."),
             strict: bool = typer.Option(False, "--strict", help="Batch: a scan that cannot be used stops the run "
                                         "(default: its row carries the error and the others are predicted)."),
-            device: str = DEVICE, workers: Optional[int] = WORKERS, scheduler: Optional[str] = SCHEDULER,
+            device: str = DEVICE, workers: int | None = WORKERS, scheduler: str | None = SCHEDULER,
             quiet: bool = QUIET) -> None:
     """Predict one patient or a cohort: risk, group, survival curve and 6/12/24-month survival, OHE, ppg_post,
     clinical scores, segmentation QC and the features that drove the risk."""

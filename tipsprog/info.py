@@ -13,9 +13,8 @@ import torch
 import yaml
 
 from tipsprog import outputs, store
-from tipsprog.journal import TRAINING_FORMAT
 from tipsprog.errors import InputError
-from tipsprog.journal import finished
+from tipsprog.journal import TRAINING_FORMAT, finished
 
 
 def describe(path: Path) -> dict:

@@ -21,9 +21,9 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 import h5py
 import numpy as np

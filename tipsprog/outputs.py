@@ -11,9 +11,10 @@ import os
 import shutil
 import socket
 import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import TypeVar
 
 from tipsprog.errors import InputError
 

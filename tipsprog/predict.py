@@ -8,10 +8,10 @@ integrated gradients one patient at a time, so a patient's prediction never depe
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -25,17 +25,17 @@ from tipsprog.errors import InputError
 from tipsprog.fusion.attribution import integrated_gradients
 from tipsprog.fusion.bundle import Bundle, load_bundle
 from tipsprog.fusion.data import clinical_features, modality_matrices, with_extras
-from tipsprog.fusion.ood import OOD_QUANTILE
 from tipsprog.fusion.ensemble import ensemble_survival, member_ensemble, predict_members
+from tipsprog.fusion.ood import OOD_QUANTILE
 from tipsprog.io import read_cohort, read_ct
+from tipsprog.outputs import atomic_output, make_folder, writes_output
 from tipsprog.parallel import map_ordered
 from tipsprog.radiomics.extract import extract_from_file
 from tipsprog.segment import Backend, biomarkers, segment_scan
-from tipsprog.segment.qc import qc_reason, qc_status, quality_flags
 from tipsprog.segment.crops import roi_crops, roi_volumes
 from tipsprog.segment.overlay import draw_overlay
 from tipsprog.segment.portal import PORTAL_VEIN_FIELDS, PortalVein, portal_vein_measurements
-from tipsprog.outputs import atomic_output, make_folder, writes_output
+from tipsprog.segment.qc import qc_reason, qc_status, quality_flags
 
 PREDICTION_SCHEMA = "tipsprog-prediction-1"
 TOP_FEATURES = 8

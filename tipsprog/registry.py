@@ -5,8 +5,9 @@ single list of names that the CLI help, config validation and the factories read
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from tipsprog.errors import InputError
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterator
 
 import h5py
 import numpy as np
@@ -39,7 +39,7 @@ def create_store(path: str | Path, patient_ids: list[str], centers: list[str]) -
     with atomic_output(path, "store") as tmp, h5py.File(tmp, "w") as store:
         store.attrs.update(
             schema_version=SCHEMA_VERSION, tipsprog_version=__version__,
-            created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            created_utc=datetime.now(UTC).isoformat(timespec="seconds"),
             command=" ".join(["tipsprog", *sys.argv[1:]]),
         )
         store.create_dataset("patients", data=np.array(patient_ids, dtype=object), dtype=STRING)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import h5py
 import numpy as np
@@ -27,7 +27,7 @@ from tipsprog.transductive import fitted_attr
 EMBED_ROIS = ("liver", "spleen")
 POOLINGS = ("mean", "mean+max")
 
-__all__ = ["EMBED_ROIS", "POOLINGS", "FitSettings", "embed_crops", "embedding_block", "random_encoder",
+__all__ = ["EMBED_ROIS", "POOLINGS", "EmbedOptions", "FitSettings", "embed_crops", "embedding_block", "random_encoder",
            "run_embed", "load_encoder"]
 
 
@@ -113,26 +113,44 @@ def _fit_rows(ids: list[str], usable: np.ndarray, seg_path: Path, fit_ids: Path 
     return rows
 
 
-@writes_output("store")
-def run_embed(seg_path: Path, out: Path, encoder_name: str = "ssl", fit: bool = False, weights: Path | None = None,
-              device_name: str = "auto", settings: FitSettings = FitSettings(), pooling: str = "mean",
-              batch_size: int = 16, fit_progress: Callable[[int, float], None] | None = None,
-              progress: Callable[[float], None] | None = None, resume_previous: bool = False,
-              notes: Callable[[str], None] | None = None, fit_ids: Path | None = None) -> tuple[Path, str]:
-    """Embed every patient of a segment store into a store; with fit, pre-train the ssl encoder first (on the
-    patients of `fit_ids` only, if given). The patients it was pre-trained on go into the weights file and the block.
+@dataclass(frozen=True)
+class EmbedOptions:
+    """How `embed` runs: the encoder and its weights file, whether to pre-train it here (on which patients, with
+    which settings), the pooling, the device and batch size, whether to resume."""
 
-    Pre-training saves its state to `<out>.partial` every few seconds; with `resume_previous` it continues from
+    encoder: str = "ssl"
+    fit: bool = False
+    fit_ids: Path | None = None
+    weights: Path | None = None
+    fit_settings: FitSettings = field(default_factory=FitSettings)
+    pooling: str = "mean"
+    device: str = "auto"
+    batch_size: int = 16
+    resume: bool = False
+
+
+@writes_output("store")
+def run_embed(seg_path: Path, out: Path, options: EmbedOptions = EmbedOptions(),
+              fit_progress: Callable[[int, float], None] | None = None, progress: Callable[[float], None] | None = None,
+              notes: Callable[[str], None] | None = None) -> tuple[Path, str]:
+    """Embed every patient of a segment store into a store; with `options.fit`, pre-train the ssl encoder first (on
+    the patients of `options.fit_ids` only, if given). The patients it was pre-trained on go into the weights file
+    and the block.
+
+    Pre-training saves its state to `<out>.partial` every few seconds; with `options.resume` it continues from
     there when the settings and the training crops are the same. Returns the weights file used and the loader's
     report (architecture, ignored tensors).
     """
+    encoder_name, fit, fit_ids, weights, settings = (options.encoder, options.fit, options.fit_ids, options.weights,
+                                                     options.fit_settings)
+    pooling, batch_size = options.pooling, options.batch_size
     if pooling not in POOLINGS:
         raise InputError(f"--pool {pooling}: choose one of {', '.join(POOLINGS)}")
     if fit and encoder_name != "ssl":
         raise InputError(f"--fit trains the ssl encoder only; --encoder {encoder_name} loads published weights")
     if fit_ids is not None and not fit:
         raise InputError(f"--fit-ids {fit_ids}: chooses the patients --fit pre-trains the encoder on; give --fit too")
-    device = resolve_device(device_name)
+    device = resolve_device(options.device)
     if encoder_name == "ssl":
         weights = weights or out.with_suffix(".pt")
     if not fit:
@@ -143,7 +161,7 @@ def run_embed(seg_path: Path, out: Path, encoder_name: str = "ssl", fit: bool = 
             rows = _fit_rows(ids, usable, seg_path, fit_ids)
             fitted_on = [pid for pid, chosen in zip(ids, rows) if chosen]
             training = np.concatenate([crops[roi][()][rows] for roi in EMBED_ROIS])
-            journal = TrainingJournal(out, _fit_digest(training, settings, device, fitted_on), resume_previous, notes)
+            journal = TrainingJournal(out, _fit_digest(training, settings, device, fitted_on), options.resume, notes)
             save_ssl_weights(fit_ssl(training, settings, device, fit_progress, journal), weights, fitted_on)
             del training
             encoder = load_encoder("ssl", weights)

@@ -19,6 +19,7 @@ from tipsprog.errors import InputError
 from tipsprog.registry import ENCODERS
 from tipsprog.segment.crops import HU_CENTER, HU_HALF_WIDTH
 
+
 def crop_to_hu(ct_channel: torch.Tensor) -> torch.Tensor:
     """Undo the crops' window scaling (values outside −200…300 HU stay clipped)."""
     return ct_channel * HU_HALF_WIDTH + HU_CENTER

@@ -11,9 +11,9 @@ invariant to its augmentations, which here would erase what prognosis needs: att
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from monai.networks.nets import AutoEncoder
 from monai.transforms import RandCoarseDropout
 
-from tipsprog.journal import TrainingJournal, numpy_state, set_numpy_state
 from tipsprog.checkpoints import load_checkpoint, save_checkpoint
+from tipsprog.journal import TrainingJournal, numpy_state, set_numpy_state
 from tipsprog.outputs import file_sha256
 
 WEIGHTS_FORMAT = "tipsprog-embed-ssl-2"
@@ -97,7 +97,8 @@ def fit_ssl(crops: np.ndarray, settings: FitSettings, device: torch.device,
             losses.append(loss.item())
         schedule.step()
         if journal:
-            journal.save(lambda: {"epoch": epoch + 1, "network": network.state_dict(), "optimiser": optimiser.state_dict(),
+            # the state is built inside save(), at once, so the loop variable is the current one
+            journal.save(lambda: {"epoch": epoch + 1, "network": network.state_dict(), "optimiser": optimiser.state_dict(),  # noqa: B023
                                   "schedule": schedule.state_dict(), "order_generator": numpy_state(generator),
                                   "masker_generator": numpy_state(masker.R)}, f"epoch {epoch + 1} of {settings.epochs} done")
         if progress:

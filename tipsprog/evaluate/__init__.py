@@ -2,27 +2,34 @@
 
 from __future__ import annotations
 
-from collections import Counter
-
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from tipsprog.clinical import score_notes
+from tipsprog.devices import resolve_device
+from tipsprog.errors import InputError
 from tipsprog.evaluate import plots
 from tipsprog.evaluate.render import html_page, markdown, setting_sections
 from tipsprog.evaluate.report import METRICS_SCHEMA, evaluate_rows, evaluation_grid
-from tipsprog.devices import resolve_device
-from tipsprog.errors import InputError
-from tipsprog.evaluate.rows import (Cohort, OutOfFold, PredictionRow, held_out_rows, prediction_rows, read_held_out,
-                                    read_oof, read_truth)
+from tipsprog.evaluate.rows import (
+    Cohort,
+    OutOfFold,
+    PredictionRow,
+    held_out_rows,
+    prediction_rows,
+    read_held_out,
+    read_oof,
+    read_truth,
+)
 from tipsprog.fusion.assembly import assemble_for_bundle, score_columns
 from tipsprog.fusion.bundle import Bundle, load_bundle
 from tipsprog.fusion.ensemble import predict_cohort
-from tipsprog.store import open_store
 from tipsprog.outputs import atomic_output, writes_output
+from tipsprog.store import open_store
 from tipsprog.transductive import exposure_report
 
 TITLE = "tipsprog evaluation report"

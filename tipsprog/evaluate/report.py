@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
-
 from lifelines.exceptions import ConvergenceError
 
-from tipsprog.clinical import FIPS_HIGH_RISK
 from tipsprog import bootstrap
+from tipsprog.clinical import FIPS_HIGH_RISK
 from tipsprog.evaluate import metrics
-from tipsprog.survival import harrell_c, harrell_c_with_ci
 from tipsprog.evaluate.rows import Cohort, PredictionRow
 from tipsprog.parallel import map_ordered
+from tipsprog.survival import harrell_c, harrell_c_with_ci
 
 METRICS_SCHEMA = "tipsprog-metrics-2"
 COMPARED = ("harrell_c", "uno_c", "integrated_brier")

@@ -4,29 +4,29 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 import yaml
 
 from tipsprog import store
+from tipsprog.clinical import score_notes
 from tipsprog.devices import resolve_device
 from tipsprog.errors import InputError
-from tipsprog.survival import harrell_c, harrell_c_with_ci
 from tipsprog.fusion.assembly import assemble, score_columns
 from tipsprog.fusion.bundle import HeldOut, write_bundle
-from tipsprog.fusion.config import TrainConfig
 from tipsprog.fusion.clinical_cox import fit_clinical_cox
+from tipsprog.fusion.config import TrainConfig
 from tipsprog.fusion.crossval import cross_validate
 from tipsprog.fusion.data import TrainingData
 from tipsprog.fusion.ensemble import Member, predict_cohort
 from tipsprog.io import read_id_list
 from tipsprog.journal import TrainingJournal
-from tipsprog.clinical import score_notes
 from tipsprog.outputs import file_sha256, writes_output
+from tipsprog.survival import harrell_c, harrell_c_with_ci
 from tipsprog.transductive import fitted_steps
 
 
@@ -132,22 +132,35 @@ def training_digest(data: TrainingData, config: TrainConfig, cv_mode: str, seed:
     return digest.hexdigest()
 
 
+@dataclass(frozen=True)
+class FuseTrainOptions:
+    """How `fuse-train` runs: the validated config, the modalities kept (None: all the inputs provide), the
+    cross-validation (kfold or center) and its seed, patients held out (--test), the device, whether to resume."""
+
+    config: TrainConfig
+    modalities: tuple[str, ...] | None = None
+    cv: str = "kfold"
+    seed: int = 0
+    test_csv: Path | None = None
+    device: str = "auto"
+    resume: bool = False
+
+
 @writes_output("bundle")
-def run_fuse_train(stores: list[Path], clinical_csv: Path, outcomes_csv: Path, out: Path, config: TrainConfig,
-                   modalities: tuple[str, ...] | None = None, cv_mode: str = "kfold", device_name: str = "auto",
-                   seed: int = 0, progress: Callable[[str], None] | None = None, test_csv: Path | None = None,
-                   resume_previous: bool = False) -> dict:
+def run_fuse_train(stores: list[Path], clinical_csv: Path, outcomes_csv: Path, out: Path, options: FuseTrainOptions,
+                   progress: Callable[[str], None] | None = None) -> dict:
     """Cross-validate the fusion model (holding out the --test patients, if any) and write the bundle; return metrics.
 
-    Training saves its state to `<out>.partial` every few seconds; with `resume_previous` it continues from there
+    Training saves its state to `<out>.partial` every few seconds; with `options.resume` it continues from there
     when settings and data are the same."""
-    assembled = assemble(stores, clinical_csv, outcomes_csv, modalities)
+    config, cv_mode, seed, test_csv = options.config, options.cv, options.seed, options.test_csv
+    assembled = assemble(stores, clinical_csv, outcomes_csv, options.modalities)
     if config.model == "clinical-cox" and "clinical" not in assembled.data.matrices:
         raise InputError("--model clinical-cox needs the clinical modality (add clinical to --modalities)")
     for note in assembled.notes:
         if progress:
             progress(note)
-    device = resolve_device(device_name)
+    device = resolve_device(options.device)
     data, clinical, blocks = assembled.data, assembled.clinical, assembled.blocks
     held_out = None
     if test_csv is not None:
@@ -158,7 +171,7 @@ def run_fuse_train(stores: list[Path], clinical_csv: Path, outcomes_csv: Path, o
         held_out = HeldOut(assembled.data.subset(test_rows), {}, score_columns(assembled.clinical.iloc[test_rows]))
         if np.nansum(data.event) < 2:
             raise InputError(f"{outcomes_csv}: fewer than 2 events among the {len(train_rows)} training patients")
-    journal = TrainingJournal(out, training_digest(data, config, cv_mode, seed, device), resume_previous, progress)
+    journal = TrainingJournal(out, training_digest(data, config, cv_mode, seed, device), options.resume, progress)
     cv = cross_validate(data, config, cv_mode, device, seed, progress, journal)
     metrics = {"harrell_c": _c_rows(data, cv.oof)}
     if config.repeats > 1:

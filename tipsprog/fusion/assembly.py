@@ -11,9 +11,15 @@ import pandas as pd
 from tipsprog import store
 from tipsprog.clinical import clinical_scores, read_clinical
 from tipsprog.errors import InputError
-from tipsprog.fusion.data import (MODALITIES, clinical_features, modality_matrices, modality_of, numeric_extras,
-                                  with_extras)
-from tipsprog.fusion.data import TrainingData
+from tipsprog.fusion.data import (
+    MODALITIES,
+    TrainingData,
+    clinical_features,
+    modality_matrices,
+    modality_of,
+    numeric_extras,
+    with_extras,
+)
 from tipsprog.io import read_outcomes
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -13,14 +13,13 @@ import torch
 import yaml
 
 from tipsprog import __version__, outputs, store
-from tipsprog.fusion.config import TrainConfig
 from tipsprog.errors import InputError
-from tipsprog.fusion.data import ModalityPreprocessor
-from tipsprog.fusion.ood import OodReference, fit_ood
 from tipsprog.fusion.clinical_cox import ClinicalCoxFit
+from tipsprog.fusion.config import TrainConfig
 from tipsprog.fusion.crossval import CrossValidation
-from tipsprog.fusion.data import TrainingData
+from tipsprog.fusion.data import ModalityPreprocessor, TrainingData
 from tipsprog.fusion.ensemble import Member
+from tipsprog.fusion.ood import OodReference, fit_ood
 
 BUNDLE_FORMAT = 4
 WEIGHTS_FORMAT = "tipsprog-fusion-2"
@@ -91,7 +90,7 @@ def write_bundle(out: Path, data: TrainingData, cv: CrossValidation, config: Tra
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
         (tmp / "model_card.md").write_text(model_card, encoding="utf-8")
         manifest = {**manifest, "bundle_format": BUNDLE_FORMAT, "tipsprog_version": __version__,
-                    "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
                     "config": asdict(config)}
         manifest["files"] = {p.name: outputs.file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         (tmp / "bundle.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False), encoding="utf-8")

@@ -9,7 +9,6 @@ from pathlib import Path
 import yaml
 
 from tipsprog.errors import InputError
-
 from tipsprog.registry import FUSION_MODEL_SECTIONS, FUSION_MODELS
 
 LOSS_KEYS = ("survival", "ohe", "ppg")

@@ -3,19 +3,19 @@ the clinical Cox of the same training rows beside it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
 
-from tipsprog.journal import TrainingJournal
 from tipsprog.fusion.clinical_cox import fit_clinical_cox
 from tipsprog.fusion.config import TrainConfig
 from tipsprog.fusion.data import TrainingData
 from tipsprog.fusion.ensemble import Member, calibrate_members, predict_members
 from tipsprog.fusion.splits import plan_members, repeated_splits
 from tipsprog.fusion.training import train_ensemble
+from tipsprog.journal import TrainingJournal
 from tipsprog.survival import BreslowBaseline
 
 

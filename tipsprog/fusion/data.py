@@ -94,7 +94,7 @@ class ModalityPreprocessor:
     width: int
 
     @classmethod
-    def fit(cls, train: np.ndarray, column_groups: list[str], max_width: int = 0) -> "ModalityPreprocessor":
+    def fit(cls, train: np.ndarray, column_groups: list[str], max_width: int = 0) -> ModalityPreprocessor:
         """Impute with medians, standardise, and reduce each group wider than `max_width` (0: no reduction)."""
         finite = np.where(np.isfinite(train), train, np.nan)
         with warnings.catch_warnings():

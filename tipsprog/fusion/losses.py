@@ -26,7 +26,7 @@ class SurvivalIndex:
     max_ties: int
 
     @classmethod
-    def build(cls, time: np.ndarray, event: np.ndarray, device: torch.device | str = "cpu") -> "SurvivalIndex":
+    def build(cls, time: np.ndarray, event: np.ndarray, device: torch.device | str = "cpu") -> SurvivalIndex:
         """Index a cohort's times and events (NaN time or event: the row never counts)."""
         known = np.isfinite(time) & np.isfinite(event)
         sort_time = np.where(known, time, np.inf)

@@ -12,11 +12,19 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from tipsprog.registry import FUSION_MODELS
 from tipsprog.fusion.losses import masked_mean, sdm_loss
-from tipsprog.fusion.modules import (AttentionBlock, ClinicalFilm, CrossOrganGraph, CyclicCrossAttention,
-                                     MultiGranularityAttention, OrganSimilarityFusion, OrthogonalDecomposition,
-                                     TokenEmbedding, pod_penalty)
+from tipsprog.fusion.modules import (
+    AttentionBlock,
+    ClinicalFilm,
+    CrossOrganGraph,
+    CyclicCrossAttention,
+    MultiGranularityAttention,
+    OrganSimilarityFusion,
+    OrthogonalDecomposition,
+    TokenEmbedding,
+    pod_penalty,
+)
+from tipsprog.registry import FUSION_MODELS
 
 IMAGE_ORDER = ("embed", "radiomics", "biomarkers", "clinical")
 GUIDE_RISK = "guide_risk"  # the inputs key under which ClinicallyGuided hands its linear predictor to the fusion model

@@ -4,14 +4,13 @@ inner validation split."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
 from torch.func import vmap
 
-from tipsprog.journal import TrainingJournal
 from tipsprog.fusion.clinical_cox import RESIDUAL_MARGIN_NATS, cox_coefficients, guide_penalties
 from tipsprog.fusion.config import TrainConfig
 from tipsprog.fusion.data import ModalityPreprocessor, TrainingData, fit_preprocessors
@@ -28,6 +27,7 @@ from tipsprog.fusion.models import (
     is_guided,
 )
 from tipsprog.fusion.splits import MemberPlan
+from tipsprog.journal import TrainingJournal
 
 
 @dataclass
@@ -164,8 +164,9 @@ def _train_stage(ensemble: Ensemble, batch: _Batch, stage: dict, config: TrainCo
         validation_history.append(val_loss.cpu())
         if not bool((waited < stage["patience"]).any()):
             break
-        checkpoint(lambda: {"epoch": epoch, "optimiser": optimiser.state_dict(), "best": best, "best_loss": best_loss,
-                            "best_epoch": best_epoch, "waited": waited, "train_history": train_history,
+        # the state is built inside checkpoint(), at once, so the loop variables are the current ones
+        checkpoint(lambda: {"epoch": epoch, "optimiser": optimiser.state_dict(), "best": best, "best_loss": best_loss,  # noqa: B023
+                            "best_epoch": best_epoch, "waited": waited, "train_history": train_history,  # noqa: B023
                             "validation_history": validation_history}, f"stage {stage['name']} epoch {epoch}")
     with torch.no_grad():
         for key, value in ensemble.params.items():

@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import h5py
 import SimpleITK as sitk
 import yaml
 
 from tipsprog import store
-from tipsprog.outputs import writes_output
 from tipsprog.errors import InputError
+from tipsprog.journal import append, forget, patient_journal
+from tipsprog.outputs import writes_output
 from tipsprog.parallel import map_ordered
 from tipsprog.radiomics import reuse
-from tipsprog.radiomics.extract import PatientJob, extract_patient, feature_group, extraction_inputs_digest
+from tipsprog.radiomics.extract import PatientJob, extract_patient, extraction_inputs_digest, feature_group
 from tipsprog.radiomics.params import load_params, settings_hash
-from tipsprog.journal import append, forget, patient_journal
 
 
 @dataclass(frozen=True)

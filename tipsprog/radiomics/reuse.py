@@ -3,16 +3,16 @@ built from it one record at a time, and --resume's reuse of the records of an in
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import h5py
 import numpy as np
 
 from tipsprog import store
 from tipsprog.errors import InputError
-from tipsprog.radiomics.extract import PatientFeatures
 from tipsprog.journal import append, finished
+from tipsprog.radiomics.extract import PatientFeatures
 
 
 def journal_writer(record: PatientFeatures) -> Callable[[h5py.Group], None]:

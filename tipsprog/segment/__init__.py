@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import h5py
 import numpy as np
@@ -13,20 +13,21 @@ import SimpleITK as sitk
 import torch
 
 from tipsprog import outputs, store
-from tipsprog.journal import append, finished, forget, patient_journal
-from tipsprog.outputs import writes_output
 from tipsprog.devices import resolve_device
 from tipsprog.errors import InputError
 from tipsprog.io import COHORT_PATH_COLUMNS, read_cohort, read_ct, read_id_list
+from tipsprog.journal import append, finished, forget, patient_journal
+from tipsprog.outputs import writes_output
 from tipsprog.parallel import map_ordered
-from tipsprog.segment import biomarkers, foundation, semi
 from tipsprog.registry import SEGMENTATION_BACKENDS
+from tipsprog.segment import biomarkers, foundation, semi
 from tipsprog.segment.backends import Backend, segment_scan, semi_model
 from tipsprog.segment.crops import CROP_SHAPE, roi_crops, roi_volumes
 from tipsprog.segment.masks import has_reference, reference_labels
 from tipsprog.segment.portal import PORTAL_VEIN_FIELDS, PortalVein, portal_vein_measurements
 from tipsprog.segment.qc import qc_reason, qc_status, quality_flags
 from tipsprog.transductive import fitted_attr
+
 
 @dataclass
 class ScanResult:
@@ -213,41 +214,54 @@ def _write_segment_store(h5: h5py.File, journal: h5py.File, record_names: list[s
                    flags=[";".join(r.flags) for r in results], backend=backend.name)
 
 
-@writes_output("store")
-def run_segment(cohort_csv: Path, out: Path, backend_name: str = "classic", workers: int = 1, strict: bool = False,
-                progress: Callable[[ScanResult], None] | None = None, fit_csv: Path | None = None,
-                model_path: Path | None = None, device: str = "auto",
-                semi_settings: semi.SemiSettings = semi.SemiSettings(),
-                fit_progress: Callable[[int, float, float], None] | None = None,
-                resume_previous: bool = False, fit_ids: Path | None = None, scheduler: str | None = None) -> list[ScanResult]:
-    """Segment every CT of a cohort and write seg.h5 (masks, crops, volumes, QC, Dice), on `workers` local
-    processes or on the Dask cluster at `scheduler`.
+@dataclass(frozen=True)
+class SegmentOptions:
+    """How `segment` runs: the backend (for semi, the file to train on or the model to use), where the scans are
+    processed (local processes or a Dask cluster), whether a failed scan stops the run, whether to resume."""
 
-    Each finished scan goes to the journal `<out>.partial` first; with `resume_previous`, scans an interrupted
+    backend: str = "classic"
+    workers: int = 1
+    strict: bool = False
+    fit_csv: Path | None = None
+    fit_ids: Path | None = None
+    model_path: Path | None = None
+    device: str = "auto"
+    semi: semi.SemiSettings = field(default_factory=semi.SemiSettings)
+    resume: bool = False
+    scheduler: str | None = None
+
+
+@writes_output("store")
+def run_segment(cohort_csv: Path, out: Path, options: SegmentOptions = SegmentOptions(),
+                progress: Callable[[ScanResult], None] | None = None,
+                fit_progress: Callable[[int, float, float], None] | None = None) -> list[ScanResult]:
+    """Segment every CT of a cohort and write seg.h5 (masks, crops, volumes, QC, Dice), on `options.workers`
+    local processes or on the Dask cluster at `options.scheduler`.
+
+    Each finished scan goes to the journal `<out>.partial` first; with `options.resume`, scans an interrupted
     run finished with the same backend settings and the same input files are taken from it.
     """
     cohort = read_cohort(cohort_csv)
-    backend = prepare_backend(backend_name, cohort, out, fit_csv, model_path, device, semi_settings, fit_progress,
-                              fit_ids, str(cohort_csv))
-    if backend.name in ("semi", "totalseg") and backend.device == "cuda":
-        workers = 1
+    backend = prepare_backend(options.backend, cohort, out, options.fit_csv, options.model_path, options.device,
+                              options.semi, fit_progress, options.fit_ids, str(cohort_csv))
+    workers = 1 if backend.name in ("semi", "totalseg") and backend.device == "cuda" else options.workers
     settings_sha = outputs.inputs_sha256([backend.settings()], [backend.model_path] if backend.model_path else [])
     rows = [row for _, row in cohort.iterrows()]
-    with patient_journal(out, settings_sha, resume_previous) as journal:
+    with patient_journal(out, settings_sha, options.resume) as journal:
         done = finished(journal)
         reused = {}
         if done:
             digests = ((row["patient_id"], cohort_row_digest(row)) for row in rows)
             reused = {pid: done[(pid, digest)] for pid, digest in digests if (pid, digest) in done}
         fresh = iter(map_ordered(_segment_one, [(row, backend) for row in rows if row["patient_id"] not in reused], workers,
-                                 scheduler))
+                                 options.scheduler))
         record_names, results = [], []
         for row in rows:
             if row["patient_id"] in reused:
                 record_names.append(reused[row["patient_id"]])
             else:
                 result = next(fresh)
-                if strict and result.status != "ok":
+                if options.strict and result.status != "ok":
                     kept = f" ({len(journal['records'])} finished scans kept for --resume)" if len(journal["records"]) else ""
                     raise InputError(f"{cohort_csv}: patient {result.patient_id}: {result.reason}{kept}")
                 record_names.append(append(journal, result.patient_id, result.input_sha256, _journal_scan(result)))

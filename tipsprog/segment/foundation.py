@@ -62,10 +62,10 @@ def _register_total_trainers() -> None:
     """Hand TotalSegmentator's 'total' trainers to its trainer registry, so nnU-Net need not import every trainer
     module to find them: one (primus) imports timm and so torchvision, and PyPI's torchvision fails to import beside a
     CPU-only torch ('operator torchvision::nms does not exist')."""
-    from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoMirroring import \
-        nnUNetTrainerNoMirroring
-    from nnunetv2.training.nnUNetTrainer.variants.training_length.nnUNetTrainer_Xepochs_NoMirroring import \
-        nnUNetTrainer_4000epochs_NoMirroring
+    from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoMirroring import nnUNetTrainerNoMirroring
+    from nnunetv2.training.nnUNetTrainer.variants.training_length.nnUNetTrainer_Xepochs_NoMirroring import (
+        nnUNetTrainer_4000epochs_NoMirroring,
+    )
     from totalsegmentator import nnunet
 
     registry: dict[str, type] = getattr(nnunet, "custom_trainers", {})  # TotalSegmentator 2.4+: searched first

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Hashable, Mapping
 
 import numpy as np
 import SimpleITK as sitk
@@ -16,9 +16,9 @@ from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
 
+from tipsprog.checkpoints import load_checkpoint, save_checkpoint
 from tipsprog.errors import InputError
 from tipsprog.io import antialiased_resample
-from tipsprog.checkpoints import load_checkpoint, save_checkpoint
 from tipsprog.store import ROI_LABELS
 
 MODEL_FORMAT = "tipsprog-semi-2"

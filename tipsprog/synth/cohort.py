@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
 from tipsprog.errors import InputError
-from tipsprog.parallel import map_ordered
 from tipsprog.outputs import atomic_output, writes_output
+from tipsprog.parallel import map_ordered
 from tipsprog.synth.phantom import Anatomy, Scanner, render
 
 FOLLOW_UP_DAYS = 3 * 365.0
