@@ -90,8 +90,9 @@ def stages(work: Path, ct: Path) -> dict[str, float]:
     from tipsprog.fusion.ensemble import predict_members
     from tipsprog.io import read_ct
     from tipsprog.radiomics.extract import extract_from_file
-    from tipsprog.segment import Backend, segment_scan
-    from tipsprog.segment.crops import roi_crops
+    from tipsprog.segment import Backend, biomarkers, segment_scan
+    from tipsprog.segment.crops import roi_crops, roi_volumes
+    from tipsprog.segment.portal import portal_vein_measurements
     timing = {"imports": perf_counter() - start}
 
     def timed(name: str, function, *args):
@@ -105,18 +106,22 @@ def stages(work: Path, ct: Path) -> dict[str, float]:
     image = timed("read CT", read_ct, str(ct))
     labels = timed("segment", segment_scan, image, Backend("classic"))
     blocks = {}
-    for name, entry in bundle.manifest["pipeline"]["blocks"].items():
-        if entry["extractor"] == "pyradiomics":
-            values, _ = timed("radiomics", extract_from_file, str(ct), labels, entry["params"])
-            blocks[name] = store.FeatureBlock(np.array([[values.get(f, np.nan) for f in entry["names"]]]), entry["names"], [])
+    for name, entry in bundle.manifest.blocks.items():
+        if entry.extractor == "pyradiomics":
+            values, _ = timed("radiomics", extract_from_file, str(ct), labels, entry.params)
+            blocks[name] = store.FeatureBlock(np.array([[values.get(f, np.nan) for f in entry.names]]), entry.names, [])
+        elif entry.extractor == biomarkers.EXTRACTOR:
+            measured, _ = timed("biomarkers", biomarkers.measure, image, labels, roi_volumes(labels), portal_vein_measurements(labels))
+            value_of = dict(zip(biomarkers.NAMES, measured))
+            blocks[name] = store.FeatureBlock(np.array([[value_of.get(f, np.nan) for f in entry.names]]), entry.names, [])
         else:
             crops = timed("crops", roi_crops, image, labels)
-            encoder = timed("embedding", load_encoder, entry["encoder"], bundle.path / entry["weights"])
+            encoder = timed("embedding", load_encoder, entry.encoder, bundle.path / entry.weights)
             blocks[name] = timed("embedding", embedding_block, encoder, {r: c[None] for r, c in crops.items()}, device,
-                                 entry["pooling"], {}, 1)
-    table = with_extras(read_clinical(work / "row.csv"), bundle.manifest["clinical"]["extras"])
-    clinical, names = clinical_features(table, bundle.manifest["clinical"]["extras"])
-    matrices, _, _ = modality_matrices(blocks, np.array([0]), clinical, names, tuple(bundle.manifest["modalities"]))
+                                 entry.pooling, {}, 1)
+    table = with_extras(read_clinical(work / "row.csv"), bundle.manifest.clinical_extras)
+    clinical, names = clinical_features(table, bundle.manifest.clinical_extras)
+    matrices, _, _ = modality_matrices(blocks, np.array([0]), clinical, names, tuple(bundle.manifest.modalities))
     with torch.no_grad():
         timed("ensemble", predict_members, bundle.members, matrices, np.array([0]), bundle.config, device)
     timed("attributions", integrated_gradients, bundle.members, matrices, bundle.config, device)

@@ -18,6 +18,7 @@ from tipsprog.fusion.assembly import assemble_for_bundle
 from tipsprog.fusion.attribution import integrated_gradients
 from tipsprog.fusion.bundle import load_bundle
 from tipsprog.fusion.ensemble import predict_members
+from tipsprog.fusion.manifest import SegmentEntry
 from tipsprog.predict import percentile_rank
 from tipsprog.segment.biomarkers import NAMES as BIOMARKER_NAMES
 from tipsprog.segment.portal import PORTAL_VEIN_FIELDS
@@ -54,6 +55,10 @@ def test_bundle_contents(pipeline):
         assert np.isfinite(risk).all() and set(folds) == {0, 1, 2}
         np.testing.assert_array_equal(oof["repeats/fold"][()][:, 0], folds)
         assert set(oof["scores"]) >= {"FIPS", "MELD", "MELD-Na", "Child-Pugh", "ALBI"}
+    typed = load_bundle(pipeline.bundle).manifest  # what every reader sees: the same values, typed
+    assert typed.raw == manifest and typed.segment == SegmentEntry("classic") and typed.training.patients == 30
+    assert typed.blocks["radiomics"].params == manifest["pipeline"]["blocks"]["radiomics"]["params"]
+    assert typed.blocks["embed-ssl"].weights == "embed-ssl.pt" and typed.risk_cut == manifest["risk_groups"]["cut"]
 
 
 @pytest.mark.slow

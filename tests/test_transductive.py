@@ -25,12 +25,11 @@ def test_bundle_records_each_fitted_step_with_its_patients():
 
 
 def test_report_counts_the_patients_each_fitted_step_saw_per_setting():
-    manifest = {"training": {"cv": "kfold"},
-                "transductive": {"encoder": {"blocks": ["embed-ssl"], "fitted_on": ["A", "B", "C"]},
-                                 "segment": {"blocks": ["biomarkers"], "fitted_on": ["A", "B", "X"], "labeled": ["A"]}}}
+    recorded = {"encoder": {"blocks": ["embed-ssl"], "fitted_on": ["A", "B", "C"]},
+                "segment": {"blocks": ["biomarkers"], "fitted_on": ["A", "B", "X"], "labeled": ["A"]}}
     settings = {"out-of-fold": (["A", "B", "C"], ["c1", "c1", "c2"]), "held-out": (["X"], ["c1"]),
                 "external": (["E1", "E2"], ["e1", "e2"])}
-    document, notes = exposure_report(manifest, settings)
+    document, notes = exposure_report("kfold", recorded, settings)
     assert notes == [
         "out-of-fold: the ssl encoder was pre-trained on the scans of 3 of these 3 patients (unlabeled), test folds included",
         "out-of-fold: the semi segmentation model was trained on the scans of 2 of these 3 patients (1 with reference "
@@ -48,16 +47,16 @@ def test_report_counts_the_patients_each_fitted_step_saw_per_setting():
 
 def test_report_says_leave_one_center_out_unknown_and_nothing_fitted():
     oof = {"out-of-fold": (["A", "B", "C"], ["c1", "c2", "c3"])}
-    manifest = {"training": {"cv": "center"}, "transductive": {"encoder": {"blocks": ["embed-ssl"], "fitted_on": ["A", "B"]}}}
-    assert exposure_report(manifest, oof)[1] == [
+    recorded = {"encoder": {"blocks": ["embed-ssl"], "fitted_on": ["A", "B"]}}
+    assert exposure_report("center", recorded, oof)[1] == [
         "leave-one-center-out: the ssl encoder was pre-trained on the scans of 2 of these 3 patients (unlabeled), the "
         "left-out centers included (2 of 3 centers)"]
-    manifest["transductive"]["encoder"]["fitted_on"] = "unknown"
-    document, notes = exposure_report(manifest, oof)
+    recorded["encoder"]["fitted_on"] = "unknown"
+    document, notes = exposure_report("center", recorded, oof)
     assert notes == ["leave-one-center-out: unknown whether the ssl encoder saw these 3 patients' scans (its file does "
                      "not record the patients it was fitted on)"]
     assert document["out-of-fold"]["steps"]["encoder"]["seen"] is None
-    assert exposure_report({"training": {"cv": "kfold"}}, oof)[1] == [
+    assert exposure_report("kfold", None, oof)[1] == [
         "out-of-fold: unknown whether a fitted feature step saw these 3 patients' scans (the bundle predates that record)"]
-    assert exposure_report({"training": {"cv": "kfold"}, "transductive": {}}, oof)[1] == [
+    assert exposure_report("kfold", {}, oof)[1] == [
         "out-of-fold: no feature step was fitted on scans; none of these 3 patients' scans was seen before evaluation"]

@@ -26,6 +26,7 @@ from tipsprog.fusion.attribution import integrated_gradients
 from tipsprog.fusion.bundle import Bundle, load_bundle
 from tipsprog.fusion.data import clinical_features, modality_matrices, with_extras
 from tipsprog.fusion.ensemble import ensemble_survival, member_ensemble, predict_members
+from tipsprog.fusion.manifest import BlockEntry, SegmentEntry
 from tipsprog.fusion.ood import OOD_QUANTILE
 from tipsprog.io import read_cohort, read_ct
 from tipsprog.outputs import atomic_output, make_folder, writes_output
@@ -56,7 +57,7 @@ class ScanJob:
     """One scan to process: the bundle's feature blocks and backend, where its mask and overlay go (or None), and
     the DICOM series chosen in a folder holding several (or None)."""
 
-    blocks: dict
+    blocks: dict[str, BlockEntry]
     backend: Backend
     ct_path: str
     mask_path: Path | None
@@ -79,11 +80,11 @@ class PredictOptions:
 
 def _backend(bundle: Bundle, device_name: str) -> Backend:
     """The segmentation backend the bundle's features came from."""
-    segment = bundle.manifest["pipeline"].get("segment") or {"backend": "classic"}
-    if segment["backend"] == "masks":
+    segment = bundle.manifest.segment or SegmentEntry()
+    if segment.backend == "masks":
         raise InputError(f"{bundle.path}: bundle was trained on given masks; predict needs an automatic backend")
-    model = str(bundle.path / segment["model"]) if segment.get("model") else ""
-    return Backend(segment["backend"], model, resolve_device(device_name).type)
+    model = str(bundle.path / segment.model) if segment.model else ""
+    return Backend(segment.backend, model, resolve_device(device_name).type)
 
 
 def scan_features(job: ScanJob) -> ScanFeatures:
@@ -99,12 +100,12 @@ def scan_features(job: ScanJob) -> ScanFeatures:
     portal_vein = portal_vein_measurements(labels)
     rows = {}
     for name, entry in job.blocks.items():
-        if entry["extractor"] == "pyradiomics":
-            values, _ = extract_from_file(job.ct_path, labels, entry["params"], job.series_uid)
-            rows[name] = np.array([values.get(feature, np.nan) for feature in entry["names"]], dtype=float)
-        elif entry["extractor"] == biomarkers.EXTRACTOR:
+        if entry.extractor == "pyradiomics":
+            values, _ = extract_from_file(job.ct_path, labels, entry.params, job.series_uid)
+            rows[name] = np.array([values.get(feature, np.nan) for feature in entry.names], dtype=float)
+        elif entry.extractor == biomarkers.EXTRACTOR:
             measured, measure_flags = biomarkers.measure(ct, labels, volumes, portal_vein)
-            rows[name], flags = _in_order(measured, entry["names"]), flags + measure_flags
+            rows[name], flags = _in_order(measured, entry.names), flags + measure_flags
     qc = {"backend": job.backend.name, "volumes_ml": {roi: round(float(v), 1) for roi, v in zip(store.ROI_LABELS, volumes)},
           "status": qc_status(flags), "flags": flags, "portal_vein": portal_vein_record(portal_vein)}
     if job.mask_path is not None:
@@ -112,7 +113,7 @@ def scan_features(job: ScanJob) -> ScanFeatures:
         sitk.WriteImage(labels, str(job.mask_path), useCompression=True)
     if job.overlay_path is not None:
         draw_overlay(ct, labels, job.overlay_path)
-    needs_crops = any("encoder" in entry for entry in job.blocks.values())
+    needs_crops = any(entry.encoder is not None for entry in job.blocks.values())
     return ScanFeatures(rows, roi_crops(ct, labels) if needs_crops else {}, qc)
 
 
@@ -138,11 +139,11 @@ def percentile_rank(value: float, quantiles: list[float]) -> float:
     return float(np.interp(value, distinct[i - 1:i + 1], [last[i - 1], first[i]]))
 
 
-def biomarker_record(values: np.ndarray, entry: dict) -> dict[str, dict[str, float | None]]:
+def biomarker_record(values: np.ndarray, entry: BlockEntry) -> dict[str, dict[str, float | None]]:
     """Each biomarker's value and its percentile among the training cohort's patients (None: not measured)."""
     record = {}
-    for name, value in zip(entry["names"], values):
-        reference = entry["training_percentiles"][name]
+    for name, value in zip(entry.names, values):
+        reference = (entry.training_percentiles or {})[name]
         measured = bool(np.isfinite(value))
         known = measured and reference[0] is not None
         record[name] = {"value": round(float(value), 2) if measured else None,
@@ -213,13 +214,13 @@ def _removed_on_failure(files: list[Path]) -> Iterator[None]:
 def _feature_blocks(bundle: Bundle, scans: list[ScanFeatures], device_name: str) -> dict[str, store.FeatureBlock]:
     """The bundle's feature blocks for all scans: radiomics stacked, embeddings one crop at a time."""
     blocks = {}
-    for name, entry in bundle.manifest["pipeline"]["blocks"].items():
-        if entry["extractor"] in ("pyradiomics", biomarkers.EXTRACTOR):
-            blocks[name] = store.FeatureBlock(np.stack([scan.rows[name] for scan in scans]), entry["names"], [])
-        elif "encoder" in entry:
-            encoder = load_encoder(entry["encoder"], bundle.path / entry["weights"])
+    for name, entry in bundle.manifest.blocks.items():
+        if entry.extractor in ("pyradiomics", biomarkers.EXTRACTOR):
+            blocks[name] = store.FeatureBlock(np.stack([scan.rows[name] for scan in scans]), entry.names, [])
+        elif entry.encoder is not None and entry.weights is not None:
+            encoder = load_encoder(entry.encoder, bundle.path / entry.weights)
             crops = {roi: np.stack([scan.crops[roi] for scan in scans]) for roi in scans[0].crops}
-            blocks[name] = embedding_block(encoder, crops, resolve_device(device_name), entry["pooling"], {}, batch_size=1)
+            blocks[name] = embedding_block(encoder, crops, resolve_device(device_name), entry.pooling or "mean", {}, batch_size=1)
         else:
             raise InputError(f"{bundle.path}: cannot replay feature block '{name}'")
     return blocks
@@ -228,7 +229,7 @@ def _feature_blocks(bundle: Bundle, scans: list[ScanFeatures], device_name: str)
 def _clinical_rows(bundle: Bundle, clinical_csv: Path, patient_ids: list[str] | None) -> pd.DataFrame:
     """Clinical rows of the patients to predict (all rows of the table when `patient_ids` is None), with the
     bundle's extra columns."""
-    table = with_extras(read_clinical(clinical_csv), bundle.manifest["clinical"]["extras"])
+    table = with_extras(read_clinical(clinical_csv), bundle.manifest.clinical_extras)
     if patient_ids is None:
         return table
     missing = [pid for pid in patient_ids if pid not in table.index]
@@ -247,14 +248,14 @@ def _scans(bundle: Bundle, ct_paths: list[str] | None, options: PredictOptions, 
            images: tuple[list[Path | None], list[Path | None]]) -> tuple[list[ScanFeatures], dict[int, str]]:
     """Each row's scan features (none when the bundle uses no imaging) and, unless strict, the rows whose scan could
     not be used with the reason; when no scan can be used, the first reason is the error."""
-    if not bundle.manifest["pipeline"]["blocks"]:
+    if not bundle.manifest.blocks:
         return [], {}
     if ct_paths is None:
         raise InputError("--ct is required: this bundle uses imaging features")
     backend = _backend(bundle, options.device)
     masks, overlays = images
     series_uids = series_uids or [None] * len(ct_paths)
-    jobs = [ScanJob(bundle.manifest["pipeline"]["blocks"], backend, path, mask, overlay, series)
+    jobs = [ScanJob(bundle.manifest.blocks, backend, path, mask, overlay, series)
             for path, mask, overlay, series in zip(ct_paths, masks, overlays, series_uids)]
     outcomes = list(map_ordered(scan_features if options.strict else _usable_scan, jobs, min(options.workers, len(jobs)),
                                 options.scheduler))
@@ -282,10 +283,10 @@ def predict_patients(bundle: Bundle, table: pd.DataFrame, ct_paths: list[str] | 
 def _predictions(bundle: Bundle, table: pd.DataFrame, scans: list[ScanFeatures], options: PredictOptions) -> list[dict]:
     """Predictions for clinical rows whose scans (if the bundle uses imaging) were all usable."""
     blocks = _feature_blocks(bundle, scans, options.device) if scans else {}
-    extras = bundle.manifest["clinical"]["extras"]
+    extras = bundle.manifest.clinical_extras
     clinical_matrix, clinical_names = clinical_features(table, extras)
     matrices, _, _ = modality_matrices(blocks, np.arange(len(table)), clinical_matrix, clinical_names,
-                                       tuple(bundle.manifest["modalities"]))
+                                       tuple(bundle.manifest.modalities))
     device = resolve_device(options.device)
     ensemble = member_ensemble(bundle.members, bundle.config, device)
     attribution = integrated_gradients(bundle.members, matrices, bundle.config, device, ensemble)
@@ -302,7 +303,7 @@ def _predictions(bundle: Bundle, table: pd.DataFrame, scans: list[ScanFeatures],
                                  "risk_minus_baseline": round(float(attribution.risk[row] - attribution.baseline_risk[row]), 4),
                                  "by_modality": attribution.by_modality(row), "top": attribution.top(row, TOP_FEATURES)}
         result["segmentation"] = scans[row].qc if scans else {}
-        entry = bundle.manifest["pipeline"]["blocks"].get("biomarkers")
+        entry = bundle.manifest.blocks.get("biomarkers")
         result["biomarkers"] = biomarker_record(scans[row].rows["biomarkers"], entry) if entry and scans else {}
         result["warnings"] = ood_warnings(unlike[row])
         results.append(result)
@@ -332,7 +333,7 @@ def _patient_result(bundle: Bundle, patient_id: str, output: dict[str, np.ndarra
         "patient_id": patient_id,
         "risk_score": _interval(risks),
         "risk_percentile": float(100.0 * np.mean(reference <= risk)),
-        "risk_group": "high" if risk > bundle.manifest["risk_groups"]["cut"] else "low",
+        "risk_group": "high" if risk > bundle.manifest.risk_cut else "low",
         "survival": {f"{int(h)}d": _interval(survival[:, i]) for i, h in enumerate(horizons)},
         "survival_curve": {"days": curve_days.tolist(), "survival": [round(float(s), 5) for s in curve]},
         "ohe_probability": _interval(output["ohe_probability"][:, 0]),

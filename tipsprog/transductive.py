@@ -85,11 +85,10 @@ def _sentence(label: str, step: str, exposure: dict, patients: int, centers: int
     return f"{label}: {what} {verb} the scans of {seen} of these {patients} patients ({detail}){suffix}"
 
 
-def exposure_report(manifest: dict, settings: dict[str, tuple[list[str], list[str]]]) -> tuple[dict, list[str]]:
+def exposure_report(cv: str, recorded: dict | None, settings: dict[str, tuple[list[str], list[str]]]) -> tuple[dict, list[str]]:
     """metrics.json's `transductive` entry and the report's notes: per setting (its patient IDs and centers), how
-    many patients' scans each fitted step of the bundle's feature pipeline saw."""
-    cv = manifest.get("training", {}).get("cv", "kfold")
-    recorded = manifest.get("transductive")
+    many patients' scans each fitted step of the bundle's feature pipeline (`recorded`, the manifest's
+    `transductive`; None for a bundle that predates it) saw; `cv` is the bundle's cross-validation."""
     document, notes = {}, []
     for setting, (patient_ids, centers) in settings.items():
         label = "leave-one-center-out" if setting == "out-of-fold" and cv == "center" else setting

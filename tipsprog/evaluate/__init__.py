@@ -76,11 +76,11 @@ class ExternalCohort:
 def check_provenance(bundle: Bundle, stores: list[Path]) -> None:
     """Each external store's feature blocks come from the bundle's segmentation backend and model, radiomics settings
     and encoder weights (as fuse-train recorded them)."""
-    blocks = bundle.manifest["pipeline"]["blocks"]
+    blocks = bundle.manifest.blocks
     for path in stores:
         with open_store(path) as h5:
             for name, group in h5.get("features", {}).items():
-                for key, expected in blocks.get(name, {}).get("provenance", {}).items():
+                for key, expected in (blocks[name].provenance if name in blocks else {}).items():
                     found = str(group.attrs.get(key, ""))
                     if found != expected:
                         raise InputError(f"{path}: feature block '{name}' has {key}={found!r}, the bundle was trained on "
@@ -90,7 +90,7 @@ def check_provenance(bundle: Bundle, stores: list[Path]) -> None:
 def external_predictions(bundle: Bundle, training: OutOfFold, external: ExternalCohort,
                          device_name: str) -> tuple[Cohort, dict[str, np.ndarray], list[str]]:
     """Assemble an external cohort like the bundle's training data and predict it with the whole ensemble."""
-    imaging = sorted(m for m in bundle.manifest["modalities"] if m != "clinical")
+    imaging = sorted(m for m in bundle.manifest.modalities if m != "clinical")
     if imaging and not external.stores:
         raise InputError(f"{bundle.path}: the bundle uses {' and '.join(imaging)} features; give the external cohort's "
                          "feature stores with --test")
@@ -120,10 +120,10 @@ def ood_note(bundle: Bundle, matrices: dict[str, np.ndarray]) -> str:
 
 def _bundle_summary(bundle: Bundle) -> dict:
     """What the report says about the model it evaluates."""
-    training = bundle.manifest["training"]
-    return {"path": str(bundle.path), "model": bundle.config.model, "modalities": sorted(bundle.manifest["modalities"]),
-            "cv": training["cv"], "repeats": training.get("repeats", 1), "folds": bundle.config.folds,
-            "seeds": bundle.config.seeds, "members": len(bundle.members), "tipsprog_version": bundle.manifest["tipsprog_version"]}
+    training = bundle.manifest.training
+    return {"path": str(bundle.path), "model": bundle.config.model, "modalities": sorted(bundle.manifest.modalities),
+            "cv": training.cv, "repeats": training.repeats, "folds": bundle.config.folds,
+            "seeds": bundle.config.seeds, "members": len(bundle.members), "tipsprog_version": bundle.manifest.tipsprog_version}
 
 
 @writes_output("report")
@@ -137,7 +137,7 @@ def run_evaluate(bundle_path: Path, out: Path, truth_csvs: list[Path] | None = N
     truth = read_truth(truth_csvs) if truth_csvs else None
     _, grid = evaluation_grid(data.outcomes["time"], horizons)
     rows, notes = prediction_rows(data, grid, truth)
-    absent_scores = bundle.manifest["clinical"].get("score_notes", {})  # scores fuse-train could not compute
+    absent_scores = bundle.manifest.score_notes  # scores fuse-train could not compute
     notes += absent_scores.get("out-of-fold", [])
     settings = {"out-of-fold": (data, rows)}
     unseen = []
@@ -153,8 +153,8 @@ def run_evaluate(bundle_path: Path, out: Path, truth_csvs: list[Path] | None = N
         notes += cohort_notes + [f"{name}: {note}" for note in row_notes]
     documents = {name: evaluate_rows(setting_rows, cohort, horizons, draws, seed, workers)
                  for name, (cohort, setting_rows) in settings.items()}
-    transductive, seen_notes = exposure_report(bundle.manifest, {name: (cohort.patient_ids, cohort.centers)
-                                                                 for name, (cohort, _) in settings.items()})
+    transductive, seen_notes = exposure_report(bundle.manifest.training.cv, bundle.manifest.transductive,
+                                               {name: (cohort.patient_ids, cohort.centers) for name, (cohort, _) in settings.items()})
     notes = seen_notes + notes
     document = {"schema": METRICS_SCHEMA, "bundle": _bundle_summary(bundle), "settings": documents, "notes": notes,
                 "transductive": transductive}

@@ -154,7 +154,7 @@ def held_out_rows(bundle: Bundle, training: OutOfFold, cohort: Cohort, predictio
     curves = np.mean([m.baseline.survival(member_risk[:, i], grid) for i, m in enumerate(bundle.members)], axis=0)
     own = np.mean([m.baseline.survival_at_own_time(member_risk[:, i], time) for i, m in enumerate(bundle.members)], axis=0)
     risk = predictions["risk"]
-    rows = [PredictionRow("model", risk, curves, own, risk > bundle.manifest["risk_groups"]["cut"],
+    rows = [PredictionRow("model", risk, curves, own, risk > bundle.manifest.risk_cut,
                           predictions["ohe_probability"], predictions["ohe_threshold"], predictions["ppg_post"])]
     if bundle.clinical_cox is not None and "clinical_cox_risk" in predictions:
         cox, cox_risk = bundle.clinical_cox, predictions["clinical_cox_risk"]

@@ -20,6 +20,7 @@ from tipsprog.fusion.data import (
     numeric_extras,
     with_extras,
 )
+from tipsprog.fusion.manifest import Manifest
 from tipsprog.io import read_outcomes
 
 
@@ -93,10 +94,10 @@ def assemble(stores: list[Path], clinical_csv: Path, outcomes_csv: Path, modalit
     return Assembled(data, table, extras, used_blocks, notes)
 
 
-def assemble_for_bundle(manifest: dict, stores: list[Path], clinical_csv: Path, outcomes_csv: Path) -> Assembled:
+def assemble_for_bundle(manifest: Manifest, stores: list[Path], clinical_csv: Path, outcomes_csv: Path) -> Assembled:
     """A new cohort assembled like a bundle's training data: its modalities, clinical extras and feature order."""
-    expected: dict[str, list[str]] = manifest["modalities"]
-    assembled = assemble(stores, clinical_csv, outcomes_csv, tuple(expected), manifest["clinical"]["extras"])
+    expected = manifest.modalities
+    assembled = assemble(stores, clinical_csv, outcomes_csv, tuple(expected), manifest.clinical_extras)
     data = assembled.data
     matrices, groups = {}, {}
     for modality, names in expected.items():

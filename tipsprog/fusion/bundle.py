@@ -19,6 +19,7 @@ from tipsprog.fusion.config import TrainConfig
 from tipsprog.fusion.crossval import CrossValidation
 from tipsprog.fusion.data import ModalityPreprocessor, TrainingData
 from tipsprog.fusion.ensemble import Member
+from tipsprog.fusion.manifest import Manifest
 from tipsprog.fusion.ood import OodReference, fit_ood
 
 BUNDLE_FORMAT = 4
@@ -31,7 +32,7 @@ class Bundle:
     """A loaded bundle: its manifest, config and ensemble members."""
 
     path: Path
-    manifest: dict
+    manifest: Manifest
     config: TrainConfig
     members: list[Member]
     clinical_cox: ClinicalCoxFit | None
@@ -124,4 +125,4 @@ def load_bundle(path: Path, trust: bool = False) -> Bundle:
     clinical_cox = ClinicalCoxFit.from_dict(preprocess["clinical_cox"]) if preprocess.get("clinical_cox") else None
     ood_file = path / "ood.json"
     ood = OodReference.from_dict(json.loads(ood_file.read_text(encoding="utf-8"))) if ood_file.is_file() else None
-    return Bundle(path, manifest, TrainConfig(**manifest["config"]), members, clinical_cox, ood)
+    return Bundle(path, Manifest.from_dict(manifest), TrainConfig(**manifest["config"]), members, clinical_cox, ood)
