@@ -14,7 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from shared_data import IRCADB, REAL_CT
-from tipsprog.io import read_ct, read_mask
+from tipsprog.images import read_ct, read_mask
 from tipsprog.segment import Backend, segment_scan
 from tipsprog.segment.biomarkers import NAMES, measure
 from tipsprog.segment.crops import roi_volumes

@@ -88,7 +88,7 @@ def stages(work: Path, ct: Path) -> dict[str, float]:
     from tipsprog.fusion.bundle import load_bundle
     from tipsprog.fusion.data import clinical_features, modality_matrices, with_extras
     from tipsprog.fusion.ensemble import predict_members
-    from tipsprog.io import read_ct
+    from tipsprog.images import read_ct
     from tipsprog.radiomics.extract import extract_from_file
     from tipsprog.segment import Backend, biomarkers, segment_scan
     from tipsprog.segment.crops import roi_crops, roi_volumes

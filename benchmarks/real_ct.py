@@ -27,7 +27,7 @@ import pandas as pd
 import SimpleITK as sitk
 
 from shared_data import IRCADB, REAL_CT
-from tipsprog.io import read_ct, read_mask, resample_to_spacing
+from tipsprog.images import read_ct, read_mask, resample_to_spacing
 from tipsprog.segment import Backend, dice_per_roi, run_segment, segment_scan
 from tipsprog.segment.crops import roi_volumes
 from tipsprog.segment.masks import TOTALSEGMENTATOR_IDS, map_labels

@@ -26,7 +26,7 @@ import torch
 from monai.metrics import compute_hausdorff_distance
 
 from shared_data import REAL_CT
-from tipsprog.io import read_ct, read_mask, resample_to_spacing
+from tipsprog.images import read_ct, read_mask, resample_to_spacing
 from tipsprog.segment import Backend, dice_per_roi, segment_scan, semi
 from tipsprog.segment.foundation import missing_requirements
 from tipsprog.segment.masks import TOTALSEGMENTATOR_IDS, map_labels

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from shared_data import REAL_CT
-from tipsprog.io import read_ct, read_mask
+from tipsprog.images import read_ct, read_mask
 from tipsprog.segment import Backend, dice_per_roi, segment_scan
 from tipsprog.segment.masks import TOTALSEGMENTATOR_IDS, map_labels
 from tipsprog.store import ROI_LABELS

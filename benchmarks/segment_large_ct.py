@@ -27,7 +27,7 @@ import SimpleITK as sitk
 
 from shared_data import REAL_CT
 from tipsprog.errors import InputError
-from tipsprog.io import resample_to_spacing
+from tipsprog.images import resample_to_spacing
 from tipsprog.segment import SegmentOptions, run_segment, semi
 from tipsprog.synth import CohortSpec, make_cohort
 

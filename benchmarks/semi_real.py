@@ -33,7 +33,7 @@ import SimpleITK as sitk
 import torch
 
 from shared_data import IRCADB, REAL_CT
-from tipsprog.io import read_ct, read_mask
+from tipsprog.images import read_ct, read_mask
 from tipsprog.segment import dice_per_roi, semi
 from tipsprog.segment.masks import TOTALSEGMENTATOR_IDS, map_labels, reference_labels
 from tipsprog.store import ROI_LABELS

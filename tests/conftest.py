@@ -160,7 +160,7 @@ def real_ct() -> Path:
 @contextmanager
 def locale_kept() -> Iterator[None]:
     """Put the process locale back after GDCM calls made by a test (GDCM leaves it 'C'; Python then reads text as
-    ASCII), as tipsprog.io does around its own."""
+    ASCII), as tipsprog.images does around its own."""
     saved = locale.setlocale(locale.LC_ALL)
     try:
         yield

@@ -20,7 +20,7 @@ import SimpleITK as sitk
 from conftest import REAL_CT, Pipeline, invoke, shared_data, start_tipsprog, wait_until_paused
 from tipsprog import outputs
 from tipsprog.fusion.bundle import BUNDLE_FORMAT
-from tipsprog.io import read_ct
+from tipsprog.images import read_ct
 
 
 def _one_row(pipeline: Pipeline, folder: Path) -> Path:

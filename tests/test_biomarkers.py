@@ -10,7 +10,7 @@ import SimpleITK as sitk
 
 from conftest import REAL_CT, shared_data
 from tipsprog import store
-from tipsprog.io import read_ct, read_mask
+from tipsprog.images import read_ct, read_mask
 from tipsprog.segment import Backend, run_segment, segment_scan
 from tipsprog.segment.biomarkers import MIN_FLUID_ML, NAMES, _largest_per_slice, ascites_ml, body_composition
 from tipsprog.segment.morphology import depth_mm, largest

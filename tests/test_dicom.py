@@ -13,7 +13,7 @@ import SimpleITK as sitk
 from conftest import REAL_CT, UID_ROOT, Pipeline, invoke, rewrite_dicom_slice, shared_data, write_dicom_series
 from tipsprog import store
 from tipsprog.errors import InputError
-from tipsprog.io import read_ct, read_mask
+from tipsprog.images import read_ct, read_mask
 from tipsprog.radiomics.extract import extract_from_file
 from tipsprog.radiomics.params import PRESETS
 from tipsprog.segment.masks import TOTALSEGMENTATOR_IDS, map_labels

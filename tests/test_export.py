@@ -10,7 +10,7 @@ import SimpleITK as sitk
 
 from conftest import invoke
 from tipsprog import store
-from tipsprog.io import canonical
+from tipsprog.images import canonical
 from tipsprog.store import ROI_LABELS
 
 

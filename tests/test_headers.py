@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from tipsprog.clinical import SCORE_INPUTS, clinical_scores, extra_columns, read_clinical, schema
 from tipsprog.errors import InputError
-from tipsprog.io import read_outcomes, read_table
 from tipsprog.synth.cohort import CohortSpec, complete_clinical, latents
+from tipsprog.tables import read_outcomes, read_table
 
 SAMPLE = {"age": 60, "sex": "F", "bilirubin": 2.0, "inr": 1.5, "he_history": 1, "ppg_pre": 20.0, "etiology": "viral"}
 

@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import REAL_CT, shared_data
-from tipsprog.io import read_ct, read_mask
+from tipsprog.images import read_ct, read_mask
 from tipsprog.predict import portal_vein_line, portal_vein_record
 from tipsprog.segment import SegmentOptions, run_segment
 from tipsprog.segment.crops import roi_volumes

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from tipsprog import store
 from tipsprog.clinical import albi, child_pugh, fips, meld, meld_na, read_clinical, schema
 from tipsprog.errors import InputError
-from tipsprog.io import DELIMITERS, MISSING_MARKERS, read_outcomes, read_table
+from tipsprog.tables import DELIMITERS, MISSING_MARKERS, read_outcomes, read_table
 
 PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 SAFE_ID = st.text(alphabet=st.characters(codec="utf-8", categories=("L", "N"), include_characters="-_ "),

@@ -14,7 +14,7 @@ import yaml
 from conftest import interrupt_after, invoke
 from tipsprog import store
 from tipsprog.errors import InputError
-from tipsprog.io import read_ct, read_mask
+from tipsprog.images import read_ct, read_mask
 from tipsprog.journal import partial_path
 from tipsprog.radiomics import run_radiomics
 from tipsprog.radiomics.extract import extract_from_file, feature_group

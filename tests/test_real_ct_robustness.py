@@ -12,7 +12,7 @@ from scipy import ndimage
 
 from conftest import REAL_CT, shared_data, write_dicom_series
 from tipsprog.errors import InputError
-from tipsprog.io import read_ct, read_mask, resample_to_spacing
+from tipsprog.images import read_ct, read_mask, resample_to_spacing
 from tipsprog.segment import Backend, dice_per_roi, run_segment, segment_scan
 from tipsprog.segment.crops import roi_volumes
 from tipsprog.segment.landmarks import pelvis_top, slice_levels

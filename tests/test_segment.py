@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import interrupt_after
-from tipsprog.io import read_ct, read_mask
+from tipsprog.images import read_ct, read_mask
 from tipsprog.journal import partial_path
 from tipsprog.segment import Backend, SegmentOptions, dice_per_roi, run_segment, segment_scan
 from tipsprog.segment.crops import CROP_SHAPE, roi_crops, roi_volumes

@@ -16,7 +16,7 @@ from monai import transforms
 from monai.losses import DiceCELoss
 
 from conftest import invoke
-from tipsprog.io import read_ct
+from tipsprog.images import read_ct
 from tipsprog.segment import Backend, _fitted_attrs, fit_semi, foundation, semi
 from tipsprog.segment.crops import roi_volumes
 from tipsprog.store import segment_provenance

@@ -25,7 +25,7 @@ import SimpleITK as sitk
 import torch
 
 from conftest import invoke
-from tipsprog.io import read_ct
+from tipsprog.images import read_ct
 from tipsprog.segment import foundation
 from tipsprog.segment.masks import TOTALSEGMENTATOR_IDS, map_labels
 from tipsprog.store import ROI_LABELS

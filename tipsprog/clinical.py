@@ -14,7 +14,7 @@ import pandas as pd
 import yaml
 
 from tipsprog.errors import InputError
-from tipsprog.io import normal_name, numbers, read_table, rename_columns
+from tipsprog.tables import normal_name, numbers, read_table, rename_columns
 
 HEADER_UNIT = re.compile(r"^(.+?)\s*(?:\[(.+)\]|\((.+)\))$")
 LOOKALIKE_CUTOFF = 0.85  # difflib ratio from which an unknown column counts as a misspelt schema variable

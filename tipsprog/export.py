@@ -11,7 +11,7 @@ from matplotlib.colors import to_rgb
 
 from tipsprog import store
 from tipsprog.errors import InputError
-from tipsprog.io import canonical, read_image
+from tipsprog.images import canonical, read_image
 from tipsprog.outputs import atomic_output, check_not_an_input, make_folder
 from tipsprog.segment.overlay import ROI_COLOURS, draw_overlay
 from tipsprog.store import ROI_LABELS

@@ -28,7 +28,7 @@ from tipsprog.fusion.data import clinical_features, modality_matrices, with_extr
 from tipsprog.fusion.ensemble import ensemble_survival, member_ensemble, predict_members
 from tipsprog.fusion.manifest import BlockEntry, SegmentEntry
 from tipsprog.fusion.ood import OOD_QUANTILE
-from tipsprog.io import read_cohort, read_ct
+from tipsprog.images import read_ct
 from tipsprog.outputs import atomic_output, make_folder, writes_output
 from tipsprog.parallel import map_ordered
 from tipsprog.radiomics.extract import extract_from_file
@@ -37,6 +37,7 @@ from tipsprog.segment.crops import roi_crops, roi_volumes
 from tipsprog.segment.overlay import draw_overlay
 from tipsprog.segment.portal import PORTAL_VEIN_FIELDS, PortalVein, portal_vein_measurements
 from tipsprog.segment.qc import qc_reason, qc_status, quality_flags
+from tipsprog.tables import read_cohort
 
 PREDICTION_SCHEMA = "tipsprog-prediction-1"
 TOP_FEATURES = 8

@@ -19,9 +19,9 @@ from tipsprog.devices import resolve_device
 from tipsprog.embed.encoders import RoiEncoder, load_encoder
 from tipsprog.embed.ssl import FitSettings, build_ssl_network, fit_ssl, save_ssl_weights, ssl_fitted_on
 from tipsprog.errors import InputError
-from tipsprog.io import read_id_list
 from tipsprog.journal import TrainingJournal
 from tipsprog.outputs import file_sha256, writes_output
+from tipsprog.tables import read_id_list
 from tipsprog.transductive import fitted_attr
 
 EMBED_ROIS = ("liver", "spleen")

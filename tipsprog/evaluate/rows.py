@@ -15,8 +15,8 @@ from tipsprog import store
 from tipsprog.clinical import FIPS_HIGH_RISK
 from tipsprog.errors import InputError
 from tipsprog.fusion.bundle import Bundle
-from tipsprog.io import read_table
 from tipsprog.survival import BreslowBaseline
+from tipsprog.tables import read_table
 
 
 @dataclass

@@ -23,10 +23,10 @@ from tipsprog.fusion.config import TrainConfig
 from tipsprog.fusion.crossval import cross_validate
 from tipsprog.fusion.data import TrainingData
 from tipsprog.fusion.ensemble import Member, predict_cohort
-from tipsprog.io import read_id_list
 from tipsprog.journal import TrainingJournal
 from tipsprog.outputs import file_sha256, writes_output
 from tipsprog.survival import harrell_c, harrell_c_with_ci
+from tipsprog.tables import read_id_list
 from tipsprog.transductive import fitted_steps
 
 

@@ -21,7 +21,7 @@ from tipsprog.fusion.data import (
     with_extras,
 )
 from tipsprog.fusion.manifest import Manifest
-from tipsprog.io import read_outcomes
+from tipsprog.tables import read_outcomes
 
 
 @dataclass

@@ -11,7 +11,7 @@ import SimpleITK as sitk
 
 from tipsprog import outputs, store
 from tipsprog.errors import InputError
-from tipsprog.io import read_image
+from tipsprog.images import read_image
 from tipsprog.radiomics.params import CropPlan, crop_plan, make_extractor
 
 REQUIRED_ROIS = ("liver", "spleen")

@@ -15,7 +15,7 @@ import torch
 from tipsprog import outputs, store
 from tipsprog.devices import resolve_device
 from tipsprog.errors import InputError
-from tipsprog.io import COHORT_PATH_COLUMNS, read_cohort, read_ct, read_id_list
+from tipsprog.images import read_ct
 from tipsprog.journal import append, finished, forget, patient_journal
 from tipsprog.outputs import writes_output
 from tipsprog.parallel import map_ordered
@@ -26,6 +26,7 @@ from tipsprog.segment.crops import CROP_SHAPE, roi_crops, roi_volumes
 from tipsprog.segment.masks import has_reference, reference_labels
 from tipsprog.segment.portal import PORTAL_VEIN_FIELDS, PortalVein, portal_vein_measurements
 from tipsprog.segment.qc import qc_reason, qc_status, quality_flags
+from tipsprog.tables import COHORT_PATH_COLUMNS, read_cohort, read_id_list
 from tipsprog.transductive import fitted_attr
 
 

@@ -18,7 +18,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
-from tipsprog.io import antialiased_resample
+from tipsprog.images import antialiased_resample
 from tipsprog.segment.landmarks import pelvis_top, slice_levels
 from tipsprog.segment.morphology import depth_mm, dilated, eroded, largest
 from tipsprog.store import ROI_LABELS

@@ -12,7 +12,7 @@ from pathlib import Path
 import SimpleITK as sitk
 
 from tipsprog.errors import InputError
-from tipsprog.io import read_mask
+from tipsprog.images import read_mask
 from tipsprog.segment.masks import TOTALSEGMENTATOR_IDS, map_labels
 
 ROI_SUBSET = ["liver", "spleen", "portal_vein_and_splenic_vein"]

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from tipsprog.io import read_mask
+from tipsprog.images import read_mask
 from tipsprog.store import ROI_LABELS
 
 TOTALSEGMENTATOR_IDS = {"liver": 5, "spleen": 1, "portal_vein": 64}

@@ -18,7 +18,7 @@ from monai.networks.nets import UNet
 
 from tipsprog.checkpoints import load_checkpoint, save_checkpoint
 from tipsprog.errors import InputError
-from tipsprog.io import antialiased_resample
+from tipsprog.images import antialiased_resample
 from tipsprog.store import ROI_LABELS
 
 MODEL_FORMAT = "tipsprog-semi-2"
