@@ -18,7 +18,7 @@ from tipsprog.fusion.assembly import assemble_for_bundle
 from tipsprog.fusion.attribution import integrated_gradients
 from tipsprog.fusion.bundle import load_bundle
 from tipsprog.fusion.ensemble import predict_members
-from tipsprog.fusion.manifest import SegmentEntry
+from tipsprog.manifest import SegmentEntry
 from tipsprog.predict import percentile_rank
 from tipsprog.segment.biomarkers import NAMES as BIOMARKER_NAMES
 from tipsprog.segment.portal import PORTAL_VEIN_FIELDS

@@ -118,6 +118,20 @@ def test_resume_from_a_store_skips_only_matching_settings(pipeline, tmp_path):
     assert not np.any(_features(out)[1][0] == 7.0)  # other settings: recomputed
 
 
+def test_the_bundle_entry_replays_the_stored_features(pipeline):
+    """What fuse-train records of the block (radiomics.manifest_entry) extracts, from a scan and its mask, the features
+    the stage stored for that patient."""
+    from tipsprog.manifest import BlockEntry
+    from tipsprog.radiomics import manifest_entry, replay
+
+    with store.open_store(pipeline.radiomics) as h5:
+        block = store.read_features(h5)["radiomics"]
+    with store.open_store(pipeline.seg) as seg:
+        ct_path, mask = store.read_ct_paths(seg)[4], store.patient_mask(seg, "P0004")
+    entry = BlockEntry("pyradiomics", block.names, **manifest_entry(block))
+    np.testing.assert_allclose(replay(entry, ct_path, mask, None), block.values[4], rtol=1e-6, equal_nan=True)
+
+
 def test_resume_recomputes_a_ct_changed_in_place(few, tmp_path):
     """--resume compares the CT's bytes, not its path: a scan rewritten under the same name is extracted again."""
     seg, ct = tmp_path / "seg.h5", tmp_path / "P0000.nii.gz"

@@ -25,6 +25,13 @@ def file_sha256(path: str | Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
+def verified_file(path: Path, sha256: str) -> Path:
+    """A file that a store names with its sha256 (a model's weights), unchanged since the store was written."""
+    if not path.is_file() or file_sha256(path) != sha256:
+        raise InputError(f"{path}: model weights named by a store are missing or changed since it was written")
+    return path
+
+
 def inputs_sha256(texts: list[str], paths: list[str]) -> str:
     """sha256 of some text values and of the bytes of every named file (a folder: its files, in name order)."""
     digest = hashlib.sha256()

@@ -17,21 +17,19 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from tipsprog import store
+from tipsprog import embed, radiomics, store
 from tipsprog.clinical import clinical_scores, read_clinical, schema
 from tipsprog.devices import resolve_device
-from tipsprog.embed import embedding_block, load_encoder
 from tipsprog.errors import InputError
 from tipsprog.fusion.attribution import integrated_gradients
 from tipsprog.fusion.bundle import Bundle, load_bundle
 from tipsprog.fusion.data import clinical_features, modality_matrices, with_extras
 from tipsprog.fusion.ensemble import ensemble_survival, member_ensemble, predict_members
-from tipsprog.fusion.manifest import BlockEntry, SegmentEntry
 from tipsprog.fusion.ood import OOD_QUANTILE
 from tipsprog.images import read_ct
+from tipsprog.manifest import BlockEntry, SegmentEntry
 from tipsprog.outputs import atomic_output, make_folder, writes_output
 from tipsprog.parallel import map_ordered
-from tipsprog.radiomics.extract import extract_from_file
 from tipsprog.segment import Backend, biomarkers, segment_scan
 from tipsprog.segment.crops import roi_crops, roi_volumes
 from tipsprog.segment.overlay import draw_overlay
@@ -101,12 +99,11 @@ def scan_features(job: ScanJob) -> ScanFeatures:
     portal_vein = portal_vein_measurements(labels)
     rows = {}
     for name, entry in job.blocks.items():
-        if entry.extractor == "pyradiomics":
-            values, _ = extract_from_file(job.ct_path, labels, entry.params, job.series_uid)
-            rows[name] = np.array([values.get(feature, np.nan) for feature in entry.names], dtype=float)
+        if entry.extractor == "pyradiomics":  # each stage replays the block it recorded in the bundle
+            rows[name] = radiomics.replay(entry, job.ct_path, labels, job.series_uid)
         elif entry.extractor == biomarkers.EXTRACTOR:
-            measured, measure_flags = biomarkers.measure(ct, labels, volumes, portal_vein)
-            rows[name], flags = _in_order(measured, entry.names), flags + measure_flags
+            rows[name], measure_flags = biomarkers.replay(entry, ct, labels, volumes, portal_vein)
+            flags = flags + measure_flags
     qc = {"backend": job.backend.name, "volumes_ml": {roi: round(float(v), 1) for roi, v in zip(store.ROI_LABELS, volumes)},
           "status": qc_status(flags), "flags": flags, "portal_vein": portal_vein_record(portal_vein)}
     if job.mask_path is not None:
@@ -116,12 +113,6 @@ def scan_features(job: ScanJob) -> ScanFeatures:
         draw_overlay(ct, labels, job.overlay_path)
     needs_crops = any(entry.encoder is not None for entry in job.blocks.values())
     return ScanFeatures(rows, roi_crops(ct, labels) if needs_crops else {}, qc)
-
-
-def _in_order(measured: np.ndarray, names: list[str]) -> np.ndarray:
-    """The biomarkers a bundle was trained on, in its order (NaN for one this version does not measure)."""
-    value_of = dict(zip(biomarkers.NAMES, measured))
-    return np.array([value_of.get(name, np.nan) for name in names], dtype=float)
 
 
 def percentile_rank(value: float, quantiles: list[float]) -> float:
@@ -218,10 +209,9 @@ def _feature_blocks(bundle: Bundle, scans: list[ScanFeatures], device_name: str)
     for name, entry in bundle.manifest.blocks.items():
         if entry.extractor in ("pyradiomics", biomarkers.EXTRACTOR):
             blocks[name] = store.FeatureBlock(np.stack([scan.rows[name] for scan in scans]), entry.names, [])
-        elif entry.encoder is not None and entry.weights is not None:
-            encoder = load_encoder(entry.encoder, bundle.path / entry.weights)
+        elif entry.encoder is not None:
             crops = {roi: np.stack([scan.crops[roi] for scan in scans]) for roi in scans[0].crops}
-            blocks[name] = embedding_block(encoder, crops, resolve_device(device_name), entry.pooling or "mean", {}, batch_size=1)
+            blocks[name] = embed.replay(entry, bundle.path, crops, resolve_device(device_name))
         else:
             raise InputError(f"{bundle.path}: cannot replay feature block '{name}'")
     return blocks

@@ -20,7 +20,8 @@ from tipsprog.embed.encoders import RoiEncoder, load_encoder
 from tipsprog.embed.ssl import FitSettings, build_ssl_network, fit_ssl, save_ssl_weights, ssl_fitted_on
 from tipsprog.errors import InputError
 from tipsprog.journal import TrainingJournal
-from tipsprog.outputs import file_sha256, writes_output
+from tipsprog.manifest import BlockEntry
+from tipsprog.outputs import file_sha256, verified_file, writes_output
 from tipsprog.tables import read_id_list
 from tipsprog.transductive import fitted_attr
 
@@ -176,3 +177,19 @@ def run_embed(seg_path: Path, out: Path, options: EmbedOptions = EmbedOptions(),
     if fit:
         journal.discard()
     return Path(weights), encoder.report.summary()
+
+
+def manifest_entry(name: str, block: store.FeatureBlock) -> tuple[dict, dict[str, Path]]:
+    """What a bundle records to embed a new scan like this block: the encoder, the pooling and the weights file,
+    copied into the bundle as `<block name><suffix>` once checked unchanged since the block was written."""
+    weights = f"{name}{Path(block.attrs['weights_path']).suffix}"
+    source = verified_file(Path(block.attrs["weights_path"]), block.attrs["weights_sha256"])
+    return {"encoder": block.attrs["encoder"], "pooling": block.attrs["pooling"], "weights": weights}, {weights: source}
+
+
+def replay(entry: BlockEntry, bundle_path: Path, crops: dict[str, np.ndarray], device: torch.device) -> store.FeatureBlock:
+    """New scans' embeddings (their ROI crops stacked) with the bundle's encoder, weights and pooling."""
+    if entry.encoder is None or entry.weights is None:
+        raise InputError(f"{bundle_path}: an embedding block without its encoder or weights in bundle.yaml")
+    encoder = load_encoder(entry.encoder, bundle_path / entry.weights)
+    return embedding_block(encoder, crops, device, entry.pooling or "mean", {}, batch_size=1)

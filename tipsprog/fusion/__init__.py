@@ -10,9 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
-from tipsprog import store
+from tipsprog import embed, radiomics, store
 from tipsprog.clinical import score_notes
 from tipsprog.devices import resolve_device
 from tipsprog.errors import InputError
@@ -24,28 +23,11 @@ from tipsprog.fusion.crossval import cross_validate
 from tipsprog.fusion.data import TrainingData
 from tipsprog.fusion.ensemble import Member, predict_cohort
 from tipsprog.journal import TrainingJournal
-from tipsprog.outputs import file_sha256, writes_output
+from tipsprog.outputs import verified_file, writes_output
+from tipsprog.segment import biomarkers
 from tipsprog.survival import harrell_c, harrell_c_with_ci
 from tipsprog.tables import read_id_list
 from tipsprog.transductive import fitted_steps
-
-
-def _verified(source: Path, sha256: str) -> Path:
-    """A weights file the stores refer to, unchanged since they were written."""
-    if not source.is_file() or file_sha256(source) != sha256:
-        raise InputError(f"{source}: model weights named by a store are missing or changed since it was written")
-    return source
-
-
-def training_percentiles(block: store.FeatureBlock) -> dict[str, list[float | None]]:
-    """Each feature's 0th…100th percentiles over the patients measured (None where nobody was): what predict ranks a
-    new patient against."""
-    percentiles = {}
-    for column, name in enumerate(block.names):
-        values = block.values[:, column][np.isfinite(block.values[:, column])]
-        percentiles[name] = np.percentile(values, np.arange(101)).round(4).tolist() if len(values) else [None] * 101
-    return percentiles
-
 
 PROVENANCE = ("segment_backend", "segment_model_sha256", "settings_sha256", "weights_sha256")  # evaluate --test compares
 
@@ -62,19 +44,19 @@ def pipeline_manifest(blocks: dict[str, store.FeatureBlock]) -> tuple[dict, dict
         block = next(iter(blocks.values()))
         pipeline["segment"] = {"backend": block.attrs["segment_backend"]}
         if block.attrs.get("segment_model_path"):
-            copied["segment-model.pt"] = _verified(Path(block.attrs["segment_model_path"]), block.attrs["segment_model_sha256"])
+            copied["segment-model.pt"] = verified_file(Path(block.attrs["segment_model_path"]), block.attrs["segment_model_sha256"])
             pipeline["segment"]["model"] = "segment-model.pt"
     for name, block in blocks.items():
         entry: dict = {"extractor": block.attrs.get("extractor", name), "names": block.names,
                        "provenance": {key: block.attrs[key] for key in PROVENANCE if key in block.attrs}}
-        if block.attrs.get("extractor") == "pyradiomics":
-            entry["params"] = yaml.safe_load(block.attrs["settings"])
-        if name == "biomarkers":
-            entry["training_percentiles"] = training_percentiles(block)
-        if "weights_path" in block.attrs:
-            entry.update(encoder=block.attrs["encoder"], pooling=block.attrs["pooling"],
-                         weights=f"{name}{Path(block.attrs['weights_path']).suffix}")
-            copied[entry["weights"]] = _verified(Path(block.attrs["weights_path"]), block.attrs["weights_sha256"])
+        if entry["extractor"] == "pyradiomics":  # each stage records what it needs to replay its block
+            entry.update(radiomics.manifest_entry(block))
+        elif entry["extractor"] == biomarkers.EXTRACTOR:
+            entry.update(biomarkers.manifest_entry(block))
+        elif "weights_path" in block.attrs:
+            recorded, weights = embed.manifest_entry(name, block)
+            entry.update(recorded)
+            copied.update(weights)
         pipeline["blocks"][name] = entry
     return pipeline, copied
 

@@ -20,7 +20,7 @@ from tipsprog.fusion.data import (
     numeric_extras,
     with_extras,
 )
-from tipsprog.fusion.manifest import Manifest
+from tipsprog.manifest import Manifest
 from tipsprog.tables import read_outcomes
 
 

@@ -19,8 +19,8 @@ from tipsprog.fusion.config import TrainConfig
 from tipsprog.fusion.crossval import CrossValidation
 from tipsprog.fusion.data import ModalityPreprocessor, TrainingData
 from tipsprog.fusion.ensemble import Member
-from tipsprog.fusion.manifest import Manifest
 from tipsprog.fusion.ood import OodReference, fit_ood
+from tipsprog.manifest import Manifest
 
 BUNDLE_FORMAT = 4
 WEIGHTS_FORMAT = "tipsprog-fusion-2"

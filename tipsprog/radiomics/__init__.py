@@ -7,16 +7,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
+import numpy as np
 import SimpleITK as sitk
 import yaml
 
 from tipsprog import store
 from tipsprog.errors import InputError
 from tipsprog.journal import append, forget, patient_journal
+from tipsprog.manifest import BlockEntry
 from tipsprog.outputs import writes_output
 from tipsprog.parallel import map_ordered
 from tipsprog.radiomics import reuse
-from tipsprog.radiomics.extract import PatientJob, extract_patient, extraction_inputs_digest, feature_group
+from tipsprog.radiomics.extract import PatientJob, extract_from_file, extract_patient, extraction_inputs_digest, feature_group
 from tipsprog.radiomics.params import load_params, settings_hash
 
 
@@ -117,3 +119,14 @@ def run_radiomics(seg_path: Path, out: Path, params_name: str = "fast", workers:
             store.write_features(h5, "radiomics", features_block(journal, record_names, params, cohort.provenance))
             store.write_qc(h5, [s.status for s in statuses], [s.reason for s in statuses])
     return statuses
+
+
+def manifest_entry(block: store.FeatureBlock) -> dict:
+    """What a bundle records to extract this block from a new scan: pyradiomics' parameters."""
+    return {"params": yaml.safe_load(block.attrs["settings"])}
+
+
+def replay(entry: BlockEntry, ct_path: str, labels: sitk.Image, series_uid: str | None) -> np.ndarray:
+    """A new scan's features in the bundle's order (NaN for one pyradiomics did not return)."""
+    values, _ = extract_from_file(ct_path, labels, entry.params or {}, series_uid)
+    return np.array([values.get(feature, np.nan) for feature in entry.names], dtype=float)

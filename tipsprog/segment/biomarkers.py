@@ -31,11 +31,12 @@ import SimpleITK as sitk
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
+from tipsprog.manifest import BlockEntry
 from tipsprog.segment.landmarks import pelvis_top, slice_levels
 from tipsprog.segment.morphology import depth_mm, dilated, eroded
 from tipsprog.segment.portal import PortalVein
 from tipsprog.segment.vertebrae import VertebralLevels, canal_front_rows, shrunk, vertebral_levels
-from tipsprog.store import ROI_LABELS
+from tipsprog.store import ROI_LABELS, FeatureBlock
 
 MUSCLE_HU, FAT_HU, FLUID_HU = (-29.0, 150.0), (-190.0, -30.0), (-15.0, 25.0)
 BODY_HU, GAS_HU = -500.0, -400.0
@@ -303,3 +304,26 @@ def measure(ct: sitk.Image, labels: sitk.Image, volumes: np.ndarray, portal_vein
     values = [*composition, ascites_ml(ct, labels), liver_ml, caudate, surface_roughness_mm(labels), spleen_ml,
               spleen_length_mm(labels), portal_vein.main_diameter_mm]
     return np.array(values, dtype=np.float32), flags
+
+
+def training_percentiles(block: FeatureBlock) -> dict[str, list[float | None]]:
+    """Each biomarker's 0th…100th percentiles over the patients measured (None where nobody was): what predict ranks
+    a new patient against."""
+    percentiles = {}
+    for column, name in enumerate(block.names):
+        values = block.values[:, column][np.isfinite(block.values[:, column])]
+        percentiles[name] = np.percentile(values, np.arange(101)).round(4).tolist() if len(values) else [None] * 101
+    return percentiles
+
+
+def manifest_entry(block: FeatureBlock) -> dict:
+    """What a bundle records of the training cohort's block: each biomarker's percentiles."""
+    return {"training_percentiles": training_percentiles(block)}
+
+
+def replay(entry: BlockEntry, ct: sitk.Image, labels: sitk.Image, volumes: np.ndarray,
+           portal_vein: PortalVein) -> tuple[np.ndarray, list[str]]:
+    """A new scan's biomarkers in the bundle's order (NaN for one this version does not measure), and their flags."""
+    measured, flags = measure(ct, labels, volumes, portal_vein)
+    value_of = dict(zip(NAMES, measured))
+    return np.array([value_of.get(name, np.nan) for name in entry.names], dtype=float), flags
