@@ -1,12 +1,12 @@
 # make demo: whole pipeline on a generated cohort.  make test: the whole test suite.  make test-fast: without the
-# tests marked slow.
+# tests marked slow.  make lint: ruff, ruff format --check and mypy.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO := demo-out
 
-.PHONY: demo test test-fast venv browser clean
+.PHONY: demo test test-fast lint venv browser clean
 
 venv: $(STAMP)
 
@@ -28,6 +28,12 @@ test: $(STAMP) browser
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# Lint (ruff), formatting (ruff format) and types (mypy; pyproject.toml lists the modules not yet clean).
+lint: $(STAMP)
+	$(BIN)/ruff check tipsprog tests benchmarks
+	$(BIN)/ruff format --check tipsprog tests benchmarks
+	$(BIN)/mypy
 
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/demo.sh $(DEMO)

@@ -26,7 +26,8 @@ def on_original_grid(labels: sitk.Image, ct: sitk.Image) -> sitk.Image:
 
 def _rgb(roi: str) -> tuple[int, int, int]:
     """An ROI's overlay colour as 0-255 RGB."""
-    return tuple(int(round(255 * channel)) for channel in to_rgb(ROI_COLOURS[roi]))
+    red, green, blue = (int(round(255 * channel)) for channel in to_rgb(ROI_COLOURS[roi]))
+    return red, green, blue
 
 
 def write_label_tables(folder: Path) -> None:

@@ -7,6 +7,7 @@ import hashlib
 import json
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import h5py
 import torch
@@ -48,7 +49,7 @@ def _codes(texts: list[str]) -> dict[str, int]:
 def store_info(path: Path) -> dict:
     """A feature store's patients, centers, QC counts, segmentation provenance and feature blocks."""
     with store.open_store(path) as h5:
-        info = {"kind": "store", "path": str(path),
+        info: dict[str, Any] = {"kind": "store", "path": str(path),
                 **{key: str(h5.attrs[key]) for key in ("tipsprog_version", "created_utc", "command") if key in h5.attrs},
                 "schema_version": int(h5.attrs["schema_version"]), "patients": len(store.read_patients(h5)),
                 "centers": dict(sorted(Counter(store.read_centers(h5)).items()))}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -251,7 +251,7 @@ class JoinedFeatures:
     unmatched: dict[str, list[str]]
 
 
-def join_features(paths: list[str | Path]) -> JoinedFeatures:
+def join_features(paths: Sequence[str | Path]) -> JoinedFeatures:
     """Join the feature blocks of several stores on patient ID (IDs missing anywhere are reported)."""
     per_store = []
     for path in paths:

@@ -149,7 +149,7 @@ def observed_expected(time: np.ndarray, event: np.ndarray, predicted_survival: n
     return float(observed / max(1.0 - predicted_survival[rows].mean(), 1e-12))
 
 
-def d_calibration(time: np.ndarray, event: np.ndarray, survival_at_own_time: np.ndarray, bins: int = 10) -> dict[str, float]:
+def d_calibration(time: np.ndarray, event: np.ndarray, survival_at_own_time: np.ndarray, bins: int = 10) -> dict[str, float | list[float]]:
     """D-calibration (Haider et al., JMLR 2020): predicted S(T_i) should be uniform; chi-square over equal bins.
 
     An event adds 1 to the bin of S(T_i); a censored patient spreads its mass uniformly below S(C_i).

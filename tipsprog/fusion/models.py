@@ -8,6 +8,7 @@ per-patient `penalty` for MultiTIPS's POD) and implement `auxiliary_loss`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -121,7 +122,7 @@ class LateFusion(FusionModel):
         super().__init__(layout)
         self.branches = nn.ModuleDict({m: ConcatFusion({m: layout[m]}, hidden, dropout) for m in self.modalities})
 
-    def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(self, inputs: dict[str, torch.Tensor]) -> dict:
         """Mean of the per-modality outputs, and those outputs (`branches`, what each branch is trained on)."""
         outputs = [self.branches[m]({m: inputs[m]}) for m in self.modalities]
         mean = {key: torch.stack([o[key] for o in outputs]).mean(dim=0) for key in outputs[0]}
@@ -186,7 +187,7 @@ class TmiClNet(FusionModel):
         if not terms:
             return super().auxiliary_loss(outputs, rows, epoch)
         total_weight = sum(w for w, _ in terms)
-        return self.alignment_weight * sum(w * t for w, t in terms) / total_weight
+        return cast(torch.Tensor, self.alignment_weight * sum(w * t for w, t in terms) / total_weight)
 
 
 class MultiTips(FusionModel):

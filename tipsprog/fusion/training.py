@@ -99,7 +99,7 @@ def _batch(data: TrainingData, plans: list[MemberPlan], prepared: list[_Prepared
     return _Batch(inputs, fit_rows, val_rows, labels, SurvivalIndex.build(data.time, data.event, device))
 
 
-LABEL_AXES = {"ohe": None, "ppg": 0, "pos_weight": 0}
+LABEL_AXES: dict[str, int | None] = {"ohe": None, "ppg": 0, "pos_weight": 0}
 
 
 @dataclass

@@ -13,6 +13,8 @@ followed along the vessels up to a trunk's length outside the liver. Non-contras
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
@@ -23,7 +25,7 @@ from tipsprog.segment.landmarks import pelvis_top, slice_levels
 from tipsprog.segment.morphology import depth_mm, dilated, eroded, largest
 from tipsprog.store import ROI_LABELS
 
-SETTINGS = {
+SETTINGS: dict[str, Any] = {
     "working_spacing_mm": 3.0, "refine_mm": 3.0, "median_voxels": 3, "body_hu": -400.0, "wall_mm": 15.0, "seed_window_hu": 40.0,
     "core_mm": 8.0, "window_robust_sd": 2.5, "min_half_window_hu": 25.0, "marker_depth_mm": 10.0, "opening_mm": 6.0,
     "lesion_closing_mm": 12.0, "lesion_min_hu": 0.0, "spleen_above_liver_hu": 30.0, "organ_min_class_share": 0.25, "spleen_min_marker_share": 0.25,

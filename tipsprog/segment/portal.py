@@ -26,6 +26,7 @@ confluence behind the pancreas neck to the porta hepatis; a mislabelled structur
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -37,7 +38,7 @@ from skimage.morphology import skeletonize
 from tipsprog.segment.morphology import depth_mm, dilated, eroded
 from tipsprog.store import ROI_LABELS
 
-SETTINGS = {
+SETTINGS: dict[str, Any] = {
     "max_spacing_mm": 5.0,       # a coarser label grid does not resolve the vein: no diameter
     "skeleton_mm": 1.0,          # isotropic grid of the centreline
     "liver_grid_mm": 2.0,        # grid of the liver closing
