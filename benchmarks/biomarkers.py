@@ -23,9 +23,16 @@ from tipsprog.segment.portal import portal_vein_measurements
 from tipsprog.segment.vertebrae import vertebral_levels
 
 PUBLISHED_RANGES = {  # adults; cirrhosis widens the organ ranges
-    "muscle/l3_area[cm2]": (80, 250), "muscle/l3_density[HU]": (-10, 90), "fat/l3_subcutaneous_area[cm2]": (10, 600),
-    "fat/l3_visceral_area[cm2]": (5, 400), "ascites/volume[mL]": (0, 10000), "liver/volume[mL]": (800, 3500),
-    "liver/caudate_right_ratio[1]": (0.2, 1.2), "liver/surface_roughness[mm]": (0, 10), "spleen/volume[mL]": (50, 2000), "spleen/length[mm]": (60, 250),
+    "muscle/l3_area[cm2]": (80, 250),
+    "muscle/l3_density[HU]": (-10, 90),
+    "fat/l3_subcutaneous_area[cm2]": (10, 600),
+    "fat/l3_visceral_area[cm2]": (5, 400),
+    "ascites/volume[mL]": (0, 10000),
+    "liver/volume[mL]": (800, 3500),
+    "liver/caudate_right_ratio[1]": (0.2, 1.2),
+    "liver/surface_roughness[mm]": (0, 10),
+    "spleen/volume[mL]": (50, 2000),
+    "spleen/length[mm]": (60, 250),
     "portal_vein/diameter[mm]": (8, 25),
 }
 
@@ -44,8 +51,11 @@ def reference_labels(name: str, ct: sitk.Image) -> sitk.Image:
 
 
 def main() -> None:
-    scans = {"ircadb-1.1": IRCADB / "ct.nii.gz", "example_ct (pelvis to abdomen)": REAL_CT / "example_ct.nii.gz",
-             "example_ct_sm": REAL_CT / "example_ct_sm.nii.gz"}
+    scans = {
+        "ircadb-1.1": IRCADB / "ct.nii.gz",
+        "example_ct (pelvis to abdomen)": REAL_CT / "example_ct.nii.gz",
+        "example_ct_sm": REAL_CT / "example_ct_sm.nii.gz",
+    }
     for name, path in scans.items():
         ct = read_ct(path)
         labels = segment_scan(ct, Backend("classic"))
@@ -58,8 +68,10 @@ def main() -> None:
         if name != "example_ct (pelvis to abdomen)":  # its reference covers the top 30 slices only
             truth = reference_labels(name, ct)
             reference, _ = measure(ct, truth, roi_volumes(truth), portal_vein_measurements(truth))
-        print(f"\n{name}: {seconds:.1f} s; vertebrae {'-'.join(levels.names) or 'none named'} (anchor: {levels.anchor}); "
-              f"flags: {', '.join(flags) or '-'}")
+        print(
+            f"\n{name}: {seconds:.1f} s; vertebrae {'-'.join(levels.names) or 'none named'} (anchor: {levels.anchor}); "
+            f"flags: {', '.join(flags) or '-'}"
+        )
         print(f"  {'biomarker':<32}{'value':>9}   {'on the reference labels':<25}published adult range")
         for column, (feature, value) in enumerate(zip(NAMES, values)):
             low, high = PUBLISHED_RANGES[feature]
@@ -68,6 +80,7 @@ def main() -> None:
                 truth_value += f" ({100 * (value / reference[column] - 1):+.1f}%)"
             check = "not measured" if np.isnan(value) else f"{'within' if low <= value <= high else 'OUTSIDE'} {low}-{high}"
             print(f"  {feature:<32}{value:>9.2f}   {truth_value:<25}{check}")
+
 
 if __name__ == "__main__":
     main()

@@ -22,12 +22,19 @@ from tipsprog import store
 from tipsprog.segment import SegmentOptions, run_segment
 from tipsprog.synth import CohortSpec, make_cohort
 
-TRUTH_OF = {"muscle/l3_area[cm2]": "muscle_l3_area_cm2", "muscle/l3_density[HU]": "muscle_l3_hu",
-            "fat/l3_subcutaneous_area[cm2]": "sat_l3_area_cm2", "fat/l3_visceral_area[cm2]": "vat_l3_area_cm2",
-            "ascites/volume[mL]": "ascites_ml", "liver/volume[mL]": "liver_volume_ml",
-            "liver/caudate_right_ratio[1]": "caudate_right_ratio", "liver/surface_roughness[mm]": "nodularity",
-            "spleen/volume[mL]": "spleen_volume_ml", "spleen/length[mm]": "spleen_length_mm",
-            "portal_vein/diameter[mm]": "pv_diameter_mm"}
+TRUTH_OF = {
+    "muscle/l3_area[cm2]": "muscle_l3_area_cm2",
+    "muscle/l3_density[HU]": "muscle_l3_hu",
+    "fat/l3_subcutaneous_area[cm2]": "sat_l3_area_cm2",
+    "fat/l3_visceral_area[cm2]": "vat_l3_area_cm2",
+    "ascites/volume[mL]": "ascites_ml",
+    "liver/volume[mL]": "liver_volume_ml",
+    "liver/caudate_right_ratio[1]": "caudate_right_ratio",
+    "liver/surface_roughness[mm]": "nodularity",
+    "spleen/volume[mL]": "spleen_volume_ml",
+    "spleen/length[mm]": "spleen_length_mm",
+    "portal_vein/diameter[mm]": "pv_diameter_mm",
+}
 GOALS = ("muscle/l3_area[cm2]", "ascites/volume[mL]", "spleen/volume[mL]", "portal_vein/diameter[mm]")
 
 
@@ -61,6 +68,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     agreement(args.n, args.seed)
+
 
 if __name__ == "__main__":
     main()

@@ -48,8 +48,14 @@ def fresh_clone(work: Path, run: int) -> Path:
 def start_ci(clone: Path, log: Path) -> subprocess.Popen:
     """`bash .ci/run` in `clone`, as CI runs it, its output into `log`."""
     with open(log, "w", encoding="utf-8") as output:
-        return subprocess.Popen(["bash", ".ci/run"], cwd=clone, stdout=output, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env={**os.environ, "CI": "true"})
+        return subprocess.Popen(
+            ["bash", ".ci/run"],
+            cwd=clone,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "CI": "true"},
+        )
 
 
 def summary(log: Path) -> str:
@@ -66,8 +72,11 @@ def run_all(work: Path, numbers: list[int]) -> int:
     for number, process in runs.items():
         code = process.wait()
         failures += code != 0
-        print(f"run {number}: exit {code}, {time.monotonic() - started:.0f} s wall (environment build + tests): "
-              f"{summary(work / f'run-{number}.log')}", flush=True)
+        print(
+            f"run {number}: exit {code}, {time.monotonic() - started:.0f} s wall (environment build + tests): "
+            f"{summary(work / f'run-{number}.log')}",
+            flush=True,
+        )
     return failures
 
 
@@ -78,9 +87,14 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/tipsprog-ci"))
     parser.add_argument("--together", action="store_true", help="start all runs at once")
     args = parser.parse_args()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPOSITORY, capture_output=True, text=True).stdout.strip()
-    print(f"commit {commit}: {args.runs} runs of .ci/run in fresh clones{' at once' if args.together else ''}, "
-          f"{args.load} busy processes beside each", flush=True)
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPOSITORY, capture_output=True, text=True
+    ).stdout.strip()
+    print(
+        f"commit {commit}: {args.runs} runs of .ci/run in fresh clones{' at once' if args.together else ''}, "
+        f"{args.load} busy processes beside each",
+        flush=True,
+    )
     batches = [list(range(1, args.runs + 1))] if args.together else [[run] for run in range(1, args.runs + 1)]
     failures = 0
     for batch in batches:

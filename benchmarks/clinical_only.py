@@ -33,13 +33,23 @@ def cohort_rows(n: int, seed: int, models: list[str]) -> list[dict]:
         for model in models:
             for guided in (True, False):
                 config = dataclasses.replace(load_config(model=model), clinical_offset=guided)
-                metrics = run_fuse_train([], folder / "cohort" / "clinical.csv", folder / "cohort" / "outcomes.csv",
-                                         folder / f"{model}-{guided}",
-                                         FuseTrainOptions(config, modalities=("clinical",), device="cpu"))
-                rows.append({"seed": seed, "model": model, "guided": guided,
-                             "C": metrics["harrell_c"]["model"]["estimate"],
-                             "clinical Cox": metrics["harrell_c"]["clinical-cox"]["estimate"],
-                             "weights": metrics.get("residual_weight_by_fold", [])})
+                metrics = run_fuse_train(
+                    [],
+                    folder / "cohort" / "clinical.csv",
+                    folder / "cohort" / "outcomes.csv",
+                    folder / f"{model}-{guided}",
+                    FuseTrainOptions(config, modalities=("clinical",), device="cpu"),
+                )
+                rows.append(
+                    {
+                        "seed": seed,
+                        "model": model,
+                        "guided": guided,
+                        "C": metrics["harrell_c"]["model"]["estimate"],
+                        "clinical Cox": metrics["harrell_c"]["clinical-cox"]["estimate"],
+                        "weights": metrics.get("residual_weight_by_fold", []),
+                    }
+                )
     return rows
 
 
@@ -50,8 +60,10 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["tmiclnet", "multitips", "graph"])
     args = parser.parse_args()
     table = pd.DataFrame([row for seed in args.seeds for row in cohort_rows(args.n, seed, args.models)])
-    print(f"clinical data alone: {args.n} patients, generator seeds {args.seeds}, 5-fold CV, 5 seeds per fold; "
-          f"out-of-fold Harrell's C (mean over cohorts) and paired Δ vs the clinical Cox (mean, min to max)")
+    print(
+        f"clinical data alone: {args.n} patients, generator seeds {args.seeds}, 5-fold CV, 5 seeds per fold; "
+        f"out-of-fold Harrell's C (mean over cohorts) and paired Δ vs the clinical Cox (mean, min to max)"
+    )
     print(f"  {'clinical Cox (lifelines)':<50}{table['clinical Cox'].mean():.3f}")
     for (model, guided), rows in table.groupby(["model", "guided"], sort=False):
         delta = rows["C"] - rows["clinical Cox"]

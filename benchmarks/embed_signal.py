@@ -54,15 +54,33 @@ def publisher_files(folder: Path) -> dict[str, Path]:
     """Full-size random weights for each published architecture, saved in its publisher's layout."""
     files = {}
     for depth, block, layers in ((18, "basic", [2, 2, 2, 2]), (50, "bottleneck", [3, 4, 6, 3])):
-        resnet = ResNet(block, layers, [64, 128, 256, 512], spatial_dims=3, n_input_channels=1, conv1_t_size=7,
-                        conv1_t_stride=2, shortcut_type="A" if depth == 18 else "B", feed_forward=False)
+        resnet = ResNet(
+            block,
+            layers,
+            [64, 128, 256, 512],
+            spatial_dims=3,
+            n_input_channels=1,
+            conv1_t_size=7,
+            conv1_t_stride=2,
+            shortcut_type="A" if depth == 18 else "B",
+            feed_forward=False,
+        )
         files[f"medicalnet-resnet{depth}"] = folder / f"resnet_{depth}_23dataset.pth"
         torch.save({"state_dict": {f"module.{k}": v for k, v in resnet.state_dict().items()}}, files[f"medicalnet-resnet{depth}"])
-    swin = SwinTransformer(in_chans=1, embed_dim=48, window_size=(7, 7, 7), patch_size=(2, 2, 2), depths=(2, 2, 2, 2),
-                           num_heads=(3, 6, 12, 24), spatial_dims=3)
+    swin = SwinTransformer(
+        in_chans=1,
+        embed_dim=48,
+        window_size=(7, 7, 7),
+        patch_size=(2, 2, 2),
+        depths=(2, 2, 2, 2),
+        num_heads=(3, 6, 12, 24),
+        spatial_dims=3,
+    )
     files["swinunetr"] = folder / "model_swinvit.pt"
-    torch.save({"state_dict": {f"module.{k}".replace("mlp.linear", "mlp.fc"): v for k, v in swin.state_dict().items()}},
-               files["swinunetr"])
+    torch.save(
+        {"state_dict": {f"module.{k}".replace("mlp.linear", "mlp.fc"): v for k, v in swin.state_dict().items()}},
+        files["swinunetr"],
+    )
     ctfm = SegResEncoder(spatial_dims=3, in_channels=1, init_filters=32, norm="batch", blocks_down=(1, 2, 2, 4, 4))
     files["ctfm"] = folder / "model.safetensors"
     save_file(ctfm.state_dict(), str(files["ctfm"]))
@@ -97,19 +115,33 @@ def main() -> None:
         truth = pd.read_csv(folder / "cohort" / "truth.csv")
         training = np.concatenate(list(crops.values()))
         start = time.perf_counter()
-        pretrained = [RoiEncoder("ssl", fit_ssl(training, FitSettings(epochs=args.epochs, seed=seed), device))
-                      for seed in range(args.seeds)]
-        print(f"ssl pre-training (masked-volume reconstruction, {args.epochs} epochs, {len(training)} crops): "
-              f"{(time.perf_counter() - start) / args.seeds:.0f} s per seed on {device}")
+        pretrained = [
+            RoiEncoder("ssl", fit_ssl(training, FitSettings(epochs=args.epochs, seed=seed), device)) for seed in range(args.seeds)
+        ]
+        print(
+            f"ssl pre-training (masked-volume reconstruction, {args.epochs} epochs, {len(training)} crops): "
+            f"{(time.perf_counter() - start) / args.seeds:.0f} s per seed on {device}"
+        )
         encoders = {"ssl (pre-trained)": pretrained, "ssl (random weights)": [random_encoder(seed) for seed in range(args.seeds)]}
-        print(f"\nRidge probe R² (5-fold CV, {args.n} patients), embedding → latent; mean (min–max) over {args.seeds} "
-              "pre-training / initialisation seeds:")
+        print(
+            f"\nRidge probe R² (5-fold CV, {args.n} patients), embedding → latent; mean (min–max) over {args.seeds} "
+            "pre-training / initialisation seeds:"
+        )
         print(f"{'encoder':<22}{'pooling':<10}" + "".join(f"{latent:>22}" for latent in LATENTS))
         for pooling in ("mean", "mean+max"):
             for name, seeded in encoders.items():
-                scores = np.array([[probe_r2(embed_cohort(encoder, crops, device, pooling), truth[latent].to_numpy(), args.seed)
-                                    for latent in LATENTS] for encoder in seeded])
-                cells = "".join(f"{m:>8.3f} ({lo:.2f}–{hi:.2f})" for m, lo, hi in zip(scores.mean(0), scores.min(0), scores.max(0)))
+                scores = np.array(
+                    [
+                        [
+                            probe_r2(embed_cohort(encoder, crops, device, pooling), truth[latent].to_numpy(), args.seed)
+                            for latent in LATENTS
+                        ]
+                        for encoder in seeded
+                    ]
+                )
+                cells = "".join(
+                    f"{m:>8.3f} ({lo:.2f}–{hi:.2f})" for m, lo, hi in zip(scores.mean(0), scores.min(0), scores.max(0))
+                )
                 print(f"{name:<22}{pooling:<10}{cells}")
         print(f"\nThroughput on {device} ({args.throughput_scans} scans, 2 ROI crops each, batch 16):")
         encoders = {"ssl": pretrained[0]} | {name: load_encoder(name, path) for name, path in publisher_files(folder).items()}

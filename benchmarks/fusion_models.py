@@ -61,8 +61,12 @@ def build_cohort(work: Path, n: int) -> None:
 
 def load(work: Path, modalities: tuple[str, ...] | None = None) -> tuple[TrainingData, pd.DataFrame, pd.DataFrame]:
     """Training data, clinical table and truth rows of the cohort."""
-    assembled = assemble([work / "seg.h5", work / "radiomics.h5", work / "embed.h5"], work / "cohort/clinical.csv",
-                         work / "cohort/outcomes.csv", modalities)
+    assembled = assemble(
+        [work / "seg.h5", work / "radiomics.h5", work / "embed.h5"],
+        work / "cohort/clinical.csv",
+        work / "cohort/outcomes.csv",
+        modalities,
+    )
     truth = pd.read_csv(work / "cohort/truth.csv", dtype={"patient_id": str}).set_index("patient_id")
     return assembled.data, assembled.clinical, truth.loc[assembled.data.patient_ids]
 
@@ -79,18 +83,21 @@ def score_row(data: TrainingData, risk: np.ndarray, ohe: np.ndarray | None, ppg:
     return f"{_c(data, risk):>22} {ohe_cell:>8} {ppg_cell:>8}"
 
 
-MODULE_SWITCHES = {"multitips": {"MGRA": {"mgra": False}, "POD": {"orthogonality_weight": 0.0}, "CGPE": {"cgpe": False}},
-                   "graph": {"SGCM": {"sgcm": False}, "MMDFM": {"mmdfm": False}},
-                   "tmiclnet": {"TMFF": {"alignment_weight": 0.0}}}
+MODULE_SWITCHES = {
+    "multitips": {"MGRA": {"mgra": False}, "POD": {"orthogonality_weight": 0.0}, "CGPE": {"cgpe": False}},
+    "graph": {"SGCM": {"sgcm": False}, "MMDFM": {"mmdfm": False}},
+    "tmiclnet": {"TMFF": {"alignment_weight": 0.0}},
+}
 
 
-def run_model(data: TrainingData, model: str, device: torch.device, seeds: int | None = None,
-              **settings) -> tuple[dict, float]:
+def run_model(data: TrainingData, model: str, device: torch.device, seeds: int | None = None, **settings) -> tuple[dict, float]:
     """5-fold CV of one model (the config's seeds per fold unless given; settings replace config keys, a model
     section's keys one by one): out-of-fold predictions and seconds."""
     config = load_config(model=model, seeds=seeds)
-    config = dataclasses.replace(config, **{key: {**getattr(config, key), **value} if isinstance(value, dict) else value
-                                            for key, value in settings.items()})
+    config = dataclasses.replace(
+        config,
+        **{key: {**getattr(config, key), **value} if isinstance(value, dict) else value for key, value in settings.items()},
+    )
     start = time.perf_counter()
     cv = cross_validate(data, config, "kfold", device, seed=0)
     return cv.oof, time.perf_counter() - start
@@ -99,8 +106,10 @@ def run_model(data: TrainingData, model: str, device: torch.device, seeds: int |
 def accuracy_table(work: Path, device: torch.device, models: list[str]) -> None:
     """Every model beside clinical Cox, FIPS and the oracle."""
     data, clinical, truth = load(work)
-    print(f"\n1. Models, 5-fold CV on {len(data.patient_ids)} patients ({int(np.nansum(data.event))} deaths): "
-          "Harrell's C (95% CI), OHE AUC, ppg_post MAE (mmHg)")
+    print(
+        f"\n1. Models, 5-fold CV on {len(data.patient_ids)} patients ({int(np.nansum(data.event))} deaths): "
+        "Harrell's C (95% CI), OHE AUC, ppg_post MAE (mmHg)"
+    )
     print(f"{'row':<28}{'C-index':>22} {'OHE AUC':>8} {'PPG MAE':>8} {'seconds':>8}")
     baseline = None
     for model in models:
@@ -110,7 +119,9 @@ def accuracy_table(work: Path, device: torch.device, models: list[str]) -> None:
     print(f"{'clinical Cox (lifelines)':<28}{score_row(data, baseline, None, None)}")
     fips = clinical_scores(clinical)["FIPS"].to_numpy(float)
     print(f"{'FIPS':<28}{score_row(data, fips, None, None)}")
-    print(f"{'oracle':<28}{score_row(data, truth['linear_predictor'].to_numpy(float), truth['ohe_probability'].to_numpy(float), truth['ppg_post_expected'].to_numpy(float))}")
+    print(
+        f"{'oracle':<28}{score_row(data, truth['linear_predictor'].to_numpy(float), truth['ohe_probability'].to_numpy(float), truth['ppg_post_expected'].to_numpy(float))}"
+    )
 
 
 def ablation_table(work: Path, device: torch.device, seeds: int) -> None:
@@ -126,8 +137,12 @@ def ablation_table(work: Path, device: torch.device, seeds: int) -> None:
 
 def paired_c_difference(data: TrainingData, risk: np.ndarray, reference: np.ndarray, draws: int = 200) -> str:
     """C(risk) − C(reference) on the same patients with its paired bootstrap 95% CI, as a table cell."""
+
     def difference(rows: np.ndarray) -> float:
-        return harrell_c(data.time[rows], data.event[rows], risk[rows]) - harrell_c(data.time[rows], data.event[rows], reference[rows])
+        return harrell_c(data.time[rows], data.event[rows], risk[rows]) - harrell_c(
+            data.time[rows], data.event[rows], reference[rows]
+        )
+
     value = interval(*with_bootstrap(difference, len(risk), bootstrap_samples(len(risk), draws, 0)))
     return f"{value['estimate']:+.3f} ({value['low']:+.3f} to {value['high']:+.3f})"
 
@@ -135,29 +150,40 @@ def paired_c_difference(data: TrainingData, risk: np.ndarray, reference: np.ndar
 def module_table(work: Path, device: torch.device, seeds: int, models: list[str]) -> None:
     """Each seed model's (of `models`) paper modules switched off one at a time, the network trained alone."""
     data, _, _ = load(work)
-    print(f"\n4. Module ablations, network alone (clinical_offset: false), 5-fold CV, {seeds} seeds per fold: "
-          "Harrell's C (95% CI) and C minus the full model's (paired bootstrap 95% CI)")
+    print(
+        f"\n4. Module ablations, network alone (clinical_offset: false), 5-fold CV, {seeds} seeds per fold: "
+        "Harrell's C (95% CI) and C minus the full model's (paired bootstrap 95% CI)"
+    )
     print(f"{'model':<12}{'switched off':<14}{'C-index':>22}{'ΔC vs full':>28}{'seconds':>9}")
     for model, switches in ((m, s) for m, s in MODULE_SWITCHES.items() if m in models):
         full, seconds = run_model(data, model, device, seeds, clinical_offset=False)
         print(f"{model:<12}{'(none)':<14}{_c(data, full['risk']):>22}{'':>28}{seconds:>9.0f}", flush=True)
         for module, change in switches.items():
             ablated, seconds = run_model(data, model, device, seeds, clinical_offset=False, **{model: change})
-            print(f"{'':<12}{module:<14}{_c(data, ablated['risk']):>22}"
-                  f"{paired_c_difference(data, ablated['risk'], full['risk']):>28}{seconds:>9.0f}", flush=True)
+            print(
+                f"{'':<12}{module:<14}{_c(data, ablated['risk']):>22}"
+                f"{paired_c_difference(data, ablated['risk'], full['risk']):>28}{seconds:>9.0f}",
+                flush=True,
+            )
 
 
-def deepsurv_one_at_a_time(data: TrainingData, plans: list, config, device: torch.device, epochs: int,
-                           batch_size: int = 64) -> float:
+def deepsurv_one_at_a_time(
+    data: TrainingData, plans: list, config, device: torch.device, epochs: int, batch_size: int = 64
+) -> float:
     """Seconds to train one DeepSurv MLP per member, one after another, in minibatches (pycox/torchsurv style)."""
     start = time.perf_counter()
     for plan in plans:
         preprocessors = fit_preprocessors(data.matrices, data.feature_groups, plan.train_rows, config.imaging_width)
-        features = torch.from_numpy(np.concatenate([p.transform_flat(data.matrices[m]) for m, p in preprocessors.items()],
-                                                   axis=1)).to(device)
+        features = torch.from_numpy(
+            np.concatenate([p.transform_flat(data.matrices[m]) for m, p in preprocessors.items()], axis=1)
+        ).to(device)
         torch.manual_seed(plan.seed)
-        network = torch.nn.Sequential(torch.nn.Linear(features.shape[1], config.hidden), torch.nn.GELU(),
-                                      torch.nn.Dropout(config.dropout), torch.nn.Linear(config.hidden, 1, bias=False)).to(device)
+        network = torch.nn.Sequential(
+            torch.nn.Linear(features.shape[1], config.hidden),
+            torch.nn.GELU(),
+            torch.nn.Dropout(config.dropout),
+            torch.nn.Linear(config.hidden, 1, bias=False),
+        ).to(device)
         optimiser = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
         generator = np.random.default_rng(plan.seed)
         for _ in range(epochs):
@@ -181,8 +207,9 @@ def timing_table(work: Path, device: torch.device, epochs: int) -> None:
     print(f"{'model':<16}{'batched s':>12}{'one by one s':>14}{'ratio':>8}{'DeepSurv s':>12}{'ratio':>8}")
     for model in ("concat", "multitips"):
         config = load_config(model=model)
-        config = dataclasses.replace(config, seeds=5, stages=[{**s, "max_epochs": epochs // len(config.stages),
-                                                               "patience": epochs} for s in config.stages])
+        config = dataclasses.replace(
+            config, seeds=5, stages=[{**s, "max_epochs": epochs // len(config.stages), "patience": epochs} for s in config.stages]
+        )
         plans = plan_members(data, cv_splits(data.event, data.centers, 5, "kfold", 0), config, seed=0)
         start = time.perf_counter()
         train_ensemble(data, plans, config, device)
@@ -193,10 +220,12 @@ def timing_table(work: Path, device: torch.device, epochs: int) -> None:
         one_by_one = time.perf_counter() - start
         deepsurv = deepsurv_one_at_a_time(data, plans, config, device, epochs // 10)
         deepsurv_full = deepsurv * 10
-        print(f"{model:<16}{batched:>12.1f}{one_by_one:>14.1f}{one_by_one / batched:>7.1f}×{deepsurv_full:>12.1f}"
-              f"{deepsurv_full / batched:>7.1f}×", flush=True)
-    print(f"  DeepSurv: MLP on the same preprocessed features, minibatches of 64, {epochs // 10} epochs timed and "
-          "scaled ×10.")
+        print(
+            f"{model:<16}{batched:>12.1f}{one_by_one:>14.1f}{one_by_one / batched:>7.1f}×{deepsurv_full:>12.1f}"
+            f"{deepsurv_full / batched:>7.1f}×",
+            flush=True,
+        )
+    print(f"  DeepSurv: MLP on the same preprocessed features, minibatches of 64, {epochs // 10} epochs timed and scaled ×10.")
 
 
 def main() -> None:
@@ -212,10 +241,12 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     build_cohort(args.work, args.n)
-    tables = {"accuracy": lambda: accuracy_table(args.work, device, args.models.split(",")),
-              "ablation": lambda: ablation_table(args.work, device, args.ablation_seeds),
-              "timing": lambda: timing_table(args.work, device, args.timing_epochs),
-              "modules": lambda: module_table(args.work, device, args.module_seeds, args.models.split(","))}
+    tables = {
+        "accuracy": lambda: accuracy_table(args.work, device, args.models.split(",")),
+        "ablation": lambda: ablation_table(args.work, device, args.ablation_seeds),
+        "timing": lambda: timing_table(args.work, device, args.timing_epochs),
+        "modules": lambda: module_table(args.work, device, args.module_seeds, args.models.split(",")),
+    }
     for name in args.tables.split(","):
         tables[name]()
 

@@ -58,8 +58,13 @@ def _ridge_cox_c(features: np.ndarray, outcomes: pd.DataFrame, centers: np.ndarr
 
 def _fused(folder: Path, stores: list[Path], outcomes_csv: Path, name: str) -> dict:
     """fuse-train's metrics for the default config on the given stores."""
-    return run_fuse_train(stores, folder / "cohort" / "clinical.csv", outcomes_csv, folder / name,
-                          FuseTrainOptions(load_config(folds=FOLDS), device="cpu"))
+    return run_fuse_train(
+        stores,
+        folder / "cohort" / "clinical.csv",
+        outcomes_csv,
+        folder / name,
+        FuseTrainOptions(load_config(folds=FOLDS), device="cpu"),
+    )
 
 
 def _outcomes_without_signal(spec: CohortSpec, path: Path) -> None:
@@ -83,8 +88,9 @@ def cohort_rows(n: int, seed: int) -> list[dict]:
         with store.open_store(folder / "seg.h5") as h5:
             patients = store.read_patients(h5)
             biomarkers = store.read_features(h5)["biomarkers"].values
-        clinical = assemble([folder / "radiomics.h5"], folder / "cohort" / "clinical.csv", folder / "cohort" / "outcomes.csv",
-                            ("clinical",)).data
+        clinical = assemble(
+            [folder / "radiomics.h5"], folder / "cohort" / "clinical.csv", folder / "cohort" / "outcomes.csv", ("clinical",)
+        ).data
         order = {pid: row for row, pid in enumerate(clinical.patient_ids)}
         clinical_matrix = clinical.matrices["clinical"][[order[p] for p in patients]]
         for signal, outcomes_csv in (("present", folder / "cohort" / "outcomes.csv"), ("none", folder / "outcomes-none.csv")):
@@ -92,13 +98,20 @@ def cohort_rows(n: int, seed: int) -> list[dict]:
             without = _fused(folder, [folder / "radiomics.h5"], outcomes_csv, f"without-{signal}")
             outcomes = pd.read_csv(outcomes_csv).set_index("patient_id").loc[patients]
             centers = pd.read_csv(folder / "cohort" / "cohort.csv").set_index("patient_id").loc[patients, "center"].to_numpy()
-            rows.append({"n": n, "seed": seed, "signal": signal,
-                         "clinical Cox": default["harrell_c"]["clinical-cox"]["estimate"],
-                         "clinical + biomarkers (ridge Cox)": _ridge_cox_c(np.hstack([clinical_matrix, biomarkers]),
-                                                                           outcomes, centers, 0.1),
-                         "fused without biomarkers": without["harrell_c"]["model"]["estimate"],
-                         "fused (default)": default["harrell_c"]["model"]["estimate"],
-                         "weights": default.get("residual_weight_by_fold", [])})
+            rows.append(
+                {
+                    "n": n,
+                    "seed": seed,
+                    "signal": signal,
+                    "clinical Cox": default["harrell_c"]["clinical-cox"]["estimate"],
+                    "clinical + biomarkers (ridge Cox)": _ridge_cox_c(
+                        np.hstack([clinical_matrix, biomarkers]), outcomes, centers, 0.1
+                    ),
+                    "fused without biomarkers": without["harrell_c"]["model"]["estimate"],
+                    "fused (default)": default["harrell_c"]["model"]["estimate"],
+                    "weights": default.get("residual_weight_by_fold", []),
+                }
+            )
     return rows
 
 
@@ -110,13 +123,17 @@ def main() -> None:
     table = pd.DataFrame([row for n in args.sizes for seed in args.seeds for row in cohort_rows(n, seed)])
     models = ["clinical Cox", "clinical + biomarkers (ridge Cox)", "fused without biomarkers", "fused (default)"]
     for (n, signal), rows in table.groupby(["n", "signal"], sort=False):
-        print(f"\nn = {n}, imaging signal {signal}, {FOLDS}-fold CV, generator seeds {args.seeds}: out-of-fold Harrell's C, "
-              "mean over seeds (paired Δ vs clinical Cox: mean, min to max)")
+        print(
+            f"\nn = {n}, imaging signal {signal}, {FOLDS}-fold CV, generator seeds {args.seeds}: out-of-fold Harrell's C, "
+            "mean over seeds (paired Δ vs clinical Cox: mean, min to max)"
+        )
         for model in models:
             delta = rows[model] - rows["clinical Cox"]
             print(f"  {model:<36}{rows[model].mean():.3f}  Δ {delta.mean():+.3f} ({delta.min():+.3f} to {delta.max():+.3f})")
         weights = np.concatenate([np.asarray(w, float) for w in rows["weights"]])
-        print(f"  residual weight of the default per fold: mean {weights.mean():.2f}, zero in {np.mean(weights == 0):.0%} of folds")
+        print(
+            f"  residual weight of the default per fold: mean {weights.mean():.2f}, zero in {np.mean(weights == 0):.0%} of folds"
+        )
 
 
 if __name__ == "__main__":

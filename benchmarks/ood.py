@@ -46,8 +46,9 @@ def synthetic(work: Path, n: int, seed: int) -> tuple[dict[str, np.ndarray], dic
     tipsprog(work, "cohort", "synth", "--out", "cohort", "--n", str(n), "--centers", "3", "--seed", str(seed))
     tipsprog(work, "seg.h5", "segment", "cohort/cohort.csv", "--out", "seg.h5")
     tipsprog(work, "radiomics.h5", "radiomics", "seg.h5", "--out", "radiomics.h5")
-    data = assemble([work / "seg.h5", work / "radiomics.h5"], work / "cohort/clinical.csv", work / "cohort/outcomes.csv",
-                    None).data
+    data = assemble(
+        [work / "seg.h5", work / "radiomics.h5"], work / "cohort/clinical.csv", work / "cohort/outcomes.csv", None
+    ).data
     return data.matrices, data.feature_names
 
 
@@ -55,8 +56,11 @@ def real_scans(work: Path, names: dict[str, list[str]]) -> tuple[list[str], dict
     """The real CTs' imaging matrices, segmented and extracted as one cohort, in the training columns `names` (a
     feature the training scans never had, e.g. of a portal vein, is left out; one the real scan lacks is missing)."""
     work.mkdir(parents=True, exist_ok=True)
-    scans = {"ircadb-1.1": IRCADB / "ct.nii.gz", "example_ct": REAL_CT / "example_ct.nii.gz",
-             "example_ct_sm": REAL_CT / "example_ct_sm.nii.gz"}
+    scans = {
+        "ircadb-1.1": IRCADB / "ct.nii.gz",
+        "example_ct": REAL_CT / "example_ct.nii.gz",
+        "example_ct_sm": REAL_CT / "example_ct_sm.nii.gz",
+    }
     pd.DataFrame({"patient_id": list(scans), "ct": [str(p) for p in scans.values()]}).to_csv(work / "cohort.csv", index=False)
     tipsprog(work, "seg.h5", "segment", "cohort.csv", "--out", "seg.h5")
     tipsprog(work, "radiomics.h5", "radiomics", "seg.h5", "--out", "radiomics.h5")
@@ -66,8 +70,9 @@ def real_scans(work: Path, names: dict[str, list[str]]) -> tuple[list[str], dict
     aligned = {}
     for modality in IMAGING:
         column = {name: index for index, name in enumerate(found[modality])}
-        aligned[modality] = np.column_stack([matrices[modality][:, column[name]] if name in column else np.full(len(rows), np.nan)
-                                             for name in names[modality]])
+        aligned[modality] = np.column_stack(
+            [matrices[modality][:, column[name]] if name in column else np.full(len(rows), np.nan) for name in names[modality]]
+        )
     return joined.patient_ids, aligned
 
 
@@ -93,13 +98,19 @@ def main() -> None:
     imaging = fit_ood({m: cohort[m][:train] for m in IMAGING}, np.arange(train) % 5)
     print(f"OOD warnings: reference fitted on {train} synthetic patients (seed 21), threshold {reference.threshold:.2f}")
     print(f"{'patients':<44}{'any':>13}" + "".join(f"{m:>13}" for m in modalities))
-    print(f"{f'held out, same cohort ({args.n - train})':<44}{rates(reference.flagged({m: v[train:] for m, v in cohort.items()}), modalities)}")
-    print(f"{f'other scanners (synth seed 22, {len(next(iter(other.values())))})':<44}{rates(reference.flagged(other), modalities)}")
+    print(
+        f"{f'held out, same cohort ({args.n - train})':<44}{rates(reference.flagged({m: v[train:] for m, v in cohort.items()}), modalities)}"
+    )
+    print(
+        f"{f'other scanners (synth seed 22, {len(next(iter(other.values())))})':<44}{rates(reference.flagged(other), modalities)}"
+    )
     print(f"\nimaging modalities only (reference threshold {imaging.threshold:.2f}); distance on the common scale:")
     distances = imaging.distances(real)
     for row, patient in enumerate(ids):
         cells = "".join(f"{m} {distances[m][row]:9.3g}   " for m in IMAGING)
-        print(f"  {patient:<20}{cells}{'warned' if any(distances[m][row] > imaging.threshold for m in IMAGING) else 'not warned'}")
+        print(
+            f"  {patient:<20}{cells}{'warned' if any(distances[m][row] > imaging.threshold for m in IMAGING) else 'not warned'}"
+        )
 
 
 if __name__ == "__main__":

@@ -39,13 +39,29 @@ def tipsprog(*args: str | Path, cwd: Path | None = None) -> float:
 def build(work: Path) -> None:
     """Training cohort, stores and bundle (default pipeline), and one full-size synthetic scan; skipped when present."""
     work.mkdir(parents=True, exist_ok=True)
-    steps = [("cohort/cohort.csv", ["synth", "--out", "cohort", "--n", "120", "--seed", "5"]),
-             ("seg.h5", ["segment", "cohort/cohort.csv", "--out", "seg.h5"]),
-             ("radiomics.h5", ["radiomics", "seg.h5", "--out", "radiomics.h5"]),
-             ("embed.h5", ["embed", "seg.h5", "--out", "embed.h5", "--fit"]),
-             ("model/bundle.yaml", ["fuse-train", "radiomics.h5", "embed.h5", "--clinical", "cohort/clinical.csv",
-                                    "--outcomes", "cohort/outcomes.csv", "--out", "model", "--device", "cpu"]),
-             ("full/cohort.csv", ["synth", "--out", "full", "--n", "1", "--size", "full", "--seed", "9", "--prefix", "full-"])]
+    steps = [
+        ("cohort/cohort.csv", ["synth", "--out", "cohort", "--n", "120", "--seed", "5"]),
+        ("seg.h5", ["segment", "cohort/cohort.csv", "--out", "seg.h5"]),
+        ("radiomics.h5", ["radiomics", "seg.h5", "--out", "radiomics.h5"]),
+        ("embed.h5", ["embed", "seg.h5", "--out", "embed.h5", "--fit"]),
+        (
+            "model/bundle.yaml",
+            [
+                "fuse-train",
+                "radiomics.h5",
+                "embed.h5",
+                "--clinical",
+                "cohort/clinical.csv",
+                "--outcomes",
+                "cohort/outcomes.csv",
+                "--out",
+                "model",
+                "--device",
+                "cpu",
+            ],
+        ),
+        ("full/cohort.csv", ["synth", "--out", "full", "--n", "1", "--size", "full", "--seed", "9", "--prefix", "full-"]),
+    ]
     for output, command in steps:
         if not (work / output).exists():
             print(f"  building {output} …", flush=True)
@@ -55,8 +71,10 @@ def build(work: Path) -> None:
 
 def cold(work: Path, ct: Path, repeats: int) -> float:
     """Median seconds from process start to the JSON of one prediction."""
-    return statistics.median(tipsprog("predict", "--ct", ct, "--clinical", work / "row.csv", "--model", work / "model",
-                                      "--json", "--device", "cpu") for _ in range(repeats))
+    return statistics.median(
+        tipsprog("predict", "--ct", ct, "--clinical", work / "row.csv", "--model", work / "model", "--json", "--device", "cpu")
+        for _ in range(repeats)
+    )
 
 
 def warm(work: Path, ct: Path, batch: int, workers: int) -> float:
@@ -68,9 +86,22 @@ def warm(work: Path, ct: Path, batch: int, workers: int) -> float:
         row = pd.read_csv(work / "row.csv")
         pd.concat([row.assign(patient_id=pid) for pid in ids]).to_csv(work / "batch_clinical.csv", index=False)
         subprocess.run(["rm", "-rf", str(work / "batch-out")], check=True)
-        seconds[size] = tipsprog("predict", "--cohort", work / "batch.csv", "--clinical", work / "batch_clinical.csv",
-                                 "--model", work / "model", "--out", work / "batch-out", "--workers", workers,
-                                 "--device", "cpu", "--quiet")
+        seconds[size] = tipsprog(
+            "predict",
+            "--cohort",
+            work / "batch.csv",
+            "--clinical",
+            work / "batch_clinical.csv",
+            "--model",
+            work / "model",
+            "--out",
+            work / "batch-out",
+            "--workers",
+            workers,
+            "--device",
+            "cpu",
+            "--quiet",
+        )
     return (seconds[batch] - seconds[1]) / (batch - 1)
 
 
@@ -93,6 +124,7 @@ def stages(work: Path, ct: Path) -> dict[str, float]:
     from tipsprog.segment import Backend, biomarkers, segment_scan
     from tipsprog.segment.crops import roi_crops, roi_volumes
     from tipsprog.segment.portal import portal_vein_measurements
+
     timing = {"imports": perf_counter() - start}
 
     def timed(name: str, function, *args):
@@ -111,14 +143,17 @@ def stages(work: Path, ct: Path) -> dict[str, float]:
             values, _ = timed("radiomics", extract_from_file, str(ct), labels, entry.params)
             blocks[name] = store.FeatureBlock(np.array([[values.get(f, np.nan) for f in entry.names]]), entry.names, [])
         elif entry.extractor == biomarkers.EXTRACTOR:
-            measured, _ = timed("biomarkers", biomarkers.measure, image, labels, roi_volumes(labels), portal_vein_measurements(labels))
+            measured, _ = timed(
+                "biomarkers", biomarkers.measure, image, labels, roi_volumes(labels), portal_vein_measurements(labels)
+            )
             value_of = dict(zip(biomarkers.NAMES, measured))
             blocks[name] = store.FeatureBlock(np.array([[value_of.get(f, np.nan) for f in entry.names]]), entry.names, [])
         else:
             crops = timed("crops", roi_crops, image, labels)
             encoder = timed("embedding", load_encoder, entry.encoder, bundle.path / entry.weights)
-            blocks[name] = timed("embedding", embedding_block, encoder, {r: c[None] for r, c in crops.items()}, device,
-                                 entry.pooling, {}, 1)
+            blocks[name] = timed(
+                "embedding", embedding_block, encoder, {r: c[None] for r, c in crops.items()}, device, entry.pooling, {}, 1
+            )
     table = with_extras(read_clinical(work / "row.csv"), bundle.manifest.clinical_extras)
     clinical, names = clinical_features(table, bundle.manifest.clinical_extras)
     matrices, _, _ = modality_matrices(blocks, np.array([0]), clinical, names, tuple(bundle.manifest.modalities))
@@ -148,8 +183,14 @@ def main() -> None:
     for name, ct in scans.items():
         cold_s = cold(work, ct, args.repeats)
         warm_1, warm_2 = warm(work, ct, args.batch, 1), warm(work, ct, args.batch, 2)
-        timing = json.loads(subprocess.run([sys.executable, __file__, "--work", str(work), "--stages-of", str(ct)],
-                                           check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+        timing = json.loads(
+            subprocess.run(
+                [sys.executable, __file__, "--work", str(work), "--stages-of", str(ct)],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout.splitlines()[-1]
+        )
         slowest = max((k for k in timing if k != "imports"), key=timing.get)
         detail = ", ".join(f"{k} {v:.2f}" for k, v in timing.items())
         print(f"{name:<36}{cold_s:>7.1f}{warm_1:>15.2f}{warm_2:>16.2f}   {detail}; slowest: {slowest}", flush=True)

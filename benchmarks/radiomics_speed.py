@@ -75,8 +75,17 @@ def main() -> None:
         tipsprog("synth", "--out", cohort, "--n", args.n, "--size", "full", "--seed", args.seed, "--quiet")
         tipsprog("segment", cohort / "cohort.csv", "--backend", "masks", "--out", folder / "seg.h5", "--quiet")
         start = time.perf_counter()
-        tipsprog("radiomics", folder / "seg.h5", "--out", folder / "radiomics.h5", "--params", args.params,
-                 "--workers", args.workers, "--quiet")
+        tipsprog(
+            "radiomics",
+            folder / "seg.h5",
+            "--out",
+            folder / "radiomics.h5",
+            "--params",
+            args.params,
+            "--workers",
+            args.workers,
+            "--quiet",
+        )
         ours = time.perf_counter() - start
         start = time.perf_counter()
         plain = plain_pyradiomics(cohort, args.n, params)
@@ -86,8 +95,10 @@ def main() -> None:
         print(f"  tipsprog radiomics --workers {args.workers}: {ours:7.1f} s  {60 * args.n / ours:6.2f} patients/min")
         print(f"  plain pyradiomics, sequential:      {baseline:7.1f} s  {60 * args.n / baseline:6.2f} patients/min")
         print(f"  speed-up: {baseline / ours:.2f}x")
-        print(f"  largest relative difference (both rounded to the store's float32): "
-              f"{largest_difference(folder / 'radiomics.h5', plain):.2e}")
+        print(
+            f"  largest relative difference (both rounded to the store's float32): "
+            f"{largest_difference(folder / 'radiomics.h5', plain):.2e}"
+        )
 
 
 if __name__ == "__main__":

@@ -47,7 +47,9 @@ class Case:
     ct: Path
     reference: object
     liver_in_view: bool = True
-    labelled_slices: slice = field(default_factory=lambda: slice(None))  # the slices the reference covers (Dice is computed on these)
+    labelled_slices: slice = field(
+        default_factory=lambda: slice(None)
+    )  # the slices the reference covers (Dice is computed on these)
 
 
 def ircadb_reference(ct: sitk.Image) -> np.ndarray:
@@ -63,7 +65,7 @@ def totalseg_reference(ct: sitk.Image) -> np.ndarray:
     small = read_ct(REAL_CT / "example_ct_sm.nii.gz")
     top = sitk.GetArrayFromImage(map_labels(read_mask(REAL_CT / "example_seg.nii.gz", small), TOTALSEGMENTATOR_IDS))
     labels = np.zeros(sitk.GetArrayViewFromImage(ct).shape, np.uint8)
-    labels[-top.shape[0]:] = top
+    labels[-top.shape[0] :] = top
     return labels
 
 
@@ -94,9 +96,11 @@ def run_case(case: Case) -> tuple[str, bool]:
         trunk = extrahepatic_dice(sitk.GetArrayFromImage(labels)[case.labelled_slices], reference[case.labelled_slices])
         reference_diameter = portal_vein_measurements(image).main_diameter_mm
     size = "×".join(map(str, ct.GetSize()))
-    print(f"{case.name:<34} {size:>13} {dice[0]:>6.3f} {dice[1]:>6.3f} {dice[2]:>6.3f} {trunk:>8.3f} "
-          f"{diameter:>5.1f} {reference_diameter:>5.1f} {volumes[0]:>6.0f} {volumes[1]:>5.0f} {seconds:>5.1f}  "
-          f"{status}: {qc_reason(flags) or '-'}")
+    print(
+        f"{case.name:<34} {size:>13} {dice[0]:>6.3f} {dice[1]:>6.3f} {dice[2]:>6.3f} {trunk:>8.3f} "
+        f"{diameter:>5.1f} {reference_diameter:>5.1f} {volumes[0]:>6.0f} {volumes[1]:>5.0f} {seconds:>5.1f}  "
+        f"{status}: {qc_reason(flags) or '-'}"
+    )
     return status, case.liver_in_view
 
 
@@ -122,22 +126,32 @@ def main() -> None:
             Case("ircadb-1.1 (portal venous)", IRCADB / "ct.nii.gz", ircadb_reference),
             Case("example_ct_sm (non-contrast)", REAL_CT / "example_ct_sm.nii.gz", totalseg_reference),
             Case("example_ct_sm as DICOM series", dicom, totalseg_reference),
-            Case("example_ct (pelvis to abdomen)", REAL_CT / "example_ct.nii.gz", totalseg_reference,
-                 labelled_slices=slice(read_ct(REAL_CT / "example_ct.nii.gz").GetDepth() - small.GetDepth(), None)),
+            Case(
+                "example_ct (pelvis to abdomen)",
+                REAL_CT / "example_ct.nii.gz",
+                totalseg_reference,
+                labelled_slices=slice(read_ct(REAL_CT / "example_ct.nii.gz").GetDepth() - small.GetDepth(), None),
+            ),
             Case("example_ct bottom 40 slices (pelvis)", pelvis, None, liver_in_view=False),
         ]
         print("classic backend on the real CTs in ../shared (Dice vs reference; PV-out = portal vein outside the liver)")
-        print(f"{'scan':<34} {'voxels':>13} {'liver':>6} {'spleen':>6} {'PV':>6} {'PV-out':>8} {'PV Ø':>5} {'ref Ø':>5} "
-              f"{'L mL':>6} {'S mL':>5} {'s':>5}  QC")
+        print(
+            f"{'scan':<34} {'voxels':>13} {'liver':>6} {'spleen':>6} {'PV':>6} {'PV-out':>8} {'PV Ø':>5} {'ref Ø':>5} "
+            f"{'L mL':>6} {'S mL':>5} {'s':>5}  QC"
+        )
         outcomes = [run_case(case) for case in cases]
     false_refusals = sum(status == "failed" for status, in_view in outcomes if in_view)
     missed = sum(status == "ok" for status, in_view in outcomes if not in_view)
-    print(f"false refusals (liver in view, QC failed): {false_refusals} of {sum(v for _, v in outcomes)}; "
-          f"scans without a liver passed: {missed} of {sum(not v for _, v in outcomes)}")
+    print(
+        f"false refusals (liver in view, QC failed): {false_refusals} of {sum(v for _, v in outcomes)}; "
+        f"scans without a liver passed: {missed} of {sum(not v for _, v in outcomes)}"
+    )
     with tempfile.TemporaryDirectory() as folder:
         size, seconds = end_to_end_seconds(Path(folder))
-    print(f"tipsprog segment end to end (read, segment, crops, QC, write) on ircadb-1.1 at {size}: {seconds:.1f} s "
-          f"(goal: at most 15 s on 2 cores)")
+    print(
+        f"tipsprog segment end to end (read, segment, crops, QC, write) on ircadb-1.1 at {size}: {seconds:.1f} s "
+        f"(goal: at most 15 s on 2 cores)"
+    )
 
 
 if __name__ == "__main__":

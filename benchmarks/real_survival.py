@@ -77,8 +77,9 @@ def tipsprog(*args: str | Path) -> None:
     subprocess.run([sys.executable, "-m", "tipsprog", *map(str, args), "--quiet"], check=True)
 
 
-def reference(covariates: pd.DataFrame, time: np.ndarray, event: np.ndarray, fold: np.ndarray, penalizer: float,
-              grid: np.ndarray) -> tuple[float, float]:
+def reference(
+    covariates: pd.DataFrame, time: np.ndarray, event: np.ndarray, fold: np.ndarray, penalizer: float, grid: np.ndarray
+) -> tuple[float, float]:
     """Harrell's C and IBS of per-fold lifelines Cox fits, computed with scikit-survival."""
     values = covariates.to_numpy(float)
     risk = np.full(len(time), np.nan)
@@ -106,8 +107,21 @@ def run_dataset(name: str, work: Path) -> tuple[dict, float]:
     for output in ("model", "report"):
         shutil.rmtree(folder / output, ignore_errors=True)
     start = perf_counter()
-    tipsprog("fuse-train", "--clinical", folder / "clinical.csv", "--outcomes", folder / "outcomes.csv", "--model",
-             "clinical-cox", "--config", folder / "config.yaml", "--device", "cpu", "--out", folder / "model")
+    tipsprog(
+        "fuse-train",
+        "--clinical",
+        folder / "clinical.csv",
+        "--outcomes",
+        folder / "outcomes.csv",
+        "--model",
+        "clinical-cox",
+        "--config",
+        folder / "config.yaml",
+        "--device",
+        "cpu",
+        "--out",
+        folder / "model",
+    )
     tipsprog("evaluate", folder / "model", "--out", folder / "report", "--bootstrap", 10, "--workers", 1)
     seconds = perf_counter() - start
     with h5py.File(folder / "model" / "oof.h5") as oof:
@@ -118,12 +132,24 @@ def run_dataset(name: str, work: Path) -> tuple[dict, float]:
     manifest = yaml.safe_load((folder / "model" / "bundle.yaml").read_text())
     setting = json.loads((folder / "report" / "metrics.json").read_text())["settings"]["out-of-fold"]
     grid = np.array(setting["ibs_grid_days"])
-    harrell, ibs = reference(covariates.iloc[rows].reset_index(drop=True), time[rows], event[rows], fold,
-                             manifest["config"]["clinical_cox_penalizer"], grid)
+    harrell, ibs = reference(
+        covariates.iloc[rows].reset_index(drop=True),
+        time[rows],
+        event[rows],
+        fold,
+        manifest["config"]["clinical_cox_penalizer"],
+        grid,
+    )
     row = setting["survival"]["clinical-cox"]
-    return {"patients": len(time), "events": int(event.sum()), "unit": unit,
-            "tipsprog_c": row["harrell_c"]["estimate"], "reference_c": harrell,
-            "tipsprog_ibs": row["integrated_brier"]["estimate"], "reference_ibs": ibs}, seconds
+    return {
+        "patients": len(time),
+        "events": int(event.sum()),
+        "unit": unit,
+        "tipsprog_c": row["harrell_c"]["estimate"],
+        "reference_c": harrell,
+        "tipsprog_ibs": row["integrated_brier"]["estimate"],
+        "reference_ibs": ibs,
+    }, seconds
 
 
 def main() -> None:
@@ -132,17 +158,21 @@ def main() -> None:
     parser.add_argument("--datasets", default=",".join(DATASETS))
     args = parser.parse_args()
     print("Clinical-only Cox, 5-fold CV: tipsprog evaluate vs lifelines CoxPHFitter + scikit-survival metrics, same folds")
-    print(f"{'dataset':<10}{'n':>5}{'deaths':>7}  {'C tipsprog':>11}{'C reference':>12}{'|Δ|':>9}  "
-          f"{'IBS tipsprog':>12}{'IBS reference':>14}{'|Δ|':>9}{'s':>6}")
+    print(
+        f"{'dataset':<10}{'n':>5}{'deaths':>7}  {'C tipsprog':>11}{'C reference':>12}{'|Δ|':>9}  "
+        f"{'IBS tipsprog':>12}{'IBS reference':>14}{'|Δ|':>9}{'s':>6}"
+    )
     worst = 0.0
     for name in args.datasets.split(","):
         result, seconds = run_dataset(name, args.work)
         c_gap = abs(result["tipsprog_c"] - result["reference_c"])
         ibs_gap = abs(result["tipsprog_ibs"] - result["reference_ibs"])
         worst = max(worst, c_gap, ibs_gap)
-        print(f"{name:<10}{result['patients']:>5}{result['events']:>7}  {result['tipsprog_c']:>11.6f}{result['reference_c']:>12.6f}"
-              f"{c_gap:>9.1e}  {result['tipsprog_ibs']:>12.6f}{result['reference_ibs']:>14.6f}{ibs_gap:>9.1e}{seconds:>6.0f}",
-              flush=True)
+        print(
+            f"{name:<10}{result['patients']:>5}{result['events']:>7}  {result['tipsprog_c']:>11.6f}{result['reference_c']:>12.6f}"
+            f"{c_gap:>9.1e}  {result['tipsprog_ibs']:>12.6f}{result['reference_ibs']:>14.6f}{ibs_gap:>9.1e}{seconds:>6.0f}",
+            flush=True,
+        )
     print(f"largest difference {worst:.1e} (tolerance {TOLERANCE:.0e})")
     sys.exit(0 if worst <= TOLERANCE else 1)
 

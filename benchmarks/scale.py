@@ -29,21 +29,43 @@ print(json.dumps({"seconds": time.perf_counter() - start,
 
 def measured(command: list[str], cwd: Path) -> dict:
     """Wall seconds and peak resident MiB of one CLI command run in a fresh measuring process."""
-    result = subprocess.run([sys.executable, "-c", MEASURE, sys.executable, "-m", "tipsprog", *command], cwd=cwd,
-                            check=True, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", MEASURE, sys.executable, "-m", "tipsprog", *command],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return json.loads(result.stdout.splitlines()[-1])
 
 
 def stages(size: int, workers: int) -> list[tuple[str, list[str]]]:
     """The pipeline's commands for a cohort of `size` patients."""
     parallel = ["--workers", str(workers), "--quiet"]
-    return [("synth", ["synth", "--out", "cohort", "--n", str(size), "--seed", "21", *parallel]),
-            ("segment", ["segment", "cohort/cohort.csv", "--out", "seg.h5", *parallel]),
-            ("radiomics", ["radiomics", "seg.h5", "--out", "radiomics.h5", *parallel]),
-            ("embed --fit", ["embed", "seg.h5", "--out", "embed.h5", "--fit", "--device", "cpu", "--quiet"]),
-            ("embed", ["embed", "seg.h5", "--out", "embed-again.h5", "--weights", "embed.pt", "--device", "cpu", "--quiet"]),
-            ("fuse-train", ["fuse-train", "radiomics.h5", "embed.h5", "--clinical", "cohort/clinical.csv", "--outcomes",
-                            "cohort/outcomes.csv", "--out", "model", "--device", "cpu", "--quiet"])]
+    return [
+        ("synth", ["synth", "--out", "cohort", "--n", str(size), "--seed", "21", *parallel]),
+        ("segment", ["segment", "cohort/cohort.csv", "--out", "seg.h5", *parallel]),
+        ("radiomics", ["radiomics", "seg.h5", "--out", "radiomics.h5", *parallel]),
+        ("embed --fit", ["embed", "seg.h5", "--out", "embed.h5", "--fit", "--device", "cpu", "--quiet"]),
+        ("embed", ["embed", "seg.h5", "--out", "embed-again.h5", "--weights", "embed.pt", "--device", "cpu", "--quiet"]),
+        (
+            "fuse-train",
+            [
+                "fuse-train",
+                "radiomics.h5",
+                "embed.h5",
+                "--clinical",
+                "cohort/clinical.csv",
+                "--outcomes",
+                "cohort/outcomes.csv",
+                "--out",
+                "model",
+                "--device",
+                "cpu",
+                "--quiet",
+            ],
+        ),
+    ]
 
 
 def main() -> None:
@@ -65,8 +87,10 @@ def main() -> None:
             if chosen is not None and name not in chosen:
                 continue
             results.setdefault(name, {})[size] = measured(command, folder)
-            print(f"  {size} patients, {name}: {results[name][size]['seconds']:.0f} s, "
-                  f"{results[name][size]['peak_mib']:.0f} MiB", flush=True)
+            print(
+                f"  {size} patients, {name}: {results[name][size]['seconds']:.0f} s, {results[name][size]['peak_mib']:.0f} MiB",
+                flush=True,
+            )
     print(f"\nWall time and peak memory per stage ({args.workers} workers, small volumes)")
     print(f"{'stage':<14}" + "".join(f"{f'{n} patients':>22}" for n in sizes) + f"{'memory ratio':>14}")
     for name, by_size in results.items():

@@ -46,8 +46,13 @@ def hd95_per_roi(labels: sitk.Image, reference: sitk.Image) -> np.ndarray:
         if not a.any() or not b.any():
             values.append(np.nan)
             continue
-        distance = compute_hausdorff_distance(torch.from_numpy(a)[None, None], torch.from_numpy(b)[None, None],
-                                              include_background=True, percentile=95, spacing=spacing)
+        distance = compute_hausdorff_distance(
+            torch.from_numpy(a)[None, None],
+            torch.from_numpy(b)[None, None],
+            include_background=True,
+            percentile=95,
+            spacing=spacing,
+        )
         values.append(float(distance))
     return np.array(values)
 
@@ -68,18 +73,28 @@ def score(backend: Backend, cases: list[tuple[Path, Path]]) -> tuple[np.ndarray,
 
 def held_out_cases(cohort: Path, images: str = "images") -> list[tuple[Path, Path]]:
     """The 40 held-out scans (from the cohort folder `images`) with their reference labels."""
-    return [(cohort / images / f"P{i:04d}.nii.gz", cohort / "labels" / f"P{i:04d}.nii.gz")
-            for i in range(LABELED + UNLABELED, LABELED + UNLABELED + HELD_OUT)]
+    return [
+        (cohort / images / f"P{i:04d}.nii.gz", cohort / "labels" / f"P{i:04d}.nii.gz")
+        for i in range(LABELED + UNLABELED, LABELED + UNLABELED + HELD_OUT)
+    ]
 
 
-def train_semi(cohort: Path, settings: semi.SemiSettings, device: torch.device, model_path: Path,
-               labeled_count: int = LABELED, unlabeled_count: int = UNLABELED, unlabeled_images: str = "images") -> Backend:
+def train_semi(
+    cohort: Path,
+    settings: semi.SemiSettings,
+    device: torch.device,
+    model_path: Path,
+    labeled_count: int = LABELED,
+    unlabeled_count: int = UNLABELED,
+    unlabeled_images: str = "images",
+) -> Backend:
     """Train on the first `labeled_count` scans with labels (and the next `unlabeled_count` without); save; return the backend.
 
     Unlabeled scans are read from `unlabeled_images` (a folder of the cohort), labeled ones from images/.
     Without unlabeled scans this is supervised training with the same network, augmentation and weight averaging:
     on the 8 labeled it is the baseline the unlabeled loss must beat, on all 88 the ceiling labels could reach.
     """
+
     def sample(index: int, with_label: bool) -> dict:
         ct = read_ct(cohort / ("images" if with_label else unlabeled_images) / f"P{index:04d}.nii.gz")
         labels = read_mask(cohort / "labels" / f"P{index:04d}.nii.gz", ct) if with_label else None
@@ -106,14 +121,17 @@ def other_scanner(cohort: Path, indices: range, seed: int) -> str:
         ct = sitk.SmoothingRecursiveGaussian(sitk.Cast(sitk.ReadImage(str(cohort / "images" / name)), sitk.sitkFloat32), 1.5)
         hu = sitk.GetArrayFromImage(ct)
         body = hu > -500.0
-        acquired = sitk.GetImageFromArray(np.where(body, 0.75 * hu - 40.0 + rng.normal(0.0, 35.0, hu.shape), hu).astype(np.float32))
+        acquired = sitk.GetImageFromArray(
+            np.where(body, 0.75 * hu - 40.0 + rng.normal(0.0, 35.0, hu.shape), hu).astype(np.float32)
+        )
         acquired.CopyInformation(ct)
         sitk.WriteImage(acquired, str(target / name))
     return target.name
 
 
-def semi_value(cohort: Path, settings: semi.SemiSettings, device: torch.device, folder: Path, seeds: range,
-               images: str = "images") -> list[tuple[float, float]]:
+def semi_value(
+    cohort: Path, settings: semi.SemiSettings, device: torch.device, folder: Path, seeds: range, images: str = "images"
+) -> list[tuple[float, float]]:
     """Mean held-out Dice of the mean teacher and of the supervised baseline for each training seed.
 
     Unlabeled and held-out scans are read from `images`; the 8 labeled ones always from images/.
@@ -122,9 +140,24 @@ def semi_value(cohort: Path, settings: semi.SemiSettings, device: torch.device, 
     pairs = []
     for seed in seeds:
         seeded = dataclasses.replace(settings, seed=seed)
-        pair = tuple(float(np.nanmean(score(train_semi(cohort, seeded, device, folder / f"{images}-{name}{seed}.pt",
-                                                       unlabeled_count=unlabeled, unlabeled_images=images), held_out)[0]))
-                     for name, unlabeled in (("mt", UNLABELED), ("sup", 0)))
+        pair = tuple(
+            float(
+                np.nanmean(
+                    score(
+                        train_semi(
+                            cohort,
+                            seeded,
+                            device,
+                            folder / f"{images}-{name}{seed}.pt",
+                            unlabeled_count=unlabeled,
+                            unlabeled_images=images,
+                        ),
+                        held_out,
+                    )[0]
+                )
+            )
+            for name, unlabeled in (("mt", UNLABELED), ("sup", 0))
+        )
         print(f"  training seed {seed}: {pair[0]:.3f} vs {pair[1]:.3f}")
         pairs.append(pair)
     return pairs
@@ -134,8 +167,10 @@ def print_difference(pairs: list[tuple[float, float]]) -> None:
     """Mean teacher minus supervised, averaged over training seeds."""
     differences = [mt - sup for mt, sup in pairs]
     means = np.mean(pairs, axis=0)
-    print(f"  over {len(pairs)} training seeds: {means[0]:.3f} vs {means[1]:.3f}, difference mean {np.mean(differences):+.3f}, "
-          f"range {min(differences):+.3f} to {max(differences):+.3f}")
+    print(
+        f"  over {len(pairs)} training seeds: {means[0]:.3f} vs {means[1]:.3f}, difference mean {np.mean(differences):+.3f}, "
+        f"range {min(differences):+.3f} to {max(differences):+.3f}"
+    )
 
 
 def real_case(folder: Path) -> tuple[Path, Path]:
@@ -154,13 +189,17 @@ def resampling_change(backend: Backend, case: tuple[Path, Path], folder: Path) -
     for spacing in [(2.5, 2.5, 2.5), (1.5, 1.5, 3.0), (1.0, 1.0, 2.0), (2.0, 2.0, 1.5), (2.0, 2.0, 4.0)]:
         path = folder / f"resampled_{'x'.join(map(str, spacing))}.nii.gz"
         sitk.WriteImage(resample_to_spacing(raw, spacing, sitk.sitkBSpline, -1024.0), str(path))
-        changes["×".join(f"{s:g}" for s in spacing) + " mm"] = float(np.nanmax(np.abs(_dice_on_reference(backend, path, reference) - base)[:2]))
+        changes["×".join(f"{s:g}" for s in spacing) + " mm"] = float(
+            np.nanmax(np.abs(_dice_on_reference(backend, path, reference) - base)[:2])
+        )
     return changes
 
 
 def _dice_on_reference(backend: Backend, ct_path: Path, reference: sitk.Image) -> np.ndarray:
     labels = segment_scan(read_ct(ct_path), backend)
-    return dice_per_roi(sitk.Resample(labels, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8), reference)
+    return dice_per_roi(
+        sitk.Resample(labels, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8), reference
+    )
 
 
 def table(title: str, rows: dict[str, tuple[np.ndarray, np.ndarray, float]]) -> None:
@@ -177,8 +216,12 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=semi.SemiSettings().iterations)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=21)
-    parser.add_argument("--training-seeds", type=int, default=3,
-                        help="Train both networks this many times (seeds 0…N-1) for the semi-supervised comparison.")
+    parser.add_argument(
+        "--training-seeds",
+        type=int,
+        default=3,
+        help="Train both networks this many times (seeds 0…N-1) for the semi-supervised comparison.",
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as folder:
@@ -202,24 +245,37 @@ def main() -> None:
         synthetic = {name: score(backend, held_out) for name, backend in backends.items()}
         table(f"Held-out synthetic scans ({HELD_OUT}, seed {args.seed})", synthetic)
         mt, sup, ceiling = (np.nanmean(synthetic[k][0], axis=0) for k in ("semi (MT)", "supervised (8)", "supervised (88)"))
-        print(f"\nSemi-supervised value (mean Dice over ROIs, {LABELED} labeled + {UNLABELED} unlabeled, 40 held out), "
-              "mean teacher vs the same network supervised on the 8 labeled:")
-        print(f"  training seed 0: {np.nanmean(mt):.3f} vs {np.nanmean(sup):.3f} "
-              f"(liver {mt[0]:.3f}/{sup[0]:.3f}, spleen {mt[1]:.3f}/{sup[1]:.3f}, portal vein {mt[2]:.3f}/{sup[2]:.3f})")
-        print(f"  ceiling: the same network supervised on all {LABELED + UNLABELED} labels reaches {np.nanmean(ceiling):.3f} "
-              f"(portal vein {ceiling[2]:.3f}): labelling the {UNLABELED} other scans would add {np.nanmean(ceiling) - np.nanmean(sup):+.3f}")
-        pairs = [(float(np.nanmean(mt)), float(np.nanmean(sup)))] + semi_value(cohort, settings, device, folder,
-                                                                             range(1, args.training_seeds))
+        print(
+            f"\nSemi-supervised value (mean Dice over ROIs, {LABELED} labeled + {UNLABELED} unlabeled, 40 held out), "
+            "mean teacher vs the same network supervised on the 8 labeled:"
+        )
+        print(
+            f"  training seed 0: {np.nanmean(mt):.3f} vs {np.nanmean(sup):.3f} "
+            f"(liver {mt[0]:.3f}/{sup[0]:.3f}, spleen {mt[1]:.3f}/{sup[1]:.3f}, portal vein {mt[2]:.3f}/{sup[2]:.3f})"
+        )
+        print(
+            f"  ceiling: the same network supervised on all {LABELED + UNLABELED} labels reaches {np.nanmean(ceiling):.3f} "
+            f"(portal vein {ceiling[2]:.3f}): labelling the {UNLABELED} other scans would add {np.nanmean(ceiling) - np.nanmean(sup):+.3f}"
+        )
+        pairs = [(float(np.nanmean(mt)), float(np.nanmean(sup)))] + semi_value(
+            cohort, settings, device, folder, range(1, args.training_seeds)
+        )
         print_difference(pairs)
-        print(f"\nSemi-supervised value when the {UNLABELED} unlabeled and {HELD_OUT} held-out scans come from another scanner "
-              "(softer kernel, other HU calibration, lower dose; the 8 labeled are unchanged):")
+        print(
+            f"\nSemi-supervised value when the {UNLABELED} unlabeled and {HELD_OUT} held-out scans come from another scanner "
+            "(softer kernel, other HU calibration, lower dose; the 8 labeled are unchanged):"
+        )
         images = other_scanner(cohort, range(LABELED, LABELED + UNLABELED + HELD_OUT), args.seed)
         print_difference(semi_value(cohort, settings, device, folder, range(args.training_seeds), images))
         if REAL_CT.is_dir():
             case = real_case(folder)
-            table("Real CT (TotalSegmentator example, its labels as reference)", {n: score(b, [case]) for n, b in backends.items()})
-            print("\nLargest liver/spleen Dice change when the real CT (3 mm) is resampled with a cubic B-spline "
-                  "(the last grid is coarser along z, so it loses information):")
+            table(
+                "Real CT (TotalSegmentator example, its labels as reference)", {n: score(b, [case]) for n, b in backends.items()}
+            )
+            print(
+                "\nLargest liver/spleen Dice change when the real CT (3 mm) is resampled with a cubic B-spline "
+                "(the last grid is coarser along z, so it loses information):"
+            )
             for name, backend in backends.items():
                 changes = resampling_change(backend, case, folder)
                 print(f"  {name:<16}" + ", ".join(f"{grid}: {value:.3f}" for grid, value in changes.items()))

@@ -36,7 +36,9 @@ CLINICAL_SPACING_MM = (0.75, 0.75, 1.0)
 
 def large_ct(folder: Path) -> Path:
     """The real CT upsampled to a clinical grid and stored as int16 NIfTI."""
-    upsampled = resample_to_spacing(sitk.ReadImage(str(REAL_CT / "example_ct.nii.gz")), CLINICAL_SPACING_MM, sitk.sitkBSpline, -1024.0)
+    upsampled = resample_to_spacing(
+        sitk.ReadImage(str(REAL_CT / "example_ct.nii.gz")), CLINICAL_SPACING_MM, sitk.sitkBSpline, -1024.0
+    )
     path = folder / "large_ct.nii.gz"
     sitk.WriteImage(sitk.Cast(upsampled, sitk.sitkInt16), str(path))
     return path
@@ -47,13 +49,23 @@ def quick_model(folder: Path, iterations: int, device: str) -> Path:
     cohort = folder / "labeled"
     make_cohort(cohort, CohortSpec(n=8, centers=1, seed=3), workers=2)
     model_path = folder / "semi.pt"
-    run_segment(cohort / "cohort.csv", folder / "labeled.h5", SegmentOptions("semi", fit_csv=cohort / "cohort.csv",
-                model_path=model_path, device=device, semi=semi.SemiSettings(iterations=iterations)))
+    run_segment(
+        cohort / "cohort.csv",
+        folder / "labeled.h5",
+        SegmentOptions(
+            "semi",
+            fit_csv=cohort / "cohort.csv",
+            model_path=model_path,
+            device=device,
+            semi=semi.SemiSettings(iterations=iterations),
+        ),
+    )
     return model_path
 
 
-def seconds_per_run(cohort_csv: Path, folder: Path, backend: str, model: Path | None, device: str, repeats: int
-                    ) -> tuple[list[float], str]:
+def seconds_per_run(
+    cohort_csv: Path, folder: Path, backend: str, model: Path | None, device: str, repeats: int
+) -> tuple[list[float], str]:
     """Wall-clock seconds of `repeats` + 1 one-scan segment runs (the first is cold) and the scan's QC: a briefly
     trained `semi` model may leak and fail QC, which ends the run with an error after all of its work is done."""
     seconds, qc = [], "ok"
@@ -81,8 +93,10 @@ def main() -> None:
         cohort_csv = folder / "cohort.csv"
         pd.DataFrame({"patient_id": ["LARGE"], "ct": [str(ct_path)]}).to_csv(cohort_csv, index=False)
         model = args.model or quick_model(folder, args.iterations, args.device)
-        print(f"large CT: {size[0]}×{size[1]}×{size[2]} voxels at {'×'.join(f'{s:g}' for s in CLINICAL_SPACING_MM)} mm, "
-              f"{ct_path.stat().st_size / 2**20:.0f} MiB on disk; device {args.device}")
+        print(
+            f"large CT: {size[0]}×{size[1]}×{size[2]} voxels at {'×'.join(f'{s:g}' for s in CLINICAL_SPACING_MM)} mm, "
+            f"{ct_path.stat().st_size / 2**20:.0f} MiB on disk; device {args.device}"
+        )
         print(f"{'backend':<10}{'first s':>9}{'then s (median)':>18}   TotalSegmentator --fast: about 30 s GPU / 70 s CPU")
         for backend, model_path in (("classic", None), ("semi", model)):
             seconds, qc = seconds_per_run(cohort_csv, folder, backend, model_path, args.device, args.repeats)

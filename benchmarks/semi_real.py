@@ -80,8 +80,13 @@ def dice(model: torch.nn.Module, scan: tuple[sitk.Image, sitk.Image], settings: 
     return dice_per_roi(semi.segment_semi(ct, model, settings, torch.device("cpu")), reference)
 
 
-def leave_one_out(synthetic: list[dict], real: dict[str, dict], scans: dict[str, tuple[sitk.Image, sitk.Image]],
-                  recipes: dict[str, semi.SemiSettings], seed: int) -> dict[str, dict[str, np.ndarray]]:
+def leave_one_out(
+    synthetic: list[dict],
+    real: dict[str, dict],
+    scans: dict[str, tuple[sitk.Image, sitk.Image]],
+    recipes: dict[str, semi.SemiSettings],
+    seed: int,
+) -> dict[str, dict[str, np.ndarray]]:
     """Dice per ROI on each held-out real scan for each training row, with one training seed."""
     rows: dict[str, dict[str, np.ndarray]] = {name: {} for name in scans}
     for recipe, base in recipes.items():
@@ -107,8 +112,10 @@ def print_table(title: str, runs: list[dict[str, dict[str, np.ndarray]]]) -> Non
     for name, results in runs[0].items():
         for index, label in enumerate(results):
             values = np.array([run[name][label] for run in runs])
-            cells = (f"{v:.3f}" if len(runs) == 1 else f"{v:.3f} ({lo:.2f}–{hi:.2f})"
-                     for v, lo, hi in zip(values.mean(axis=0), values.min(axis=0), values.max(axis=0)))
+            cells = (
+                f"{v:.3f}" if len(runs) == 1 else f"{v:.3f} ({lo:.2f}–{hi:.2f})"
+                for v, lo, hi in zip(values.mean(axis=0), values.min(axis=0), values.max(axis=0))
+            )
             print(f"{name if index == 0 else '':<26}{label:<34}" + "".join(f"{c:>{width}}" for c in cells))
 
 
@@ -131,8 +138,10 @@ def main() -> None:
     real = {name: semi.prepare(ct, labels, plain) for name, (ct, labels) in scans.items()}
     with tempfile.TemporaryDirectory() as folder:
         synthetic = phantoms(Path(folder) / "phantoms", args.phantoms, args.size, args.seed, plain)
-    print(f"{args.phantoms} {args.size} phantoms, {args.iterations} iterations, tissue shift ±{args.tissue_shift_hu:g} HU",
-          flush=True)
+    print(
+        f"{args.phantoms} {args.size} phantoms, {args.iterations} iterations, tissue shift ±{args.tissue_shift_hu:g} HU",
+        flush=True,
+    )
     runs = []
     for seed in args.training_seeds:
         runs.append(leave_one_out(synthetic, real, scans, recipes, seed))

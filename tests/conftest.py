@@ -42,8 +42,10 @@ def interrupt_after(count: int) -> Callable[[object], None]:
 
 # The child answers SIGINT as at a terminal (KeyboardInterrupt) even where this test run inherited SIGINT ignored,
 # as a shell's background job does: Python then leaves it ignored, and a SIGINT sent to the child is discarded.
-INTERRUPTIBLE_TIPSPROG = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-                          "sys.argv[0] = 'tipsprog'; runpy.run_module('tipsprog', run_name='__main__')")
+INTERRUPTIBLE_TIPSPROG = (
+    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "sys.argv[0] = 'tipsprog'; runpy.run_module('tipsprog', run_name='__main__')"
+)
 
 
 def start_tipsprog(*args, pause_after: int | None = None, env: dict | None = None) -> subprocess.Popen:
@@ -52,8 +54,14 @@ def start_tipsprog(*args, pause_after: int | None = None, env: dict | None = Non
     environment = {**os.environ, **(env or {})}
     if pause_after is not None:
         environment[PAUSE_VARIABLE] = str(pause_after)
-    return subprocess.Popen([sys.executable, "-c", INTERRUPTIBLE_TIPSPROG, *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, env=environment)
+    return subprocess.Popen(
+        [sys.executable, "-c", INTERRUPTIBLE_TIPSPROG, *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=environment,
+    )
 
 
 def wait_until_paused(process: subprocess.Popen) -> None:
@@ -109,8 +117,23 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
         ("segment", root / "cohort" / "cohort.csv", "--out", root / "seg.h5", "--workers", 2, "--quiet"),
         ("radiomics", root / "seg.h5", "--out", root / "radiomics.h5", "--workers", 2, "--quiet"),
         ("embed", root / "seg.h5", "--out", root / "embed.h5", "--fit", "--epochs", 2, "--device", "cpu", "--quiet"),
-        ("fuse-train", root / "seg.h5", root / "radiomics.h5", root / "embed.h5", "--clinical", root / "cohort" / "clinical.csv",
-         "--outcomes", root / "cohort" / "outcomes.csv", "--out", root / "model", "--folds", 3, "--device", "cpu", "--quiet"),
+        (
+            "fuse-train",
+            root / "seg.h5",
+            root / "radiomics.h5",
+            root / "embed.h5",
+            "--clinical",
+            root / "cohort" / "clinical.csv",
+            "--outcomes",
+            root / "cohort" / "outcomes.csv",
+            "--out",
+            root / "model",
+            "--folds",
+            3,
+            "--device",
+            "cpu",
+            "--quiet",
+        ),
     ]
     for step in steps:
         result = invoke(*step)
@@ -180,11 +203,20 @@ def write_dicom_series(image: sitk.Image, folder: Path, series: int = 2, descrip
         writer.KeepOriginalImageUIDOn()
         for index in range(image.GetDepth()):
             plane = image[:, :, index]
-            tags = {"0008|0060": "CT", "0008|0016": "1.2.840.10008.5.1.4.1.1.2", "0020|000d": f"{UID_ROOT}.1",
-                    "0020|000e": f"{UID_ROOT}.{series}", "0008|0018": f"{UID_ROOT}.{series}.{index}", "0020|0037": orientation,
-                    "0020|0032": "\\".join(str(v) for v in image.TransformIndexToPhysicalPoint((0, 0, index))),
-                    "0020|0013": str(index), "0018|0050": str(image.GetSpacing()[2]), "0028|1052": "0", "0028|1053": "1",
-                    "0008|103e": description}
+            tags = {
+                "0008|0060": "CT",
+                "0008|0016": "1.2.840.10008.5.1.4.1.1.2",
+                "0020|000d": f"{UID_ROOT}.1",
+                "0020|000e": f"{UID_ROOT}.{series}",
+                "0008|0018": f"{UID_ROOT}.{series}.{index}",
+                "0020|0037": orientation,
+                "0020|0032": "\\".join(str(v) for v in image.TransformIndexToPhysicalPoint((0, 0, index))),
+                "0020|0013": str(index),
+                "0018|0050": str(image.GetSpacing()[2]),
+                "0028|1052": "0",
+                "0028|1053": "1",
+                "0008|103e": description,
+            }
             for key, value in tags.items():
                 plane.SetMetaData(key, value)
             writer.SetFileName(str(folder / f"s{series}_{index:03d}.dcm"))

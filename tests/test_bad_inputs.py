@@ -89,10 +89,13 @@ def mask_outside_the_ct(p, d):
     image = sitk.ReadImage(str(p.cohort / "labels" / "P0000.nii.gz"))
     image.SetOrigin([v + 5000.0 for v in image.GetOrigin()])
     sitk.WriteImage(image, str(d / "elsewhere.nii.gz"))
-    pd.DataFrame({"patient_id": ["P0000"], "ct": [str(p.cohort / "images" / "P0000.nii.gz")],
-                  "label": [str(d / "elsewhere.nii.gz")]}).to_csv(d / "cohort.csv", index=False)
-    return (["segment", d / "cohort.csv", "--out", d / "seg.h5", "--backend", "masks", "--strict"],
-            "elsewhere.nii.gz: mask lies outside the CT")
+    pd.DataFrame(
+        {"patient_id": ["P0000"], "ct": [str(p.cohort / "images" / "P0000.nii.gz")], "label": [str(d / "elsewhere.nii.gz")]}
+    ).to_csv(d / "cohort.csv", index=False)
+    return (
+        ["segment", d / "cohort.csv", "--out", d / "seg.h5", "--backend", "masks", "--strict"],
+        "elsewhere.nii.gz: mask lies outside the CT",
+    )
 
 
 def missing_ct_strict_segment(p, d):
@@ -115,8 +118,18 @@ def duplicate_ids(p, d):
 
 
 def _train(p, d, clinical=None, outcomes=None, stores=None):
-    return ["fuse-train", *(stores or [p.radiomics]), "--clinical", clinical or p.clinical,
-            "--outcomes", outcomes or p.outcomes, "--out", d / "out", "--folds", 3]
+    return [
+        "fuse-train",
+        *(stores or [p.radiomics]),
+        "--clinical",
+        clinical or p.clinical,
+        "--outcomes",
+        outcomes or p.outcomes,
+        "--out",
+        d / "out",
+        "--folds",
+        3,
+    ]
 
 
 def clinical_out_of_range(p, d):
@@ -169,21 +182,35 @@ def predict_clinical_out_of_range(p, d):
 
 
 def batch_patient_without_clinical_row(p, d):
-    pd.read_csv(p.cohort / "cohort.csv").iloc[:2].assign(ct=lambda t: [str(p.cohort / c) for c in t["ct"]]).to_csv(d / "cohort.csv", index=False)
+    pd.read_csv(p.cohort / "cohort.csv").iloc[:2].assign(ct=lambda t: [str(p.cohort / c) for c in t["ct"]]).to_csv(
+        d / "cohort.csv", index=False
+    )
     pd.read_csv(p.clinical).iloc[[0]].to_csv(d / "clinical.csv", index=False)
-    return (["predict", "--cohort", d / "cohort.csv", "--clinical", d / "clinical.csv", "--model", p.bundle, "--out", d / "preds"],
-            "clinical.csv: patient P0001 of the cohort has no clinical row")
+    return (
+        ["predict", "--cohort", d / "cohort.csv", "--clinical", d / "clinical.csv", "--model", p.bundle, "--out", d / "preds"],
+        "clinical.csv: patient P0001 of the cohort has no clinical row",
+    )
 
 
 def bundle_of_an_older_format(p, d):
     shutil.copytree(p.bundle, d / "old")
     manifest = (d / "old" / "bundle.yaml").read_text().replace(f"bundle_format: {BUNDLE_FORMAT}", "bundle_format: 1")
     (d / "old" / "bundle.yaml").write_text(manifest)
-    return ["predict", "--ct", p.cohort / "images" / "P0000.nii.gz", "--clinical", _one_row(p, d), "--model", d / "old"], "bundle format 1"
+    return [
+        "predict",
+        "--ct",
+        p.cohort / "images" / "P0000.nii.gz",
+        "--clinical",
+        _one_row(p, d),
+        "--model",
+        d / "old",
+    ], "bundle format 1"
 
 
 def patient_id_escaping_the_folder(p, d):
-    pd.DataFrame({"patient_id": ["../escape"], "ct": [str(p.cohort / "images" / "P0000.nii.gz")]}).to_csv(d / "cohort.csv", index=False)
+    pd.DataFrame({"patient_id": ["../escape"], "ct": [str(p.cohort / "images" / "P0000.nii.gz")]}).to_csv(
+        d / "cohort.csv", index=False
+    )
     return ["segment", d / "cohort.csv", "--out", d / "seg.h5"], "row 2: patient_id '../escape' may not contain '/'"
 
 
@@ -191,13 +218,20 @@ def tampered_bundle(p, d):
     shutil.copytree(p.bundle, d / "model")
     with open(d / "model" / "model_card.md", "a", encoding="utf-8") as card:
         card.write("edited\n")
-    return (["predict", "--ct", p.cohort / "images" / "P0000.nii.gz", "--clinical", _one_row(p, d), "--model", d / "model"],
-            "model_card.md does not match its recorded sha256")
+    return (
+        ["predict", "--ct", p.cohort / "images" / "P0000.nii.gz", "--clinical", _one_row(p, d), "--model", d / "model"],
+        "model_card.md does not match its recorded sha256",
+    )
 
 
 def output_being_written_by_another_command(p, d):
     (d / ".seg.h5.lock").write_text(f"{socket.gethostname()} {os.getpid()}")
-    return ["segment", p.cohort / "cohort.csv", "--out", d / "seg.h5"], f"another tipsprog command (pid {os.getpid()}) is writing it"
+    return [
+        "segment",
+        p.cohort / "cohort.csv",
+        "--out",
+        d / "seg.h5",
+    ], f"another tipsprog command (pid {os.getpid()}) is writing it"
 
 
 def clinical_column_like_a_schema_variable(p, d):
@@ -209,7 +243,7 @@ def _slab(p, d, slices: int) -> Path:
     """The first synthetic scan cut to a few slices (a scan that cannot hold a whole liver)."""
     image = sitk.ReadImage(str(p.cohort / "images" / "P0000.nii.gz"))
     middle = image.GetSize()[2] // 2
-    sitk.WriteImage(image[:, :, middle:middle + slices], str(d / "slab.nii.gz"))
+    sitk.WriteImage(image[:, :, middle : middle + slices], str(d / "slab.nii.gz"))
     return d / "slab.nii.gz"
 
 
@@ -255,18 +289,48 @@ def store_over_a_csv(p, d):
 
 
 def every_scan_failed(p, d):
-    pd.DataFrame({"patient_id": ["A", "B"], "ct": [str(d / "gone.nii.gz"), str(d / "lost.nii.gz")]}).to_csv(d / "cohort.csv", index=False)
+    pd.DataFrame({"patient_id": ["A", "B"], "ct": [str(d / "gone.nii.gz"), str(d / "lost.nii.gz")]}).to_csv(
+        d / "cohort.csv", index=False
+    )
     return ["segment", d / "cohort.csv", "--out", d / "seg.h5"], "cohort.csv: no scan could be segmented (patient A: "
 
 
-CASES = [missing_ct, unreadable_ct, ct_not_3d, truncated_gzip_ct, nan_voxels_in_nifti, four_d_ct, zero_sized_axis,
-         pelvis_only_ct, mask_outside_the_ct, missing_ct_strict_segment, cohort_without_patient_id, duplicate_ids,
-         clinical_out_of_range, clinical_unknown_unit, negative_time, event_not_binary, store_of_other_schema,
-         no_patient_in_common, predict_clinical_out_of_range, batch_patient_without_clinical_row, bundle_of_an_older_format,
-         patient_id_escaping_the_folder, tampered_bundle, output_being_written_by_another_command,
-         clinical_column_like_a_schema_variable, three_slice_ct, masks_and_overlay_of_a_refused_scan,
-         radiomics_out_is_its_input, evaluate_out_is_the_bundle, out_holds_an_input, out_under_a_file,
-         report_over_a_folder_of_other_files, store_over_a_csv, every_scan_failed]
+CASES = [
+    missing_ct,
+    unreadable_ct,
+    ct_not_3d,
+    truncated_gzip_ct,
+    nan_voxels_in_nifti,
+    four_d_ct,
+    zero_sized_axis,
+    pelvis_only_ct,
+    mask_outside_the_ct,
+    missing_ct_strict_segment,
+    cohort_without_patient_id,
+    duplicate_ids,
+    clinical_out_of_range,
+    clinical_unknown_unit,
+    negative_time,
+    event_not_binary,
+    store_of_other_schema,
+    no_patient_in_common,
+    predict_clinical_out_of_range,
+    batch_patient_without_clinical_row,
+    bundle_of_an_older_format,
+    patient_id_escaping_the_folder,
+    tampered_bundle,
+    output_being_written_by_another_command,
+    clinical_column_like_a_schema_variable,
+    three_slice_ct,
+    masks_and_overlay_of_a_refused_scan,
+    radiomics_out_is_its_input,
+    evaluate_out_is_the_bundle,
+    out_holds_an_input,
+    out_under_a_file,
+    report_over_a_folder_of_other_files,
+    store_over_a_csv,
+    every_scan_failed,
+]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__ for c in CASES])
@@ -291,8 +355,19 @@ def test_good_inputs_of_the_same_shape_pass(pipeline, tmp_path):
     table = pd.read_csv(pipeline.clinical).rename(columns={"bilirubin": "bilirubin[umol/L]"})
     table["bilirubin[umol/L]"] = table["bilirubin[umol/L]"] * 17.1
     table.to_csv(tmp_path / "clinical.csv", index=False)
-    result = invoke("fuse-train", pipeline.radiomics, "--clinical", tmp_path / "clinical.csv", "--outcomes",
-                    pipeline.outcomes, "--out", tmp_path / "model", "--folds", 3, "--quiet")
+    result = invoke(
+        "fuse-train",
+        pipeline.radiomics,
+        "--clinical",
+        tmp_path / "clinical.csv",
+        "--outcomes",
+        pipeline.outcomes,
+        "--out",
+        tmp_path / "model",
+        "--folds",
+        3,
+        "--quiet",
+    )
     assert result.exit_code == 0, result.output
     assert np.isfinite(h5py.File(tmp_path / "model" / "oof.h5")["oof/risk"][()]).all()
 
@@ -322,8 +397,9 @@ def test_two_commands_writing_one_output_one_wins_cleanly(few, tmp_path):
     lock = tmp_path / ".seg.h5.lock"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
     lock.write_text(f"{socket.gethostname()} {dead}")
-    others = [start_tipsprog("radiomics", few.seg, "--out", tmp_path / name, "--workers", 1, "--quiet")
-              for name in ("a.h5", "b.h5")]
+    others = [
+        start_tipsprog("radiomics", few.seg, "--out", tmp_path / name, "--workers", 1, "--quiet") for name in ("a.h5", "b.h5")
+    ]
     retaken = invoke("segment", few.cohort_csv, "--out", tmp_path / "seg.h5", "--quiet")
     assert retaken.exit_code == 0, retaken.output
     assert [p.wait() for p in others] == [0, 0]

@@ -94,8 +94,9 @@ def test_ascites_put_into_a_real_scan_is_measured_back(whole_scan):
 
     zz, yy, xx = np.indices(hu.shape)
     middle = centre.astype(int) + np.array([-15, -25, 15])  # below and in front of the liver's centre
-    blob = ((zz - middle[0]) * spacing[0] / 30) ** 2 + ((yy - middle[1]) * spacing[1] / 15) ** 2 \
-        + ((xx - middle[2]) * spacing[2] / 15) ** 2 < 1
+    blob = ((zz - middle[0]) * spacing[0] / 30) ** 2 + ((yy - middle[1]) * spacing[1] / 15) ** 2 + (
+        (xx - middle[2]) * spacing[2] / 15
+    ) ** 2 < 1
     with_blob = hu.copy()
     with_blob[blob & ~liver] = 8.0
     assert abs(ascites_ml(image_of(with_blob), labels) - before) < 2.0

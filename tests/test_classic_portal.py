@@ -29,7 +29,9 @@ def _tube(points: list[tuple[float, float, float]], radius: float) -> np.ndarray
         direction = b - a
         t = ((z - a[0]) * direction[0] + (y - a[1]) * direction[1] + (x - a[2]) * direction[2]) / float(direction @ direction)
         t = np.clip(t, 0.0, 1.0)
-        inside |= (z - a[0] - t * direction[0]) ** 2 + (y - a[1] - t * direction[1]) ** 2 + (x - a[2] - t * direction[2]) ** 2 <= radius ** 2
+        inside |= (z - a[0] - t * direction[0]) ** 2 + (y - a[1] - t * direction[1]) ** 2 + (
+            x - a[2] - t * direction[2]
+        ) ** 2 <= radius**2
     return inside
 
 
@@ -46,8 +48,12 @@ def abdomen() -> dict[str, np.ndarray]:
     liver = _ellipsoid((110.0, 100.0, 65.0), (60.0, 60.0, 55.0))
     hilum = (100.0, 105.0, 75.0)
     splenic_vein = _tube([(55.0, 130.0, 135.0), (55.0, 140.0, 250.0)], 4.5)  # to the left, beyond the reach
-    portal = (_tube([(55.0, 130.0, 135.0), (75.0, 120.0, 100.0), hilum], 6.0) | splenic_vein
-              | _tube([hilum, (135.0, 85.0, 40.0)], 4.0) | _tube([hilum, (140.0, 130.0, 70.0)], 4.0))
+    portal = (
+        _tube([(55.0, 130.0, 135.0), (75.0, 120.0, 100.0), hilum], 6.0)
+        | splenic_vein
+        | _tube([hilum, (135.0, 85.0, 40.0)], 4.0)
+        | _tube([hilum, (140.0, 130.0, 70.0)], 4.0)
+    )
     axis = [(0.0, 205.0, SPINE_X_MM), (175.0, 205.0, SPINE_X_MM)]
     spine_outer, spine_inner = _tube(axis, 18.0), _tube(axis, 14.0)
     aorta = _tube([(0.0, 176.0, 140.0), (175.0, 176.0, 140.0)], 10.0)

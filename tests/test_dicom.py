@@ -111,8 +111,10 @@ def test_missing_slice_file_is_an_error_naming_the_gap(raw, tmp_path):
         read_ct(folder)
     message = str(caught.value)
     assert "\n" not in message
-    assert message == (f"{folder}: DICOM series {SCAN_UID} has a gap between slices at {_slice_z(raw, 13):.1f} and "
-                       f"{_slice_z(raw, 15):.1f} mm (spacing 3 mm elsewhere): a slice file is missing")
+    assert message == (
+        f"{folder}: DICOM series {SCAN_UID} has a gap between slices at {_slice_z(raw, 13):.1f} and "
+        f"{_slice_z(raw, 15):.1f} mm (spacing 3 mm elsewhere): a slice file is missing"
+    )
 
 
 def test_duplicated_slice_is_an_error(raw, tmp_path):
@@ -133,21 +135,28 @@ def test_slightly_uneven_slices_read_without_itk_warnings(raw, tmp_path, capfd):
 
 def test_segment_reads_the_cohort_series_uid(two_series, tmp_path):
     sitk.WriteImage(sitk.ReadImage(str(REAL_CT / "example_ct_sm.nii.gz")), str(tmp_path / "scan.nii.gz"))
-    pd.DataFrame({"patient_id": ["chosen", "unchosen", "nifti"], "ct": [str(two_series), str(two_series), "scan.nii.gz"],
-                  "series_uid": [SCAN_UID, "", ""]}).to_csv(tmp_path / "cohort.csv", index=False)
+    pd.DataFrame(
+        {
+            "patient_id": ["chosen", "unchosen", "nifti"],
+            "ct": [str(two_series), str(two_series), "scan.nii.gz"],
+            "series_uid": [SCAN_UID, "", ""],
+        }
+    ).to_csv(tmp_path / "cohort.csv", index=False)
     result = invoke("segment", tmp_path / "cohort.csv", "--out", tmp_path / "seg.h5", "--workers", 1, "--quiet")
     assert result.exit_code == 0, result.output
     with store.open_store(tmp_path / "seg.h5") as seg:
         _, reasons = store.read_qc(seg)
         assert "folder holds 2 DICOM series" in reasons[1]
         assert "DICOM" not in reasons[0]
-        np.testing.assert_array_equal(sitk.GetArrayFromImage(store.patient_mask(seg, "chosen")),
-                                      sitk.GetArrayFromImage(store.patient_mask(seg, "nifti")))
+        np.testing.assert_array_equal(
+            sitk.GetArrayFromImage(store.patient_mask(seg, "chosen")), sitk.GetArrayFromImage(store.patient_mask(seg, "nifti"))
+        )
 
 
 def test_radiomics_reread_the_chosen_series(two_series, tmp_path):
-    sitk.WriteImage(map_labels(sitk.ReadImage(str(REAL_CT / "example_seg.nii.gz")), TOTALSEGMENTATOR_IDS),
-                    str(tmp_path / "labels.nii.gz"))
+    sitk.WriteImage(
+        map_labels(sitk.ReadImage(str(REAL_CT / "example_seg.nii.gz")), TOTALSEGMENTATOR_IDS), str(tmp_path / "labels.nii.gz")
+    )
     labels = read_mask(tmp_path / "labels.nii.gz", read_ct(two_series, SCAN_UID))
     from_file = extract_from_file(str(REAL_CT / "example_ct_sm.nii.gz"), labels, PRESETS["fast"])
     assert extract_from_file(str(two_series), labels, PRESETS["fast"], SCAN_UID) == from_file

@@ -32,15 +32,25 @@ def _crops(count: int = 3, seed: int = 0) -> np.ndarray:
     crops[:, 0] = rng.uniform(-1, 1, (count, 32, 32, 32))
     for i in range(count):
         low = 6 + 2 * i
-        crops[i, 1, low:low + 14, low:low + 16, low:low + 12] = 1.0
+        crops[i, 1, low : low + 14, low : low + 16, low : low + 12] = 1.0
     return crops
 
 
 def _medicalnet_file(path: Path, block: str, layers: list[int], shortcut: str) -> ResNet:
     """A narrow random MedicalNet checkpoint as its repository saves it: DataParallel keys, a segmentation head."""
     torch.manual_seed(1)
-    source = ResNet(block, layers, [8, 16, 32, 64], spatial_dims=3, n_input_channels=1, conv1_t_size=7, conv1_t_stride=2,
-                    shortcut_type=shortcut, bias_downsample=False, feed_forward=False)
+    source = ResNet(
+        block,
+        layers,
+        [8, 16, 32, 64],
+        spatial_dims=3,
+        n_input_channels=1,
+        conv1_t_size=7,
+        conv1_t_stride=2,
+        shortcut_type=shortcut,
+        bias_downsample=False,
+        feed_forward=False,
+    )
     tensors = {f"module.{k}": v for k, v in source.state_dict().items()}
     tensors["module.conv_seg.0.weight"] = torch.zeros(32, 64, 3, 3, 3)
     tensors["module.conv_seg.0.bias"] = torch.zeros(32)
@@ -51,10 +61,19 @@ def _medicalnet_file(path: Path, block: str, layers: list[int], shortcut: str) -
 def _swin_file(path: Path) -> SwinTransformer:
     """A small random model_swinvit.pt: `module.` keys, the original Swin MLP names fc1/fc2, SSL heads."""
     torch.manual_seed(2)
-    source = SwinTransformer(in_chans=1, embed_dim=12, window_size=(7, 7, 7), patch_size=(2, 2, 2), depths=(1, 1, 1, 1),
-                             num_heads=(1, 2, 2, 4), spatial_dims=3)
-    tensors = {f"module.{k}".replace("mlp.linear1.", "mlp.fc1.").replace("mlp.linear2.", "mlp.fc2."): v
-               for k, v in source.state_dict().items()}
+    source = SwinTransformer(
+        in_chans=1,
+        embed_dim=12,
+        window_size=(7, 7, 7),
+        patch_size=(2, 2, 2),
+        depths=(1, 1, 1, 1),
+        num_heads=(1, 2, 2, 4),
+        spatial_dims=3,
+    )
+    tensors = {
+        f"module.{k}".replace("mlp.linear1.", "mlp.fc1.").replace("mlp.linear2.", "mlp.fc2."): v
+        for k, v in source.state_dict().items()
+    }
     tensors["module.rotation_head.weight"] = torch.zeros(4, 96)
     tensors["module.contrastive_head.weight"] = torch.zeros(512, 96)
     torch.save({"epoch": 100, "state_dict": tensors}, path)
@@ -70,8 +89,11 @@ def _ctfm_file(path: Path) -> SegResEncoder:
 
 
 def test_medicalnet_layouts_load_with_their_weights(tmp_path):
-    for depth, block, layers, shortcut in ((10, "basic", [1, 1, 1, 1], "B"), (18, "basic", [2, 2, 2, 2], "A"),
-                                           (50, "bottleneck", [3, 4, 6, 3], "B")):
+    for depth, block, layers, shortcut in (
+        (10, "basic", [1, 1, 1, 1], "B"),
+        (18, "basic", [2, 2, 2, 2], "A"),
+        (50, "bottleneck", [3, 4, 6, 3], "B"),
+    ):
         path = tmp_path / f"resnet_{depth}_23dataset.pth"
         source = _medicalnet_file(path, block, layers, shortcut)
         encoder = load_encoder(f"medicalnet-resnet{depth}", path)
@@ -168,8 +190,20 @@ def test_masked_reconstruction_learns_and_round_trips(tmp_path):
 
 def test_cli_embeds_with_published_weights(pipeline, tmp_path):
     _medicalnet_file(tmp_path / "resnet_18_23dataset.pth", "basic", [2, 2, 2, 2], "A")
-    result = invoke("embed", pipeline.seg, "--out", tmp_path / "mn.h5", "--encoder", "medicalnet-resnet18",
-                    "--weights", tmp_path / "resnet_18_23dataset.pth", "--pool", "mean+max", "--device", "cpu")
+    result = invoke(
+        "embed",
+        pipeline.seg,
+        "--out",
+        tmp_path / "mn.h5",
+        "--encoder",
+        "medicalnet-resnet18",
+        "--weights",
+        tmp_path / "resnet_18_23dataset.pth",
+        "--pool",
+        "mean+max",
+        "--device",
+        "cpu",
+    )
     assert result.exit_code == 0, result.output
     assert "ignored 2 tensors" in result.output
     with h5py.File(tmp_path / "mn.h5") as store:
@@ -182,13 +216,16 @@ def test_cli_embeds_with_published_weights(pipeline, tmp_path):
         assert block.attrs["encoder"] == "medicalnet-resnet18" and block.attrs["pooling"] == "mean+max"
 
 
-@pytest.mark.parametrize("arguments, message", [
-    (("--encoder", "swinunetr", "--fit"), "--fit trains the ssl encoder only"),
-    (("--encoder", "ctfm"), "--encoder ctfm: needs --weights PATH"),
-    (("--encoder", "resnet"), "--encoder resnet: unknown encoder; choose one of ssl, medicalnet-resnet10"),
-    (("--encoder", "ctfm", "--weights", "absent.safetensors"), "absent.safetensors: weights file not found"),
-    (("--pool", "median"), "--pool median: choose one of mean, mean+max"),
-])
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (("--encoder", "swinunetr", "--fit"), "--fit trains the ssl encoder only"),
+        (("--encoder", "ctfm"), "--encoder ctfm: needs --weights PATH"),
+        (("--encoder", "resnet"), "--encoder resnet: unknown encoder; choose one of ssl, medicalnet-resnet10"),
+        (("--encoder", "ctfm", "--weights", "absent.safetensors"), "absent.safetensors: weights file not found"),
+        (("--pool", "median"), "--pool median: choose one of mean, mean+max"),
+    ],
+)
 def test_cli_embed_input_errors(pipeline, tmp_path, arguments, message):
     result = invoke("embed", pipeline.seg, "--out", tmp_path / "e.h5", *arguments)
     assert result.exit_code == 2 and message in result.output and not (tmp_path / "e.h5").exists()
@@ -213,31 +250,52 @@ def test_embed_fit_records_its_patients_and_fit_ids_restrict_them(pipeline, tmp_
     seen = []
     real_fit = embed_stage.fit_ssl
     monkeypatch.setattr(embed_stage, "fit_ssl", lambda crops, *args: seen.append(crops) or real_fit(crops, *args))
-    result = invoke("embed", pipeline.seg, "--out", tmp_path / "e.h5", "--fit", "--fit-ids", tmp_path / "fit.csv",
-                    "--epochs", 1, "--device", "cpu", "--quiet")
+    result = invoke(
+        "embed",
+        pipeline.seg,
+        "--out",
+        tmp_path / "e.h5",
+        "--fit",
+        "--fit-ids",
+        tmp_path / "fit.csv",
+        "--epochs",
+        1,
+        "--device",
+        "cpu",
+        "--quiet",
+    )
     assert result.exit_code == 0, result.output
     rows = sorted(everyone.index(pid) for pid in listed)
-    np.testing.assert_array_equal(seen[0][:len(rows)], liver[rows])
+    np.testing.assert_array_equal(seen[0][: len(rows)], liver[rows])
     assert len(seen[0]) == 2 * len(rows)
     assert sorted(_fitted_on(tmp_path / "e.h5")) == sorted(listed) == sorted(ssl_fitted_on(tmp_path / "e.pt"))
-    result = invoke("embed", pipeline.seg, "--out", tmp_path / "later.h5", "--weights", tmp_path / "e.pt", "--device", "cpu", "--quiet")
+    result = invoke(
+        "embed", pipeline.seg, "--out", tmp_path / "later.h5", "--weights", tmp_path / "e.pt", "--device", "cpu", "--quiet"
+    )
     assert result.exit_code == 0, result.output
     assert sorted(_fitted_on(tmp_path / "later.h5")) == sorted(listed)
     save_ssl_weights(random_encoder().backbone, tmp_path / "old.pt")  # as weights saved before the record existed
-    result = invoke("embed", pipeline.seg, "--out", tmp_path / "old.h5", "--weights", tmp_path / "old.pt", "--device", "cpu", "--quiet")
+    result = invoke(
+        "embed", pipeline.seg, "--out", tmp_path / "old.h5", "--weights", tmp_path / "old.pt", "--device", "cpu", "--quiet"
+    )
     assert result.exit_code == 0 and _fitted_on(tmp_path / "old.h5") == "unknown"
 
 
-@pytest.mark.parametrize("rows, arguments, message", [
-    (["P0001"], (), "--fit-ids {ids}: chooses the patients --fit pre-trains the encoder on; give --fit too"),
-    (["P0001", "X9"], ("--fit",), "{ids}: patient X9 is not in {seg}"),
-    ([], ("--fit",), "{ids}: lists no patient"),
-    (None, ("--fit",), "{ids}: missing required column 'patient_id'"),
-])
+@pytest.mark.parametrize(
+    "rows, arguments, message",
+    [
+        (["P0001"], (), "--fit-ids {ids}: chooses the patients --fit pre-trains the encoder on; give --fit too"),
+        (["P0001", "X9"], ("--fit",), "{ids}: patient X9 is not in {seg}"),
+        ([], ("--fit",), "{ids}: lists no patient"),
+        (None, ("--fit",), "{ids}: missing required column 'patient_id'"),
+    ],
+)
 def test_cli_embed_fit_ids_errors(pipeline, tmp_path, rows, arguments, message):
     ids = tmp_path / "ids.csv"
     table = pd.DataFrame({"patient_id": rows}) if rows is not None else pd.DataFrame({"id": ["P0001"]})
     table.to_csv(ids, index=False)
-    result = invoke("embed", pipeline.seg, "--out", tmp_path / "e.h5", "--fit-ids", ids, *arguments, "--epochs", 1, "--device", "cpu")
+    result = invoke(
+        "embed", pipeline.seg, "--out", tmp_path / "e.h5", "--fit-ids", ids, *arguments, "--epochs", 1, "--device", "cpu"
+    )
     assert result.exit_code == 2 and message.format(ids=ids, seg=pipeline.seg) in result.output.replace("\n", "")
     assert not (tmp_path / "e.h5").exists() and not (tmp_path / "e.pt").exists()

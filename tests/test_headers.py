@@ -26,11 +26,21 @@ def _clinical(tmp_path: Path, header: str, value: object) -> Path:
     return path
 
 
-@pytest.mark.parametrize("header, name", [
-    ("Age", "age"), ("AGE", "age"), ("  Bilirubin ", "bilirubin"), ("INR", "inr"), ("He History", "he_history"),
-    ("he-history", "he_history"), ("HE_HISTORY", "he_history"), ("Ppg Pre", "ppg_pre"), ("Sex", "sex"),
-    ("Etiology", "etiology"),
-])
+@pytest.mark.parametrize(
+    "header, name",
+    [
+        ("Age", "age"),
+        ("AGE", "age"),
+        ("  Bilirubin ", "bilirubin"),
+        ("INR", "inr"),
+        ("He History", "he_history"),
+        ("he-history", "he_history"),
+        ("HE_HISTORY", "he_history"),
+        ("Ppg Pre", "ppg_pre"),
+        ("Sex", "sex"),
+        ("Etiology", "etiology"),
+    ],
+)
 def test_header_spellings_match_the_schema(tmp_path, header, name):
     table = read_clinical(_clinical(tmp_path, header, SAMPLE[name]))
     assert table.loc["A", name] == SAMPLE[name]
@@ -45,17 +55,20 @@ def test_reserved_columns_match_in_any_spelling_and_ids_stay_text(tmp_path):
     assert extra_columns(table) == []
 
 
-@pytest.mark.parametrize("header, raw, name, expected", [
-    ("bilirubin (mg/dL)", 2.0, "bilirubin", 2.0),
-    ("Bilirubin(MG/DL)", 2.0, "bilirubin", 2.0),
-    ("bilirubin (umol/L)", 34.2, "bilirubin", 34.2 * 0.05848),
-    ("BILIRUBIN [UMOL/L]", 34.2, "bilirubin", 34.2 * 0.05848),
-    ("Albumin (g/dL)", 3.5, "albumin", 35.0),
-    ("Creatinine (µmol/L)", 88.4, "creatinine", 88.4 * 0.01131),
-    ("Creatinine (µmol/L)".upper(), 88.4, "creatinine", 88.4 * 0.01131),
-    ("Platelets (10^3/uL)", 150, "platelets", 150.0),
-    ("PPG-Pre (cmH2O)", 27.2, "ppg_pre", 27.2 * 0.7356),
-])
+@pytest.mark.parametrize(
+    "header, raw, name, expected",
+    [
+        ("bilirubin (mg/dL)", 2.0, "bilirubin", 2.0),
+        ("Bilirubin(MG/DL)", 2.0, "bilirubin", 2.0),
+        ("bilirubin (umol/L)", 34.2, "bilirubin", 34.2 * 0.05848),
+        ("BILIRUBIN [UMOL/L]", 34.2, "bilirubin", 34.2 * 0.05848),
+        ("Albumin (g/dL)", 3.5, "albumin", 35.0),
+        ("Creatinine (µmol/L)", 88.4, "creatinine", 88.4 * 0.01131),
+        ("Creatinine (µmol/L)".upper(), 88.4, "creatinine", 88.4 * 0.01131),
+        ("Platelets (10^3/uL)", 150, "platelets", 150.0),
+        ("PPG-Pre (cmH2O)", 27.2, "ppg_pre", 27.2 * 0.7356),
+    ],
+)
 def test_units_in_brackets_or_parentheses_are_converted(tmp_path, header, raw, name, expected):
     table = read_clinical(_clinical(tmp_path, header, raw))
     assert table.loc["A", name] == pytest.approx(expected, rel=1e-12)
@@ -64,8 +77,11 @@ def test_units_in_brackets_or_parentheses_are_converted(tmp_path, header, raw, n
 
 def test_unknown_unit_in_parentheses_is_an_error(tmp_path):
     path = _clinical(tmp_path, "bilirubin (furlongs)", 1)
-    with pytest.raises(InputError, match=r"clinical.csv: column 'bilirubin \(furlongs\)': unknown unit 'furlongs' "
-                                         r"for bilirubin \(known: mg/dL, umol/L, µmol/L\)"):
+    with pytest.raises(
+        InputError,
+        match=r"clinical.csv: column 'bilirubin \(furlongs\)': unknown unit 'furlongs' "
+        r"for bilirubin \(known: mg/dL, umol/L, µmol/L\)",
+    ):
         read_clinical(path)
 
 
@@ -73,24 +89,53 @@ def test_a_misspelt_schema_variable_is_an_error_that_says_how_to_fix_it(tmp_path
     path = _clinical(tmp_path, "bilirubn", 2.0)
     with pytest.raises(InputError) as error:
         read_clinical(path)
-    assert str(error.value) == (f"{path}: column 'bilirubn' looks like the schema variable 'bilirubin' but does not "
-                                "match it; rename it (units go in brackets: bilirubin[umol/L])")
+    assert str(error.value) == (
+        f"{path}: column 'bilirubn' looks like the schema variable 'bilirubin' but does not "
+        "match it; rename it (units go in brackets: bilirubin[umol/L])"
+    )
 
 
-@pytest.mark.parametrize("header, name", [
-    ("albumine", "albumin"), ("creatinin", "creatinine"), ("Bilirubn (mg/dL)", "bilirubin"), ("platelet", "platelets"),
-    ("He_Histroy", "he_history"), ("Aetiology", "etiology"), ("sodiumm", "sodium"),
-])
+@pytest.mark.parametrize(
+    "header, name",
+    [
+        ("albumine", "albumin"),
+        ("creatinin", "creatinine"),
+        ("Bilirubn (mg/dL)", "bilirubin"),
+        ("platelet", "platelets"),
+        ("He_Histroy", "he_history"),
+        ("Aetiology", "etiology"),
+        ("sodiumm", "sodium"),
+    ],
+)
 def test_lookalike_headers_are_errors(tmp_path, header, name):
-    with pytest.raises(InputError, match=rf"column '{re.escape(header)}' looks like the schema variable '{name}' "
-                                         "but does not match it; rename it"):
+    with pytest.raises(
+        InputError,
+        match=rf"column '{re.escape(header)}' looks like the schema variable '{name}' "
+        "but does not match it; rename it",
+    ):
         read_clinical(_clinical(tmp_path, header, 1))
 
 
-@pytest.mark.parametrize("header", [
-    "bmi", "hvpg", "meld_lab", "Child Pugh class", "bilirubin_direct", "ascites_volume", "platelet_count",
-    "sodium_urine", "center_size", "BMI (kg/m2)", "albumin_2", "inr2", "bilirubin_d7", "ppg_post_day7", "event_count",
-])
+@pytest.mark.parametrize(
+    "header",
+    [
+        "bmi",
+        "hvpg",
+        "meld_lab",
+        "Child Pugh class",
+        "bilirubin_direct",
+        "ascites_volume",
+        "platelet_count",
+        "sodium_urine",
+        "center_size",
+        "BMI (kg/m2)",
+        "albumin_2",
+        "inr2",
+        "bilirubin_d7",
+        "ppg_post_day7",
+        "event_count",
+    ],
+)
 def test_genuine_extra_columns_are_kept_as_written(tmp_path, header):
     assert extra_columns(read_clinical(_clinical(tmp_path, header, 1))) == [header]
 
@@ -101,8 +146,9 @@ def test_an_outcome_column_in_the_clinical_table_is_an_error(tmp_path, header):
     path = _clinical(tmp_path, header, 1)
     with pytest.raises(InputError) as error:
         read_clinical(path)
-    assert str(error.value) == (f"{path}: column '{header}' is an outcome, not a clinical variable; remove it "
-                                "(outcomes go in outcomes.csv)")
+    assert str(error.value) == (
+        f"{path}: column '{header}' is an outcome, not a clinical variable; remove it (outcomes go in outcomes.csv)"
+    )
 
 
 def test_a_column_of_the_outcomes_file_in_the_clinical_table_is_an_error(tmp_path):
@@ -110,8 +156,10 @@ def test_a_column_of_the_outcomes_file_in_the_clinical_table_is_an_error(tmp_pat
     path = _clinical(tmp_path, "death_date", "2020-01-01")
     with pytest.raises(InputError) as error:
         read_clinical(path, tmp_path / "outcomes.csv")
-    assert str(error.value) == (f"{path}: column 'death_date' is also a column of the outcomes file "
-                                f"{tmp_path / 'outcomes.csv'}; remove it (an outcome may not be a feature)")
+    assert str(error.value) == (
+        f"{path}: column 'death_date' is also a column of the outcomes file "
+        f"{tmp_path / 'outcomes.csv'}; remove it (an outcome may not be a feature)"
+    )
     assert extra_columns(read_clinical(path)) == ["death_date"]  # without an outcomes file it is an ordinary extra
     center = tmp_path / "center.csv"
     center.write_text("patient_id,Center,bmi\nA,C1,22\n")

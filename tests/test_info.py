@@ -51,8 +51,14 @@ def test_info_on_resume_journals(tmp_path):
             append(journal, patient, "digest", lambda group: group.create_dataset("x", data=[1.0]))
         raise RuntimeError("killed")  # the journal of an interrupted run stays
     described = _info(partial_path(out))
-    assert described == {"kind": "journal", "path": str(partial_path(out)), "settings_sha256": "a" * 64,
-                         "finished_patients": 2, "records": 2, "output": str(out)}
+    assert described == {
+        "kind": "journal",
+        "path": str(partial_path(out)),
+        "settings_sha256": "a" * 64,
+        "finished_patients": 2,
+        "records": 2,
+        "output": str(out),
+    }
     model = tmp_path / "model"
     TrainingJournal(model, "b" * 64, resume=False).save(lambda: {"epoch": 3}, "stage 1, epoch 3", force=True)
     described = _info(partial_path(model))

@@ -30,8 +30,16 @@ def _journal_records(path: Path) -> int:
 def _same_segment_store(first: Path, second: Path) -> None:
     """Masks, crops, volumes and QC of two segment stores are identical."""
     with h5py.File(first) as a, h5py.File(second) as b:
-        for key in ("segment/volumes", "segment/portal_vein", "qc/status", "qc/flags", "segment/crops/liver",
-                    "segment/crops/spleen", "segment/crops/portal_vein", "features/biomarkers/values"):
+        for key in (
+            "segment/volumes",
+            "segment/portal_vein",
+            "qc/status",
+            "qc/flags",
+            "segment/crops/liver",
+            "segment/crops/spleen",
+            "segment/crops/portal_vein",
+            "features/biomarkers/values",
+        ):
             np.testing.assert_array_equal(a[key][()], b[key][()])
         assert set(a["segment/masks"]) == set(b["segment/masks"])
         for pid in a["segment/masks"]:
@@ -44,14 +52,20 @@ def _same_radiomics_store(first: Path, second: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage,sig", [("segment", signal.SIGINT), ("segment", signal.SIGKILL), ("radiomics", signal.SIGINT),
-                                       ("radiomics", signal.SIGKILL)],
-                         ids=["segment-SIGINT", "segment-SIGKILL", "radiomics-SIGINT", "radiomics-SIGKILL"])
-def test_per_scan_stage_interrupted_then_resumed_equals_an_uninterrupted_run(pipeline: Pipeline, few: FewPatients, tmp_path,
-                                                                          stage, sig):
+@pytest.mark.parametrize(
+    "stage,sig",
+    [("segment", signal.SIGINT), ("segment", signal.SIGKILL), ("radiomics", signal.SIGINT), ("radiomics", signal.SIGKILL)],
+    ids=["segment-SIGINT", "segment-SIGKILL", "radiomics-SIGINT", "radiomics-SIGKILL"],
+)
+def test_per_scan_stage_interrupted_then_resumed_equals_an_uninterrupted_run(
+    pipeline: Pipeline, few: FewPatients, tmp_path, stage, sig
+):
     """The journal keeps the scans finished before the signal; --resume reuses them and the store is the same."""
-    source, reference, same = ((few.cohort_csv, few.seg, _same_segment_store) if stage == "segment"
-                               else (pipeline.seg, pipeline.radiomics, _same_radiomics_store))
+    source, reference, same = (
+        (few.cohort_csv, few.seg, _same_segment_store)
+        if stage == "segment"
+        else (pipeline.seg, pipeline.radiomics, _same_radiomics_store)
+    )
     out = tmp_path / reference.name
     journal = tmp_path / f"{reference.name}.partial"
     run = start_tipsprog(stage, source, "--out", out, "--workers", 1, "--quiet", pause_after=4)
@@ -71,8 +85,20 @@ def test_per_scan_stage_interrupted_then_resumed_equals_an_uninterrupted_run(pip
 def _training_command(pipeline: Pipeline, stage: str, out: Path) -> list:
     if stage == "embed":
         return ["embed", pipeline.seg, "--out", out, "--fit", "--epochs", 6, "--device", "cpu"]
-    return ["fuse-train", pipeline.radiomics, "--clinical", pipeline.clinical, "--outcomes", pipeline.outcomes,
-            "--out", out, "--folds", 3, "--device", "cpu"]
+    return [
+        "fuse-train",
+        pipeline.radiomics,
+        "--clinical",
+        pipeline.clinical,
+        "--outcomes",
+        pipeline.outcomes,
+        "--out",
+        out,
+        "--folds",
+        3,
+        "--device",
+        "cpu",
+    ]
 
 
 def _training_result(stage: str, out: Path) -> np.ndarray:
@@ -99,14 +125,19 @@ def uninterrupted(pipeline: Pipeline, tmp_path_factory: pytest.TempPathFactory) 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage,sig", [("embed", signal.SIGKILL), ("fuse-train", signal.SIGINT), ("fuse-train", signal.SIGKILL)],
-                         ids=["embed-SIGKILL", "fuse-train-SIGINT", "fuse-train-SIGKILL"])
+@pytest.mark.parametrize(
+    "stage,sig",
+    [("embed", signal.SIGKILL), ("fuse-train", signal.SIGINT), ("fuse-train", signal.SIGKILL)],
+    ids=["embed-SIGKILL", "fuse-train-SIGINT", "fuse-train-SIGKILL"],
+)
 def test_training_stage_killed_then_resumed_equals_an_uninterrupted_run(pipeline: Pipeline, uninterrupted, tmp_path, stage, sig):
     """embed --fit and fuse-train save their training state as they go; a signal leaves no output, and --resume
     continues from the saved epoch to the same result as a run that was never stopped."""
     name = "embed.h5" if stage == "embed" else "model"
     out, journal = tmp_path / name, tmp_path / f"{name}.partial"
-    run = start_tipsprog(*_training_command(pipeline, stage, out), "--quiet", pause_after=3, env={"TIPSPROG_CHECKPOINT_SECONDS": "0"})
+    run = start_tipsprog(
+        *_training_command(pipeline, stage, out), "--quiet", pause_after=3, env={"TIPSPROG_CHECKPOINT_SECONDS": "0"}
+    )
     wait_until_paused(run)
     assert journal.exists()
     run.send_signal(sig)

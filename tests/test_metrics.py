@@ -25,9 +25,15 @@ def rotterdam_cox() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """R's documented example: coxph(Surv(rtime, recur) ~ age + meno + size + pmin(nodes, 11)), in-sample."""
     shared_data(ROTTERDAM)
     table = pd.read_csv(ROTTERDAM)
-    covariates = pd.DataFrame({"age": table["age"], "meno": table["meno"], "nodes": np.minimum(table["nodes"], 11),
-                               "size_20_50": (table["size"] == "20-50").astype(float),
-                               "size_50": (table["size"] == ">50").astype(float)})
+    covariates = pd.DataFrame(
+        {
+            "age": table["age"],
+            "meno": table["meno"],
+            "nodes": np.minimum(table["nodes"], 11),
+            "size_20_50": (table["size"] == "20-50").astype(float),
+            "size_50": (table["size"] == ">50").astype(float),
+        }
+    )
     fitter = CoxPHFitter().fit(covariates.assign(time=table["rtime"], event=table["recur"]), "time", "event")
     risk = covariates.to_numpy(float) @ fitter.params_[covariates.columns].to_numpy()
     return table["rtime"].to_numpy(float), table["recur"].to_numpy(float), risk
@@ -57,7 +63,9 @@ def test_time_dependent_auc_survives_deaths_at_the_administrative_end_of_follow_
     survival is zero there, which scikit-survival refuses; the AUCs before week 52 must still come out right."""
     rossi = load_rossi()
     time, event = rossi["week"].to_numpy(float), rossi["arrest"].to_numpy(float)
-    risk = rossi["prio"].to_numpy(float) - rossi["age"].to_numpy(float) / 20 + np.random.default_rng(0).uniform(0, 1e-3, len(time))
+    risk = (
+        rossi["prio"].to_numpy(float) - rossi["age"].to_numpy(float) / 20 + np.random.default_rng(0).uniform(0, 1e-3, len(time))
+    )
     horizons = np.array([13.0, 26.0, 39.0])
     expected = [_ipcw_auc(time, event, risk, h) for h in horizons]
     np.testing.assert_allclose(metrics.time_dependent_auc(time, event, risk, horizons), expected, rtol=1e-10)
@@ -65,8 +73,14 @@ def test_time_dependent_auc_survives_deaths_at_the_administrative_end_of_follow_
 
 def test_a_statistic_that_fails_leaves_the_others_intact():
     rows = np.arange(10)
-    values = bootstrap.stacked([(lambda r: 0.5, 1), (lambda r: metrics.uno_c(np.zeros(10), np.zeros(10), np.zeros(10), 1.0), 1),
-                              (lambda r: np.array([1.0, 2.0]), 2)], rows)
+    values = bootstrap.stacked(
+        [
+            (lambda r: 0.5, 1),
+            (lambda r: metrics.uno_c(np.zeros(10), np.zeros(10), np.zeros(10), 1.0), 1),
+            (lambda r: np.array([1.0, 2.0]), 2),
+        ],
+        rows,
+    )
     assert values[0] == 0.5 and np.isnan(values[1]) and list(values[2:]) == [1.0, 2.0]
 
 
@@ -117,7 +131,11 @@ def test_every_bootstrap_resample_integrates_over_the_same_grid(monkeypatch):
     covered = metrics.within_follow_up(cohort_grid, time[rows])
     assert covered.sum() == len(cohort_grid) - 2
     survival = Surv.from_arrays(event[rows].astype(bool), time[rows])
-    scores = np.concatenate([((1.0 - on_grid[rows][:, ~covered]) ** 2).mean(axis=0),
-                             brier_score(survival, survival, on_grid[rows][:, covered], cohort_grid[covered])[1]])
+    scores = np.concatenate(
+        [
+            ((1.0 - on_grid[rows][:, ~covered]) ** 2).mean(axis=0),
+            brier_score(survival, survival, on_grid[rows][:, covered], cohort_grid[covered])[1],
+        ]
+    )
     expected = np.trapezoid(scores, cohort_grid) / (cohort_grid[-1] - cohort_grid[0])
     assert kept["integrated_brier"][1][0] == pytest.approx(expected, rel=1e-12)

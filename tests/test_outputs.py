@@ -19,9 +19,15 @@ def _copies(pipeline: Pipeline, folder: Path) -> dict[str, Path]:
     for name in ("seg.h5", "radiomics.h5", "embed.h5"):
         shutil.copyfile(pipeline.root / name, folder / name)
     shutil.copytree(pipeline.bundle, folder / "model")
-    return {"cohort": folder / "cohort" / "cohort.csv", "clinical": folder / "cohort" / "clinical.csv",
-            "outcomes": folder / "cohort" / "outcomes.csv", "seg": folder / "seg.h5", "radiomics": folder / "radiomics.h5",
-            "embed": folder / "embed.h5", "model": folder / "model"}
+    return {
+        "cohort": folder / "cohort" / "cohort.csv",
+        "clinical": folder / "cohort" / "clinical.csv",
+        "outcomes": folder / "cohort" / "outcomes.csv",
+        "seg": folder / "seg.h5",
+        "radiomics": folder / "radiomics.h5",
+        "embed": folder / "embed.h5",
+        "model": folder / "model",
+    }
 
 
 def _stage(name: str, inputs: dict[str, Path], out: Path) -> list:
@@ -30,17 +36,47 @@ def _stage(name: str, inputs: dict[str, Path], out: Path) -> list:
         "segment": ["segment", inputs["cohort"], "--out", out],
         "radiomics": ["radiomics", inputs["seg"], "--out", out],
         "embed": ["embed", inputs["seg"], "--out", out, "--weights", inputs["model"] / "none.pt"],
-        "fuse-train": ["fuse-train", inputs["radiomics"], inputs["embed"], "--clinical", inputs["clinical"],
-                       "--outcomes", inputs["outcomes"], "--out", out, "--folds", 3],
+        "fuse-train": [
+            "fuse-train",
+            inputs["radiomics"],
+            inputs["embed"],
+            "--clinical",
+            inputs["clinical"],
+            "--outcomes",
+            inputs["outcomes"],
+            "--out",
+            out,
+            "--folds",
+            3,
+        ],
         "evaluate": ["evaluate", inputs["model"], "--out", out],
-        "predict": ["predict", "--cohort", inputs["cohort"], "--clinical", inputs["clinical"], "--model", inputs["model"],
-                    "--out", out],
+        "predict": [
+            "predict",
+            "--cohort",
+            inputs["cohort"],
+            "--clinical",
+            inputs["clinical"],
+            "--model",
+            inputs["model"],
+            "--out",
+            out,
+        ],
     }[name]
 
 
-STAGE_INPUTS = [("segment", "cohort"), ("radiomics", "seg"), ("embed", "seg"), ("fuse-train", "radiomics"),
-                ("fuse-train", "embed"), ("fuse-train", "clinical"), ("fuse-train", "outcomes"), ("evaluate", "model"),
-                ("predict", "cohort"), ("predict", "clinical"), ("predict", "model")]
+STAGE_INPUTS = [
+    ("segment", "cohort"),
+    ("radiomics", "seg"),
+    ("embed", "seg"),
+    ("fuse-train", "radiomics"),
+    ("fuse-train", "embed"),
+    ("fuse-train", "clinical"),
+    ("fuse-train", "outcomes"),
+    ("evaluate", "model"),
+    ("predict", "cohort"),
+    ("predict", "clinical"),
+    ("predict", "model"),
+]
 
 
 def _tree(folder: Path) -> dict[str, str]:

@@ -42,8 +42,15 @@ def test_stores_follow_the_schema(pipeline):
 
 def test_bundle_contents(pipeline):
     manifest = yaml.safe_load((pipeline.bundle / "bundle.yaml").read_text())
-    assert set(manifest["files"]) >= {"weights.pt", "preprocess.json", "oof.h5", "metrics.json", "model_card.md", "embed-ssl.pt",
-                                      "ood.json"}
+    assert set(manifest["files"]) >= {
+        "weights.pt",
+        "preprocess.json",
+        "oof.h5",
+        "metrics.json",
+        "model_card.md",
+        "embed-ssl.pt",
+        "ood.json",
+    }
     assert manifest["pipeline"]["segment"] == {"backend": "classic"}
     assert set(manifest["modalities"]) == {"clinical", "radiomics", "embed", "biomarkers"}
     percentiles = manifest["pipeline"]["blocks"]["biomarkers"]["training_percentiles"]
@@ -66,18 +73,41 @@ def test_held_out_patients_never_train_and_are_predicted_once(pipeline, tmp_path
     """--test removes its patients before cross-validation; the whole ensemble predicts them into held_out.h5."""
     held = [f"P{i:04d}" for i in range(0, 30, 3)]
     pd.DataFrame({"patient_id": held}).to_csv(tmp_path / "test.csv", index=False)
-    (tmp_path / "quick.yaml").write_text("seeds: 2\nstages: [{name: joint, max_epochs: 20, patience: 5, shared_lr_scale: 1.0, "
-                                         "loss_weights: {survival: 1.0, ohe: 0.5, ppg: 0.5}}]\n")
-    result = invoke("fuse-train", pipeline.seg, pipeline.radiomics, "--clinical", pipeline.clinical, "--outcomes", pipeline.outcomes,
-                    "--out", tmp_path / "model", "--folds", 2, "--repeats", 2, "--config", tmp_path / "quick.yaml",
-                    "--test", tmp_path / "test.csv", "--device", "cpu", "--quiet")
+    (tmp_path / "quick.yaml").write_text(
+        "seeds: 2\nstages: [{name: joint, max_epochs: 20, patience: 5, shared_lr_scale: 1.0, "
+        "loss_weights: {survival: 1.0, ohe: 0.5, ppg: 0.5}}]\n"
+    )
+    result = invoke(
+        "fuse-train",
+        pipeline.seg,
+        pipeline.radiomics,
+        "--clinical",
+        pipeline.clinical,
+        "--outcomes",
+        pipeline.outcomes,
+        "--out",
+        tmp_path / "model",
+        "--folds",
+        2,
+        "--repeats",
+        2,
+        "--config",
+        tmp_path / "quick.yaml",
+        "--test",
+        tmp_path / "test.csv",
+        "--device",
+        "cpu",
+        "--quiet",
+    )
     assert result.exit_code == 0, result.output
     with store.open_store(pipeline.seg) as h5:  # predict ranks patients against the training patients only
         block, patients = store.read_features(h5)["biomarkers"], store.read_patients(h5)
     volume = block.values[[pid not in held for pid in patients], block.names.index("spleen/volume[mL]")]
     percentiles = yaml.safe_load((tmp_path / "model" / "bundle.yaml").read_text())["pipeline"]["blocks"]["biomarkers"]
-    np.testing.assert_allclose(percentiles["training_percentiles"]["spleen/volume[mL]"],
-                               np.percentile(volume[np.isfinite(volume)], np.arange(101)).round(4))
+    np.testing.assert_allclose(
+        percentiles["training_percentiles"]["spleen/volume[mL]"],
+        np.percentile(volume[np.isfinite(volume)], np.arange(101)).round(4),
+    )
     with h5py.File(tmp_path / "model" / "oof.h5") as oof, h5py.File(tmp_path / "model" / "held_out.h5") as test:
         trained = [p.decode() for p in oof["patients"][()]]
         assert not set(trained) & set(held) and len(trained) == 20
@@ -94,14 +124,27 @@ def test_held_out_patients_never_train_and_are_predicted_once(pipeline, tmp_path
     assert settings["held-out"]["patients"] == 10 and settings["out-of-fold"]["patients"] == 20
     assert {"model", "clinical-cox", "FIPS"} <= set(settings["held-out"]["survival"])
     assert (tmp_path / "report" / "held-out_km.png").is_file()
-    assert ("held-out: no feature step was fitted on scans; none of these 10 patients' scans was seen before evaluation"
-            in (tmp_path / "report" / "report.md").read_text())
+    assert (
+        "held-out: no feature step was fitted on scans; none of these 10 patients' scans was seen before evaluation"
+        in (tmp_path / "report" / "report.md").read_text()
+    )
 
 
 @pytest.mark.slow
 def test_evaluate_writes_report_with_cis_and_baselines(pipeline, tmp_path):
-    result = invoke("evaluate", pipeline.bundle, "--out", tmp_path / "report", "--truth", pipeline.cohort / "truth.csv",
-                    "--bootstrap", 20, "--workers", 1, "--quiet")
+    result = invoke(
+        "evaluate",
+        pipeline.bundle,
+        "--out",
+        tmp_path / "report",
+        "--truth",
+        pipeline.cohort / "truth.csv",
+        "--bootstrap",
+        20,
+        "--workers",
+        1,
+        "--quiet",
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert metrics["schema"] == "tipsprog-metrics-2" and metrics["bundle"]["model"] == "concat"
@@ -122,7 +165,11 @@ def test_evaluate_writes_report_with_cis_and_baselines(pipeline, tmp_path):
     report = (tmp_path / "report" / "report.md").read_text()
     assert "| FIPS |" in report and "| oracle |" in report
     seen = "out-of-fold: the ssl encoder was pre-trained on the scans of 30 of these 30 patients (unlabeled), test folds included"
-    assert f"- {seen}" in report and seen in metrics["notes"] and metrics["transductive"]["out-of-fold"]["steps"]["encoder"]["seen"] == 30
+    assert (
+        f"- {seen}" in report
+        and seen in metrics["notes"]
+        and metrics["transductive"]["out-of-fold"]["steps"]["encoder"]["seen"] == 30
+    )
     page = (tmp_path / "report" / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 8 and "src='http" not in page and "<td>oracle</td>" in page
     for plot in ("km", "forest", "td_roc", "calibration", "ohe_roc", "ohe_calibration", "decision_curve", "ppg"):
@@ -132,8 +179,16 @@ def test_evaluate_writes_report_with_cis_and_baselines(pipeline, tmp_path):
 def test_predict_single_patient_json(pipeline, tmp_path):
     clinical = pd.read_csv(pipeline.clinical)
     clinical.iloc[[0]].to_csv(tmp_path / "row.csv", index=False)
-    result = invoke("predict", "--ct", pipeline.cohort / "images" / "P0000.nii.gz", "--clinical", tmp_path / "row.csv",
-                    "--model", pipeline.bundle, "--json")
+    result = invoke(
+        "predict",
+        "--ct",
+        pipeline.cohort / "images" / "P0000.nii.gz",
+        "--clinical",
+        tmp_path / "row.csv",
+        "--model",
+        pipeline.bundle,
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     prediction = json.loads(result.stdout)
     assert prediction["patient_id"] == "P0000"
@@ -152,22 +207,35 @@ def test_predict_single_patient_json(pipeline, tmp_path):
     assert list(prediction["biomarkers"]) == list(BIOMARKER_NAMES) and spleen["value"] == pytest.approx(stored, abs=0.01)
     assert 0 <= spleen["percentile"] <= 100
     assert prediction["warnings"] == []  # a training patient lies within the training cohort
-    printed = invoke("predict", "--ct", pipeline.cohort / "images" / "P0000.nii.gz", "--clinical", tmp_path / "row.csv",
-                     "--model", pipeline.bundle)
+    printed = invoke(
+        "predict",
+        "--ct",
+        pipeline.cohort / "images" / "P0000.nii.gz",
+        "--clinical",
+        tmp_path / "row.csv",
+        "--model",
+        pipeline.bundle,
+    )
     assert printed.exit_code == 0 and "main portal vein diameter " in printed.output, printed.output
     assert "spleen/volume[mL]: " in printed.output and "of the training cohort)" in printed.output
     curve = prediction["survival_curve"]
     assert curve["days"][0] == 30 and np.all(np.diff(curve["survival"]) <= 0) and 0 < curve["survival"][-1] <= 1
     attribution = prediction["attribution"]
-    assert len(attribution["top"]) == 8 and {t["modality"] for t in attribution["top"]} <= {"clinical", "radiomics", "embed", "biomarkers"}
+    assert len(attribution["top"]) == 8 and {t["modality"] for t in attribution["top"]} <= {
+        "clinical",
+        "radiomics",
+        "embed",
+        "biomarkers",
+    }
     assert sum(attribution["by_modality"].values()) == pytest.approx(attribution["risk_minus_baseline"], abs=2e-3)
 
 
 def test_attributions_add_up_to_the_risk_and_match_the_ensemble(pipeline):
     """Integrated gradients are complete: per patient they sum to risk minus the baseline patient's risk."""
     bundle = load_bundle(pipeline.bundle)
-    assembled = assemble_for_bundle(bundle.manifest, [pipeline.seg, pipeline.radiomics, pipeline.embed], pipeline.clinical,
-                                    pipeline.outcomes)
+    assembled = assemble_for_bundle(
+        bundle.manifest, [pipeline.seg, pipeline.radiomics, pipeline.embed], pipeline.clinical, pipeline.outcomes
+    )
     matrices = {m: v[:4] for m, v in assembled.data.matrices.items()}
     attribution = integrated_gradients(bundle.members, matrices, bundle.config, torch.device("cpu"))
     np.testing.assert_allclose(attribution.values.sum(axis=1), attribution.risk - attribution.baseline_risk, atol=2e-3)
@@ -185,9 +253,23 @@ def test_batch_and_single_predictions_agree_exactly(pipeline, tmp_path):
     ct_paths = [str(pipeline.cohort / c) for c in cohort["ct"]]
     ct_paths[2] = str(tmp_path / "junk.nii.gz")
     cohort.assign(ct=ct_paths).to_csv(tmp_path / "cohort.csv", index=False)
-    result = invoke("predict", "--cohort", tmp_path / "cohort.csv", "--clinical", pipeline.clinical, "--model", pipeline.bundle,
-                    "--out", tmp_path / "batch", "--overlay", tmp_path / "overlays", "--save-masks", tmp_path / "masks",
-                    "--workers", 2)
+    result = invoke(
+        "predict",
+        "--cohort",
+        tmp_path / "cohort.csv",
+        "--clinical",
+        pipeline.clinical,
+        "--model",
+        pipeline.bundle,
+        "--out",
+        tmp_path / "batch",
+        "--overlay",
+        tmp_path / "overlays",
+        "--save-masks",
+        tmp_path / "masks",
+        "--workers",
+        2,
+    )
     assert result.exit_code == 0, result.output
     assert "predicted 3 patients, 1 failed" in result.output and "P0009: " in result.output
     batch = [json.loads(line) for line in (tmp_path / "batch" / "predictions.jsonl").read_text().splitlines()]
@@ -195,16 +277,40 @@ def test_batch_and_single_predictions_agree_exactly(pipeline, tmp_path):
     assert [r["patient_id"] for r in batch] == ["P0002", "P0005", "P0009", "P0007"] == table["patient_id"].tolist()
     assert "junk.nii.gz: cannot read CT" in batch[2]["error"] and set(batch[2]) == {"schema", "patient_id", "error"}
     assert table["risk_score"].isna().tolist() == [False, False, True, False]
-    assert np.allclose(table["risk_score"].dropna(), [r["risk_score"]["estimate"] for r in batch if "error" not in r], rtol=0, atol=1e-12)
+    assert np.allclose(
+        table["risk_score"].dropna(), [r["risk_score"]["estimate"] for r in batch if "error" not in r], rtol=0, atol=1e-12
+    )
     pd.read_csv(pipeline.clinical).iloc[[5]].to_csv(tmp_path / "row.csv", index=False)
-    single = invoke("predict", "--ct", pipeline.cohort / "images" / "P0005.nii.gz", "--clinical", tmp_path / "row.csv",
-                    "--model", pipeline.bundle, "--json", "--overlay", tmp_path / "P0005.png")
+    single = invoke(
+        "predict",
+        "--ct",
+        pipeline.cohort / "images" / "P0005.nii.gz",
+        "--clinical",
+        tmp_path / "row.csv",
+        "--model",
+        pipeline.bundle,
+        "--json",
+        "--overlay",
+        tmp_path / "P0005.png",
+    )
     assert json.loads(single.stdout) == batch[1]
     assert (tmp_path / "P0005.png").read_bytes()[:4] == b"\x89PNG" == (tmp_path / "overlays" / "P0007.png").read_bytes()[:4]
     masks = sitk.ReadImage(str(tmp_path / "masks" / "P0002_labels.nii.gz"))
     assert set(np.unique(sitk.GetArrayFromImage(masks))) <= {0, 1, 2, 3}
-    strict = invoke("predict", "--cohort", tmp_path / "cohort.csv", "--clinical", pipeline.clinical, "--model",
-                    pipeline.bundle, "--out", tmp_path / "strict", "--strict", "--workers", 1)
+    strict = invoke(
+        "predict",
+        "--cohort",
+        tmp_path / "cohort.csv",
+        "--clinical",
+        pipeline.clinical,
+        "--model",
+        pipeline.bundle,
+        "--out",
+        tmp_path / "strict",
+        "--strict",
+        "--workers",
+        1,
+    )
     assert strict.exit_code == 2 and "junk.nii.gz: cannot read CT" in strict.output and not (tmp_path / "strict").exists()
 
 
@@ -213,12 +319,24 @@ def test_predict_on_the_real_ct(pipeline, real_ct, tmp_path):
     reference segmentation's (the scan covers only part of the liver)."""
     row = pd.read_csv(pipeline.clinical).iloc[[0]].assign(patient_id="real", age=61, bilirubin=2.1, albumin=31, inr=1.4)
     row.to_csv(tmp_path / "row.csv", index=False)
-    result = invoke("predict", "--ct", real_ct / "example_ct_sm.nii.gz", "--clinical", tmp_path / "row.csv",
-                    "--model", pipeline.bundle, "--json")
+    result = invoke(
+        "predict",
+        "--ct",
+        real_ct / "example_ct_sm.nii.gz",
+        "--clinical",
+        tmp_path / "row.csv",
+        "--model",
+        pipeline.bundle,
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     prediction = json.loads(result.stdout)
-    values = [prediction["risk_score"]["estimate"], prediction["ohe_probability"]["estimate"], prediction["ppg_post_mmhg"]["estimate"],
-              *(v["estimate"] for v in prediction["survival"].values())]
+    values = [
+        prediction["risk_score"]["estimate"],
+        prediction["ohe_probability"]["estimate"],
+        prediction["ppg_post_mmhg"]["estimate"],
+        *(v["estimate"] for v in prediction["survival"].values()),
+    ]
     assert np.isfinite(values).all()
     reference = sitk.ReadImage(str(real_ct / "example_seg.nii.gz"))
     voxel_ml = np.prod(reference.GetSpacing()) / 1000.0
@@ -259,37 +377,96 @@ def test_external_cohort_is_predicted_with_the_bundles_features(pipeline, tmp_pa
     """evaluate --test: a new synthetic cohort from other centers goes through the same stages and the bundle's
     ensemble; its report setting carries the clinical baselines and, with both truth tables, the oracle."""
     ext = tmp_path / "ext"
-    steps = [("synth", "--out", ext / "cohort", "--n", 12, "--seed", 8, "--prefix", "ext-", "--quiet"),
-             ("segment", ext / "cohort" / "cohort.csv", "--out", ext / "seg.h5", "--workers", 2, "--quiet"),
-             ("radiomics", ext / "seg.h5", "--out", ext / "radiomics.h5", "--workers", 2, "--quiet"),
-             ("embed", ext / "seg.h5", "--out", ext / "embed.h5", "--weights", pipeline.embed.with_suffix(".pt"),
-              "--device", "cpu", "--quiet")]
+    steps = [
+        ("synth", "--out", ext / "cohort", "--n", 12, "--seed", 8, "--prefix", "ext-", "--quiet"),
+        ("segment", ext / "cohort" / "cohort.csv", "--out", ext / "seg.h5", "--workers", 2, "--quiet"),
+        ("radiomics", ext / "seg.h5", "--out", ext / "radiomics.h5", "--workers", 2, "--quiet"),
+        (
+            "embed",
+            ext / "seg.h5",
+            "--out",
+            ext / "embed.h5",
+            "--weights",
+            pipeline.embed.with_suffix(".pt"),
+            "--device",
+            "cpu",
+            "--quiet",
+        ),
+    ]
     for step in steps:
         result = invoke(*step)
         assert result.exit_code == 0, f"{step[0]} failed: {result.output}"
     cohort = ["--clinical", ext / "cohort" / "clinical.csv", "--outcomes", ext / "cohort" / "outcomes.csv"]
-    result = invoke("evaluate", pipeline.bundle, "--out", tmp_path / "report", "--test", ext / "embed.h5", "--test",
-                    ext / "radiomics.h5", "--test", ext / "seg.h5", *cohort, "--truth", pipeline.cohort / "truth.csv", "--truth",
-                    ext / "cohort" / "truth.csv", "--bootstrap", 10, "--workers", 1, "--device", "cpu", "--quiet")
+    result = invoke(
+        "evaluate",
+        pipeline.bundle,
+        "--out",
+        tmp_path / "report",
+        "--test",
+        ext / "embed.h5",
+        "--test",
+        ext / "radiomics.h5",
+        "--test",
+        ext / "seg.h5",
+        *cohort,
+        "--truth",
+        pipeline.cohort / "truth.csv",
+        "--truth",
+        ext / "cohort" / "truth.csv",
+        "--bootstrap",
+        10,
+        "--workers",
+        1,
+        "--device",
+        "cpu",
+        "--quiet",
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
     external = metrics["settings"]["external"]
     assert external["patients"] == 12 and metrics["settings"]["out-of-fold"]["patients"] == 30
     assert {"model", "clinical-cox", "FIPS", "oracle"} <= set(external["survival"])
     assert 0 <= external["survival"]["model"]["harrell_c"]["estimate"] <= 1
-    assert (tmp_path / "report" / "external_km.png").is_file() and "External cohort" in (tmp_path / "report" / "report.md").read_text()
+    assert (tmp_path / "report" / "external_km.png").is_file() and "External cohort" in (
+        tmp_path / "report" / "report.md"
+    ).read_text()
     unseen = "external: 0 of 12 patients' scans were seen by the ssl encoder"
     assert f"- {unseen}" in (tmp_path / "report" / "report.md").read_text()
     assert html.escape(unseen) in (tmp_path / "report" / "report.html").read_text()
     assert [metrics["transductive"][s]["steps"]["encoder"]["seen"] for s in ("out-of-fold", "external")] == [30, 0]
-    assert any(note.startswith("external cohort: ") and "of 12 patients lie beyond the training cohort" in note
-               for note in metrics["notes"])
+    assert any(
+        note.startswith("external cohort: ") and "of 12 patients lie beyond the training cohort" in note
+        for note in metrics["notes"]
+    )
 
-    result = invoke("evaluate", pipeline.bundle, "--out", tmp_path / "again", "--test", ext / "radiomics.h5", "--test",
-                    ext / "seg.h5", *cohort)
+    result = invoke(
+        "evaluate",
+        pipeline.bundle,
+        "--out",
+        tmp_path / "again",
+        "--test",
+        ext / "radiomics.h5",
+        "--test",
+        ext / "seg.h5",
+        *cohort,
+    )
     assert result.exit_code == 2 and "embed features are needed" in result.output and not (tmp_path / "again").exists()
-    result = invoke("evaluate", pipeline.bundle, "--out", tmp_path / "again", "--test", pipeline.radiomics, "--test",
-                    pipeline.embed, "--test", pipeline.seg, "--clinical", pipeline.clinical, "--outcomes", pipeline.outcomes)
+    result = invoke(
+        "evaluate",
+        pipeline.bundle,
+        "--out",
+        tmp_path / "again",
+        "--test",
+        pipeline.radiomics,
+        "--test",
+        pipeline.embed,
+        "--test",
+        pipeline.seg,
+        "--clinical",
+        pipeline.clinical,
+        "--outcomes",
+        pipeline.outcomes,
+    )
     assert result.exit_code == 2 and "is in the bundle's training cohort" in result.output
 
 
@@ -303,34 +480,91 @@ def test_an_outcome_in_the_clinical_table_is_refused_by_every_command(pipeline, 
     clinical = pd.read_csv(pipeline.clinical)
     outcomes = pd.read_csv(pipeline.outcomes)
     clinical.merge(outcomes[["patient_id", "ppg_post"]], on="patient_id").to_csv(tmp_path / "leak.csv", index=False)
-    result = invoke("fuse-train", pipeline.radiomics, "--clinical", tmp_path / "leak.csv", "--outcomes", pipeline.outcomes,
-                    "--out", tmp_path / "model", "--folds", 2, "--device", "cpu", "--quiet")
+    result = invoke(
+        "fuse-train",
+        pipeline.radiomics,
+        "--clinical",
+        tmp_path / "leak.csv",
+        "--outcomes",
+        pipeline.outcomes,
+        "--out",
+        tmp_path / "model",
+        "--folds",
+        2,
+        "--device",
+        "cpu",
+        "--quiet",
+    )
     assert result.exit_code == 2 and not (tmp_path / "model").exists()
-    assert _errors(result) == [f"error: {tmp_path / 'leak.csv'}: column 'ppg_post' is an outcome, not a clinical variable; "
-                               f"remove it (outcomes go in {pipeline.outcomes})"]
+    assert _errors(result) == [
+        f"error: {tmp_path / 'leak.csv'}: column 'ppg_post' is an outcome, not a clinical variable; "
+        f"remove it (outcomes go in {pipeline.outcomes})"
+    ]
     outcomes.assign(days_in_icu=3).to_csv(tmp_path / "outcomes.csv", index=False)
     clinical.assign(**{"Days in ICU": 3}).to_csv(tmp_path / "icu.csv", index=False)
-    result = invoke("fuse-train", pipeline.radiomics, "--clinical", tmp_path / "icu.csv", "--outcomes", tmp_path / "outcomes.csv",
-                    "--out", tmp_path / "model", "--folds", 2, "--device", "cpu", "--quiet")
+    result = invoke(
+        "fuse-train",
+        pipeline.radiomics,
+        "--clinical",
+        tmp_path / "icu.csv",
+        "--outcomes",
+        tmp_path / "outcomes.csv",
+        "--out",
+        tmp_path / "model",
+        "--folds",
+        2,
+        "--device",
+        "cpu",
+        "--quiet",
+    )
     assert result.exit_code == 2 and not (tmp_path / "model").exists()
     assert "icu.csv: column 'Days in ICU' is also a column of the outcomes file" in _errors(result)[0]
     clinical.merge(outcomes[["patient_id", "time"]], on="patient_id").to_csv(tmp_path / "timed.csv", index=False)
-    result = invoke("evaluate", pipeline.bundle, "--out", tmp_path / "report", "--test", pipeline.seg, "--test",
-                    pipeline.radiomics, "--test", pipeline.embed, "--clinical", tmp_path / "timed.csv", "--outcomes",
-                    pipeline.outcomes, "--bootstrap", 10, "--device", "cpu", "--quiet")
+    result = invoke(
+        "evaluate",
+        pipeline.bundle,
+        "--out",
+        tmp_path / "report",
+        "--test",
+        pipeline.seg,
+        "--test",
+        pipeline.radiomics,
+        "--test",
+        pipeline.embed,
+        "--clinical",
+        tmp_path / "timed.csv",
+        "--outcomes",
+        pipeline.outcomes,
+        "--bootstrap",
+        10,
+        "--device",
+        "cpu",
+        "--quiet",
+    )
     assert result.exit_code == 2 and not (tmp_path / "report").exists()
     assert "timed.csv: column 'time' is an outcome" in _errors(result)[0]
     clinical.iloc[[0]].assign(OHE=0).to_csv(tmp_path / "row.csv", index=False)
-    result = invoke("predict", "--ct", pipeline.cohort / "images" / "P0000.nii.gz", "--clinical", tmp_path / "row.csv",
-                    "--model", pipeline.bundle, "--json")
+    result = invoke(
+        "predict",
+        "--ct",
+        pipeline.cohort / "images" / "P0000.nii.gz",
+        "--clinical",
+        tmp_path / "row.csv",
+        "--model",
+        pipeline.bundle,
+        "--json",
+    )
     assert result.exit_code == 2 and "row.csv: column 'OHE' is an outcome" in _errors(result)[0]
 
 
 def test_bundle_records_the_provenance_of_its_feature_blocks(pipeline):
     blocks = yaml.safe_load((pipeline.bundle / "bundle.yaml").read_text())["pipeline"]["blocks"]
     with h5py.File(pipeline.radiomics) as rad, h5py.File(pipeline.embed) as emb:
-        assert blocks["radiomics"]["provenance"] == {"segment_backend": "classic", "segment_model_sha256": "",
-                                                     "settings_sha256": rad["features/radiomics"].attrs["settings_sha256"]}
+        assert blocks["radiomics"]["provenance"] == {
+            "segment_backend": "classic",
+            "segment_model_sha256": "",
+            "settings_sha256": rad["features/radiomics"].attrs["settings_sha256"],
+        }
         assert blocks["embed-ssl"]["provenance"]["weights_sha256"] == emb["features/embed-ssl"].attrs["weights_sha256"]
     assert blocks["biomarkers"]["provenance"] == {"segment_backend": "classic", "segment_model_sha256": ""}
     with h5py.File(pipeline.seg) as seg:
@@ -339,10 +573,15 @@ def test_bundle_records_the_provenance_of_its_feature_blocks(pipeline):
     assert transductive == {"encoder": {"blocks": ["embed-ssl"], "fitted_on": everyone}}  # embed --fit saw every scan
 
 
-@pytest.mark.parametrize("store_name, block, key", [
-    ("radiomics", "radiomics", "settings_sha256"), ("embed", "embed-ssl", "weights_sha256"),
-    ("radiomics", "radiomics", "segment_backend"), ("seg", "biomarkers", "segment_model_sha256"),
-])
+@pytest.mark.parametrize(
+    "store_name, block, key",
+    [
+        ("radiomics", "radiomics", "settings_sha256"),
+        ("embed", "embed-ssl", "weights_sha256"),
+        ("radiomics", "radiomics", "segment_backend"),
+        ("seg", "biomarkers", "segment_model_sha256"),
+    ],
+)
 def test_external_stores_must_come_from_the_bundles_feature_pipeline(pipeline, tmp_path, store_name, block, key):
     """evaluate --test compares each store's segment backend and model, radiomics settings and encoder weights with
     what the bundle was trained on; a mismatch is exit 2 naming the store, the attribute and both values."""
@@ -352,11 +591,26 @@ def test_external_stores_must_come_from_the_bundles_feature_pipeline(pipeline, t
     with h5py.File(stores[store_name], "r+") as h5:
         expected = str(h5[f"features/{block}"].attrs[key])
         h5[f"features/{block}"].attrs[key] = "other"
-    result = invoke("evaluate", pipeline.bundle, "--out", tmp_path / "report", *(a for p in stores.values() for a in ("--test", p)),
-                    "--clinical", pipeline.clinical, "--outcomes", pipeline.outcomes, "--bootstrap", 10, "--device", "cpu")
+    result = invoke(
+        "evaluate",
+        pipeline.bundle,
+        "--out",
+        tmp_path / "report",
+        *(a for p in stores.values() for a in ("--test", p)),
+        "--clinical",
+        pipeline.clinical,
+        "--outcomes",
+        pipeline.outcomes,
+        "--bootstrap",
+        10,
+        "--device",
+        "cpu",
+    )
     assert result.exit_code == 2 and not (tmp_path / "report").exists()
-    assert _errors(result) == [f"error: {stores[store_name]}: feature block '{block}' has {key}='other', the bundle was "
-                               f"trained on {key}={expected!r}; extract the external cohort's features the same way"]
+    assert _errors(result) == [
+        f"error: {stores[store_name]}: feature block '{block}' has {key}='other', the bundle was "
+        f"trained on {key}={expected!r}; extract the external cohort's features the same way"
+    ]
 
 
 @pytest.mark.slow
@@ -365,11 +619,31 @@ def test_a_clinical_score_without_its_inputs_is_noted_in_the_report(pipeline, tm
     say so for the out-of-fold and the held-out patients instead of leaving them out silently."""
     pd.read_csv(pipeline.clinical).drop(columns="albumin").to_csv(tmp_path / "clinical.csv", index=False)
     pd.DataFrame({"patient_id": [f"P{i:04d}" for i in range(0, 30, 3)]}).to_csv(tmp_path / "test.csv", index=False)
-    (tmp_path / "quick.yaml").write_text("seeds: 1\nstages: [{name: joint, max_epochs: 20, patience: 5, shared_lr_scale: 1.0, "
-                                         "loss_weights: {survival: 1.0, ohe: 0.5, ppg: 0.5}}]\n")
-    result = invoke("fuse-train", pipeline.radiomics, "--clinical", tmp_path / "clinical.csv", "--outcomes", pipeline.outcomes,
-                    "--out", tmp_path / "model", "--folds", 2, "--config", tmp_path / "quick.yaml", "--test",
-                    tmp_path / "test.csv", "--modalities", "radiomics", "--device", "cpu", "--quiet")
+    (tmp_path / "quick.yaml").write_text(
+        "seeds: 1\nstages: [{name: joint, max_epochs: 20, patience: 5, shared_lr_scale: 1.0, "
+        "loss_weights: {survival: 1.0, ohe: 0.5, ppg: 0.5}}]\n"
+    )
+    result = invoke(
+        "fuse-train",
+        pipeline.radiomics,
+        "--clinical",
+        tmp_path / "clinical.csv",
+        "--outcomes",
+        pipeline.outcomes,
+        "--out",
+        tmp_path / "model",
+        "--folds",
+        2,
+        "--config",
+        tmp_path / "quick.yaml",
+        "--test",
+        tmp_path / "test.csv",
+        "--modalities",
+        "radiomics",
+        "--device",
+        "cpu",
+        "--quiet",
+    )
     assert result.exit_code == 0, result.output
     external = tmp_path / "ext-radiomics.h5"  # the same scans as new patients: an external cohort without albumin
     shutil.copyfile(pipeline.radiomics, external)
@@ -379,18 +653,42 @@ def test_a_clinical_score_without_its_inputs_is_noted_in_the_report(pipeline, tm
         h5.create_dataset("patients", data=renamed, dtype=h5py.string_dtype())
     for table in ("clinical", "outcomes"):
         source = tmp_path / "clinical.csv" if table == "clinical" else pipeline.outcomes
-        pd.read_csv(source).assign(patient_id=lambda t: "ext-" + t["patient_id"]).to_csv(tmp_path / f"ext-{table}.csv", index=False)
-    result = invoke("evaluate", tmp_path / "model", "--out", tmp_path / "report", "--test", external, "--clinical",
-                    tmp_path / "ext-clinical.csv", "--outcomes", tmp_path / "ext-outcomes.csv", "--bootstrap", 10,
-                    "--workers", 1, "--device", "cpu", "--quiet")
+        pd.read_csv(source).assign(patient_id=lambda t: "ext-" + t["patient_id"]).to_csv(
+            tmp_path / f"ext-{table}.csv", index=False
+        )
+    result = invoke(
+        "evaluate",
+        tmp_path / "model",
+        "--out",
+        tmp_path / "report",
+        "--test",
+        external,
+        "--clinical",
+        tmp_path / "ext-clinical.csv",
+        "--outcomes",
+        tmp_path / "ext-outcomes.csv",
+        "--bootstrap",
+        10,
+        "--workers",
+        1,
+        "--device",
+        "cpu",
+        "--quiet",
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
     scores = ("FIPS", "Child-Pugh", "ALBI")
     expected = [f"{score} not shown: clinical.csv lacks albumin" for score in scores]
     assert set(expected) <= set(metrics["notes"])
-    assert {f"held-out: {score} not shown: clinical.csv (held-out patients) lacks albumin" for score in scores} <= set(metrics["notes"])
-    assert {f"external cohort: {score} not shown: {tmp_path / 'ext-clinical.csv'} lacks albumin" for score in scores} <= set(metrics["notes"])
-    assert all(not set(scores) & set(setting["survival"]) and "MELD" in setting["survival"] for setting in metrics["settings"].values())
+    assert {f"held-out: {score} not shown: clinical.csv (held-out patients) lacks albumin" for score in scores} <= set(
+        metrics["notes"]
+    )
+    assert {f"external cohort: {score} not shown: {tmp_path / 'ext-clinical.csv'} lacks albumin" for score in scores} <= set(
+        metrics["notes"]
+    )
+    assert all(
+        not set(scores) & set(setting["survival"]) and "MELD" in setting["survival"] for setting in metrics["settings"].values()
+    )
     assert set(metrics["settings"]) == {"out-of-fold", "held-out", "external"}
     assert f"- {expected[0]}" in (tmp_path / "report" / "report.md").read_text()
     assert f"<li>{expected[0]}</li>" in (tmp_path / "report" / "report.html").read_text()
@@ -411,8 +709,16 @@ def test_predict_warns_for_a_patient_unlike_the_training_cohort(pipeline, tmp_pa
     clinical = pd.read_csv(pipeline.clinical).iloc[[0]]
     clinical = clinical.assign(bilirubin=45.0, creatinine=12.0, albumin=12.0, inr=8.0, sodium=105.0, platelets=1400.0)
     clinical.to_csv(tmp_path / "row.csv", index=False)
-    result = invoke("predict", "--ct", pipeline.cohort / "images" / "P0000.nii.gz", "--clinical", tmp_path / "row.csv",
-                    "--model", pipeline.bundle, "--json")
+    result = invoke(
+        "predict",
+        "--ct",
+        pipeline.cohort / "images" / "P0000.nii.gz",
+        "--clinical",
+        tmp_path / "row.csv",
+        "--model",
+        pipeline.bundle,
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     warnings = json.loads(result.stdout)["warnings"]
     assert len(warnings) == 1 and warnings[0].startswith("clinical features lie beyond the training cohort")

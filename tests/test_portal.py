@@ -84,9 +84,11 @@ def y_measured(y_phantom) -> PortalVein:
 def test_y_phantom_diameter_length_and_volume(y_phantom, y_measured):
     measured = y_measured
     truth = true_volume_ml(Y_TUBES)
-    print(f"Y phantom: diameter {measured.main_diameter_mm:.2f} mm (true {2 * TRUNK_RADIUS:.0f}), trunk "
-          f"{measured.main_length_mm:.1f} mm, volume {measured.volume_ml:.2f} mL (true {truth:.2f}), extrahepatic "
-          f"{measured.extrahepatic_volume_ml:.2f} mL")
+    print(
+        f"Y phantom: diameter {measured.main_diameter_mm:.2f} mm (true {2 * TRUNK_RADIUS:.0f}), trunk "
+        f"{measured.main_length_mm:.1f} mm, volume {measured.volume_ml:.2f} mL (true {truth:.2f}), extrahepatic "
+        f"{measured.extrahepatic_volume_ml:.2f} mL"
+    )
     assert measured.main_diameter_mm == pytest.approx(2 * TRUNK_RADIUS, abs=1.0)
     straight = math.dist(CONFLUENCE, HILUM)
     assert straight - 5.0 <= measured.main_length_mm <= straight + 10.0  # centreline steps and junction offsets
@@ -126,8 +128,19 @@ def _pieces(start: tuple, end: tuple, radius: float, count: int) -> list[tuple]:
     return [(tuple(a + (b - a) * cuts[i]), tuple(a + (b - a) * cuts[i + 1]), radius) for i in range(0, 2 * count, 2)]
 
 
-@pytest.mark.parametrize("case", ["empty", "no liver", "fragments", "intrahepatic only", "thin trunk", "coarse grid",
-                                  "mirrored head to feet", "mirrored left to right"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "empty",
+        "no liver",
+        "fragments",
+        "intrahepatic only",
+        "thin trunk",
+        "coarse grid",
+        "mirrored head to feet",
+        "mirrored left to right",
+    ],
+)
 def test_no_diameter_where_no_trunk_can_be_identified(y_phantom, case):
     """NaN, never a number from something that is not the trunk (a mirrored phantom: a trunk that does not run up
     and to the patient's right into the liver is not one)."""
@@ -200,8 +213,10 @@ def test_ircad_manual_masks_give_an_anatomical_trunk():
     labels = sitk.GetImageFromArray(array)
     labels.CopyInformation(ct)
     measured = portal_vein_measurements(labels)
-    print(f"IRCAD 1.1: main portal vein diameter {measured.main_diameter_mm:.2f} mm, trunk {measured.main_length_mm:.1f} mm, "
-          f"volume {measured.volume_ml:.2f} mL ({measured.extrahepatic_volume_ml:.2f} mL extrahepatic)")
+    print(
+        f"IRCAD 1.1: main portal vein diameter {measured.main_diameter_mm:.2f} mm, trunk {measured.main_length_mm:.1f} mm, "
+        f"volume {measured.volume_ml:.2f} mL ({measured.extrahepatic_volume_ml:.2f} mL extrahepatic)"
+    )
     assert 10.0 <= measured.main_diameter_mm <= 20.0
     assert 40.0 <= measured.main_length_mm <= 90.0
     assert measured.volume_ml == pytest.approx(float(roi_volumes(labels)[2]))

@@ -17,8 +17,11 @@ from tipsprog.errors import InputError
 from tipsprog.tables import DELIMITERS, MISSING_MARKERS, read_outcomes, read_table
 
 PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-SAFE_ID = st.text(alphabet=st.characters(codec="utf-8", categories=("L", "N"), include_characters="-_ "),
-                  min_size=1, max_size=12).map(str.strip).filter(lambda s: s and s not in MISSING_MARKERS)
+SAFE_ID = (
+    st.text(alphabet=st.characters(codec="utf-8", categories=("L", "N"), include_characters="-_ "), min_size=1, max_size=12)
+    .map(str.strip)
+    .filter(lambda s: s and s not in MISSING_MARKERS)
+)
 
 
 def _write(path: Path, rows: list[list[str]], delimiter: str, bom: bool, quote_all: bool) -> None:
@@ -28,12 +31,18 @@ def _write(path: Path, rows: list[list[str]], delimiter: str, bom: bool, quote_a
 
 
 @PROPERTY
-@given(ids=st.lists(SAFE_ID, min_size=1, max_size=8, unique=True),
-       values=st.lists(st.one_of(st.none(), st.floats(0.0, 60.0, allow_nan=False)), min_size=8, max_size=8),
-       delimiter=st.sampled_from(DELIMITERS), bom=st.booleans(), quote_all=st.booleans(), decimal_comma=st.booleans(),
-       marker=st.sampled_from(MISSING_MARKERS))
-def test_outcomes_round_trip_through_any_csv_dialect(tmp_path_factory, ids, values, delimiter, bom, quote_all,
-                                                     decimal_comma, marker):
+@given(
+    ids=st.lists(SAFE_ID, min_size=1, max_size=8, unique=True),
+    values=st.lists(st.one_of(st.none(), st.floats(0.0, 60.0, allow_nan=False)), min_size=8, max_size=8),
+    delimiter=st.sampled_from(DELIMITERS),
+    bom=st.booleans(),
+    quote_all=st.booleans(),
+    decimal_comma=st.booleans(),
+    marker=st.sampled_from(MISSING_MARKERS),
+)
+def test_outcomes_round_trip_through_any_csv_dialect(
+    tmp_path_factory, ids, values, delimiter, bom, quote_all, decimal_comma, marker
+):
     """Whatever the dialect, missing marker or decimal separator, ppg_post values come back as written."""
     path = tmp_path_factory.mktemp("csv") / "outcomes.csv"
     ppg = values[: len(ids)]
@@ -83,8 +92,14 @@ def test_huge_or_odd_numbers_are_range_errors_or_missing(tmp_path_factory, value
 @given(mg_dl=st.floats(0.2, 40.0), albumin_g_l=st.floats(15.0, 55.0), creatinine_mg_dl=st.floats(0.3, 12.0))
 def test_unit_headers_convert_to_the_canonical_units(tmp_path_factory, mg_dl, albumin_g_l, creatinine_mg_dl):
     folder = tmp_path_factory.mktemp("units")
-    pd.DataFrame({"patient_id": ["A"], "bilirubin[umol/L]": [mg_dl / 0.05848], "albumin[g/dL]": [albumin_g_l / 10],
-                  "creatinine[µmol/L]": [creatinine_mg_dl / 0.01131]}).to_csv(folder / "c.csv", index=False)
+    pd.DataFrame(
+        {
+            "patient_id": ["A"],
+            "bilirubin[umol/L]": [mg_dl / 0.05848],
+            "albumin[g/dL]": [albumin_g_l / 10],
+            "creatinine[µmol/L]": [creatinine_mg_dl / 0.01131],
+        }
+    ).to_csv(folder / "c.csv", index=False)
     table = read_clinical(folder / "c.csv")
     assert table["bilirubin"].iloc[0] == pytest.approx(mg_dl, rel=1e-9)
     assert table["albumin"].iloc[0] == pytest.approx(albumin_g_l, rel=1e-9)
@@ -97,25 +112,37 @@ def _plausible(name: str) -> st.SearchStrategy[float]:
 
 
 @settings(max_examples=200, deadline=None)
-@given(bili=st.tuples(_plausible("bilirubin"), _plausible("bilirubin")), inr=_plausible("inr"),
-       creatinine=_plausible("creatinine"), sodium=_plausible("sodium"), albumin=_plausible("albumin"),
-       age=_plausible("age"))
+@given(
+    bili=st.tuples(_plausible("bilirubin"), _plausible("bilirubin")),
+    inr=_plausible("inr"),
+    creatinine=_plausible("creatinine"),
+    sodium=_plausible("sodium"),
+    albumin=_plausible("albumin"),
+    age=_plausible("age"),
+)
 def test_scores_are_finite_and_rise_with_bilirubin(bili, inr, creatinine, sodium, albumin, age):
     """On the plausible range every score is finite and none falls when only bilirubin rises."""
     low, high = sorted(bili)
-    pairs = [(meld(low, inr, creatinine), meld(high, inr, creatinine)),
-             (meld_na(low, inr, creatinine, sodium), meld_na(high, inr, creatinine, sodium)),
-             (albi(low, albumin), albi(high, albumin)),
-             (fips(age, low, creatinine, albumin), fips(age, high, creatinine, albumin)),
-             (child_pugh(low, albumin, inr, 0, 0), child_pugh(high, albumin, inr, 0, 0))]
+    pairs = [
+        (meld(low, inr, creatinine), meld(high, inr, creatinine)),
+        (meld_na(low, inr, creatinine, sodium), meld_na(high, inr, creatinine, sodium)),
+        (albi(low, albumin), albi(high, albumin)),
+        (fips(age, low, creatinine, albumin), fips(age, high, creatinine, albumin)),
+        (child_pugh(low, albumin, inr, 0, 0), child_pugh(high, albumin, inr, 0, 0)),
+    ]
     for before, after in pairs:
         assert np.isfinite(before) and np.isfinite(after)
         assert after >= before - 1e-12
 
 
 @settings(max_examples=200, deadline=None)
-@given(creatinine=st.tuples(_plausible("creatinine"), _plausible("creatinine")), inr=st.tuples(_plausible("inr"), _plausible("inr")),
-       bilirubin=_plausible("bilirubin"), albumin=st.tuples(_plausible("albumin"), _plausible("albumin")), age=_plausible("age"))
+@given(
+    creatinine=st.tuples(_plausible("creatinine"), _plausible("creatinine")),
+    inr=st.tuples(_plausible("inr"), _plausible("inr")),
+    bilirubin=_plausible("bilirubin"),
+    albumin=st.tuples(_plausible("albumin"), _plausible("albumin")),
+    age=_plausible("age"),
+)
 def test_scores_move_the_right_way_with_each_input(creatinine, inr, bilirubin, albumin, age):
     (c_low, c_high), (i_low, i_high), (a_low, a_high) = sorted(creatinine), sorted(inr), sorted(albumin)
     assert meld(bilirubin, inr[0], c_high) >= meld(bilirubin, inr[0], c_low)

@@ -54,8 +54,7 @@ def test_cropped_features_equal_pyradiomics_on_the_real_ct(real_ct, preset, tmp_
 
 
 def test_cropped_features_equal_pyradiomics_on_a_synthetic_scan(pipeline):
-    _assert_parity(pipeline.cohort / "images" / "P0004.nii.gz", pipeline.cohort / "labels" / "P0004.nii.gz",
-                   PRESETS["standard"])
+    _assert_parity(pipeline.cohort / "images" / "P0004.nii.gz", pipeline.cohort / "labels" / "P0004.nii.gz", PRESETS["standard"])
 
 
 def test_crop_plan_follows_the_filters():
@@ -154,8 +153,9 @@ def test_dask_cluster_gives_the_same_store(pipeline, tmp_path):
     from distributed import LocalCluster
 
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
-        result = invoke("radiomics", pipeline.seg, "--out", tmp_path / "dask.h5", "--scheduler",
-                        cluster.scheduler_address, "--quiet")
+        result = invoke(
+            "radiomics", pipeline.seg, "--out", tmp_path / "dask.h5", "--scheduler", cluster.scheduler_address, "--quiet"
+        )
     assert result.exit_code == 0, result.output
     names, values = _features(tmp_path / "dask.h5")
     reference_names, reference = _features(pipeline.radiomics)

@@ -27,9 +27,13 @@ def _variants(raw: sitk.Image, folder: Path) -> dict[str, Path]:
     reconstructing the same field of view on another matrix would: no information is lost, so Dice must hold.
     """
     images = {
-        "RAS": sitk.DICOMOrient(raw, "RAS"), "LPS": sitk.DICOMOrient(raw, "LPS"), "ASL": sitk.DICOMOrient(raw, "ASL"),
-        "flipped-x": sitk.Flip(raw, [True, False, False]), "flipped-z": sitk.Flip(raw, [False, False, True]),
-        "int32": sitk.Cast(raw, sitk.sitkInt32), "float32": sitk.Cast(raw, sitk.sitkFloat32),
+        "RAS": sitk.DICOMOrient(raw, "RAS"),
+        "LPS": sitk.DICOMOrient(raw, "LPS"),
+        "ASL": sitk.DICOMOrient(raw, "ASL"),
+        "flipped-x": sitk.Flip(raw, [True, False, False]),
+        "flipped-z": sitk.Flip(raw, [False, False, True]),
+        "int32": sitk.Cast(raw, sitk.sitkInt32),
+        "float32": sitk.Cast(raw, sitk.sitkFloat32),
     }
     paths = {}
     for name, image in images.items():
@@ -103,9 +107,17 @@ def test_classic_dice_holds_on_other_grids(stored_variants, baseline_dice, varia
 
 def test_masks_on_another_grid_are_resampled_in_physical_space(stored_variants, tmp_path):
     original, reference, _ = stored_variants
-    fine = sitk.Resample(reference, [2 * n for n in reference.GetSize()], sitk.Transform(), sitk.sitkNearestNeighbor,
-                         reference.TransformContinuousIndexToPhysicalPoint((-0.25, -0.25, -0.25)),
-                         [s / 2 for s in reference.GetSpacing()], reference.GetDirection(), 0, sitk.sitkUInt8)
+    fine = sitk.Resample(
+        reference,
+        [2 * n for n in reference.GetSize()],
+        sitk.Transform(),
+        sitk.sitkNearestNeighbor,
+        reference.TransformContinuousIndexToPhysicalPoint((-0.25, -0.25, -0.25)),
+        [s / 2 for s in reference.GetSpacing()],
+        reference.GetDirection(),
+        0,
+        sitk.sitkUInt8,
+    )
     path = tmp_path / "label_fine_ras.nrrd"
     sitk.WriteImage(sitk.DICOMOrient(fine, "RAS"), str(path))
     labels = segment_scan(read_ct(original), Backend("masks"), pd.Series({"patient_id": "x", "label": str(path)}))
@@ -130,7 +142,7 @@ def _whole_scan_labels(real_ct: Path) -> tuple[sitk.Image, sitk.Image]:
     ct = read_ct(real_ct / "example_ct.nii.gz")
     top = read_mask(real_ct / "example_seg.nii.gz", read_ct(real_ct / "example_ct_sm.nii.gz"))
     labels = np.zeros(sitk.GetArrayViewFromImage(ct).shape, np.uint8)
-    labels[-top.GetDepth():] = sitk.GetArrayFromImage(map_labels(top, TOTALSEGMENTATOR_IDS))
+    labels[-top.GetDepth() :] = sitk.GetArrayFromImage(map_labels(top, TOTALSEGMENTATOR_IDS))
     image = sitk.GetImageFromArray(labels)
     image.CopyInformation(ct)
     return ct, image
@@ -171,8 +183,9 @@ def test_segment_fails_a_pelvis_only_scan_with_its_reason(real_ct, tmp_path):
     why from the scan's landmarks (it once labelled pelvic muscle and bowel 'liver'). The store records the failure
     beside the usable scan; alone, it is a run in which no scan could be used: an error."""
     sitk.WriteImage(read_ct(real_ct / "example_ct.nii.gz")[:, :, :40], str(tmp_path / "pelvis.nii.gz"))
-    pd.DataFrame({"patient_id": ["pelvis", "abdomen"], "ct": ["pelvis.nii.gz", str(real_ct / "example_ct_sm.nii.gz")]}
-                 ).to_csv(tmp_path / "cohort.csv", index=False)
+    pd.DataFrame({"patient_id": ["pelvis", "abdomen"], "ct": ["pelvis.nii.gz", str(real_ct / "example_ct_sm.nii.gz")]}).to_csv(
+        tmp_path / "cohort.csv", index=False
+    )
     pelvis, abdomen = run_segment(tmp_path / "cohort.csv", tmp_path / "seg.h5")
     assert pelvis.status == "failed" and pelvis.flags[0] == "scan:pelvis_only" and abdomen.status == "ok"
     assert "no liver in view" in pelvis.reason
@@ -195,8 +208,9 @@ def test_segment_fails_a_chest_slab_with_its_reason(real_ct, tmp_path):
     image = sitk.GetImageFromArray(chest)
     image.CopyInformation(read_ct(real_ct / "example_ct_sm.nii.gz"))
     sitk.WriteImage(image, str(tmp_path / "chest.nii.gz"))
-    pd.DataFrame({"patient_id": ["chest", "abdomen"], "ct": ["chest.nii.gz", str(real_ct / "example_ct_sm.nii.gz")]}
-                 ).to_csv(tmp_path / "cohort.csv", index=False)
+    pd.DataFrame({"patient_id": ["chest", "abdomen"], "ct": ["chest.nii.gz", str(real_ct / "example_ct_sm.nii.gz")]}).to_csv(
+        tmp_path / "cohort.csv", index=False
+    )
     chest_result, abdomen = run_segment(tmp_path / "cohort.csv", tmp_path / "seg.h5")
     assert chest_result.status == "failed" and abdomen.status == "ok", (chest_result.flags, abdomen.flags)
     assert "no liver in view" in chest_result.reason

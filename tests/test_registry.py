@@ -25,7 +25,9 @@ def test_model_sections_are_registered_models_with_their_own_config_keys():
     assert all(isinstance(getattr(config, name), dict) for name in FUSION_MODEL_SECTIONS)
 
 
-@pytest.mark.parametrize("command, registry", [("segment", SEGMENTATION_BACKENDS), ("embed", ENCODERS), ("fuse-train", FUSION_MODELS)])
+@pytest.mark.parametrize(
+    "command, registry", [("segment", SEGMENTATION_BACKENDS), ("embed", ENCODERS), ("fuse-train", FUSION_MODELS)]
+)
 def test_cli_help_lists_the_registry(command, registry):
     help_text = " ".join(invoke(command, "--help").output.replace("│", " ").split())
     assert all(name in help_text for name in registry)

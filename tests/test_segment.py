@@ -111,6 +111,7 @@ def test_a_spleens_partial_volume_rim_is_not_taken_for_a_second_organ():
     than the liver with a rim of partial volume (10% of the basin, nearer the liver's HU) lost everything but the
     rim (synthetic spleen Dice 0.07 / 0.03 / 0.00 on three of twelve full-size phantoms)."""
     from tipsprog.segment.classic import _nearest_hu_class
+
     rng = np.random.default_rng(0)
     region = np.ones((20, 20, 20), bool)
     smooth = 125.0 + 4.0 * rng.standard_normal(region.shape)

@@ -31,8 +31,23 @@ def semi_run(pipeline, tmp_path_factory):
     cohort["label"] = [str(pipeline.cohort / p) for p in cohort["label"]]
     cohort.head(4).to_csv(root / "labeled.csv", index=False)
     cohort.drop(columns="label").to_csv(root / "cohort.csv", index=False)
-    result = invoke("segment", root / "cohort.csv", "--out", root / "seg.h5", "--backend", "semi", "--fit",
-                    root / "labeled.csv", "--iterations", 4, "--workers", 1, "--device", "cpu", "--quiet")
+    result = invoke(
+        "segment",
+        root / "cohort.csv",
+        "--out",
+        root / "seg.h5",
+        "--backend",
+        "semi",
+        "--fit",
+        root / "labeled.csv",
+        "--iterations",
+        4,
+        "--workers",
+        1,
+        "--device",
+        "cpu",
+        "--quiet",
+    )
     assert result.exit_code == 0, result.output
     return root
 
@@ -42,8 +57,21 @@ def test_semi_fit_saves_a_reusable_model(semi_run):
     model = semi_run / "seg.semi.pt"
     assert model.is_file()
     pd.read_csv(semi_run / "cohort.csv").head(3).to_csv(semi_run / "three.csv", index=False)
-    again = invoke("segment", semi_run / "three.csv", "--out", semi_run / "again.h5", "--backend", "semi",
-                   "--model", model, "--workers", 2, "--device", "cpu", "--quiet")
+    again = invoke(
+        "segment",
+        semi_run / "three.csv",
+        "--out",
+        semi_run / "again.h5",
+        "--backend",
+        "semi",
+        "--model",
+        model,
+        "--workers",
+        2,
+        "--device",
+        "cpu",
+        "--quiet",
+    )
     assert again.exit_code == 0, again.output
     with h5py.File(semi_run / "seg.h5") as first, h5py.File(semi_run / "again.h5") as second:
         assert first["segment"].attrs["backend"] == "semi"
@@ -57,10 +85,23 @@ def test_semi_fit_saves_a_reusable_model(semi_run):
 
 @pytest.mark.slow
 def test_semi_bundle_carries_the_segmentation_model(semi_run, pipeline):
-    embedded = invoke("embed", semi_run / "seg.h5", "--out", semi_run / "emb.h5", "--fit", "--epochs", 1, "--device", "cpu", "--quiet")
+    embedded = invoke(
+        "embed", semi_run / "seg.h5", "--out", semi_run / "emb.h5", "--fit", "--epochs", 1, "--device", "cpu", "--quiet"
+    )
     assert embedded.exit_code == 0, embedded.output
-    trained = invoke("fuse-train", semi_run / "emb.h5", "--clinical", pipeline.clinical, "--outcomes", pipeline.outcomes,
-                     "--out", semi_run / "model", "--folds", 2, "--quiet")
+    trained = invoke(
+        "fuse-train",
+        semi_run / "emb.h5",
+        "--clinical",
+        pipeline.clinical,
+        "--outcomes",
+        pipeline.outcomes,
+        "--out",
+        semi_run / "model",
+        "--folds",
+        2,
+        "--quiet",
+    )
     assert trained.exit_code == 0, trained.output
     manifest = yaml.safe_load((semi_run / "model" / "bundle.yaml").read_text())
     assert manifest["pipeline"]["segment"] == {"backend": "semi", "model": "segment-model.pt"}
@@ -69,8 +110,18 @@ def test_semi_bundle_carries_the_segmentation_model(semi_run, pipeline):
     assert manifest["transductive"]["segment"] == {"blocks": ["embed-ssl"], "fitted_on": everyone, "labeled": everyone[:4]}
     assert manifest["transductive"]["encoder"]["fitted_on"] == everyone
     pd.read_csv(pipeline.clinical).iloc[[2]].to_csv(semi_run / "row.csv", index=False)
-    predicted = invoke("predict", "--ct", pipeline.cohort / "images" / "P0002.nii.gz", "--clinical", semi_run / "row.csv",
-                       "--model", semi_run / "model", "--json", "--device", "cpu")
+    predicted = invoke(
+        "predict",
+        "--ct",
+        pipeline.cohort / "images" / "P0002.nii.gz",
+        "--clinical",
+        semi_run / "row.csv",
+        "--model",
+        semi_run / "model",
+        "--json",
+        "--device",
+        "cpu",
+    )
     assert predicted.exit_code == 0, predicted.output
     assert json.loads(predicted.stdout)["segmentation"]["backend"] == "semi"
 
@@ -81,8 +132,9 @@ def test_semi_needs_fit_or_model(pipeline, tmp_path):
     assert not (tmp_path / "seg.h5").exists()
 
 
-def _ellipsoid(shape: tuple[int, ...], spacing: tuple[float, ...], centre_mm: tuple[float, ...],
-               radii_mm: tuple[float, ...]) -> np.ndarray:
+def _ellipsoid(
+    shape: tuple[int, ...], spacing: tuple[float, ...], centre_mm: tuple[float, ...], radii_mm: tuple[float, ...]
+) -> np.ndarray:
     """Boolean ellipsoid on a (z, y, x) grid, centre and radii in mm."""
     axes = np.ogrid[tuple(slice(0, n) for n in shape)]
     return sum(((a * s - c) / r) ** 2 for a, s, c, r in zip(axes, spacing, centre_mm, radii_mm)) < 1.0
@@ -115,7 +167,9 @@ def test_semi_fit_takes_a_full_size_ct_with_per_roi_masks_and_a_missing_roi(tmp_
     assert sample["present"].tolist() == [True, True, True, False]
     voxel_ml = semi.SemiSettings().spacing_mm ** 3 / 1000.0
     counts = np.bincount(sample["label"].ravel(), minlength=4)
-    np.testing.assert_allclose(counts[1:3] * voxel_ml, np.array([liver.sum(), spleen.sum()]) * np.prod(spacing) / 1000.0, rtol=0.05)
+    np.testing.assert_allclose(
+        counts[1:3] * voxel_ml, np.array([liver.sum(), spleen.sum()]) * np.prod(spacing) / 1000.0, rtol=0.05
+    )
 
 
 def test_semi_loss_does_not_teach_background_where_an_unlabeled_roi_may_be():
@@ -142,8 +196,9 @@ def test_tissue_intensities_are_randomised_per_roi_keeping_labels():
         assert out["label"] is label
         inner = np.asarray(out["image"])[0, 4:8]
         outside = inner[:, 11:13, 11:13].mean()
-        contrasts.append([inner[:, 4:8, 4:8].mean() - outside, inner[:, 16:20, 4:8].mean() - outside,
-                          inner[:, 16:20, 16:20].mean() - outside])
+        contrasts.append(
+            [inner[:, 4:8, 4:8].mean() - outside, inner[:, 16:20, 4:8].mean() - outside, inner[:, 16:20, 16:20].mean() - outside]
+        )
     contrasts = np.array(contrasts)
     assert (contrasts.std(axis=0) > 0.1).all()  # offsets up to ±150 HU = ±0.3 of the window
     assert (np.abs(np.corrcoef(contrasts.T)[np.triu_indices(3, 1)]) < 0.5).all()  # each ROI on its own
@@ -154,8 +209,11 @@ def test_tissue_intensities_are_randomised_per_roi_keeping_labels():
 
 def test_semi_flip_axes_choose_the_mirroring():
     def flipped(settings: semi.SemiSettings) -> list[int]:
-        return [t.flipper.spatial_axis for t in semi._augment(["image", "label"], settings, labeled=True).transforms
-                if isinstance(t, transforms.RandFlipd)]
+        return [
+            t.flipper.spatial_axis
+            for t in semi._augment(["image", "label"], settings, labeled=True).transforms
+            if isinstance(t, transforms.RandFlipd)
+        ]
 
     assert flipped(semi.SemiSettings()) == [2, 1]  # left-right and front-back, as before
     assert flipped(semi.SemiSettings(flip_axes=())) == []
@@ -224,8 +282,25 @@ def test_semi_fit_ids_restrict_the_unlabeled_scans_and_are_recorded(pipeline, tm
     unlabeled = []
     real_fit = semi.fit
     monkeypatch.setattr(semi, "fit", lambda labeled, pool, *args: unlabeled.extend(pool) or real_fit(labeled, pool, *args))
-    result = invoke("segment", cohort_csv, "--out", tmp_path / "seg.h5", "--backend", "semi", "--fit", labeled_csv,
-                    "--fit-ids", tmp_path / "fit.csv", "--iterations", 2, "--workers", 1, "--device", "cpu", "--quiet")
+    result = invoke(
+        "segment",
+        cohort_csv,
+        "--out",
+        tmp_path / "seg.h5",
+        "--backend",
+        "semi",
+        "--fit",
+        labeled_csv,
+        "--fit-ids",
+        tmp_path / "fit.csv",
+        "--iterations",
+        2,
+        "--workers",
+        1,
+        "--device",
+        "cpu",
+        "--quiet",
+    )
     assert result.exit_code == 0, result.output
     (sample,) = unlabeled
     expected = semi.prepare(read_ct(cohort["ct"][3]), None, semi.SemiSettings(iterations=2))
@@ -240,17 +315,33 @@ def test_semi_fit_ids_restrict_the_unlabeled_scans_and_are_recorded(pipeline, tm
     assert json.loads(provenance["segment_fitted_on"]) == ["P0000", "P0001", "P0003"]
 
 
-@pytest.mark.parametrize("listed, arguments, message", [
-    (["P0000", "P0003"], ("--fit", "{labeled}"), "{ids}: patient P0001 of {labeled} is not listed"),
-    (["P0000", "P0001", "X9"], ("--fit", "{labeled}"), "{ids}: patient X9 is not in {cohort} or {labeled}"),
-    (["P0000"], ("--model", "{model}"), "--fit-ids {ids}: chooses the patients `--backend semi --fit` trains on"),
-])
+@pytest.mark.parametrize(
+    "listed, arguments, message",
+    [
+        (["P0000", "P0003"], ("--fit", "{labeled}"), "{ids}: patient P0001 of {labeled} is not listed"),
+        (["P0000", "P0001", "X9"], ("--fit", "{labeled}"), "{ids}: patient X9 is not in {cohort} or {labeled}"),
+        (["P0000"], ("--model", "{model}"), "--fit-ids {ids}: chooses the patients `--backend semi --fit` trains on"),
+    ],
+)
 def test_semi_fit_ids_errors(pipeline, tmp_path, listed, arguments, message):
     cohort_csv, labeled_csv, _ = _semi_cohort(pipeline, tmp_path)
     pd.DataFrame({"patient_id": listed}).to_csv(tmp_path / "ids.csv", index=False)
     names = {"labeled": labeled_csv, "ids": tmp_path / "ids.csv", "cohort": cohort_csv, "model": tmp_path / "m.pt"}
-    result = invoke("segment", cohort_csv, "--out", tmp_path / "seg.h5", "--backend", "semi", "--fit-ids", tmp_path / "ids.csv",
-                    *(a.format(**names) for a in arguments), "--iterations", 1, "--device", "cpu")
+    result = invoke(
+        "segment",
+        cohort_csv,
+        "--out",
+        tmp_path / "seg.h5",
+        "--backend",
+        "semi",
+        "--fit-ids",
+        tmp_path / "ids.csv",
+        *(a.format(**names) for a in arguments),
+        "--iterations",
+        1,
+        "--device",
+        "cpu",
+    )
     assert result.exit_code == 2 and message.format(**names) in result.output.replace("\n", "")
     assert not (tmp_path / "seg.h5").exists() and not (tmp_path / "seg.semi.pt").exists()
 

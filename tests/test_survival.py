@@ -50,8 +50,9 @@ def test_linear_cox_trained_on_the_loss_reproduces_lifelines_coefficients(rossi)
     fitter = CoxPHFitter().fit(data, "week", "arrest")
     centred = torch.tensor(covariates - covariates.mean(axis=0))
     coefficients = torch.zeros(centred.shape[1], dtype=torch.float64, requires_grad=True)
-    optimiser = torch.optim.LBFGS([coefficients], max_iter=200, tolerance_grad=1e-12, tolerance_change=1e-14,
-                                  line_search_fn="strong_wolfe")
+    optimiser = torch.optim.LBFGS(
+        [coefficients], max_iter=200, tolerance_grad=1e-12, tolerance_change=1e-14, line_search_fn="strong_wolfe"
+    )
 
     def closure() -> torch.Tensor:
         optimiser.zero_grad()
@@ -95,8 +96,12 @@ def test_masked_losses_skip_missing_labels_and_other_rows():
     rows = torch.tensor([True, True, True, False])
     expected = torch.nn.functional.binary_cross_entropy_with_logits(logit[[0, 2]], target[[0, 2]])
     assert masked_bce(logit, target, rows, torch.tensor(1.0)).item() == pytest.approx(expected.item())
-    assert masked_huber(torch.tensor([1.0, 5.0, 0.0]), torch.tensor([float("nan"), 5.0, 9.0]),
-                        torch.tensor([True, True, False])).item() == 0.0
+    assert (
+        masked_huber(
+            torch.tensor([1.0, 5.0, 0.0]), torch.tensor([float("nan"), 5.0, 9.0]), torch.tensor([True, True, False])
+        ).item()
+        == 0.0
+    )
     assert masked_bce(logit, torch.full((4,), float("nan")), rows, torch.tensor(1.0)).item() == 0.0
 
 

@@ -27,13 +27,40 @@ from tipsprog.synth.phantom import (
     render,
 )
 
-BASE = Anatomy(liver_scale=1.0, right_lobe_scale=1.0, caudate_ratio=0.6, nodularity_mm=1.5, texture_hu=6.0,
-               liver_hu_shift=0.0, spleen_scale=1.0, portal_radius_mm=6.5, ascites_mm=0.0, muscle_mm=12.0,
-               muscle_hu=45.0, fat_mm=20.0, bowel_fill=0.65, cyst_mm=0.0, cyst_side=1.0, cyst_z_mm=0.0, habitus=1.0)
+BASE = Anatomy(
+    liver_scale=1.0,
+    right_lobe_scale=1.0,
+    caudate_ratio=0.6,
+    nodularity_mm=1.5,
+    texture_hu=6.0,
+    liver_hu_shift=0.0,
+    spleen_scale=1.0,
+    portal_radius_mm=6.5,
+    ascites_mm=0.0,
+    muscle_mm=12.0,
+    muscle_hu=45.0,
+    fat_mm=20.0,
+    bowel_fill=0.65,
+    cyst_mm=0.0,
+    cyst_side=1.0,
+    cyst_z_mm=0.0,
+    habitus=1.0,
+)
 SCANNER = Scanner(spacing_scale=1.0, hu_offset=0.0, noise_sd=10.0, blur_mm=1.0)
-PATIENT = {"liver_dysfunction": 0.0, "portal_hypertension": 0.0, "sarcopenia": 0.0, "liver_texture": 0.0,
-           "spleen_size": 0.0, "adiposity": 0.0, "myosteatosis": 0.0, "ascites_mm": 0.0, "caudate_noise": 0.0,
-           "cyst_mm": 0.0, "cyst_side": 1.0, "cyst_z_mm": 0.0}
+PATIENT = {
+    "liver_dysfunction": 0.0,
+    "portal_hypertension": 0.0,
+    "sarcopenia": 0.0,
+    "liver_texture": 0.0,
+    "spleen_size": 0.0,
+    "adiposity": 0.0,
+    "myosteatosis": 0.0,
+    "ascites_mm": 0.0,
+    "caudate_noise": 0.0,
+    "cyst_mm": 0.0,
+    "cyst_side": 1.0,
+    "cyst_z_mm": 0.0,
+}
 
 
 @cache
@@ -103,8 +130,10 @@ def test_psoas_grows_from_l1_to_l3_and_is_absent_above():
     phantom = _phantom()
     _, y, x = _grid(phantom)
     front_of_spine = ((y > 25.0) & (y < 60.0))[:, None] & (np.abs(x) < 75.0)[None]
-    area = {level: int(((phantom.tissue[_slice(phantom, level_z_mm(level))] == CODE["muscle"]) & front_of_spine).sum())
-            for level in ("T12", "L1", "L2", "L3")}
+    area = {
+        level: int(((phantom.tissue[_slice(phantom, level_z_mm(level))] == CODE["muscle"]) & front_of_spine).sum())
+        for level in ("T12", "L1", "L2", "L3")
+    }
     assert area["T12"] == 0 < area["L1"] < area["L2"] < area["L3"]
 
 
@@ -157,8 +186,10 @@ def test_gallbladder_and_renal_cyst_are_fluid_that_is_not_ascites():
     liver_above[:-1] = phantom.tissue[1:] == CODE["liver"]
     assert (gallbladder & liver_above).any()  # under the liver's inferior surface
     assert cyst.any() and x[cyst].max() < 0  # in the right kidney
-    kidney_q = sum(((c - m) / r) ** 2 for c, m, r in zip((z, y, x), (KIDNEY_CENTRE_MM[0], KIDNEY_CENTRE_MM[1],
-                                                                     -KIDNEY_CENTRE_MM[2]), KIDNEY_RADII_MM))
+    kidney_q = sum(
+        ((c - m) / r) ** 2
+        for c, m, r in zip((z, y, x), (KIDNEY_CENTRE_MM[0], KIDNEY_CENTRE_MM[1], -KIDNEY_CENTRE_MM[2]), KIDNEY_RADII_MM)
+    )
     assert (kidney_q[cyst] < 1.0).all()
     without = _phantom(_varied(ascites_mm=10.0))
     assert phantom.biomarkers["ascites_ml"] == pytest.approx(without.biomarkers["ascites_ml"])
@@ -204,8 +235,10 @@ def test_outcomes_follow_muscle_below_its_cut_ascites_and_their_interaction():
     assert (hazard(0.0, 10.0) > hazard(0.0, 0.0)).all()
     ohe = [truth(s, 0.0, myosteatosis=m)["ohe_probability"] for s, m in ((0.0, 0.0), (0.0, 1.0), (1.0, 0.0))]
     assert (ohe[1] > ohe[0]).all() and (ohe[2] > ohe[0]).all()
-    ppg = [truth(0.0, 0.0, spleen_size=s, portal_hypertension=p)["ppg_post_expected"]
-           for s, p in ((0.0, 0.0), (1.0, 0.0), (1.0, 1.0))]
+    ppg = [
+        truth(0.0, 0.0, spleen_size=s, portal_hypertension=p)["ppg_post_expected"]
+        for s, p in ((0.0, 0.0), (1.0, 0.0), (1.0, 1.0))
+    ]
     assert (ppg[0] < ppg[1]).all() and (ppg[1] < ppg[2]).all()
 
 
@@ -229,8 +262,22 @@ def test_rendering_is_deterministic_and_the_cohort_writes_every_truth_column(tmp
     tables = [make_cohort(tmp_path / name, CohortSpec(n=3, centers=2, seed=9)) for name in ("a", "b")]
     pd.testing.assert_frame_equal(*tables)
     written = pd.read_csv(tmp_path / "a" / "truth.csv")
-    assert {"linear_predictor", "ohe_probability", "ppg_post_expected", "adiposity", "myosteatosis",
-            "liver_volume_ml", "spleen_volume_ml", "muscle_l3_area_cm2", "muscle_l3_hu", "sat_l3_area_cm2",
-            "vat_l3_area_cm2", "ascites_ml", "spleen_length_mm", "caudate_right_ratio", "nodularity",
-            "pv_diameter_mm"} <= set(written.columns)
+    assert {
+        "linear_predictor",
+        "ohe_probability",
+        "ppg_post_expected",
+        "adiposity",
+        "myosteatosis",
+        "liver_volume_ml",
+        "spleen_volume_ml",
+        "muscle_l3_area_cm2",
+        "muscle_l3_hu",
+        "sat_l3_area_cm2",
+        "vat_l3_area_cm2",
+        "ascites_ml",
+        "spleen_length_mm",
+        "caudate_right_ratio",
+        "nodularity",
+        "pv_diameter_mm",
+    } <= set(written.columns)
     assert written.notna().all().all()

@@ -32,8 +32,15 @@ from tipsprog.store import ROI_LABELS
 
 TRAINER = "nnUNetTrainer_4000epochs_NoMirroring"  # TotalSegmentator's trainer for tasks 297 and 298
 SPACING = {297: 3.0, 298: 6.0}  # the spacing TotalSegmentator resamples to before each model (mm)
-INTENSITY = {"mean": 100.0, "std": 400.0, "percentile_00_5": -1024.0, "percentile_99_5": 3071.0,
-             "min": -1024.0, "max": 3071.0, "median": 40.0}  # CTNormalization's statistics in the fake plans
+INTENSITY = {
+    "mean": 100.0,
+    "std": 400.0,
+    "percentile_00_5": -1024.0,
+    "percentile_99_5": 3071.0,
+    "min": -1024.0,
+    "max": 3071.0,
+    "median": 40.0,
+}  # CTNormalization's statistics in the fake plans
 CODES = {"liver": 60, "spleen": 50, "portal_vein": 170}  # HU written into each reference ROI; no other voxel holds one
 TOLERANCE = 0.25  # HU either side of a code (float32 normalization and back)
 
@@ -61,31 +68,56 @@ def fake_plans(task: int, folder_name: str) -> dict:
     spacing = [SPACING[task]] * 3
     architecture = {
         "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
-        "arch_kwargs": {"n_stages": 2, "features_per_stage": [2, 4], "conv_op": "torch.nn.modules.conv.Conv3d",
-                        "kernel_sizes": [[3, 3, 3]] * 2, "strides": [[1, 1, 1], [2, 2, 2]], "n_conv_per_stage": [1, 1],
-                        "n_conv_per_stage_decoder": [1], "conv_bias": True,
-                        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
-                        "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "dropout_op": None, "dropout_op_kwargs": None,
-                        "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}},
+        "arch_kwargs": {
+            "n_stages": 2,
+            "features_per_stage": [2, 4],
+            "conv_op": "torch.nn.modules.conv.Conv3d",
+            "kernel_sizes": [[3, 3, 3]] * 2,
+            "strides": [[1, 1, 1], [2, 2, 2]],
+            "n_conv_per_stage": [1, 1],
+            "n_conv_per_stage_decoder": [1],
+            "conv_bias": True,
+            "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+            "norm_op_kwargs": {"eps": 1e-05, "affine": True},
+            "dropout_op": None,
+            "dropout_op_kwargs": None,
+            "nonlin": "torch.nn.LeakyReLU",
+            "nonlin_kwargs": {"inplace": True},
+        },
         "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
     }
     resampling = {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None}
     configuration = {
-        "data_identifier": "nnUNetPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor", "batch_size": 2,
-        "patch_size": [32, 32, 32], "median_image_size_in_voxels": [100, 100, 100], "spacing": spacing,
-        "normalization_schemes": ["CTNormalization"], "use_mask_for_norm": [False],
-        "resampling_fn_data": "resample_data_or_seg_to_shape", "resampling_fn_data_kwargs": resampling,
+        "data_identifier": "nnUNetPlans_3d_fullres",
+        "preprocessor_name": "DefaultPreprocessor",
+        "batch_size": 2,
+        "patch_size": [32, 32, 32],
+        "median_image_size_in_voxels": [100, 100, 100],
+        "spacing": spacing,
+        "normalization_schemes": ["CTNormalization"],
+        "use_mask_for_norm": [False],
+        "resampling_fn_data": "resample_data_or_seg_to_shape",
+        "resampling_fn_data_kwargs": resampling,
         "resampling_fn_seg": "resample_data_or_seg_to_shape",
         "resampling_fn_seg_kwargs": {**resampling, "is_seg": True, "order": 1},
         "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
         "resampling_fn_probabilities_kwargs": {**resampling, "order": 1},
-        "architecture": architecture, "batch_dice": False,
+        "architecture": architecture,
+        "batch_dice": False,
     }
-    return {"dataset_name": folder_name, "plans_name": "nnUNetPlans", "original_median_spacing_after_transp": spacing,
-            "original_median_shape_after_transp": [100, 100, 100], "image_reader_writer": "SimpleITKIO",
-            "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2], "configurations": {"3d_fullres": configuration},
-            "experiment_planner_used": "ExperimentPlanner", "label_manager": "LabelManager",
-            "foreground_intensity_properties_per_channel": {"0": INTENSITY}}
+    return {
+        "dataset_name": folder_name,
+        "plans_name": "nnUNetPlans",
+        "original_median_spacing_after_transp": spacing,
+        "original_median_shape_after_transp": [100, 100, 100],
+        "image_reader_writer": "SimpleITKIO",
+        "transpose_forward": [0, 1, 2],
+        "transpose_backward": [0, 1, 2],
+        "configurations": {"3d_fullres": configuration},
+        "experiment_planner_used": "ExperimentPlanner",
+        "label_manager": "LabelManager",
+        "foreground_intensity_properties_per_channel": {"0": INTENSITY},
+    }
 
 
 def write_fake_weights(results: Path) -> None:
@@ -104,15 +136,28 @@ def write_fake_weights(results: Path) -> None:
         (model / "plans.json").write_text(json.dumps(plans))
         (model / "dataset.json").write_text(json.dumps(dataset))
         architecture = plans["configurations"]["3d_fullres"]["architecture"]
-        network = get_network_from_plans(architecture["network_class_name"], architecture["arch_kwargs"],
-                                         architecture["_kw_requires_import"], 1, len(labels), deep_supervision=False)
-        torch.save({"network_weights": network.state_dict(), "trainer_name": TRAINER,
-                    "init_args": {"configuration": "3d_fullres"}, "inference_allowed_mirroring_axes": None},
-                   model / "fold_0" / "checkpoint_final.pth")
+        network = get_network_from_plans(
+            architecture["network_class_name"],
+            architecture["arch_kwargs"],
+            architecture["_kw_requires_import"],
+            1,
+            len(labels),
+            deep_supervision=False,
+        )
+        torch.save(
+            {
+                "network_weights": network.state_dict(),
+                "trainer_name": TRAINER,
+                "init_args": {"configuration": "3d_fullres"},
+                "inference_allowed_mirroring_axes": None,
+            },
+            model / "fold_0" / "checkpoint_final.pth",
+        )
 
 
 def coded_forward(classes: dict[str, int]):
     """A forward pass for PlainConvUNet: logits for the 'total' class whose code each voxel holds (else background)."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hu = x[:, 0] * INTENSITY["std"] + INTENSITY["mean"]
         target = torch.zeros(hu.shape, dtype=torch.long)
@@ -120,6 +165,7 @@ def coded_forward(classes: dict[str, int]):
             target[(hu - code).abs() < TOLERANCE] = classes[roi]
         heads = self.decoder.seg_layers[-1].out_channels
         return 10.0 * torch.nn.functional.one_hot(target, heads).permute(0, 4, 1, 2, 3).to(x.dtype)
+
     return forward
 
 
@@ -168,8 +214,7 @@ def test_tipsprog_ids_are_totalsegmentators(offline_totalseg):
 
 
 @pytest.mark.slow
-def test_totalsegmentator_api_end_to_end_with_only_the_forward_pass_replaced(offline_totalseg, monkeypatch, tmp_path,
-                                                                              real_ct):
+def test_totalsegmentator_api_end_to_end_with_only_the_forward_pass_replaced(offline_totalseg, monkeypatch, tmp_path, real_ct):
     from dynamic_network_architectures.architectures.unet import PlainConvUNet
 
     write_fake_weights(tmp_path / "totalseg" / "nnunet" / "results")
@@ -184,8 +229,19 @@ def test_totalsegmentator_api_end_to_end_with_only_the_forward_pass_replaced(off
     ct_path, reference_path = coded_scan(real_ct, tmp_path)
     pd.DataFrame({"patient_id": ["EX1"], "ct": [ct_path], "label": [reference_path]}).to_csv(tmp_path / "cohort.csv", index=False)
 
-    result = invoke("segment", tmp_path / "cohort.csv", "--out", tmp_path / "seg.h5", "--backend", "totalseg",
-                    "--workers", 1, "--device", "cpu", "--quiet")
+    result = invoke(
+        "segment",
+        tmp_path / "cohort.csv",
+        "--out",
+        tmp_path / "seg.h5",
+        "--backend",
+        "totalseg",
+        "--workers",
+        1,
+        "--device",
+        "cpu",
+        "--quiet",
+    )
 
     assert result.exit_code == 0, result.output
     assert result.stdout == "", "TotalSegmentator's prints must not reach tipsprog's stdout"

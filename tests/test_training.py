@@ -12,17 +12,23 @@ from tipsprog.fusion.config import load_config
 from tipsprog.fusion.crossval import cross_validate
 from tipsprog.fusion.data import ModalityPreprocessor, TrainingData
 from tipsprog.fusion.ensemble import mixed_precision, predict_members
+from tipsprog.fusion.guide import RESIDUAL_WEIGHTS, residual_weight
 from tipsprog.fusion.losses import SurvivalIndex
 from tipsprog.fusion.models import Layout, build_model, is_guided
 from tipsprog.fusion.modules import OrganSimilarityFusion, pod_penalty
 from tipsprog.fusion.splits import cv_splits, inner_split, plan_members, repeated_splits
-from tipsprog.fusion.training import RESIDUAL_WEIGHTS, member_task_loss, residual_weight, train_ensemble
+from tipsprog.fusion.training import member_task_loss, train_ensemble
 from tipsprog.journal import TrainingJournal
 from tipsprog.registry import FUSION_MODELS
 from tipsprog.survival import harrell_c
 
-RADIOMICS_GROUPS = [f"{roi}/{image}/{kind}" for roi in ("liver", "spleen") for image in ("original", "log-sigma-2")
-                    for kind in ("firstorder", "glcm") for _ in range(3)]
+RADIOMICS_GROUPS = [
+    f"{roi}/{image}/{kind}"
+    for roi in ("liver", "spleen")
+    for image in ("original", "log-sigma-2")
+    for kind in ("firstorder", "glcm")
+    for _ in range(3)
+]
 EMBED_GROUPS = [f"{roi}/embed-ssl/{pool}" for roi in ("liver", "spleen") for pool in ("mean", "max") for _ in range(4)]
 
 
@@ -39,12 +45,22 @@ def _cohort(n: int = 90, seed: int = 0) -> TrainingData:
     ohe = (rng.random(n) < 1 / (1 + np.exp(-risk))).astype(float)
     ohe[:5] = np.nan
     ppg = 8 + risk + rng.standard_normal(n)
-    names = {"clinical": [f"c{i}" for i in range(4)], "radiomics": [f"r{i}" for i in range(radiomics.shape[1])],
-             "embed": [f"e{i}" for i in range(embed.shape[1])]}
-    return TrainingData([f"P{i}" for i in range(n)], np.array(["A", "B"] * (n // 2)),
-                        {"clinical": clinical, "radiomics": radiomics, "embed": embed}, names,
-                        {"clinical": names["clinical"], "radiomics": RADIOMICS_GROUPS, "embed": EMBED_GROUPS},
-                        time, event, ohe, ppg)
+    names = {
+        "clinical": [f"c{i}" for i in range(4)],
+        "radiomics": [f"r{i}" for i in range(radiomics.shape[1])],
+        "embed": [f"e{i}" for i in range(embed.shape[1])],
+    }
+    return TrainingData(
+        [f"P{i}" for i in range(n)],
+        np.array(["A", "B"] * (n // 2)),
+        {"clinical": clinical, "radiomics": radiomics, "embed": embed},
+        names,
+        {"clinical": names["clinical"], "radiomics": RADIOMICS_GROUPS, "embed": EMBED_GROUPS},
+        time,
+        event,
+        ohe,
+        ppg,
+    )
 
 
 def _config(model: str = "concat", epochs: int = 60, patience: int = 20, **changes):
@@ -69,8 +85,13 @@ def test_splits_are_patient_level_and_stratified():
 
 def _poisoned(data: TrainingData, rows: np.ndarray, times: bool) -> TrainingData:
     """Test-fold features, OHE and ppg_post replaced by absurd values (and follow-up times when asked)."""
-    poisoned = dataclasses.replace(data, matrices={m: v.copy() for m, v in data.matrices.items()},
-                                   time=data.time.copy(), ppg_post=data.ppg_post.copy(), ohe=data.ohe.copy())
+    poisoned = dataclasses.replace(
+        data,
+        matrices={m: v.copy() for m, v in data.matrices.items()},
+        time=data.time.copy(),
+        ppg_post=data.ppg_post.copy(),
+        ohe=data.ohe.copy(),
+    )
     for values in poisoned.matrices.values():
         values[rows] = 1e6
     poisoned.ppg_post[rows], poisoned.ohe[rows] = 59.0, 1.0 - np.nan_to_num(data.ohe[rows])
@@ -129,8 +150,14 @@ def test_batched_ensemble_equals_training_members_one_after_another():
         np.testing.assert_allclose(risks[0], risks[1], atol=1e-5)
     together_risk = predict_members(together, data.matrices, rows, config, torch.device("cpu"))["risk"]
     for member, risk in zip(together, together_risk):
-        network = build_model(config.model, member.layout, config.hidden, config.dropout, config.model_options(),
-                              is_guided(config.model, member.layout, config.clinical_offset)).eval()
+        network = build_model(
+            config.model,
+            member.layout,
+            config.hidden,
+            config.dropout,
+            config.model_options(),
+            is_guided(config.model, member.layout, config.clinical_offset),
+        ).eval()
         network.load_state_dict(member.state_dict)
         with torch.no_grad():
             plain = network({m: torch.from_numpy(p.transform(data.matrices[m])) for m, p in member.preprocessors.items()})
@@ -168,8 +195,11 @@ def test_every_model_trains_with_finite_decreasing_loss(model):
 @pytest.mark.parametrize("model", ["tmiclnet", "multitips", "graph", "late"])
 @pytest.mark.parametrize("modalities", [("clinical",), ("radiomics",), ("embed", "radiomics"), ("clinical", "embed")])
 def test_models_accept_any_subset_of_modalities(model, modalities):
-    layout = {"clinical": Layout(["age", "sex"], 2), "radiomics": Layout(sorted(set(RADIOMICS_GROUPS)), 2),
-              "embed": Layout(sorted(set(EMBED_GROUPS)), 2)}
+    layout = {
+        "clinical": Layout(["age", "sex"], 2),
+        "radiomics": Layout(sorted(set(RADIOMICS_GROUPS)), 2),
+        "embed": Layout(sorted(set(EMBED_GROUPS)), 2),
+    }
     chosen = {m: layout[m] for m in modalities}
     network = build_model(model, chosen, 16, 0.1, load_config(model=model).model_options())
     outputs = network({m: torch.randn(5, len(spec.tokens), spec.width) for m, spec in chosen.items()})
@@ -346,8 +376,7 @@ def test_config_rejects_unknown_keys_and_bad_types(tmp_path):
         "model: transformer\n": "train.yaml: model transformer: unknown fusion model; choose one of clinical-cox, concat",
         "tmiclnet: {balanse: 0.5}\n": "unknown key 'tmiclnet.balanse'",
         "stages: [{name: a, max_epochs: 10, patience: 5, loss_weights: {survival: 1.0}}]\n": r"stages\[1\] needs exactly the keys",
-        "stages: [{name: a, max_epochs: 10, patience: 5, shared_lr_scale: 1.0, loss_weights: {death: 1.0}}]\n":
-            r"unknown key 'stages\[1\].loss_weights.death'",
+        "stages: [{name: a, max_epochs: 10, patience: 5, shared_lr_scale: 1.0, loss_weights: {death: 1.0}}]\n": r"unknown key 'stages\[1\].loss_weights.death'",
         "hidden: 31\n": "divisible by the attention heads",
     }
     for text, message in cases.items():
@@ -359,8 +388,10 @@ def test_config_rejects_unknown_keys_and_bad_types(tmp_path):
 def test_model_preset_applies_before_the_user_file(tmp_path):
     assert len(load_config(model="multitips").stages) == 3 and len(load_config(model="concat").stages) == 1
     path = tmp_path / "train.yaml"
-    path.write_text("model: multitips\nstages: [{name: one, max_epochs: 5, patience: 2, shared_lr_scale: 1.0, "
-                    "loss_weights: {survival: 1.0, ohe: 0.0, ppg: 0.0}}]\nmultitips: {orthogonality_weight: 0.5}\n")
+    path.write_text(
+        "model: multitips\nstages: [{name: one, max_epochs: 5, patience: 2, shared_lr_scale: 1.0, "
+        "loss_weights: {survival: 1.0, ohe: 0.0, ppg: 0.0}}]\nmultitips: {orthogonality_weight: 0.5}\n"
+    )
     config = load_config(path)
     assert [s["name"] for s in config.stages] == ["one"]
     assert config.model_options() == {"heads": 2, "orthogonality_weight": 0.5, "ramp_epochs": 60, "mgra": True, "cgpe": True}
@@ -449,8 +480,9 @@ def test_default_fusion_does_not_lose_to_the_clinical_cox_when_images_are_noise(
     for guided in (True, False):
         config = _config(epochs=120, patience=30, imaging_width=4, folds=5, seeds=2, clinical_offset=guided)
         result = cross_validate(data, config, "kfold", torch.device("cpu"), seed=1)
-        delta[guided] = (harrell_c(data.time, data.event, result.oof["risk"])
-                         - harrell_c(data.time, data.event, result.oof["clinical_cox_risk"]))
+        delta[guided] = harrell_c(data.time, data.event, result.oof["risk"]) - harrell_c(
+            data.time, data.event, result.oof["clinical_cox_risk"]
+        )
     assert delta[True] >= -0.01 and delta[False] < delta[True] - 0.02
 
 
@@ -469,8 +501,10 @@ def test_predictions_are_never_made_in_bf16():
     assert not mixed_precision(torch.device("cpu"), train=True)
 
 
-@pytest.mark.parametrize(("model", "switch", "module"), [("multitips", "mgra", "granular"), ("multitips", "cgpe", "prior"),
-                                                          ("graph", "sgcm", "graph"), ("graph", "mmdfm", "organs")])
+@pytest.mark.parametrize(
+    ("model", "switch", "module"),
+    [("multitips", "mgra", "granular"), ("multitips", "cgpe", "prior"), ("graph", "sgcm", "graph"), ("graph", "mmdfm", "organs")],
+)
 def test_each_paper_module_can_be_switched_off_for_its_ablation(model, switch, module):
     """The ablation benchmark switches one paper module off at a time: the model is built without it and still runs."""
     layout = {"clinical": Layout(["age", "sex"], 2), "radiomics": Layout(sorted(set(RADIOMICS_GROUPS)), 2)}

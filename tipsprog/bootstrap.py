@@ -43,7 +43,8 @@ def with_bootstrap(statistic: Callable[[np.ndarray], float], n: int, samples: np
     return float(_safe(statistic, np.arange(n), 1)[0]), np.array([_safe(statistic, rows, 1)[0] for rows in samples])
 
 
-def with_bootstrap_vector(statistic: Callable[[np.ndarray], np.ndarray], n: int, samples: np.ndarray,
-                          width: int) -> tuple[np.ndarray, np.ndarray]:
+def with_bootstrap_vector(
+    statistic: Callable[[np.ndarray], np.ndarray], n: int, samples: np.ndarray, width: int
+) -> tuple[np.ndarray, np.ndarray]:
     """A vector of statistics on all rows and on each resample, [width] and [draws, width]."""
     return _safe(statistic, np.arange(n), width), np.array([_safe(statistic, rows, width) for rows in samples])

@@ -33,15 +33,26 @@ from tipsprog.parallel import default_workers
 from tipsprog.registry import ENCODERS, FUSION_MODELS, SEGMENTATION_BACKENDS
 from tipsprog.store import ROI_LABELS
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="CT + clinical prognosis after TIPS: survival, overt HE and portal pressure gradient.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="CT + clinical prognosis after TIPS: survival, overt HE and portal pressure gradient.",
+)
 console = Console(stderr=True)
 QUIET = typer.Option(False, "--quiet", "-q", help="Print no progress or summary.")
-RESUME = typer.Option(False, "--resume", help="Continue an interrupted run from OUT.partial: what it finished with the same settings and inputs is reused.")
+RESUME = typer.Option(
+    False,
+    "--resume",
+    help="Continue an interrupted run from OUT.partial: what it finished with the same settings and inputs is reused.",
+)
 WORKERS = typer.Option(None, "--workers", help="Parallel processes (default: all cores).")
 DEVICE = typer.Option("auto", "--device", help="auto, cpu or cuda.")
-SCHEDULER = typer.Option(None, "--scheduler", help="Dask scheduler address (tcp://HOST:PORT) to run patients on "
-                         "(its workers must see the same file paths).")
+SCHEDULER = typer.Option(
+    None,
+    "--scheduler",
+    help="Dask scheduler address (tcp://HOST:PORT) to run patients on (its workers must see the same file paths).",
+)
 
 
 def _version(value: bool) -> None:
@@ -57,6 +68,7 @@ def main(version: bool = typer.Option(False, "--version", callback=_version, is_
 
 def guarded(command: Callable) -> Callable:
     """Exit 2 with one line for bad input, 1 with one line for an internal failure."""
+
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
@@ -70,9 +82,13 @@ def guarded(command: Callable) -> Callable:
         except Exception as err:  # the last line of defence: one line, not a trace
             if os.environ.get("TIPSPROG_DEBUG"):
                 raise
-            console.print(f"[red]internal error:[/red] {type(err).__name__}: {escape(str(err))} (set TIPSPROG_DEBUG=1 for a trace)",
-                          highlight=False, soft_wrap=True)
+            console.print(
+                f"[red]internal error:[/red] {type(err).__name__}: {escape(str(err))} (set TIPSPROG_DEBUG=1 for a trace)",
+                highlight=False,
+                soft_wrap=True,
+            )
             raise typer.Exit(1) from None
+
     return wrapper
 
 
@@ -94,8 +110,15 @@ def progress_bar(description: str, total: int | None, quiet: bool) -> Iterator[C
     if quiet or total == 0:
         yield lambda *args, **kwargs: None
         return
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn("patients"),
-               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
+    columns = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn("patients"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    ]
     with Progress(*columns, console=console, transient=False) as bar:
         task = bar.add_task(description, total=total)
 
@@ -126,15 +149,21 @@ def _count_rows(csv: Path) -> int | None:
 
 @app.command()
 @guarded
-def synth(out: Path = typer.Option(..., "--out", help="Output folder (must not exist)."),
-          n: int = typer.Option(200, "--n", min=1, help="Patients."),
-          centers: int = typer.Option(3, "--centers", min=1, help="Centers."),
-          seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same cohort)."),
-          size: str = typer.Option("small", "--size", help="small (64×64×32) or full (192×192×96) volumes."),
-          prefix: str = typer.Option("", "--prefix", help="Prefix of patient IDs and center names (e.g. ext- for an external cohort)."),
-          imaging_signal: bool = typer.Option(True, "--imaging-signal/--no-imaging-signal",
-                                              help="Outcomes depend on the imaging (default) or on the clinical table only."),
-          workers: int | None = WORKERS, quiet: bool = QUIET) -> None:
+def synth(
+    out: Path = typer.Option(..., "--out", help="Output folder (must not exist)."),
+    n: int = typer.Option(200, "--n", min=1, help="Patients."),
+    centers: int = typer.Option(3, "--centers", min=1, help="Centers."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same cohort)."),
+    size: str = typer.Option("small", "--size", help="small (64×64×32) or full (192×192×96) volumes."),
+    prefix: str = typer.Option("", "--prefix", help="Prefix of patient IDs and center names (e.g. ext- for an external cohort)."),
+    imaging_signal: bool = typer.Option(
+        True,
+        "--imaging-signal/--no-imaging-signal",
+        help="Outcomes depend on the imaging (default) or on the clinical table only.",
+    ),
+    workers: int | None = WORKERS,
+    quiet: bool = QUIET,
+) -> None:
     """Generate a synthetic multi-center TIPS cohort with known truth."""
     from tipsprog.synth import CohortSpec, make_cohort
     from tipsprog.synth.phantom import GRID
@@ -157,27 +186,42 @@ def _finite_mean(values: np.ndarray, form: str) -> str:
 
 @app.command()
 @guarded
-def segment(cohort: Path = typer.Argument(..., help="cohort.csv (patient_id, ct[, center, label|liver_mask|spleen_mask])."),
-            out: Path = typer.Option(..., "--out", help="Output segment store (.h5)."),
-            backend: str = typer.Option("classic", "--backend", help=f"One of {SEGMENTATION_BACKENDS.choices()}."),
-            fit: Path | None = typer.Option(None, "--fit", help="semi: LABELED.csv (cohort format with labels) to train on."),
-            model: Path | None = typer.Option(None, "--model", help="semi: trained model to use, or where --fit saves it (default OUT.semi.pt)."),
-            iterations: int = typer.Option(1600, "--iterations", min=1, help="semi: training iterations with --fit."),
-            fit_ids: Path | None = typer.Option(None, "--fit-ids", help="semi --fit: CSV with a patient_id column; train on "
-                                                   "these patients' scans only (every LABELED.csv patient listed too)."),
-            workers: int | None = WORKERS, device: str = DEVICE,
-            strict: bool = typer.Option(False, "--strict", help="A failed patient stops the run."),
-            scheduler: str | None = SCHEDULER, resume: bool = RESUME, quiet: bool = QUIET) -> None:
+def segment(
+    cohort: Path = typer.Argument(..., help="cohort.csv (patient_id, ct[, center, label|liver_mask|spleen_mask])."),
+    out: Path = typer.Option(..., "--out", help="Output segment store (.h5)."),
+    backend: str = typer.Option("classic", "--backend", help=f"One of {SEGMENTATION_BACKENDS.choices()}."),
+    fit: Path | None = typer.Option(None, "--fit", help="semi: LABELED.csv (cohort format with labels) to train on."),
+    model: Path | None = typer.Option(
+        None, "--model", help="semi: trained model to use, or where --fit saves it (default OUT.semi.pt)."
+    ),
+    iterations: int = typer.Option(1600, "--iterations", min=1, help="semi: training iterations with --fit."),
+    fit_ids: Path | None = typer.Option(
+        None,
+        "--fit-ids",
+        help="semi --fit: CSV with a patient_id column; train on "
+        "these patients' scans only (every LABELED.csv patient listed too).",
+    ),
+    workers: int | None = WORKERS,
+    device: str = DEVICE,
+    strict: bool = typer.Option(False, "--strict", help="A failed patient stops the run."),
+    scheduler: str | None = SCHEDULER,
+    resume: bool = RESUME,
+    quiet: bool = QUIET,
+) -> None:
     """Segment liver, spleen and portal vein; store masks, ROI crops, volumes, QC flags and Dice vs reference."""
     from tipsprog.segment import SegmentOptions, run_segment
     from tipsprog.segment.semi import SemiSettings
 
-    options = SegmentOptions(backend, _workers(workers), strict, fit, fit_ids, model, device, SemiSettings(iterations=iterations),
-                             resume, scheduler)
-    with progress_bar("semi: training", iterations if fit else 0, quiet) as trained, \
-            progress_bar("segment", _count_rows(cohort), quiet) as advance:
-        results = run_segment(cohort, out, options, advance,
-                              lambda step, loss, dice: trained(text=f"loss {loss:.3f} val Dice {dice:.3f}"))
+    options = SegmentOptions(
+        backend, _workers(workers), strict, fit, fit_ids, model, device, SemiSettings(iterations=iterations), resume, scheduler
+    )
+    with (
+        progress_bar("semi: training", iterations if fit else 0, quiet) as trained,
+        progress_bar("segment", _count_rows(cohort), quiet) as advance,
+    ):
+        results = run_segment(
+            cohort, out, options, advance, lambda step, loss, dice: trained(text=f"loss {loss:.3f} val Dice {dice:.3f}")
+        )
     if quiet:
         return
     failed = [r for r in results if r.status != "ok"]
@@ -196,12 +240,15 @@ def segment(cohort: Path = typer.Argument(..., help="cohort.csv (patient_id, ct[
 
 @app.command()
 @guarded
-def radiomics(seg: Path = typer.Argument(..., help="Segment store from `tipsprog segment`."),
-              out: Path = typer.Option(..., "--out", help="Output radiomics store (.h5)."),
-              params: str = typer.Option("fast", "--params",
-                                         help="Preset (fast, standard, ibsi) or a pyradiomics YAML parameter file."),
-              workers: int | None = WORKERS,
-              scheduler: str | None = SCHEDULER, resume: bool = RESUME, quiet: bool = QUIET) -> None:
+def radiomics(
+    seg: Path = typer.Argument(..., help="Segment store from `tipsprog segment`."),
+    out: Path = typer.Option(..., "--out", help="Output radiomics store (.h5)."),
+    params: str = typer.Option("fast", "--params", help="Preset (fast, standard, ibsi) or a pyradiomics YAML parameter file."),
+    workers: int | None = WORKERS,
+    scheduler: str | None = SCHEDULER,
+    resume: bool = RESUME,
+    quiet: bool = QUIET,
+) -> None:
     """pyradiomics features per ROI, tagged roi/image-type/feature-class; each ROI cropped before extraction."""
     from tipsprog.radiomics import run_radiomics
 
@@ -214,47 +261,80 @@ def radiomics(seg: Path = typer.Argument(..., help="Segment store from `tipsprog
 
 @app.command()
 @guarded
-def embed(seg: Path = typer.Argument(..., help="Segment store from `tipsprog segment`."),
-          out: Path = typer.Option(..., "--out", help="Output embedding store (.h5)."),
-          encoder: str = typer.Option("ssl", "--encoder", help=f"One of {ENCODERS.choices()}: ssl is pre-trained "
-                                      "here (--fit); the others read their publisher's file (medicalnet: resnet_*_23dataset.pth, "
-                                      "swinunetr: model_swinvit.pt, ctfm: model.safetensors)."),
-          fit: bool = typer.Option(False, "--fit", help="Pre-train the ssl encoder on this store's crops (masked-volume reconstruction)."),
-          fit_ids: Path | None = typer.Option(None, "--fit-ids", help="With --fit: CSV with a patient_id column; pre-train on "
-                                                 "these patients' crops only (e.g. leave held-out patients unseen)."),
-          weights: Path | None = typer.Option(None, "--weights", help="Encoder weights file (ssl: to write with --fit, default OUT.pt)."),
-          pool: str = typer.Option("mean", "--pool", help="Pooling inside each ROI mask: mean or mean+max."),
-          epochs: int = typer.Option(40, "--epochs", min=1, help="Self-supervised epochs with --fit."),
-          batch_size: int = typer.Option(16, "--batch-size", min=1, help="Crops per forward pass."),
-          seed: int = typer.Option(0, "--seed"), device: str = DEVICE, resume: bool = RESUME, quiet: bool = QUIET) -> None:
+def embed(
+    seg: Path = typer.Argument(..., help="Segment store from `tipsprog segment`."),
+    out: Path = typer.Option(..., "--out", help="Output embedding store (.h5)."),
+    encoder: str = typer.Option(
+        "ssl",
+        "--encoder",
+        help=f"One of {ENCODERS.choices()}: ssl is pre-trained "
+        "here (--fit); the others read their publisher's file (medicalnet: resnet_*_23dataset.pth, "
+        "swinunetr: model_swinvit.pt, ctfm: model.safetensors).",
+    ),
+    fit: bool = typer.Option(
+        False, "--fit", help="Pre-train the ssl encoder on this store's crops (masked-volume reconstruction)."
+    ),
+    fit_ids: Path | None = typer.Option(
+        None,
+        "--fit-ids",
+        help="With --fit: CSV with a patient_id column; pre-train on "
+        "these patients' crops only (e.g. leave held-out patients unseen).",
+    ),
+    weights: Path | None = typer.Option(
+        None, "--weights", help="Encoder weights file (ssl: to write with --fit, default OUT.pt)."
+    ),
+    pool: str = typer.Option("mean", "--pool", help="Pooling inside each ROI mask: mean or mean+max."),
+    epochs: int = typer.Option(40, "--epochs", min=1, help="Self-supervised epochs with --fit."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Crops per forward pass."),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = DEVICE,
+    resume: bool = RESUME,
+    quiet: bool = QUIET,
+) -> None:
     """Deep ROI embeddings from a self-supervised or a published pretrained 3D encoder."""
     from tipsprog.embed import EmbedOptions, FitSettings, run_embed
 
-    options = EmbedOptions(encoder, fit, fit_ids, weights, FitSettings(epochs=epochs, seed=seed), pool, device, batch_size, resume)
+    options = EmbedOptions(
+        encoder, fit, fit_ids, weights, FitSettings(epochs=epochs, seed=seed), pool, device, batch_size, resume
+    )
     with progress_bar(f"embed: {encoder}", _patient_count(seg), quiet) as advance:
-        written, report = run_embed(seg, out, options,
-                                    lambda epoch, loss: advance(steps=0, text=f"pre-training epoch {epoch}/{epochs}, loss {loss:.4f}"),
-                                    lambda patients: advance(steps=patients, text="embedding"),
-                                    None if quiet else (lambda text: console.print(f"  {escape(text)}")))
+        written, report = run_embed(
+            seg,
+            out,
+            options,
+            lambda epoch, loss: advance(steps=0, text=f"pre-training epoch {epoch}/{epochs}, loss {loss:.4f}"),
+            lambda patients: advance(steps=patients, text="embedding"),
+            None if quiet else (lambda text: console.print(f"  {escape(text)}")),
+        )
     if not quiet:
         console.print(f"embed: {out} ({encoder}: {report}; weights {written})")
 
 
 @app.command("fuse-train")
 @guarded
-def fuse_train(stores: list[Path] = typer.Argument(None, help="Feature stores (radiomics.h5, embed.h5, …); none = clinical only."),
-               clinical: Path = typer.Option(..., "--clinical", help="clinical.csv"),
-               outcomes: Path = typer.Option(..., "--outcomes", help="outcomes.csv"),
-               out: Path = typer.Option(..., "--out", help="Output bundle folder."),
-               model: str | None = typer.Option(None, "--model", help=f"One of {FUSION_MODELS.choices()} (default concat; docs/models.md)."),
-               folds: int | None = typer.Option(None, "--folds", help="CV folds (default 5)."),
-               cv: str = typer.Option("kfold", "--cv", help="kfold (stratified by event and center) or center."),
-               repeats: int | None = typer.Option(None, "--repeats", help="Repeated K-fold: reshuffles (default 1)."),
-               test: Path | None = typer.Option(None, "--test", help="CSV with a patient_id column (e.g. a cohort.csv): patients held out of training and predicted once by the whole ensemble (held_out.h5)."),
-               modalities: str | None = typer.Option(None, "--modalities", help="Subset for ablations, e.g. clinical,radiomics (default: all the inputs provide)."),
-               config: Path | None = typer.Option(None, "--config", help="YAML config (see tipsprog/configs/default.yaml)."),
-               seed: int = typer.Option(0, "--seed"), device: str = DEVICE, resume: bool = RESUME,
-               quiet: bool = QUIET) -> None:
+def fuse_train(
+    stores: list[Path] = typer.Argument(None, help="Feature stores (radiomics.h5, embed.h5, …); none = clinical only."),
+    clinical: Path = typer.Option(..., "--clinical", help="clinical.csv"),
+    outcomes: Path = typer.Option(..., "--outcomes", help="outcomes.csv"),
+    out: Path = typer.Option(..., "--out", help="Output bundle folder."),
+    model: str | None = typer.Option(None, "--model", help=f"One of {FUSION_MODELS.choices()} (default concat; docs/models.md)."),
+    folds: int | None = typer.Option(None, "--folds", help="CV folds (default 5)."),
+    cv: str = typer.Option("kfold", "--cv", help="kfold (stratified by event and center) or center."),
+    repeats: int | None = typer.Option(None, "--repeats", help="Repeated K-fold: reshuffles (default 1)."),
+    test: Path | None = typer.Option(
+        None,
+        "--test",
+        help="CSV with a patient_id column (e.g. a cohort.csv): patients held out of training and predicted once by the whole ensemble (held_out.h5).",
+    ),
+    modalities: str | None = typer.Option(
+        None, "--modalities", help="Subset for ablations, e.g. clinical,radiomics (default: all the inputs provide)."
+    ),
+    config: Path | None = typer.Option(None, "--config", help="YAML config (see tipsprog/configs/default.yaml)."),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = DEVICE,
+    resume: bool = RESUME,
+    quiet: bool = QUIET,
+) -> None:
     """Cross-validated multimodal fusion for survival, OHE and ppg_post; writes a model bundle."""
     from tipsprog.fusion import FuseTrainOptions, run_fuse_train
     from tipsprog.fusion.config import load_config
@@ -262,8 +342,9 @@ def fuse_train(stores: list[Path] = typer.Argument(None, help="Feature stores (r
     settings = load_config(config, model=model, folds=folds, repeats=repeats)
     wanted = tuple(m.strip() for m in modalities.split(",")) if modalities else None
     options = FuseTrainOptions(settings, wanted, cv, seed, test, device, resume)
-    metrics = run_fuse_train(stores or [], clinical, outcomes, out, options,
-                             None if quiet else (lambda text: console.print(f"  {escape(text)}")))
+    metrics = run_fuse_train(
+        stores or [], clinical, outcomes, out, options, None if quiet else (lambda text: console.print(f"  {escape(text)}"))
+    )
     if not quiet:
         table = Table(title=f"fuse-train ({settings.model}, {cv}): out-of-fold Harrell's C")
         table.add_column("row")
@@ -271,26 +352,34 @@ def fuse_train(stores: list[Path] = typer.Argument(None, help="Feature stores (r
         for name, value in metrics["harrell_c"].items():
             table.add_row(name, f"{value['estimate']:.3f} ({value['low']:.3f}–{value['high']:.3f})")
         for name, value in metrics.get("held_out", {}).get("harrell_c", {}).items():
-            table.add_row(f"{name}, held out ({metrics['held_out']['patients']})",
-                          f"{value['estimate']:.3f} ({value['low']:.3f}–{value['high']:.3f})")
+            table.add_row(
+                f"{name}, held out ({metrics['held_out']['patients']})",
+                f"{value['estimate']:.3f} ({value['low']:.3f}–{value['high']:.3f})",
+            )
         console.print(table)
         console.print(f"bundle → {out}")
 
 
 @app.command()
 @guarded
-def evaluate(bundle: Path = typer.Argument(..., help="Model bundle from `tipsprog fuse-train`."),
-             out: Path = typer.Option(..., "--out", help="Report folder."),
-             truth: list[Path] | None = typer.Option(None, "--truth", help="truth.csv of a synthetic cohort (oracle row); "
-                                                        "repeat for an external cohort's."),
-             test: list[Path] | None = typer.Option(None, "--test", help="Feature store of an external cohort (repeat "
-                                                       "for several); with --clinical and --outcomes."),
-             clinical: Path | None = typer.Option(None, "--clinical", help="clinical.csv of the external cohort."),
-             outcomes: Path | None = typer.Option(None, "--outcomes", help="outcomes.csv of the external cohort."),
-             bootstrap: int = typer.Option(1000, "--bootstrap", min=10, help="Bootstrap resamples for 95% CIs."),
-             seed: int = typer.Option(0, "--seed"),
-             as_json: bool = typer.Option(False, "--json", help="Print metrics.json to stdout."),
-             device: str = DEVICE, workers: int | None = WORKERS, quiet: bool = QUIET) -> None:
+def evaluate(
+    bundle: Path = typer.Argument(..., help="Model bundle from `tipsprog fuse-train`."),
+    out: Path = typer.Option(..., "--out", help="Report folder."),
+    truth: list[Path] | None = typer.Option(
+        None, "--truth", help="truth.csv of a synthetic cohort (oracle row); repeat for an external cohort's."
+    ),
+    test: list[Path] | None = typer.Option(
+        None, "--test", help="Feature store of an external cohort (repeat for several); with --clinical and --outcomes."
+    ),
+    clinical: Path | None = typer.Option(None, "--clinical", help="clinical.csv of the external cohort."),
+    outcomes: Path | None = typer.Option(None, "--outcomes", help="outcomes.csv of the external cohort."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", min=10, help="Bootstrap resamples for 95% CIs."),
+    seed: int = typer.Option(0, "--seed"),
+    as_json: bool = typer.Option(False, "--json", help="Print metrics.json to stdout."),
+    device: str = DEVICE,
+    workers: int | None = WORKERS,
+    quiet: bool = QUIET,
+) -> None:
     """Metrics with 95% CIs beside the clinical scores (out-of-fold, held-out, external); report.html/.md, metrics.json, plots."""
     from tipsprog.evaluate import ExternalCohort, run_evaluate
 
@@ -320,21 +409,32 @@ def evaluate(bundle: Path = typer.Argument(..., help="Model bundle from `tipspro
 
 @app.command()
 @guarded
-def predict(ct: Path | None = typer.Option(None, "--ct", help="CT file or DICOM series folder (one patient)."),
-            series: str | None = typer.Option(None, "--series", help="SeriesInstanceUID to read when the --ct folder "
-                                                 "holds several DICOM series (a cohort's go in its 'series_uid' column)."),
-            clinical: Path = typer.Option(..., "--clinical", help="Clinical CSV: one row, or the cohort's rows with --cohort."),
-            model: Path = typer.Option(..., "--model", help="Model bundle folder."),
-            cohort: Path | None = typer.Option(None, "--cohort", help="cohort.csv (patient_id, ct) for a batch; needs --out."),
-            out: Path | None = typer.Option(None, "--out", help="Batch output folder: predictions.csv and predictions.jsonl."),
-            save_masks: Path | None = typer.Option(None, "--save-masks", help="Folder for the ROI label images (NIfTI)."),
-            overlay: Path | None = typer.Option(None, "--overlay", help="PNG of the masks on three CT slices (a folder for a batch)."),
-            as_json: bool = typer.Option(False, "--json", help="Print JSON to stdout (docs/predict.md)."),
-            trust: bool = typer.Option(False, "--trust", help="Use a bundle whose files no longer match their recorded sha256."),
-            strict: bool = typer.Option(False, "--strict", help="Batch: a scan that cannot be used stops the run "
-                                        "(default: its row carries the error and the others are predicted)."),
-            device: str = DEVICE, workers: int | None = WORKERS, scheduler: str | None = SCHEDULER,
-            quiet: bool = QUIET) -> None:
+def predict(
+    ct: Path | None = typer.Option(None, "--ct", help="CT file or DICOM series folder (one patient)."),
+    series: str | None = typer.Option(
+        None,
+        "--series",
+        help="SeriesInstanceUID to read when the --ct folder "
+        "holds several DICOM series (a cohort's go in its 'series_uid' column).",
+    ),
+    clinical: Path = typer.Option(..., "--clinical", help="Clinical CSV: one row, or the cohort's rows with --cohort."),
+    model: Path = typer.Option(..., "--model", help="Model bundle folder."),
+    cohort: Path | None = typer.Option(None, "--cohort", help="cohort.csv (patient_id, ct) for a batch; needs --out."),
+    out: Path | None = typer.Option(None, "--out", help="Batch output folder: predictions.csv and predictions.jsonl."),
+    save_masks: Path | None = typer.Option(None, "--save-masks", help="Folder for the ROI label images (NIfTI)."),
+    overlay: Path | None = typer.Option(None, "--overlay", help="PNG of the masks on three CT slices (a folder for a batch)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON to stdout (docs/predict.md)."),
+    trust: bool = typer.Option(False, "--trust", help="Use a bundle whose files no longer match their recorded sha256."),
+    strict: bool = typer.Option(
+        False,
+        "--strict",
+        help="Batch: a scan that cannot be used stops the run (default: its row carries the error and the others are predicted).",
+    ),
+    device: str = DEVICE,
+    workers: int | None = WORKERS,
+    scheduler: str | None = SCHEDULER,
+    quiet: bool = QUIET,
+) -> None:
     """Predict one patient or a cohort: risk, group, survival curve and 6/12/24-month survival, OHE, ppg_post,
     clinical scores, segmentation QC and the features that drove the risk."""
     from tipsprog.predict import PredictOptions, run_predict, run_predict_batch
@@ -342,15 +442,19 @@ def predict(ct: Path | None = typer.Option(None, "--ct", help="CT file or DICOM 
     options = PredictOptions(save_masks, overlay, device, _workers(workers), trust, strict, scheduler)
     if cohort is not None:
         if out is None or ct is not None or series is not None:
-            raise InputError("--cohort needs --out (and no --ct or --series: a cohort's DICOM series go in its "
-                             "'series_uid' column): it writes predictions.csv and predictions.jsonl")
+            raise InputError(
+                "--cohort needs --out (and no --ct or --series: a cohort's DICOM series go in its "
+                "'series_uid' column): it writes predictions.csv and predictions.jsonl"
+            )
         results = run_predict_batch(model, cohort, clinical, out, options)
         if as_json:
             typer.echo(json.dumps(results, indent=2))
         elif not quiet:
             failed = [r for r in results if "error" in r]
-            console.print(f"predicted {len(results) - len(failed)} patients, {len(failed)} failed → "
-                          f"{out / 'predictions.csv'}, {out / 'predictions.jsonl'}")
+            console.print(
+                f"predicted {len(results) - len(failed)} patients, {len(failed)} failed → "
+                f"{out / 'predictions.csv'}, {out / 'predictions.jsonl'}"
+            )
             for result in failed[:5]:
                 console.print(f"  {result['patient_id']}: {escape(result['error'])}")
         return
@@ -365,10 +469,12 @@ def predict(ct: Path | None = typer.Option(None, "--ct", help="CT file or DICOM 
 
 @app.command()
 @guarded
-def export(seg: Path = typer.Argument(..., help="Segment store from `tipsprog segment`."),
-           out: Path = typer.Option(..., "--out", help="Output folder: <patient>_labels.nii.gz, label tables, <patient>_qc.png."),
-           montage: bool = typer.Option(True, "--montage/--no-montage", help="Write a QC montage PNG per patient."),
-           quiet: bool = QUIET) -> None:
+def export(
+    seg: Path = typer.Argument(..., help="Segment store from `tipsprog segment`."),
+    out: Path = typer.Option(..., "--out", help="Output folder: <patient>_labels.nii.gz, label tables, <patient>_qc.png."),
+    montage: bool = typer.Option(True, "--montage/--no-montage", help="Write a QC montage PNG per patient."),
+    quiet: bool = QUIET,
+) -> None:
     """Every patient's ROI masks as NIfTI on the grid of its CT as stored (for 3D Slicer, ITK-SNAP), with label
     tables and a QC montage."""
     from tipsprog.export import run_export
@@ -380,15 +486,19 @@ def export(seg: Path = typer.Argument(..., help="Segment store from `tipsprog se
 
 @app.command()
 @guarded
-def info(file: Path = typer.Argument(..., help="A store (.h5), a --resume journal (OUT.partial) or a bundle folder."),
-         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of YAML-style text.")) -> None:
+def info(
+    file: Path = typer.Argument(..., help="A store (.h5), a --resume journal (OUT.partial) or a bundle folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of YAML-style text."),
+) -> None:
     """What a store, journal or bundle holds: patients, feature blocks, QC counts, provenance, settings digests."""
     import yaml
 
     from tipsprog.info import describe
 
     described = describe(file)
-    typer.echo(json.dumps(described, indent=2) if as_json else yaml.safe_dump(described, sort_keys=False, allow_unicode=True).rstrip())
+    typer.echo(
+        json.dumps(described, indent=2) if as_json else yaml.safe_dump(described, sort_keys=False, allow_unicode=True).rstrip()
+    )
 
 
 def _print_prediction(result: dict) -> None:
@@ -396,10 +506,14 @@ def _print_prediction(result: dict) -> None:
     from tipsprog.predict import portal_vein_line
 
     out = Console()
-    out.print(f"[bold]{result['patient_id']}[/bold]: risk {result['risk_score']['estimate']:.3f} "
-              f"(percentile {result['risk_percentile']:.0f} of the training cohort), {result['risk_group']} risk")
+    out.print(
+        f"[bold]{result['patient_id']}[/bold]: risk {result['risk_score']['estimate']:.3f} "
+        f"(percentile {result['risk_percentile']:.0f} of the training cohort), {result['risk_group']} risk"
+    )
     for horizon, value in result["survival"].items():
-        out.print(f"  survival at {horizon}: {value['estimate']:.1%} ({value['low']:.1%}–{value['high']:.1%} over {result['members']} members)")
+        out.print(
+            f"  survival at {horizon}: {value['estimate']:.1%} ({value['low']:.1%}–{value['high']:.1%} over {result['members']} members)"
+        )
     ohe, ppg = result["ohe_probability"], result["ppg_post_mmhg"]
     out.print(f"  overt HE probability: {ohe['estimate']:.1%} ({ohe['low']:.1%}–{ohe['high']:.1%})")
     out.print(f"  ppg after TIPS: {ppg['estimate']:.1f} mmHg ({ppg['low']:.1f}–{ppg['high']:.1f})")
@@ -416,8 +530,10 @@ def _print_prediction(result: dict) -> None:
     for warning in result["warnings"]:
         out.print(f"  [yellow]warning:[/yellow] {escape(warning)}")
     attribution = result["attribution"]
-    out.print(f"  risk vs the training-fold mean patient: {attribution['risk_minus_baseline']:+.3f}, by modality "
-              + ", ".join(f"{m} {v:+.3f}" for m, v in attribution["by_modality"].items()))
+    out.print(
+        f"  risk vs the training-fold mean patient: {attribution['risk_minus_baseline']:+.3f}, by modality "
+        + ", ".join(f"{m} {v:+.3f}" for m, v in attribution["by_modality"].items())
+    )
     for feature in attribution["top"][:5]:
         out.print(f"    {feature['modality']:<10} {feature['group']:<32} {feature['contribution']:+.3f}")
 

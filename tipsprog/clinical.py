@@ -46,9 +46,15 @@ def schema() -> dict[str, Variable]:
     for name, spec in yaml.safe_load(text).items():
         low, high = spec.get("range", [-np.inf, np.inf])
         variables[name] = Variable(
-            name=name, kind=spec["kind"], unit=str(spec.get("unit", "")), low=float(low), high=float(high),
-            log=bool(spec.get("log", False)), units=tuple(spec.get("units", {}).items()),
-            levels=tuple(spec.get("levels", [])), aliases=tuple(spec.get("aliases", {}).items()),
+            name=name,
+            kind=spec["kind"],
+            unit=str(spec.get("unit", "")),
+            low=float(low),
+            high=float(high),
+            log=bool(spec.get("log", False)),
+            units=tuple(spec.get("units", {}).items()),
+            levels=tuple(spec.get("levels", [])),
+            aliases=tuple(spec.get("aliases", {}).items()),
         )
     return variables
 
@@ -71,19 +77,24 @@ def _reject_lookalike(column: str, name: str, path: Path) -> None:
     if close and not derived:
         variable = schema()[close[0]]
         hint = f" (units go in brackets: {variable.name}[{variable.units[0][0]}])" if variable.units else ""
-        raise InputError(f"{path}: column '{column}' looks like the schema variable '{variable.name}' but does not "
-                         f"match it; rename it{hint}")
+        raise InputError(
+            f"{path}: column '{column}' looks like the schema variable '{variable.name}' but does not match it; rename it{hint}"
+        )
 
 
 def _reject_outcome(column: str, name: str, path: Path, outcome_headers: set[str], outcomes: Path | None) -> None:
     """Fail on a column named like an outcome (time, event, ohe, ppg_post or a column of the outcomes file): as an
     extra column it would become a feature."""
     if normal_name(name) in OUTCOMES or normal_name(column) in OUTCOMES:
-        raise InputError(f"{path}: column '{column}' is an outcome, not a clinical variable; remove it (outcomes go in "
-                         f"{outcomes or 'outcomes.csv'})")
+        raise InputError(
+            f"{path}: column '{column}' is an outcome, not a clinical variable; remove it (outcomes go in "
+            f"{outcomes or 'outcomes.csv'})"
+        )
     if normal_name(name) in outcome_headers or normal_name(column) in outcome_headers:
-        raise InputError(f"{path}: column '{column}' is also a column of the outcomes file {outcomes}; remove it (an "
-                         "outcome may not be a feature)")
+        raise InputError(
+            f"{path}: column '{column}' is also a column of the outcomes file {outcomes}; remove it (an "
+            "outcome may not be a feature)"
+        )
 
 
 def _header_units(table: pd.DataFrame, path: Path, outcomes: Path | None = None) -> tuple[pd.DataFrame, dict[str, float]]:
@@ -200,7 +211,9 @@ def child_pugh(bilirubin, albumin, inr, ascites, he_history) -> np.ndarray:
 
 def albi(bilirubin: np.ndarray, albumin: np.ndarray) -> np.ndarray:
     """ALBI (Johnson 2015): 0.66·log10(bili µmol/L) − 0.085·albumin g/L."""
-    return 0.66 * np.log10(np.asarray(bilirubin, dtype=float) * BILIRUBIN_UMOL_PER_MGDL) - 0.085 * np.asarray(albumin, dtype=float)
+    return 0.66 * np.log10(np.asarray(bilirubin, dtype=float) * BILIRUBIN_UMOL_PER_MGDL) - 0.085 * np.asarray(
+        albumin, dtype=float
+    )
 
 
 def fips(age: np.ndarray, bilirubin: np.ndarray, creatinine: np.ndarray, albumin: np.ndarray) -> np.ndarray:
@@ -235,8 +248,9 @@ def clif_c_ad(age, creatinine, inr, wbc, sodium) -> np.ndarray:
 
 def malinchoc(bilirubin, inr, creatinine, etiology) -> np.ndarray:
     """Malinchoc TIPS score R (Hepatology 2000;31:864): the original MELD built for TIPS."""
-    other_cause = np.where(pd.isna(np.asarray(etiology, dtype=object)), np.nan,
-                           ~pd.Series(etiology).isin(["alcohol", "cholestatic"]).to_numpy())
+    other_cause = np.where(
+        pd.isna(np.asarray(etiology, dtype=object)), np.nan, ~pd.Series(etiology).isin(["alcohol", "cholestatic"]).to_numpy()
+    )
     return (
         0.957 * np.log(np.asarray(creatinine, dtype=float))
         + 0.378 * np.log(np.asarray(bilirubin, dtype=float))
@@ -263,8 +277,13 @@ SCORE_INPUTS = {
     "Malinchoc": ("bilirubin", "inr", "creatinine", "etiology"),
 }
 SCORE_FUNCTIONS = {
-    "FIPS": fips, "MELD": meld, "MELD-Na": meld_na, "Child-Pugh": child_pugh,
-    "ALBI": albi, "CLIF-C AD": clif_c_ad, "Malinchoc": malinchoc,
+    "FIPS": fips,
+    "MELD": meld,
+    "MELD-Na": meld_na,
+    "Child-Pugh": child_pugh,
+    "ALBI": albi,
+    "CLIF-C AD": clif_c_ad,
+    "Malinchoc": malinchoc,
 }
 
 
@@ -282,6 +301,9 @@ def score_notes(table: pd.DataFrame, source: str) -> list[str]:
 def clinical_scores(table: pd.DataFrame) -> pd.DataFrame:
     """All clinical scores whose inputs exist in the table (NaN where a patient lacks an input)."""
     missing = missing_score_inputs(table)
-    scores = {name: SCORE_FUNCTIONS[name](*(table[column].to_numpy() for column in inputs))
-              for name, inputs in SCORE_INPUTS.items() if name not in missing}
+    scores = {
+        name: SCORE_FUNCTIONS[name](*(table[column].to_numpy() for column in inputs))
+        for name, inputs in SCORE_INPUTS.items()
+        if name not in missing
+    }
     return pd.DataFrame(scores, index=table.index)

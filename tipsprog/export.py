@@ -33,12 +33,17 @@ def _rgb(roi: str) -> tuple[int, int, int]:
 def write_label_tables(folder: Path) -> None:
     """labels.csv, a 3D Slicer colour table and an ITK-SNAP label description for the label values."""
     rows = [(label, roi, *_rgb(roi)) for roi, label in ROI_LABELS.items()]
-    (folder / LABEL_TABLE).write_text("label,name,red,green,blue\n" + "".join(f"{','.join(map(str, row))}\n" for row in rows),
-                                      encoding="utf-8")
-    (folder / "slicer_labels.ctbl").write_text("0 background 0 0 0 0\n" + "".join(
-        f"{label} {roi} {r} {g} {b} 255\n" for label, roi, r, g, b in rows), encoding="utf-8")
-    (folder / "itksnap_labels.txt").write_text('    0     0    0    0        0  0  0    "Clear Label"\n' + "".join(
-        f'{label:>5} {r:>5} {g:>4} {b:>4}        1  1  1    "{roi}"\n' for label, roi, r, g, b in rows), encoding="utf-8")
+    (folder / LABEL_TABLE).write_text(
+        "label,name,red,green,blue\n" + "".join(f"{','.join(map(str, row))}\n" for row in rows), encoding="utf-8"
+    )
+    (folder / "slicer_labels.ctbl").write_text(
+        "0 background 0 0 0 0\n" + "".join(f"{label} {roi} {r} {g} {b} 255\n" for label, roi, r, g, b in rows), encoding="utf-8"
+    )
+    (folder / "itksnap_labels.txt").write_text(
+        '    0     0    0    0        0  0  0    "Clear Label"\n'
+        + "".join(f'{label:>5} {r:>5} {g:>4} {b:>4}        1  1  1    "{roi}"\n' for label, roi, r, g, b in rows),
+        encoding="utf-8",
+    )
 
 
 def run_export(seg: Path, out: Path, montage: bool = True) -> list[str]:

@@ -43,7 +43,11 @@ def _nifti_float_payload(stream: IO[bytes]) -> np.dtype | None:
     datatype = int(np.frombuffer(header[70:72] if size == 348 else header[12:14], f"{order}i2")[0])
     if datatype not in NIFTI_FLOAT_TYPES:
         return None
-    offset = int(np.frombuffer(header[108:112], f"{order}f4")[0]) if size == 348 else int(np.frombuffer(header[168:176], f"{order}i8")[0])
+    offset = (
+        int(np.frombuffer(header[108:112], f"{order}f4")[0])
+        if size == 348
+        else int(np.frombuffer(header[168:176], f"{order}i8")[0])
+    )
     stream.seek(offset)
     return np.dtype(f"{order}{NIFTI_FLOAT_TYPES[datatype]}")
 
@@ -62,7 +66,9 @@ def _stored_non_finite(path: Path) -> int:
             count = 0
             while chunk := stream.read(READ_CHUNK):
                 if dtype is not None:
-                    count += int((~np.isfinite(np.frombuffer(chunk[: len(chunk) // dtype.itemsize * dtype.itemsize], dtype))).sum())
+                    count += int(
+                        (~np.isfinite(np.frombuffer(chunk[: len(chunk) // dtype.itemsize * dtype.itemsize], dtype))).sum()
+                    )
             return count
     except (EOFError, OSError, zlib.error) as err:
         raise InputError(f"{path}: cannot read CT (compressed file is truncated or corrupt: {err})") from None
@@ -95,11 +101,15 @@ def _series_files(folder: Path, series_uid: str | None) -> tuple[str, list[str]]
     if not uids:
         raise InputError(f"{folder}: folder holds no DICOM series")
     if series_uid is not None and series_uid not in uids:
-        raise InputError(f"{folder}: DICOM series {series_uid} is not in the folder, which holds "
-                         + ", ".join(_series_label(folder, uid) for uid in uids))
+        raise InputError(
+            f"{folder}: DICOM series {series_uid} is not in the folder, which holds "
+            + ", ".join(_series_label(folder, uid) for uid in uids)
+        )
     if series_uid is None and len(uids) > 1:
-        raise InputError(f"{folder}: folder holds {len(uids)} DICOM series; choose one with the cohort column "
-                         "'series_uid' (predict: --series): " + ", ".join(_series_label(folder, uid) for uid in uids))
+        raise InputError(
+            f"{folder}: folder holds {len(uids)} DICOM series; choose one with the cohort column "
+            "'series_uid' (predict: --series): " + ", ".join(_series_label(folder, uid) for uid in uids)
+        )
     uid = series_uid or uids[0]
     return uid, list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
 
@@ -133,8 +143,10 @@ def _check_slice_spacing(folder: Path, uid: str, files: list[str]) -> None:
     if uneven.any():
         index = int(np.argmax(uneven))
         cause = "a slice file is missing" if gaps[index] > median else "slices are unevenly spaced"
-        raise InputError(f"{series} has a gap between slices at {positions[index]:.1f} and {positions[index + 1]:.1f} mm "
-                         f"(spacing {median:.3g} mm elsewhere): {cause}")
+        raise InputError(
+            f"{series} has a gap between slices at {positions[index]:.1f} and {positions[index + 1]:.1f} mm "
+            f"(spacing {median:.3g} mm elsewhere): {cause}"
+        )
 
 
 @contextmanager
@@ -196,14 +208,15 @@ def canonical(image: sitk.Image) -> sitk.Image:
 FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
 
 
-def resample_to_spacing(image: sitk.Image, spacing_mm: tuple[float, float, float], interpolator: int,
-                        default: float) -> sitk.Image:
+def resample_to_spacing(
+    image: sitk.Image, spacing_mm: tuple[float, float, float], interpolator: int, default: float
+) -> sitk.Image:
     """Resample onto a grid of the given spacing covering the same physical extent and orientation."""
     size = [max(1, int(round(n * s / t))) for n, s, t in zip(image.GetSize(), image.GetSpacing(), spacing_mm)]
-    origin = image.TransformContinuousIndexToPhysicalPoint(
-        [(t / s - 1.0) / 2.0 for s, t in zip(image.GetSpacing(), spacing_mm)])
-    return sitk.Resample(image, size, sitk.Transform(), interpolator, origin, spacing_mm, image.GetDirection(),
-                         default, image.GetPixelID())
+    origin = image.TransformContinuousIndexToPhysicalPoint([(t / s - 1.0) / 2.0 for s, t in zip(image.GetSpacing(), spacing_mm)])
+    return sitk.Resample(
+        image, size, sitk.Transform(), interpolator, origin, spacing_mm, image.GetDirection(), default, image.GetPixelID()
+    )
 
 
 def antialiased_resample(image: sitk.Image, spacing_mm: tuple[float, float, float], default: float) -> sitk.Image:

@@ -32,7 +32,7 @@ import numpy as np
 from tipsprog.errors import InputError
 
 JOURNAL_FORMAT = ("v108", "v108")  # indexed groups: reading thousands of records back keeps memory flat, and
-                                   # (unlike "latest") another process can read the journal while it is written
+# (unlike "latest") another process can read the journal while it is written
 
 
 PAUSE_VARIABLE = "TIPSPROG_PAUSE_AFTER"
@@ -128,8 +128,11 @@ def forget(journal: h5py.File) -> None:
 def finished(journal: h5py.File) -> dict[tuple[str, str], str]:
     """Names of the complete records keyed by (patient ID, input digest); a record cut short by a kill has no digest
     and is skipped. (Names, not open groups: thousands of open HDF5 objects hold memory.)"""
-    return {(str(group.attrs["patient_id"]), str(group.attrs["input_sha256"])): name
-            for name, group in journal["records"].items() if "input_sha256" in group.attrs}
+    return {
+        (str(group.attrs["patient_id"]), str(group.attrs["input_sha256"])): name
+        for name, group in journal["records"].items()
+        if "input_sha256" in group.attrs
+    }
 
 
 CHECKPOINT_SECONDS = 10.0
@@ -222,8 +225,16 @@ class TrainingJournal:
             return
         from tipsprog.checkpoints import save_checkpoint
 
-        save_checkpoint({"format": TRAINING_FORMAT, "settings_sha256": self.settings_sha256, "position": position,
-                         "random": _random_state(), "state": state()}, self.path)
+        save_checkpoint(
+            {
+                "format": TRAINING_FORMAT,
+                "settings_sha256": self.settings_sha256,
+                "position": position,
+                "random": _random_state(),
+                "state": state(),
+            },
+            self.path,
+        )
         self._saved_at = time.monotonic()
         journal_written()
 

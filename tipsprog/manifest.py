@@ -63,6 +63,15 @@ class Manifest:
         """The fields of a manifest mapping as fuse-train writes it."""
         pipeline, clinical = raw["pipeline"], raw["clinical"]
         segment = SegmentEntry(**pipeline["segment"]) if pipeline.get("segment") else None
-        return cls(raw, segment, {name: BlockEntry(**entry) for name, entry in pipeline["blocks"].items()},
-                   raw["modalities"], clinical["extras"], clinical.get("score_notes", {}), TrainingEntry(**raw["training"]),
-                   float(raw["risk_groups"]["cut"]), raw.get("transductive"), raw["tipsprog_version"])
+        return cls(
+            raw,
+            segment,
+            {name: BlockEntry(**entry) for name, entry in pipeline["blocks"].items()},
+            raw["modalities"],
+            clinical["extras"],
+            clinical.get("score_notes", {}),
+            TrainingEntry(**raw["training"]),
+            float(raw["risk_groups"]["cut"]),
+            raw.get("transductive"),
+            raw["tipsprog_version"],
+        )

@@ -90,8 +90,10 @@ def output_lock(path: str | Path) -> Iterator[None]:
             except FileExistsError:
                 holder = _live_holder(lock)
                 if holder:
-                    raise InputError(f"{path}: another tipsprog command ({holder}) is writing it; wait for it to "
-                                     "finish or choose another output") from None
+                    raise InputError(
+                        f"{path}: another tipsprog command ({holder}) is writing it; wait for it to "
+                        "finish or choose another output"
+                    ) from None
                 lock.unlink(missing_ok=True)
     finally:
         claim.unlink(missing_ok=True)
@@ -127,6 +129,7 @@ def writes_output(kind: str) -> Callable[[Callable[..., Result]], Callable[..., 
     """Run a stage under the lock of its `out` argument from start to end, so a second command writing the same
     output stops before doing any work; an `out` that is, or holds, one of the stage's path arguments, or an
     existing file or folder that is not a previous output of this `kind` (OUTPUT_KINDS), is refused up front."""
+
     def decorate(stage: Callable[..., Result]) -> Callable[..., Result]:
         @functools.wraps(stage)
         def locked(*args, **kwargs) -> Result:
@@ -136,7 +139,9 @@ def writes_output(kind: str) -> Callable[[Callable[..., Result]], Callable[..., 
             with output_lock(out):
                 check_replaceable(out, kind)
                 return stage(*args, **kwargs)
+
         return locked
+
     return decorate
 
 
@@ -183,8 +188,10 @@ def check_replaceable(path: Path, kind: str) -> None:
     folder of other files, a store never replaces a CSV)."""
     description, is_previous = OUTPUT_KINDS[kind]
     if (path.exists() or path.is_symlink()) and not is_previous(path):
-        raise InputError(f"{path}: exists and is not a previous {description}; writing the {description} here would "
-                         "destroy it: choose another output or remove it first")
+        raise InputError(
+            f"{path}: exists and is not a previous {description}; writing the {description} here would "
+            "destroy it: choose another output or remove it first"
+        )
 
 
 def _remove(path: Path) -> None:

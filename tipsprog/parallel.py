@@ -21,8 +21,9 @@ def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def map_ordered(function: Callable[[Item], Result], items: Iterable[Item], workers: int,
-                scheduler: str | None = None) -> Iterator[Result]:
+def map_ordered(
+    function: Callable[[Item], Result], items: Iterable[Item], workers: int, scheduler: str | None = None
+) -> Iterator[Result]:
     """Yield function(item) in input order, streaming results as they are ready; at most a few items per worker are
     in flight, so a lazy `items` iterable is read only as fast as the workers progress (memory stays flat).
 

@@ -104,8 +104,13 @@ def scan_features(job: ScanJob) -> ScanFeatures:
         elif entry.extractor == biomarkers.EXTRACTOR:
             rows[name], measure_flags = biomarkers.replay(entry, ct, labels, volumes, portal_vein)
             flags = flags + measure_flags
-    qc = {"backend": job.backend.name, "volumes_ml": {roi: round(float(v), 1) for roi, v in zip(store.ROI_LABELS, volumes)},
-          "status": qc_status(flags), "flags": flags, "portal_vein": portal_vein_record(portal_vein)}
+    qc = {
+        "backend": job.backend.name,
+        "volumes_ml": {roi: round(float(v), 1) for roi, v in zip(store.ROI_LABELS, volumes)},
+        "status": qc_status(flags),
+        "flags": flags,
+        "portal_vein": portal_vein_record(portal_vein),
+    }
     if job.mask_path is not None:
         make_folder(job.mask_path.parent)
         sitk.WriteImage(labels, str(job.mask_path), useCompression=True)
@@ -128,7 +133,7 @@ def percentile_rank(value: float, quantiles: list[float]) -> float:
         return (first[i] + last[i]) / 2.0
     if i == 0 or i == len(distinct):
         return 0.0 if i == 0 else 100.0
-    return float(np.interp(value, distinct[i - 1:i + 1], [last[i - 1], first[i]]))
+    return float(np.interp(value, distinct[i - 1 : i + 1], [last[i - 1], first[i]]))
 
 
 def biomarker_record(values: np.ndarray, entry: BlockEntry) -> dict[str, dict[str, float | None]]:
@@ -138,22 +143,28 @@ def biomarker_record(values: np.ndarray, entry: BlockEntry) -> dict[str, dict[st
         reference = (entry.training_percentiles or {})[name]
         measured = bool(np.isfinite(value))
         known = measured and reference[0] is not None
-        record[name] = {"value": round(float(value), 2) if measured else None,
-                        "percentile": round(percentile_rank(value, reference), 1) if known else None}
+        record[name] = {
+            "value": round(float(value), 2) if measured else None,
+            "percentile": round(percentile_rank(value, reference), 1) if known else None,
+        }
     return record
 
 
 def portal_vein_record(measurements: PortalVein) -> dict[str, float | None]:
     """The portal vein measurements for the JSON record, to 0.1 (None: not measured)."""
-    return {name: round(float(value), 1) if np.isfinite(value) else None
-            for name, value in zip(PORTAL_VEIN_FIELDS, measurements.as_array())}
+    return {
+        name: round(float(value), 1) if np.isfinite(value) else None
+        for name, value in zip(PORTAL_VEIN_FIELDS, measurements.as_array())
+    }
 
 
 def portal_vein_line(record: dict[str, float | None]) -> str:
     """'main portal vein diameter X mm, volume Y mL', with 'not measured' for what was not."""
     diameter, volume = record.get("main_diameter_mm"), record.get("volume_ml")
-    return (f"main portal vein diameter {'not measured' if diameter is None else f'{diameter:.1f} mm'}, "
-            f"volume {'not measured' if volume is None else f'{volume:.1f} mL'}")
+    return (
+        f"main portal vein diameter {'not measured' if diameter is None else f'{diameter:.1f} mm'}, "
+        f"volume {'not measured' if volume is None else f'{volume:.1f} mL'}"
+    )
 
 
 def _usable_scan(job: ScanJob) -> ScanFeatures | str:
@@ -235,8 +246,13 @@ def _interval(values: np.ndarray) -> dict[str, float]:
     return {"estimate": float(np.mean(values)), "low": float(low), "high": float(high)}
 
 
-def _scans(bundle: Bundle, ct_paths: list[str] | None, options: PredictOptions, series_uids: list[str | None] | None,
-           images: tuple[list[Path | None], list[Path | None]]) -> tuple[list[ScanFeatures], dict[int, str]]:
+def _scans(
+    bundle: Bundle,
+    ct_paths: list[str] | None,
+    options: PredictOptions,
+    series_uids: list[str | None] | None,
+    images: tuple[list[Path | None], list[Path | None]],
+) -> tuple[list[ScanFeatures], dict[int, str]]:
     """Each row's scan features (none when the bundle uses no imaging) and, unless strict, the rows whose scan could
     not be used with the reason; when no scan can be used, the first reason is the error."""
     if not bundle.manifest.blocks:
@@ -246,18 +262,26 @@ def _scans(bundle: Bundle, ct_paths: list[str] | None, options: PredictOptions, 
     backend = _backend(bundle, options.device)
     masks, overlays = images
     series_uids = series_uids or [None] * len(ct_paths)
-    jobs = [ScanJob(bundle.manifest.blocks, backend, path, mask, overlay, series)
-            for path, mask, overlay, series in zip(ct_paths, masks, overlays, series_uids)]
-    outcomes = list(map_ordered(scan_features if options.strict else _usable_scan, jobs, min(options.workers, len(jobs)),
-                                options.scheduler))
+    jobs = [
+        ScanJob(bundle.manifest.blocks, backend, path, mask, overlay, series)
+        for path, mask, overlay, series in zip(ct_paths, masks, overlays, series_uids)
+    ]
+    outcomes = list(
+        map_ordered(scan_features if options.strict else _usable_scan, jobs, min(options.workers, len(jobs)), options.scheduler)
+    )
     failed = {row: outcome for row, outcome in enumerate(outcomes) if isinstance(outcome, str)}
     if len(failed) == len(outcomes):
         raise InputError(failed[0])
     return [outcome for outcome in outcomes if not isinstance(outcome, str)], failed
 
 
-def predict_patients(bundle: Bundle, table: pd.DataFrame, ct_paths: list[str] | None, options: PredictOptions,
-                     series_uids: list[str | None] | None = None) -> list[dict]:
+def predict_patients(
+    bundle: Bundle,
+    table: pd.DataFrame,
+    ct_paths: list[str] | None,
+    options: PredictOptions,
+    series_uids: list[str | None] | None = None,
+) -> list[dict]:
     """Predictions for the rows of a clinical table (scans, and any DICOM series chosen in them, in the same order
     when the bundle uses imaging). A row whose scan cannot be used gets a record with its `error` (or, with
     options.strict, stops the run)."""
@@ -276,8 +300,9 @@ def _predictions(bundle: Bundle, table: pd.DataFrame, scans: list[ScanFeatures],
     blocks = _feature_blocks(bundle, scans, options.device) if scans else {}
     extras = bundle.manifest.clinical_extras
     clinical_matrix, clinical_names = clinical_features(table, extras)
-    matrices, _, _ = modality_matrices(blocks, np.arange(len(table)), clinical_matrix, clinical_names,
-                                       tuple(bundle.manifest.modalities))
+    matrices, _, _ = modality_matrices(
+        blocks, np.arange(len(table)), clinical_matrix, clinical_names, tuple(bundle.manifest.modalities)
+    )
     device = resolve_device(options.device)
     ensemble = member_ensemble(bundle.members, bundle.config, device)
     attribution = integrated_gradients(bundle.members, matrices, bundle.config, device, ensemble)
@@ -286,13 +311,18 @@ def _predictions(bundle: Bundle, table: pd.DataFrame, scans: list[ScanFeatures],
     unlike = bundle.ood.flagged(matrices) if bundle.ood is not None else [None] * len(table)
     results = []
     for row, patient_id in enumerate(table["patient_id"].astype(str)):
-        output = predict_members(bundle.members, {m: v[row:row + 1] for m, v in matrices.items()}, np.array([0]),
-                                 bundle.config, device, ensemble)
+        output = predict_members(
+            bundle.members, {m: v[row : row + 1] for m, v in matrices.items()}, np.array([0]), bundle.config, device, ensemble
+        )
         imputed = [name for name in [*schema(), *extras] if pd.isna(table[name].iloc[row])]
         result = _patient_result(bundle, patient_id, output, reference, scores.iloc[row], imputed)
-        result["attribution"] = {"method": "integrated gradients", "baseline": "training-fold mean patient",
-                                 "risk_minus_baseline": round(float(attribution.risk[row] - attribution.baseline_risk[row]), 4),
-                                 "by_modality": attribution.by_modality(row), "top": attribution.top(row, TOP_FEATURES)}
+        result["attribution"] = {
+            "method": "integrated gradients",
+            "baseline": "training-fold mean patient",
+            "risk_minus_baseline": round(float(attribution.risk[row] - attribution.baseline_risk[row]), 4),
+            "by_modality": attribution.by_modality(row),
+            "top": attribution.top(row, TOP_FEATURES),
+        }
         result["segmentation"] = scans[row].qc if scans else {}
         entry = bundle.manifest.blocks.get("biomarkers")
         result["biomarkers"] = biomarker_record(scans[row].rows["biomarkers"], entry) if entry and scans else {}
@@ -305,13 +335,16 @@ def ood_warnings(modalities: list[str] | None) -> list[str]:
     """The out-of-distribution warnings of one patient (fusion/ood.py), one line per modality flagged."""
     if modalities is None:
         return ["out-of-distribution check unavailable: the bundle predates it (no ood.json); retrain to add it"]
-    return [f"{m} features lie beyond the training cohort ({100 * OOD_QUANTILE:.0f}th percentile of its patients' "
-            "distance): this patient is unlike those the model learned from; read the prediction with care"
-            for m in modalities]
+    return [
+        f"{m} features lie beyond the training cohort ({100 * OOD_QUANTILE:.0f}th percentile of its patients' "
+        "distance): this patient is unlike those the model learned from; read the prediction with care"
+        for m in modalities
+    ]
 
 
-def _patient_result(bundle: Bundle, patient_id: str, output: dict[str, np.ndarray], reference: np.ndarray,
-                    scores: pd.Series, imputed: list[str]) -> dict:
+def _patient_result(
+    bundle: Bundle, patient_id: str, output: dict[str, np.ndarray], reference: np.ndarray, scores: pd.Series, imputed: list[str]
+) -> dict:
     """One patient's JSON record from the members' outputs on that patient."""
     horizons = np.array(bundle.config.horizons_days, dtype=float)
     curve_days = np.unique(np.concatenate([np.arange(CURVE_STEP_DAYS, horizons.max(), CURVE_STEP_DAYS), horizons]))
@@ -335,8 +368,9 @@ def _patient_result(bundle: Bundle, patient_id: str, output: dict[str, np.ndarra
     }
 
 
-def run_predict(bundle_path: Path, ct_path: Path | None, clinical_csv: Path, options: PredictOptions,
-                series_uid: str | None = None) -> dict:
+def run_predict(
+    bundle_path: Path, ct_path: Path | None, clinical_csv: Path, options: PredictOptions, series_uid: str | None = None
+) -> dict:
     """Load a bundle and predict one patient (from DICOM series `series_uid` when its folder holds several)."""
     bundle = load_bundle(bundle_path, options.trust)
     table = _clinical_rows(bundle, clinical_csv, None)
@@ -357,18 +391,29 @@ def flat_row(result: dict) -> dict:
         row.update({key: result[key]["estimate"], f"{key}_low": result[key]["low"], f"{key}_high": result[key]["high"]})
     row.update(risk_percentile=result["risk_percentile"], risk_group=result["risk_group"])
     for horizon, value in result["survival"].items():
-        row.update({f"survival_{horizon}": value["estimate"], f"survival_{horizon}_low": value["low"],
-                    f"survival_{horizon}_high": value["high"]})
+        row.update(
+            {
+                f"survival_{horizon}": value["estimate"],
+                f"survival_{horizon}_low": value["low"],
+                f"survival_{horizon}_high": value["high"],
+            }
+        )
     row.update(result["clinical_scores"])
     segmentation = result["segmentation"]
     if segmentation:
-        row.update(qc_status=segmentation["status"], qc_flags=";".join(segmentation["flags"]),
-                   **{f"{roi}_ml": volume for roi, volume in segmentation["volumes_ml"].items()},
-                   **{f"portal_vein_{name}": value for name, value in segmentation["portal_vein"].items()})
+        row.update(
+            qc_status=segmentation["status"],
+            qc_flags=";".join(segmentation["flags"]),
+            **{f"{roi}_ml": volume for roi, volume in segmentation["volumes_ml"].items()},
+            **{f"portal_vein_{name}": value for name, value in segmentation["portal_vein"].items()},
+        )
     for name, value in result["biomarkers"].items():
         row.update({f"biomarker_{name}": value["value"], f"biomarker_{name}_percentile": value["percentile"]})
-    row.update(warnings=" | ".join(result["warnings"]), imputed=";".join(result["imputed"]),
-               top_features=";".join(f"{t['group']}:{t['contribution']:+.3f}" for t in result["attribution"]["top"]))
+    row.update(
+        warnings=" | ".join(result["warnings"]),
+        imputed=";".join(result["imputed"]),
+        top_features=";".join(f"{t['group']}:{t['contribution']:+.3f}" for t in result["attribution"]["top"]),
+    )
     return row
 
 

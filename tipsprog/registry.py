@@ -41,19 +41,38 @@ class Registry:
         return getattr(importlib.import_module(module), attribute)
 
 
-FUSION_MODELS = Registry("fusion model", {  # classes taking (layout, hidden, dropout, **their config section)
-    "clinical-cox": "tipsprog.fusion.models:ClinicalCoxNetwork", "concat": "tipsprog.fusion.models:ConcatFusion",
-    "late": "tipsprog.fusion.models:LateFusion", "intermediate": "tipsprog.fusion.models:IntermediateFusion",
-    "tmiclnet": "tipsprog.fusion.models:TmiClNet", "multitips": "tipsprog.fusion.models:MultiTips",
-    "graph": "tipsprog.fusion.models:GraphFusion"})
+FUSION_MODELS = Registry(
+    "fusion model",
+    {  # classes taking (layout, hidden, dropout, **their config section)
+        "clinical-cox": "tipsprog.fusion.models:ClinicalCoxNetwork",
+        "concat": "tipsprog.fusion.models:ConcatFusion",
+        "late": "tipsprog.fusion.models:LateFusion",
+        "intermediate": "tipsprog.fusion.models:IntermediateFusion",
+        "tmiclnet": "tipsprog.fusion.models:TmiClNet",
+        "multitips": "tipsprog.fusion.models:MultiTips",
+        "graph": "tipsprog.fusion.models:GraphFusion",
+    },
+)
 FUSION_MODEL_SECTIONS = ("tmiclnet", "multitips", "graph")  # the models with a config section of their own name
 
-ENCODERS = Registry("encoder", {  # factories (name, weights path) → RoiEncoder
-    "ssl": "tipsprog.embed.encoders:ssl_encoder", "medicalnet-resnet10": "tipsprog.embed.encoders:medicalnet_encoder",
-    "medicalnet-resnet18": "tipsprog.embed.encoders:medicalnet_encoder",
-    "medicalnet-resnet50": "tipsprog.embed.encoders:medicalnet_encoder",
-    "swinunetr": "tipsprog.embed.encoders:swinunetr_encoder", "ctfm": "tipsprog.embed.encoders:ctfm_encoder"})
+ENCODERS = Registry(
+    "encoder",
+    {  # factories (name, weights path) → RoiEncoder
+        "ssl": "tipsprog.embed.encoders:ssl_encoder",
+        "medicalnet-resnet10": "tipsprog.embed.encoders:medicalnet_encoder",
+        "medicalnet-resnet18": "tipsprog.embed.encoders:medicalnet_encoder",
+        "medicalnet-resnet50": "tipsprog.embed.encoders:medicalnet_encoder",
+        "swinunetr": "tipsprog.embed.encoders:swinunetr_encoder",
+        "ctfm": "tipsprog.embed.encoders:ctfm_encoder",
+    },
+)
 
-SEGMENTATION_BACKENDS = Registry("segmentation backend", {  # functions (ct, Backend, cohort row) → labels
-    "classic": "tipsprog.segment.backends:label_classic", "masks": "tipsprog.segment.backends:label_masks",
-    "semi": "tipsprog.segment.backends:label_semi", "totalseg": "tipsprog.segment.backends:label_totalseg"})
+SEGMENTATION_BACKENDS = Registry(
+    "segmentation backend",
+    {  # functions (ct, Backend, cohort row) → labels
+        "classic": "tipsprog.segment.backends:label_classic",
+        "masks": "tipsprog.segment.backends:label_masks",
+        "semi": "tipsprog.segment.backends:label_semi",
+        "totalseg": "tipsprog.segment.backends:label_totalseg",
+    },
+)

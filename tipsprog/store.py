@@ -38,7 +38,8 @@ def create_store(path: str | Path, patient_ids: list[str], centers: list[str]) -
     """Create a store atomically with its root attributes, patient IDs and centers."""
     with atomic_output(path, "store") as tmp, h5py.File(tmp, "w") as store:
         store.attrs.update(
-            schema_version=SCHEMA_VERSION, tipsprog_version=__version__,
+            schema_version=SCHEMA_VERSION,
+            tipsprog_version=__version__,
             created_utc=datetime.now(UTC).isoformat(timespec="seconds"),
             command=" ".join(["tipsprog", *sys.argv[1:]]),
         )
@@ -47,8 +48,7 @@ def create_store(path: str | Path, patient_ids: list[str], centers: list[str]) -
         yield store
 
 
-def write_qc(store: h5py.File, status: list[str], reasons: list[str], flags: list[str] | None = None,
-             backend: str = "") -> None:
+def write_qc(store: h5py.File, status: list[str], reasons: list[str], flags: list[str] | None = None, backend: str = "") -> None:
     """Write per-patient ok|failed status and reason; segment also writes QC flags and its backend."""
     store.create_dataset("qc/status", data=np.array(status, dtype=object), dtype=STRING)
     store.create_dataset("qc/reason", data=np.array(reasons, dtype=object), dtype=STRING)
@@ -57,8 +57,15 @@ def write_qc(store: h5py.File, status: list[str], reasons: list[str], flags: lis
         store.create_dataset("qc/backend", data=np.array([backend] * len(flags), dtype=object), dtype=STRING)
 
 
-def write_segment_info(store: h5py.File, backend: str, settings: str, ct_paths: list[str], series_uids: list[str],
-                       model_sha256: str = "", model_path: str = "") -> None:
+def write_segment_info(
+    store: h5py.File,
+    backend: str,
+    settings: str,
+    ct_paths: list[str],
+    series_uids: list[str],
+    model_sha256: str = "",
+    model_path: str = "",
+) -> None:
     """Write the /segment attributes (backend, settings, model), the CT path of every patient and the DICOM series
     chosen in it ('' where none was)."""
     group = store.require_group("segment")
@@ -70,15 +77,17 @@ def write_segment_info(store: h5py.File, backend: str, settings: str, ct_paths: 
 def write_mask(group: h5py.Group, key: str, mask: sitk.Image) -> None:
     """Write a uint8 label volume with its geometry at `key` under `group` (a store's /segment/masks/<patient>)."""
     data = sitk.GetArrayFromImage(mask).astype(np.uint8)
-    dataset = group.create_dataset(key, data=data, compression="gzip", compression_opts=4,
-                                   chunks=tuple(min(64, s) for s in data.shape))
+    dataset = group.create_dataset(
+        key, data=data, compression="gzip", compression_opts=4, chunks=tuple(min(64, s) for s in data.shape)
+    )
     dataset.attrs.update(spacing=mask.GetSpacing(), origin=mask.GetOrigin(), direction=mask.GetDirection())
 
 
 def create_crops(store: h5py.File, roi: str, count: int, shape: tuple[int, int, int]) -> h5py.Dataset:
     """Create the float16 [N, 2, D, H, W] ROI crop dataset (CT channel, mask channel), filled row by row."""
-    return store.create_dataset(f"segment/crops/{roi}", shape=(count, 2, *shape), dtype=np.float16,
-                                compression="gzip", chunks=(1, 2, *shape), fillvalue=0)
+    return store.create_dataset(
+        f"segment/crops/{roi}", shape=(count, 2, *shape), dtype=np.float16, compression="gzip", chunks=(1, 2, *shape), fillvalue=0
+    )
 
 
 def write_volumes(store: h5py.File, volumes: np.ndarray, roi_names: list[str]) -> None:
@@ -129,8 +138,11 @@ def segment_provenance(store: h5py.File) -> dict[str, str]:
     """Which backend and model produced a segment store, and a semi model's fitted-on patients (carried into feature
     blocks and bundles)."""
     attrs = store["segment"].attrs
-    provenance = {"segment_backend": str(attrs["backend"]), "segment_model_path": str(attrs.get("model_path", "")),
-                  "segment_model_sha256": str(attrs.get("model_sha256", ""))}
+    provenance = {
+        "segment_backend": str(attrs["backend"]),
+        "segment_model_path": str(attrs.get("model_path", "")),
+        "segment_model_sha256": str(attrs.get("model_sha256", "")),
+    }
     provenance.update({f"segment_{key}": str(attrs[key]) for key in ("fitted_on", "fitted_labeled") if key in attrs})
     return provenance
 
@@ -210,7 +222,8 @@ def read_features(store: h5py.File) -> dict[str, FeatureBlock]:
     for name, group in store.get("features", {}).items():
         blocks[name] = FeatureBlock(
             values=group["values"][()].astype(np.float32),
-            names=read_strings(group, "names"), groups=read_strings(group, "groups"),
+            names=read_strings(group, "names"),
+            groups=read_strings(group, "groups"),
             attrs={k: str(v) for k, v in group.attrs.items()},
             input_sha256=read_strings(group, "input_sha256") if "input_sha256" in group else [],
         )

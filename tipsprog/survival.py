@@ -64,6 +64,7 @@ def harrell_c(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
 
 def harrell_c_with_ci(time: np.ndarray, event: np.ndarray, risk: np.ndarray, draws: int = 200, seed: int = 0) -> dict[str, float]:
     """Harrell's C with a bootstrap 95% CI."""
-    estimate, replicates = with_bootstrap(lambda rows: harrell_c(time[rows], event[rows], risk[rows]),
-                                          len(time), bootstrap_samples(len(time), draws, seed))
+    estimate, replicates = with_bootstrap(
+        lambda rows: harrell_c(time[rows], event[rows], risk[rows]), len(time), bootstrap_samples(len(time), draws, seed)
+    )
     return interval(estimate, replicates)

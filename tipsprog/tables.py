@@ -76,8 +76,14 @@ def read_table(path: str | Path, required: list[str]) -> pd.DataFrame:
     try:
         options = {"sep": _delimiter(path), "encoding": "utf-8-sig"}
         texts = [c for c in pd.read_csv(path, nrows=0, **options).columns if normal_name(str(c)) in TEXT_COLUMNS]
-        table = pd.read_csv(path, dtype=dict.fromkeys(texts, str), na_values=MISSING_MARKERS, keep_default_na=False,
-                            float_precision="round_trip", **options)
+        table = pd.read_csv(
+            path,
+            dtype=dict.fromkeys(texts, str),
+            na_values=MISSING_MARKERS,
+            keep_default_na=False,
+            float_precision="round_trip",
+            **options,
+        )
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
         raise InputError(f"{path}: cannot parse CSV ({str(err).splitlines()[0]})") from None
     table.columns = [str(c).strip() for c in table.columns]
@@ -92,8 +98,10 @@ def read_table(path: str | Path, required: list[str]) -> pd.DataFrame:
     unsafe = table["patient_id"][table["patient_id"].map(_unsafe_id)]
     if len(unsafe):
         row = int(unsafe.index[0]) + 2
-        raise InputError(f"{path}: row {row}: patient_id {unsafe.iloc[0]!r} may not contain '/', '\\', control "
-                         "characters or be '.' or '..' (it names files and store groups)")
+        raise InputError(
+            f"{path}: row {row}: patient_id {unsafe.iloc[0]!r} may not contain '/', '\\', control "
+            "characters or be '.' or '..' (it names files and store groups)"
+        )
     duplicated = table["patient_id"][table["patient_id"].duplicated()]
     if len(duplicated):
         raise InputError(f"{path}: duplicate patient_id '{duplicated.iloc[0]}'")
@@ -136,8 +144,9 @@ def read_cohort(path: str | Path) -> pd.DataFrame:
         row = int(np.flatnonzero(cohort["ct"].isna().to_numpy())[0]) + 2
         raise InputError(f"{path}: row {row}: empty 'ct' path")
     if "series_uid" in cohort.columns:
-        cohort["series_uid"] = [None if pd.isna(value) or str(value).strip() == "" else str(value).strip()
-                                for value in cohort["series_uid"]]
+        cohort["series_uid"] = [
+            None if pd.isna(value) or str(value).strip() == "" else str(value).strip() for value in cohort["series_uid"]
+        ]
     if "center" not in cohort.columns:
         cohort["center"] = "unknown"
     cohort["center"] = cohort["center"].fillna("unknown").astype(str)
@@ -155,7 +164,9 @@ def read_outcomes(path: str | Path) -> pd.DataFrame:
         values = numbers(outcomes[column])
         bad = (outcomes[column].notna() & values.isna()) | np.isinf(values)
         if bad.any():
-            raise InputError(f"{path}: patient {bad.idxmax()}: '{column}' is not a finite number: {outcomes.at[bad.idxmax(), column]!r}")
+            raise InputError(
+                f"{path}: patient {bad.idxmax()}: '{column}' is not a finite number: {outcomes.at[bad.idxmax(), column]!r}"
+            )
         outcomes[column] = values.astype(float)
     checks = {
         "time": (outcomes["time"] < 0, "negative survival time"),

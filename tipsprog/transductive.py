@@ -58,8 +58,7 @@ def _step_exposure(entry: dict, patient_ids: list[str], centers: list[str]) -> d
         return {"blocks": entry.get("blocks", []), "seen": None, "centers_seen": None}
     fitted_set = set(fitted)
     seen = [pid in fitted_set for pid in patient_ids]
-    result = {"blocks": entry.get("blocks", []), "seen": sum(seen),
-              "centers_seen": len({c for c, s in zip(centers, seen) if s})}
+    result = {"blocks": entry.get("blocks", []), "seen": sum(seen), "centers_seen": len({c for c, s in zip(centers, seen) if s})}
     if "labeled" in entry:
         labeled = entry["labeled"]
         result["seen_labeled"] = sum(pid in set(labeled) for pid in patient_ids) if isinstance(labeled, list) else None
@@ -71,17 +70,27 @@ def _sentence(label: str, step: str, exposure: dict, patients: int, centers: int
     what, verb, _, _ = STEPS[step]
     seen = exposure["seen"]
     if seen is None:
-        return (f"{label}: unknown whether {what} saw these {patients} patients' scans (its file does not record the "
-                "patients it was fitted on)")
+        return (
+            f"{label}: unknown whether {what} saw these {patients} patients' scans (its file does not record the "
+            "patients it was fitted on)"
+        )
     if seen == 0:
         return f"{label}: 0 of {patients} patients' scans were seen by {what}"
     labeled = exposure.get("seen_labeled")
-    detail = ("unlabeled" if labeled == 0 or step == "encoder" else
-              f"{labeled} with reference labels, {seen - labeled} unlabeled" if labeled is not None else "labeled or not")
+    detail = (
+        "unlabeled"
+        if labeled == 0 or step == "encoder"
+        else f"{labeled} with reference labels, {seen - labeled} unlabeled"
+        if labeled is not None
+        else "labeled or not"
+    )
     suffix = ""
     if setting == "out-of-fold":
-        suffix = (f", the left-out centers included ({exposure['centers_seen']} of {centers} centers)" if cv == "center"
-                  else ", test folds included")
+        suffix = (
+            f", the left-out centers included ({exposure['centers_seen']} of {centers} centers)"
+            if cv == "center"
+            else ", test folds included"
+        )
     return f"{label}: {what} {verb} the scans of {seen} of these {patients} patients ({detail}){suffix}"
 
 
@@ -94,11 +103,15 @@ def exposure_report(cv: str, recorded: dict | None, settings: dict[str, tuple[li
         label = "leave-one-center-out" if setting == "out-of-fold" and cv == "center" else setting
         entry: dict = {"patients": len(patient_ids), "recorded": recorded is not None, "steps": {}}
         if recorded is None:
-            notes.append(f"{label}: unknown whether a fitted feature step saw these {len(patient_ids)} patients' scans "
-                         "(the bundle predates that record)")
+            notes.append(
+                f"{label}: unknown whether a fitted feature step saw these {len(patient_ids)} patients' scans "
+                "(the bundle predates that record)"
+            )
         elif not recorded:
-            notes.append(f"{label}: no feature step was fitted on scans; none of these {len(patient_ids)} patients' "
-                         "scans was seen before evaluation")
+            notes.append(
+                f"{label}: no feature step was fitted on scans; none of these {len(patient_ids)} patients' "
+                "scans was seen before evaluation"
+            )
         for step, fitted in (recorded or {}).items():
             exposure = _step_exposure(fitted, patient_ids, centers)
             entry["steps"][step] = exposure

@@ -28,8 +28,17 @@ from tipsprog.transductive import fitted_attr
 EMBED_ROIS = ("liver", "spleen")
 POOLINGS = ("mean", "mean+max")
 
-__all__ = ["EMBED_ROIS", "POOLINGS", "EmbedOptions", "FitSettings", "embed_crops", "embedding_block", "random_encoder",
-           "run_embed", "load_encoder"]
+__all__ = [
+    "EMBED_ROIS",
+    "POOLINGS",
+    "EmbedOptions",
+    "FitSettings",
+    "embed_crops",
+    "embedding_block",
+    "random_encoder",
+    "run_embed",
+    "load_encoder",
+]
 
 
 def masked_pool(feature_map: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -44,14 +53,20 @@ def masked_pool(feature_map: torch.Tensor, mask: torch.Tensor, pooling: str) -> 
 
 
 @torch.no_grad()
-def embed_crops(encoder: RoiEncoder, crops: np.ndarray | h5py.Dataset, device: torch.device, pooling: str = "mean",
-                batch_size: int = 16, progress: Callable[[int], None] | None = None) -> np.ndarray:
+def embed_crops(
+    encoder: RoiEncoder,
+    crops: np.ndarray | h5py.Dataset,
+    device: torch.device,
+    pooling: str = "mean",
+    batch_size: int = 16,
+    progress: Callable[[int], None] | None = None,
+) -> np.ndarray:
     """Pooled features of [N, 2, D, H, W] crops of one ROI (an array, or a store dataset read batch by batch), in
     batches (progress gets each batch's size); AMP on CUDA."""
     encoder = encoder.to(device).eval()
     pooled = []
     for start in range(0, len(crops), batch_size):
-        batch = torch.from_numpy(crops[start:start + batch_size].astype(np.float32)).to(device)
+        batch = torch.from_numpy(crops[start : start + batch_size].astype(np.float32)).to(device)
         with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
             feature_map = encoder(batch)
         pooled.append(masked_pool(feature_map.float(), batch[:, 1:2], pooling).cpu().numpy())
@@ -60,9 +75,15 @@ def embed_crops(encoder: RoiEncoder, crops: np.ndarray | h5py.Dataset, device: t
     return np.concatenate(pooled)
 
 
-def embedding_block(encoder: RoiEncoder, crops_by_roi: dict[str, np.ndarray | h5py.Dataset], device: torch.device, pooling: str,
-                    provenance: dict[str, str], batch_size: int = 16,
-                    progress: Callable[[float], None] | None = None) -> store.FeatureBlock:
+def embedding_block(
+    encoder: RoiEncoder,
+    crops_by_roi: dict[str, np.ndarray | h5py.Dataset],
+    device: torch.device,
+    pooling: str,
+    provenance: dict[str, str],
+    batch_size: int = 16,
+    progress: Callable[[float], None] | None = None,
+) -> store.FeatureBlock:
     """Embeddings of every ROI side by side, named embed-<encoder>/<roi>/<k>, grouped by ROI and pooling."""
     parts, names, groups = [], [], []
     extractor = f"embed-{encoder.name}"
@@ -73,8 +94,13 @@ def embedding_block(encoder: RoiEncoder, crops_by_roi: dict[str, np.ndarray | h5
         parts.append(values)
         names += [f"{extractor}/{roi}/{k}" for k in range(values.shape[1])]
         groups += [f"{roi}/{extractor}/{kind}" for kind in kinds for _ in range(values.shape[1] // len(kinds))]
-    attrs = {"extractor": extractor, "encoder": encoder.name, "pooling": pooling, "weights_report": encoder.report.summary(),
-             **provenance}
+    attrs = {
+        "extractor": extractor,
+        "encoder": encoder.name,
+        "pooling": pooling,
+        "weights_report": encoder.report.summary(),
+        **provenance,
+    }
     return store.FeatureBlock(np.concatenate(parts, axis=1), names, groups, attrs)
 
 
@@ -86,21 +112,29 @@ def random_encoder(seed: int = 0) -> RoiEncoder:
 
 def _fit_digest(training: np.ndarray, settings: FitSettings, device: torch.device, fitted_on: list[str]) -> str:
     """sha256 of what pre-training depends on: its settings, the device type, the patients and their training crops."""
-    digest = hashlib.sha256(json.dumps({**asdict(settings), "device": device.type, "patients": fitted_on},
-                                       sort_keys=True).encode("utf-8"))
+    digest = hashlib.sha256(
+        json.dumps({**asdict(settings), "device": device.type, "patients": fitted_on}, sort_keys=True).encode("utf-8")
+    )
     digest.update(np.ascontiguousarray(training).data)
     return digest.hexdigest()
 
 
 @contextmanager
-def _segment_store(seg_path: Path) -> Iterator[tuple[list[str], list[str], tuple[list[str], list[str]], dict[str, str], dict[str, h5py.Dataset]]]:
+def _segment_store(
+    seg_path: Path,
+) -> Iterator[tuple[list[str], list[str], tuple[list[str], list[str]], dict[str, str], dict[str, h5py.Dataset]]]:
     """Patients, centers, QC (status, reasons), segmentation provenance and the ROI crop datasets of a segment store,
     read batch by batch while the store is open."""
     with store.open_store(seg_path) as seg:
         if "segment/crops" not in seg:
             raise InputError(f"{seg_path}: not a segment store (no /segment/crops)")
-        yield (store.read_patients(seg), store.read_centers(seg), store.read_qc(seg), store.segment_provenance(seg),
-               {roi: seg[f"segment/crops/{roi}"] for roi in EMBED_ROIS})
+        yield (
+            store.read_patients(seg),
+            store.read_centers(seg),
+            store.read_qc(seg),
+            store.segment_provenance(seg),
+            {roi: seg[f"segment/crops/{roi}"] for roi in EMBED_ROIS},
+        )
 
 
 def _fit_rows(ids: list[str], usable: np.ndarray, seg_path: Path, fit_ids: Path | None) -> np.ndarray:
@@ -131,9 +165,14 @@ class EmbedOptions:
 
 
 @writes_output("store")
-def run_embed(seg_path: Path, out: Path, options: EmbedOptions = EmbedOptions(),
-              fit_progress: Callable[[int, float], None] | None = None, progress: Callable[[float], None] | None = None,
-              notes: Callable[[str], None] | None = None) -> tuple[Path, str]:
+def run_embed(
+    seg_path: Path,
+    out: Path,
+    options: EmbedOptions = EmbedOptions(),
+    fit_progress: Callable[[int, float], None] | None = None,
+    progress: Callable[[float], None] | None = None,
+    notes: Callable[[str], None] | None = None,
+) -> tuple[Path, str]:
     """Embed every patient of a segment store into a store; with `options.fit`, pre-train the ssl encoder first (on
     the patients of `options.fit_ids` only, if given). The patients it was pre-trained on go into the weights file
     and the block.
@@ -142,8 +181,13 @@ def run_embed(seg_path: Path, out: Path, options: EmbedOptions = EmbedOptions(),
     there when the settings and the training crops are the same. Returns the weights file used and the loader's
     report (architecture, ignored tensors).
     """
-    encoder_name, fit, fit_ids, weights, settings = (options.encoder, options.fit, options.fit_ids, options.weights,
-                                                     options.fit_settings)
+    encoder_name, fit, fit_ids, weights, settings = (
+        options.encoder,
+        options.fit,
+        options.fit_ids,
+        options.weights,
+        options.fit_settings,
+    )
     pooling, batch_size = options.pooling, options.batch_size
     if pooling not in POOLINGS:
         raise InputError(f"--pool {pooling}: choose one of {', '.join(POOLINGS)}")

@@ -58,8 +58,12 @@ def _ctfm_features(network: torch.nn.Module, crops: torch.Tensor) -> torch.Tenso
     return network(_upsampled(crops, -1024.0, 2048.0))[-1]
 
 
-FEATURE_MAPS = {"ssl": _ssl_features, "medicalnet": _medicalnet_features, "swinunetr": _swinunetr_features,
-                "ctfm": _ctfm_features}
+FEATURE_MAPS = {
+    "ssl": _ssl_features,
+    "medicalnet": _medicalnet_features,
+    "swinunetr": _swinunetr_features,
+    "ctfm": _ctfm_features,
+}
 
 
 class RoiEncoder(torch.nn.Module):

@@ -22,8 +22,13 @@ from tipsprog.errors import InputError
 
 WRAPPER_KEYS = ("state_dict", "model", "net", "network", "model_state_dict")
 KEY_PREFIXES = ("module.", "model.", "backbone.", "encoder.", "swinViT.", "swin_vit.")
-RESNET_DEPTHS = {("basic", (1, 1, 1, 1)): 10, ("basic", (2, 2, 2, 2)): 18, ("basic", (3, 4, 6, 3)): 34,
-                 ("bottleneck", (3, 4, 6, 3)): 50, ("bottleneck", (3, 4, 23, 3)): 101}
+RESNET_DEPTHS = {
+    ("basic", (1, 1, 1, 1)): 10,
+    ("basic", (2, 2, 2, 2)): 18,
+    ("basic", (3, 4, 6, 3)): 34,
+    ("bottleneck", (3, 4, 6, 3)): 50,
+    ("bottleneck", (3, 4, 23, 3)): 101,
+}
 OPTIONAL_BUFFERS = ("num_batches_tracked", "relative_position_index")
 
 
@@ -36,7 +41,9 @@ class LoadReport:
 
     def summary(self) -> str:
         """One line for the console and the store's attributes."""
-        ignored = f"; ignored {len(self.ignored)} tensors not used by the encoder ({_examples(self.ignored)})" if self.ignored else ""
+        ignored = (
+            f"; ignored {len(self.ignored)} tensors not used by the encoder ({_examples(self.ignored)})" if self.ignored else ""
+        )
         return f"{self.architecture}{ignored}"
 
 
@@ -53,6 +60,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
+
             payload = load_file(str(path))
         else:
             payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -63,7 +71,9 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         if inner is None:
             break
         payload = inner
-    tensors = {key: value for key, value in payload.items() if isinstance(value, torch.Tensor)} if isinstance(payload, dict) else {}
+    tensors = (
+        {key: value for key, value in payload.items() if isinstance(value, torch.Tensor)} if isinstance(payload, dict) else {}
+    )
     if not tensors:
         raise InputError(f"{path}: holds no tensors (expected a state dict, optionally under 'state_dict')")
     return {_strip_prefixes(key): value for key, value in tensors.items()}
@@ -76,7 +86,7 @@ def _strip_prefixes(key: str) -> str:
         stripped = False
         for prefix in KEY_PREFIXES:
             if key.startswith(prefix):
-                key, stripped = key[len(prefix):], True
+                key, stripped = key[len(prefix) :], True
     return key
 
 
@@ -86,7 +96,11 @@ def load_into(network: torch.nn.Module, tensors: dict[str, torch.Tensor], path: 
     missing = [k for k in expected if k not in tensors and not k.endswith(OPTIONAL_BUFFERS)]
     if missing:
         raise InputError(f"{path}: not {what} weights: {len(missing)} of {len(expected)} tensors missing ({_examples(missing)})")
-    wrong = [f"{k} {tuple(tensors[k].shape)} ≠ {tuple(v.shape)}" for k, v in expected.items() if k in tensors and tensors[k].shape != v.shape]
+    wrong = [
+        f"{k} {tuple(tensors[k].shape)} ≠ {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in tensors and tensors[k].shape != v.shape
+    ]
     if wrong:
         raise InputError(f"{path}: {what} weights of the wrong shape: {_examples(wrong, 2)}")
     network.load_state_dict({k: tensors[k] for k in expected if k in tensors}, strict=False)
@@ -115,12 +129,22 @@ def medicalnet_resnet(path: Path, depth: int) -> tuple[ResNet, LoadReport]:
     found = RESNET_DEPTHS.get((block, layers))
     if found != depth:
         held = f"a ResNet-{found}" if found else f"a ResNet with {block} blocks {list(layers)}"
-        raise InputError(f"{path}: holds {held}, not a ResNet-{depth}" + (f"; use --encoder medicalnet-resnet{found}" if found else ""))
+        raise InputError(
+            f"{path}: holds {held}, not a ResNet-{depth}" + (f"; use --encoder medicalnet-resnet{found}" if found else "")
+        )
     widths = [int(_need(tensors, f"layer{i}.0.conv1.weight", path, what).shape[0]) for i in range(1, 5)]
-    network = ResNet(block=block, layers=list(layers), block_inplanes=widths, spatial_dims=3,
-                     n_input_channels=int(conv1.shape[1]), conv1_t_size=int(conv1.shape[2]), conv1_t_stride=2,
-                     shortcut_type="B" if any(".downsample." in k for k in tensors) else "A",
-                     bias_downsample="layer2.0.downsample.0.bias" in tensors, feed_forward=False)
+    network = ResNet(
+        block=block,
+        layers=list(layers),
+        block_inplanes=widths,
+        spatial_dims=3,
+        n_input_channels=int(conv1.shape[1]),
+        conv1_t_size=int(conv1.shape[2]),
+        conv1_t_stride=2,
+        shortcut_type="B" if any(".downsample." in k for k in tensors) else "A",
+        bias_downsample="layer2.0.downsample.0.bias" in tensors,
+        feed_forward=False,
+    )
     for layer, dilation in ((network.layer3, 2), (network.layer4, 4)):
         _dilate(layer, dilation)
     ignored = load_into(network, tensors, path, what)
@@ -141,15 +165,22 @@ def _dilate(layer: torch.nn.Sequential, dilation: int) -> None:
 def swinunetr_ssl(path: Path) -> tuple[SwinTransformer, LoadReport]:
     """MONAI's self-supervised SwinUNETR backbone (model_swinvit.pt) as MONAI's SwinTransformer."""
     what = "SwinUNETR self-supervised"
-    tensors = {k.replace("mlp.fc1.", "mlp.linear1.").replace("mlp.fc2.", "mlp.linear2."): v
-               for k, v in read_state_dict(path).items()}
+    tensors = {
+        k.replace("mlp.fc1.", "mlp.linear1.").replace("mlp.fc2.", "mlp.linear2."): v for k, v in read_state_dict(path).items()
+    }
     patch_embed = _need(tensors, "patch_embed.proj.weight", path, what)
     depths = tuple(_count(tensors, rf"layers{i}\.0\.blocks\.(\d+)\.") for i in range(1, 5))
     tables = [_need(tensors, f"layers{i}.0.blocks.0.attn.relative_position_bias_table", path, what) for i in range(1, 5)]
     window = round(tables[0].shape[0] ** (1 / 3) + 1) // 2
-    network = SwinTransformer(in_chans=int(patch_embed.shape[1]), embed_dim=int(patch_embed.shape[0]),
-                              window_size=(window,) * 3, patch_size=tuple(patch_embed.shape[2:]), depths=depths,
-                              num_heads=tuple(int(t.shape[1]) for t in tables), spatial_dims=3)
+    network = SwinTransformer(
+        in_chans=int(patch_embed.shape[1]),
+        embed_dim=int(patch_embed.shape[0]),
+        window_size=(window,) * 3,
+        patch_size=tuple(patch_embed.shape[2:]),
+        depths=depths,
+        num_heads=tuple(int(t.shape[1]) for t in tables),
+        spatial_dims=3,
+    )
     ignored = load_into(network, tensors, path, what)
     return network.eval(), LoadReport(f"Swin (embed {patch_embed.shape[0]}, depths {list(depths)}, window {window})", ignored)
 
@@ -161,7 +192,14 @@ def ctfm_segresencoder(path: Path) -> tuple[SegResEncoder, LoadReport]:
     conv_init = _need(tensors, "conv_init.weight", path, what)
     blocks_down = tuple(_count(tensors, rf"layers\.{i}\.blocks\.(\d+)\.") for i in range(_count(tensors, r"layers\.(\d+)\.")))
     norm = "batch" if any(k.endswith("running_mean") for k in tensors) else "instance"
-    network = SegResEncoder(spatial_dims=3, init_filters=int(conv_init.shape[0]), in_channels=int(conv_init.shape[1]),
-                            norm=norm, blocks_down=blocks_down)
+    network = SegResEncoder(
+        spatial_dims=3,
+        init_filters=int(conv_init.shape[0]),
+        in_channels=int(conv_init.shape[1]),
+        norm=norm,
+        blocks_down=blocks_down,
+    )
     ignored = load_into(network, tensors, path, what)
-    return network.eval(), LoadReport(f"SegResEncoder (filters {conv_init.shape[0]}, blocks {list(blocks_down)}, {norm} norm)", ignored)
+    return network.eval(), LoadReport(
+        f"SegResEncoder (filters {conv_init.shape[0]}, blocks {list(blocks_down)}, {norm} norm)", ignored
+    )

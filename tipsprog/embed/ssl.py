@@ -31,8 +31,7 @@ SSL_CHANNELS, SSL_STRIDES = (16, 32, 64), (2, 2, 2)
 
 def build_ssl_network() -> AutoEncoder:
     """The MONAI 3D autoencoder pre-trained by masked-volume reconstruction of the CT + mask crop."""
-    return AutoEncoder(spatial_dims=3, in_channels=2, out_channels=2, channels=SSL_CHANNELS, strides=SSL_STRIDES,
-                       norm="batch")
+    return AutoEncoder(spatial_dims=3, in_channels=2, out_channels=2, channels=SSL_CHANNELS, strides=SSL_STRIDES, norm="batch")
 
 
 @dataclass(frozen=True)
@@ -50,8 +49,13 @@ class FitSettings:
 
 def _masker(settings: FitSettings) -> RandCoarseDropout:
     """MONAI's cube dropout, filled with uniform noise over the crops' −1…1 range."""
-    masker = RandCoarseDropout(holes=settings.holes, spatial_size=settings.hole_size, max_spatial_size=settings.max_hole_size,
-                               fill_value=(-1.0, 1.0), prob=1.0)
+    masker = RandCoarseDropout(
+        holes=settings.holes,
+        spatial_size=settings.hole_size,
+        max_spatial_size=settings.max_hole_size,
+        fill_value=(-1.0, 1.0),
+        prob=1.0,
+    )
     masker.set_random_state(settings.seed)
     return masker
 
@@ -61,8 +65,13 @@ def _masked_batch(batch: torch.Tensor, masker: RandCoarseDropout) -> torch.Tenso
     return torch.stack([torch.as_tensor(masker(crop)) for crop in batch])
 
 
-def fit_ssl(crops: np.ndarray, settings: FitSettings, device: torch.device,
-            progress: Callable[[int, float], None] | None = None, journal: TrainingJournal | None = None) -> AutoEncoder:
+def fit_ssl(
+    crops: np.ndarray,
+    settings: FitSettings,
+    device: torch.device,
+    progress: Callable[[int, float], None] | None = None,
+    journal: TrainingJournal | None = None,
+) -> AutoEncoder:
     """Train the autoencoder to restore hidden parts of ROI crops [N, 2, D, H, W] (no outcome is ever seen).
 
     With a journal, the training state is saved between epochs and a resumed run continues from the saved epoch.
@@ -86,7 +95,7 @@ def fit_ssl(crops: np.ndarray, settings: FitSettings, device: torch.device,
         order = generator.permutation(len(data))
         losses = []
         for start in range(0, len(order), settings.batch_size):
-            batch = data[order[start:start + settings.batch_size]]
+            batch = data[order[start : start + settings.batch_size]]
             flips = [axis for axis in (2, 3, 4) if generator.random() < 0.5]
             batch = torch.flip(batch, flips) if flips else batch
             restored = network(_masked_batch(batch, masker).to(device))
@@ -97,10 +106,18 @@ def fit_ssl(crops: np.ndarray, settings: FitSettings, device: torch.device,
             losses.append(loss.item())
         schedule.step()
         if journal:
-            # the state is built inside save(), at once, so the loop variable is the current one
-            journal.save(lambda: {"epoch": epoch + 1, "network": network.state_dict(), "optimiser": optimiser.state_dict(),  # noqa: B023
-                                  "schedule": schedule.state_dict(), "order_generator": numpy_state(generator),
-                                  "masker_generator": numpy_state(masker.R)}, f"epoch {epoch + 1} of {settings.epochs} done")
+            # save() builds the state at once, so the loop variables are the current ones
+            journal.save(
+                lambda: {
+                    "epoch": epoch + 1,
+                    "network": network.state_dict(),
+                    "optimiser": optimiser.state_dict(),
+                    "schedule": schedule.state_dict(),
+                    "order_generator": numpy_state(generator),
+                    "masker_generator": numpy_state(masker.R),
+                },
+                f"epoch {epoch + 1} of {settings.epochs} done",
+            )
         if progress:
             progress(epoch + 1, float(np.mean(losses)))
     return network.eval()
@@ -118,16 +135,18 @@ def save_ssl_weights(network: AutoEncoder, path: Path, fitted_on: list[str] | No
 
 def ssl_fitted_on(path: Path) -> list[str] | None:
     """The patients whose scans pre-trained a weights file (None: the file does not record them)."""
-    payload = load_checkpoint(path, WEIGHTS_FORMAT, "ssl encoder weights file", torch.device("cpu"),
-                              " (train them with `tipsprog embed --fit`)")
+    payload = load_checkpoint(
+        path, WEIGHTS_FORMAT, "ssl encoder weights file", torch.device("cpu"), " (train them with `tipsprog embed --fit`)"
+    )
     fitted_on = payload.get("fitted_on")
     return [str(pid) for pid in fitted_on] if isinstance(fitted_on, list) else None
 
 
 def load_ssl_weights(path: Path) -> AutoEncoder:
     """Load weights saved by save_ssl_weights (weights_only, so no code from the file runs)."""
-    payload = load_checkpoint(path, WEIGHTS_FORMAT, "ssl encoder weights file", torch.device("cpu"),
-                              " (train them with `tipsprog embed --fit`)")
+    payload = load_checkpoint(
+        path, WEIGHTS_FORMAT, "ssl encoder weights file", torch.device("cpu"), " (train them with `tipsprog embed --fit`)"
+    )
     network = build_ssl_network()
     network.load_state_dict(payload["state_dict"])
     return network.eval()

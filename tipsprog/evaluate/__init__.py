@@ -46,21 +46,35 @@ def setting_figures(rows: list[PredictionRow], data: Cohort, document: dict, out
     keys += ["ppg"] if document["ppg_post"] else []
     paths = {key: str(out / f"{prefix}{key}.png") for key in keys}
     survival = document["survival"]
-    plots.kaplan_meier_by_group(time, event, named["model"].high_risk.astype(float),
-                                survival["model"]["hazard_ratio"]["logrank_p"], Path(paths["km"]))
+    plots.kaplan_meier_by_group(
+        time, event, named["model"].high_risk.astype(float), survival["model"]["hazard_ratio"]["logrank_p"], Path(paths["km"])
+    )
     plots.hazard_ratio_forest({name: v["hazard_ratio"] for name, v in survival.items()}, Path(paths["forest"]))
     plots.time_dependent_roc(time, event, {row.name: row.risk for row in rows}, horizons, Path(paths["td_roc"]))
-    plots.survival_calibration({name: {k: v["deciles"] for k, v in survival[name]["calibration"].items() if k.endswith("d")}
-                                for name in ("model", "clinical-cox") if name in survival}, Path(paths["calibration"]))
+    plots.survival_calibration(
+        {
+            name: {k: v["deciles"] for k, v in survival[name]["calibration"].items() if k.endswith("d")}
+            for name in ("model", "clinical-cox")
+            if name in survival
+        },
+        Path(paths["calibration"]),
+    )
     if "ohe_roc" in paths:
-        plots.roc(outcomes["ohe"], {row.name: row.ohe_probability for row in rows if row.ohe_probability is not None},
-                  Path(paths["ohe_roc"]))
-        plots.ohe_calibration(outcomes["ohe"], {row.name: row.ohe_probability for row in rows if row.ohe_threshold is not None},
-                              Path(paths["ohe_calibration"]))
+        plots.roc(
+            outcomes["ohe"],
+            {row.name: row.ohe_probability for row in rows if row.ohe_probability is not None},
+            Path(paths["ohe_roc"]),
+        )
+        plots.ohe_calibration(
+            outcomes["ohe"],
+            {row.name: row.ohe_probability for row in rows if row.ohe_threshold is not None},
+            Path(paths["ohe_calibration"]),
+        )
         plots.decision_curve(document["decision_curve_ohe"], Path(paths["decision_curve"]))
     if "ppg" in paths:
-        plots.ppg_scatter(outcomes["ppg_post"], {row.name: row.ppg_post for row in rows if row.ppg_post is not None},
-                          Path(paths["ppg"]))
+        plots.ppg_scatter(
+            outcomes["ppg_post"], {row.name: row.ppg_post for row in rows if row.ppg_post is not None}, Path(paths["ppg"])
+        )
     return paths
 
 
@@ -83,24 +97,31 @@ def check_provenance(bundle: Bundle, stores: list[Path]) -> None:
                 for key, expected in (blocks[name].provenance if name in blocks else {}).items():
                     found = str(group.attrs.get(key, ""))
                     if found != expected:
-                        raise InputError(f"{path}: feature block '{name}' has {key}={found!r}, the bundle was trained on "
-                                         f"{key}={expected!r}; extract the external cohort's features the same way")
+                        raise InputError(
+                            f"{path}: feature block '{name}' has {key}={found!r}, the bundle was trained on "
+                            f"{key}={expected!r}; extract the external cohort's features the same way"
+                        )
 
 
-def external_predictions(bundle: Bundle, training: OutOfFold, external: ExternalCohort,
-                         device_name: str) -> tuple[Cohort, dict[str, np.ndarray], list[str]]:
+def external_predictions(
+    bundle: Bundle, training: OutOfFold, external: ExternalCohort, device_name: str
+) -> tuple[Cohort, dict[str, np.ndarray], list[str]]:
     """Assemble an external cohort like the bundle's training data and predict it with the whole ensemble."""
     imaging = sorted(m for m in bundle.manifest.modalities if m != "clinical")
     if imaging and not external.stores:
-        raise InputError(f"{bundle.path}: the bundle uses {' and '.join(imaging)} features; give the external cohort's "
-                         "feature stores with --test")
+        raise InputError(
+            f"{bundle.path}: the bundle uses {' and '.join(imaging)} features; give the external cohort's "
+            "feature stores with --test"
+        )
     check_provenance(bundle, external.stores)
     assembled = assemble_for_bundle(bundle.manifest, external.stores, external.clinical, external.outcomes)
     data = assembled.data
     seen = sorted(set(data.patient_ids) & set(training.patient_ids))
     if seen:
-        raise InputError(f"{external.outcomes}: patient {seen[0]} is in the bundle's training cohort "
-                         f"({len(seen)} such patients); an external cohort must be new patients")
+        raise InputError(
+            f"{external.outcomes}: patient {seen[0]} is in the bundle's training cohort "
+            f"({len(seen)} such patients); an external cohort must be new patients"
+        )
     predictions = predict_cohort(bundle.members, data.matrices, bundle.config, resolve_device(device_name), bundle.clinical_cox)
     cohort = Cohort(data.patient_ids, data.centers.tolist(), data.outcomes(), score_columns(assembled.clinical))
     notes = [*assembled.notes, *score_notes(assembled.clinical, str(external.clinical)), ood_note(bundle, data.matrices)]
@@ -114,21 +135,39 @@ def ood_note(bundle: Bundle, matrices: dict[str, np.ndarray]) -> str:
     flagged = bundle.ood.flagged(matrices)
     by_modality = Counter(modality for modalities in flagged for modality in modalities)
     detail = f" ({', '.join(f'{m} {k}' for m, k in by_modality.most_common())})" if by_modality else ""
-    return (f"{sum(map(bool, flagged))} of {len(flagged)} patients lie beyond the training cohort in some modality "
-            f"(out-of-distribution warning, docs/predict.md){detail}")
+    return (
+        f"{sum(map(bool, flagged))} of {len(flagged)} patients lie beyond the training cohort in some modality "
+        f"(out-of-distribution warning, docs/predict.md){detail}"
+    )
 
 
 def _bundle_summary(bundle: Bundle) -> dict:
     """What the report says about the model it evaluates."""
     training = bundle.manifest.training
-    return {"path": str(bundle.path), "model": bundle.config.model, "modalities": sorted(bundle.manifest.modalities),
-            "cv": training.cv, "repeats": training.repeats, "folds": bundle.config.folds,
-            "seeds": bundle.config.seeds, "members": len(bundle.members), "tipsprog_version": bundle.manifest.tipsprog_version}
+    return {
+        "path": str(bundle.path),
+        "model": bundle.config.model,
+        "modalities": sorted(bundle.manifest.modalities),
+        "cv": training.cv,
+        "repeats": training.repeats,
+        "folds": bundle.config.folds,
+        "seeds": bundle.config.seeds,
+        "members": len(bundle.members),
+        "tipsprog_version": bundle.manifest.tipsprog_version,
+    }
 
 
 @writes_output("report")
-def run_evaluate(bundle_path: Path, out: Path, truth_csvs: list[Path] | None = None, draws: int = 1000, seed: int = 0,
-                 workers: int = 1, external: ExternalCohort | None = None, device_name: str = "auto") -> dict:
+def run_evaluate(
+    bundle_path: Path,
+    out: Path,
+    truth_csvs: list[Path] | None = None,
+    draws: int = 1000,
+    seed: int = 0,
+    workers: int = 1,
+    external: ExternalCohort | None = None,
+    device_name: str = "auto",
+) -> dict:
     """Evaluate a bundle's out-of-fold predictions, its held-out patients (fuse-train --test) and an external cohort
     (evaluate --test), whichever exist; write report.html, report.md, metrics.json and plots into `out`."""
     bundle = load_bundle(bundle_path)
@@ -142,8 +181,13 @@ def run_evaluate(bundle_path: Path, out: Path, truth_csvs: list[Path] | None = N
     settings = {"out-of-fold": (data, rows)}
     unseen = []
     if (bundle.path / "held_out.h5").is_file():
-        unseen.append(("held-out", *read_held_out(bundle.path / "held_out.h5"),
-                       [f"held-out: {note}" for note in absent_scores.get("held-out", [])]))
+        unseen.append(
+            (
+                "held-out",
+                *read_held_out(bundle.path / "held_out.h5"),
+                [f"held-out: {note}" for note in absent_scores.get("held-out", [])],
+            )
+        )
     if external is not None:
         unseen.append(("external", *external_predictions(bundle, data, external, device_name)))
     for name, cohort, predictions, cohort_notes in unseen:
@@ -151,13 +195,23 @@ def run_evaluate(bundle_path: Path, out: Path, truth_csvs: list[Path] | None = N
         cohort_rows, row_notes = held_out_rows(bundle, data, cohort, predictions, cohort_grid, truth)
         settings[name] = (cohort, cohort_rows)
         notes += cohort_notes + [f"{name}: {note}" for note in row_notes]
-    documents = {name: evaluate_rows(setting_rows, cohort, horizons, draws, seed, workers)
-                 for name, (cohort, setting_rows) in settings.items()}
-    transductive, seen_notes = exposure_report(bundle.manifest.training.cv, bundle.manifest.transductive,
-                                               {name: (cohort.patient_ids, cohort.centers) for name, (cohort, _) in settings.items()})
+    documents = {
+        name: evaluate_rows(setting_rows, cohort, horizons, draws, seed, workers)
+        for name, (cohort, setting_rows) in settings.items()
+    }
+    transductive, seen_notes = exposure_report(
+        bundle.manifest.training.cv,
+        bundle.manifest.transductive,
+        {name: (cohort.patient_ids, cohort.centers) for name, (cohort, _) in settings.items()},
+    )
     notes = seen_notes + notes
-    document = {"schema": METRICS_SCHEMA, "bundle": _bundle_summary(bundle), "settings": documents, "notes": notes,
-                "transductive": transductive}
+    document = {
+        "schema": METRICS_SCHEMA,
+        "bundle": _bundle_summary(bundle),
+        "settings": documents,
+        "notes": notes,
+        "transductive": transductive,
+    }
     with atomic_output(out, "report") as tmp:
         tmp.mkdir(parents=True)
         sections = []

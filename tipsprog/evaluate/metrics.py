@@ -35,8 +35,9 @@ def has_ties(risk: np.ndarray) -> bool:
     return len(np.unique(finite)) < len(finite)
 
 
-def harrell_c_random_ties(time: np.ndarray, event: np.ndarray, risk: np.ndarray, draws: int = TIE_BREAK_DRAWS,
-                          seed: int = 0) -> float:
+def harrell_c_random_ties(
+    time: np.ndarray, event: np.ndarray, risk: np.ndarray, draws: int = TIE_BREAK_DRAWS, seed: int = 0
+) -> float:
     """Harrell's C with tied risks broken at random, averaged over draws (ccRCC study)."""
     rows = known_rows(time, event, risk)
     values = risk[rows]
@@ -79,7 +80,7 @@ def brier_curve(time: np.ndarray, event: np.ndarray, survival_curves: np.ndarray
     at_grid[at_grid == 0], at_own[at_own == 0] = np.inf, np.inf
     case = (time[:, None] <= grid[None, :]) & event.astype(bool)[:, None]
     control = time[:, None] > grid[None, :]
-    return np.mean(survival_curves ** 2 * case / at_own[:, None] + (1.0 - survival_curves) ** 2 * control / at_grid, axis=0)
+    return np.mean(survival_curves**2 * case / at_own[:, None] + (1.0 - survival_curves) ** 2 * control / at_grid, axis=0)
 
 
 def integrated_brier(time: np.ndarray, event: np.ndarray, survival_curves: np.ndarray, grid: np.ndarray) -> float:
@@ -118,8 +119,9 @@ def kaplan_meier_at(time: np.ndarray, event: np.ndarray, horizon: float) -> tupl
     return estimate, float(low), float(high)
 
 
-def calibration_table(time: np.ndarray, event: np.ndarray, predicted_survival: np.ndarray, horizon: float,
-                      groups: int = 10) -> list[dict[str, float]]:
+def calibration_table(
+    time: np.ndarray, event: np.ndarray, predicted_survival: np.ndarray, horizon: float, groups: int = 10
+) -> list[dict[str, float]]:
     """Mean predicted vs Kaplan–Meier observed survival at a horizon, by group (decile) of predicted survival."""
     rows = np.flatnonzero(known_rows(time, event, predicted_survival))
     order = rows[np.argsort(predicted_survival[rows], kind="stable")]
@@ -128,8 +130,16 @@ def calibration_table(time: np.ndarray, event: np.ndarray, predicted_survival: n
         if len(members) == 0:
             continue
         observed, low, high = kaplan_meier_at(time[members], event[members], horizon)
-        table.append({"group": number, "patients": len(members), "predicted": float(predicted_survival[members].mean()),
-                      "observed": observed, "observed_low": low, "observed_high": high})
+        table.append(
+            {
+                "group": number,
+                "patients": len(members),
+                "predicted": float(predicted_survival[members].mean()),
+                "observed": observed,
+                "observed_low": low,
+                "observed_high": high,
+            }
+        )
     return table
 
 
@@ -149,7 +159,9 @@ def observed_expected(time: np.ndarray, event: np.ndarray, predicted_survival: n
     return float(observed / max(1.0 - predicted_survival[rows].mean(), 1e-12))
 
 
-def d_calibration(time: np.ndarray, event: np.ndarray, survival_at_own_time: np.ndarray, bins: int = 10) -> dict[str, float | list[float]]:
+def d_calibration(
+    time: np.ndarray, event: np.ndarray, survival_at_own_time: np.ndarray, bins: int = 10
+) -> dict[str, float | list[float]]:
     """D-calibration (Haider et al., JMLR 2020): predicted S(T_i) should be uniform; chi-square over equal bins.
 
     An event adds 1 to the bin of S(T_i); a censored patient spreads its mass uniformly below S(C_i).
@@ -171,8 +183,9 @@ def d_calibration(time: np.ndarray, event: np.ndarray, survival_at_own_time: np.
     return {"chi2": statistic, "p_value": float(chi2.sf(statistic, bins - 1)), "bins": counts.tolist()}
 
 
-def net_reclassification(time: np.ndarray, event: np.ndarray, reference_high: np.ndarray, new_high: np.ndarray,
-                         horizon: float) -> dict[str, float]:
+def net_reclassification(
+    time: np.ndarray, event: np.ndarray, reference_high: np.ndarray, new_high: np.ndarray, horizon: float
+) -> dict[str, float]:
     """Two-category NRI at a horizon: deaths by the horizon should move up, survivors past it down (censored
     before the horizon are left out)."""
     rows = known_rows(time, event, reference_high, new_high)
@@ -210,8 +223,12 @@ def hazard_ratio(time: np.ndarray, event: np.ndarray, high_risk: np.ndarray) -> 
         return {"estimate": np.nan, "low": np.nan, "high": np.nan, "logrank_p": np.nan}
     summary = fitter.summary.loc["high"]
     p_value = logrank_test(time[rows][group], time[rows][~group], event[rows][group], event[rows][~group]).p_value
-    return {"estimate": float(summary["exp(coef)"]), "low": float(summary["exp(coef) lower 95%"]),
-            "high": float(summary["exp(coef) upper 95%"]), "logrank_p": float(p_value)}
+    return {
+        "estimate": float(summary["exp(coef)"]),
+        "low": float(summary["exp(coef) lower 95%"]),
+        "high": float(summary["exp(coef) upper 95%"]),
+        "logrank_p": float(p_value),
+    }
 
 
 def auc(label: np.ndarray, score: np.ndarray) -> float:
@@ -230,8 +247,13 @@ def classification_at(label: np.ndarray, probability: np.ndarray, threshold: np.
     """Accuracy, sensitivity and specificity at per-patient thresholds fixed on the training folds."""
     rows = known_rows(label, probability, threshold)
     predicted = probability[rows] >= threshold[rows]
-    return np.array([accuracy_score(label[rows], predicted), recall_score(label[rows], predicted, zero_division=0),
-                     recall_score(1 - label[rows], ~predicted, zero_division=0)])
+    return np.array(
+        [
+            accuracy_score(label[rows], predicted),
+            recall_score(label[rows], predicted, zero_division=0),
+            recall_score(1 - label[rows], ~predicted, zero_division=0),
+        ]
+    )
 
 
 def brier(label: np.ndarray, probability: np.ndarray) -> float:

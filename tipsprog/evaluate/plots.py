@@ -50,8 +50,9 @@ def kaplan_meier_by_group(time: np.ndarray, event: np.ndarray, high_risk: np.nda
     _save(figure, path)
 
 
-def time_dependent_roc(time: np.ndarray, event: np.ndarray, risks: dict[str, np.ndarray], horizons: list[float],
-                       path: Path) -> None:
+def time_dependent_roc(
+    time: np.ndarray, event: np.ndarray, risks: dict[str, np.ndarray], horizons: list[float], path: Path
+) -> None:
     """ROC at each horizon: cases died by the horizon, controls alive past it (censored before it left out)."""
     figure, panels = plt.subplots(1, len(horizons), figsize=(4 * len(horizons), 4), squeeze=False)
     for axes, horizon in zip(panels[0], horizons):
@@ -78,8 +79,13 @@ def survival_calibration(tables: dict[str, dict[str, list[dict]]], path: Path) -
             observed = np.array([d["observed"] for d in deciles])
             error = np.abs(np.array([[d["observed_low"] for d in deciles], [d["observed_high"] for d in deciles]]) - observed)
             axes.errorbar(predicted, observed, yerr=error, marker="o", markersize=3, capsize=2, label=name)
-        _identity_panel(axes, "predicted", "observed (Kaplan–Meier)",
-                        f"survival at {float(horizon.rstrip('d')) / DAYS_PER_MONTH:.0f} months", "upper left")
+        _identity_panel(
+            axes,
+            "predicted",
+            "observed (Kaplan–Meier)",
+            f"survival at {float(horizon.rstrip('d')) / DAYS_PER_MONTH:.0f} months",
+            "upper left",
+        )
     _save(figure, path)
 
 
@@ -103,8 +109,9 @@ def ohe_calibration(label: np.ndarray, probabilities: dict[str, np.ndarray], pat
         rows = np.isfinite(label) & np.isfinite(probability)
         observed, predicted = calibration_curve(label[rows], np.clip(probability[rows], 0, 1), n_bins=10, strategy="quantile")
         axes.plot(predicted, observed, marker="o", markersize=3, label=name)
-    _identity_panel(axes, "predicted OHE probability", "observed OHE fraction", "Overt hepatic encephalopathy: calibration",
-                    "upper left")
+    _identity_panel(
+        axes, "predicted OHE probability", "observed OHE fraction", "Overt hepatic encephalopathy: calibration", "upper left"
+    )
     _save(figure, path)
 
 
@@ -130,7 +137,10 @@ def ppg_scatter(observed: np.ndarray, predicted: dict[str, np.ndarray], path: Pa
     for name, values in predicted.items():
         rows = np.isfinite(observed) & np.isfinite(values)
         axes.scatter(observed[rows], values[rows], s=8, alpha=0.6, label=name)
-        limits = [min(limits[0], observed[rows].min(), values[rows].min()), max(limits[1], observed[rows].max(), values[rows].max())]
+        limits = [
+            min(limits[0], observed[rows].min(), values[rows].min()),
+            max(limits[1], observed[rows].max(), values[rows].max()),
+        ]
     axes.plot(limits, limits, color="grey", linestyle=":")
     axes.set_xlabel("observed ppg_post (mmHg)")
     axes.set_ylabel("predicted ppg_post (mmHg)")

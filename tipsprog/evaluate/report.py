@@ -25,8 +25,9 @@ def _horizon_columns(grid: np.ndarray, horizons: np.ndarray) -> np.ndarray:
     return np.searchsorted(grid, horizons)
 
 
-def survival_metrics(row: PredictionRow, data: Cohort, horizons: np.ndarray, tau: float, grid: np.ndarray,
-                     samples: np.ndarray) -> tuple[dict, dict[str, np.ndarray]]:
+def survival_metrics(
+    row: PredictionRow, data: Cohort, horizons: np.ndarray, tau: float, grid: np.ndarray, samples: np.ndarray
+) -> tuple[dict, dict[str, np.ndarray]]:
     """Survival metrics of one row with CIs, and the bootstrap replicates the paired comparisons need.
 
     Random tie-breaking uses 20 draws for the estimate and one draw per resample for the interval.
@@ -36,21 +37,32 @@ def survival_metrics(row: PredictionRow, data: Cohort, horizons: np.ndarray, tau
     at_horizons = row.survival[:, _horizon_columns(grid, horizons)]
     inside = metrics.within_follow_up(grid, time)  # the IBS grid: fixed by the whole cohort, the same in every resample
     ibs_grid, on_ibs_grid = grid[inside], row.survival[:, inside]
-    names = ["harrell_c", "harrell_c_random_ties", "uno_c", "integrated_brier",
-             *(f"auc_{int(h)}d" for h in horizons), *(f"brier_{int(h)}d" for h in horizons)]
+    names = [
+        "harrell_c",
+        "harrell_c_random_ties",
+        "uno_c",
+        "integrated_brier",
+        *(f"auc_{int(h)}d" for h in horizons),
+        *(f"brier_{int(h)}d" for h in horizons),
+    ]
 
     def statistics(rows: np.ndarray, tie_draws: int) -> np.ndarray:
         random_ties = metrics.harrell_c_random_ties if tied else lambda t, e, r, _: harrell_c(t, e, r)
-        return bootstrap.stacked([
-            (lambda r: harrell_c(time[r], event[r], risk[r]), 1),
-            (lambda r: random_ties(time[r], event[r], risk[r], tie_draws), 1),
-            (lambda r: metrics.uno_c(time[r], event[r], risk[r], tau), 1),
-            (lambda r: metrics.integrated_brier(time[r], event[r], on_ibs_grid[r], ibs_grid), 1),
-            (lambda r: metrics.time_dependent_auc(time[r], event[r], risk[r], horizons), len(horizons)),
-            (lambda r: metrics.brier_at(time[r], event[r], at_horizons[r], horizons), len(horizons))], rows)
+        return bootstrap.stacked(
+            [
+                (lambda r: harrell_c(time[r], event[r], risk[r]), 1),
+                (lambda r: random_ties(time[r], event[r], risk[r], tie_draws), 1),
+                (lambda r: metrics.uno_c(time[r], event[r], risk[r], tau), 1),
+                (lambda r: metrics.integrated_brier(time[r], event[r], on_ibs_grid[r], ibs_grid), 1),
+                (lambda r: metrics.time_dependent_auc(time[r], event[r], risk[r], horizons), len(horizons)),
+                (lambda r: metrics.brier_at(time[r], event[r], at_horizons[r], horizons), len(horizons)),
+            ],
+            rows,
+        )
 
-    estimate, _ = bootstrap.with_bootstrap_vector(lambda r: statistics(r, metrics.TIE_BREAK_DRAWS), len(time),
-                                                samples[:0], len(names))
+    estimate, _ = bootstrap.with_bootstrap_vector(
+        lambda r: statistics(r, metrics.TIE_BREAK_DRAWS), len(time), samples[:0], len(names)
+    )
     _, replicates = bootstrap.with_bootstrap_vector(lambda r: statistics(r, 1), len(time), samples, len(names))
     results = {name: bootstrap.interval(estimate[i], replicates[:, i]) for i, name in enumerate(names)}
     results["hazard_ratio"] = metrics.hazard_ratio(time, event, row.high_risk.astype(float))
@@ -69,7 +81,8 @@ def calibration_summary(row: PredictionRow, data: Cohort, horizons: np.ndarray, 
             continue
         summary[f"{int(horizon)}d"] = {
             "observed_expected": metrics.observed_expected(time, event, at_horizons[:, column], horizon),
-            "deciles": metrics.calibration_table(time, event, at_horizons[:, column], horizon)}
+            "deciles": metrics.calibration_table(time, event, at_horizons[:, column], horizon),
+        }
     summary["d_calibration"] = metrics.d_calibration(time, event, row.own_survival)
     return summary
 
@@ -90,9 +103,12 @@ def ohe_metrics(row: PredictionRow, data: Cohort, samples: np.ndarray) -> dict:
     if row.ohe_threshold is not None:
         threshold = row.ohe_threshold
         results["brier"] = bootstrap.interval(*bootstrap.with_bootstrap(lambda r: metrics.brier(label[r], score[r]), n, samples))
-        results["f1"] = bootstrap.interval(*bootstrap.with_bootstrap(lambda r: metrics.f1_at(label[r], score[r], threshold[r]), n, samples))
+        results["f1"] = bootstrap.interval(
+            *bootstrap.with_bootstrap(lambda r: metrics.f1_at(label[r], score[r], threshold[r]), n, samples)
+        )
         estimate, replicates = bootstrap.with_bootstrap_vector(
-            lambda r: metrics.classification_at(label[r], score[r], threshold[r]), n, samples, 3)
+            lambda r: metrics.classification_at(label[r], score[r], threshold[r]), n, samples, 3
+        )
         for i, name in enumerate(("accuracy", "sensitivity", "specificity")):
             results[name] = bootstrap.interval(estimate[i], replicates[:, i])
     return results
@@ -102,8 +118,12 @@ def ppg_metrics(row: PredictionRow, data: Cohort, samples: np.ndarray) -> dict:
     """ppg_post MAE, RMSE, R² and Pearson r with CIs."""
     observed, predicted = data.outcomes["ppg_post"], row.ppg_post
     statistics = {"mae_mmhg": metrics.mae, "rmse_mmhg": metrics.rmse, "r2": metrics.r2, "pearson_r": metrics.pearson}
-    return {name: bootstrap.interval(*bootstrap.with_bootstrap(lambda r, f=function: f(observed[r], predicted[r]), len(observed), samples))
-            for name, function in statistics.items()}
+    return {
+        name: bootstrap.interval(
+            *bootstrap.with_bootstrap(lambda r, f=function: f(observed[r], predicted[r]), len(observed), samples)
+        )
+        for name, function in statistics.items()
+    }
 
 
 def observed(labels: np.ndarray, binary: bool) -> bool:
@@ -140,9 +160,16 @@ def reclassification(rows: list[PredictionRow], data: Cohort, horizon: float, sa
     model_high = np.where(known, risk >= np.quantile(risk[known], 1.0 - flagged), np.nan)
     estimate, replicates = bootstrap.with_bootstrap_vector(
         lambda r: np.array(list(metrics.net_reclassification(time[r], event[r], fips_high[r], model_high[r], horizon).values())),
-        len(time), samples, 3)
-    return {"horizon_days": float(horizon), "fips_cut": FIPS_HIGH_RISK, "flagged_fraction": flagged,
-            **{name: bootstrap.interval(estimate[i], replicates[:, i]) for i, name in enumerate(("nri", "events", "nonevents"))}}
+        len(time),
+        samples,
+        3,
+    )
+    return {
+        "horizon_days": float(horizon),
+        "fips_cut": FIPS_HIGH_RISK,
+        "flagged_fraction": flagged,
+        **{name: bootstrap.interval(estimate[i], replicates[:, i]) for i, name in enumerate(("nri", "events", "nonevents"))},
+    }
 
 
 def decision_curve(rows: list[PredictionRow], data: Cohort) -> dict:
@@ -150,8 +177,11 @@ def decision_curve(rows: list[PredictionRow], data: Cohort) -> dict:
     label = data.outcomes["ohe"]
     known = np.isfinite(label)
     prevalence = float(label[known].mean()) if known.any() else float("nan")
-    curves = {row.name: metrics.net_benefit(label, row.ohe_probability, DECISION_THRESHOLDS).tolist()
-              for row in rows if row.ohe_threshold is not None}
+    curves = {
+        row.name: metrics.net_benefit(label, row.ohe_probability, DECISION_THRESHOLDS).tolist()
+        for row in rows
+        if row.ohe_threshold is not None
+    }
     curves["treat all"] = (prevalence - (1 - prevalence) * DECISION_THRESHOLDS / (1 - DECISION_THRESHOLDS)).tolist()
     curves["treat none"] = [0.0] * len(DECISION_THRESHOLDS)
     return {"thresholds": DECISION_THRESHOLDS.tolist(), "net_benefit": curves}
@@ -166,14 +196,17 @@ def per_center(rows: list[PredictionRow], data: Cohort, draws: int, seed: int) -
         inside = centers == center
         if np.nansum(event[inside]) < MIN_CENTER_EVENTS:
             continue
-        breakdown[center] = {"patients": int(inside.sum()), "events": int(np.nansum(event[inside])),
-                             "harrell_c": {row.name: harrell_c_with_ci(time[inside], event[inside], row.risk[inside], draws, seed)
-                                           for row in rows}}
+        breakdown[center] = {
+            "patients": int(inside.sum()),
+            "events": int(np.nansum(event[inside])),
+            "harrell_c": {
+                row.name: harrell_c_with_ci(time[inside], event[inside], row.risk[inside], draws, seed) for row in rows
+            },
+        }
     return breakdown
 
 
-def evaluate_rows(rows: list[PredictionRow], data: Cohort, horizons: np.ndarray, draws: int, seed: int,
-                  workers: int = 1) -> dict:
+def evaluate_rows(rows: list[PredictionRow], data: Cohort, horizons: np.ndarray, draws: int, seed: int, workers: int = 1) -> dict:
     """Every metric of one evaluation setting (the out-of-fold predictions or a held-out cohort)."""
     time = data.outcomes["time"]
     tau, grid = evaluation_grid(time, horizons)
@@ -186,15 +219,27 @@ def evaluate_rows(rows: list[PredictionRow], data: Cohort, horizons: np.ndarray,
             ohe[row.name] = row_ohe
         if row_ppg is not None:
             ppg[row.name] = row_ppg
-    differences = {name: {metric: bootstrap.interval(kept["model"][metric][0] - values[metric][0],
-                                                   kept["model"][metric][1] - values[metric][1]) for metric in COMPARED}
-                   for name, values in kept.items() if name != "model"}
+    differences = {
+        name: {
+            metric: bootstrap.interval(kept["model"][metric][0] - values[metric][0], kept["model"][metric][1] - values[metric][1])
+            for metric in COMPARED
+        }
+        for name, values in kept.items()
+        if name != "model"
+    }
     middle = float(horizons[len(horizons) // 2])
     return {
-        "patients": len(time), "events": int(np.nansum(data.outcomes["event"])), "bootstrap_draws": draws,
-        "tau_days": tau, "horizons_days": horizons.tolist(),
+        "patients": len(time),
+        "events": int(np.nansum(data.outcomes["event"])),
+        "bootstrap_draws": draws,
+        "tau_days": tau,
+        "horizons_days": horizons.tolist(),
         "ibs_grid_days": grid[metrics.within_follow_up(grid, time)].tolist(),
-        "survival": survival, "model_minus": differences, "reclassification": reclassification(rows, data, middle, samples),
-        "ohe": ohe, "decision_curve_ohe": decision_curve(rows, data) if ohe else None, "ppg_post": ppg,
+        "survival": survival,
+        "model_minus": differences,
+        "reclassification": reclassification(rows, data, middle, samples),
+        "ohe": ohe,
+        "decision_curve_ohe": decision_curve(rows, data) if ohe else None,
+        "ppg_post": ppg,
         "centers": per_center(rows, data, min(draws, 200), seed),
     }

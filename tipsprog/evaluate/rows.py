@@ -56,21 +56,29 @@ class OutOfFold(Cohort):
 def read_oof(path: Path) -> OutOfFold:
     """Read a bundle's oof.h5."""
     with store.open_store(path) as h5:
-        return OutOfFold(store.read_patients(h5), store.read_centers(h5), store.read_columns(h5, "outcomes"),
-                         store.read_columns(h5, "scores"), store.read_columns(h5, "oof"), store.read_columns(h5, "repeats"),
-                         {row: [BreslowBaseline(*pair) for pair in store.read_baselines(h5, row)] for row in ("model", "clinical_cox")})
+        return OutOfFold(
+            store.read_patients(h5),
+            store.read_centers(h5),
+            store.read_columns(h5, "outcomes"),
+            store.read_columns(h5, "scores"),
+            store.read_columns(h5, "oof"),
+            store.read_columns(h5, "repeats"),
+            {row: [BreslowBaseline(*pair) for pair in store.read_baselines(h5, row)] for row in ("model", "clinical_cox")},
+        )
 
 
 def read_held_out(path: Path) -> tuple[Cohort, dict[str, np.ndarray]]:
     """Read a bundle's held_out.h5: the cohort and its ensemble predictions (member risks under `member_risk`)."""
     with store.open_store(path) as h5:
-        cohort = Cohort(store.read_patients(h5), store.read_centers(h5), store.read_columns(h5, "outcomes"),
-                        store.read_columns(h5, "scores"))
+        cohort = Cohort(
+            store.read_patients(h5), store.read_centers(h5), store.read_columns(h5, "outcomes"), store.read_columns(h5, "scores")
+        )
         return cohort, {**store.read_columns(h5, "predictions"), "member_risk": store.read_columns(h5, "members")["risk"]}
 
 
-def _survival_from_baselines(risk: np.ndarray, fold: np.ndarray, baselines: list[BreslowBaseline], grid: np.ndarray,
-                             time: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _survival_from_baselines(
+    risk: np.ndarray, fold: np.ndarray, baselines: list[BreslowBaseline], grid: np.ndarray, time: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Survival on the grid and at each patient's own time, from the patient's test-fold baseline, averaged over
     repeats. `risk` and `fold` are [patients, repeats]; fold ids index `baselines`."""
     curves = np.full((risk.shape[1], len(risk), len(grid)), np.nan)
@@ -110,7 +118,9 @@ def _fit_score_cox(score: np.ndarray, time: np.ndarray, event: np.ndarray) -> _S
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            fitter = CoxPHFitter(penalizer=1e-3).fit(pd.DataFrame({"s": standardised, "time": time, "event": event}), "time", "event")
+            fitter = CoxPHFitter(penalizer=1e-3).fit(
+                pd.DataFrame({"s": standardised, "time": time, "event": event}), "time", "event"
+            )
     except ConvergenceError:
         return None
     coefficient = float(fitter.params_["s"])
@@ -131,8 +141,9 @@ def _survival_from_score(score: np.ndarray, data: OutOfFold, grid: np.ndarray) -
     return curves, own, cut
 
 
-def _refitted(train_score: np.ndarray, training: Cohort, score: np.ndarray, time: np.ndarray,
-              grid: np.ndarray) -> tuple[np.ndarray, np.ndarray, float] | None:
+def _refitted(
+    train_score: np.ndarray, training: Cohort, score: np.ndarray, time: np.ndarray, grid: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, float] | None:
     """A fixed score's univariate Cox refitted on all training patients and applied to new ones: grid and own-time
     survival and the training median cut (None when the score is missing for most patients of either cohort)."""
     train_time, train_event = training.outcomes["time"], training.outcomes["event"]
@@ -144,8 +155,14 @@ def _refitted(train_score: np.ndarray, training: Cohort, score: np.ndarray, time
     return curves, own, float(np.median(train_score[known]))
 
 
-def held_out_rows(bundle: Bundle, training: OutOfFold, cohort: Cohort, predictions: dict[str, np.ndarray],
-                  grid: np.ndarray, truth: pd.DataFrame | None = None) -> tuple[list[PredictionRow], list[str]]:
+def held_out_rows(
+    bundle: Bundle,
+    training: OutOfFold,
+    cohort: Cohort,
+    predictions: dict[str, np.ndarray],
+    grid: np.ndarray,
+    truth: pd.DataFrame | None = None,
+) -> tuple[list[PredictionRow], list[str]]:
     """Rows for patients no member trained on (fuse-train --test or evaluate --test): the ensemble (survival
     averaged over members' baselines), the clinical Cox, each clinical score refitted on all training patients and,
     when `truth` covers both cohorts, the oracle."""
@@ -154,12 +171,29 @@ def held_out_rows(bundle: Bundle, training: OutOfFold, cohort: Cohort, predictio
     curves = np.mean([m.baseline.survival(member_risk[:, i], grid) for i, m in enumerate(bundle.members)], axis=0)
     own = np.mean([m.baseline.survival_at_own_time(member_risk[:, i], time) for i, m in enumerate(bundle.members)], axis=0)
     risk = predictions["risk"]
-    rows = [PredictionRow("model", risk, curves, own, risk > bundle.manifest.risk_cut,
-                          predictions["ohe_probability"], predictions["ohe_threshold"], predictions["ppg_post"])]
+    rows = [
+        PredictionRow(
+            "model",
+            risk,
+            curves,
+            own,
+            risk > bundle.manifest.risk_cut,
+            predictions["ohe_probability"],
+            predictions["ohe_threshold"],
+            predictions["ppg_post"],
+        )
+    ]
     if bundle.clinical_cox is not None and "clinical_cox_risk" in predictions:
         cox, cox_risk = bundle.clinical_cox, predictions["clinical_cox_risk"]
-        rows.append(PredictionRow("clinical-cox", cox_risk, cox.baseline.survival(cox_risk, grid),
-                                  cox.baseline.survival_at_own_time(cox_risk, time), cox_risk > cox.cut))
+        rows.append(
+            PredictionRow(
+                "clinical-cox",
+                cox_risk,
+                cox.baseline.survival(cox_risk, grid),
+                cox.baseline.survival_at_own_time(cox_risk, time),
+                cox_risk > cox.cut,
+            )
+        )
     notes = []
     for name, score in cohort.scores.items():
         refitted = _refitted(training.scores.get(name, np.full(len(training.patient_ids), np.nan)), training, score, time, grid)
@@ -173,8 +207,13 @@ def held_out_rows(bundle: Bundle, training: OutOfFold, cohort: Cohort, predictio
         training_truth, cohort_truth = truth_for(truth, training.patient_ids), truth_for(truth, cohort.patient_ids)
         refitted = None
         if training_truth is not None and cohort_truth is not None:
-            refitted = _refitted(training_truth["linear_predictor"].to_numpy(float), training,
-                                 cohort_truth["linear_predictor"].to_numpy(float), time, grid)
+            refitted = _refitted(
+                training_truth["linear_predictor"].to_numpy(float),
+                training,
+                cohort_truth["linear_predictor"].to_numpy(float),
+                time,
+                grid,
+            )
         if refitted is None:
             notes.append("oracle: skipped on new patients, the truth tables lack some of them or of the training patients")
         else:
@@ -186,14 +225,28 @@ def held_out_rows(bundle: Bundle, training: OutOfFold, cohort: Cohort, predictio
 def prediction_rows(data: OutOfFold, grid: np.ndarray, truth: pd.DataFrame | None) -> tuple[list[PredictionRow], list[str]]:
     """All rows whose inputs exist, plus notes on those skipped."""
     oof, fold, time = data.oof, data.repeats["fold"], data.outcomes["time"]
-    rows = [PredictionRow("model", oof["risk"], *_survival_from_baselines(data.repeats["risk"], fold, data.baselines["model"], grid, time),
-                          oof["risk"] > oof["risk_cut"], oof["ohe_probability"], oof["ohe_threshold"], oof["ppg_post"])]
+    rows = [
+        PredictionRow(
+            "model",
+            oof["risk"],
+            *_survival_from_baselines(data.repeats["risk"], fold, data.baselines["model"], grid, time),
+            oof["risk"] > oof["risk_cut"],
+            oof["ohe_probability"],
+            oof["ohe_threshold"],
+            oof["ppg_post"],
+        )
+    ]
     notes = []
     if np.isfinite(oof.get("clinical_cox_risk", np.array([np.nan]))).any():
         risk = oof["clinical_cox_risk"]
-        rows.append(PredictionRow("clinical-cox", risk, *_survival_from_baselines(data.repeats["clinical_cox_risk"], fold,
-                                                                                  data.baselines["clinical_cox"], grid, time),
-                                  risk > oof["clinical_cox_cut"]))
+        rows.append(
+            PredictionRow(
+                "clinical-cox",
+                risk,
+                *_survival_from_baselines(data.repeats["clinical_cox_risk"], fold, data.baselines["clinical_cox"], grid, time),
+                risk > oof["clinical_cox_cut"],
+            )
+        )
     for name, score in data.scores.items():
         if not _usable(score):
             notes.append(f"{name}: skipped, its inputs are missing for most patients")
@@ -236,8 +289,16 @@ def truth_for(truth: pd.DataFrame, patient_ids: list[str]) -> pd.DataFrame | Non
 def _oracle(truth: pd.DataFrame, curves: np.ndarray, own: np.ndarray, high_risk: np.ndarray) -> PredictionRow:
     """The best achievable row: the generating model's own linear predictor and expectations."""
     risk = truth["linear_predictor"].to_numpy(float)
-    return PredictionRow("oracle", risk, curves, own, high_risk, truth["ohe_probability"].to_numpy(float),
-                         np.full(len(risk), 0.5), truth["ppg_post_expected"].to_numpy(float))
+    return PredictionRow(
+        "oracle",
+        risk,
+        curves,
+        own,
+        high_risk,
+        truth["ohe_probability"].to_numpy(float),
+        np.full(len(risk), 0.5),
+        truth["ppg_post_expected"].to_numpy(float),
+    )
 
 
 def oracle_row(data: OutOfFold, truth: pd.DataFrame, grid: np.ndarray) -> PredictionRow:

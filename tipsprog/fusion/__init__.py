@@ -44,11 +44,16 @@ def pipeline_manifest(blocks: dict[str, store.FeatureBlock]) -> tuple[dict, dict
         block = next(iter(blocks.values()))
         pipeline["segment"] = {"backend": block.attrs["segment_backend"]}
         if block.attrs.get("segment_model_path"):
-            copied["segment-model.pt"] = verified_file(Path(block.attrs["segment_model_path"]), block.attrs["segment_model_sha256"])
+            copied["segment-model.pt"] = verified_file(
+                Path(block.attrs["segment_model_path"]), block.attrs["segment_model_sha256"]
+            )
             pipeline["segment"]["model"] = "segment-model.pt"
     for name, block in blocks.items():
-        entry: dict = {"extractor": block.attrs.get("extractor", name), "names": block.names,
-                       "provenance": {key: block.attrs[key] for key in PROVENANCE if key in block.attrs}}
+        entry: dict = {
+            "extractor": block.attrs.get("extractor", name),
+            "names": block.names,
+            "provenance": {key: block.attrs[key] for key in PROVENANCE if key in block.attrs},
+        }
         if entry["extractor"] == "pyradiomics":  # each stage records what it needs to replay its block
             entry.update(radiomics.manifest_entry(block))
         elif entry["extractor"] == biomarkers.EXTRACTOR:
@@ -63,11 +68,13 @@ def pipeline_manifest(blocks: dict[str, store.FeatureBlock]) -> tuple[dict, dict
 
 def model_card(data: TrainingData, config: TrainConfig, metrics: dict, cv_mode: str) -> str:
     """Markdown model card: data, endpoints, cross-validated metrics with CIs, intended use, limits."""
-    rows = "\n".join(f"| {name} | {m['estimate']:.3f} | {m['low']:.3f}–{m['high']:.3f} |" for name, m in metrics["harrell_c"].items())
+    rows = "\n".join(
+        f"| {name} | {m['estimate']:.3f} | {m['low']:.3f}–{m['high']:.3f} |" for name, m in metrics["harrell_c"].items()
+    )
     return f"""# tipsprog model card
 
-- Model: `{config.model}` over modalities {', '.join(sorted(data.matrices))}; ensemble of {config.folds} folds × {config.seeds} seeds.
-- Data: {len(data.patient_ids)} patients, {int(np.nansum(data.event))} deaths, centers {', '.join(sorted(set(data.centers)))}.
+- Model: `{config.model}` over modalities {", ".join(sorted(data.matrices))}; ensemble of {config.folds} folds × {config.seeds} seeds.
+- Data: {len(data.patient_ids)} patients, {int(np.nansum(data.event))} deaths, centers {", ".join(sorted(set(data.centers)))}.
 - Endpoints: survival (Cox, Efron ties), overt hepatic encephalopathy (BCE), portal pressure gradient after TIPS (Huber).
 - Validation: {cv_mode} cross-validation; preprocessing and early stopping inside each training fold.
 
@@ -106,8 +113,15 @@ def residual_weights(members: list[Member]) -> list[float]:
 def training_digest(data: TrainingData, config: TrainConfig, cv_mode: str, seed: int, device: torch.device) -> str:
     """sha256 of everything training depends on (settings, device type, patients, features, outcomes): what
     --resume compares."""
-    settings = {"config": asdict(config), "cv": cv_mode, "seed": seed, "device": device.type, "patients": data.patient_ids,
-                "centers": data.centers.tolist(), "modalities": sorted(data.matrices)}
+    settings = {
+        "config": asdict(config),
+        "cv": cv_mode,
+        "seed": seed,
+        "device": device.type,
+        "patients": data.patient_ids,
+        "centers": data.centers.tolist(),
+        "modalities": sorted(data.matrices),
+    }
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode("utf-8"))
     for array in [*(data.matrices[m] for m in sorted(data.matrices)), *data.outcomes().values()]:
         digest.update(np.ascontiguousarray(array, dtype=np.float64).data)
@@ -129,8 +143,14 @@ class FuseTrainOptions:
 
 
 @writes_output("bundle")
-def run_fuse_train(stores: list[Path], clinical_csv: Path, outcomes_csv: Path, out: Path, options: FuseTrainOptions,
-                   progress: Callable[[str], None] | None = None) -> dict:
+def run_fuse_train(
+    stores: list[Path],
+    clinical_csv: Path,
+    outcomes_csv: Path,
+    out: Path,
+    options: FuseTrainOptions,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
     """Cross-validate the fusion model (holding out the --test patients, if any) and write the bundle; return metrics.
 
     Training saves its state to `<out>.partial` every few seconds; with `options.resume` it continues from there
@@ -158,8 +178,11 @@ def run_fuse_train(stores: list[Path], clinical_csv: Path, outcomes_csv: Path, o
     metrics = {"harrell_c": _c_rows(data, cv.oof)}
     if config.repeats > 1:
         metrics["harrell_c_by_repeat"] = [harrell_c(data.time, data.event, risk) for risk in cv.per_repeat["risk"].T]
-    clinical_cox = (fit_clinical_cox(data, np.arange(len(data.patient_ids)), config.clinical_cox_penalizer)
-                    if "clinical" in data.matrices else None)
+    clinical_cox = (
+        fit_clinical_cox(data, np.arange(len(data.patient_ids)), config.clinical_cox_penalizer)
+        if "clinical" in data.matrices
+        else None
+    )
     if held_out is not None:
         held_out.predictions = predict_cohort(cv.members, held_out.data.matrices, config, device, clinical_cox)
         metrics["held_out"] = {"patients": len(held_out.data.patient_ids), "events": int(np.nansum(held_out.data.event))}
@@ -168,8 +191,9 @@ def run_fuse_train(stores: list[Path], clinical_csv: Path, outcomes_csv: Path, o
     pipeline, copied = pipeline_manifest(blocks)
     missing_scores = {"out-of-fold": score_notes(clinical, clinical_csv.name)}  # what evaluate says of absent scores
     if held_out is not None:
-        missing_scores["held-out"] = score_notes(assembled.clinical.loc[held_out.data.patient_ids],
-                                                 f"{clinical_csv.name} (held-out patients)")
+        missing_scores["held-out"] = score_notes(
+            assembled.clinical.loc[held_out.data.patient_ids], f"{clinical_csv.name} (held-out patients)"
+        )
     ensemble_risk = predict_cohort(cv.members, data.matrices, config, device, None)["risk"]
     weights = residual_weights(cv.members)
     if weights:
@@ -178,13 +202,29 @@ def run_fuse_train(stores: list[Path], clinical_csv: Path, outcomes_csv: Path, o
         "pipeline": pipeline,
         "modalities": {m: assembled.data.feature_names[m] for m in data.matrices},
         "clinical": {"extras": assembled.extras, "score_notes": missing_scores},
-        "training": {"patients": len(data.patient_ids), "events": int(np.nansum(data.event)), "cv": cv_mode,
-                     "repeats": config.repeats, "centers": sorted(set(data.centers.tolist())),
-                     "held_out": held_out.data.patient_ids if held_out is not None else []},
+        "training": {
+            "patients": len(data.patient_ids),
+            "events": int(np.nansum(data.event)),
+            "cv": cv_mode,
+            "repeats": config.repeats,
+            "centers": sorted(set(data.centers.tolist())),
+            "held_out": held_out.data.patient_ids if held_out is not None else [],
+        },
         "risk_groups": {"cut": float(np.median(ensemble_risk)), "labels": ["low", "high"]},
         "transductive": fitted_steps(assembled.blocks),  # fitted feature steps and the patients whose scans they saw
     }
-    write_bundle(out, data, cv, config, manifest, score_columns(clinical), metrics, model_card(data, config, metrics, cv_mode),
-                 copied, clinical_cox, held_out)
+    write_bundle(
+        out,
+        data,
+        cv,
+        config,
+        manifest,
+        score_columns(clinical),
+        metrics,
+        model_card(data, config, metrics, cv_mode),
+        copied,
+        clinical_cox,
+        held_out,
+    )
     journal.discard()
     return metrics

@@ -40,8 +40,13 @@ def _describe(ids: list[str], limit: int = 3) -> str:
     return f"{len(ids)} ({shown}{', …' if len(ids) > limit else ''})"
 
 
-def assemble(stores: list[Path], clinical_csv: Path, outcomes_csv: Path, modalities: tuple[str, ...] | None,
-             extras: list[str] | None = None) -> Assembled:
+def assemble(
+    stores: list[Path],
+    clinical_csv: Path,
+    outcomes_csv: Path,
+    modalities: tuple[str, ...] | None,
+    extras: list[str] | None = None,
+) -> Assembled:
     """Join stores, clinical table and outcomes on patient ID; report every unmatched ID.
 
     `modalities` None means every modality the stores and the clinical table provide; `extras` None means every
@@ -75,22 +80,36 @@ def assemble(stores: list[Path], clinical_csv: Path, outcomes_csv: Path, modalit
     modalities = modalities or tuple(m for m in MODALITIES if m in available)
     missing = [m for m in modalities if m not in available]
     if missing:
-        raise InputError(f"{' and '.join(missing)} features are needed but not in the given stores "
-                         f"(available: {', '.join(sorted(available))})")
+        raise InputError(
+            f"{' and '.join(missing)} features are needed but not in the given stores (available: {', '.join(sorted(available))})"
+        )
     row_of = {pid: row for row, pid in enumerate(ids)}
-    matrices, names, groups = modality_matrices(blocks, np.array([row_of[pid] for pid in common], dtype=int),
-                                                clinical_matrix, clinical_names, modalities)
+    matrices, names, groups = modality_matrices(
+        blocks, np.array([row_of[pid] for pid in common], dtype=int), clinical_matrix, clinical_names, modalities
+    )
     center_column = table["center"].astype(str).to_numpy() if "center" in table.columns else np.full(len(common), "unknown")
     center = np.array([centers.get(pid, "unknown") for pid in common], dtype=object)
     center = np.where(center == "unknown", center_column, center).astype(str)
     labels = outcomes.loc[common]
-    data = TrainingData(common, center, matrices, names, groups, labels["time"].to_numpy(float), labels["event"].to_numpy(float),
-                        labels["ohe"].to_numpy(float), labels["ppg_post"].to_numpy(float))
+    data = TrainingData(
+        common,
+        center,
+        matrices,
+        names,
+        groups,
+        labels["time"].to_numpy(float),
+        labels["event"].to_numpy(float),
+        labels["ohe"].to_numpy(float),
+        labels["ppg_post"].to_numpy(float),
+    )
     if np.nansum(data.event) < 2:
         raise InputError(f"{outcomes_csv}: fewer than 2 events among the {len(common)} matched patients")
     rows = np.array([row_of[pid] for pid in common], dtype=int)  # blocks as trained on: store patients without
-    used_blocks = {name: replace(block, values=block.values[rows])  # a clinical or outcome row are left out
-                   for name, block in blocks.items() if modality_of(name) in modalities}
+    used_blocks = {
+        name: replace(block, values=block.values[rows])  # a clinical or outcome row are left out
+        for name, block in blocks.items()
+        if modality_of(name) in modalities
+    }
     return Assembled(data, table, extras, used_blocks, notes)
 
 
@@ -105,8 +124,10 @@ def assemble_for_bundle(manifest: Manifest, stores: list[Path], clinical_csv: Pa
         missing = [name for name in names if name not in column_of]
         if missing:
             sources = ", ".join(str(s) for s in stores) or str(clinical_csv)
-            raise InputError(f"{sources}: feature '{missing[0]}' of the bundle's {modality} modality is missing "
-                             f"({len(missing)} of {len(names)} missing)")
+            raise InputError(
+                f"{sources}: feature '{missing[0]}' of the bundle's {modality} modality is missing "
+                f"({len(missing)} of {len(names)} missing)"
+            )
         columns = [column_of[name] for name in names]
         matrices[modality] = data.matrices[modality][:, columns]
         groups[modality] = [data.feature_groups[modality][c] for c in columns]

@@ -25,8 +25,10 @@ class Attribution:
     def top(self, row: int, count: int) -> list[dict]:
         """The `count` tokens of one patient with the largest absolute contributions."""
         order = np.argsort(-np.abs(self.values[row]), kind="stable")[:count]
-        return [{"modality": self.tokens[i][0], "group": self.tokens[i][1], "contribution": round(float(self.values[row, i]), 4)}
-                for i in order]
+        return [
+            {"modality": self.tokens[i][0], "group": self.tokens[i][1], "contribution": round(float(self.values[row, i]), 4)}
+            for i in order
+        ]
 
     def by_modality(self, row: int) -> dict[str, float]:
         """Contributions summed within each modality."""
@@ -36,8 +38,14 @@ class Attribution:
         return {modality: round(total, 4) for modality, total in totals.items()}
 
 
-def integrated_gradients(members: list[Member], matrices: dict[str, np.ndarray], config: TrainConfig,
-                         device: torch.device, ensemble: Ensemble | None = None, steps: int = ATTRIBUTION_STEPS) -> Attribution:
+def integrated_gradients(
+    members: list[Member],
+    matrices: dict[str, np.ndarray],
+    config: TrainConfig,
+    device: torch.device,
+    ensemble: Ensemble | None = None,
+    steps: int = ATTRIBUTION_STEPS,
+) -> Attribution:
     """Integrated gradients (Sundararajan et al. 2017) of the mean member risk, one patient at a time.
 
     Each member's path runs from its own all-zero input, which after that member's fold preprocessing is the

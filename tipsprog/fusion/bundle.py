@@ -61,19 +61,37 @@ def _member_payload(member: Member) -> dict:
     return payload
 
 
-def write_bundle(out: Path, data: TrainingData, cv: CrossValidation, config: TrainConfig, manifest: dict,
-                 scores: dict[str, np.ndarray], metrics: dict, model_card: str, copied: dict[str, Path],
-                 clinical_cox: ClinicalCoxFit | None = None, held_out: HeldOut | None = None) -> None:
+def write_bundle(
+    out: Path,
+    data: TrainingData,
+    cv: CrossValidation,
+    config: TrainConfig,
+    manifest: dict,
+    scores: dict[str, np.ndarray],
+    metrics: dict,
+    model_card: str,
+    copied: dict[str, Path],
+    clinical_cox: ClinicalCoxFit | None = None,
+    held_out: HeldOut | None = None,
+) -> None:
     """Write the bundle folder atomically; files named in `copied` are copied in and hashed."""
     with outputs.atomic_output(out, "bundle") as tmp:
         tmp.mkdir(parents=True)
         for name, source in copied.items():
             shutil.copyfile(source, tmp / name)
         torch.save({"format": WEIGHTS_FORMAT, "members": [_member_payload(m) for m in cv.members]}, tmp / "weights.pt")
-        (tmp / "preprocess.json").write_text(json.dumps(
-            {"members": [{"fold": m.fold, "seed": m.seed, "preprocessors": {k: p.to_dict() for k, p in m.preprocessors.items()}}
-                         for m in cv.members],
-             "clinical_cox": clinical_cox.to_dict() if clinical_cox is not None else None}), encoding="utf-8")
+        (tmp / "preprocess.json").write_text(
+            json.dumps(
+                {
+                    "members": [
+                        {"fold": m.fold, "seed": m.seed, "preprocessors": {k: p.to_dict() for k, p in m.preprocessors.items()}}
+                        for m in cv.members
+                    ],
+                    "clinical_cox": clinical_cox.to_dict() if clinical_cox is not None else None,
+                }
+            ),
+            encoding="utf-8",
+        )
         with store.create_store(tmp / "oof.h5", data.patient_ids, data.centers.tolist()) as h5:
             store.write_columns(h5, "outcomes", {**data.outcomes(), "fold": cv.folds[:, 0]})
             store.write_columns(h5, "oof", cv.oof)
@@ -90,9 +108,13 @@ def write_bundle(out: Path, data: TrainingData, cv: CrossValidation, config: Tra
         (tmp / "ood.json").write_text(json.dumps(fit_ood(data.matrices, cv.folds[:, 0]).to_dict()), encoding="utf-8")
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
         (tmp / "model_card.md").write_text(model_card, encoding="utf-8")
-        manifest = {**manifest, "bundle_format": BUNDLE_FORMAT, "tipsprog_version": __version__,
-                    "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
-                    "config": asdict(config)}
+        manifest = {
+            **manifest,
+            "bundle_format": BUNDLE_FORMAT,
+            "tipsprog_version": __version__,
+            "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+            "config": asdict(config),
+        }
         manifest["files"] = {p.name: outputs.file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         (tmp / "bundle.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False), encoding="utf-8")
 
@@ -107,15 +129,18 @@ def load_bundle(path: Path, trust: bool = False) -> Bundle:
     except yaml.YAMLError:
         raise InputError(f"{path / 'bundle.yaml'}: invalid YAML") from None
     if not isinstance(manifest, dict) or manifest.get("bundle_format") != BUNDLE_FORMAT:
-        raise InputError(f"{path}: bundle format {manifest.get('bundle_format') if isinstance(manifest, dict) else '?'}, "
-                         f"this tipsprog {__version__} reads format {BUNDLE_FORMAT}")
+        raise InputError(
+            f"{path}: bundle format {manifest.get('bundle_format') if isinstance(manifest, dict) else '?'}, "
+            f"this tipsprog {__version__} reads format {BUNDLE_FORMAT}"
+        )
     for name, digest in manifest.get("files", {}).items():
         file = path / name
         if not file.is_file():
             raise InputError(f"{path}: bundle file {name} is missing")
         if not trust and outputs.file_sha256(file) != digest:
-            raise InputError(f"{path}: bundle file {name} does not match its recorded sha256 (changed since training; "
-                             "--trust uses it anyway)")
+            raise InputError(
+                f"{path}: bundle file {name} does not match its recorded sha256 (changed since training; --trust uses it anyway)"
+            )
     payload = torch.load(path / "weights.pt", map_location="cpu", weights_only=True)
     preprocess = json.loads((path / "preprocess.json").read_text(encoding="utf-8"))
     members = []

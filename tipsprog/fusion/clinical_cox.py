@@ -15,13 +15,8 @@ from sklearn.model_selection import StratifiedKFold
 
 from tipsprog.errors import InputError
 from tipsprog.fusion.data import ModalityPreprocessor, TrainingData
-from tipsprog.fusion.losses import (
-    SurvivalIndex,
-    cox_efron_nll,
-)
-from tipsprog.fusion.models import (
-    GUIDE_MODALITIES,
-)
+from tipsprog.fusion.losses import SurvivalIndex, cox_efron_nll
+from tipsprog.fusion.models import GUIDE_MODALITIES
 from tipsprog.survival import BreslowBaseline
 
 RESIDUAL_MARGIN_NATS = 1.92  # half the 95% quantile of χ²(1): a likelihood-ratio test for the one added weight
@@ -30,8 +25,7 @@ INNER_FOLDS = 5
 CONSTANT_SD = 1e-6  # a standardised column varying less than this is constant up to float32 rounding
 
 
-def cox_coefficients(standardised: np.ndarray, time: np.ndarray, event: np.ndarray,
-                     penalizer: float | np.ndarray) -> np.ndarray:
+def cox_coefficients(standardised: np.ndarray, time: np.ndarray, event: np.ndarray, penalizer: float | np.ndarray) -> np.ndarray:
     """Penalised Cox (lifelines, Efron ties) coefficients over standardised columns, from the rows with a known
     outcome; `penalizer` per column or for all (an infinite penalty leaves a column out); zero for constant columns
     (all zero without an event). Where a few patients separate a column, the penalty is raised ten- then hundredfold."""
@@ -52,8 +46,10 @@ def cox_coefficients(standardised: np.ndarray, time: np.ndarray, event: np.ndarr
             continue
         coefficients[used] = fitted.params_.to_numpy()
         return coefficients
-    raise InputError(f"the penalised Cox does not converge on {len(time)} patients with {int(event.sum())} events; "
-                     "add patients or leave out the clinical columns that separate them")
+    raise InputError(
+        f"the penalised Cox does not converge on {len(time)} patients with {int(event.sum())} events; "
+        "add patients or leave out the clinical columns that separate them"
+    )
 
 
 def _inner_cv_nll(standardised: np.ndarray, time: np.ndarray, event: np.ndarray, penalizer: np.ndarray) -> float:
@@ -67,8 +63,9 @@ def _inner_cv_nll(standardised: np.ndarray, time: np.ndarray, event: np.ndarray,
     return float(cox_efron_nll(torch.from_numpy(risk), SurvivalIndex.build(time, event)))
 
 
-def guide_penalties(standardised: dict[str, np.ndarray], time: np.ndarray, event: np.ndarray,
-                    clinical_penalizer: float) -> np.ndarray:
+def guide_penalties(
+    standardised: dict[str, np.ndarray], time: np.ndarray, event: np.ndarray, clinical_penalizer: float
+) -> np.ndarray:
     """Per column of the guide's modalities, its ridge penalty: the clinical one from the config; the biomarkers'
     chosen among BIOMARKER_PENALTIES by inner cross-validation on these (training) rows, kept in the guide only when
     their cross-validated NLL beats leaving them out by the likelihood-ratio margin (safety first: a chance
@@ -120,4 +117,6 @@ def fit_clinical_cox(data: TrainingData, train_rows: np.ndarray, penalizer: floa
     coefficients = cox_coefficients(standardised, data.time[train_rows], data.event[train_rows], penalizer)
     train_risk = standardised @ coefficients
     baseline = BreslowBaseline.fit(train_risk, data.time[train_rows], data.event[train_rows])
-    return ClinicalCoxFit(scaler, coefficients.tolist(), baseline.times.tolist(), baseline.cumhaz.tolist(), float(np.median(train_risk)))
+    return ClinicalCoxFit(
+        scaler, coefficients.tolist(), baseline.times.tolist(), baseline.cumhaz.tolist(), float(np.median(train_risk))
+    )

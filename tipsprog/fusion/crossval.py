@@ -34,8 +34,15 @@ class CrossValidation:
 OOF_COLUMNS = ("risk", "ohe_probability", "ppg_post", "risk_cut", "ohe_threshold", "clinical_cox_risk", "clinical_cox_cut")
 
 
-def cross_validate(data: TrainingData, config: TrainConfig, cv_mode: str, device: torch.device, seed: int = 0,
-                   progress: Callable[[str], None] | None = None, journal: TrainingJournal | None = None) -> CrossValidation:
+def cross_validate(
+    data: TrainingData,
+    config: TrainConfig,
+    cv_mode: str,
+    device: torch.device,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+    journal: TrainingJournal | None = None,
+) -> CrossValidation:
     """(Repeated) K-fold or leave-one-center-out CV: all members trained at once, each test fold predicted once per repeat."""
     repeats = repeated_splits(data.event, data.centers, config, cv_mode, seed)
     plans = [plan for repeat, splits in enumerate(repeats) for plan in plan_members(data, splits, config, seed, repeat)]
@@ -55,8 +62,9 @@ def cross_validate(data: TrainingData, config: TrainConfig, cv_mode: str, device
                 per_repeat[key][test_rows, repeat] = test_prediction[key].mean(axis=0)
             per_repeat["risk_cut"][test_rows, repeat] = np.median(train_prediction["risk"].mean(axis=0))
             per_repeat["ohe_threshold"][test_rows, repeat] = np.mean([m.ohe_threshold for m in fold_members])
-            baselines["model"].append(BreslowBaseline.fit(train_prediction["risk"].mean(axis=0), data.time[train_rows],
-                                                          data.event[train_rows]))
+            baselines["model"].append(
+                BreslowBaseline.fit(train_prediction["risk"].mean(axis=0), data.time[train_rows], data.event[train_rows])
+            )
             if "clinical" in data.matrices:
                 cox = fit_clinical_cox(data, train_rows, config.clinical_cox_penalizer)
                 per_repeat["clinical_cox_risk"][test_rows, repeat] = cox.risk(data.matrices["clinical"][test_rows])

@@ -55,9 +55,13 @@ def clinical_token(column: str) -> str:
     return column.split("=", 1)[0]
 
 
-def modality_matrices(blocks: dict[str, FeatureBlock], row_index: np.ndarray, clinical: np.ndarray,
-                      clinical_names: list[str], wanted: tuple[str, ...]
-                      ) -> tuple[dict[str, np.ndarray], dict[str, list[str]], dict[str, list[str]]]:
+def modality_matrices(
+    blocks: dict[str, FeatureBlock],
+    row_index: np.ndarray,
+    clinical: np.ndarray,
+    clinical_names: list[str],
+    wanted: tuple[str, ...],
+) -> tuple[dict[str, np.ndarray], dict[str, list[str]], dict[str, list[str]]]:
     """Group feature blocks into modality matrices (rows selected): matrices, column names and column token groups."""
     matrices: dict[str, list[np.ndarray]] = {}
     names: dict[str, list[str]] = {}
@@ -107,8 +111,16 @@ class ModalityPreprocessor:
         columns = [[c for c, g in enumerate(column_groups) if g == name and usable[c]] for name in token_names]
         group_width = max((column_groups.count(name) for name in token_names), default=1)  # not what this fold can use
         width = min(max_width, group_width) if max_width else group_width
-        fitted = cls(np.where(usable, median, 0.0).tolist(), np.where(usable, imputed.mean(axis=0), 0.0).tolist(),
-                     np.where(usable, std, 1.0).tolist(), token_names, columns, [], [], max(width, 1))
+        fitted = cls(
+            np.where(usable, median, 0.0).tolist(),
+            np.where(usable, imputed.mean(axis=0), 0.0).tolist(),
+            np.where(usable, std, 1.0).tolist(),
+            token_names,
+            columns,
+            [],
+            [],
+            max(width, 1),
+        )
         standardised = fitted._standardise(train)
         for token_cols in columns:
             components, scale = _whitened_components(standardised[:, token_cols], fitted.width)
@@ -153,11 +165,14 @@ def _whitened_components(group: np.ndarray, width: int) -> tuple[list[list[float
     return pca.components_.tolist(), np.sqrt(np.maximum(pca.explained_variance_, 1e-12)).tolist()
 
 
-def fit_preprocessors(matrices: dict[str, np.ndarray], groups: dict[str, list[str]], train_rows: np.ndarray,
-                      imaging_width: int) -> dict[str, ModalityPreprocessor]:
+def fit_preprocessors(
+    matrices: dict[str, np.ndarray], groups: dict[str, list[str]], train_rows: np.ndarray, imaging_width: int
+) -> dict[str, ModalityPreprocessor]:
     """One preprocessor per modality fitted on the training rows; imaging token groups reduced to `imaging_width`."""
-    return {m: ModalityPreprocessor.fit(values[train_rows], groups[m], 0 if m == "clinical" else imaging_width)
-            for m, values in matrices.items()}
+    return {
+        m: ModalityPreprocessor.fit(values[train_rows], groups[m], 0 if m == "clinical" else imaging_width)
+        for m, values in matrices.items()
+    }
 
 
 @dataclass
@@ -176,9 +191,17 @@ class TrainingData:
 
     def subset(self, rows: np.ndarray) -> TrainingData:
         """The same cohort restricted to `rows`."""
-        return TrainingData([self.patient_ids[r] for r in rows], self.centers[rows], {m: v[rows] for m, v in self.matrices.items()},
-                            self.feature_names, self.feature_groups, self.time[rows], self.event[rows], self.ohe[rows],
-                            self.ppg_post[rows])
+        return TrainingData(
+            [self.patient_ids[r] for r in rows],
+            self.centers[rows],
+            {m: v[rows] for m, v in self.matrices.items()},
+            self.feature_names,
+            self.feature_groups,
+            self.time[rows],
+            self.event[rows],
+            self.ohe[rows],
+            self.ppg_post[rows],
+        )
 
     def outcomes(self) -> dict[str, np.ndarray]:
         """Observed outcome columns."""

@@ -14,12 +14,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from tipsprog.fusion.clinical_cox import ClinicalCoxFit
 from tipsprog.fusion.config import TrainConfig
 from tipsprog.fusion.data import ModalityPreprocessor, TrainingData
-from tipsprog.fusion.models import (
-    FusionModel,
-    Layout,
-    build_model,
-    is_guided,
-)
+from tipsprog.fusion.models import FusionModel, Layout, build_model, is_guided
 from tipsprog.survival import BreslowBaseline
 
 
@@ -97,15 +92,18 @@ class Ensemble:
                 value.copy_(weights[key])
 
 
-def stacked_inputs(preprocessors: list[dict[str, ModalityPreprocessor]], matrices: dict[str, np.ndarray],
-                    rows: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
+def stacked_inputs(
+    preprocessors: list[dict[str, ModalityPreprocessor]], matrices: dict[str, np.ndarray], rows: np.ndarray, device: torch.device
+) -> dict[str, torch.Tensor]:
     """Each member's own preprocessing of the selected rows, stacked: {modality: [members, rows, tokens, width]}."""
-    return {m: torch.stack([torch.from_numpy(p[m].transform(matrices[m][rows])) for p in preprocessors]).to(device)
-            for m in matrices}
+    return {
+        m: torch.stack([torch.from_numpy(p[m].transform(matrices[m][rows])) for p in preprocessors]).to(device) for m in matrices
+    }
 
 
-def calibrate_members(members: list[Member], predictions: dict[str, np.ndarray], data: TrainingData,
-                      train_rows: np.ndarray) -> None:
+def calibrate_members(
+    members: list[Member], predictions: dict[str, np.ndarray], data: TrainingData, train_rows: np.ndarray
+) -> None:
     """Each member's risk centre (its mean risk on its training rows, so that members and folds pool on one scale),
     then its Breslow baseline and OHE threshold from its predictions on its training rows; the
     predictions' risks are centred in place."""
@@ -131,16 +129,28 @@ def member_ensemble(members: list[Member], config: TrainConfig, device: torch.de
     """Trained members rebuilt from their weights and stacked for one vmapped forward pass."""
     models = []
     for member in members:
-        model = build_model(config.model, member.layout, config.hidden, config.dropout, config.model_options(),
-                            is_guided(config.model, member.layout, config.clinical_offset))
+        model = build_model(
+            config.model,
+            member.layout,
+            config.hidden,
+            config.dropout,
+            config.model_options(),
+            is_guided(config.model, member.layout, config.clinical_offset),
+        )
         model.load_state_dict(member.state_dict)
         models.append(model.to(device))
     return Ensemble(models, device)
 
 
 @torch.no_grad()
-def predict_members(members: list[Member], matrices: dict[str, np.ndarray], rows: np.ndarray, config: TrainConfig,
-                    device: torch.device, ensemble: Ensemble | None = None) -> dict[str, np.ndarray]:
+def predict_members(
+    members: list[Member],
+    matrices: dict[str, np.ndarray],
+    rows: np.ndarray,
+    config: TrainConfig,
+    device: torch.device,
+    ensemble: Ensemble | None = None,
+) -> dict[str, np.ndarray]:
     """Every member's risk, OHE probability and ppg_post on the selected rows ([members, rows]), in one vmapped pass
     (over `ensemble`, the members already stacked, when a caller predicts many times).
 
@@ -148,15 +158,18 @@ def predict_members(members: list[Member], matrices: dict[str, np.ndarray], rows
     risk is centred on its training rows.
     """
     outputs = (ensemble or member_ensemble(members, config, device)).forward(
-        stacked_inputs([m.preprocessors for m in members], matrices, rows, device), train=False)
+        stacked_inputs([m.preprocessors for m in members], matrices, rows, device), train=False
+    )
 
     def column(values: list[float]) -> np.ndarray:
         return np.array(values)[:, None]
 
     risk, ohe_logit, ppg = (outputs[k].double().cpu().numpy() for k in ("risk", "ohe", "ppg"))
-    return {"risk": risk - column([m.risk_center for m in members]),
-            "ohe_probability": 1.0 / (1.0 + np.exp(-(ohe_logit - column([m.ohe_logit_offset for m in members])))),
-            "ppg_post": ppg * column([m.ppg_std for m in members]) + column([m.ppg_mean for m in members])}
+    return {
+        "risk": risk - column([m.risk_center for m in members]),
+        "ohe_probability": 1.0 / (1.0 + np.exp(-(ohe_logit - column([m.ohe_logit_offset for m in members])))),
+        "ppg_post": ppg * column([m.ppg_std for m in members]) + column([m.ppg_mean for m in members]),
+    }
 
 
 def ensemble_survival(members: list[Member], risk: np.ndarray, horizons: np.ndarray) -> np.ndarray:
@@ -164,8 +177,13 @@ def ensemble_survival(members: list[Member], risk: np.ndarray, horizons: np.ndar
     return np.stack([m.baseline.survival(member_risk, horizons) for m, member_risk in zip(members, risk)])
 
 
-def predict_cohort(members: list[Member], matrices: dict[str, np.ndarray], config: TrainConfig, device: torch.device,
-                   clinical_cox: ClinicalCoxFit | None) -> dict[str, np.ndarray]:
+def predict_cohort(
+    members: list[Member],
+    matrices: dict[str, np.ndarray],
+    config: TrainConfig,
+    device: torch.device,
+    clinical_cox: ClinicalCoxFit | None,
+) -> dict[str, np.ndarray]:
     """Whole-ensemble predictions for patients no member trained on: member means, survival at the horizons, the
     members' risks ([patients, members], for survival curves) and the clinical Cox risk."""
     rows = np.arange(len(next(iter(matrices.values()))))

@@ -18,11 +18,11 @@ import torch.nn.functional as F
 class SurvivalIndex:
     """Tie structure of a cohort's follow-up times, computed once and shared by every ensemble member."""
 
-    order: torch.Tensor         # rows sorted by ascending time (rows with unknown time last)
+    order: torch.Tensor  # rows sorted by ascending time (rows with unknown time last)
     risk_set_start: torch.Tensor  # per distinct event time: first position in `order` still at risk
-    event_group: torch.Tensor   # per row: its event time's index, or len(event_times) if not an event
-    known_event: torch.Tensor   # per row: event observed (time known)
-    known: torch.Tensor         # per row: time and event both known (only these rows enter the partial likelihood)
+    event_group: torch.Tensor  # per row: its event time's index, or len(event_times) if not an event
+    known_event: torch.Tensor  # per row: event observed (time known)
+    known: torch.Tensor  # per row: time and event both known (only these rows enter the partial likelihood)
     max_ties: int
 
     @classmethod
@@ -38,8 +38,14 @@ class SurvivalIndex:
         group[is_event] = np.searchsorted(event_times, time[is_event])
         ties = np.bincount(group[is_event], minlength=len(event_times)) if len(event_times) else np.zeros(0, int)
         as_tensor = partial(torch.as_tensor, device=device)
-        return cls(as_tensor(order), as_tensor(start), as_tensor(group), as_tensor(is_event), as_tensor(known),
-                   int(ties.max()) if len(ties) else 0)
+        return cls(
+            as_tensor(order),
+            as_tensor(start),
+            as_tensor(group),
+            as_tensor(is_event),
+            as_tensor(known),
+            int(ties.max()) if len(ties) else 0,
+        )
 
 
 def cox_efron_nll(risk: torch.Tensor, index: SurvivalIndex, rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -63,8 +69,9 @@ def cox_efron_nll(risk: torch.Tensor, index: SurvivalIndex, rows: torch.Tensor |
     used = step[None, :] < tie_count[:, None]
     fraction = step[None, :] / tie_count.clamp_min(1.0)[:, None]
     denominator = risk_set[:, None] - fraction * tied_sum[:, None]
-    log_terms = torch.where(used, torch.log(torch.where(used, denominator, torch.ones_like(denominator))) + shift,
-                            torch.zeros_like(denominator))
+    log_terms = torch.where(
+        used, torch.log(torch.where(used, denominator, torch.ones_like(denominator))) + shift, torch.zeros_like(denominator)
+    )
     return log_terms.sum() - torch.where(member_event, risk, torch.zeros_like(risk)).sum()
 
 
@@ -87,8 +94,9 @@ def masked_mean(values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return torch.where(rows, values, torch.zeros_like(values)).sum() / rows.sum().clamp_min(1)
 
 
-def sdm_loss(first: torch.Tensor, second: torch.Tensor, rows: torch.Tensor, logit_scale: float,
-             epsilon: float = 1e-8) -> torch.Tensor:
+def sdm_loss(
+    first: torch.Tensor, second: torch.Tensor, rows: torch.Tensor, logit_scale: float, epsilon: float = 1e-8
+) -> torch.Tensor:
     """Bidirectional similarity distribution matching (IRRA's SDM, as TMI-CLNet uses it) among the patients in `rows`.
 
     p_ij = softmax_j(scale · cos(first_i, second_j)) over patients j in `rows`; q_ij = 1 when i and j are the same

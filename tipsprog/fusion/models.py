@@ -139,10 +139,17 @@ class IntermediateFusion(FusionModel):
 
     def __init__(self, layout: dict[str, Layout], hidden: int, dropout: float):
         super().__init__(layout)
-        self.embeddings = nn.ModuleDict({m: nn.Sequential(nn.Linear(layout[m].flat, hidden), nn.LayerNorm(hidden))
-                                         for m in self.modalities})
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden * len(self.modalities), hidden), nn.GELU(),
-                                  nn.Dropout(dropout), nn.Linear(hidden, hidden), nn.GELU())
+        self.embeddings = nn.ModuleDict(
+            {m: nn.Sequential(nn.Linear(layout[m].flat, hidden), nn.LayerNorm(hidden)) for m in self.modalities}
+        )
+        self.head = nn.Sequential(
+            nn.Dropout(dropout),
+            nn.Linear(hidden * len(self.modalities), hidden),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, hidden),
+            nn.GELU(),
+        )
         self.heads = Heads(hidden)
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -154,8 +161,16 @@ class TmiClNet(FusionModel):
     """TMI-CLNet: intra-modality self-attention (IMA) over each modality's tokens, cyclic cross-attention (TCAF)
     image → radiomics → clinical → image, per-modality output projection, and the TMFF alignment loss."""
 
-    def __init__(self, layout: dict[str, Layout], hidden: int, dropout: float, heads: int = 4,
-                 alignment_weight: float = 1.0, balance: float = 0.6, logit_scale: float = 10.0):
+    def __init__(
+        self,
+        layout: dict[str, Layout],
+        hidden: int,
+        dropout: float,
+        heads: int = 4,
+        alignment_weight: float = 1.0,
+        balance: float = 0.6,
+        logit_scale: float = 10.0,
+    ):
         super().__init__(layout)
         self.order = [m for m in IMAGE_ORDER if m in layout]
         self.embed = nn.ModuleDict({m: TokenEmbedding(len(layout[m].tokens), layout[m].width, hidden) for m in self.order})
@@ -181,7 +196,12 @@ class TmiClNet(FusionModel):
         terms = []
         text_pairs = [(m, "clinical") for m in ("embed", "radiomics") if m in aligned and "clinical" in aligned]
         if text_pairs:
-            terms.append((self.balance, sum(sdm_loss(aligned[a], aligned[b], rows, self.logit_scale) for a, b in text_pairs) / len(text_pairs)))
+            terms.append(
+                (
+                    self.balance,
+                    sum(sdm_loss(aligned[a], aligned[b], rows, self.logit_scale) for a, b in text_pairs) / len(text_pairs),
+                )
+            )
         if "embed" in aligned and "radiomics" in aligned:
             terms.append((1 - self.balance, sdm_loss(aligned["embed"], aligned["radiomics"], rows, self.logit_scale)))
         if not terms:
@@ -197,12 +217,22 @@ class MultiTips(FusionModel):
     residual on it, GUIDE_RISK; and a clinical prior). `mgra` and `cgpe` switch those modules off for ablation (POD:
     orthogonality_weight 0)."""
 
-    def __init__(self, layout: dict[str, Layout], hidden: int, dropout: float, heads: int = 4,
-                 orthogonality_weight: float = 0.1, ramp_epochs: int = 60, mgra: bool = True, cgpe: bool = True):
+    def __init__(
+        self,
+        layout: dict[str, Layout],
+        hidden: int,
+        dropout: float,
+        heads: int = 4,
+        orthogonality_weight: float = 0.1,
+        ramp_epochs: int = 60,
+        mgra: bool = True,
+        cgpe: bool = True,
+    ):
         super().__init__(layout)
         self.embed = nn.ModuleDict({m: TokenEmbedding(len(layout[m].tokens), layout[m].width, hidden) for m in self.modalities})
-        self.granular = (MultiGranularityAttention(layout["radiomics"].tokens, hidden, heads)
-                         if mgra and "radiomics" in layout else None)
+        self.granular = (
+            MultiGranularityAttention(layout["radiomics"].tokens, hidden, heads) if mgra and "radiomics" in layout else None
+        )
         self.decompose = OrthogonalDecomposition(self.modalities, hidden)
         self.imaging = [m for m in self.modalities if m != "clinical"]
         guided = cgpe and "clinical" in layout
@@ -249,8 +279,17 @@ class GraphFusion(FusionModel):
     written back in place), then MMDFM between the liver's tokens and the other organs' (`mmdfm`), pooled and joined
     with a clinical encoder. `sgcm` and `mmdfm` switch those modules off for ablation."""
 
-    def __init__(self, layout: dict[str, Layout], hidden: int, dropout: float, top_k: int = 8, neighbours: int = 3,
-                 dilation: int = 2, sgcm: bool = True, mmdfm: bool = True):
+    def __init__(
+        self,
+        layout: dict[str, Layout],
+        hidden: int,
+        dropout: float,
+        top_k: int = 8,
+        neighbours: int = 3,
+        dilation: int = 2,
+        sgcm: bool = True,
+        mmdfm: bool = True,
+    ):
         super().__init__(layout)
         self.imaging = [m for m in self.modalities if m != "clinical"]
         self.embed = nn.ModuleDict({m: TokenEmbedding(len(layout[m].tokens), layout[m].width, hidden) for m in self.imaging})
@@ -328,8 +367,9 @@ def is_guided(name: str, modalities, clinical_offset: bool) -> bool:
     return clinical_offset and name != "clinical-cox" and "clinical" in modalities
 
 
-def build_model(name: str, layout: dict[str, Layout], hidden: int, dropout: float, options: dict | None = None,
-                guided: bool = False) -> FusionModel:
+def build_model(
+    name: str, layout: dict[str, Layout], hidden: int, dropout: float, options: dict | None = None, guided: bool = False
+) -> FusionModel:
     """Instantiate a fusion model by name with its model-specific options (the config section of the same name),
     wrapped as a residual on the clinical Cox when `guided`."""
     model = FUSION_MODELS.get(name)(layout, hidden, dropout, **(options or {}))

@@ -127,8 +127,9 @@ class MultiGranularityAttention(nn.Module):
 
     def forward(self, query: torch.Tensor, radiomics: torch.Tensor) -> torch.Tensor:
         """Query tokens enriched by radiomics context at every granularity."""
-        contexts = [radiomics] + [torch.einsum("cf,nfh->nch", getattr(self, f"pool_{i}"), radiomics)
-                                  for i in range(self.levels - 1)]
+        contexts = [radiomics] + [
+            torch.einsum("cf,nfh->nch", getattr(self, f"pool_{i}"), radiomics) for i in range(self.levels - 1)
+        ]
         mix = torch.softmax(self.level_logits, dim=0)
         attended = sum(w * attend(query, c) for w, attend, c in zip(mix, self.attend, contexts))
         return self.norm(query + attended)
@@ -140,7 +141,7 @@ def pod_penalty(shared: dict[str, torch.Tensor], specific: dict[str, torch.Tenso
     to be shared)."""
     penalty = sum(F.cosine_similarity(shared[m], specific[m], dim=-1) ** 2 for m in shared) / len(shared)
     names = list(shared)
-    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
     if pairs:
         penalty = penalty + sum(1 - F.cosine_similarity(shared[a], shared[b], dim=-1) for a, b in pairs) / len(pairs)
     return penalty
@@ -207,8 +208,9 @@ class CrossOrganGraph(nn.Module):
         own = torch.eye(self.top_k, dtype=torch.bool, device=tokens.device)
         distance = distance + same_roi * distance.detach().amax() + own * 2 * (distance.detach().amax() + 1)
         nearest = torch.topk(-distance, self.neighbours * self.dilation, dim=-1).indices[..., :: self.dilation]
-        neighbour_features = torch.gather(nodes[:, None].expand(-1, self.top_k, -1, -1), 2,
-                                          nearest[..., None].expand(-1, -1, -1, hidden))
+        neighbour_features = torch.gather(
+            nodes[:, None].expand(-1, self.top_k, -1, -1), 2, nearest[..., None].expand(-1, -1, -1, hidden)
+        )
         centre = nodes[:, :, None].expand_as(neighbour_features)
         updated = self.edge(torch.cat([centre, neighbour_features - centre], dim=-1)).amax(dim=2)
         mix = torch.sigmoid(self.mix_logit + torch.gather(scores, 1, selected))[..., None]
@@ -241,8 +243,11 @@ class OrganSimilarityFusion(nn.Module):
         pick_other = torch.topk(similarity.amax(dim=1), self.k_other, dim=1).indices
         nodes_liver = torch.gather(liver, 1, pick_liver[..., None].expand(-1, -1, hidden))
         nodes_other = torch.gather(other, 1, pick_other[..., None].expand(-1, -1, hidden))
-        graph = torch.gather(torch.gather(similarity, 1, pick_liver[..., None].expand(-1, -1, similarity.shape[2])),
-                             2, pick_other[:, None].expand(-1, self.k_liver, -1))
+        graph = torch.gather(
+            torch.gather(similarity, 1, pick_liver[..., None].expand(-1, -1, similarity.shape[2])),
+            2,
+            pick_other[:, None].expand(-1, self.k_liver, -1),
+        )
         to_liver = self.message["liver"](torch.softmax(graph, dim=2) @ nodes_other)
         to_other = self.message["other"](torch.softmax(graph, dim=1).transpose(1, 2) @ nodes_liver)
         a = self.alpha

@@ -31,10 +31,10 @@ class ModalityReference:
     """One modality's training distribution: standardisation, principal components and the medians that scale
     the two distances."""
 
-    centre: np.ndarray       # [p] training median
-    scale: np.ndarray        # [p] training SD (1 where constant)
-    components: np.ndarray   # [k, p] leading principal directions
-    variances: np.ndarray    # [k] training variance along each
+    centre: np.ndarray  # [p] training median
+    scale: np.ndarray  # [p] training SD (1 where constant)
+    components: np.ndarray  # [k, p] leading principal directions
+    variances: np.ndarray  # [k] training variance along each
     t2_median: float
     q_median: float
 
@@ -48,8 +48,11 @@ class ModalityReference:
         scale = np.where(np.isfinite(scale) & (scale > 1e-12), scale, 1.0)
         standard = _standardised(matrix, centre, scale)
         _, singular, directions = np.linalg.svd(standard - standard.mean(axis=0), full_matrices=False)
-        keep = min(MAX_COMPONENTS, max(1, (len(matrix) - 1) // PATIENTS_PER_COMPONENT),
-                   int((singular > 1e-9 * singular.max(initial=0.0)).sum()))
+        keep = min(
+            MAX_COMPONENTS,
+            max(1, (len(matrix) - 1) // PATIENTS_PER_COMPONENT),
+            int((singular > 1e-9 * singular.max(initial=0.0)).sum()),
+        )
         variances = singular[:keep] ** 2 / max(len(matrix) - 1, 1)
         reference = cls(centre, scale, directions[:keep], variances, 1.0, 1.0)
         t2, q = reference._statistics(matrix)
@@ -60,7 +63,7 @@ class ModalityReference:
         """Hotelling's T² in the components and the squared residual off them, per row."""
         standard = _standardised(matrix, self.centre, self.scale)
         scores = standard @ self.components.T
-        t2 = (scores ** 2 / self.variances).sum(axis=1)
+        t2 = (scores**2 / self.variances).sum(axis=1)
         q = ((standard - scores @ self.components) ** 2).sum(axis=1)
         return t2, q
 
@@ -71,16 +74,27 @@ class ModalityReference:
 
     def to_dict(self) -> dict:
         """JSON-ready form."""
-        return {"centre": self.centre.tolist(), "scale": self.scale.tolist(), "components": self.components.tolist(),
-                "variances": self.variances.tolist(), "t2_median": self.t2_median, "q_median": self.q_median}
+        return {
+            "centre": self.centre.tolist(),
+            "scale": self.scale.tolist(),
+            "components": self.components.tolist(),
+            "variances": self.variances.tolist(),
+            "t2_median": self.t2_median,
+            "q_median": self.q_median,
+        }
 
     @classmethod
     def from_dict(cls, values: dict) -> ModalityReference:
         """Inverse of to_dict."""
         p = len(values["centre"])
-        return cls(np.array(values["centre"], float), np.array(values["scale"], float),
-                   np.array(values["components"], float).reshape(-1, p), np.array(values["variances"], float),
-                   float(values["t2_median"]), float(values["q_median"]))
+        return cls(
+            np.array(values["centre"], float),
+            np.array(values["scale"], float),
+            np.array(values["components"], float).reshape(-1, p),
+            np.array(values["variances"], float),
+            float(values["t2_median"]),
+            float(values["q_median"]),
+        )
 
 
 def _standardised(matrix: np.ndarray, centre: np.ndarray, scale: np.ndarray) -> np.ndarray:
@@ -110,14 +124,21 @@ class OodReference:
 
     def to_dict(self) -> dict:
         """JSON-ready form."""
-        return {"quantile": OOD_QUANTILE, "threshold": self.threshold, "out_of_fold_medians": self.out_of_fold_medians,
-                "modalities": {m: r.to_dict() for m, r in self.modalities.items()}}
+        return {
+            "quantile": OOD_QUANTILE,
+            "threshold": self.threshold,
+            "out_of_fold_medians": self.out_of_fold_medians,
+            "modalities": {m: r.to_dict() for m, r in self.modalities.items()},
+        }
 
     @classmethod
     def from_dict(cls, values: dict) -> OodReference:
         """Inverse of to_dict."""
-        return cls({m: ModalityReference.from_dict(r) for m, r in values["modalities"].items()},
-                   {m: float(v) for m, v in values["out_of_fold_medians"].items()}, float(values["threshold"]))
+        return cls(
+            {m: ModalityReference.from_dict(r) for m, r in values["modalities"].items()},
+            {m: float(v) for m, v in values["out_of_fold_medians"].items()},
+            float(values["threshold"]),
+        )
 
 
 def fit_ood(matrices: dict[str, np.ndarray], folds: np.ndarray) -> OodReference:
@@ -131,5 +152,8 @@ def fit_ood(matrices: dict[str, np.ndarray], folds: np.ndarray) -> OodReference:
     medians = {m: max(float(np.median(d)), 1e-12) for m, d in out_of_fold.items()}
     largest = np.max([d / medians[m] for m, d in out_of_fold.items()], axis=0)
     level = min(1.0, np.ceil((len(largest) + 1) * OOD_QUANTILE) / len(largest))  # the conformal quantile
-    return OodReference({m: ModalityReference.fit(matrix) for m, matrix in matrices.items()}, medians,
-                        float(np.quantile(largest, level, method="higher")))
+    return OodReference(
+        {m: ModalityReference.fit(matrix) for m, matrix in matrices.items()},
+        medians,
+        float(np.quantile(largest, level, method="higher")),
+    )

@@ -55,16 +55,18 @@ class MemberPlan:
     val_rows: np.ndarray
 
 
-def repeated_splits(event: np.ndarray, centers: np.ndarray, config: TrainConfig, mode: str,
-                    seed: int) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+def repeated_splits(
+    event: np.ndarray, centers: np.ndarray, config: TrainConfig, mode: str, seed: int
+) -> list[list[tuple[np.ndarray, np.ndarray]]]:
     """The splits of every repeat, each reshuffled (leave-one-center-out is deterministic: one repeat)."""
     if mode == "center" and config.repeats > 1:
         raise InputError("--cv center has one split per center; repeats must be 1")
     return [cv_splits(event, centers, config.folds, mode, seed + repeat) for repeat in range(config.repeats)]
 
 
-def plan_members(data: TrainingData, splits: list[tuple[np.ndarray, np.ndarray]], config: TrainConfig,
-                 seed: int, repeat: int = 0) -> list[MemberPlan]:
+def plan_members(
+    data: TrainingData, splits: list[tuple[np.ndarray, np.ndarray]], config: TrainConfig, seed: int, repeat: int = 0
+) -> list[MemberPlan]:
     """Folds × seeds members of one repeat, each with its own inner split of its training fold."""
     plans = []
     for index, (train_rows, _) in enumerate(splits):

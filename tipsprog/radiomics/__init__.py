@@ -35,10 +35,15 @@ def features_block(journal: h5py.File, record_names: list[str], params: dict, pr
     """The radiomics block of the journal records, in the given order."""
     values, names = reuse.feature_matrix(journal, record_names)
     groups = [feature_group(*name.split("/", 1)) for name in names]
-    attrs = {"extractor": "pyradiomics", "settings": yaml.safe_dump(params, sort_keys=True),
-             "settings_sha256": settings_hash(params), **provenance}
-    return store.FeatureBlock(values, names, groups, attrs,
-                              [str(journal["records"][name].attrs["input_sha256"]) for name in record_names])
+    attrs = {
+        "extractor": "pyradiomics",
+        "settings": yaml.safe_dump(params, sort_keys=True),
+        "settings_sha256": settings_hash(params),
+        **provenance,
+    }
+    return store.FeatureBlock(
+        values, names, groups, attrs, [str(journal["records"][name].attrs["input_sha256"]) for name in record_names]
+    )
 
 
 @dataclass
@@ -78,14 +83,26 @@ def _cohort(seg_path: Path) -> SegmentedCohort:
     with store.open_store(seg_path) as seg:
         if "segment/ct_paths" not in seg:
             raise InputError(f"{seg_path}: not a segment store (no /segment)")
-        return SegmentedCohort(seg_path, store.read_patients(seg), store.read_centers(seg), store.read_ct_paths(seg),
-                               store.read_series_uids(seg), store.segment_provenance(seg))
+        return SegmentedCohort(
+            seg_path,
+            store.read_patients(seg),
+            store.read_centers(seg),
+            store.read_ct_paths(seg),
+            store.read_series_uids(seg),
+            store.segment_provenance(seg),
+        )
 
 
 @writes_output("store")
-def run_radiomics(seg_path: Path, out: Path, params_name: str = "fast", workers: int = 1,
-                  progress: Callable[[PatientStatus], None] | None = None, scheduler: str | None = None,
-                  resume_previous: bool = False) -> list[PatientStatus]:
+def run_radiomics(
+    seg_path: Path,
+    out: Path,
+    params_name: str = "fast",
+    workers: int = 1,
+    progress: Callable[[PatientStatus], None] | None = None,
+    scheduler: str | None = None,
+    resume_previous: bool = False,
+) -> list[PatientStatus]:
     """Extract radiomics for every patient of a segment store and write radiomics.h5.
 
     Patients run on `workers` local processes, or on a Dask cluster when `scheduler` is an address; output
@@ -113,8 +130,9 @@ def run_radiomics(seg_path: Path, out: Path, params_name: str = "fast", workers:
                 progress(statuses[-1])
         if statuses and all(status.status != "ok" for status in statuses):
             forget(journal)
-            raise InputError(f"{seg_path}: no patient's features could be extracted (patient {statuses[0].patient_id}: "
-                             f"{statuses[0].reason})")
+            raise InputError(
+                f"{seg_path}: no patient's features could be extracted (patient {statuses[0].patient_id}: {statuses[0].reason})"
+            )
         with store.create_store(out, cohort.patient_ids, cohort.centers) as h5:
             store.write_features(h5, "radiomics", features_block(journal, record_names, params, cohort.provenance))
             store.write_qc(h5, [s.status for s in statuses], [s.reason for s in statuses])

@@ -98,8 +98,9 @@ def extract_scan(ct: sitk.Image, labels: sitk.Image, params: dict) -> tuple[dict
     return values, failures
 
 
-def extract_from_file(ct_path: str, labels: sitk.Image, params: dict,
-                      series_uid: str | None = None) -> tuple[dict[str, float], list[str]]:
+def extract_from_file(
+    ct_path: str, labels: sitk.Image, params: dict, series_uid: str | None = None
+) -> tuple[dict[str, float], list[str]]:
     """extract_scan on the CT as stored (DICOM series `series_uid` of a folder holding several), so features equal
     pyradiomics run on the file itself.
 

@@ -22,8 +22,12 @@ PRESETS = {
         "featureClass": dict(ALL_CLASSES),
     },
     "ibsi": {
-        "setting": {**BASE_SETTING, "resampledPixelSpacing": [1.0, 1.0, 1.0], "interpolator": "sitkLinear",
-                    "resegmentRange": [-150, 250]},
+        "setting": {
+            **BASE_SETTING,
+            "resampledPixelSpacing": [1.0, 1.0, 1.0],
+            "interpolator": "sitkLinear",
+            "resegmentRange": [-150, 250],
+        },
         "imageType": {"Original": {}},
         "featureClass": dict(ALL_CLASSES),
     },
@@ -104,7 +108,7 @@ def crop_plan(params: dict, spacing_mm: tuple[float, ...]) -> CropPlan | None:
             import pywt
 
             levels = int(merged.get("start_level", 0)) + int(merged.get("level", 1))
-            margin = np.maximum(margin, pywt.Wavelet(merged.get("wavelet", "coif1")).dec_len * 2 ** levels)
+            margin = np.maximum(margin, pywt.Wavelet(merged.get("wavelet", "coif1")).dec_len * 2**levels)
             circular = True
         elif image_type == "Gradient":
             margin = np.maximum(margin, 2)

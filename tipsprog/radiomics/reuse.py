@@ -17,10 +17,12 @@ from tipsprog.radiomics.extract import PatientFeatures
 
 def journal_writer(record: PatientFeatures) -> Callable[[h5py.Group], None]:
     """Writer of one patient's features into a journal record."""
+
     def write(group: h5py.Group) -> None:
         group.attrs.update(status=record.status, reason=record.reason)
         group.create_dataset("names", data=np.array(list(record.values), dtype=object), dtype=store.STRING)
         group.create_dataset("values", data=np.array(list(record.values.values()), dtype=np.float64))
+
     return write
 
 
@@ -59,6 +61,7 @@ def reusable(out: Path, settings_sha256: str, journal: h5py.File) -> dict[tuple[
     records = finished(journal)
     for record in _from_store(out, settings_sha256):
         if (record.patient_id, record.input_sha256) not in records:
-            records[(record.patient_id, record.input_sha256)] = append(journal, record.patient_id, record.input_sha256,
-                                                                       journal_writer(record))
+            records[(record.patient_id, record.input_sha256)] = append(
+                journal, record.patient_id, record.input_sha256, journal_writer(record)
+            )
     return {key: name for key, name in records.items() if journal["records"][name].attrs["status"] == "ok"}

@@ -82,8 +82,9 @@ def _segment_one(job: tuple[pd.Series, Backend]) -> ScanResult:
     return result
 
 
-def _fit_unlabeled(cohort: pd.DataFrame, labeled_rows: pd.DataFrame, labeled_csv: Path, fit_ids: Path | None,
-                   cohort_name: str) -> pd.DataFrame:
+def _fit_unlabeled(
+    cohort: pd.DataFrame, labeled_rows: pd.DataFrame, labeled_csv: Path, fit_ids: Path | None, cohort_name: str
+) -> pd.DataFrame:
     """The cohort rows semi trains on unlabeled: those not in LABELED.csv, of the --fit-ids patients if given (which
     must list every labeled patient too)."""
     unlabeled_rows = cohort[~cohort["patient_id"].isin(labeled_rows["patient_id"])]
@@ -93,14 +94,23 @@ def _fit_unlabeled(cohort: pd.DataFrame, labeled_rows: pd.DataFrame, labeled_csv
     listed = read_id_list(fit_ids, known, f"{cohort_name} or {labeled_csv}")
     unlisted = [pid for pid in labeled_rows["patient_id"] if pid not in set(listed)]
     if unlisted:
-        raise InputError(f"{fit_ids}: patient {unlisted[0]} of {labeled_csv} is not listed; the labeled scans are part "
-                         "of the fit (list them, or leave them out of LABELED.csv)")
+        raise InputError(
+            f"{fit_ids}: patient {unlisted[0]} of {labeled_csv} is not listed; the labeled scans are part "
+            "of the fit (list them, or leave them out of LABELED.csv)"
+        )
     return unlabeled_rows[unlabeled_rows["patient_id"].isin(listed)]
 
 
-def fit_semi(cohort: pd.DataFrame, labeled_csv: Path, model_path: Path, device: torch.device,
-             settings: semi.SemiSettings, progress: Callable[[int, float, float], None] | None = None,
-             fit_ids: Path | None = None, cohort_name: str = "the cohort") -> None:
+def fit_semi(
+    cohort: pd.DataFrame,
+    labeled_csv: Path,
+    model_path: Path,
+    device: torch.device,
+    settings: semi.SemiSettings,
+    progress: Callable[[int, float, float], None] | None = None,
+    fit_ids: Path | None = None,
+    cohort_name: str = "the cohort",
+) -> None:
     """Train the semi-supervised network on LABELED.csv plus the cohort's other scans (of the `fit_ids` patients
     only, if given); save it with the patients it was trained on."""
     labeled_rows = read_cohort(labeled_csv)
@@ -116,14 +126,27 @@ def fit_semi(cohort: pd.DataFrame, labeled_csv: Path, model_path: Path, device: 
     validation = labeled[-1:] if len(labeled) >= 4 else []
     training = labeled[:-1] if validation else labeled
     model = semi.fit(training, unlabeled, settings, device, validation, progress)
-    semi.save_model(model, settings, model_path, [*labeled_rows["patient_id"], *unlabeled_rows["patient_id"]],
-                    labeled_rows["patient_id"].tolist())
+    semi.save_model(
+        model,
+        settings,
+        model_path,
+        [*labeled_rows["patient_id"], *unlabeled_rows["patient_id"]],
+        labeled_rows["patient_id"].tolist(),
+    )
 
 
-def prepare_backend(name: str, cohort: pd.DataFrame, out: Path, fit_csv: Path | None, model_path: Path | None,
-                    device_name: str, semi_settings: semi.SemiSettings,
-                    fit_progress: Callable[[int, float, float], None] | None, fit_ids: Path | None = None,
-                    cohort_name: str = "the cohort") -> Backend:
+def prepare_backend(
+    name: str,
+    cohort: pd.DataFrame,
+    out: Path,
+    fit_csv: Path | None,
+    model_path: Path | None,
+    device_name: str,
+    semi_settings: semi.SemiSettings,
+    fit_progress: Callable[[int, float, float], None] | None,
+    fit_ids: Path | None = None,
+    cohort_name: str = "the cohort",
+) -> Backend:
     """Check the backend's requirements up front; for semi, train (--fit, on the --fit-ids patients if given) or
     locate (--model) the network."""
     if fit_ids is not None and fit_csv is None:
@@ -157,6 +180,7 @@ def cohort_row_digest(row: pd.Series) -> str:
 
 def _journal_scan(result: ScanResult) -> Callable[[h5py.Group], None]:
     """Writer of one scan's result into a journal record."""
+
     def write(group: h5py.Group) -> None:
         group.attrs.update(status=result.status, reason=result.reason, flags=";".join(result.flags))
         group.create_dataset("volumes", data=result.volumes)
@@ -167,6 +191,7 @@ def _journal_scan(result: ScanResult) -> Callable[[h5py.Group], None]:
             store.write_mask(group, "labels", result.labels)
         for roi, crop in result.crops.items():
             group.create_dataset(f"crops/{roi}", data=crop.astype(np.float16))
+
     return write
 
 
@@ -175,9 +200,16 @@ def _journaled_scan(patient_id: str, group: h5py.Group) -> ScanResult:
     flags = str(group.attrs["flags"])
     portal_vein = PortalVein(*map(float, group["portal_vein"][()])) if "portal_vein" in group else PortalVein()
     measured = group["biomarkers"][()] if "biomarkers" in group else np.full(len(biomarkers.NAMES), np.nan, np.float32)
-    return ScanResult(patient_id, str(group.attrs["status"]), str(group.attrs["reason"]), volumes=group["volumes"][()],
-                      flags=flags.split(";") if flags else [], dice=group["dice"][()], portal_vein=portal_vein,
-                      biomarkers=measured)
+    return ScanResult(
+        patient_id,
+        str(group.attrs["status"]),
+        str(group.attrs["reason"]),
+        volumes=group["volumes"][()],
+        flags=flags.split(";") if flags else [],
+        dice=group["dice"][()],
+        portal_vein=portal_vein,
+        biomarkers=measured,
+    )
 
 
 def _fitted_attrs(backend: Backend) -> dict[str, str]:
@@ -188,8 +220,9 @@ def _fitted_attrs(backend: Backend) -> dict[str, str]:
     return {"segment_fitted_on": fitted_attr(fitted_on), "segment_fitted_labeled": fitted_attr(labeled)}
 
 
-def _write_segment_store(h5: h5py.File, journal: h5py.File, record_names: list[str], results: list[ScanResult],
-                         cohort: pd.DataFrame, backend: Backend) -> None:
+def _write_segment_store(
+    h5: h5py.File, journal: h5py.File, record_names: list[str], results: list[ScanResult], cohort: pd.DataFrame, backend: Backend
+) -> None:
     """Fill a new segment store from the journal's records, one scan at a time."""
     crops = {roi: store.create_crops(h5, roi, len(record_names), CROP_SHAPE) for roi in store.ROI_LABELS}
     for index, (name, result) in enumerate(zip(record_names, results)):
@@ -206,13 +239,30 @@ def _write_segment_store(h5: h5py.File, journal: h5py.File, record_names: list[s
     store.write_volumes(h5, np.stack([r.volumes for r in results]), list(store.ROI_LABELS))
     store.write_dice(h5, np.stack([r.dice for r in results]), list(store.ROI_LABELS))
     store.write_portal_vein(h5, np.stack([r.portal_vein.as_array() for r in results]), list(PORTAL_VEIN_FIELDS))
-    provenance = {"segment_backend": backend.name, "segment_model_path": backend.model_path, "segment_model_sha256": model_sha,
-                  **fitted}
-    store.write_features(h5, "biomarkers", store.FeatureBlock(
-        np.stack([r.biomarkers for r in results]), list(biomarkers.NAMES), biomarkers.groups(),
-        {"extractor": biomarkers.EXTRACTOR, "version": biomarkers.VERSION, **provenance}, [r.input_sha256 for r in results]))
-    store.write_qc(h5, [r.status for r in results], [r.reason for r in results],
-                   flags=[";".join(r.flags) for r in results], backend=backend.name)
+    provenance = {
+        "segment_backend": backend.name,
+        "segment_model_path": backend.model_path,
+        "segment_model_sha256": model_sha,
+        **fitted,
+    }
+    store.write_features(
+        h5,
+        "biomarkers",
+        store.FeatureBlock(
+            np.stack([r.biomarkers for r in results]),
+            list(biomarkers.NAMES),
+            biomarkers.groups(),
+            {"extractor": biomarkers.EXTRACTOR, "version": biomarkers.VERSION, **provenance},
+            [r.input_sha256 for r in results],
+        ),
+    )
+    store.write_qc(
+        h5,
+        [r.status for r in results],
+        [r.reason for r in results],
+        flags=[";".join(r.flags) for r in results],
+        backend=backend.name,
+    )
 
 
 @dataclass(frozen=True)
@@ -233,9 +283,13 @@ class SegmentOptions:
 
 
 @writes_output("store")
-def run_segment(cohort_csv: Path, out: Path, options: SegmentOptions = SegmentOptions(),
-                progress: Callable[[ScanResult], None] | None = None,
-                fit_progress: Callable[[int, float, float], None] | None = None) -> list[ScanResult]:
+def run_segment(
+    cohort_csv: Path,
+    out: Path,
+    options: SegmentOptions = SegmentOptions(),
+    progress: Callable[[ScanResult], None] | None = None,
+    fit_progress: Callable[[int, float, float], None] | None = None,
+) -> list[ScanResult]:
     """Segment every CT of a cohort and write seg.h5 (masks, crops, volumes, QC, Dice), on `options.workers`
     local processes or on the Dask cluster at `options.scheduler`.
 
@@ -243,8 +297,18 @@ def run_segment(cohort_csv: Path, out: Path, options: SegmentOptions = SegmentOp
     run finished with the same backend settings and the same input files are taken from it.
     """
     cohort = read_cohort(cohort_csv)
-    backend = prepare_backend(options.backend, cohort, out, options.fit_csv, options.model_path, options.device,
-                              options.semi, fit_progress, options.fit_ids, str(cohort_csv))
+    backend = prepare_backend(
+        options.backend,
+        cohort,
+        out,
+        options.fit_csv,
+        options.model_path,
+        options.device,
+        options.semi,
+        fit_progress,
+        options.fit_ids,
+        str(cohort_csv),
+    )
     workers = 1 if backend.name in ("semi", "totalseg") and backend.device == "cuda" else options.workers
     settings_sha = outputs.inputs_sha256([backend.settings()], [backend.model_path] if backend.model_path else [])
     rows = [row for _, row in cohort.iterrows()]
@@ -254,8 +318,11 @@ def run_segment(cohort_csv: Path, out: Path, options: SegmentOptions = SegmentOp
         if done:
             digests = ((row["patient_id"], cohort_row_digest(row)) for row in rows)
             reused = {pid: done[(pid, digest)] for pid, digest in digests if (pid, digest) in done}
-        fresh = iter(map_ordered(_segment_one, [(row, backend) for row in rows if row["patient_id"] not in reused], workers,
-                                 options.scheduler))
+        fresh = iter(
+            map_ordered(
+                _segment_one, [(row, backend) for row in rows if row["patient_id"] not in reused], workers, options.scheduler
+            )
+        )
         record_names, results = [], []
         for row in rows:
             if row["patient_id"] in reused:

@@ -45,9 +45,11 @@ SLAB_MM = 5.0
 SKIN_MM = 10.0
 SAT_NECK_MM = 6.0
 WALL_MM = 20.0
-POSTERIOR_MUSCLE_BOXES_MM = (((-90.0, 0.0), (0.0, 80.0)),  # (mm ahead of the canal's front, mm from the midline):
-                             ((0.0, 45.0), (18.0, 60.0)),  # paraspinal muscles; psoas beside the vertebral body;
-                             ((-10.0, 15.0), (0.0, 90.0)))  # quadratus lumborum behind the kidney
+POSTERIOR_MUSCLE_BOXES_MM = (
+    ((-90.0, 0.0), (0.0, 80.0)),  # (mm ahead of the canal's front, mm from the midline):
+    ((0.0, 45.0), (18.0, 60.0)),  # paraspinal muscles; psoas beside the vertebral body;
+    ((-10.0, 15.0), (0.0, 90.0)),
+)  # quadratus lumborum behind the kidney
 CANAL_DEPTH_MM, CANAL_HALF_WIDTH_MM = 20.0, 12.0
 RETROPERITONEUM_MM = 30.0
 WALL_REACH_MM = 25.0
@@ -61,9 +63,19 @@ IN_PLANE[1] = ndimage.generate_binary_structure(2, 1)  # 4-connected within an a
 LUMBAR_ORDER = ("L3", "L2", "L4", "L1")
 
 EXTRACTOR, VERSION = "tipsprog-biomarkers", "1"
-NAMES = ("muscle/l3_area[cm2]", "muscle/l3_density[HU]", "fat/l3_subcutaneous_area[cm2]", "fat/l3_visceral_area[cm2]",
-         "ascites/volume[mL]", "liver/volume[mL]", "liver/caudate_right_ratio[1]", "liver/surface_roughness[mm]",
-         "spleen/volume[mL]", "spleen/length[mm]", "portal_vein/diameter[mm]")
+NAMES = (
+    "muscle/l3_area[cm2]",
+    "muscle/l3_density[HU]",
+    "fat/l3_subcutaneous_area[cm2]",
+    "fat/l3_visceral_area[cm2]",
+    "ascites/volume[mL]",
+    "liver/volume[mL]",
+    "liver/caudate_right_ratio[1]",
+    "liver/surface_roughness[mm]",
+    "spleen/volume[mL]",
+    "spleen/length[mm]",
+    "portal_vein/diameter[mm]",
+)
 
 
 def groups() -> list[str]:
@@ -81,8 +93,11 @@ def _fascia_inside(hu: np.ndarray, spacing: np.ndarray) -> tuple[np.ndarray, np.
     skin = body & ~eroded(body, SKIN_MM, grid)
     core = eroded(fat, SAT_NECK_MM, grid)  # reached through fat wider than a gap in the muscle wall
     reached = _per_slice(ndimage.binary_propagation, core & skin, mask=core)
-    subcutaneous = _per_slice(ndimage.binary_propagation, reached | (fat & skin),
-                              mask=fat & dilated(reached, SAT_NECK_MM + spacing.max(), grid) | (fat & skin))
+    subcutaneous = _per_slice(
+        ndimage.binary_propagation,
+        reached | (fat & skin),
+        mask=fat & dilated(reached, SAT_NECK_MM + spacing.max(), grid) | (fat & skin),
+    )
     inside = _per_slice(ndimage.binary_fill_holes, _largest_per_slice(body & ~subcutaneous & ~(skin & ~fat)))
     return (body, subcutaneous, inside) if hu.ndim == 3 else (body[0], subcutaneous[0], inside[0])
 
@@ -106,8 +121,9 @@ def _largest_per_slice(mask: np.ndarray) -> np.ndarray:
     return keep[components]
 
 
-def composition_on_slice(hu: np.ndarray, spacing: np.ndarray, canal_front: float, organs: np.ndarray
-                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def composition_on_slice(
+    hu: np.ndarray, spacing: np.ndarray, canal_front: float, organs: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Skeletal muscle, subcutaneous and visceral fat masks on one median-filtered axial slice (y, x; spacing in mm)
     whose spinal canal's anterior edge lies on row canal_front; organs (liver, spleen) are never muscle."""
     body, subcutaneous, inside = _fascia_inside(hu, spacing)
@@ -196,7 +212,7 @@ def _peritoneal_region(ct: sitk.Image, labels: sitk.Image) -> sitk.Image | None:
     region = np.broadcast_to(ahead[:, :, None], hu.shape).copy()
     top = pelvis_top(slice_levels(hu, spacing)[0], spacing[0])
     if top is not None:
-        region[:top + 1] = False
+        region[: top + 1] = False
     image = sitk.GetImageFromArray(region.astype(np.uint8))
     image.CopyInformation(grid)
     return image
@@ -270,7 +286,7 @@ def caudate_right_ratio(labels: sitk.Image, hepatic_end_mm: np.ndarray | None, t
     wall = int(round(x - radius / spacing_x))
     liver = sitk.GetArrayViewFromImage(labels)[int(round(z))] == ROI_LABELS["liver"]
     behind = liver.copy()
-    behind[: int(round(y + radius / spacing_y)) + 1], behind[:, :wall + 1] = False, False
+    behind[: int(round(y + radius / spacing_y)) + 1], behind[:, : wall + 1] = False, False
     pieces, _ = ndimage.label(behind)
     touching = np.unique(pieces[:, wall + 1][pieces[:, wall + 1] > 0])
     columns = np.flatnonzero(liver.any(axis=0))
@@ -301,8 +317,16 @@ def measure(ct: sitk.Image, labels: sitk.Image, volumes: np.ndarray, portal_vein
     liver_ml, spleen_ml = volumes[ROI_LABELS["liver"] - 1], volumes[ROI_LABELS["spleen"] - 1]
     hepatic_end = None if portal_vein.hepatic_end_mm is None else np.array(portal_vein.hepatic_end_mm)
     caudate = caudate_right_ratio(labels, hepatic_end, portal_vein.main_diameter_mm)
-    values = [*composition, ascites_ml(ct, labels), liver_ml, caudate, surface_roughness_mm(labels), spleen_ml,
-              spleen_length_mm(labels), portal_vein.main_diameter_mm]
+    values = [
+        *composition,
+        ascites_ml(ct, labels),
+        liver_ml,
+        caudate,
+        surface_roughness_mm(labels),
+        spleen_ml,
+        spleen_length_mm(labels),
+        portal_vein.main_diameter_mm,
+    ]
     return np.array(values, dtype=np.float32), flags
 
 
@@ -321,8 +345,9 @@ def manifest_entry(block: FeatureBlock) -> dict:
     return {"training_percentiles": training_percentiles(block)}
 
 
-def replay(entry: BlockEntry, ct: sitk.Image, labels: sitk.Image, volumes: np.ndarray,
-           portal_vein: PortalVein) -> tuple[np.ndarray, list[str]]:
+def replay(
+    entry: BlockEntry, ct: sitk.Image, labels: sitk.Image, volumes: np.ndarray, portal_vein: PortalVein
+) -> tuple[np.ndarray, list[str]]:
     """A new scan's biomarkers in the bundle's order (NaN for one this version does not measure), and their flags."""
     measured, flags = measure(ct, labels, volumes, portal_vein)
     value_of = dict(zip(NAMES, measured))

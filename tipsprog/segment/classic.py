@@ -26,14 +26,40 @@ from tipsprog.segment.morphology import depth_mm, dilated, eroded, largest
 from tipsprog.store import ROI_LABELS
 
 SETTINGS: dict[str, Any] = {
-    "working_spacing_mm": 3.0, "refine_mm": 3.0, "median_voxels": 3, "body_hu": -400.0, "wall_mm": 15.0, "seed_window_hu": 40.0,
-    "core_mm": 8.0, "window_robust_sd": 2.5, "min_half_window_hu": 25.0, "marker_depth_mm": 10.0, "opening_mm": 6.0,
-    "lesion_closing_mm": 12.0, "lesion_min_hu": 0.0, "spleen_above_liver_hu": 30.0, "organ_min_class_share": 0.25, "spleen_min_marker_share": 0.25,
-    "vessel_spacing_mm": 1.5, "vessel_above_liver_hu": 40.0, "vessel_max_above_liver_hu": 250.0,
-    "vessel_rim_mm": 3.0, "vessel_background_mm": 6.0, "bone_hu": 350.0,
-    "bone_margin_mm": 3.0, "spine_lateral_mm": 40.0, "spine_margin_mm": 20.0, "blob_radius_mm": 10.0,
-    "blob_rim_mm": 4.0, "hepatic_margin_mm": 3.0, "portal_reach_mm": 100.0, "portal_min_radius_mm": 3.0,
-    "portal_min_extrahepatic_ml": 1.0, "portal_min_intrahepatic_ml": 2.0, "vessel_box_margin_mm": 60.0, "vessel_max_spacing_mm": 3.5,
+    "working_spacing_mm": 3.0,
+    "refine_mm": 3.0,
+    "median_voxels": 3,
+    "body_hu": -400.0,
+    "wall_mm": 15.0,
+    "seed_window_hu": 40.0,
+    "core_mm": 8.0,
+    "window_robust_sd": 2.5,
+    "min_half_window_hu": 25.0,
+    "marker_depth_mm": 10.0,
+    "opening_mm": 6.0,
+    "lesion_closing_mm": 12.0,
+    "lesion_min_hu": 0.0,
+    "spleen_above_liver_hu": 30.0,
+    "organ_min_class_share": 0.25,
+    "spleen_min_marker_share": 0.25,
+    "vessel_spacing_mm": 1.5,
+    "vessel_above_liver_hu": 40.0,
+    "vessel_max_above_liver_hu": 250.0,
+    "vessel_rim_mm": 3.0,
+    "vessel_background_mm": 6.0,
+    "bone_hu": 350.0,
+    "bone_margin_mm": 3.0,
+    "spine_lateral_mm": 40.0,
+    "spine_margin_mm": 20.0,
+    "blob_radius_mm": 10.0,
+    "blob_rim_mm": 4.0,
+    "hepatic_margin_mm": 3.0,
+    "portal_reach_mm": 100.0,
+    "portal_min_radius_mm": 3.0,
+    "portal_min_extrahepatic_ml": 1.0,
+    "portal_min_intrahepatic_ml": 2.0,
+    "vessel_box_margin_mm": 60.0,
+    "vessel_max_spacing_mm": 3.5,
 }
 
 
@@ -53,7 +79,7 @@ def _liver_seed(smooth: np.ndarray, deep: np.ndarray, spacing: np.ndarray, mid_x
     thick enough to survive the erosion is cut by the midline into smaller arcs), narrowed to the voxels within
     SEED_WINDOW of its median HU (which drops fat, bone, air and enhancing vessels)."""
     core = eroded(deep & (smooth > -30) & (smooth < 250), SETTINGS["core_mm"], spacing)
-    core[..., int(mid_x):] = False
+    core[..., int(mid_x) :] = False
     seed = largest(core)
     if not seed.any():
         return seed
@@ -78,8 +104,9 @@ def _organ_basins(candidate: np.ndarray, spacing: np.ndarray) -> tuple[np.ndarra
     markers, count = ndimage.label(depth > SETTINGS["marker_depth_mm"])
     regions = ndimage.find_objects(markers)
     markers[~candidate] = count + 1  # outside the window: its own basin
-    basins = sitk.MorphologicalWatershedFromMarkers(sitk.GetImageFromArray(-depth),
-                                                    sitk.GetImageFromArray(markers.astype(np.uint32)), False, False)
+    basins = sitk.MorphologicalWatershedFromMarkers(
+        sitk.GetImageFromArray(-depth), sitk.GetImageFromArray(markers.astype(np.uint32)), False, False
+    )
     return sitk.GetArrayFromImage(basins) * candidate, regions
 
 
@@ -121,7 +148,9 @@ def _enclosed_tissue(organ: np.ndarray, smooth: np.ndarray, deep: np.ndarray, ma
     return closed & deep & ~organ & (smooth > SETTINGS["lesion_min_hu"]) & (smooth < max_hu)
 
 
-def _liver_and_spleen(smooth: np.ndarray, deep: np.ndarray, spacing: np.ndarray, mid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _liver_and_spleen(
+    smooth: np.ndarray, deep: np.ndarray, spacing: np.ndarray, mid: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Liver and spleen: the liver's HU window split into organ basins; the liver is the largest basin centred on
     the patient's right, grown back over its vessels and lesions; the spleen as _spleen finds it."""
     seed = _liver_seed(smooth, deep, spacing, mid[2])
@@ -150,8 +179,15 @@ def _nearest_hu_class(region: np.ndarray, smooth: np.ndarray, target_hu: float, 
     return region & ((smooth > threshold) if keep_high else (smooth <= threshold))
 
 
-def _spleen(smooth: np.ndarray, allowed: np.ndarray, liver_hu: float, liver_half: float, liver: np.ndarray,
-            spacing: np.ndarray, mid: np.ndarray) -> np.ndarray:
+def _spleen(
+    smooth: np.ndarray,
+    allowed: np.ndarray,
+    liver_hu: float,
+    liver_half: float,
+    liver: np.ndarray,
+    spacing: np.ndarray,
+    mid: np.ndarray,
+) -> np.ndarray:
     """Spleen: of the organ basins centred on the patient's left and posterior at the liver's levels and at least
     SPLEEN_MIN_MARKER_SHARE of the largest, the highest (the kidney lies below the spleen), in a window from the
     liver's lower bound to SPLEEN_ABOVE_LIVER_HU above its upper one (the spleen enhances as much as the liver or
@@ -159,13 +195,18 @@ def _spleen(smooth: np.ndarray, allowed: np.ndarray, liver_hu: float, liver_half
     candidate = allowed & (smooth > liver_hu - liver_half) & (smooth < liver_hu + liver_half + SETTINGS["spleen_above_liver_hu"])
     basins, regions = _organ_basins(candidate, spacing)
     levels = np.flatnonzero(liver.any(axis=(1, 2)))
-    found = _markers(basins, regions, lambda zyx: zyx[2] > mid[2] and zyx[1] > mid[1] - 0.1 * len(smooth[0])
-                     and levels[0] <= zyx[0] <= levels[-1])
+    found = _markers(
+        basins,
+        regions,
+        lambda zyx: zyx[2] > mid[2] and zyx[1] > mid[1] - 0.1 * len(smooth[0]) and levels[0] <= zyx[0] <= levels[-1],
+    )
     if not found:
         return np.zeros_like(liver)
     largest = max(size for _, size, _ in found)
-    label = max((marker for marker in found if marker[1] >= SETTINGS["spleen_min_marker_share"] * largest),
-                key=lambda marker: marker[2][0])[0]  # the highest: the kidney lies below the spleen
+    label = max(
+        (marker for marker in found if marker[1] >= SETTINGS["spleen_min_marker_share"] * largest),
+        key=lambda marker: marker[2][0],
+    )[0]  # the highest: the kidney lies below the spleen
     basin = basins == label
     centre, half = _parenchyma_window(smooth, _nearest_hu_class(basin, smooth, liver_hu, liver_half))
     return _filled(_opened(basin & (np.abs(smooth - centre) < half), spacing)) & allowed
@@ -195,10 +236,12 @@ def _portal_venous_system(hu: np.ndarray, liver: np.ndarray, spacing: np.ndarray
     bright = (hu > liver_hu + SETTINGS["vessel_above_liver_hu"]) & (hu < liver_hu + SETTINGS["vessel_max_above_liver_hu"])
     bone, column = _vertebral_column(hu, spacing, body_mid_x)
     levels = np.flatnonzero(liver.any(axis=(1, 2)))
-    bright[:levels[0]], bright[levels[-1] + 1:] = False, False
+    bright[: levels[0]], bright[levels[-1] + 1 :] = False, False
     allowed = ~dilated(bone, SETTINGS["bone_margin_mm"], spacing) & ~dilated(column, SETTINGS["spine_margin_mm"], spacing)
     depth = depth_mm(bright & allowed, spacing)
-    blobs = ndimage.binary_propagation(depth > SETTINGS["blob_radius_mm"], mask=bright & allowed & (depth > SETTINGS["blob_rim_mm"]))
+    blobs = ndimage.binary_propagation(
+        depth > SETTINGS["blob_radius_mm"], mask=bright & allowed & (depth > SETTINGS["blob_rim_mm"])
+    )
     allowed &= ~dilated(blobs, SETTINGS["bone_margin_mm"], spacing)
     inside = eroded(liver, SETTINGS["hepatic_margin_mm"], spacing)
     components, count = ndimage.label(bright & allowed)
@@ -216,8 +259,9 @@ def _portal_venous_system(hu: np.ndarray, liver: np.ndarray, spacing: np.ndarray
     return portal if tree and trunk else np.zeros_like(liver)
 
 
-def _to_half_maximum(vessels: np.ndarray, hu: np.ndarray, liver_hu: float, allowed: np.ndarray,
-                     spacing: np.ndarray) -> np.ndarray:
+def _to_half_maximum(
+    vessels: np.ndarray, hu: np.ndarray, liver_hu: float, allowed: np.ndarray, spacing: np.ndarray
+) -> np.ndarray:
     """Vessels found above a fixed enhancement grown out to their wall, where the HU is half-way from the tissue
     around them to their median lumen HU (full width at half maximum: a fixed threshold cuts a faint or blurred
     vessel inside its wall, most of all one running in fat), through allowed voxels within VESSEL_RIM_MM of them."""
@@ -305,8 +349,10 @@ def _refined_organs(fine: sitk.Image, fine_hu: np.ndarray, organs: sitk.Image) -
 def _grown_box(mask: np.ndarray, margin_mm: float, spacing: np.ndarray) -> tuple[slice, ...]:
     """The mask's bounding box grown by margin_mm (one voxel more) on each side, within the array."""
     box = ndimage.find_objects(mask.astype(np.uint8))[0]
-    return tuple(slice(max(0, r.start - int(margin_mm / s) - 1), min(n, r.stop + int(margin_mm / s) + 1))
-                 for r, n, s in zip(box, mask.shape, spacing))
+    return tuple(
+        slice(max(0, r.start - int(margin_mm / s) - 1), min(n, r.stop + int(margin_mm / s) + 1))
+        for r, n, s in zip(box, mask.shape, spacing)
+    )
 
 
 def _portal_vein(fine: sitk.Image, fine_hu: np.ndarray, organs: sitk.Image) -> sitk.Image | None:
@@ -353,9 +399,12 @@ def upsampled_labels(labels: sitk.Image, reference: sitk.Image) -> sitk.Image:
 
 def _box_on(reference: sitk.Image, source: sitk.Image, box: tuple[slice, ...]) -> tuple[slice, ...]:
     """A (z, y, x) index box of the source grid, grown by one source voxel, as a box of the reference grid."""
-    corners = [source.TransformContinuousIndexToPhysicalPoint([float(b.start - 1 if bit == 0 else b.stop)
-                                                               for b, bit in zip(box[::-1], bits)])
-               for bits in np.ndindex(2, 2, 2)]
+    corners = [
+        source.TransformContinuousIndexToPhysicalPoint(
+            [float(b.start - 1 if bit == 0 else b.stop) for b, bit in zip(box[::-1], bits)]
+        )
+        for bits in np.ndindex(2, 2, 2)
+    ]
     indices = np.array([reference.TransformPhysicalPointToContinuousIndex(c) for c in corners])
     low = np.clip(np.floor(indices.min(axis=0)).astype(int), 0, reference.GetSize())
     high = np.clip(np.ceil(indices.max(axis=0)).astype(int) + 1, 0, reference.GetSize())
@@ -375,7 +424,7 @@ def _label_array(smooth: np.ndarray, ct: sitk.Image) -> np.ndarray:
     labels = np.zeros(smooth.shape, dtype=np.uint8)
     top = pelvis_top(slice_levels(smooth, spacing)[0], float(spacing[0]))
     if top is not None:
-        body[:top + 1] = False  # the liver and spleen lie above the pelvis
+        body[: top + 1] = False  # the liver and spleen lie above the pelvis
     if body.any():
         mid = np.array(ndimage.center_of_mass(body))
         deep = eroded(body, SETTINGS["wall_mm"], spacing)

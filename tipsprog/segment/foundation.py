@@ -48,8 +48,10 @@ def missing_requirements(fast: bool) -> list[str]:
     folder = weights_dir()
     absent = [task for task in TASK_IDS[fast] if not (folder / WEIGHT_FOLDERS[task]).is_dir()]
     if absent:
-        missing.append(f"weights for tasks {', '.join(map(str, absent))} are not in {folder} (on a machine with internet: "
-                       f"totalseg_download_weights -t {DOWNLOAD_TASK[fast]}, then copy the folder here or set TOTALSEG_HOME_DIR)")
+        missing.append(
+            f"weights for tasks {', '.join(map(str, absent))} are not in {folder} (on a machine with internet: "
+            f"totalseg_download_weights -t {DOWNLOAD_TASK[fast]}, then copy the folder here or set TOTALSEG_HOME_DIR)"
+        )
     return missing
 
 
@@ -89,6 +91,14 @@ def segment_totalseg(ct: sitk.Image, fast: bool = True, device: str = "cpu") -> 
         _register_total_trainers()
         source, result = Path(folder) / "ct.nii.gz", Path(folder) / "labels.nii.gz"
         sitk.WriteImage(sitk.Cast(ct, sitk.sitkInt16), str(source))
-        totalsegmentator(source, result, ml=True, fast=fast, roi_subset=ROI_SUBSET, quiet=True, nr_thr_saving=1,
-                         device="gpu" if device == "cuda" else "cpu")
+        totalsegmentator(
+            source,
+            result,
+            ml=True,
+            fast=fast,
+            roi_subset=ROI_SUBSET,
+            quiet=True,
+            nr_thr_saving=1,
+            device="gpu" if device == "cuda" else "cpu",
+        )
         return labels_from_totalsegmentator(result, ct)

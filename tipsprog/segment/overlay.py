@@ -29,8 +29,11 @@ def draw_overlay(ct: sitk.Image, labels: sitk.Image, out: Path) -> None:
     hu, label_array = sitk.GetArrayFromImage(ct), sitk.GetArrayFromImage(labels)
     z, y, x = _slice_centre(label_array)
     sx, sy, sz = ct.GetSpacing()
-    views = [("axial", hu[z], label_array[z], sy / sx), ("coronal", hu[:, y][::-1], label_array[:, y][::-1], sz / sx),
-             ("sagittal", hu[:, :, x][::-1], label_array[:, :, x][::-1], sz / sy)]
+    views = [
+        ("axial", hu[z], label_array[z], sy / sx),
+        ("coronal", hu[:, y][::-1], label_array[:, y][::-1], sz / sx),
+        ("sagittal", hu[:, :, x][::-1], label_array[:, :, x][::-1], sz / sy),
+    ]
     figure, axes = plt.subplots(1, 3, figsize=(12, 4.4))
     for axis, (title, image, mask, aspect) in zip(axes, views):
         axis.imshow(image, cmap="gray", vmin=WINDOW_HU[0], vmax=WINDOW_HU[1], aspect=aspect, interpolation="nearest")

@@ -39,20 +39,20 @@ from tipsprog.segment.morphology import depth_mm, dilated, eroded
 from tipsprog.store import ROI_LABELS
 
 SETTINGS: dict[str, Any] = {
-    "max_spacing_mm": 5.0,       # a coarser label grid does not resolve the vein: no diameter
-    "skeleton_mm": 1.0,          # isotropic grid of the centreline
-    "liver_grid_mm": 2.0,        # grid of the liver closing
-    "liver_closing_mm": 10.0,    # vessels up to this radius inside the liver count as intrahepatic
-    "branch_min_mm": 15.0,       # a side branch shorter than this is a spur or a small tributary
+    "max_spacing_mm": 5.0,  # a coarser label grid does not resolve the vein: no diameter
+    "skeleton_mm": 1.0,  # isotropic grid of the centreline
+    "liver_grid_mm": 2.0,  # grid of the liver closing
+    "liver_closing_mm": 10.0,  # vessels up to this radius inside the liver count as intrahepatic
+    "branch_min_mm": 15.0,  # a side branch shorter than this is a spur or a small tributary
     "branch_radius_ratio": 0.5,  # ... and one thinner than this fraction of the trunk's radius too
-    "hilum_reach_mm": 25.0,      # the bifurcation lies within this distance of the hilum along the centreline
-    "hepatic_fraction": 0.25,    # ... and its side branch has at least this fraction of its length in the liver
-    "trunk_min_mm": 20.0,        # a shorter trunk is not measured
-    "tangent_mm": 6.0,           # centreline points within this distance give the local direction
-    "sample_step_mm": 2.0,       # cross-sections along the middle third of the trunk
+    "hilum_reach_mm": 25.0,  # the bifurcation lies within this distance of the hilum along the centreline
+    "hepatic_fraction": 0.25,  # ... and its side branch has at least this fraction of its length in the liver
+    "trunk_min_mm": 20.0,  # a shorter trunk is not measured
+    "tangent_mm": 6.0,  # centreline points within this distance give the local direction
+    "sample_step_mm": 2.0,  # cross-sections along the middle third of the trunk
     "hepatic_window_mm": (10.0, 30.0),  # ... or this far upstream of its hepatic end where no confluence is found
     "onward_radius_ratio": 0.8,  # the trunk is at least this fraction as thick as the vessel it leads into
-    "plane_step_mm": 0.2,        # pixel size of a cross-section
+    "plane_step_mm": 0.2,  # pixel size of a cross-section
 }
 
 
@@ -60,10 +60,10 @@ SETTINGS: dict[str, Any] = {
 class PortalVein:
     """Portal vein measurements of one scan (NaN: not measured)."""
 
-    main_diameter_mm: float = np.nan         # trunk: equivalent-circle diameter of its cross-sections
-    main_length_mm: float = np.nan           # trunk: centreline length, confluence to bifurcation (or hilum)
-    volume_ml: float = np.nan                # the whole portal-vein label (NaN: the label is empty)
-    extrahepatic_volume_ml: float = np.nan   # its part outside the liver closed over its vessels
+    main_diameter_mm: float = np.nan  # trunk: equivalent-circle diameter of its cross-sections
+    main_length_mm: float = np.nan  # trunk: centreline length, confluence to bifurcation (or hilum)
+    volume_ml: float = np.nan  # the whole portal-vein label (NaN: the label is empty)
+    extrahepatic_volume_ml: float = np.nan  # its part outside the liver closed over its vessels
     hepatic_end_mm: tuple[float, float, float] | None = field(default=None, compare=False)  # LPS point, not stored
 
     def as_array(self) -> np.ndarray:
@@ -79,7 +79,7 @@ class Trunk:
     """The main portal vein's centreline nodes, upstream end first, and the landmarks that bound it."""
 
     nodes: list[int]
-    confluence: bool   # its upstream end is where a splenic or mesenteric vein joins (else where the label ends)
+    confluence: bool  # its upstream end is where a splenic or mesenteric vein joins (else where the label ends)
     bifurcation: bool  # its hepatic end is the bifurcation (else where the vein enters the liver)
 
     def window_mm(self, line: Centreline) -> tuple[float, float]:
@@ -95,12 +95,12 @@ class Trunk:
 class Centreline:
     """The skeleton tree of the portal vein on an isotropic grid, rooted at its end farthest from the liver."""
 
-    points: np.ndarray          # [N, 3] physical LPS (x, y, z) in mm, in depth-first order
-    parent: np.ndarray          # parent position (-1 for the root)
-    radius: np.ndarray          # distance to the vessel wall (maximal inscribed sphere), mm
-    depth: np.ndarray           # centreline distance from the root, mm
-    size: np.ndarray            # nodes in the subtree (the subtree of i is i … i + size[i] − 1)
-    length: np.ndarray          # centreline length of the subtree, with the edge to the parent, mm
+    points: np.ndarray  # [N, 3] physical LPS (x, y, z) in mm, in depth-first order
+    parent: np.ndarray  # parent position (-1 for the root)
+    radius: np.ndarray  # distance to the vessel wall (maximal inscribed sphere), mm
+    depth: np.ndarray  # centreline distance from the root, mm
+    size: np.ndarray  # nodes in the subtree (the subtree of i is i … i + size[i] − 1)
+    length: np.ndarray  # centreline length of the subtree, with the edge to the parent, mm
     hepatic_length: np.ndarray  # ... of it inside the closed liver
 
     def children(self, node: int) -> list[int]:
@@ -125,8 +125,12 @@ def _physical_box(image: sitk.Image, mask: np.ndarray) -> tuple[np.ndarray, np.n
     """Physical LPS bounding box of a mask's voxels (array order z, y, x) in any image orientation."""
     index = np.argwhere(mask)
     low, high = index.min(axis=0)[::-1], index.max(axis=0)[::-1]
-    corners = [image.TransformContinuousIndexToPhysicalPoint([float(c) for c in (x, y, z)])
-               for x in (low[0], high[0]) for y in (low[1], high[1]) for z in (low[2], high[2])]
+    corners = [
+        image.TransformContinuousIndexToPhysicalPoint([float(c) for c in (x, y, z)])
+        for x in (low[0], high[0])
+        for y in (low[1], high[1])
+        for z in (low[2], high[2])
+    ]
     return np.min(corners, axis=0), np.max(corners, axis=0)
 
 
@@ -180,8 +184,9 @@ def _skeleton_tree(skeleton: np.ndarray, spacing: float) -> tuple[np.ndarray, co
     return voxels, minimum_spanning_tree(graph.tocsr())
 
 
-def _tree_arrays(order: np.ndarray, predecessor: np.ndarray, step_of: np.ndarray,
-                 hepatic_of: np.ndarray) -> tuple[np.ndarray, ...]:
+def _tree_arrays(
+    order: np.ndarray, predecessor: np.ndarray, step_of: np.ndarray, hepatic_of: np.ndarray
+) -> tuple[np.ndarray, ...]:
     """Parent position, subtree size, depth, subtree length and subtree liver length of nodes in depth-first order."""
     position = np.empty(len(predecessor), dtype=np.int64)
     position[order] = np.arange(len(order))
@@ -261,9 +266,13 @@ def _side_branches(line: Centreline, chain: list[int], at: int) -> list[int]:
     trunk_radius = float(np.median(line.radius[np.array(chain)[nearby]]))
     followed = chain[at + 1] if at + 1 < len(chain) else -1
     start = line.radius[node]
-    return [child for child in line.children(node) if child != followed
-            and line.length[child] - start >= SETTINGS["branch_min_mm"]
-            and _subtree_radius(line, child, start) >= SETTINGS["branch_radius_ratio"] * trunk_radius]
+    return [
+        child
+        for child in line.children(node)
+        if child != followed
+        and line.length[child] - start >= SETTINGS["branch_min_mm"]
+        and _subtree_radius(line, child, start) >= SETTINGS["branch_radius_ratio"] * trunk_radius
+    ]
 
 
 def main_trunk(line: Centreline) -> Trunk | None:
@@ -274,22 +283,30 @@ def main_trunk(line: Centreline) -> Trunk | None:
     chain = _chain(line, hilum)
     depth = line.depth[chain]
     at_hilum = chain.index(hilum)
-    end = next((at for at in range(len(chain)) if abs(depth[at] - depth[at_hilum]) <= SETTINGS["hilum_reach_mm"]
-                and any(line.hepatic_length[side] >= SETTINGS["hepatic_fraction"] * line.length[side]
-                        for side in _side_branches(line, chain, at))),
-               None)
+    end = next(
+        (
+            at
+            for at in range(len(chain))
+            if abs(depth[at] - depth[at_hilum]) <= SETTINGS["hilum_reach_mm"]
+            and any(
+                line.hepatic_length[side] >= SETTINGS["hepatic_fraction"] * line.length[side]
+                for side in _side_branches(line, chain, at)
+            )
+        ),
+        None,
+    )
     bifurcation = end is not None
     end = end if bifurcation else at_hilum
     start = next((at for at in range(end - 1, 0, -1) if _side_branches(line, chain, at)), 0)
-    trunk = Trunk(chain[start:end + 1], start > 0, bifurcation)
+    trunk = Trunk(chain[start : end + 1], start > 0, bifurcation)
     if depth[end] - depth[start] < (SETTINGS["trunk_min_mm"] if trunk.confluence else SETTINGS["hepatic_window_mm"][1]):
         return None
     low, high = trunk.window_mm(line)
-    along = depth[:end + 1] - depth[start]
+    along = depth[: end + 1] - depth[start]
     measured = (along >= low) & (along <= high)
-    trunk_radius = np.median(line.radius[chain[:end + 1]][measured])
-    beyond = depth[end + 1:] - depth[end] - line.radius[chain[end]]
-    onward = line.radius[chain[end + 1:]][(beyond > 0) & (beyond <= SETTINGS["branch_min_mm"])]
+    trunk_radius = np.median(line.radius[chain[: end + 1]][measured])
+    beyond = depth[end + 1 :] - depth[end] - line.radius[chain[end]]
+    onward = line.radius[chain[end + 1 :]][(beyond > 0) & (beyond <= SETTINGS["branch_min_mm"])]
     if not len(onward) or trunk_radius < SETTINGS["onward_radius_ratio"] * np.median(onward):
         return None  # what looks like the trunk is thinner than the vessel it leads into: a tributary
     upstream = chain[start] if trunk.confluence else chain[int(np.argmax(measured))]

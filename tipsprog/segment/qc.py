@@ -30,7 +30,7 @@ EXPLANATIONS = {
     "pelvis_only": f"the scan ends less than {MIN_ABOVE_PELVIS_MM:.0f} mm above the iliac wings: no liver in view",
     "chest_only": "most of its slices are lung: no liver in view",
     "partial_view": "cut off by both the first and the last slice, and smaller than any whole liver: only a slab of "
-                    "it is in view",
+    "it is in view",
     "empty": "no voxels",
     "implausible_volume": "volume outside the plausible range",
     "truncated": "touches the scan border",
@@ -78,7 +78,7 @@ def liver_in_view_flags(ct: sitk.Image, labels: sitk.Image) -> list[str]:
     if not len(liver_levels):
         return []
     first, last = int(liver_levels[0]), int(liver_levels[-1])
-    pelvic, thoracic = _levels(small[:, :, first:last + 1])
+    pelvic, thoracic = _levels(small[:, :, first : last + 1])
     flags = []
     if pelvic[liver_levels - first].mean() > 0.5:
         flags.append("liver:in_pelvis")

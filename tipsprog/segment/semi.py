@@ -51,8 +51,15 @@ class SemiSettings:
 
 def build_network(settings: SemiSettings) -> UNet:
     """The MONAI 3D UNet for background + liver, spleen, portal vein."""
-    return UNet(spatial_dims=3, in_channels=1, out_channels=CLASSES, channels=settings.channels,
-                strides=(2,) * (len(settings.channels) - 1), num_res_units=1, norm="instance")
+    return UNet(
+        spatial_dims=3,
+        in_channels=1,
+        out_channels=CLASSES,
+        channels=settings.channels,
+        strides=(2,) * (len(settings.channels) - 1),
+        num_res_units=1,
+        norm="instance",
+    )
 
 
 def to_network_grid(ct: sitk.Image, settings: SemiSettings) -> sitk.Image:
@@ -107,20 +114,35 @@ class RandTissueIntensityd(transforms.RandomizableTransform, transforms.MapTrans
 def _augment(keys: list[str], settings: SemiSettings, labeled: bool) -> transforms.Compose:
     """Random patch, flips and a small affine, plus intensity scale/shift for labeled patches (MONAI transforms)."""
     # labeled patches are centred per class, background ones inside the body (> -200 HU); unlabeled ones in its box
-    crop = (transforms.RandCropByLabelClassesd(keys, "label", settings.patch, ratios=list(settings.class_ratios),
-                                               num_classes=CLASSES, num_samples=1, image_key="image", warn=False)
-            if labeled else transforms.Compose([
+    crop = (
+        transforms.RandCropByLabelClassesd(
+            keys,
+            "label",
+            settings.patch,
+            ratios=list(settings.class_ratios),
+            num_classes=CLASSES,
+            num_samples=1,
+            image_key="image",
+            warn=False,
+        )
+        if labeled
+        else transforms.Compose(
+            [
                 transforms.CropForegroundd(keys, "image", start_coord_key=None, end_coord_key=None),
                 transforms.SpatialPadd(keys, settings.patch),
-                transforms.RandSpatialCropd(keys, settings.patch, random_size=False)]))
+                transforms.RandSpatialCropd(keys, settings.patch, random_size=False),
+            ]
+        )
+    )
     tissue = [RandTissueIntensityd(settings.tissue_shift_hu)] if labeled and settings.tissue_shift_hu > 0 else []
     modes = ["bilinear", "nearest"][: len(keys)]
     spatial = [
         crop,
         *tissue,
         *(transforms.RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in settings.flip_axes),
-        transforms.RandAffined(keys, prob=0.3, rotate_range=(0.1, 0.1, 0.1), scale_range=(0.1, 0.1, 0.1), mode=modes,
-                               padding_mode="border"),
+        transforms.RandAffined(
+            keys, prob=0.3, rotate_range=(0.1, 0.1, 0.1), scale_range=(0.1, 0.1, 0.1), mode=modes, padding_mode="border"
+        ),
     ]
     intensity = [
         transforms.RandScaleIntensityd("image", factors=settings.intensity_scale, prob=0.5),
@@ -161,8 +183,9 @@ def _consistency(student_logits: torch.Tensor, teacher_logits: torch.Tensor, set
     return (per_voxel * (confidence >= settings.confidence)).mean()
 
 
-def _patches(samples: list[dict], pipeline: transforms.Compose, count: int, rng: np.random.Generator,
-             keys: tuple[str, ...]) -> list[torch.Tensor]:
+def _patches(
+    samples: list[dict], pipeline: transforms.Compose, count: int, rng: np.random.Generator, keys: tuple[str, ...]
+) -> list[torch.Tensor]:
     """`count` augmented patches of randomly chosen samples, stacked per key."""
     outputs = []
     for index in rng.integers(0, len(samples), count):
@@ -185,8 +208,14 @@ def _update_teacher(teacher: torch.nn.Module, student: torch.nn.Module, decay: f
         t.mul_(decay).add_(s.detach(), alpha=1.0 - decay)
 
 
-def fit(labeled: list[dict], unlabeled: list[dict], settings: SemiSettings, device: torch.device,
-        validation: list[dict] | None = None, progress: Callable[[int, float, float], None] | None = None) -> torch.nn.Module:
+def fit(
+    labeled: list[dict],
+    unlabeled: list[dict],
+    settings: SemiSettings,
+    device: torch.device,
+    validation: list[dict] | None = None,
+    progress: Callable[[int, float, float], None] | None = None,
+) -> torch.nn.Module:
     """Train a student and its mean teacher (EMA of the student's weights); return the teacher.
 
     With no unlabeled scans (or consistency_weight 0) this is plain supervised training with the same
@@ -274,8 +303,13 @@ def _unpad(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return array[tuple(slice(s, s + n) for s, n in zip(starts, shape))]
 
 
-def save_model(model: torch.nn.Module, settings: SemiSettings, path: Path, fitted_on: list[str] | None = None,
-               labeled: list[str] | None = None) -> None:
+def save_model(
+    model: torch.nn.Module,
+    settings: SemiSettings,
+    path: Path,
+    fitted_on: list[str] | None = None,
+    labeled: list[str] | None = None,
+) -> None:
     """Save weights and settings atomically, with the patients whose scans trained it (and which of them were labeled)."""
     payload = {"format": MODEL_FORMAT, "settings": asdict(settings), "state_dict": model.state_dict()}
     if fitted_on is not None:
@@ -285,8 +319,9 @@ def save_model(model: torch.nn.Module, settings: SemiSettings, path: Path, fitte
 
 def model_fitted_on(path: Path) -> tuple[list[str] | None, list[str] | None]:
     """The patients whose scans trained a saved model and the labeled ones among them (None, None: not recorded)."""
-    payload = load_checkpoint(path, MODEL_FORMAT, "semi-supervised segmentation model", torch.device("cpu"),
-                              " (train one with --fit LABELED.csv)")
+    payload = load_checkpoint(
+        path, MODEL_FORMAT, "semi-supervised segmentation model", torch.device("cpu"), " (train one with --fit LABELED.csv)"
+    )
     if not isinstance(payload.get("fitted_on"), list):
         return None, None
     return [str(pid) for pid in payload["fitted_on"]], [str(pid) for pid in payload.get("labeled", [])]
@@ -294,8 +329,9 @@ def model_fitted_on(path: Path) -> tuple[list[str] | None, list[str] | None]:
 
 def load_model(path: Path, device: torch.device) -> tuple[torch.nn.Module, SemiSettings]:
     """Load a model saved by save_model (weights_only: no code from the file runs)."""
-    payload = load_checkpoint(path, MODEL_FORMAT, "semi-supervised segmentation model", device,
-                              " (train one with --fit LABELED.csv)")
+    payload = load_checkpoint(
+        path, MODEL_FORMAT, "semi-supervised segmentation model", device, " (train one with --fit LABELED.csv)"
+    )
     settings = SemiSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in payload["settings"].items()})
     model = build_network(settings).to(device)
     model.load_state_dict(payload["state_dict"])

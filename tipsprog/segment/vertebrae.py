@@ -120,7 +120,7 @@ def _body_profile(hu: np.ndarray, canal: np.ndarray, midline: float, spacing: np
     for z in np.flatnonzero(np.isfinite(canal)):
         y0, y1 = (int(round(canal[z] - depth / spacing[1])) for depth in PROBE_DEPTH_MM[::-1])
         if y0 >= 0:
-            profile[z] = float(np.mean(hu[z, y0:y1 + 1, max(0, x0):x1 + 1]))
+            profile[z] = float(np.mean(hu[z, y0 : y1 + 1, max(0, x0) : x1 + 1]))
     return profile
 
 
@@ -131,10 +131,10 @@ def _dip_scores(profile: np.ndarray, slice_mm: float) -> dict[int, float]:
     reach = max(1, int(round(ENDPLATE_MM / slice_mm)))
     scores = {}
     for z in range(reach, len(profile) - reach):
-        window = profile[z - reach:z + reach + 1]
+        window = profile[z - reach : z + reach + 1]
         if not np.all(np.isfinite(window)) or profile[z] > min(profile[z - 1], profile[z + 1]):
             continue
-        left, right = profile[z - reach:z].max(), profile[z + 1:z + reach + 1].max()
+        left, right = profile[z - reach : z].max(), profile[z + 1 : z + reach + 1].max()
         scores[z] = 0.5 * (left + right) - profile[z]
     return scores
 
@@ -158,8 +158,9 @@ def _discs(profile: np.ndarray, slice_mm: float) -> np.ndarray:
     return np.array(chain[::-1], int)
 
 
-def _rib_slices(hu: np.ndarray, body: np.ndarray, front: np.ndarray, midline: float, spacing: np.ndarray,
-                pelvic: np.ndarray) -> np.ndarray:
+def _rib_slices(
+    hu: np.ndarray, body: np.ndarray, front: np.ndarray, midline: float, spacing: np.ndarray, pelvic: np.ndarray
+) -> np.ndarray:
     """Whether each slice holds rib bone: a bone component RIB_LATERAL_MM from the midline behind the canal's front
     whose densest voxel exceeds RIB_MIN_PEAK_HU (kidneys and transverse processes do not), pelvic slices excepted."""
     lateral = np.abs(np.arange(hu.shape[2]) - midline) * spacing[2]
@@ -167,7 +168,7 @@ def _rib_slices(hu: np.ndarray, body: np.ndarray, front: np.ndarray, midline: fl
     ribs = np.zeros(len(hu), bool)
     for z in np.flatnonzero(np.isfinite(front) & ~pelvic):
         candidate = (hu[z] > BONE_HU) & body[z] & band[None, :]
-        candidate[:int(front[z])] = False
+        candidate[: int(front[z])] = False
         labels, count = ndimage.label(candidate)
         if count:
             ribs[z] = ndimage.maximum(hu[z], labels, np.arange(1, count + 1)).max() > RIB_MIN_PEAK_HU
@@ -191,8 +192,9 @@ def _bodies(discs: np.ndarray, slices: int) -> list[tuple[int, int]]:
     return below + inner + above
 
 
-def _anchored_names(bodies: list[tuple[int, int]], discs: np.ndarray, crest: int | None, ribs: np.ndarray
-                    ) -> tuple[list[str], str]:
+def _anchored_names(
+    bodies: list[tuple[int, int]], discs: np.ndarray, crest: int | None, ribs: np.ndarray
+) -> tuple[list[str], str]:
     """Names of the vertebral bodies from the iliac crests (the disc nearest their top is L5/S1) or, without the
     pelvis in view, from the ribs (the body holding the lowest rib slice, or the one above the top disc, is T12)."""
     if crest is not None:
@@ -225,8 +227,13 @@ def vertebral_levels(ct: sitk.Image) -> VertebralLevels:
     crest = pelvis_top(pelvic, spacing[0])
     ribs = np.flatnonzero(_rib_slices(hu, body, canal, midline, spacing, pelvic)) if crest is None else np.array([], int)
     names, anchor = _anchored_names(bodies, discs, crest, ribs) if bodies else ([], "none")
-    centres = [grid.TransformContinuousIndexToPhysicalPoint((0.0, float(canal[(a + b) // 2]), (a + b) / 2.0))[1:]
-               for a, b in bodies]
+    centres = [
+        grid.TransformContinuousIndexToPhysicalPoint((0.0, float(canal[(a + b) // 2]), (a + b) / 2.0))[1:] for a, b in bodies
+    ]
     kept = [(centre, name) for centre, name in zip(centres, names) if name and np.isfinite(centre[0])]
-    return VertebralLevels([centre[1] for centre, _ in kept], [name for _, name in kept], anchor if kept else "none",
-                           [centre[0] for centre, _ in kept])
+    return VertebralLevels(
+        [centre[1] for centre, _ in kept],
+        [name for _, name in kept],
+        anchor if kept else "none",
+        [centre[0] for centre, _ in kept],
+    )

@@ -59,8 +59,12 @@ def center_scanners(spec: CohortSpec) -> list[Scanner]:
     """Acquisition effects per center (spacing, HU offset, noise, blur)."""
     rng = np.random.default_rng([spec.seed, 7919])
     return [
-        Scanner(spacing_scale=float(rng.uniform(0.92, 1.08)), hu_offset=float(rng.uniform(-12, 12)),
-                noise_sd=float(rng.uniform(8, 20)), blur_mm=float(rng.uniform(0.5, 2.0)))
+        Scanner(
+            spacing_scale=float(rng.uniform(0.92, 1.08)),
+            hu_offset=float(rng.uniform(-12, 12)),
+            noise_sd=float(rng.uniform(8, 20)),
+            blur_mm=float(rng.uniform(0.5, 2.0)),
+        )
         for _ in range(spec.centers)
     ]
 
@@ -76,17 +80,19 @@ def latents(spec: CohortSpec) -> pd.DataFrame:
     texture = 0.3 * dysfunction + np.sqrt(1 - 0.09) * rng.standard_normal(spec.n)
     spleen = 0.7 * portal_ht + np.sqrt(1 - 0.49) * rng.standard_normal(spec.n)
     body = np.random.default_rng([spec.seed, 5])
-    return pd.DataFrame({
-        "patient_id": [f"{spec.prefix}P{i:04d}" for i in range(spec.n)],
-        "center": [spec.center_name(c) for c in center],
-        "liver_dysfunction": dysfunction,
-        "portal_hypertension": portal_ht,
-        "sarcopenia": sarcopenia,
-        "liver_texture": texture,
-        "spleen_size": spleen,
-        "adiposity": -0.2 * dysfunction + np.sqrt(1 - 0.04) * body.standard_normal(spec.n),
-        "myosteatosis": 0.4 * sarcopenia + 0.3 * dysfunction + MYOSTEATOSIS_NOISE_SD * body.standard_normal(spec.n),
-    })
+    return pd.DataFrame(
+        {
+            "patient_id": [f"{spec.prefix}P{i:04d}" for i in range(spec.n)],
+            "center": [spec.center_name(c) for c in center],
+            "liver_dysfunction": dysfunction,
+            "portal_hypertension": portal_ht,
+            "sarcopenia": sarcopenia,
+            "liver_texture": texture,
+            "spleen_size": spleen,
+            "adiposity": -0.2 * dysfunction + np.sqrt(1 - 0.04) * body.standard_normal(spec.n),
+            "myosteatosis": 0.4 * sarcopenia + 0.3 * dysfunction + MYOSTEATOSIS_NOISE_SD * body.standard_normal(spec.n),
+        }
+    )
 
 
 def complete_clinical(lat: pd.DataFrame, spec: CohortSpec) -> pd.DataFrame:
@@ -100,27 +106,28 @@ def complete_clinical(lat: pd.DataFrame, spec: CohortSpec) -> pd.DataFrame:
     d, p, s = lat["liver_dysfunction"], lat["portal_hypertension"], lat["spleen_size"]
     ascites_drive = 0.8 * p + 0.5 * d + 0.7 * noise()
     ascites = np.digitize(ascites_drive, [0.0, 1.2])
-    indication = np.where((ascites == 2) & (rng.random(n) < 0.75), "ascites",
-                          np.where(rng.random(n) < 0.85, "bleeding", "other"))
+    indication = np.where((ascites == 2) & (rng.random(n) < 0.75), "ascites", np.where(rng.random(n) < 0.85, "bleeding", "other"))
     etiology = rng.choice(["alcohol", "viral", "cholestatic", "other"], size=n, p=[0.5, 0.25, 0.07, 0.18])
-    table = pd.DataFrame({
-        "patient_id": lat["patient_id"],
-        "center": lat["center"],
-        "age": np.clip(57 + 10 * noise(), 25, 85).round(0),
-        "sex": np.where(rng.random(n) < 0.68, "M", "F"),
-        "bilirubin": np.clip(np.exp(np.log(1.4) + 0.55 * d + 0.4 * noise()), 0.2, 30).round(2),
-        "albumin": np.clip(33 - 3.5 * d + 4 * noise(), 20, 50).round(1),
-        "creatinine": np.clip(np.exp(np.log(0.9) + 0.15 * d + 0.1 * ascites + 0.3 * noise()), 0.3, 8).round(2),
-        "inr": np.clip(np.exp(np.log(1.3) + 0.12 * d + 0.08 * noise()), 0.9, 4).round(2),
-        "sodium": np.clip(136 - 1.5 * p - 1.0 * d + 3 * noise(), 118, 148).round(0),
-        "platelets": np.clip(np.exp(np.log(110) - 0.3 * s + 0.35 * noise()), 20, 500).round(0),
-        "wbc": np.clip(np.exp(np.log(5) - 0.15 * s + 0.3 * noise()), 1, 25).round(1),
-        "ascites": ascites,
-        "he_history": (rng.random(n) < _sigmoid(-1.8 + 0.6 * d)).astype(int),
-        "indication": indication,
-        "etiology": etiology,
-        "ppg_pre": np.clip(20 + 3.5 * p + 2.5 * noise(), 12, 35).round(1),
-    })
+    table = pd.DataFrame(
+        {
+            "patient_id": lat["patient_id"],
+            "center": lat["center"],
+            "age": np.clip(57 + 10 * noise(), 25, 85).round(0),
+            "sex": np.where(rng.random(n) < 0.68, "M", "F"),
+            "bilirubin": np.clip(np.exp(np.log(1.4) + 0.55 * d + 0.4 * noise()), 0.2, 30).round(2),
+            "albumin": np.clip(33 - 3.5 * d + 4 * noise(), 20, 50).round(1),
+            "creatinine": np.clip(np.exp(np.log(0.9) + 0.15 * d + 0.1 * ascites + 0.3 * noise()), 0.3, 8).round(2),
+            "inr": np.clip(np.exp(np.log(1.3) + 0.12 * d + 0.08 * noise()), 0.9, 4).round(2),
+            "sodium": np.clip(136 - 1.5 * p - 1.0 * d + 3 * noise(), 118, 148).round(0),
+            "platelets": np.clip(np.exp(np.log(110) - 0.3 * s + 0.35 * noise()), 20, 500).round(0),
+            "wbc": np.clip(np.exp(np.log(5) - 0.15 * s + 0.3 * noise()), 1, 25).round(1),
+            "ascites": ascites,
+            "he_history": (rng.random(n) < _sigmoid(-1.8 + 0.6 * d)).astype(int),
+            "indication": indication,
+            "etiology": etiology,
+            "ppg_pre": np.clip(20 + 3.5 * p + 2.5 * noise(), 12, 35).round(1),
+        }
+    )
     return table
 
 
@@ -143,13 +150,16 @@ def imaging_findings(full: pd.DataFrame, spec: CohortSpec) -> pd.DataFrame:
     trace = (grade == 0) & (rng.random(n) < TRACE_ASCITES_SHARE)
     fluid = np.where(trace, rng.uniform(1.5, 3.5, n), np.minimum(fluid, ASCITES_MAX_MM))
     cyst = rng.random(n) < CYST_SHARE
-    return pd.DataFrame({
-        "ascites_mm": fluid,
-        "caudate_noise": rng.standard_normal(n),
-        "cyst_mm": np.where(cyst, rng.uniform(6.0, 13.0, n), 0.0),
-        "cyst_side": rng.choice([-1.0, 1.0], size=n),
-        "cyst_z_mm": rng.uniform(-25.0, 15.0, n),
-    }, index=full.index)
+    return pd.DataFrame(
+        {
+            "ascites_mm": fluid,
+            "caudate_noise": rng.standard_normal(n),
+            "cyst_mm": np.where(cyst, rng.uniform(6.0, 13.0, n), 0.0),
+            "cyst_side": rng.choice([-1.0, 1.0], size=n),
+            "cyst_z_mm": rng.uniform(-25.0, 15.0, n),
+        },
+        index=full.index,
+    )
 
 
 def portal_radius_mm(portal_hypertension: np.ndarray | float) -> np.ndarray | float:
@@ -157,8 +167,9 @@ def portal_radius_mm(portal_hypertension: np.ndarray | float) -> np.ndarray | fl
     return np.clip(6.5 + 1.5 * portal_hypertension, 4.0, 12.0)
 
 
-def outcomes_and_truth(lat: pd.DataFrame, full: pd.DataFrame, findings: pd.DataFrame,
-                       spec: CohortSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
+def outcomes_and_truth(
+    lat: pd.DataFrame, full: pd.DataFrame, findings: pd.DataFrame, spec: CohortSpec
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Survival (PH Weibull), OHE (logistic) and ppg_post from the complete clinical table, latents and imaging
     findings (equations: docs/synth.md); without imaging signal the imaging terms are left out (same draws)."""
     rng = np.random.default_rng([spec.seed, 3])
@@ -168,25 +179,37 @@ def outcomes_and_truth(lat: pd.DataFrame, full: pd.DataFrame, findings: pd.DataF
     sarc, myo, tex, spleen = lat["sarcopenia"], lat["myosteatosis"], lat["liver_texture"], lat["spleen_size"]
     low_muscle = np.maximum(sarc - SARCOPENIA_CUT, 0.0)
     fluid = findings["ascites_mm"] / 10.0
-    linear_predictor = (0.035 * (age - 57) + 0.55 * np.log(bili / 1.4) - 0.05 * (alb - 33) + 0.6 * np.log(creat / 0.9)
-                        + imaging * (0.9 * low_muscle + 0.3 * myo + 0.3 * fluid + 0.4 * low_muscle * fluid + 0.45 * tex
-                                     + 0.2 * spleen))
+    linear_predictor = (
+        0.035 * (age - 57)
+        + 0.55 * np.log(bili / 1.4)
+        - 0.05 * (alb - 33)
+        + 0.6 * np.log(creat / 0.9)
+        + imaging * (0.9 * low_muscle + 0.3 * myo + 0.3 * fluid + 0.4 * low_muscle * fluid + 0.45 * tex + 0.2 * spleen)
+    )
     event_time = (rng.exponential(size=n) / (WEIBULL_SCALE * np.exp(linear_predictor))) ** (1 / WEIBULL_SHAPE)
     dropout = rng.exponential(1 / DROPOUT_PER_DAY, size=n)
     censor = np.minimum(dropout, FOLLOW_UP_DAYS)
     time = np.maximum(np.minimum(event_time, censor), 1.0).round(0)
     event = (event_time <= censor).astype(int)
-    ohe_probability = _sigmoid(-1.4 + 0.8 * full["he_history"] + 0.45 * lat["liver_dysfunction"]
-                               + 0.35 * (age - 57) / 10 + imaging * (0.45 * sarc + 0.35 * myo + 0.2 * tex))
+    ohe_probability = _sigmoid(
+        -1.4
+        + 0.8 * full["he_history"]
+        + 0.45 * lat["liver_dysfunction"]
+        + 0.35 * (age - 57) / 10
+        + imaging * (0.45 * sarc + 0.35 * myo + 0.2 * tex)
+    )
     pv_diameter = 2.0 * portal_radius_mm(lat["portal_hypertension"])
     ppg_expected = 0.3 * full["ppg_pre"] + 2.5 + imaging * (1.0 * spleen + 0.25 * (pv_diameter - 13.0))
-    outcomes = pd.DataFrame({
-        "patient_id": lat["patient_id"], "time": time, "event": event,
-        "ohe": (rng.random(n) < ohe_probability).astype(int),
-        "ppg_post": np.clip(ppg_expected + 1.5 * rng.standard_normal(n), 1, 40).round(1),
-    })
-    truth = lat.assign(linear_predictor=linear_predictor, ohe_probability=ohe_probability,
-                       ppg_post_expected=ppg_expected)
+    outcomes = pd.DataFrame(
+        {
+            "patient_id": lat["patient_id"],
+            "time": time,
+            "event": event,
+            "ohe": (rng.random(n) < ohe_probability).astype(int),
+            "ppg_post": np.clip(ppg_expected + 1.5 * rng.standard_normal(n), 1, 40).round(1),
+        }
+    )
+    truth = lat.assign(linear_predictor=linear_predictor, ohe_probability=ohe_probability, ppg_post_expected=ppg_expected)
     return outcomes, truth
 
 
@@ -243,10 +266,14 @@ def make_cohort(out: Path, spec: CohortSpec, workers: int = 1, progress: Callabl
             if progress:
                 progress()
         truth = pd.concat([truth, pd.DataFrame(biomarkers, index=truth.index)], axis=1)
-        pd.DataFrame({
-            "patient_id": lat["patient_id"], "ct": [f"images/{p}.nii.gz" for p in lat["patient_id"]],
-            "center": lat["center"], "label": [f"labels/{p}.nii.gz" for p in lat["patient_id"]],
-        }).to_csv(tmp / "cohort.csv", index=False)
+        pd.DataFrame(
+            {
+                "patient_id": lat["patient_id"],
+                "ct": [f"images/{p}.nii.gz" for p in lat["patient_id"]],
+                "center": lat["center"],
+                "label": [f"labels/{p}.nii.gz" for p in lat["patient_id"]],
+            }
+        ).to_csv(tmp / "cohort.csv", index=False)
         with_missing(full, spec).to_csv(tmp / "clinical.csv", index=False)
         outcomes.to_csv(tmp / "outcomes.csv", index=False)
         truth.round(6).to_csv(tmp / "truth.csv", index=False)

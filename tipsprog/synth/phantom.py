@@ -17,12 +17,50 @@ from scipy import ndimage
 
 GRID = {"small": (32, 64, 64), "full": (96, 192, 192)}
 FIELD_OF_VIEW_MM = (160.0, 384.0, 384.0)
-TISSUES = ("air", "sat", "muscle", "vat", "cortex", "marrow", "disc", "canal", "aorta", "kidney", "cyst", "bowel",
-           "gas", "ascites", "colon", "stomach_wall", "gallbladder", "liver", "spleen", "portal_vein")
+TISSUES = (
+    "air",
+    "sat",
+    "muscle",
+    "vat",
+    "cortex",
+    "marrow",
+    "disc",
+    "canal",
+    "aorta",
+    "kidney",
+    "cyst",
+    "bowel",
+    "gas",
+    "ascites",
+    "colon",
+    "stomach_wall",
+    "gallbladder",
+    "liver",
+    "spleen",
+    "portal_vein",
+)
 CODE = {name: code for code, name in enumerate(TISSUES)}
-HU = {"air": -1000.0, "sat": -100.0, "vat": -85.0, "cortex": 900.0, "marrow": 450.0, "disc": 90.0, "canal": 15.0,
-      "aorta": 190.0, "kidney": 170.0, "cyst": 5.0, "bowel": 30.0, "gas": -900.0, "ascites": 8.0, "colon": 30.0,
-      "stomach_wall": 40.0, "gallbladder": 10.0, "liver": 110.0, "spleen": 125.0, "portal_vein": 175.0}
+HU = {
+    "air": -1000.0,
+    "sat": -100.0,
+    "vat": -85.0,
+    "cortex": 900.0,
+    "marrow": 450.0,
+    "disc": 90.0,
+    "canal": 15.0,
+    "aorta": 190.0,
+    "kidney": 170.0,
+    "cyst": 5.0,
+    "bowel": 30.0,
+    "gas": -900.0,
+    "ascites": 8.0,
+    "colon": 30.0,
+    "stomach_wall": 40.0,
+    "gallbladder": 10.0,
+    "liver": 110.0,
+    "spleen": 125.0,
+    "portal_vein": 175.0,
+}
 # (muscle has each patient's Anatomy.muscle_hu)
 LABELS = {"liver": 1, "spleen": 2, "portal_vein": 3}
 
@@ -211,8 +249,14 @@ def _sub(coords: Coords, box: tuple[slice, slice, slice]) -> Coords:
     return z[box[0]], y[:, box[1]], x[:, :, box[2]]
 
 
-def _paint_ellipsoid(tissue: np.ndarray, coords: Coords, centre: tuple[float, ...], radii: tuple[float, ...],
-                     code: int, where: np.ndarray | None = None) -> np.ndarray:
+def _paint_ellipsoid(
+    tissue: np.ndarray,
+    coords: Coords,
+    centre: tuple[float, ...],
+    radii: tuple[float, ...],
+    code: int,
+    where: np.ndarray | None = None,
+) -> np.ndarray:
     """Paint an ellipsoid (optionally only where `where` holds) and return its full-size mask."""
     box = _box(coords, np.subtract(centre, radii), np.add(centre, radii))
     mask = np.zeros(tissue.shape, bool)
@@ -356,8 +400,9 @@ def _colons(tissue: np.ndarray, coords: Coords) -> None:
         tissue[(r < radius - COLON_WALL_MM) & (z < top)] = CODE["gas"]
 
 
-def _small_bowel(tissue: np.ndarray, coords: Coords, spacing: np.ndarray, package: np.ndarray, fill: float,
-                 rng: np.random.Generator) -> None:
+def _small_bowel(
+    tissue: np.ndarray, coords: Coords, spacing: np.ndarray, package: np.ndarray, fill: float, rng: np.random.Generator
+) -> None:
     """Small-bowel loops (soft tissue with gas) filling `fill` of their package below SMALL_BOWEL_TOP_MM; the rest of
     the package stays visceral fat, so visceral fat falls as the fill rises."""
     rows = np.flatnonzero(_axis(coords, 0) < SMALL_BOWEL_TOP_MM)
@@ -377,14 +422,20 @@ def _liver_shape(coords: Coords, anatomy: Anatomy, nodules: np.ndarray) -> tuple
     caudate's own (nodular) mask."""
     s = anatomy.liver_scale
     rx = RIGHT_LOBE_RADII_MM[2] * s * anatomy.right_lobe_scale
-    right = _ellipsoid(coords, (*RIGHT_LOBE_CENTRE_ZY_MM, RIGHT_LOBE_MEDIAL_X_MM - rx),
-                       (RIGHT_LOBE_RADII_MM[0] * s, RIGHT_LOBE_RADII_MM[1] * s, rx))
+    right = _ellipsoid(
+        coords,
+        (*RIGHT_LOBE_CENTRE_ZY_MM, RIGHT_LOBE_MEDIAL_X_MM - rx),
+        (RIGHT_LOBE_RADII_MM[0] * s, RIGHT_LOBE_RADII_MM[1] * s, rx),
+    )
     left = _ellipsoid(coords, LEFT_LOBE_CENTRE_MM, tuple(r * s for r in LEFT_LOBE_RADII_MM))
     wall = portal_wall_x_mm(anatomy)
     lateral = max(RIGHT_LOBE_MEDIAL_X_MM - 2.0 * rx, -_cavity_axes(anatomy)[1])
     medial = wall + anatomy.caudate_ratio * (wall - lateral)
-    caudate = _ellipsoid(coords, (*CAUDATE_CENTRE_ZY_MM, (medial + wall - CAUDATE_OVERLAP_MM) / 2.0),
-                         (*CAUDATE_RADII_ZY_MM, (medial - wall + CAUDATE_OVERLAP_MM) / 2.0))
+    caudate = _ellipsoid(
+        coords,
+        (*CAUDATE_CENTRE_ZY_MM, (medial + wall - CAUDATE_OVERLAP_MM) / 2.0),
+        (*CAUDATE_RADII_ZY_MM, (medial - wall + CAUDATE_OVERLAP_MM) / 2.0),
+    )
     bumps = anatomy.nodularity_mm / LIVER_RADIUS_MM * nodules
     return np.minimum(np.minimum(right, left), caudate) - bumps, caudate - bumps < 1.0
 
@@ -400,8 +451,15 @@ def _gallbladder(coords: Coords) -> np.ndarray:
     return _spheroid(coords, GALLBLADDER_CENTRE_MM, axis, GALLBLADDER_RADII_MM)
 
 
-def _ascites(tissue: np.ndarray, coords: Coords, plane: tuple[np.ndarray, np.ndarray], peritoneal: np.ndarray,
-             liver_q: np.ndarray, spleen_q: np.ndarray, anatomy: Anatomy) -> None:
+def _ascites(
+    tissue: np.ndarray,
+    coords: Coords,
+    plane: tuple[np.ndarray, np.ndarray],
+    peritoneal: np.ndarray,
+    liver_q: np.ndarray,
+    spleen_q: np.ndarray,
+    anatomy: Anatomy,
+) -> None:
     """Free fluid where it collects in a supine patient: a layer along the wall thickening towards the back
     (paracolic gutters), a dependent pool on the posterior peritoneum lateral to the mesenteric root, and shells
     around the liver and spleen; it displaces only visceral fat and small bowel, never an organ."""
@@ -436,8 +494,12 @@ def _portal_vein(tissue: np.ndarray, coords: Coords, cavity: np.ndarray, anatomy
     at the confluence, and the right and left portal veins with their first divisions."""
     points = _portal_points(anatomy)
     splenic_hilum = (20.0, 38.0, 78.0 - 22.0 * anatomy.spleen_scale)
-    segments = [(CONFLUENCE_MM, BIFURCATION_MM, 1.0), (CONFLUENCE_MM, MESENTERIC_END_MM, MESENTERIC_SHARE),
-                (CONFLUENCE_MM, SPLENIC_BEND_MM, SPLENIC_SHARE), (SPLENIC_BEND_MM, splenic_hilum, SPLENIC_SHARE)]
+    segments = [
+        (CONFLUENCE_MM, BIFURCATION_MM, 1.0),
+        (CONFLUENCE_MM, MESENTERIC_END_MM, MESENTERIC_SHARE),
+        (CONFLUENCE_MM, SPLENIC_BEND_MM, SPLENIC_SHARE),
+        (SPLENIC_BEND_MM, splenic_hilum, SPLENIC_SHARE),
+    ]
     segments += [(points[parent], points[name], share) for name, (parent, _, share) in PORTAL_TREE.items()]
     for start, end, share in segments:
         start, end, radius = np.array(start), np.array(end), share * anatomy.portal_radius_mm
@@ -446,8 +508,9 @@ def _portal_vein(tissue: np.ndarray, coords: Coords, cavity: np.ndarray, anatomy
         region[_tube(_sub(coords, box), start, end, radius) & cavity[box[1:]][None]] = CODE["portal_vein"]
 
 
-def _tissues(anatomy: Anatomy, coords: Coords, spacing: np.ndarray, nodules: np.ndarray,
-             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _tissues(
+    anatomy: Anatomy, coords: Coords, spacing: np.ndarray, nodules: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """The tissue class of every voxel and the caudate's mask."""
     z, y, x = coords
     plane = (y[0], x[0])
@@ -481,8 +544,7 @@ def _tissues(anatomy: Anatomy, coords: Coords, spacing: np.ndarray, nodules: np.
     return tissue, caudate
 
 
-def _caudate_right_ratio(tissue: np.ndarray, caudate: np.ndarray, coords: Coords, spacing: np.ndarray,
-                         anatomy: Anatomy) -> float:
+def _caudate_right_ratio(tissue: np.ndarray, caudate: np.ndarray, coords: Coords, spacing: np.ndarray, anatomy: Anatomy) -> float:
     """Harbin's caudate-to-right-lobe ratio on the axial slice through the portal bifurcation: caudate width (main
     portal vein's right wall to the caudate's medial edge) over right-lobe width (that wall to the lobe's lateral
     edge), both along x, voxel edges included."""
@@ -497,8 +559,9 @@ def _caudate_right_ratio(tissue: np.ndarray, caudate: np.ndarray, coords: Coords
     return float((medial - wall) / (wall - lateral))
 
 
-def _biomarkers(tissue: np.ndarray, hu: np.ndarray, caudate: np.ndarray, coords: Coords, spacing: np.ndarray,
-                anatomy: Anatomy) -> dict[str, float]:
+def _biomarkers(
+    tissue: np.ndarray, hu: np.ndarray, caudate: np.ndarray, coords: Coords, spacing: np.ndarray, anatomy: Anatomy
+) -> dict[str, float]:
     """The truth of the imaging biomarkers, measured on the noise-free tissue classes of the phantom's own grid."""
     voxel_ml = float(np.prod(spacing)) / 1000.0
     pixel_cm2 = float(spacing[1] * spacing[2]) / 100.0
