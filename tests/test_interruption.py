@@ -82,9 +82,17 @@ def test_per_scan_stage_interrupted_then_resumed_equals_an_uninterrupted_run(
     assert not journal.exists() and _leftovers(tmp_path) == []
 
 
+QUICK_TRAINING = (
+    "seeds: 2\nstages: [{name: joint, max_epochs: 60, patience: 15, shared_lr_scale: 1.0, loss_weights: {survival: 1.0}}]\n"
+)
+
+
 def _training_command(pipeline: Pipeline, stage: str, out: Path) -> list:
     if stage == "embed":
         return ["embed", pipeline.seg, "--out", out, "--fit", "--epochs", 6, "--device", "cpu"]
+    config = out.parent / "quick.yaml"  # 2 seeds per fold, a short stage: enough epochs to stop in, and quick
+    config.write_text(QUICK_TRAINING)
+    options = ["--folds", 3, "--config", config, "--device", "cpu"]
     return [
         "fuse-train",
         pipeline.radiomics,
@@ -94,10 +102,7 @@ def _training_command(pipeline: Pipeline, stage: str, out: Path) -> list:
         pipeline.outcomes,
         "--out",
         out,
-        "--folds",
-        3,
-        "--device",
-        "cpu",
+        *options,
     ]
 
 

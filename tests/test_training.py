@@ -368,6 +368,14 @@ def test_every_fold_gets_the_same_layout_when_a_level_is_absent_from_one():
     assert ModalityPreprocessor.fit(train, groups).width == 4
 
 
+def test_a_task_left_out_of_a_stage_has_weight_zero(tmp_path):
+    """loss_weights: {survival: 1.0} trains survival alone in that stage (it stopped training with KeyError: 'ohe')."""
+    path = tmp_path / "train.yaml"
+    path.write_text("stages: [{name: a, max_epochs: 10, patience: 5, shared_lr_scale: 1.0, loss_weights: {survival: 1.0}}]\n")
+    assert load_config(path).stages[0]["loss_weights"] == {"survival": 1.0, "ohe": 0.0, "ppg": 0.0}
+    assert load_config().stages == load_config(model="concat").stages  # packaged configs name every task: unchanged
+
+
 def test_config_rejects_unknown_keys_and_bad_types(tmp_path):
     path = tmp_path / "train.yaml"
     cases = {

@@ -126,4 +126,7 @@ def load_config(path: Path | None = None, **overrides) -> TrainConfig:
     for key, value in {**loaded, **given}.items():
         values[key] = {**defaults[key], **value} if key in FUSION_MODEL_SECTIONS and isinstance(value, dict) else value
     _check(values, defaults, source)
+    values["stages"] = [
+        {**stage, "loss_weights": {**dict.fromkeys(LOSS_KEYS, 0.0), **stage["loss_weights"]}} for stage in values["stages"]
+    ]  # a task left out of a stage's loss_weights is not trained there
     return TrainConfig(**values)
