@@ -11,10 +11,10 @@ from tipsprog.errors import InputError
 from tipsprog.fusion.config import load_config
 from tipsprog.fusion.crossval import cross_validate
 from tipsprog.fusion.data import ModalityPreprocessor, TrainingData
-from tipsprog.fusion.ensemble import mixed_precision, predict_members
+from tipsprog.fusion.ensemble import member_network, mixed_precision, predict_members
 from tipsprog.fusion.guide import RESIDUAL_WEIGHTS, residual_weight
 from tipsprog.fusion.losses import SurvivalIndex
-from tipsprog.fusion.models import Layout, build_model, is_guided
+from tipsprog.fusion.models import Layout, build_model
 from tipsprog.fusion.modules import OrganSimilarityFusion, pod_penalty
 from tipsprog.fusion.splits import cv_splits, inner_split, plan_members, repeated_splits
 from tipsprog.fusion.training import member_task_loss, train_ensemble
@@ -150,15 +150,7 @@ def test_batched_ensemble_equals_training_members_one_after_another():
         np.testing.assert_allclose(risks[0], risks[1], atol=1e-5)
     together_risk = predict_members(together, data.matrices, rows, config, torch.device("cpu"))["risk"]
     for member, risk in zip(together, together_risk):
-        network = build_model(
-            config.model,
-            member.layout,
-            config.hidden,
-            config.dropout,
-            config.model_options(),
-            is_guided(config.model, member.layout, config.clinical_offset),
-        ).eval()
-        network.load_state_dict(member.state_dict)
+        network = member_network(member, config).eval()
         with torch.no_grad():
             plain = network({m: torch.from_numpy(p.transform(data.matrices[m])) for m, p in member.preprocessors.items()})
         np.testing.assert_allclose(risk, plain["risk"].double().numpy() - member.risk_center, atol=1e-5)

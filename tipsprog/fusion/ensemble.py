@@ -125,21 +125,17 @@ def _youden_threshold(probability: np.ndarray, label: np.ndarray) -> float:
     return float(np.clip(thresholds[int(np.argmax(tpr - fpr))], 0.0, 1.0))
 
 
+def member_network(member: Member, config: TrainConfig) -> FusionModel:
+    """A trained member's network, rebuilt for its fold's token layout with its weights."""
+    guided = is_guided(config.model, member.layout, config.clinical_offset)
+    model = build_model(config.model, member.layout, config.hidden, config.dropout, config.model_options(), guided)
+    model.load_state_dict(member.state_dict)
+    return model
+
+
 def member_ensemble(members: list[Member], config: TrainConfig, device: torch.device) -> Ensemble:
     """Trained members rebuilt from their weights and stacked for one vmapped forward pass."""
-    models = []
-    for member in members:
-        model = build_model(
-            config.model,
-            member.layout,
-            config.hidden,
-            config.dropout,
-            config.model_options(),
-            is_guided(config.model, member.layout, config.clinical_offset),
-        )
-        model.load_state_dict(member.state_dict)
-        models.append(model.to(device))
-    return Ensemble(models, device)
+    return Ensemble([member_network(member, config).to(device) for member in members], device)
 
 
 @torch.no_grad()
