@@ -35,7 +35,7 @@ from tipsprog.fusion.clinical_cox import cox_coefficients
 from tipsprog.fusion.config import load_config
 from tipsprog.fusion.data import ModalityPreprocessor
 from tipsprog.fusion.splits import cv_splits
-from tipsprog.radiomics import run_radiomics
+from tipsprog.radiomics import RadiomicsOptions, run_radiomics
 from tipsprog.segment import SegmentOptions, run_segment
 from tipsprog.survival import harrell_c
 from tipsprog.synth import CohortSpec, make_cohort
@@ -84,7 +84,7 @@ def cohort_rows(n: int, seed: int) -> list[dict]:
         make_cohort(folder / "cohort", spec, workers=2)
         _outcomes_without_signal(spec, folder / "outcomes-none.csv")
         run_segment(folder / "cohort" / "cohort.csv", folder / "seg.h5", SegmentOptions(workers=2))
-        run_radiomics(folder / "seg.h5", folder / "radiomics.h5", workers=2)
+        run_radiomics(folder / "seg.h5", folder / "radiomics.h5", RadiomicsOptions(workers=2))
         with store.open_store(folder / "seg.h5") as h5:
             patients = store.read_patients(h5)
             biomarkers = store.read_features(h5)["biomarkers"].values

@@ -16,7 +16,7 @@ from tipsprog import store
 from tipsprog.errors import InputError
 from tipsprog.images import read_ct, read_mask
 from tipsprog.journal import partial_path
-from tipsprog.radiomics import run_radiomics
+from tipsprog.radiomics import RadiomicsOptions, run_radiomics
 from tipsprog.radiomics.extract import extract_from_file, feature_group
 from tipsprog.radiomics.params import PRESETS, crop_plan, load_params, make_extractor
 from tipsprog.segment.masks import TOTALSEGMENTATOR_IDS, map_labels
@@ -90,12 +90,12 @@ def _features(path) -> tuple[list[str], np.ndarray]:
 def test_resume_reuses_an_interrupted_run(pipeline, tmp_path):
     out = tmp_path / "radiomics.h5"
     with pytest.raises(KeyboardInterrupt):
-        run_radiomics(pipeline.seg, out, "fast", 1, interrupt_after(3))
+        run_radiomics(pipeline.seg, out, progress=interrupt_after(3))
     assert not out.exists()
     with h5py.File(partial_path(out), "a") as journal:
         assert len(journal["records"]) == 3
         journal["records/0/values"][...] = 42.0  # only a reused record can carry this into the store
-    run_radiomics(pipeline.seg, out, "fast", 1, resume_previous=True)
+    run_radiomics(pipeline.seg, out, RadiomicsOptions(resume=True))
     assert not partial_path(out).exists()
     names, values = _features(out)
     reference_names, reference = _features(pipeline.radiomics)
@@ -109,11 +109,11 @@ def test_resume_from_a_store_skips_only_matching_settings(pipeline, tmp_path):
     out.write_bytes(pipeline.radiomics.read_bytes())
     with h5py.File(out, "a") as h5:
         h5["features/radiomics/values"][0] = 7.0
-    run_radiomics(pipeline.seg, out, "fast", 1, resume_previous=True)
+    run_radiomics(pipeline.seg, out, RadiomicsOptions(resume=True))
     assert np.all(_features(out)[1][0] == 7.0)  # same settings and inputs: taken from the store
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({**PRESETS["fast"], "setting": {**PRESETS["fast"]["setting"], "binWidth": 20}}))
-    run_radiomics(pipeline.seg, out, str(params), 1, resume_previous=True)
+    run_radiomics(pipeline.seg, out, RadiomicsOptions(str(params), resume=True))
     assert not np.any(_features(out)[1][0] == 7.0)  # other settings: recomputed
 
 
@@ -139,11 +139,11 @@ def test_resume_recomputes_a_ct_changed_in_place(few, tmp_path):
         ct.write_bytes(Path(h5["segment/ct_paths"][0].decode()).read_bytes())
         h5["segment/ct_paths"][0] = str(ct)
     out = tmp_path / "radiomics.h5"
-    run_radiomics(seg, out, "fast", 1)
+    run_radiomics(seg, out)
     with h5py.File(out, "a") as h5:
         h5["features/radiomics/values"][:2] = 7.0
     sitk.WriteImage(sitk.ReadImage(str(ct)) + 50, str(ct))  # the same file name, other voxels
-    run_radiomics(seg, out, "fast", 1, resume_previous=True)
+    run_radiomics(seg, out, RadiomicsOptions(resume=True))
     values = _features(out)[1]
     assert not np.any(values[0] == 7.0) and np.all(values[1] == 7.0)
 

@@ -250,10 +250,10 @@ def radiomics(
     quiet: bool = QUIET,
 ) -> None:
     """pyradiomics features per ROI, tagged roi/image-type/feature-class; each ROI cropped before extraction."""
-    from tipsprog.radiomics import run_radiomics
+    from tipsprog.radiomics import RadiomicsOptions, run_radiomics
 
     with progress_bar("radiomics", _patient_count(seg), quiet) as advance:
-        records = run_radiomics(seg, out, params, _workers(workers), advance, scheduler, resume)
+        records = run_radiomics(seg, out, RadiomicsOptions(params, _workers(workers), scheduler, resume), advance)
     if not quiet:
         failed = [r for r in records if r.status != "ok"]
         console.print(f"radiomics: {len(records) - len(failed)} ok, {len(failed)} failed → {out}")
@@ -381,14 +381,15 @@ def evaluate(
     quiet: bool = QUIET,
 ) -> None:
     """Metrics with 95% CIs beside the clinical scores (out-of-fold, held-out, external); report.html/.md, metrics.json, plots."""
-    from tipsprog.evaluate import ExternalCohort, run_evaluate
+    from tipsprog.evaluate import EvaluateOptions, ExternalCohort, run_evaluate
 
     if (test or clinical or outcomes) and not (clinical and outcomes):
         raise InputError("an external cohort needs both --clinical and --outcomes (and its feature stores as --test)")
     external = ExternalCohort(list(test or []), clinical, outcomes) if outcomes else None
     if not quiet:
         console.print(f"evaluate: {bootstrap} bootstrap resamples …")
-    document = run_evaluate(bundle, out, list(truth or []), bootstrap, seed, _workers(workers), external, device)
+    options = EvaluateOptions(list(truth or []), bootstrap, seed, _workers(workers), external, device)
+    document = run_evaluate(bundle, out, options)
     if as_json:
         typer.echo(json.dumps(document, indent=2))
     if quiet:

@@ -157,19 +157,30 @@ def _bundle_summary(bundle: Bundle) -> dict:
     }
 
 
+@dataclass(frozen=True)
+class EvaluateOptions:
+    """How `evaluate` runs: the synthetic truth tables (for the oracle), bootstrap draws and seed, workers, an
+    external cohort to evaluate, and the device that predicts it."""
+
+    truth_csvs: list[Path] | None = None
+    draws: int = 1000
+    seed: int = 0
+    workers: int = 1
+    external: ExternalCohort | None = None
+    device: str = "auto"
+
+
 @writes_output("report")
-def run_evaluate(
-    bundle_path: Path,
-    out: Path,
-    truth_csvs: list[Path] | None = None,
-    draws: int = 1000,
-    seed: int = 0,
-    workers: int = 1,
-    external: ExternalCohort | None = None,
-    device_name: str = "auto",
-) -> dict:
+def run_evaluate(bundle_path: Path, out: Path, options: EvaluateOptions = EvaluateOptions()) -> dict:
     """Evaluate a bundle's out-of-fold predictions, its held-out patients (fuse-train --test) and an external cohort
     (evaluate --test), whichever exist; write report.html, report.md, metrics.json and plots into `out`."""
+    truth_csvs, draws, seed, workers, external = (
+        options.truth_csvs,
+        options.draws,
+        options.seed,
+        options.workers,
+        options.external,
+    )
     bundle = load_bundle(bundle_path)
     data = read_oof(bundle.path / "oof.h5")
     horizons = np.array(bundle.config.horizons_days, dtype=float)
@@ -189,7 +200,7 @@ def run_evaluate(
             )
         )
     if external is not None:
-        unseen.append(("external", *external_predictions(bundle, data, external, device_name)))
+        unseen.append(("external", *external_predictions(bundle, data, external, options.device)))
     for name, cohort, predictions, cohort_notes in unseen:
         _, cohort_grid = evaluation_grid(cohort.outcomes["time"], horizons)
         cohort_rows, row_notes = held_out_rows(bundle, data, cohort, predictions, cohort_grid, truth)

@@ -93,30 +93,38 @@ def _cohort(seg_path: Path) -> SegmentedCohort:
         )
 
 
+@dataclass(frozen=True)
+class RadiomicsOptions:
+    """How `radiomics` runs: the parameters (a preset name or a YAML file), local workers or a Dask scheduler, and
+    whether to resume."""
+
+    params: str = "fast"
+    workers: int = 1
+    scheduler: str | None = None
+    resume: bool = False
+
+
 @writes_output("store")
 def run_radiomics(
     seg_path: Path,
     out: Path,
-    params_name: str = "fast",
-    workers: int = 1,
+    options: RadiomicsOptions = RadiomicsOptions(),
     progress: Callable[[PatientStatus], None] | None = None,
-    scheduler: str | None = None,
-    resume_previous: bool = False,
 ) -> list[PatientStatus]:
     """Extract radiomics for every patient of a segment store and write radiomics.h5.
 
-    Patients run on `workers` local processes, or on a Dask cluster when `scheduler` is an address; output
-    order is the store's patient order either way. Each patient's features go to the journal `<out>.partial` as
-    they come, and the store is built from it, so memory does not grow with the cohort. With `resume_previous`,
+    Patients run on `options.workers` local processes, or on a Dask cluster when `options.scheduler` is an address;
+    output order is the store's patient order either way. Each patient's features go to the journal `<out>.partial`
+    as they come, and the store is built from it, so memory does not grow with the cohort. With `options.resume`,
     patients whose features are in the output store or the journal of an interrupted run, with the same settings
     and inputs, are reused.
     """
-    params = load_params(params_name)
+    params = load_params(options.params)
     sha = settings_hash(params)
     cohort = _cohort(seg_path)
-    with patient_journal(out, sha, resume_previous) as journal:
-        reused = cohort.reusable(reuse.reusable(out, sha, journal) if resume_previous else {})
-        fresh = iter(map_ordered(extract_patient, cohort.jobs(params, set(reused)), workers, scheduler))
+    with patient_journal(out, sha, options.resume) as journal:
+        reused = cohort.reusable(reuse.reusable(out, sha, journal) if options.resume else {})
+        fresh = iter(map_ordered(extract_patient, cohort.jobs(params, set(reused)), options.workers, options.scheduler))
         record_names, statuses = [], []
         for pid in cohort.patient_ids:
             if pid in reused:
