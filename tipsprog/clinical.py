@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -276,7 +277,7 @@ SCORE_INPUTS = {
     "CLIF-C AD": ("age", "creatinine", "inr", "wbc", "sodium"),
     "Malinchoc": ("bilirubin", "inr", "creatinine", "etiology"),
 }
-SCORE_FUNCTIONS = {
+SCORE_FUNCTIONS: dict[str, Callable[..., np.ndarray]] = {
     "FIPS": fips,
     "MELD": meld,
     "MELD-Na": meld_na,

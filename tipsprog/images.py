@@ -4,12 +4,12 @@ for what would silently give a wrong image (missing slices, non-finite voxels), 
 from __future__ import annotations
 
 import gzip
+import io
 import locale
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 import SimpleITK as sitk
@@ -31,7 +31,7 @@ NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}
 READ_CHUNK = 1 << 24
 
 
-def _nifti_float_payload(stream: IO[bytes]) -> np.dtype | None:
+def _nifti_float_payload(stream: io.BufferedIOBase) -> np.dtype | None:
     """Position a NIfTI stream at its voxels and return their dtype if they are floats (None otherwise)."""
     header = stream.read(540)
     for order in "<>":

@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -175,7 +176,7 @@ def run_fuse_train(
             raise InputError(f"{outcomes_csv}: fewer than 2 events among the {len(train_rows)} training patients")
     journal = TrainingJournal(out, training_digest(data, config, cv_mode, seed, device), options.resume, progress)
     cv = cross_validate(data, config, cv_mode, device, seed, progress, journal)
-    metrics = {"harrell_c": _c_rows(data, cv.oof)}
+    metrics: dict[str, Any] = {"harrell_c": _c_rows(data, cv.oof)}
     if config.repeats > 1:
         metrics["harrell_c_by_repeat"] = [harrell_c(data.time, data.event, risk) for risk in cv.per_repeat["risk"].T]
     clinical_cox = (

@@ -114,6 +114,7 @@ def _check(values: dict, defaults: dict, source: str) -> None:
 def load_config(path: Path | None = None, **overrides) -> TrainConfig:
     """Defaults, the model's preset, then the YAML file, then command-line overrides (None values ignored)."""
     defaults = _packaged("default")
+    assert defaults is not None, "tipsprog/configs/default.yaml is missing from the installation"
     loaded = _read(path) if path is not None else {}
     source = str(path) if path is not None else "default config"
     unknown = sorted(set(loaded) - set(defaults))
