@@ -299,3 +299,21 @@ def test_cli_embed_fit_ids_errors(pipeline, tmp_path, rows, arguments, message):
     )
     assert result.exit_code == 2 and message.format(ids=ids, seg=pipeline.seg) in result.output.replace("\n", "")
     assert not (tmp_path / "e.h5").exists() and not (tmp_path / "e.pt").exists()
+
+
+@pytest.mark.slow
+def test_embed_on_a_dask_process_cluster_writes_the_local_store(pipeline, tmp_path):
+    """--scheduler: the pipeline's scans embedded by a two-process Dask cluster, in batches of 8 patients read by
+    the workers, give the store a local run with the same batch size writes."""
+    from distributed import LocalCluster
+
+    weights = pipeline.embed.with_suffix(".pt")
+    common = ("--weights", weights, "--batch-size", 8, "--device", "cpu", "--quiet")
+    assert invoke("embed", pipeline.seg, "--out", tmp_path / "local.h5", *common).exit_code == 0
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        result = invoke("embed", pipeline.seg, "--out", tmp_path / "dask.h5", *common, "--scheduler", cluster.scheduler_address)
+    assert result.exit_code == 0, result.output
+    with h5py.File(tmp_path / "local.h5") as local, h5py.File(tmp_path / "dask.h5") as dask:
+        for key in ("values", "names", "groups"):
+            np.testing.assert_array_equal(local[f"features/embed-ssl/{key}"][()], dask[f"features/embed-ssl/{key}"][()])
+        assert dict(local["features/embed-ssl"].attrs) == dict(dask["features/embed-ssl"].attrs)

@@ -1,4 +1,5 @@
-"""`tipsprog export`: the store's masks as NIfTI on each CT's own grid, equal to the store's voxel for voxel."""
+"""`tipsprog export`: the store's masks as NIfTI on each CT's own grid, equal to the store's voxel for voxel, with the
+compartments the biomarkers measured."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import SimpleITK as sitk
 from conftest import invoke
 from tipsprog import store
 from tipsprog.images import canonical
+from tipsprog.segment.biomarkers import COMPARTMENT_LABELS
+from tipsprog.segment.biomarkers import NAMES as BIOMARKER_NAMES
 from tipsprog.store import ROI_LABELS
 
 
@@ -34,10 +37,11 @@ def test_exported_masks_lie_on_the_ct_grid_and_equal_the_store(reoriented_store)
     result = invoke("export", root / "seg.h5", "--out", root / "masks", "--quiet")
     assert result.exit_code == 0, result.output
     table = pd.read_csv(root / "masks" / "labels.csv")
-    assert dict(zip(table["name"], table["label"])) == ROI_LABELS
+    assert dict(zip(table["name"], table["label"])) == {**ROI_LABELS, **COMPARTMENT_LABELS}
     assert (root / "masks" / "slicer_labels.ctbl").is_file() and (root / "masks" / "itksnap_labels.txt").is_file()
     with store.open_store(root / "seg.h5") as h5:
-        for row in cohort.itertuples():
+        biomarkers = store.read_features(h5)["biomarkers"]
+        for index, row in enumerate(cohort.itertuples()):
             ct = sitk.ReadImage(row.ct)
             exported = sitk.ReadImage(str(root / "masks" / f"{row.patient_id}_labels.nii.gz"))
             assert exported.GetSize() == ct.GetSize()
@@ -49,6 +53,11 @@ def test_exported_masks_lie_on_the_ct_grid_and_equal_the_store(reoriented_store)
                 both = ((back == label) & (stored == label)).sum()
                 total = (back == label).sum() + (stored == label).sum()
                 assert total == 0 or 2 * both / total == 1.0
+            measured = dict(zip(BIOMARKER_NAMES, biomarkers.values[index]))  # the muscle exported is what was measured
+            slab = np.flatnonzero((back == COMPARTMENT_LABELS["subcutaneous_fat"]).any(axis=(1, 2)))
+            pixel_cm2 = np.prod(canonical(exported).GetSpacing()[:2]) / 100.0
+            muscle_cm2 = (back[slab] == COMPARTMENT_LABELS["skeletal_muscle"]).sum() * pixel_cm2 / len(slab)
+            assert len(slab) >= 1 and muscle_cm2 == pytest.approx(measured["muscle/l3_area[cm2]"], rel=1e-5)
             assert (root / "masks" / f"{row.patient_id}_qc.png").stat().st_size > 0
 
 

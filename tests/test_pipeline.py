@@ -438,6 +438,10 @@ def test_external_cohort_is_predicted_with_the_bundles_features(pipeline, tmp_pa
         note.startswith("external cohort: ") and "of 12 patients lie beyond the training cohort" in note
         for note in metrics["notes"]
     )
+    assert any(  # the other centers' scanners: the acquisition checks are reported too
+        note.startswith("external cohort: ") and "of 12 scans were acquired unlike the training scans" in note
+        for note in metrics["notes"]
+    )
 
     result = invoke(
         "evaluate",
@@ -722,3 +726,29 @@ def test_predict_warns_for_a_patient_unlike_the_training_cohort(pipeline, tmp_pa
     assert result.exit_code == 0, result.output
     warnings = json.loads(result.stdout)["warnings"]
     assert len(warnings) == 1 and warnings[0].startswith("clinical features lie beyond the training cohort")
+
+
+def test_predict_warns_for_a_scan_acquired_unlike_the_training_scans(pipeline, tmp_path):
+    """A training patient's own scan, resampled to half its voxel size and read 35 HU too bright (a scanner out of
+    calibration; the padding outside the field of view keeps its value): the spacing and HU calibration checks
+    fail, and the JSON lists their values."""
+    ct = sitk.ReadImage(str(pipeline.cohort / "images" / "P0000.nii.gz"))
+    grid = sitk.Image([2 * n for n in ct.GetSize()], sitk.sitkInt16)
+    grid.SetSpacing([s / 2 for s in ct.GetSpacing()])
+    grid.SetOrigin(ct.GetOrigin())
+    grid.SetDirection(ct.GetDirection())
+    finer = sitk.GetArrayFromImage(sitk.Resample(ct, grid, sitk.Transform(), sitk.sitkLinear, -1024))
+    brighter = sitk.GetImageFromArray(np.where(finer > -1024, finer + 35, finer).astype(np.int16))
+    brighter.CopyInformation(grid)
+    sitk.WriteImage(brighter, str(tmp_path / "P0000.nii.gz"))
+    pd.read_csv(pipeline.clinical).iloc[[0]].to_csv(tmp_path / "row.csv", index=False)
+    result = invoke(
+        "predict", "--ct", tmp_path / "P0000.nii.gz", "--clinical", tmp_path / "row.csv", "--model", pipeline.bundle, "--json"
+    )
+    assert result.exit_code == 0, result.output
+    prediction = json.loads(result.stdout)
+    checks = {line.split(":")[0] for line in prediction["warnings"] if ":" in line}
+    assert {"spacing", "HU calibration"} <= checks
+    described = prediction["segmentation"]["acquisition"]
+    assert described["in_plane_spacing"] == pytest.approx(ct.GetSpacing()[0] / 2, abs=0.01)
+    assert described["air_offset"] == pytest.approx(35, abs=6)  # the resampling blends air into the padding

@@ -14,7 +14,7 @@ from tipsprog.predict import portal_vein_line, portal_vein_record
 from tipsprog.segment import SegmentOptions, run_segment
 from tipsprog.segment.crops import roi_volumes
 from tipsprog.segment.portal import PORTAL_VEIN_FIELDS, PortalVein, portal_vein_measurements
-from tipsprog.store import open_store, patient_mask, read_portal_vein
+from tipsprog.store import PORTAL_VEIN, open_store, patient_mask, read_named_table
 from tipsprog.synth import CohortSpec, make_cohort
 
 IRCADB = REAL_CT.parent / "ircadb-1.1"  # CC BY-NC-ND: read in place from ../shared, never copied
@@ -190,7 +190,7 @@ def test_segment_store_keeps_the_measurements_per_patient(tmp_path, y_phantom):
     cohort.to_csv(tmp_path / "c" / "cohort.csv", index=False)
     results = run_segment(tmp_path / "c" / "cohort.csv", tmp_path / "seg.h5", SegmentOptions("masks"))
     with open_store(tmp_path / "seg.h5") as h5:
-        stored = read_portal_vein(h5)
+        stored = read_named_table(h5, PORTAL_VEIN)
         expected = [portal_vein_measurements(patient_mask(h5, pid)) for pid in ("P0000", "Y")]
     assert list(stored) == list(PORTAL_VEIN_FIELDS) and all(len(column) == 2 for column in stored.values())
     for row in range(2):

@@ -148,6 +148,27 @@ def test_resume_recomputes_a_ct_changed_in_place(few, tmp_path):
     assert not np.any(values[0] == 7.0) and np.all(values[1] == 7.0)
 
 
+def test_a_job_pickled_for_dask_does_not_alias_its_label_image():
+    """Dask pickles a job at protocol 5 with out-of-band buffers and reads them later, on another thread (or sends
+    them later, over TCP); the job may be gone by then, its label image's memory reused by the next patient's mask.
+    The pickle must hold the labels as they were, not point into the image: overwriting the voxels after pickling
+    (as that reuse does) must not change what is unpickled."""
+    import pickle
+
+    from tipsprog.radiomics.extract import PatientJob
+
+    labels = sitk.GetImageFromArray(np.full((3, 4, 5), 1, np.uint8))
+    labels.SetSpacing((0.5, 0.7, 2.0))
+    job = PatientJob("P0000", "ct.nii.gz", None, labels, PRESETS["fast"], "digest")
+    buffers: list[pickle.PickleBuffer] = []
+    data = pickle.dumps(job, protocol=5, buffer_callback=buffers.append)  # as distributed.protocol.pickle.dumps
+    for index in np.ndindex(*labels.GetSize()):
+        labels.SetPixel(index, 3)  # in place: the memory now holds another mask
+    received = pickle.loads(data, buffers=buffers)
+    assert np.all(sitk.GetArrayViewFromImage(received.labels) == 1)
+    assert received.labels.GetSpacing() == (0.5, 0.7, 2.0) and received.patient_id == "P0000"
+
+
 @pytest.mark.slow
 def test_dask_cluster_gives_the_same_store(pipeline, tmp_path):
     from distributed import LocalCluster

@@ -123,7 +123,7 @@ def progress_bar(description: str, total: int | None, quiet: bool) -> Iterator[C
         task = bar.add_task(description, total=total)
 
         def advance(*_args, text: str | None = None, steps: float = 1, **_kwargs) -> None:
-            bar.update(task, advance=steps, **({"description": f"{description} {text}"} if text else {}))
+            bar.update(task, advance=steps, description=f"{description} {text}" if text else None)
 
         yield advance
 
@@ -289,13 +289,15 @@ def embed(
     seed: int = typer.Option(0, "--seed"),
     device: str = DEVICE,
     resume: bool = RESUME,
+    scheduler: str | None = SCHEDULER,
     quiet: bool = QUIET,
 ) -> None:
-    """Deep ROI embeddings from a self-supervised or a published pretrained 3D encoder."""
+    """Deep ROI embeddings from a self-supervised or a published pretrained 3D encoder (with --scheduler, the
+    embedding runs on a Dask cluster in batches of --batch-size patients; --fit pre-trains here)."""
     from tipsprog.embed import EmbedOptions, FitSettings, run_embed
 
     options = EmbedOptions(
-        encoder, fit, fit_ids, weights, FitSettings(epochs=epochs, seed=seed), pool, device, batch_size, resume
+        encoder, fit, fit_ids, weights, FitSettings(epochs=epochs, seed=seed), pool, device, batch_size, resume, scheduler
     )
     with progress_bar(f"embed: {encoder}", _patient_count(seg), quiet) as advance:
         written, report = run_embed(
@@ -385,7 +387,7 @@ def evaluate(
 
     if (test or clinical or outcomes) and not (clinical and outcomes):
         raise InputError("an external cohort needs both --clinical and --outcomes (and its feature stores as --test)")
-    external = ExternalCohort(list(test or []), clinical, outcomes) if outcomes else None
+    external = ExternalCohort(list(test or []), clinical, outcomes) if clinical and outcomes else None
     if not quiet:
         console.print(f"evaluate: {bootstrap} bootstrap resamples …")
     options = EvaluateOptions(list(truth or []), bootstrap, seed, _workers(workers), external, device)
@@ -474,13 +476,18 @@ def export(
     seg: Path = typer.Argument(..., help="Segment store from `tipsprog segment`."),
     out: Path = typer.Option(..., "--out", help="Output folder: <patient>_labels.nii.gz, label tables, <patient>_qc.png."),
     montage: bool = typer.Option(True, "--montage/--no-montage", help="Write a QC montage PNG per patient."),
+    compartments: bool = typer.Option(
+        True,
+        "--compartments/--no-compartments",
+        help="Add what the biomarkers measured (muscle and fat at L3, ascites; labels 4-7), recomputed from the CT.",
+    ),
     quiet: bool = QUIET,
 ) -> None:
     """Every patient's ROI masks as NIfTI on the grid of its CT as stored (for 3D Slicer, ITK-SNAP), with label
     tables and a QC montage."""
     from tipsprog.export import run_export
 
-    exported = run_export(seg, out, montage)
+    exported = run_export(seg, out, montage, compartments)
     if not quiet:
         console.print(f"exported the masks of {len(exported)} patients → {out}")
 

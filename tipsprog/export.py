@@ -1,6 +1,10 @@
 """`tipsprog export STORE --out DIR`: every segmented patient's ROI masks as NIfTI on the grid of its CT as stored
 (orientation, spacing and origin of the file or DICOM series, not the LPS grid tipsprog works on), with label tables
-for 3D Slicer and ITK-SNAP and, optionally, a QC montage PNG per patient."""
+for 3D Slicer and ITK-SNAP and, optionally, a QC montage PNG per patient.
+
+With compartments (the default), the label image also holds what the biomarkers measured, recomputed from the CT
+and the stored ROI masks by the same code (segment/biomarkers.py): skeletal muscle, subcutaneous and visceral fat on
+the slices body composition was measured on, and ascites."""
 
 from __future__ import annotations
 
@@ -13,10 +17,17 @@ from tipsprog import store
 from tipsprog.errors import InputError
 from tipsprog.images import canonical, read_image
 from tipsprog.outputs import atomic_output, check_not_an_input, make_folder
+from tipsprog.segment.biomarkers import COMPARTMENT_LABELS, compartment_labels
 from tipsprog.segment.overlay import ROI_COLOURS, draw_overlay
 from tipsprog.store import ROI_LABELS
 
 LABEL_TABLE = "labels.csv"  # the folder's marker (outputs.OUTPUT_KINDS["export"])
+COMPARTMENT_COLOURS = {
+    "skeletal_muscle": "tab:green",
+    "subcutaneous_fat": "gold",
+    "visceral_fat": "tab:olive",
+    "ascites": "tab:cyan",
+}
 
 
 def on_original_grid(labels: sitk.Image, ct: sitk.Image) -> sitk.Image:
@@ -24,15 +35,17 @@ def on_original_grid(labels: sitk.Image, ct: sitk.Image) -> sitk.Image:
     return sitk.Resample(labels, ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
 
 
-def _rgb(roi: str) -> tuple[int, int, int]:
-    """An ROI's overlay colour as 0-255 RGB."""
-    red, green, blue = (int(round(255 * channel)) for channel in to_rgb(ROI_COLOURS[roi]))
+def _rgb(colour: str) -> tuple[int, int, int]:
+    """A matplotlib colour as 0-255 RGB."""
+    red, green, blue = (int(round(255 * channel)) for channel in to_rgb(colour))
     return red, green, blue
 
 
-def write_label_tables(folder: Path) -> None:
+def write_label_tables(folder: Path, compartments: bool) -> None:
     """labels.csv, a 3D Slicer colour table and an ITK-SNAP label description for the label values."""
-    rows = [(label, roi, *_rgb(roi)) for roi, label in ROI_LABELS.items()]
+    rows = [(label, roi, *_rgb(ROI_COLOURS[roi])) for roi, label in ROI_LABELS.items()]
+    if compartments:
+        rows += [(label, name, *_rgb(COMPARTMENT_COLOURS[name])) for name, label in COMPARTMENT_LABELS.items()]
     (folder / LABEL_TABLE).write_text(
         "label,name,red,green,blue\n" + "".join(f"{','.join(map(str, row))}\n" for row in rows), encoding="utf-8"
     )
@@ -46,8 +59,9 @@ def write_label_tables(folder: Path) -> None:
     )
 
 
-def run_export(seg: Path, out: Path, montage: bool = True) -> list[str]:
-    """Write every segmented patient's masks (and montage) into `out`, all or nothing; the patients exported."""
+def run_export(seg: Path, out: Path, montage: bool = True, compartments: bool = True) -> list[str]:
+    """Write every segmented patient's masks (with the biomarkers' compartments, and a montage) into `out`, all or
+    nothing; the patients exported."""
     check_not_an_input(out, [seg])
     with store.open_store(seg) as h5:
         if "segment/masks" not in h5:
@@ -56,7 +70,7 @@ def run_export(seg: Path, out: Path, montage: bool = True) -> list[str]:
         exported = [pid for pid in patients if pid in h5["segment/masks"]]
         with atomic_output(out, "export") as tmp:
             make_folder(tmp)
-            write_label_tables(tmp)
+            write_label_tables(tmp, compartments)
             for pid, ct_path, series_uid in zip(patients, ct_paths, series):
                 if pid not in exported:
                     continue
@@ -65,7 +79,9 @@ def run_export(seg: Path, out: Path, montage: bool = True) -> list[str]:
                     ct = read_image(ct_path, series_uid)
                 except InputError as err:
                     raise InputError(f"{seg}: patient {pid}: {err} (export writes the masks on the CT's own grid)") from None
-                sitk.WriteImage(on_original_grid(labels, ct), str(tmp / f"{pid}_labels.nii.gz"), useCompression=True)
+                working = canonical(sitk.Cast(ct, sitk.sitkFloat32))  # the grid segment measured on
+                painted = compartment_labels(working, labels) if compartments else labels
+                sitk.WriteImage(on_original_grid(painted, ct), str(tmp / f"{pid}_labels.nii.gz"), useCompression=True)
                 if montage:
-                    draw_overlay(canonical(sitk.Cast(ct, sitk.sitkFloat32)), labels, tmp / f"{pid}_qc.png")
+                    draw_overlay(working, labels, tmp / f"{pid}_qc.png")
     return exported

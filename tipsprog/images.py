@@ -3,6 +3,7 @@ for what would silently give a wrong image (missing slices, non-finite voxels), 
 
 from __future__ import annotations
 
+import copyreg
 import gzip
 import io
 import locale
@@ -15,6 +16,17 @@ import numpy as np
 import SimpleITK as sitk
 
 from tipsprog.errors import InputError
+
+
+def _pickled_image(image: sitk.Image) -> tuple:
+    """Pickle an image with its voxels copied into the pickle. At protocol 5 (Dask's) SimpleITK hands pickle an
+    out-of-band buffer that points into the image without keeping it alive, and Dask reads that buffer later (on its
+    event loop, or when it sends it): an image dropped meanwhile, such as a job's label image once a lazy job list
+    moves on, arrived as whatever reused its memory, usually the next patient's mask."""
+    return image.__reduce_ex__(4)  # SimpleITK's own state, with a bytes copy of the voxels
+
+
+copyreg.pickle(sitk.Image, _pickled_image)
 
 
 def read_ct(path: str | Path, series_uid: str | None = None) -> sitk.Image:

@@ -6,14 +6,21 @@ import multiprocessing
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
-from typing import TypeVar
+from concurrent.futures import ProcessPoolExecutor
+from typing import Protocol, TypeVar
 
 from tipsprog.errors import InputError
 
 IN_FLIGHT_PER_WORKER = 2
 Item = TypeVar("Item")
 Result = TypeVar("Result")
+Value = TypeVar("Value", covariant=True)
+
+
+class Pending(Protocol[Value]):
+    """A submitted task: a local pool's or a Dask cluster's future."""
+
+    def result(self) -> Value: ...
 
 
 def default_workers() -> int:
@@ -40,19 +47,25 @@ def map_ordered(
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([function.__module__])
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        pending: deque[Future] = deque()
-        for item in items:
-            pending.append(pool.submit(function, item))
-            if len(pending) >= IN_FLIGHT_PER_WORKER * workers:
-                yield pending.popleft().result()
-        while pending:
+        yield from _in_order(lambda item: pool.submit(function, item), items, IN_FLIGHT_PER_WORKER * workers)
+
+
+def _in_order(submit: Callable[[Item], Pending[Result]], items: Iterable[Item], in_flight: int) -> Iterator[Result]:
+    """The results of submit(item) for every item, in input order, with at most `in_flight` submitted and not yet
+    yielded (the next item is read only when one is yielded)."""
+    pending: deque[Pending[Result]] = deque()
+    for item in items:
+        pending.append(submit(item))
+        if len(pending) >= in_flight:
             yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
 def _map_dask(function: Callable[[Item], Result], items: Iterable[Item], address: str) -> Iterator[Result]:
-    """function(item) for every item on the Dask cluster at `address`, yielded in input order. The items are
-    gathered before the client starts: a lazy iterable read while an in-process cluster runs gave wrong inputs."""
-    items = list(items)
+    """function(item) for every item on the Dask cluster at `address`, yielded in input order; items are read as
+    the cluster's threads free up, as for the local pool (an item must pickle without pointing into memory it does
+    not keep alive: Dask reads its buffers after submit returns, see images._pickled_image)."""
     try:
         from distributed import Client
     except ImportError:
@@ -62,5 +75,5 @@ def _map_dask(function: Callable[[Item], Result], items: Iterable[Item], address
     except (OSError, TimeoutError) as err:
         raise InputError(f"--scheduler {address}: cannot reach the Dask scheduler ({err})") from None
     with client:
-        for future in client.map(function, items, pure=False):
-            yield future.result()
+        in_flight = IN_FLIGHT_PER_WORKER * max(1, sum(client.nthreads().values()))
+        yield from _in_order(lambda item: client.submit(function, item, pure=False), items, in_flight)

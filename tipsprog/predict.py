@@ -30,7 +30,7 @@ from tipsprog.images import read_ct
 from tipsprog.manifest import BlockEntry, SegmentEntry
 from tipsprog.outputs import atomic_output, make_folder, writes_output
 from tipsprog.parallel import map_ordered
-from tipsprog.segment import Backend, biomarkers, segment_scan
+from tipsprog.segment import Backend, acquisition, biomarkers, segment_scan
 from tipsprog.segment.crops import roi_crops, roi_volumes
 from tipsprog.segment.overlay import draw_overlay
 from tipsprog.segment.portal import PORTAL_VEIN_FIELDS, PortalVein, portal_vein_measurements
@@ -110,6 +110,7 @@ def scan_features(job: ScanJob) -> ScanFeatures:
         "status": qc_status(flags),
         "flags": flags,
         "portal_vein": portal_vein_record(portal_vein),
+        "acquisition": acquisition.record(acquisition.describe(ct, labels)),
     }
     if job.mask_path is not None:
         make_folder(job.mask_path.parent)
@@ -327,6 +328,8 @@ def _predictions(bundle: Bundle, table: pd.DataFrame, scans: list[ScanFeatures],
         entry = bundle.manifest.blocks.get("biomarkers")
         result["biomarkers"] = biomarker_record(scans[row].rows["biomarkers"], entry) if entry and scans else {}
         result["warnings"] = ood_warnings(unlike[row])
+        if scans and bundle.ood is not None:
+            result["warnings"] += bundle.ood.acquisition_warnings(scans[row].qc["acquisition"])
         results.append(result)
     return results
 

@@ -20,6 +20,7 @@ from tipsprog.outputs import atomic_output
 SCHEMA_VERSION = 1
 ROI_LABELS = {"liver": 1, "spleen": 2, "portal_vein": 3}
 STRING = h5py.string_dtype("utf-8")
+PORTAL_VEIN, ACQUISITION = "segment/portal_vein", "segment/acquisition"  # per-patient named tables
 
 
 @dataclass
@@ -102,17 +103,19 @@ def write_dice(store: h5py.File, dice: np.ndarray, roi_names: list[str]) -> None
     dataset.attrs["names"] = roi_names
 
 
-def write_portal_vein(store: h5py.File, values: np.ndarray, names: list[str]) -> None:
-    """Write the portal vein measurements, one row per patient and one named column each (NaN: not measured)."""
-    dataset = store.create_dataset("segment/portal_vein", data=values.astype(np.float32))
+def write_named_table(store: h5py.File, key: str, values: np.ndarray, names: list[str]) -> None:
+    """Write a per-patient table (PORTAL_VEIN, ACQUISITION): one row per patient, one named column each (NaN: not
+    measured)."""
+    dataset = store.create_dataset(key, data=values.astype(np.float32))
     dataset.attrs["names"] = names
 
 
-def read_portal_vein(store: h5py.File) -> dict[str, np.ndarray]:
-    """The portal vein measurements by name, one value per patient (none in a store written before they were)."""
-    if "segment/portal_vein" not in store:
+def read_named_table(store: h5py.File, key: str) -> dict[str, np.ndarray]:
+    """A table written by write_named_table by column name, one value per patient (none in a store written before
+    the table was)."""
+    if key not in store:
         return {}
-    dataset = store["segment/portal_vein"]
+    dataset = store[key]
     return {str(name): dataset[:, column] for column, name in enumerate(dataset.attrs["names"])}
 
 
@@ -262,15 +265,20 @@ class JoinedFeatures:
     centers: list[str]
     blocks: dict[str, FeatureBlock]
     unmatched: dict[str, list[str]]
+    acquisition: dict[str, np.ndarray] = field(default_factory=dict)  # of the segment store, by descriptor
 
 
 def join_features(paths: Sequence[str | Path]) -> JoinedFeatures:
     """Join the feature blocks of several stores on patient ID (IDs missing anywhere are reported)."""
     per_store = []
+    acquisition_of: dict[str, dict[str, float]] = {}
     for path in paths:
         with open_store(path) as store:
             ids, centers = read_patients(store), read_centers(store)
             per_store.append((str(path), ids, dict(zip(ids, centers)), read_features(store)))
+            acquisition_of = acquisition_of or {
+                name: dict(zip(ids, values)) for name, values in read_named_table(store, ACQUISITION).items()
+            }
     common = set(per_store[0][1]).intersection(*(set(ids) for _, ids, _, _ in per_store[1:])) if per_store else set()
     order = [pid for pid in per_store[0][1] if pid in common] if per_store else []
     unmatched = {path: [pid for pid in ids if pid not in common] for path, ids, _, _ in per_store}
@@ -283,4 +291,5 @@ def join_features(paths: Sequence[str | Path]) -> JoinedFeatures:
                 raise InputError(f"{path}: feature block '{name}' also present in another store")
             blocks[name] = FeatureBlock(block.values[rows], block.names, block.groups, block.attrs)
     centers = [per_store[0][2][pid] for pid in order] if per_store else []
-    return JoinedFeatures(order, centers, blocks, {p: ids for p, ids in unmatched.items() if ids})
+    acquisition = {name: np.array([values[pid] for pid in order], np.float32) for name, values in acquisition_of.items()}
+    return JoinedFeatures(order, centers, blocks, {p: ids for p, ids in unmatched.items() if ids}, acquisition)

@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import h5py
@@ -22,6 +23,7 @@ from tipsprog.errors import InputError
 from tipsprog.journal import TrainingJournal
 from tipsprog.manifest import BlockEntry
 from tipsprog.outputs import file_sha256, verified_file, writes_output
+from tipsprog.parallel import map_ordered
 from tipsprog.tables import read_id_list
 from tipsprog.transductive import fitted_attr
 
@@ -43,7 +45,8 @@ __all__ = [
 
 def masked_pool(feature_map: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
     """Mask-weighted mean (and max inside the mask) of a [B, C, d, h, w] map; the mask is pooled to its grid."""
-    weights = F.adaptive_avg_pool3d(mask, feature_map.shape[2:])
+    depth, height, width = feature_map.shape[2:]
+    weights = F.adaptive_avg_pool3d(mask, (depth, height, width))
     mean = (feature_map * weights).sum(dim=(2, 3, 4)) / weights.sum(dim=(2, 3, 4)).clamp_min(1e-3)
     if pooling == "mean":
         return mean
@@ -85,15 +88,20 @@ def embedding_block(
     progress: Callable[[float], None] | None = None,
 ) -> store.FeatureBlock:
     """Embeddings of every ROI side by side, named embed-<encoder>/<roi>/<k>, grouped by ROI and pooling."""
-    parts, names, groups = [], [], []
+    roi_progress = (lambda count: progress(count / len(EMBED_ROIS))) if progress else None
+    values = {roi: embed_crops(encoder, crops_by_roi[roi], device, pooling, batch_size, roi_progress) for roi in EMBED_ROIS}
+    return _block(encoder, values, pooling, provenance)
+
+
+def _block(encoder: RoiEncoder, values: dict[str, np.ndarray], pooling: str, provenance: dict[str, str]) -> store.FeatureBlock:
+    """The feature block of each ROI's pooled features [N, F], side by side in EMBED_ROIS order."""
+    names, groups = [], []
     extractor = f"embed-{encoder.name}"
     kinds = pooling.split("+")
-    roi_progress = (lambda count: progress(count / len(EMBED_ROIS))) if progress else None
     for roi in EMBED_ROIS:
-        values = embed_crops(encoder, crops_by_roi[roi], device, pooling, batch_size, roi_progress)
-        parts.append(values)
-        names += [f"{extractor}/{roi}/{k}" for k in range(values.shape[1])]
-        groups += [f"{roi}/{extractor}/{kind}" for kind in kinds for _ in range(values.shape[1] // len(kinds))]
+        width = values[roi].shape[1]
+        names += [f"{extractor}/{roi}/{k}" for k in range(width)]
+        groups += [f"{roi}/{extractor}/{kind}" for kind in kinds for _ in range(width // len(kinds))]
     attrs = {
         "extractor": extractor,
         "encoder": encoder.name,
@@ -101,7 +109,72 @@ def embedding_block(
         "weights_report": encoder.report.summary(),
         **provenance,
     }
-    return store.FeatureBlock(np.concatenate(parts, axis=1), names, groups, attrs)
+    return store.FeatureBlock(np.concatenate([values[roi] for roi in EMBED_ROIS], axis=1), names, groups, attrs)
+
+
+@dataclass(frozen=True)
+class EmbedJob:
+    """One batch of a segment store's patients to embed on a Dask worker: the store, the rows, the encoder with its
+    weights file (workers must see the same paths), the pooling and the device."""
+
+    seg_path: str
+    start: int
+    stop: int
+    encoder: str
+    weights: str
+    weights_sha256: str
+    pooling: str
+    device: str
+
+
+@lru_cache(maxsize=2)
+def _worker_encoder(name: str, weights: str, weights_sha256: str) -> RoiEncoder:
+    """An encoder loaded once per worker process (the digest keys the cache: a rewritten file is loaded again)."""
+    return load_encoder(name, Path(weights))
+
+
+def embed_rows(job: EmbedJob) -> dict[str, np.ndarray]:
+    """Each ROI's pooled features of the job's rows, read from the store by the worker: one forward pass per ROI,
+    the batch a local run makes of the same rows."""
+    encoder = _worker_encoder(job.encoder, job.weights, job.weights_sha256)
+    with store.open_store(job.seg_path) as seg:
+        crops = {roi: seg[f"segment/crops/{roi}"][job.start : job.stop] for roi in EMBED_ROIS}
+    device = resolve_device(job.device)
+    return {roi: embed_crops(encoder, crops[roi], device, job.pooling, job.stop - job.start) for roi in EMBED_ROIS}
+
+
+def embedding_block_on_cluster(
+    encoder: RoiEncoder,
+    seg_path: Path,
+    patients: int,
+    options: EmbedOptions,
+    weights: Path,
+    provenance: dict[str, str],
+    progress: Callable[[float], None] | None = None,
+) -> store.FeatureBlock:
+    """embedding_block for a segment store's patients, in batches of options.batch_size run on the Dask cluster at
+    options.scheduler."""
+    jobs = [
+        EmbedJob(
+            str(Path(seg_path).resolve()),
+            start,
+            min(start + options.batch_size, patients),
+            encoder.name,
+            str(Path(weights).resolve()),
+            provenance["weights_sha256"],
+            options.pooling,
+            options.device,
+        )
+        for start in range(0, patients, options.batch_size)
+    ]
+    parts = []
+    for job, part in zip(jobs, map_ordered(embed_rows, jobs, 1, options.scheduler)):
+        parts.append(part)
+        if progress:
+            progress(job.stop - job.start)
+    return _block(
+        encoder, {roi: np.concatenate([part[roi] for part in parts]) for roi in EMBED_ROIS}, options.pooling, provenance
+    )
 
 
 def random_encoder(seed: int = 0) -> RoiEncoder:
@@ -151,7 +224,8 @@ def _fit_rows(ids: list[str], usable: np.ndarray, seg_path: Path, fit_ids: Path 
 @dataclass(frozen=True)
 class EmbedOptions:
     """How `embed` runs: the encoder and its weights file, whether to pre-train it here (on which patients, with
-    which settings), the pooling, the device and batch size, whether to resume."""
+    which settings), the pooling, the device and batch size, whether to resume, and the Dask cluster that embeds
+    (pre-training runs here)."""
 
     encoder: str = "ssl"
     fit: bool = False
@@ -162,6 +236,7 @@ class EmbedOptions:
     device: str = "auto"
     batch_size: int = 16
     resume: bool = False
+    scheduler: str | None = None
 
 
 @writes_output("store")
@@ -200,6 +275,7 @@ def run_embed(
         weights = weights or out.with_suffix(".pt")
     if not fit:
         encoder = load_encoder(encoder_name, weights)
+    assert weights is not None  # load_encoder refuses None, and --fit (ssl only) got its default above
     with _segment_store(seg_path) as (ids, centers, (status, reasons), segment_provenance, crops):
         usable = np.array([s == "ok" for s in status])
         if fit:
@@ -213,7 +289,10 @@ def run_embed(
         provenance = {"weights_sha256": file_sha256(weights), "weights_path": str(Path(weights).resolve()), **segment_provenance}
         if encoder_name == "ssl":
             provenance["encoder_fitted_on"] = fitted_attr(ssl_fitted_on(weights))
-        block = embedding_block(encoder, crops, device, pooling, provenance, batch_size, progress)
+        if options.scheduler:
+            block = embedding_block_on_cluster(encoder, seg_path, len(ids), options, weights, provenance, progress)
+        else:
+            block = embedding_block(encoder, crops, device, pooling, provenance, batch_size, progress)
     block.values[~usable] = np.nan
     with store.create_store(out, ids, centers) as h5:
         store.write_features(h5, block.attrs["extractor"], block)

@@ -6,11 +6,14 @@ intensity scaling its publisher trained with, at an input size where its feature
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.nn.functional as F
-from monai.networks.nets import AutoEncoder
+from monai.data import MetaTensor
+from monai.networks.nets import AutoEncoder, ResNet
 from monai.transforms import ScaleIntensityRange
 
 from tipsprog.embed.published import LoadReport, ctfm_segresencoder, medicalnet_resnet, swinunetr_ssl
@@ -31,20 +34,22 @@ def _zscore(image: torch.Tensor) -> torch.Tensor:
     return (image - image.mean(dim=dims, keepdim=True)) / image.std(dim=dims, keepdim=True).clamp_min(1e-6)
 
 
-def _ssl_features(network: AutoEncoder, crops: torch.Tensor) -> torch.Tensor:
+def _ssl_features(network: torch.nn.Module, crops: torch.Tensor) -> torch.Tensor:
     """The autoencoder's bottleneck over CT and mask (4³ for 32³ crops)."""
-    return network.encode(crops)
+    return cast(AutoEncoder, network).encode(crops)
 
 
 def _medicalnet_features(network: torch.nn.Module, crops: torch.Tensor) -> torch.Tensor:
     """MedicalNet's layer-4 map of the z-scored CT (4³ for 32³ crops, thanks to its dilated layers)."""
-    stem = network.act(network.bn1(network.conv1(_zscore(crops[:, :1]))))
-    return network.layer4(network.layer3(network.layer2(network.layer1(network.maxpool(stem)))))
+    resnet = cast(ResNet, network)
+    stem = resnet.act(resnet.bn1(resnet.conv1(_zscore(crops[:, :1]))))
+    return resnet.layer4(resnet.layer3(resnet.layer2(resnet.layer1(resnet.maxpool(stem)))))
 
 
 def _upsampled(crops: torch.Tensor, low: float, high: float) -> torch.Tensor:
     """The CT channel rescaled from HU range low…high to 0…1, at twice the crop size."""
-    scaled = ScaleIntensityRange(a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True)(crop_to_hu(crops[:, :1])).as_tensor()
+    scale = ScaleIntensityRange(a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True)
+    scaled = cast(MetaTensor, scale(crop_to_hu(crops[:, :1]))).as_tensor()  # a tensor in gives a MetaTensor out
     return F.interpolate(scaled, scale_factor=2, mode="trilinear", align_corners=False)
 
 
@@ -58,7 +63,7 @@ def _ctfm_features(network: torch.nn.Module, crops: torch.Tensor) -> torch.Tenso
     return network(_upsampled(crops, -1024.0, 2048.0))[-1]
 
 
-FEATURE_MAPS = {
+FEATURE_MAPS: dict[str, Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]] = {
     "ssl": _ssl_features,
     "medicalnet": _medicalnet_features,
     "swinunetr": _swinunetr_features,

@@ -22,7 +22,7 @@ from tipsprog.errors import InputError
 
 WRAPPER_KEYS = ("state_dict", "model", "net", "network", "model_state_dict")
 KEY_PREFIXES = ("module.", "model.", "backbone.", "encoder.", "swinViT.", "swin_vit.")
-RESNET_DEPTHS = {
+RESNET_DEPTHS: dict[tuple[str, tuple[int, ...]], int] = {
     ("basic", (1, 1, 1, 1)): 10,
     ("basic", (2, 2, 2, 2)): 18,
     ("basic", (3, 4, 6, 3)): 34,
@@ -57,6 +57,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: weights file not found")
+    payload: object
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -158,8 +159,10 @@ def _dilate(layer: torch.nn.Sequential, dilation: int) -> None:
             module.stride = (1, 1, 1)
             if module.kernel_size[0] == 3:
                 module.dilation, module.padding = (dilation,) * 3, (dilation,) * 3
-        if isinstance(getattr(module, "downsample", None), functools.partial):
-            module.downsample = functools.partial(module.downsample.func, **{**module.downsample.keywords, "stride": 1})
+        downsample = getattr(module, "downsample", None)
+        if isinstance(downsample, functools.partial):
+            # torch's Module.__setattr__ stub admits only tensors and modules; a plain attribute is set as usual
+            module.downsample = functools.partial(downsample.func, **{**downsample.keywords, "stride": 1})  # type: ignore[assignment]
 
 
 def swinunetr_ssl(path: Path) -> tuple[SwinTransformer, LoadReport]:

@@ -27,6 +27,7 @@ from tipsprog.evaluate.rows import (
 )
 from tipsprog.fusion.assembly import assemble_for_bundle, score_columns
 from tipsprog.fusion.bundle import Bundle, load_bundle
+from tipsprog.fusion.data import TrainingData
 from tipsprog.fusion.ensemble import predict_cohort
 from tipsprog.outputs import atomic_output, writes_output
 from tipsprog.store import open_store
@@ -67,7 +68,7 @@ def setting_figures(rows: list[PredictionRow], data: Cohort, document: dict, out
         )
         plots.ohe_calibration(
             outcomes["ohe"],
-            {row.name: row.ohe_probability for row in rows if row.ohe_threshold is not None},
+            {row.name: row.ohe_probability for row in rows if row.ohe_threshold is not None and row.ohe_probability is not None},
             Path(paths["ohe_calibration"]),
         )
         plots.decision_curve(document["decision_curve_ohe"], Path(paths["decision_curve"]))
@@ -124,21 +125,33 @@ def external_predictions(
         )
     predictions = predict_cohort(bundle.members, data.matrices, bundle.config, resolve_device(device_name), bundle.clinical_cox)
     cohort = Cohort(data.patient_ids, data.centers.tolist(), data.outcomes(), score_columns(assembled.clinical))
-    notes = [*assembled.notes, *score_notes(assembled.clinical, str(external.clinical)), ood_note(bundle, data.matrices)]
+    notes = [*assembled.notes, *score_notes(assembled.clinical, str(external.clinical)), *ood_notes(bundle, data)]
     return cohort, predictions, [f"external cohort: {note}" for note in notes]
 
 
-def ood_note(bundle: Bundle, matrices: dict[str, np.ndarray]) -> str:
-    """How many patients of a cohort lie beyond the bundle's training cohort (fusion/ood.py), by modality."""
+def _counted(flagged: list[list[str]]) -> str:
+    """How often each name occurs over the rows, most often first, in brackets ('' when never)."""
+    counts = Counter(name for names in flagged for name in names)
+    return f" ({', '.join(f'{name} {k}' for name, k in counts.most_common())})" if counts else ""
+
+
+def ood_notes(bundle: Bundle, data: TrainingData) -> list[str]:
+    """How many patients of a cohort lie beyond the bundle's training cohort (fusion/ood.py), by modality, and how
+    many of their scans were acquired unlike the training scans, by check."""
     if bundle.ood is None:
-        return "out-of-distribution check unavailable: the bundle predates it (no ood.json)"
-    flagged = bundle.ood.flagged(matrices)
-    by_modality = Counter(modality for modalities in flagged for modality in modalities)
-    detail = f" ({', '.join(f'{m} {k}' for m, k in by_modality.most_common())})" if by_modality else ""
-    return (
+        return ["out-of-distribution check unavailable: the bundle predates it (no ood.json)"]
+    flagged = bundle.ood.flagged(data.matrices)
+    notes = [
         f"{sum(map(bool, flagged))} of {len(flagged)} patients lie beyond the training cohort in some modality "
-        f"(out-of-distribution warning, docs/predict.md){detail}"
-    )
+        f"(out-of-distribution warning, docs/predict.md){_counted(flagged)}"
+    ]
+    if bundle.ood.acquisition and data.acquisition:
+        unlike = bundle.ood.acquisition_flagged(data.acquisition)
+        notes.append(
+            f"{sum(map(bool, unlike))} of {len(unlike)} scans were acquired unlike the training scans "
+            f"(spacing, HU calibration or contrast phase; docs/predict.md){_counted(unlike)}"
+        )
+    return notes
 
 
 def _bundle_summary(bundle: Bundle) -> dict:
@@ -189,7 +202,7 @@ def run_evaluate(bundle_path: Path, out: Path, options: EvaluateOptions = Evalua
     rows, notes = prediction_rows(data, grid, truth)
     absent_scores = bundle.manifest.score_notes  # scores fuse-train could not compute
     notes += absent_scores.get("out-of-fold", [])
-    settings = {"out-of-fold": (data, rows)}
+    settings: dict[str, tuple[Cohort, list[PredictionRow]]] = {"out-of-fold": (data, rows)}
     unseen = []
     if (bundle.path / "held_out.h5").is_file():
         unseen.append(

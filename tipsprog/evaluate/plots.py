@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from lifelines import KaplanMeierFitter  # noqa: E402
 from lifelines.plotting import add_at_risk_counts  # noqa: E402
+from matplotlib.typing import LegendLocType  # noqa: E402
 from sklearn.calibration import calibration_curve  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
@@ -25,7 +26,7 @@ def _save(figure: plt.Figure, path: Path) -> None:
     plt.close(figure)
 
 
-def _identity_panel(axes: plt.Axes, xlabel: str, ylabel: str, title: str, legend: str) -> None:
+def _identity_panel(axes: plt.Axes, xlabel: str, ylabel: str, title: str, legend: LegendLocType) -> None:
     """Dotted identity line, labels, title and legend of a ROC or calibration panel."""
     axes.plot([0, 1], [0, 1], color="grey", linestyle=":")
     axes.set_xlabel(xlabel)
@@ -119,8 +120,10 @@ def decision_curve(curve: dict, path: Path) -> None:
     """Net benefit of acting on predicted OHE risk across threshold probabilities."""
     figure, axes = plt.subplots(figsize=(6, 4.5))
     for name, values in curve["net_benefit"].items():
-        style = {"color": "grey", "linestyle": ":" if name == "treat none" else "--"} if name.startswith("treat") else {}
-        axes.plot(curve["thresholds"], values, label=name, **style)
+        if name.startswith("treat"):
+            axes.plot(curve["thresholds"], values, label=name, color="grey", linestyle=":" if name == "treat none" else "--")
+        else:
+            axes.plot(curve["thresholds"], values, label=name)
     treat_all = np.array(curve["net_benefit"]["treat all"])
     axes.set_ylim(min(-0.02, float(np.nanmin(treat_all[treat_all > -0.1], initial=0.0))), None)
     axes.set_xlabel("threshold probability")

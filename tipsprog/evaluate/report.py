@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from lifelines.exceptions import ConvergenceError
 
@@ -27,7 +29,7 @@ def _horizon_columns(grid: np.ndarray, horizons: np.ndarray) -> np.ndarray:
 
 def survival_metrics(
     row: PredictionRow, data: Cohort, horizons: np.ndarray, tau: float, grid: np.ndarray, samples: np.ndarray
-) -> tuple[dict, dict[str, np.ndarray]]:
+) -> tuple[dict, dict[str, tuple[float, np.ndarray]]]:
     """Survival metrics of one row with CIs, and the bootstrap replicates the paired comparisons need.
 
     Random tie-breaking uses 20 draws for the estimate and one draw per resample for the interval.
@@ -98,6 +100,7 @@ def _finite_or_nan(statistic, *arrays) -> float:
 def ohe_metrics(row: PredictionRow, data: Cohort, samples: np.ndarray) -> dict:
     """OHE AUC; Brier for probabilities; accuracy, sensitivity, specificity and F1 at the training-fold threshold."""
     label, score = data.outcomes["ohe"], row.ohe_probability
+    assert score is not None, "only rows with an OHE probability are evaluated for OHE"
     n = len(label)
     results = {"auc": bootstrap.interval(*bootstrap.with_bootstrap(lambda r: metrics.auc(label[r], score[r]), n, samples))}
     if row.ohe_threshold is not None:
@@ -114,14 +117,20 @@ def ohe_metrics(row: PredictionRow, data: Cohort, samples: np.ndarray) -> dict:
     return results
 
 
+def _on_rows(
+    statistic: Callable[[np.ndarray, np.ndarray], float], observed: np.ndarray, predicted: np.ndarray
+) -> Callable[[np.ndarray], float]:
+    """A statistic of observed against predicted values, as a function of the rows it is computed on."""
+    return lambda r: statistic(observed[r], predicted[r])
+
+
 def ppg_metrics(row: PredictionRow, data: Cohort, samples: np.ndarray) -> dict:
     """ppg_post MAE, RMSE, R² and Pearson r with CIs."""
     observed, predicted = data.outcomes["ppg_post"], row.ppg_post
+    assert predicted is not None, "only rows with a ppg_post prediction are evaluated for PPG"
     statistics = {"mae_mmhg": metrics.mae, "rmse_mmhg": metrics.rmse, "r2": metrics.r2, "pearson_r": metrics.pearson}
     return {
-        name: bootstrap.interval(
-            *bootstrap.with_bootstrap(lambda r, f=function: f(observed[r], predicted[r]), len(observed), samples)
-        )
+        name: bootstrap.interval(*bootstrap.with_bootstrap(_on_rows(function, observed, predicted), len(observed), samples))
         for name, function in statistics.items()
     }
 
@@ -180,7 +189,7 @@ def decision_curve(rows: list[PredictionRow], data: Cohort) -> dict:
     curves = {
         row.name: metrics.net_benefit(label, row.ohe_probability, DECISION_THRESHOLDS).tolist()
         for row in rows
-        if row.ohe_threshold is not None
+        if row.ohe_threshold is not None and row.ohe_probability is not None
     }
     curves["treat all"] = (prevalence - (1 - prevalence) * DECISION_THRESHOLDS / (1 - DECISION_THRESHOLDS)).tolist()
     curves["treat none"] = [0.0] * len(DECISION_THRESHOLDS)

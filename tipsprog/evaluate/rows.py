@@ -214,7 +214,7 @@ def held_out_rows(
                 time,
                 grid,
             )
-        if refitted is None:
+        if refitted is None or cohort_truth is None:
             notes.append("oracle: skipped on new patients, the truth tables lack some of them or of the training patients")
         else:
             curves, own, cut = refitted

@@ -59,8 +59,9 @@ def assemble(
         joined = store.join_features(stores)
         notes += [f"{path}: {_describe(ids)} patients absent from another store" for path, ids in joined.unmatched.items()]
         ids, centers, blocks = joined.patient_ids, dict(zip(joined.patient_ids, joined.centers)), joined.blocks
+        acquisition = joined.acquisition
     else:
-        ids, centers, blocks = clinical["patient_id"].tolist(), {}, {}
+        ids, centers, blocks, acquisition = clinical["patient_id"].tolist(), {}, {}, {}
     common = [pid for pid in ids if pid in clinical.index and pid in outcomes.index]
     if not common:
         sources = ", ".join(str(s) for s in stores) or str(clinical_csv)
@@ -101,6 +102,7 @@ def assemble(
         labels["event"].to_numpy(float),
         labels["ohe"].to_numpy(float),
         labels["ppg_post"].to_numpy(float),
+        {name: values[[row_of[pid] for pid in common]] for name, values in acquisition.items()},
     )
     if np.nansum(data.event) < 2:
         raise InputError(f"{outcomes_csv}: fewer than 2 events among the {len(common)} matched patients")

@@ -105,7 +105,9 @@ def write_bundle(
                 store.write_columns(h5, "predictions", {k: v for k, v in held_out.predictions.items() if k != "member_risk"})
                 store.write_columns(h5, "members", {"risk": held_out.predictions["member_risk"]})
                 store.write_columns(h5, "scores", held_out.scores)
-        (tmp / "ood.json").write_text(json.dumps(fit_ood(data.matrices, cv.folds[:, 0]).to_dict()), encoding="utf-8")
+        (tmp / "ood.json").write_text(
+            json.dumps(fit_ood(data.matrices, cv.folds[:, 0], data.acquisition).to_dict()), encoding="utf-8"
+        )
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
         (tmp / "model_card.md").write_text(model_card, encoding="utf-8")
         manifest = {

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -188,6 +188,7 @@ class TrainingData:
     event: np.ndarray
     ohe: np.ndarray
     ppg_post: np.ndarray
+    acquisition: dict[str, np.ndarray] = field(default_factory=dict)  # how each scan was acquired (segment/acquisition.py)
 
     def subset(self, rows: np.ndarray) -> TrainingData:
         """The same cohort restricted to `rows`."""
@@ -201,6 +202,7 @@ class TrainingData:
             self.event[rows],
             self.ohe[rows],
             self.ppg_post[rows],
+            {name: values[rows] for name, values in self.acquisition.items()},
         )
 
     def outcomes(self) -> dict[str, np.ndarray]:

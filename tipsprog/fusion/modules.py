@@ -9,6 +9,7 @@ with einsum because torch's fused attention kernels have no vmap batching rule a
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -139,7 +140,7 @@ def pod_penalty(shared: dict[str, torch.Tensor], specific: dict[str, torch.Tenso
     """MultiTIPS's POD penalty per patient: the squared cosine between each modality's shared and specific parts
     (orthogonality) plus, with two or more modalities, one minus the cosine between shared parts (they must agree
     to be shared)."""
-    penalty = sum(F.cosine_similarity(shared[m], specific[m], dim=-1) ** 2 for m in shared) / len(shared)
+    penalty = cast(torch.Tensor, sum(F.cosine_similarity(shared[m], specific[m], dim=-1) ** 2 for m in shared)) / len(shared)
     names = list(shared)
     pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
     if pairs:
@@ -180,6 +181,8 @@ class CrossOrganGraph(nn.Module):
     U-Nets' gPool; DMMGNet's summed activation is ~0 after LayerNorm), link each to its nearest tokens of another ROI
     (dilated k-NN, rebuilt every forward pass), EdgeConv, and write the result back in place as a mix with the input
     whose weight grows with the node's score (so the score learns from the loss)."""
+
+    roi_of_token: torch.Tensor
 
     def __init__(self, token_rois: list[str], hidden: int, top_k: int, neighbours: int, dilation: int):
         super().__init__()
@@ -223,6 +226,9 @@ class OrganSimilarityFusion(nn.Module):
     token receives a GCN message from the other side's selected tokens, weighted by softmax over M; the adaptive
     coefficients α (Eqs. 7-8) mix own features and message, written back in place. α starts at (1, 0, 1, 0):
     the identity."""
+
+    liver_tokens: torch.Tensor
+    other_tokens: torch.Tensor
 
     def __init__(self, token_rois: list[str], hidden: int, top_k: int):
         super().__init__()

@@ -10,6 +10,8 @@ scale. A patient is flagged where a modality's distance exceeds the threshold: t
 training patients measured out of fold, of their largest distance over the modalities (the split-conformal one,
 the ⌈(n + 1)·q⌉-th smallest of n), so that at most about 1 − OOD_QUANTILE of patients like the training cohort are
 flagged at all, however many modalities the bundle has.
+How each scan was acquired (spacing, HU calibration, contrast phase) is checked apart, against the range of the
+training scans (segment/acquisition.py).
 At most one component per PATIENTS_PER_COMPONENT training patients is kept (a covariance estimated from fewer is
 noise).
 """
@@ -17,9 +19,11 @@ noise).
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+
+from tipsprog.segment.acquisition import acquisition_warnings, failed_checks, training_ranges
 
 OOD_QUANTILE = 0.99
 MAX_COMPONENTS = 10
@@ -111,6 +115,7 @@ class OodReference:
     modalities: dict[str, ModalityReference]
     out_of_fold_medians: dict[str, float]
     threshold: float
+    acquisition: dict[str, list[float]] = field(default_factory=dict)  # each descriptor's training [low, high]
 
     def distances(self, matrices: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Each modality's distance of each row, on the common scale (1: a typical new patient)."""
@@ -122,6 +127,18 @@ class OodReference:
         rows = len(next(iter(distances.values()))) if distances else 0
         return [[m for m, d in distances.items() if d[row] > self.threshold] for row in range(rows)]
 
+    def acquisition_warnings(self, values: dict[str, float | None]) -> list[str]:
+        """The acquisition checks one scan fails (its descriptors by name), one line each."""
+        return acquisition_warnings(values, self.acquisition)
+
+    def acquisition_flagged(self, acquisition: dict[str, np.ndarray]) -> list[list[str]]:
+        """Per row of a cohort's acquisition descriptors (by name), the checks its scan fails."""
+        rows = len(next(iter(acquisition.values()))) if acquisition else 0
+        return [
+            sorted({check.check for check, _ in failed_checks({k: v[row] for k, v in acquisition.items()}, self.acquisition)})
+            for row in range(rows)
+        ]
+
     def to_dict(self) -> dict:
         """JSON-ready form."""
         return {
@@ -129,6 +146,7 @@ class OodReference:
             "threshold": self.threshold,
             "out_of_fold_medians": self.out_of_fold_medians,
             "modalities": {m: r.to_dict() for m, r in self.modalities.items()},
+            "acquisition": self.acquisition,
         }
 
     @classmethod
@@ -138,12 +156,14 @@ class OodReference:
             {m: ModalityReference.from_dict(r) for m, r in values["modalities"].items()},
             {m: float(v) for m, v in values["out_of_fold_medians"].items()},
             float(values["threshold"]),
+            values.get("acquisition", {}),  # a bundle written before the acquisition checks has none
         )
 
 
-def fit_ood(matrices: dict[str, np.ndarray], folds: np.ndarray) -> OodReference:
+def fit_ood(matrices: dict[str, np.ndarray], folds: np.ndarray, acquisition: dict[str, np.ndarray] | None = None) -> OodReference:
     """The reference of the training cohort (all patients) with its scales and threshold, both from each training
-    patient's distances measured against references fitted without its fold."""
+    patient's distances measured against references fitted without its fold, and the range of its scans'
+    acquisition descriptors."""
     out_of_fold = {m: np.zeros(len(folds)) for m in matrices}
     for fold in np.unique(folds):
         held, kept = folds == fold, folds != fold
@@ -156,4 +176,5 @@ def fit_ood(matrices: dict[str, np.ndarray], folds: np.ndarray) -> OodReference:
         {m: ModalityReference.fit(matrix) for m, matrix in matrices.items()},
         medians,
         float(np.quantile(largest, level, method="higher")),
+        training_ranges(acquisition or {}),
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import TypedDict, cast
 
 import numpy as np
 import torch
@@ -51,6 +51,15 @@ class _StageResult:
     validation_loss: list[torch.Tensor]
 
 
+class _Progress(TypedDict):
+    """The training state kept between stages: stages complete, epochs run, best epochs and loss histories per member."""
+
+    stage: int
+    elapsed: list[int]
+    best_epochs: list[list[int]]
+    history: dict[str, list[torch.Tensor]]
+
+
 def stopped_at(best_epoch: int, stage: dict) -> int:
     """The epoch at which a member trained alone stops in a stage: `patience` epochs without improvement after
     its best, or the stage's last (what each member's schedule counts, batched or not)."""
@@ -74,7 +83,10 @@ def _train_stage(
     weights = stage["loss_weights"]
 
     def task(outputs: dict, rows: torch.Tensor, labels: dict) -> torch.Tensor:
-        return sum(member_task_loss(part, rows, labels, weights, batch.index) for part in ensemble.base.loss_outputs(outputs))
+        return cast(
+            torch.Tensor,
+            sum(member_task_loss(part, rows, labels, weights, batch.index) for part in ensemble.base.loss_outputs(outputs)),
+        )
 
     task_loss = vmap(task, in_dims=(0, 0, LABEL_AXES))
     members = batch.fit_rows.shape[0]
@@ -160,7 +172,7 @@ def train_ensemble(
     models = [model.to(device) for model in models]
     ensemble = Ensemble(models, device)
     batch = member_batch(data, plans, prepared, device)
-    progress_state = {
+    progress_state: _Progress = {
         "stage": 0,
         "elapsed": [0] * len(plans),
         "best_epochs": [[] for _ in plans],
@@ -169,9 +181,11 @@ def train_ensemble(
     saved = journal.load() if journal else None
     if saved:
         ensemble.load_weights(saved["weights"])
-        progress_state = {key: saved[key] for key in progress_state}
+        progress_state = _Progress(
+            stage=saved["stage"], elapsed=saved["elapsed"], best_epochs=saved["best_epochs"], history=saved["history"]
+        )
 
-    def checkpoint(stage_state: Callable[[], dict], position: str, force: bool = False) -> None:
+    def checkpoint(stage_state: Callable[[], dict | None], position: str, force: bool = False) -> None:
         if journal:
             done = f"{progress_state['stage']} of {len(config.stages)} stages complete"
             journal.save(

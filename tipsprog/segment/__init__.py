@@ -20,7 +20,7 @@ from tipsprog.journal import append, finished, forget, patient_journal
 from tipsprog.outputs import writes_output
 from tipsprog.parallel import map_ordered
 from tipsprog.registry import SEGMENTATION_BACKENDS
-from tipsprog.segment import biomarkers, foundation, semi
+from tipsprog.segment import acquisition, biomarkers, foundation, semi
 from tipsprog.segment.backends import Backend, segment_scan, semi_model
 from tipsprog.segment.crops import CROP_SHAPE, roi_crops, roi_volumes
 from tipsprog.segment.masks import has_reference, reference_labels
@@ -45,6 +45,7 @@ class ScanResult:
     input_sha256: str = ""
     portal_vein: PortalVein = field(default_factory=PortalVein)
     biomarkers: np.ndarray = field(default_factory=lambda: np.full(len(biomarkers.NAMES), np.nan, np.float32))
+    acquisition: np.ndarray = field(default_factory=lambda: np.full(len(acquisition.FIELDS), np.nan, np.float32))
 
 
 def dice_per_roi(labels: sitk.Image, reference: sitk.Image) -> np.ndarray:
@@ -67,6 +68,7 @@ def _segment_one(job: tuple[pd.Series, Backend]) -> ScanResult:
         result.labels = segment_scan(ct, backend, row)
         result.volumes = roi_volumes(result.labels)
         result.portal_vein = portal_vein_measurements(result.labels)
+        result.acquisition = acquisition.describe(ct, result.labels)
         result.crops = roi_crops(ct, result.labels)
         if backend.name != "masks" and has_reference(row):
             result.dice = dice_per_roi(result.labels, reference_labels(row, ct))
@@ -187,6 +189,7 @@ def _journal_scan(result: ScanResult) -> Callable[[h5py.Group], None]:
         group.create_dataset("dice", data=result.dice)
         group.create_dataset("portal_vein", data=result.portal_vein.as_array())
         group.create_dataset("biomarkers", data=result.biomarkers)
+        group.create_dataset("acquisition", data=result.acquisition)
         if result.labels is not None:
             store.write_mask(group, "labels", result.labels)
         for roi, crop in result.crops.items():
@@ -195,11 +198,20 @@ def _journal_scan(result: ScanResult) -> Callable[[h5py.Group], None]:
     return write
 
 
+def _journaled_portal_vein(group: h5py.Group) -> PortalVein:
+    """The portal vein measurements a journal record holds (none measured where it holds none)."""
+    if "portal_vein" not in group:
+        return PortalVein()
+    diameter, length, volume, extrahepatic = map(float, group["portal_vein"][()])
+    return PortalVein(diameter, length, volume, extrahepatic)
+
+
 def _journaled_scan(patient_id: str, group: h5py.Group) -> ScanResult:
     """A scan's result as a journal record holds it (labels and crops stay in the journal)."""
     flags = str(group.attrs["flags"])
-    portal_vein = PortalVein(*map(float, group["portal_vein"][()])) if "portal_vein" in group else PortalVein()
+    portal_vein = _journaled_portal_vein(group)
     measured = group["biomarkers"][()] if "biomarkers" in group else np.full(len(biomarkers.NAMES), np.nan, np.float32)
+    described = group["acquisition"][()] if "acquisition" in group else np.full(len(acquisition.FIELDS), np.nan, np.float32)
     return ScanResult(
         patient_id,
         str(group.attrs["status"]),
@@ -209,6 +221,7 @@ def _journaled_scan(patient_id: str, group: h5py.Group) -> ScanResult:
         dice=group["dice"][()],
         portal_vein=portal_vein,
         biomarkers=measured,
+        acquisition=described,
     )
 
 
@@ -238,7 +251,10 @@ def _write_segment_store(
     h5["segment"].attrs.update({key.removeprefix("segment_"): value for key, value in fitted.items()})
     store.write_volumes(h5, np.stack([r.volumes for r in results]), list(store.ROI_LABELS))
     store.write_dice(h5, np.stack([r.dice for r in results]), list(store.ROI_LABELS))
-    store.write_portal_vein(h5, np.stack([r.portal_vein.as_array() for r in results]), list(PORTAL_VEIN_FIELDS))
+    store.write_named_table(
+        h5, store.PORTAL_VEIN, np.stack([r.portal_vein.as_array() for r in results]), list(PORTAL_VEIN_FIELDS)
+    )
+    store.write_named_table(h5, store.ACQUISITION, np.stack([r.acquisition for r in results]), list(acquisition.FIELDS))
     provenance = {
         "segment_backend": backend.name,
         "segment_model_path": backend.model_path,

@@ -32,6 +32,7 @@ from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
 from tipsprog.manifest import BlockEntry
+from tipsprog.segment.acquisition import air_offset_hu
 from tipsprog.segment.landmarks import pelvis_top, slice_levels
 from tipsprog.segment.morphology import depth_mm, dilated, eroded
 from tipsprog.segment.portal import PortalVein
@@ -40,7 +41,7 @@ from tipsprog.store import ROI_LABELS, FeatureBlock
 
 MUSCLE_HU, FAT_HU, FLUID_HU = (-29.0, 150.0), (-190.0, -30.0), (-15.0, 25.0)
 BODY_HU, GAS_HU = -500.0, -400.0
-AIR_HU, MAX_OFFSET_HU = (-1010.0, -900.0), 30.0
+MAX_OFFSET_HU = 30.0
 SLAB_MM = 5.0
 SKIN_MM = 10.0
 SAT_NECK_MM = 6.0
@@ -57,6 +58,7 @@ FLUID_GRID_MM = 2.0
 MIN_FLUID_ML, LINING_MM, COMPACT_FILL, COMPACT_MAX_ML, BOWEL_GAS_SHARE = 2.0, 6.0, 0.7, 300.0, 0.2
 SMOOTH_SURFACE_MM = 5.0
 DEFAULT_TRUNK_RADIUS_MM = 6.0
+COMPARTMENT_LABELS = {"skeletal_muscle": 4, "subcutaneous_fat": 5, "visceral_fat": 6, "ascites": 7}  # export's labels
 SLICES_APART_MM = 1e6  # the z spacing a stack of slices is given: no distance reaches from one slice to the next
 IN_PLANE = np.zeros((3, 3, 3), bool)
 IN_PLANE[1] = ndimage.generate_binary_structure(2, 1)  # 4-connected within an axial slice, nothing across slices
@@ -151,27 +153,39 @@ def _measured_level(levels: VertebralLevels) -> tuple[str | None, list[str]]:
     return level, flags + (["muscle:rib_anchored"] if levels.anchor == "ribs" else [])
 
 
-def body_composition(ct: sitk.Image, labels: sitk.Image, levels: VertebralLevels) -> tuple[list[float], list[str]]:
-    """Muscle area (cm²) and density (HU), subcutaneous and visceral fat areas (cm²) averaged over the axial slices
-    within SLAB_MM/2 of the middle of L3 (or the level _measured_level falls back to), with the flags saying so."""
+def composition_masks(
+    ct: sitk.Image, labels: sitk.Image, levels: VertebralLevels
+) -> tuple[dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]], list[str]]:
+    """Muscle, subcutaneous and visceral fat masks of each axial slice within SLAB_MM/2 of the middle of L3 (or the
+    level _measured_level falls back to), by slice index, with the flags saying which level; none without one."""
     level, flags = _measured_level(levels)
     if level is None:
-        return [np.nan] * 4, flags
-    hu = sitk.GetArrayFromImage(ct)
+        return {}, flags
+    hu = sitk.GetArrayViewFromImage(ct)
     z_of_slice = np.array([ct.TransformIndexToPhysicalPoint((0, 0, k))[2] for k in range(len(hu))])
     distance = np.abs(z_of_slice - levels.z_of(level))
     slab = np.flatnonzero(distance <= max(SLAB_MM / 2.0, distance.min()))
     spacing = np.array(ct.GetSpacing()[1::-1])
-    pixel_cm2 = float(np.prod(spacing)) / 100.0
     canal_front = ct.TransformPhysicalPointToContinuousIndex((0.0, levels.canal_front_of(level), 0.0))[1]
-    areas, muscle_hu = [], []
     organs = sitk.GetArrayViewFromImage(labels) > 0
-    for k in slab:
-        masks = composition_on_slice(ndimage.median_filter(hu[k].astype(np.float32), size=3), spacing, canal_front, organs[k])
-        areas.append([mask.sum() * pixel_cm2 for mask in masks])
-        muscle_hu.append(hu[k][masks[0]])
-    mean_area = np.mean(areas, axis=0)
-    return [float(mean_area[0]), float(np.mean(np.concatenate(muscle_hu))), float(mean_area[1]), float(mean_area[2])], flags
+    masks = {
+        int(k): composition_on_slice(ndimage.median_filter(hu[k].astype(np.float32), size=3), spacing, canal_front, organs[k])
+        for k in slab
+    }
+    return masks, flags
+
+
+def body_composition(ct: sitk.Image, labels: sitk.Image, levels: VertebralLevels) -> tuple[list[float], list[str]]:
+    """Muscle area (cm²) and density (HU), subcutaneous and visceral fat areas (cm²) averaged over the slices of
+    composition_masks, with its flags."""
+    masks, flags = composition_masks(ct, labels, levels)
+    if not masks:
+        return [np.nan] * 4, flags
+    hu = sitk.GetArrayViewFromImage(ct)
+    pixel_cm2 = float(np.prod(ct.GetSpacing()[:2])) / 100.0
+    areas = np.mean([[mask.sum() * pixel_cm2 for mask in on_slice] for on_slice in masks.values()], axis=0)
+    muscle_hu = np.concatenate([hu[k][on_slice[0]] for k, on_slice in masks.items()])
+    return [float(areas[0]), float(np.mean(muscle_hu)), float(areas[1]), float(areas[2])], flags
 
 
 def _coarse(ct: sitk.Image, labels: sitk.Image) -> tuple[np.ndarray, np.ndarray, sitk.Image]:
@@ -192,11 +206,10 @@ def _compact(component: np.ndarray, spacing: np.ndarray) -> bool:
 
 
 def water_offset_hu(ct: sitk.Image) -> float:
-    """How far the scan's HU scale sits from air at −1000 (water at 0 then sits as far off): the median of the air
-    around the body (AIR_HU; padding outside the reconstructed field of view is below it), within ±MAX_OFFSET_HU."""
-    hu = sitk.GetArrayViewFromImage(ct)[:: max(1, ct.GetDepth() // 8)]
-    air = hu[(hu > AIR_HU[0]) & (hu < AIR_HU[1])]
-    return float(np.clip(np.median(air) + 1000.0, -MAX_OFFSET_HU, MAX_OFFSET_HU)) if air.size > 1000 else 0.0
+    """How far the scan's HU scale sits from air at −1000 (water at 0 then sits as far off): the air offset of
+    acquisition.py within ±MAX_OFFSET_HU, 0 where no air is in view."""
+    offset = air_offset_hu(ct)
+    return float(np.clip(offset, -MAX_OFFSET_HU, MAX_OFFSET_HU)) if np.isfinite(offset) else 0.0
 
 
 def _peritoneal_region(ct: sitk.Image, labels: sitk.Image) -> sitk.Image | None:
@@ -255,6 +268,25 @@ def ascites_mask(ct: sitk.Image, labels: sitk.Image) -> tuple[np.ndarray, sitk.I
             continue
         ascites[region] |= piece
     return ascites, grid
+
+
+def compartment_labels(ct: sitk.Image, labels: sitk.Image) -> sitk.Image:
+    """The ROI labels with the compartments the biomarkers measure painted where no ROI is (COMPARTMENT_LABELS):
+    muscle and fat on the slices body composition is measured on, ascites on the CT's grid (nearest neighbour)."""
+    painted = sitk.GetArrayFromImage(labels)
+    masks, _ = composition_masks(ct, labels, vertebral_levels(ct))
+    for k, on_slice in masks.items():
+        for name, mask in zip(("skeletal_muscle", "subcutaneous_fat", "visceral_fat"), on_slice):
+            painted[k][mask & (painted[k] == 0)] = COMPARTMENT_LABELS[name]
+    fluid = ascites_mask(ct, labels)
+    if fluid is not None:
+        grid = sitk.GetImageFromArray(fluid[0].astype(np.uint8))
+        grid.CopyInformation(fluid[1])
+        on_ct = sitk.GetArrayFromImage(sitk.Resample(grid, ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8))
+        painted[(on_ct > 0) & (painted == 0)] = COMPARTMENT_LABELS["ascites"]
+    image = sitk.GetImageFromArray(painted)
+    image.CopyInformation(labels)
+    return image
 
 
 def ascites_ml(ct: sitk.Image, labels: sitk.Image) -> float:

@@ -296,7 +296,8 @@ def main_trunk(line: Centreline) -> Trunk | None:
         None,
     )
     bifurcation = end is not None
-    end = end if bifurcation else at_hilum
+    if end is None:
+        end = at_hilum
     start = next((at for at in range(end - 1, 0, -1) if _side_branches(line, chain, at)), 0)
     trunk = Trunk(chain[start : end + 1], start > 0, bifurcation)
     if depth[end] - depth[start] < (SETTINGS["trunk_min_mm"] if trunk.confluence else SETTINGS["hepatic_window_mm"][1]):
@@ -350,14 +351,14 @@ def trunk_diameter_mm(vessel: sitk.Image, line: Centreline, trunk: Trunk) -> flo
     hepatic_window_mm upstream of its hepatic end where no confluence was found (NaN: most sections fail)."""
     depth = line.depth[trunk.nodes] - line.depth[trunk.nodes[0]]
     low, high = trunk.window_mm(line)
-    areas = []
+    sections = []
     for target in np.linspace(low, high, max(3, int((high - low) / SETTINGS["sample_step_mm"]) + 1)):
         at = int(np.argmin(np.abs(depth - target)))
         node = trunk.nodes[at]
         run = line.points[trunk.nodes][np.abs(depth - depth[at]) <= SETTINGS["tangent_mm"]]
         half_width = max(15.0, 4.0 * float(line.radius[node]))
-        areas.append(cross_section_mm2(vessel, line.points[node], _direction(run), half_width))
-    areas = np.array(areas)
+        sections.append(cross_section_mm2(vessel, line.points[node], _direction(run), half_width))
+    areas = np.array(sections)
     if np.isfinite(areas).sum() * 2 <= len(areas):
         return np.nan
     return float(2.0 * np.sqrt(np.nanmedian(areas) / np.pi))
@@ -375,12 +376,13 @@ def portal_vein_measurements(labels: sitk.Image) -> PortalVein:
         return PortalVein(volume_ml=volume_ml)  # no liver, or a grid too coarse to tell the vein's course
     extrahepatic_share, line, found = _traced(labels, pv_array)
     extrahepatic_ml = volume_ml * extrahepatic_share
-    if found is None:
+    if line is None or found is None:  # a trunk is only found on a centreline
         return PortalVein(volume_ml=volume_ml, extrahepatic_volume_ml=extrahepatic_ml)
     diameter = trunk_diameter_mm(_vessel_image(labels, pv_array), line, found)
     measured = np.isfinite(diameter) and found.confluence
     length = float(line.depth[found.nodes[-1]] - line.depth[found.nodes[0]]) if measured else np.nan
-    return PortalVein(diameter, length, volume_ml, extrahepatic_ml, tuple(map(float, line.points[found.nodes[-1]])))
+    z, y, x = map(float, line.points[found.nodes[-1]])
+    return PortalVein(diameter, length, volume_ml, extrahepatic_ml, (z, y, x))
 
 
 def _traced(labels: sitk.Image, pv_array: np.ndarray) -> tuple[float, Centreline | None, Trunk | None]:

@@ -6,6 +6,7 @@ import copy
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import SimpleITK as sitk
@@ -79,7 +80,8 @@ def prepare(ct: sitk.Image, labels: sitk.Image | None, settings: SemiSettings) -
         label_grid = sitk.Resample(labels, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
         sample["label"] = sitk.GetArrayFromImage(label_grid)[None].astype(np.int64)
     pad = transforms.SpatialPadd(list(sample), spatial_size=settings.patch, mode="constant")
-    sample = {k: np.asarray(v) for k, v in pad(sample).items()}
+    padded = pad(sample)  # type: ignore[arg-type]  # MONAI's stub says tensors; its dictionary transforms take arrays too
+    sample = {cast(str, k): np.asarray(v) for k, v in padded.items()}
     if labels is not None:  # an ROI without a voxel in the reference is unlabeled there, not background (see _marginal)
         sample["present"] = np.bincount(sample["label"].ravel(), minlength=CLASSES)[:CLASSES] > 0
         sample["present"][0] = True
@@ -136,7 +138,7 @@ def _augment(keys: list[str], settings: SemiSettings, labeled: bool) -> transfor
     )
     tissue = [RandTissueIntensityd(settings.tissue_shift_hu)] if labeled and settings.tissue_shift_hu > 0 else []
     modes = ["bilinear", "nearest"][: len(keys)]
-    spatial = [
+    spatial: list[transforms.Transform] = [
         crop,
         *tissue,
         *(transforms.RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in settings.flip_axes),
@@ -144,7 +146,7 @@ def _augment(keys: list[str], settings: SemiSettings, labeled: bool) -> transfor
             keys, prob=0.3, rotate_range=(0.1, 0.1, 0.1), scale_range=(0.1, 0.1, 0.1), mode=modes, padding_mode="border"
         ),
     ]
-    intensity = [
+    intensity: list[transforms.Transform] = [
         transforms.RandScaleIntensityd("image", factors=settings.intensity_scale, prob=0.5),
         transforms.RandShiftIntensityd("image", offsets=settings.intensity_shift, prob=0.5),
     ]
@@ -270,7 +272,7 @@ def predict_grid(model: torch.nn.Module, sample: dict, settings: SemiSettings, d
     model.eval()
     image = torch.as_tensor(sample["image"])[None].to(device)
     with torch.autocast(device.type, enabled=device.type == "cuda"):
-        logits = sliding_window_inference(image, settings.patch, 4, model, overlap=0.25, mode="gaussian")
+        logits = cast(torch.Tensor, sliding_window_inference(image, settings.patch, 4, model, overlap=0.25, mode="gaussian"))
     return logits.argmax(dim=1)[0].cpu().numpy().astype(np.uint8)
 
 
@@ -332,7 +334,8 @@ def load_model(path: Path, device: torch.device) -> tuple[torch.nn.Module, SemiS
     payload = load_checkpoint(
         path, MODEL_FORMAT, "semi-supervised segmentation model", device, " (train one with --fit LABELED.csv)"
     )
-    settings = SemiSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in payload["settings"].items()})
+    stored: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in payload["settings"].items()}
+    settings = SemiSettings(**stored)
     model = build_network(settings).to(device)
     model.load_state_dict(payload["state_dict"])
     return model.eval(), settings

@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 import SimpleITK as sitk
+from numpy.typing import ArrayLike
 from scipy import ndimage
 
 GRID = {"small": (32, 64, 64), "full": (96, 192, 192)}
@@ -204,7 +205,7 @@ def _smooth_field(shape: tuple[int, ...], spacing: np.ndarray, scale_mm: float, 
     return field / (field.std() + 1e-6)
 
 
-def _ellipsoid(coords: tuple[np.ndarray, ...], centre: tuple[float, ...], radii: tuple[float, ...]) -> np.ndarray:
+def _ellipsoid(coords: tuple[np.ndarray, ...], centre: tuple[float, ...], radii: tuple[float | np.ndarray, ...]) -> np.ndarray:
     """Normalised ellipsoid (or ellipse) distance, < 1 inside, on broadcastable coordinates in mm."""
     return np.sqrt(sum(((c - m) / r) ** 2 for c, m, r in zip(coords, centre, radii)))
 
@@ -240,7 +241,7 @@ def _box(coords: Coords, low: np.ndarray, high: np.ndarray) -> tuple[slice, slic
         first = max(0, int(np.ceil((low[axis] - centres[0]) / step)))
         last = min(len(centres), int(np.floor((high[axis] - centres[0]) / step)) + 1)
         slices.append(slice(first, max(first, last)))
-    return tuple(slices)
+    return slices[0], slices[1], slices[2]
 
 
 def _sub(coords: Coords, box: tuple[slice, slice, slice]) -> Coords:
@@ -494,15 +495,15 @@ def _portal_vein(tissue: np.ndarray, coords: Coords, cavity: np.ndarray, anatomy
     at the confluence, and the right and left portal veins with their first divisions."""
     points = _portal_points(anatomy)
     splenic_hilum = (20.0, 38.0, 78.0 - 22.0 * anatomy.spleen_scale)
-    segments = [
+    segments: list[tuple[ArrayLike, ArrayLike, float]] = [
         (CONFLUENCE_MM, BIFURCATION_MM, 1.0),
         (CONFLUENCE_MM, MESENTERIC_END_MM, MESENTERIC_SHARE),
         (CONFLUENCE_MM, SPLENIC_BEND_MM, SPLENIC_SHARE),
         (SPLENIC_BEND_MM, splenic_hilum, SPLENIC_SHARE),
     ]
     segments += [(points[parent], points[name], share) for name, (parent, _, share) in PORTAL_TREE.items()]
-    for start, end, share in segments:
-        start, end, radius = np.array(start), np.array(end), share * anatomy.portal_radius_mm
+    for first, last, share in segments:
+        start, end, radius = np.array(first), np.array(last), share * anatomy.portal_radius_mm
         box = _box(coords, np.minimum(start, end) - radius, np.maximum(start, end) + radius)
         region = tissue[box]
         region[_tube(_sub(coords, box), start, end, radius) & cavity[box[1:]][None]] = CODE["portal_vein"]
