@@ -208,6 +208,7 @@ def write_dicom_series(image: sitk.Image, folder: Path, series: int = 2, descrip
                 "0008|0016": "1.2.840.10008.5.1.4.1.1.2",
                 "0020|000d": f"{UID_ROOT}.1",
                 "0020|000e": f"{UID_ROOT}.{series}",
+                "0020|0052": f"{UID_ROOT}.1.0",
                 "0008|0018": f"{UID_ROOT}.{series}.{index}",
                 "0020|0037": orientation,
                 "0020|0032": "\\".join(str(v) for v in image.TransformIndexToPhysicalPoint((0, 0, index))),

@@ -70,3 +70,51 @@ def test_export_without_its_ct_writes_nothing(reoriented_store, tmp_path):
     result = invoke("export", moved, "--out", tmp_path / "masks")
     assert result.exit_code == 2 and str(missing) in result.output and len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "masks").exists()
+
+
+def test_a_dicom_input_gets_a_dicom_seg_equal_to_its_nifti_export(pipeline, tmp_path):
+    """--dicom-seg: a CT read from a DICOM series gets <patient>_seg.dcm, a binary segment per ROI referencing each
+    source slice, equal voxel for voxel to the labels exported as NIfTI (read back with highdicom)."""
+    import highdicom as hd
+    import pydicom
+
+    from conftest import write_dicom_series
+
+    ct = sitk.ReadImage(str(pipeline.cohort / "images" / "P0000.nii.gz"))
+    folder = write_dicom_series(sitk.DICOMOrient(ct, "RAS"), tmp_path / "series")
+    pd.DataFrame({"patient_id": ["P0000"], "ct": [str(folder)]}).to_csv(tmp_path / "cohort.csv", index=False)
+    assert invoke("segment", tmp_path / "cohort.csv", "--out", tmp_path / "seg.h5", "--quiet").exit_code == 0
+    result = invoke("export", tmp_path / "seg.h5", "--out", tmp_path / "masks", "--dicom-seg", "--no-montage", "--quiet")
+    assert result.exit_code == 0, result.output
+    seg = hd.seg.segread(tmp_path / "masks" / "P0000_seg.dcm")
+    nifti = sitk.ReadImage(str(tmp_path / "masks" / "P0000_labels.nii.gz"))
+    found = {roi: label for roi, label in ROI_LABELS.items() if (sitk.GetArrayViewFromImage(nifti) == label).any()}
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == list(found) and {"liver", "spleen"} <= set(found)
+    sources = sorted(folder.glob("*.dcm"))
+    uids = [pydicom.dcmread(path).SOPInstanceUID for path in sources]
+    frames = seg.get_pixels_by_source_instance(uids, segment_numbers=list(range(1, len(found) + 1)))
+    for frame, path in zip(frames, sources):  # [rows, columns, segments] of each source slice
+        position = [float(v) for v in pydicom.dcmread(path).ImagePositionPatient]
+        plane = sitk.GetArrayViewFromImage(nifti)[round(nifti.TransformPhysicalPointToContinuousIndex(position)[2])]
+        for segment, label in enumerate(found.values()):
+            np.testing.assert_array_equal(frame[..., segment] > 0, plane == label)
+
+
+def test_a_dicom_seg_of_a_series_without_a_frame_of_reference_is_one_line(pipeline, tmp_path):
+    """A series whose slices lack the Frame of Reference UID (the SEG IOD needs it to reference them): exit 2 with
+    one line naming the folder, nothing written."""
+    import pydicom
+
+    from conftest import write_dicom_series
+
+    ct = sitk.ReadImage(str(pipeline.cohort / "images" / "P0001.nii.gz"))
+    folder = write_dicom_series(ct, tmp_path / "series")
+    pd.DataFrame({"patient_id": ["P0001"], "ct": [str(folder)]}).to_csv(tmp_path / "cohort.csv", index=False)
+    assert invoke("segment", tmp_path / "cohort.csv", "--out", tmp_path / "seg.h5", "--quiet").exit_code == 0
+    for path in folder.glob("*.dcm"):
+        dataset = pydicom.dcmread(path)
+        del dataset.FrameOfReferenceUID
+        dataset.save_as(path)
+    result = invoke("export", tmp_path / "seg.h5", "--out", tmp_path / "masks", "--dicom-seg", "--no-montage")
+    assert result.exit_code == 2 and str(folder) in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "masks").exists()

@@ -481,13 +481,16 @@ def export(
         "--compartments/--no-compartments",
         help="Add what the biomarkers measured (muscle and fat at L3, ascites; labels 4-7), recomputed from the CT.",
     ),
+    dicom_seg: bool = typer.Option(
+        False, "--dicom-seg", help="Also write <patient>_seg.dcm (DICOM SEG) for CTs read from a DICOM series (needs highdicom)."
+    ),
     quiet: bool = QUIET,
 ) -> None:
     """Every patient's ROI masks as NIfTI on the grid of its CT as stored (for 3D Slicer, ITK-SNAP), with label
     tables and a QC montage."""
     from tipsprog.export import run_export
 
-    exported = run_export(seg, out, montage, compartments)
+    exported = run_export(seg, out, montage, compartments, dicom_seg)
     if not quiet:
         console.print(f"exported the masks of {len(exported)} patients → {out}")
 

@@ -4,7 +4,8 @@ for 3D Slicer and ITK-SNAP and, optionally, a QC montage PNG per patient.
 
 With compartments (the default), the label image also holds what the biomarkers measured, recomputed from the CT
 and the stored ROI masks by the same code (segment/biomarkers.py): skeletal muscle, subcutaneous and visceral fat on
-the slices body composition was measured on, and ascites."""
+the slices body composition was measured on, and ascites. With `dicom_seg`, a patient whose CT is a DICOM series
+also gets its ROI masks as a DICOM SEG referencing that series (dicom_seg.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import SimpleITK as sitk
 from matplotlib.colors import to_rgb
 
 from tipsprog import store
+from tipsprog.dicom_seg import write_dicom_seg
 from tipsprog.errors import InputError
 from tipsprog.images import canonical, read_image
 from tipsprog.outputs import atomic_output, check_not_an_input, make_folder
@@ -59,9 +61,9 @@ def write_label_tables(folder: Path, compartments: bool) -> None:
     )
 
 
-def run_export(seg: Path, out: Path, montage: bool = True, compartments: bool = True) -> list[str]:
-    """Write every segmented patient's masks (with the biomarkers' compartments, and a montage) into `out`, all or
-    nothing; the patients exported."""
+def run_export(seg: Path, out: Path, montage: bool = True, compartments: bool = True, dicom_seg: bool = False) -> list[str]:
+    """Write every segmented patient's masks (with the biomarkers' compartments, a montage and, for DICOM inputs, a
+    DICOM SEG) into `out`, all or nothing; the patients exported."""
     check_not_an_input(out, [seg])
     with store.open_store(seg) as h5:
         if "segment/masks" not in h5:
@@ -82,6 +84,8 @@ def run_export(seg: Path, out: Path, montage: bool = True, compartments: bool = 
                 working = canonical(sitk.Cast(ct, sitk.sitkFloat32))  # the grid segment measured on
                 painted = compartment_labels(working, labels) if compartments else labels
                 sitk.WriteImage(on_original_grid(painted, ct), str(tmp / f"{pid}_labels.nii.gz"), useCompression=True)
+                if dicom_seg and Path(ct_path).is_dir():
+                    write_dicom_seg(on_original_grid(labels, ct), Path(ct_path), series_uid, tmp / f"{pid}_seg.dcm")
                 if montage:
                     draw_overlay(working, labels, tmp / f"{pid}_qc.png")
     return exported

@@ -107,7 +107,7 @@ def _series_label(folder: Path, uid: str) -> str:
     return f"{uid} ({len(files)} slices" + (f", {description!r})" if description else ")")
 
 
-def _series_files(folder: Path, series_uid: str | None) -> tuple[str, list[str]]:
+def series_files(folder: Path, series_uid: str | None) -> tuple[str, list[str]]:
     """The UID and files of the folder's only DICOM series, or of the chosen one; never a silent pick among several."""
     uids = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
     if not uids:
@@ -178,7 +178,7 @@ def _gdcm_calls() -> Iterator[None]:
 def _read_dicom_series(folder: Path, series_uid: str | None) -> sitk.Image:
     """Read one DICOM series of a folder (the only one, or the chosen one) after checking its slice spacing."""
     with _gdcm_calls():
-        uid, files = _series_files(folder, series_uid)
+        uid, files = series_files(folder, series_uid)
         _check_slice_spacing(folder, uid, files)
         return sitk.ReadImage(files)
 
