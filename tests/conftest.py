@@ -108,6 +108,17 @@ def process_locale_unchanged() -> Iterator[None]:
     assert locale.setlocale(locale.LC_ALL) == before, "the process locale was changed (GDCM call outside locale_kept?)"
 
 
+@pytest.fixture(autouse=True)
+def environment_restored() -> Iterator[None]:
+    """Every test leaves os.environ as it found it: starting a process-based Dask LocalCluster sets
+    OMP_NUM_THREADS=1 (and MKL_, OPENBLAS_NUM_THREADS, PYTHONHASHSEED) in its parent, so a later test's tipsprog
+    subprocess trained on one thread while the in-process run it is compared with used two."""
+    before = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(before)
+
+
 @pytest.fixture(scope="session")
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
     """synth → segment → radiomics → embed → fuse-train on 30 small patients."""
