@@ -72,19 +72,27 @@ def test_export_without_its_ct_writes_nothing(reoriented_store, tmp_path):
     assert not (tmp_path / "masks").exists()
 
 
-def test_a_dicom_input_gets_a_dicom_seg_equal_to_its_nifti_export(pipeline, tmp_path):
+@pytest.fixture(scope="module")
+def dicom_store(pipeline, tmp_path_factory) -> tuple:
+    """A synthetic patient's CT written as a DICOM series (stored RAS), segmented from the series."""
+    from conftest import write_dicom_series
+
+    root = tmp_path_factory.mktemp("dicom-export")
+    ct = sitk.ReadImage(str(pipeline.cohort / "images" / "P0000.nii.gz"))
+    folder = write_dicom_series(sitk.DICOMOrient(ct, "RAS"), root / "series")
+    pd.DataFrame({"patient_id": ["P0000"], "ct": [str(folder)]}).to_csv(root / "cohort.csv", index=False)
+    assert invoke("segment", root / "cohort.csv", "--out", root / "seg.h5", "--quiet").exit_code == 0
+    return root, folder
+
+
+def test_a_dicom_input_gets_a_dicom_seg_equal_to_its_nifti_export(dicom_store, tmp_path):
     """--dicom-seg: a CT read from a DICOM series gets <patient>_seg.dcm, a binary segment per ROI referencing each
     source slice, equal voxel for voxel to the labels exported as NIfTI (read back with highdicom)."""
     import highdicom as hd
     import pydicom
 
-    from conftest import write_dicom_series
-
-    ct = sitk.ReadImage(str(pipeline.cohort / "images" / "P0000.nii.gz"))
-    folder = write_dicom_series(sitk.DICOMOrient(ct, "RAS"), tmp_path / "series")
-    pd.DataFrame({"patient_id": ["P0000"], "ct": [str(folder)]}).to_csv(tmp_path / "cohort.csv", index=False)
-    assert invoke("segment", tmp_path / "cohort.csv", "--out", tmp_path / "seg.h5", "--quiet").exit_code == 0
-    result = invoke("export", tmp_path / "seg.h5", "--out", tmp_path / "masks", "--dicom-seg", "--no-montage", "--quiet")
+    root, folder = dicom_store
+    result = invoke("export", root / "seg.h5", "--out", tmp_path / "masks", "--dicom-seg", "--no-montage", "--quiet")
     assert result.exit_code == 0, result.output
     seg = hd.seg.segread(tmp_path / "masks" / "P0000_seg.dcm")
     nifti = sitk.ReadImage(str(tmp_path / "masks" / "P0000_labels.nii.gz"))
@@ -100,21 +108,22 @@ def test_a_dicom_input_gets_a_dicom_seg_equal_to_its_nifti_export(pipeline, tmp_
             np.testing.assert_array_equal(frame[..., segment] > 0, plane == label)
 
 
-def test_a_dicom_seg_of_a_series_without_a_frame_of_reference_is_one_line(pipeline, tmp_path):
+def test_a_dicom_seg_of_a_series_without_a_frame_of_reference_is_one_line(dicom_store, tmp_path):
     """A series whose slices lack the Frame of Reference UID (the SEG IOD needs it to reference them): exit 2 with
     one line naming the folder, nothing written."""
     import pydicom
 
-    from conftest import write_dicom_series
-
-    ct = sitk.ReadImage(str(pipeline.cohort / "images" / "P0001.nii.gz"))
-    folder = write_dicom_series(ct, tmp_path / "series")
-    pd.DataFrame({"patient_id": ["P0001"], "ct": [str(folder)]}).to_csv(tmp_path / "cohort.csv", index=False)
-    assert invoke("segment", tmp_path / "cohort.csv", "--out", tmp_path / "seg.h5", "--quiet").exit_code == 0
+    root, folder = dicom_store
+    copy = tmp_path / "series"
+    copy.mkdir()
     for path in folder.glob("*.dcm"):
         dataset = pydicom.dcmread(path)
         del dataset.FrameOfReferenceUID
-        dataset.save_as(path)
-    result = invoke("export", tmp_path / "seg.h5", "--out", tmp_path / "masks", "--dicom-seg", "--no-montage")
-    assert result.exit_code == 2 and str(folder) in result.output and len(result.output.strip().splitlines()) == 1
+        dataset.save_as(copy / path.name)
+    moved = tmp_path / "seg.h5"
+    moved.write_bytes((root / "seg.h5").read_bytes())
+    with h5py.File(moved, "r+") as h5:
+        h5["segment/ct_paths"][0] = str(copy)
+    result = invoke("export", moved, "--out", tmp_path / "masks", "--dicom-seg", "--no-montage")
+    assert result.exit_code == 2 and str(copy) in result.output and len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "masks").exists()

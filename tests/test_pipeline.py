@@ -246,8 +246,8 @@ def test_attributions_add_up_to_the_risk_and_match_the_ensemble(pipeline):
 
 @pytest.mark.slow
 def test_batch_and_single_predictions_agree_exactly(pipeline, tmp_path):
-    """A batch equals single predictions; a scan that cannot be used gets its error row and the rest are predicted
-    (--strict stops instead)."""
+    """A batch equals single predictions and the same batch run on a Dask cluster; a scan that cannot be used gets
+    its error row and the rest are predicted (--strict stops instead)."""
     cohort = pd.read_csv(pipeline.cohort / "cohort.csv").iloc[[2, 5, 9, 7]]
     (tmp_path / "junk.nii.gz").write_bytes(b"not a scan")
     ct_paths = [str(pipeline.cohort / c) for c in cohort["ct"]]
@@ -312,6 +312,13 @@ def test_batch_and_single_predictions_agree_exactly(pipeline, tmp_path):
         1,
     )
     assert strict.exit_code == 2 and "junk.nii.gz: cannot read CT" in strict.output and not (tmp_path / "strict").exists()
+    from distributed import LocalCluster  # --scheduler: the scans on a two-process Dask cluster, the same records
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        options = ("--model", pipeline.bundle, "--out", tmp_path / "dask", "--scheduler", cluster.scheduler_address)
+        on_cluster = invoke("predict", "--cohort", tmp_path / "cohort.csv", "--clinical", pipeline.clinical, *options)
+    assert on_cluster.exit_code == 0, on_cluster.output
+    assert [json.loads(line) for line in (tmp_path / "dask" / "predictions.jsonl").read_text().splitlines()] == batch
 
 
 def test_predict_on_the_real_ct(pipeline, real_ct, tmp_path):
