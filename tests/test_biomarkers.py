@@ -12,8 +12,11 @@ from conftest import REAL_CT, shared_data
 from tipsprog import store
 from tipsprog.images import read_ct, read_mask
 from tipsprog.segment import Backend, run_segment, segment_scan
-from tipsprog.segment.biomarkers import MIN_FLUID_ML, NAMES, _largest_per_slice, ascites_ml, body_composition
+from tipsprog.segment.biomarkers import MIN_FLUID_ML, NAMES, _largest_per_slice, ascites_ml, body_composition, measure
+from tipsprog.segment.crops import roi_volumes
 from tipsprog.segment.morphology import depth_mm, largest
+from tipsprog.segment.portal import portal_vein_measurements
+from tipsprog.segment.qc import qc_reason
 from tipsprog.segment.vertebrae import vertebral_levels
 from tipsprog.store import ROI_LABELS
 from tipsprog.synth import CohortSpec, make_cohort
@@ -148,3 +151,11 @@ def test_each_slice_of_a_stack_keeps_its_own_largest_component():
     stack[:3, 5:35, 5:35] = True  # large on the first three slices only
     found = _largest_per_slice(stack)
     assert all(np.array_equal(found[k], largest(stack[k])) for k in range(len(stack)))
+
+
+def test_ascites_on_an_unenhanced_scan_is_flagged(whole_scan):
+    """Without contrast the bowel's fluid content reads as fluid: the non-contrast example (liver about 45 HU) gets
+    `ascites:unenhanced`, whose reason says so."""
+    ct, labels = whole_scan
+    _, flags = measure(ct, labels, roi_volumes(labels), portal_vein_measurements(labels))
+    assert "ascites:unenhanced" in flags and "fluid-filled bowel reads as ascites" in qc_reason(flags)

@@ -93,13 +93,15 @@ def _median_hu(hu: np.ndarray, mask: np.ndarray) -> float:
     return float(np.median(hu[mask])) if mask.any() else np.nan
 
 
+def roi_median_hu(ct: sitk.Image, labels: sitk.Image, roi: str) -> float:
+    """An ROI's median attenuation (labels on the CT's grid); NaN where it is empty."""
+    return _median_hu(sitk.GetArrayViewFromImage(ct), sitk.GetArrayViewFromImage(labels) == ROI_LABELS[roi])
+
+
 def describe(ct: sitk.Image, labels: sitk.Image) -> np.ndarray:
     """The scan's acquisition descriptors, in FIELDS order (labels on the CT's grid)."""
     spacing = ct.GetSpacing()
-    hu = sitk.GetArrayViewFromImage(ct)
-    roi = sitk.GetArrayViewFromImage(labels)
-    liver = _median_hu(hu, roi == ROI_LABELS["liver"])
-    portal_vein = _median_hu(hu, roi == ROI_LABELS["portal_vein"])
+    liver, portal_vein = roi_median_hu(ct, labels, "liver"), roi_median_hu(ct, labels, "portal_vein")
     values = (0.5 * (spacing[0] + spacing[1]), spacing[2], air_offset_hu(ct), liver, portal_vein - liver)
     return np.array(values, dtype=np.float32)
 

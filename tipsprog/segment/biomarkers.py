@@ -21,7 +21,8 @@ spleen's capsule (ascites collects first around the liver and spleen, between th
 them), then given back its one-voxel rim. Pieces smaller than MIN_FLUID_ML, with more than BOWEL_GAS_SHARE of their
 voxels within LINING_MM of gas (fluid under gas is in the bowel; a layer of ascites touches the lung bases over a
 small part of it) or compact (a gallbladder, a cyst: filling more than COMPACT_FILL of their convex hull) are not
-ascites.
+ascites. Without contrast (a liver under UNENHANCED_LIVER_HU) the bowel's fluid content reads as fluid too and
+nothing here tells it from ascites: the flag `ascites:unenhanced` says so.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
 from tipsprog.manifest import BlockEntry
-from tipsprog.segment.acquisition import air_offset_hu
+from tipsprog.segment.acquisition import air_offset_hu, roi_median_hu
 from tipsprog.segment.landmarks import pelvis_top, slice_levels
 from tipsprog.segment.morphology import depth_mm, dilated, eroded
 from tipsprog.segment.portal import PortalVein
@@ -56,6 +57,7 @@ RETROPERITONEUM_MM = 30.0
 WALL_REACH_MM = 25.0
 FLUID_GRID_MM = 2.0
 MIN_FLUID_ML, LINING_MM, COMPACT_FILL, COMPACT_MAX_ML, BOWEL_GAS_SHARE = 2.0, 6.0, 0.7, 300.0, 0.2
+UNENHANCED_LIVER_HU = 75.0  # a liver below it reads as without contrast (about 55 HU; 90–130 portal venous)
 SMOOTH_SURFACE_MM = 5.0
 DEFAULT_TRUNK_RADIUS_MM = 6.0
 COMPARTMENT_LABELS = {"skeletal_muscle": 4, "subcutaneous_fat": 5, "visceral_fat": 6, "ascites": 7}  # export's labels
@@ -346,6 +348,8 @@ def surface_roughness_mm(labels: sitk.Image) -> float:
 def measure(ct: sitk.Image, labels: sitk.Image, volumes: np.ndarray, portal_vein: PortalVein) -> tuple[np.ndarray, list[str]]:
     """Every biomarker of NAMES for one canonical CT and its labels (NaN where not measurable) and the flags."""
     composition, flags = body_composition(ct, labels, vertebral_levels(ct))
+    if roi_median_hu(ct, labels, "liver") < UNENHANCED_LIVER_HU:
+        flags = [*flags, "ascites:unenhanced"]
     liver_ml, spleen_ml = volumes[ROI_LABELS["liver"] - 1], volumes[ROI_LABELS["spleen"] - 1]
     hepatic_end = None if portal_vein.hepatic_end_mm is None else np.array(portal_vein.hepatic_end_mm)
     caudate = caudate_right_ratio(labels, hepatic_end, portal_vein.main_diameter_mm)

@@ -39,6 +39,8 @@ EXPLANATIONS = {
     "in_chest": "most of its slices are lung: no liver in view",
     "no_vertebral_level": "no named lumbar vertebra in view: body composition not measured",
     "rib_anchored": "vertebral levels counted from the lowest rib, whose lateral end can lie a level lower",
+    "unenhanced": "the liver reads under 75 HU, as without contrast: fluid-filled bowel reads as ascites, which may be "
+    "overestimated",
     **{f"at_{level}": f"L3 out of view: body composition measured at {level}" for level in ("L1", "L2", "L4")},
 }
 
