@@ -256,50 +256,47 @@ def run_embed(
     there when the settings and the training crops are the same. Returns the weights file used and the loader's
     report (architecture, ignored tensors).
     """
-    encoder_name, fit, fit_ids, weights, settings = (
-        options.encoder,
-        options.fit,
-        options.fit_ids,
-        options.weights,
-        options.fit_settings,
-    )
-    pooling, batch_size = options.pooling, options.batch_size
-    if pooling not in POOLINGS:
-        raise InputError(f"--pool {pooling}: choose one of {', '.join(POOLINGS)}")
-    if fit and encoder_name != "ssl":
-        raise InputError(f"--fit trains the ssl encoder only; --encoder {encoder_name} loads published weights")
-    if fit_ids is not None and not fit:
-        raise InputError(f"--fit-ids {fit_ids}: chooses the patients --fit pre-trains the encoder on; give --fit too")
+    _check(options)
     device = resolve_device(options.device)
-    if encoder_name == "ssl":
-        weights = weights or out.with_suffix(".pt")
-    if not fit:
-        encoder = load_encoder(encoder_name, weights)
+    weights = options.weights or (out.with_suffix(".pt") if options.encoder == "ssl" else None)
+    if not options.fit:
+        encoder = load_encoder(options.encoder, weights)
     assert weights is not None  # load_encoder refuses None, and --fit (ssl only) got its default above
     with _segment_store(seg_path) as (ids, centers, (status, reasons), segment_provenance, crops):
         usable = np.array([s == "ok" for s in status])
-        if fit:
-            rows = _fit_rows(ids, usable, seg_path, fit_ids)
+        if options.fit:
+            rows = _fit_rows(ids, usable, seg_path, options.fit_ids)
             fitted_on = [pid for pid, chosen in zip(ids, rows) if chosen]
             training = np.concatenate([crops[roi][()][rows] for roi in EMBED_ROIS])
-            journal = TrainingJournal(out, _fit_digest(training, settings, device, fitted_on), options.resume, notes)
-            save_ssl_weights(fit_ssl(training, settings, device, fit_progress, journal), weights, fitted_on)
+            digest = _fit_digest(training, options.fit_settings, device, fitted_on)
+            journal = TrainingJournal(out, digest, options.resume, notes)
+            save_ssl_weights(fit_ssl(training, options.fit_settings, device, fit_progress, journal), weights, fitted_on)
             del training
             encoder = load_encoder("ssl", weights)
         provenance = {"weights_sha256": file_sha256(weights), "weights_path": str(Path(weights).resolve()), **segment_provenance}
-        if encoder_name == "ssl":
+        if options.encoder == "ssl":
             provenance["encoder_fitted_on"] = fitted_attr(ssl_fitted_on(weights))
         if options.scheduler:
             block = embedding_block_on_cluster(encoder, seg_path, len(ids), options, weights, provenance, progress)
         else:
-            block = embedding_block(encoder, crops, device, pooling, provenance, batch_size, progress)
+            block = embedding_block(encoder, crops, device, options.pooling, provenance, options.batch_size, progress)
     block.values[~usable] = np.nan
     with store.create_store(out, ids, centers) as h5:
         store.write_features(h5, block.attrs["extractor"], block)
         store.write_qc(h5, status, reasons)
-    if fit:
+    if options.fit:
         journal.discard()
     return Path(weights), encoder.report.summary()
+
+
+def _check(options: EmbedOptions) -> None:
+    """Refuse options that cannot go together, one line each."""
+    if options.pooling not in POOLINGS:
+        raise InputError(f"--pool {options.pooling}: choose one of {', '.join(POOLINGS)}")
+    if options.fit and options.encoder != "ssl":
+        raise InputError(f"--fit trains the ssl encoder only; --encoder {options.encoder} loads published weights")
+    if options.fit_ids is not None and not options.fit:
+        raise InputError(f"--fit-ids {options.fit_ids}: chooses the patients --fit pre-trains the encoder on; give --fit too")
 
 
 def manifest_entry(name: str, block: store.FeatureBlock) -> tuple[dict, dict[str, Path]]:

@@ -187,17 +187,10 @@ class EvaluateOptions:
 def run_evaluate(bundle_path: Path, out: Path, options: EvaluateOptions = EvaluateOptions()) -> dict:
     """Evaluate a bundle's out-of-fold predictions, its held-out patients (fuse-train --test) and an external cohort
     (evaluate --test), whichever exist; write report.html, report.md, metrics.json and plots into `out`."""
-    truth_csvs, draws, seed, workers, external = (
-        options.truth_csvs,
-        options.draws,
-        options.seed,
-        options.workers,
-        options.external,
-    )
     bundle = load_bundle(bundle_path)
     data = read_oof(bundle.path / "oof.h5")
     horizons = np.array(bundle.config.horizons_days, dtype=float)
-    truth = read_truth(truth_csvs) if truth_csvs else None
+    truth = read_truth(options.truth_csvs) if options.truth_csvs else None
     _, grid = evaluation_grid(data.outcomes["time"], horizons)
     rows, notes = prediction_rows(data, grid, truth)
     absent_scores = bundle.manifest.score_notes  # scores fuse-train could not compute
@@ -212,15 +205,15 @@ def run_evaluate(bundle_path: Path, out: Path, options: EvaluateOptions = Evalua
                 [f"held-out: {note}" for note in absent_scores.get("held-out", [])],
             )
         )
-    if external is not None:
-        unseen.append(("external", *external_predictions(bundle, data, external, options.device)))
+    if options.external is not None:
+        unseen.append(("external", *external_predictions(bundle, data, options.external, options.device)))
     for name, cohort, predictions, cohort_notes in unseen:
         _, cohort_grid = evaluation_grid(cohort.outcomes["time"], horizons)
         cohort_rows, row_notes = held_out_rows(bundle, data, cohort, predictions, cohort_grid, truth)
         settings[name] = (cohort, cohort_rows)
         notes += cohort_notes + [f"{name}: {note}" for note in row_notes]
     documents = {
-        name: evaluate_rows(setting_rows, cohort, horizons, draws, seed, workers)
+        name: evaluate_rows(setting_rows, cohort, horizons, options.draws, options.seed, options.workers)
         for name, (cohort, setting_rows) in settings.items()
     }
     transductive, seen_notes = exposure_report(
