@@ -277,6 +277,9 @@ def test_batch_and_single_predictions_agree_exactly(pipeline, tmp_path):
     assert [r["patient_id"] for r in batch] == ["P0002", "P0005", "P0009", "P0007"] == table["patient_id"].tolist()
     assert "junk.nii.gz: cannot read CT" in batch[2]["error"] and set(batch[2]) == {"schema", "patient_id", "error"}
     assert table["risk_score"].isna().tolist() == [False, False, True, False]
+    assert table["acquisition_slice_spacing"].tolist()[:2] == [
+        r["segmentation"]["acquisition"]["slice_spacing"] for r in batch[:2]
+    ]
     assert np.allclose(
         table["risk_score"].dropna(), [r["risk_score"]["estimate"] for r in batch if "error" not in r], rtol=0, atol=1e-12
     )

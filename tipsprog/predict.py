@@ -409,6 +409,7 @@ def flat_row(result: dict) -> dict:
             qc_flags=";".join(segmentation["flags"]),
             **{f"{roi}_ml": volume for roi, volume in segmentation["volumes_ml"].items()},
             **{f"portal_vein_{name}": value for name, value in segmentation["portal_vein"].items()},
+            **{f"acquisition_{name}": value for name, value in segmentation["acquisition"].items()},
         )
     for name, value in result["biomarkers"].items():
         row.update({f"biomarker_{name}": value["value"], f"biomarker_{name}_percentile": value["percentile"]})
