@@ -5,14 +5,14 @@ scans (fusion/ood.py).
 
 - Spacing: the in-plane pixel size and the slice spacing [mm].
 - HU calibration: the level of the air around the body, which reads −1000 HU on a calibrated scanner; its offset
-  from −1000 [HU]. Air is what lies between AIR_MIN_HU and AIR_MAX_HU more than AIR_MARGIN_MM outside the body (the largest
-  component above BODY_HU on each slice, holes filled: the skin's partial volume and the lungs are left out), less
-  the padding outside the reconstructed field of view (voxels whose whole 3 × 3 neighbourhood holds one value, and
-  their neighbours; air has noise). Its level is the peak of its histogram (AIR_BIN_HU bins, smoothed over AIR_PEAK_BINS), not the
-  median: foam cushions and mattresses (about −950 HU) lie outside the body too, in some scans over a third of it.
-  Voxels at the lowest value are left out (a scanner clips air there, often at −1024: a spike, not the level); where
-  the peak of the rest lies within AIR_PEAK_BINS bins of that value, most of the air was clipped and its level is
-  not readable (NaN).
+  from −1000 [HU]. Air is what lies between AIR_MIN_HU and AIR_MAX_HU more than AIR_MARGIN_MM outside the body
+  (the largest component above BODY_HU on each slice, holes filled: the skin's partial volume and the lungs are
+  left out), less the padding outside the reconstructed field of view (voxels whose whole 3 × 3 neighbourhood
+  holds one value, and their neighbours; air has noise). Its level is the peak of its histogram (AIR_BIN_HU bins,
+  smoothed over AIR_PEAK_BINS), not the median: foam cushions and mattresses (about −950 HU) lie outside the body
+  too, in some scans over a third of it. Voxels at the lowest value are left out (a scanner clips air there, often
+  at −1024: a spike, not the level); where the peak of the rest lies within AIR_PEAK_BINS bins of that value, most
+  of the air was clipped and its level is not readable (NaN).
 - Contrast phase: the liver's median attenuation [HU] (about 55 HU unenhanced, 90–130 HU in the portal venous
   phase) and the portal vein's median over the liver's (about 0 unenhanced, 30–100 HU portal venous).
 
