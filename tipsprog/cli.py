@@ -492,7 +492,12 @@ def export(
 
     exported = run_export(seg, out, montage, compartments, dicom_seg)
     if not quiet:
-        console.print(f"exported the masks of {len(exported)} patients → {out}")
+        console.print(f"exported the masks of {len(exported.patients)} patients → {out}")
+    if dicom_seg and not quiet:
+        others = len(exported.patients) - len(exported.dicom_seg)
+        console.print(
+            f"DICOM SEG for {len(exported.dicom_seg)} of them" + (f" ({others} CTs are not DICOM series)" if others else "")
+        )
 
 
 @app.command()

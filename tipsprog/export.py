@@ -9,6 +9,7 @@ also gets its ROI masks as a DICOM SEG referencing that series (dicom_seg.py).""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import SimpleITK as sitk
@@ -61,20 +62,28 @@ def write_label_tables(folder: Path, compartments: bool) -> None:
     )
 
 
-def run_export(seg: Path, out: Path, montage: bool = True, compartments: bool = True, dicom_seg: bool = False) -> list[str]:
+@dataclass
+class Exported:
+    """What an export wrote: the patients whose masks it holds, and those of them that got a DICOM SEG."""
+
+    patients: list[str]
+    dicom_seg: list[str]
+
+
+def run_export(seg: Path, out: Path, montage: bool = True, compartments: bool = True, dicom_seg: bool = False) -> Exported:
     """Write every segmented patient's masks (with the biomarkers' compartments, a montage and, for DICOM inputs, a
-    DICOM SEG) into `out`, all or nothing; the patients exported."""
+    DICOM SEG) into `out`, all or nothing."""
     check_not_an_input(out, [seg])
     with store.open_store(seg) as h5:
         if "segment/masks" not in h5:
             raise InputError(f"{seg}: not a segment store (no /segment/masks): export reads what `tipsprog segment` wrote")
         patients, ct_paths, series = store.read_patients(h5), store.read_ct_paths(h5), store.read_series_uids(h5)
-        exported = [pid for pid in patients if pid in h5["segment/masks"]]
+        exported = Exported([pid for pid in patients if pid in h5["segment/masks"]], [])
         with atomic_output(out, "export") as tmp:
             make_folder(tmp)
             write_label_tables(tmp, compartments)
             for pid, ct_path, series_uid in zip(patients, ct_paths, series):
-                if pid not in exported:
+                if pid not in exported.patients:
                     continue
                 labels = store.patient_mask(h5, pid)
                 try:
@@ -86,6 +95,7 @@ def run_export(seg: Path, out: Path, montage: bool = True, compartments: bool = 
                 sitk.WriteImage(on_original_grid(painted, ct), str(tmp / f"{pid}_labels.nii.gz"), useCompression=True)
                 if dicom_seg and Path(ct_path).is_dir():
                     write_dicom_seg(on_original_grid(labels, ct), Path(ct_path), series_uid, tmp / f"{pid}_seg.dcm")
+                    exported.dicom_seg.append(pid)
                 if montage:
                     draw_overlay(working, labels, tmp / f"{pid}_qc.png")
     return exported
