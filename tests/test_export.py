@@ -35,7 +35,7 @@ def reoriented_store(pipeline, tmp_path_factory) -> tuple:
 def test_exported_masks_lie_on_the_ct_grid_and_equal_the_store(reoriented_store):
     root, cohort = reoriented_store
     result = invoke("export", root / "seg.h5", "--out", root / "masks", "--dicom-seg")
-    assert result.exit_code == 0 and "DICOM SEG for 0 of them (2 CTs are not DICOM series)" in result.output, result.output
+    assert result.exit_code == 0 and "DICOM SEG for 0 of 2 patients" in result.output, result.output
     table = pd.read_csv(root / "masks" / "labels.csv")
     assert dict(zip(table["name"], table["label"])) == {**ROI_LABELS, **COMPARTMENT_LABELS}
     assert (root / "masks" / "slicer_labels.ctbl").is_file() and (root / "masks" / "itksnap_labels.txt").is_file()
@@ -93,7 +93,7 @@ def test_a_dicom_input_gets_a_dicom_seg_equal_to_its_nifti_export(dicom_store, t
 
     root, folder = dicom_store
     result = invoke("export", root / "seg.h5", "--out", tmp_path / "masks", "--dicom-seg", "--no-montage")
-    assert result.exit_code == 0 and "DICOM SEG for 1 of them" in result.output, result.output
+    assert result.exit_code == 0 and "DICOM SEG for 1 of 1 patients" in result.output, result.output
     seg = hd.seg.segread(tmp_path / "masks" / "P0000_seg.dcm")
     nifti = sitk.ReadImage(str(tmp_path / "masks" / "P0000_labels.nii.gz"))
     found = {roi: label for roi, label in ROI_LABELS.items() if (sitk.GetArrayViewFromImage(nifti) == label).any()}
@@ -127,3 +127,15 @@ def test_a_dicom_seg_of_a_series_without_a_frame_of_reference_is_one_line(dicom_
     result = invoke("export", moved, "--out", tmp_path / "masks", "--dicom-seg", "--no-montage")
     assert result.exit_code == 2 and str(copy) in result.output and len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "masks").exists()
+
+
+def test_a_dicom_input_whose_masks_hold_no_roi_gets_no_dicom_seg(dicom_store, tmp_path):
+    """A SEG needs at least one segment: masks with no ROI write none, and the count says so."""
+    root, _ = dicom_store
+    empty = tmp_path / "seg.h5"
+    empty.write_bytes((root / "seg.h5").read_bytes())
+    with h5py.File(empty, "r+") as h5:
+        h5["segment/masks/P0000"][...] = 0
+    result = invoke("export", empty, "--out", tmp_path / "masks", "--dicom-seg", "--no-montage", "--no-compartments")
+    assert result.exit_code == 0 and "DICOM SEG for 0 of 1 patients" in result.output, result.output
+    assert not (tmp_path / "masks" / "P0000_seg.dcm").exists() and (tmp_path / "masks" / "P0000_labels.nii.gz").is_file()

@@ -494,9 +494,9 @@ def export(
     if not quiet:
         console.print(f"exported the masks of {len(exported.patients)} patients → {out}")
     if dicom_seg and not quiet:
-        others = len(exported.patients) - len(exported.dicom_seg)
         console.print(
-            f"DICOM SEG for {len(exported.dicom_seg)} of them" + (f" ({others} CTs are not DICOM series)" if others else "")
+            f"DICOM SEG for {len(exported.dicom_seg)} of {len(exported.patients)} patients (a CT read from a DICOM series "
+            "whose masks hold an ROI gets one)"
         )
 
 

@@ -6,8 +6,6 @@ scan. Written with highdicom, an optional extra (`pip install 'tipsprog[dicom-se
 from __future__ import annotations
 
 from pathlib import Path
-from types import ModuleType
-from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -36,7 +34,8 @@ def _source_slices(labels: sitk.Image, folder: Path, series_uid: str | None) -> 
 
 
 def write_dicom_seg(labels: sitk.Image, folder: Path, series_uid: str | None, path: Path) -> list[str]:
-    """Write the ROI labels on a DICOM series' own grid as a DICOM SEG at `path`; the ROIs it holds."""
+    """Write the ROI labels on a DICOM series' own grid as a DICOM SEG at `path`; the ROIs it holds (none, and no
+    file, where the labels hold no ROI)."""
     try:
         import highdicom as hd
         from pydicom.sr.codedict import codes
@@ -61,27 +60,22 @@ def write_dicom_seg(labels: sitk.Image, folder: Path, series_uid: str | None, pa
         for number, (roi, _) in enumerate(present, start=1)
     ]
     try:
-        segmentation = _segmentation(hd, sources, frames, present, descriptions)
+        segmentation = hd.seg.Segmentation(
+            source_images=sources,
+            pixel_array=np.stack([frames == label for _, label in present], axis=-1),
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=descriptions,
+            series_instance_uid=hd.UID(),
+            series_number=int(getattr(sources[0], "SeriesNumber", 0) or 0) + 1000,
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer="tipsprog",
+            manufacturer_model_name="tipsprog segment",
+            software_versions=__version__,
+            device_serial_number="0",
+            omit_empty_frames=False,
+        )
     except ValueError as err:  # highdicom's checks of the source series (attributes the SEG IOD requires)
         raise InputError(f"{folder}: cannot write a DICOM SEG referencing this series ({err})") from None
     segmentation.save_as(path)
     return [roi for roi, _ in present]
-
-
-def _segmentation(hd: ModuleType, sources: list, frames: np.ndarray, present: list[tuple[str, int]], descriptions: list) -> Any:
-    """The highdicom Segmentation of the label frames, one binary segment per present ROI."""
-    return hd.seg.Segmentation(
-        source_images=sources,
-        pixel_array=np.stack([frames == label for _, label in present], axis=-1),
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=descriptions,
-        series_instance_uid=hd.UID(),
-        series_number=int(getattr(sources[0], "SeriesNumber", 0) or 0) + 1000,
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer="tipsprog",
-        manufacturer_model_name="tipsprog segment",
-        software_versions=__version__,
-        device_serial_number="0",
-        omit_empty_frames=False,
-    )

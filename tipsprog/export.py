@@ -94,8 +94,8 @@ def run_export(seg: Path, out: Path, montage: bool = True, compartments: bool = 
                 painted = compartment_labels(working, labels) if compartments else labels
                 sitk.WriteImage(on_original_grid(painted, ct), str(tmp / f"{pid}_labels.nii.gz"), useCompression=True)
                 if dicom_seg and Path(ct_path).is_dir():
-                    write_dicom_seg(on_original_grid(labels, ct), Path(ct_path), series_uid, tmp / f"{pid}_seg.dcm")
-                    exported.dicom_seg.append(pid)
+                    if write_dicom_seg(on_original_grid(labels, ct), Path(ct_path), series_uid, tmp / f"{pid}_seg.dcm"):
+                        exported.dicom_seg.append(pid)
                 if montage:
                     draw_overlay(working, labels, tmp / f"{pid}_qc.png")
     return exported
