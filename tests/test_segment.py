@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import SimpleITK as sitk
+from scipy import ndimage
 
 from conftest import interrupt_after
 from tipsprog.images import read_ct, read_mask
@@ -123,6 +124,29 @@ def test_a_spleens_partial_volume_rim_is_not_taken_for_a_second_organ():
     kidney[:8] = True  # 40% of the basin 45 HU brighter: a second organ, dropped
     smooth[kidney] += 45.0
     assert not (_nearest_hu_class(region, smooth, target_hu=109.0, separation_hu=25.0) & kidney & ~rim).any()
+
+
+def test_an_organ_border_is_moved_out_to_its_half_maximum_edge():
+    """A spleen (120 HU) in fat seen through a scanner's blur (σ 1.5 mm) and labelled 3 mm inside its edge, as the
+    3 mm grid leaves it: its parenchyma window (median ± 25 HU) stopped the refinement about 2 mm inside the blurred
+    edge (volume −18%; IRCAD's spleen against its manual mask: −10%); moved to the half-maximum edge between it and
+    the fat it keeps its volume."""
+    from tipsprog.segment.classic import _refined_organs
+    from tipsprog.segment.morphology import depth_mm
+    from tipsprog.store import ROI_LABELS
+
+    spacing = np.array([1.5, 1.5, 1.5])
+    zz, yy, xx = np.indices((50, 50, 50)) * spacing[:, None, None, None]
+    spleen = (zz - 37.5) ** 2 + (yy - 37.5) ** 2 + (xx - 37.5) ** 2 <= 30.0**2
+    rng = np.random.default_rng(0)
+    hu = np.where(spleen, 120.0, -100.0) + 8.0 * rng.standard_normal(spleen.shape)
+    hu = ndimage.gaussian_filter(hu, 1.5 / spacing).astype(np.float32)
+    fine = sitk.GetImageFromArray(hu)
+    fine.SetSpacing(tuple(spacing))
+    labelled = sitk.GetImageFromArray((depth_mm(spleen, spacing) > 3.0).astype(np.uint8) * ROI_LABELS["spleen"])
+    labelled.CopyInformation(fine)
+    refined = sitk.GetArrayFromImage(_refined_organs(fine, hu, labelled)) == ROI_LABELS["spleen"]
+    assert 0.97 <= refined.sum() / spleen.sum() <= 1.03, refined.sum() / spleen.sum()
 
 
 @pytest.mark.slow
