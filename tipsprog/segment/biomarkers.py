@@ -18,7 +18,11 @@ as dark), outside liver and spleen and above the pelvis (the bladder). It is gro
 neighbourhood is fluid (a fat/soft-tissue border averages into the fluid window too, one voxel thin), from the fluid
 that lies within WALL_REACH_MM of the fascia (the wall muscle and its fat lining) and LINING_MM of the liver's or
 spleen's capsule (ascites collects first around the liver and spleen, between them and the wall; bowel lies inside
-them), then given back its one-voxel rim. Pieces smaller than MIN_FLUID_ML, with more than BOWEL_GAS_SHARE of their
+them). Layers too thin for such a core (one or two voxels: a 5 mm layer at 2 mm voxels) are grown from the same
+seeds through fluid that fills at least SHEET_SHARE of its 3 × 3 × 3 neighbourhood (a two-voxel layer fills 2/3 of
+it, a one-voxel border 1/3), except the pieces that reach the fascia: a thin, fatty wall muscle between the
+subcutaneous and the properitoneal fat reads as such a layer, and ascites lies inside the wall. The fluid found is
+given back its one-voxel rim. Pieces smaller than MIN_FLUID_ML, with more than BOWEL_GAS_SHARE of their
 voxels within LINING_MM of gas (fluid under gas is in the bowel; a layer of ascites touches the lung bases over a
 small part of it) or compact (a gallbladder, a cyst: filling more than COMPACT_FILL of their convex hull) are not
 ascites. Without contrast (a liver under UNENHANCED_LIVER_HU) the bowel's fluid content reads as fluid too and
@@ -57,6 +61,7 @@ RETROPERITONEUM_MM = 30.0
 WALL_REACH_MM = 25.0
 FLUID_GRID_MM = 2.0
 MIN_FLUID_ML, LINING_MM, COMPACT_FILL, COMPACT_MAX_ML, BOWEL_GAS_SHARE = 2.0, 6.0, 0.7, 300.0, 0.2
+SHEET_SHARE = 0.5
 UNENHANCED_LIVER_HU = 75.0  # a liver below it reads as without contrast (about 55 HU; 90–130 portal venous)
 SMOOTH_SURFACE_MM = 5.0
 DEFAULT_TRUNK_RADIUS_MM = 6.0
@@ -239,6 +244,16 @@ def _fluid_grid(ct: sitk.Image) -> sitk.Image:
     return sitk.BinShrink(sitk.Cast(ct, sitk.sitkFloat32), factors)
 
 
+def _thin_layers(fluid: np.ndarray, seeds: np.ndarray, thick: np.ndarray, fascia: np.ndarray) -> np.ndarray:
+    """Layers of fluid too thin for a core, grown from the seeds through fluid filling at least SHEET_SHARE of its
+    3 × 3 × 3 neighbourhood (a two-voxel layer fills 2/3, a one-voxel fat/tissue border 1/3), less the pieces that
+    reach the fascia: a thin fatty wall muscle reads as fluid between two fats, and ascites lies inside the wall."""
+    sheet = fluid & (ndimage.uniform_filter(fluid.astype(np.float32), 3) >= SHEET_SHARE)
+    layers = ndimage.binary_propagation(sheet & seeds, mask=sheet) & ~thick
+    pieces, _ = ndimage.label(layers)
+    return layers & ~np.isin(pieces, np.unique(pieces[layers & fascia]))
+
+
 def ascites_mask(ct: sitk.Image, labels: sitk.Image) -> tuple[np.ndarray, sitk.Image] | None:
     """Free peritoneal fluid, as the module docstring defines it, on a grid of about FLUID_GRID_MM (the mask and its
     grid); None where no spine is in view (the retroperitoneum cannot be told from the peritoneal cavity)."""
@@ -255,9 +270,9 @@ def ascites_mask(ct: sitk.Image, labels: sitk.Image) -> tuple[np.ndarray, sitk.I
     water = water_offset_hu(ct)
     fluid = (hu >= FLUID_HU[0] + water) & (hu <= FLUID_HU[1] + water) & inside & allowed & ~organs
     core = ndimage.binary_erosion(fluid)  # a fat/tissue border averages into the fluid window too, one voxel thin
-    wall = inside & ~eroded(inside, WALL_REACH_MM, spacing)
-    capsule = dilated(organs, LINING_MM + spacing.max(), spacing)
-    grown = ndimage.binary_propagation(core & wall & capsule, mask=core)
+    seeds = inside & ~eroded(inside, WALL_REACH_MM, spacing) & dilated(organs, LINING_MM + spacing.max(), spacing)
+    grown = ndimage.binary_propagation(core & seeds, mask=core)
+    grown |= _thin_layers(fluid, seeds, grown, inside & ~eroded(inside, spacing.max(), spacing))
     gas = dilated((hu < GAS_HU) & inside, LINING_MM, spacing)
     components, _ = ndimage.label(ndimage.binary_dilation(grown) & fluid)
     ascites = np.zeros(hu.shape, bool)
