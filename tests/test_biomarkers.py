@@ -12,8 +12,9 @@ from conftest import REAL_CT, shared_data
 from tipsprog import store
 from tipsprog.images import read_ct, read_mask
 from tipsprog.segment import Backend, run_segment, segment_scan
-from tipsprog.segment.biomarkers import MIN_FLUID_ML, NAMES, _largest_per_slice, ascites_ml, body_composition, measure
+from tipsprog.segment.biomarkers import MIN_FLUID_ML, NAMES, ascites_ml, body_composition, measure
 from tipsprog.segment.crops import roi_volumes
+from tipsprog.segment.fascia import largest_per_slice
 from tipsprog.segment.morphology import depth_mm, largest
 from tipsprog.segment.portal import portal_vein_measurements
 from tipsprog.segment.qc import qc_reason
@@ -163,7 +164,7 @@ def test_each_slice_of_a_stack_keeps_its_own_largest_component():
     rng = np.random.default_rng(0)
     stack = rng.random((6, 40, 40)) > 0.55
     stack[:3, 5:35, 5:35] = True  # large on the first three slices only
-    found = _largest_per_slice(stack)
+    found = largest_per_slice(stack)
     assert all(np.array_equal(found[k], largest(stack[k])) for k in range(len(stack)))
 
 

@@ -2,9 +2,8 @@
 ascites, liver and spleen size and liver surface, portal-vein calibre (the store's feature block `biomarkers`).
 
 Body composition follows the Alberta protocol: on the axial slices within SLAB_MM of the middle of L3
-(vertebrae.py), skeletal muscle is tissue of MUSCLE_HU, fat of FAT_HU. Subcutaneous fat is the fat reached from the
-skin through fat wider than 2 × SAT_NECK_MM (a gap in the muscle wall does not let it into the abdomen). Inside it
-lies the fascia; muscle is what of MUSCLE_HU is (a) reached from the fascia through muscle within WALL_MM (the
+(vertebrae.py), skeletal muscle is tissue of MUSCLE_HU, fat of FAT_HU; subcutaneous fat and the fascia inside it are
+fascia.py's; muscle is what of MUSCLE_HU is (a) reached from the fascia through muscle within WALL_MM (the
 abdominal wall) or (b) in the boxes where the posterior muscles lie relative to the spinal canal's front
 (vertebrae.py): paraspinal muscles behind it, psoas beside the vertebral body, quadratus lumborum behind the kidney;
 never the spinal canal, the liver or the spleen. Visceral fat is the fat inside the fascia in front of the canal,
@@ -38,18 +37,17 @@ from scipy.spatial import ConvexHull, QhullError
 
 from tipsprog.manifest import BlockEntry
 from tipsprog.segment.acquisition import air_offset_hu, roi_median_hu
+from tipsprog.segment.fascia import FAT_HU, SKIN_MM, fascia_inside
 from tipsprog.segment.landmarks import pelvis_top, slice_levels
 from tipsprog.segment.morphology import depth_mm, dilated, eroded
 from tipsprog.segment.portal import PortalVein
 from tipsprog.segment.vertebrae import VertebralLevels, canal_front_rows, shrunk, vertebral_levels
 from tipsprog.store import ROI_LABELS, FeatureBlock
 
-MUSCLE_HU, FAT_HU, FLUID_HU = (-29.0, 150.0), (-190.0, -30.0), (-15.0, 25.0)
-BODY_HU, GAS_HU = -500.0, -400.0
+MUSCLE_HU, FLUID_HU = (-29.0, 150.0), (-15.0, 25.0)
+GAS_HU = -400.0
 MAX_OFFSET_HU = 30.0
 SLAB_MM = 5.0
-SKIN_MM = 10.0
-SAT_NECK_MM = 6.0
 WALL_MM = 20.0
 POSTERIOR_MUSCLE_BOXES_MM = (
     ((-90.0, 0.0), (0.0, 80.0)),  # (mm ahead of the canal's front, mm from the midline):
@@ -66,9 +64,6 @@ UNENHANCED_LIVER_HU = 75.0  # a liver below it reads as without contrast (about 
 SMOOTH_SURFACE_MM = 5.0
 DEFAULT_TRUNK_RADIUS_MM = 6.0
 COMPARTMENT_LABELS = {"skeletal_muscle": 4, "subcutaneous_fat": 5, "visceral_fat": 6, "ascites": 7}  # export's labels
-SLICES_APART_MM = 1e6  # the z spacing a stack of slices is given: no distance reaches from one slice to the next
-IN_PLANE = np.zeros((3, 3, 3), bool)
-IN_PLANE[1] = ndimage.generate_binary_structure(2, 1)  # 4-connected within an axial slice, nothing across slices
 LUMBAR_ORDER = ("L3", "L2", "L4", "L1")
 
 EXTRACTOR, VERSION = "tipsprog-biomarkers", "1"
@@ -92,50 +87,12 @@ def groups() -> list[str]:
     return [name.split("/")[0] for name in NAMES]
 
 
-def _fascia_inside(hu: np.ndarray, spacing: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Body, subcutaneous fat and what the fascia encloses on an axial slice (y, x) or on each slice of a stack
-    (z, y, x) on its own; spacing is the in-plane (y, x) one."""
-    stack = hu if hu.ndim == 3 else hu[None]
-    grid = np.array([SLICES_APART_MM, *spacing])
-    body = _per_slice(ndimage.binary_fill_holes, _largest_per_slice(stack > BODY_HU))
-    fat = (stack >= FAT_HU[0]) & (stack <= FAT_HU[1]) & body
-    skin = body & ~eroded(body, SKIN_MM, grid)
-    core = eroded(fat, SAT_NECK_MM, grid)  # reached through fat wider than a gap in the muscle wall
-    reached = _per_slice(ndimage.binary_propagation, core & skin, mask=core)
-    subcutaneous = _per_slice(
-        ndimage.binary_propagation,
-        reached | (fat & skin),
-        mask=fat & dilated(reached, SAT_NECK_MM + spacing.max(), grid) | (fat & skin),
-    )
-    inside = _per_slice(ndimage.binary_fill_holes, _largest_per_slice(body & ~subcutaneous & ~(skin & ~fat)))
-    return (body, subcutaneous, inside) if hu.ndim == 3 else (body[0], subcutaneous[0], inside[0])
-
-
-def _per_slice(operation, image: np.ndarray, **limits: np.ndarray) -> np.ndarray:
-    """A scipy binary operation (fill holes, propagation) on each axial slice of a stack on its own."""
-    return operation(image, structure=IN_PLANE, **limits)
-
-
-def _largest_per_slice(mask: np.ndarray) -> np.ndarray:
-    """The largest (4-)connected component of each axial slice of a stack (ties: the first in raster order)."""
-    components, count = ndimage.label(mask, structure=IN_PLANE)
-    if count == 0:
-        return mask.copy()
-    sizes = np.bincount(components.ravel())[1:]
-    plane = np.array([region[0].start for region in ndimage.find_objects(components)])
-    order = np.lexsort((np.arange(count), -sizes, plane))
-    first = order[np.r_[True, plane[order][1:] != plane[order][:-1]]]
-    keep = np.zeros(count + 1, bool)
-    keep[first + 1] = True
-    return keep[components]
-
-
 def composition_on_slice(
     hu: np.ndarray, spacing: np.ndarray, canal_front: float, organs: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Skeletal muscle, subcutaneous and visceral fat masks on one median-filtered axial slice (y, x; spacing in mm)
     whose spinal canal's anterior edge lies on row canal_front; organs (liver, spleen) are never muscle."""
-    body, subcutaneous, inside = _fascia_inside(hu, spacing)
+    body, subcutaneous, inside = fascia_inside(hu, spacing)
     midline = ndimage.center_of_mass(body)[1]
     muscle_range = (hu >= MUSCLE_HU[0]) & (hu <= MUSCLE_HU[1]) & inside
     lining = inside & ~eroded(inside, SKIN_MM / 2.0, spacing)
@@ -266,7 +223,7 @@ def ascites_mask(ct: sitk.Image, labels: sitk.Image) -> tuple[np.ndarray, sitk.I
     allowed = sitk.GetArrayFromImage(sitk.Resample(region, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0)).astype(bool)
     spacing = np.array(grid.GetSpacing()[::-1])
     organs = (roi == ROI_LABELS["liver"]) | (roi == ROI_LABELS["spleen"])
-    inside = _fascia_inside(hu, spacing[1:])[2]
+    inside = fascia_inside(hu, spacing[1:])[2]
     water = water_offset_hu(ct)
     fluid = (hu >= FLUID_HU[0] + water) & (hu <= FLUID_HU[1] + water) & inside & allowed & ~organs
     core = ndimage.binary_erosion(fluid)  # a fat/tissue border averages into the fluid window too, one voxel thin
