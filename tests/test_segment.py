@@ -35,12 +35,15 @@ def test_classic_on_synthetic_scans(tmp_path):
 def test_classic_on_real_ct(real_ct):
     ct = read_ct(real_ct / "example_ct_sm.nii.gz")
     labels = segment_scan(ct, Backend("classic"))
-    dice = dice_per_roi(labels, _real_reference(real_ct, ct))
+    reference = _real_reference(real_ct, ct)
+    dice = dice_per_roi(labels, reference)
     print(f"real CT Dice liver {dice[0]:.3f} spleen {dice[1]:.3f} portal vein {dice[2]:.3f}")
-    # the #20 targets; measured 0.901 / 0.885 (non-contrast scan, 90 mm of upper abdomen; 0.898 / 0.883 while a
-    # closing before the hole filling also filled the hilum and the IVC's groove)
-    assert dice[0] >= 0.90 and dice[1] >= 0.88
+    # the #20 targets (0.90 / 0.88); measured 0.915 / 0.938 (non-contrast scan, 90 mm of upper abdomen; 0.901 /
+    # 0.900 while the wall muscle along the ribs was searched too)
+    assert dice[0] >= 0.91 and dice[1] >= 0.92
     volumes = roi_volumes(labels)
+    spleen_ml = roi_volumes(reference)[1]
+    assert abs(volumes[1] / spleen_ml - 1.0) <= 0.10  # #21's goal; it was +13% with the wall muscle
     assert 600 < volumes[0] < 4000
     assert volumes[2] == 0  # no contrast, no enhancing vessel tree: no portal vein rather than a wrong one
 
@@ -147,6 +150,33 @@ def test_an_organ_border_is_moved_out_to_its_half_maximum_edge():
     labelled.CopyInformation(fine)
     refined = sitk.GetArrayFromImage(_refined_organs(fine, hu, labelled)) == ROI_LABELS["spleen"]
     assert 0.97 <= refined.sum() / spleen.sum() <= 1.03, refined.sum() / spleen.sum()
+
+
+def test_the_organs_are_searched_inside_the_rib_cage_where_ribs_are_near():
+    """A body wall whose muscle reads like the organs (a non-contrast scan) with ribs in it on the patient's right:
+    what lies beyond the ribs' inner surface there is not searched, the patient's left (no ribs) and what lies
+    beyond the ribs' ends are searched up to the wall as before (extrapolated past the lowest ribs' ends, the cage cut
+    the spleen's side on a 1.5 mm reconstruction: Dice 0.85). Without it the classic liver took the wall muscle along its side (non-contrast example:
+    spleen +13% and liver +20% against TotalSegmentator's masks)."""
+    from tipsprog.segment.classic import _inside_rib_cage
+
+    spacing = np.array([3.0, 3.0, 3.0])
+    z, y, x = np.indices((20, 100, 120)).astype(float)
+    scale = np.hypot((y - 50.0) * 3.0 / 140.0, (x - 60.0) * 3.0 / 170.0)  # an ellipse 280 × 340 mm: 1 at the skin
+    body = scale <= 1.0
+    hu = np.where(body, np.where(scale > 0.9, -100.0, 40.0), -1000.0)  # subcutaneous fat, then muscle and organs
+    angle = np.degrees(np.arctan2(y - 50.0, x - 60.0))
+    for k in range(20):  # ribs cross each slice at a few angles, turning along z as oblique ribs do
+        rib_angles = np.radians(130.0 + 20.0 * np.arange(5) + 2.0 * k)
+        for a in rib_angles:
+            row, column = 50.0 + 0.82 * 140.0 / 3.0 * np.sin(a), 60.0 + 0.82 * 170.0 / 3.0 * np.cos(a)
+            hu[k, int(row) : int(row) + 2, int(column) : int(column) + 2] = 600.0
+    inside = _inside_rib_cage(hu.astype(np.float32), body, spacing)
+    covered = body & (np.abs(angle % 360.0 - 189.0) < 19.0)  # the patient's right, between ribs on every slice
+    assert not (inside & covered & (scale > 0.86)).any()  # the wall beyond the ribs
+    assert inside[covered & (scale < 0.7)].all()  # the organs inside them
+    assert inside[(np.abs(angle) < 60.0) & body].all()  # no rib near: nothing cut
+    assert inside[body & (np.abs(angle % 360.0 - 122.0) < 4.0)].all()  # beyond the ribs' ends: not extrapolated
 
 
 @pytest.mark.slow

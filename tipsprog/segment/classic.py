@@ -1,11 +1,13 @@
 """Training-free segmentation from anatomy: HU windows, morphology, watersheds and landmarks.
 
-Liver and spleen (3 mm grid): the organs are searched above the pelvis (its iliac wings: landmarks.py) and deeper
-than the body wall; the liver's HU window comes from a parenchyma core on the patient's right; organs of that window
-that touch are split by a watershed on the depth map (organs touch through necks thinner than themselves); the
-liver is the largest basin on the right, the spleen the highest large basin on the left and posterior. Vessels and
-lesions the parenchyma window leaves out are filled back (closing, enclosed holes). On the finer grid of the portal
-vein their borders are moved out to the half-maximum edge between parenchyma and the tissue around it.
+Liver and spleen (3 mm grid): the organs are searched above the pelvis (its iliac wings: landmarks.py), deeper
+than the body wall and inside the rib cage's inner surface where ribs are near (the wall muscles touch the organs
+with no fat plane and, without contrast, have their HU); the liver's HU window comes from a parenchyma core on the
+patient's right; organs of that window that touch are split by a watershed on the depth map (organs touch through
+necks thinner than themselves); the liver is the largest basin on the right, the spleen the highest large basin on
+the left and posterior. Vessels and lesions the parenchyma window leaves out are filled back (closing, enclosed
+holes). On the finer grid of the portal vein their borders are moved out to the half-maximum edge between
+parenchyma and the tissue around it.
 
 Portal vein (1.5 mm grid, contrast scans): the enhancing vessel tree that branches inside the liver and leaves it at
 the hilum, cleared of bone, of the vertebral column's neighbourhood (aorta) and of thick blobs (kidneys, heart),
@@ -22,6 +24,7 @@ from scipy import ndimage
 from skimage.filters import threshold_otsu
 
 from tipsprog.images import antialiased_resample
+from tipsprog.segment.fascia import fascia_inside
 from tipsprog.segment.landmarks import pelvis_top, slice_levels
 from tipsprog.segment.morphology import depth_mm, dilated, eroded, largest
 from tipsprog.store import ROI_LABELS
@@ -61,6 +64,13 @@ SETTINGS: dict[str, Any] = {
     "portal_min_intrahepatic_ml": 2.0,
     "vessel_box_margin_mm": 60.0,
     "vessel_max_spacing_mm": 3.5,
+    "rib_hu": 250.0,
+    "rib_blob_radius_mm": 6.0,
+    "rib_max_depth_mm": 25.0,
+    "rib_bins": 72,
+    "rib_reach_deg": 15.0,
+    "rib_reach_mm": 6.0,
+    "diaphragm_mm": 3.0,
 }
 
 
@@ -73,6 +83,68 @@ def _body(hu: np.ndarray) -> np.ndarray:
 def _centroid_index(region: tuple[slice, ...], component: np.ndarray) -> np.ndarray:
     """Centroid of a component in full-array voxel indices (z, y, x)."""
     return np.array(ndimage.center_of_mass(component)) + np.array([s.start for s in region])
+
+
+def _inside_rib_cage(hu: np.ndarray, body: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """What lies inside the rib cage's inner surface less DIAPHRAGM_MM: the liver and spleen lie under the
+    diaphragm, which lines the ribs, and the intercostal and outer wall muscles that touch them with no fat plane
+    lie outside it. True where no rib is near (below the costal margin, at the costal cartilages).
+
+    Ribs: voxels above RIB_HU (bone; brighter than enhanced blood on a 3 mm grid) away from the vertebral column
+    and from thick bright blobs (kidneys, vessels: deeper than RIB_BLOB_RADIUS_MM), at most RIB_MAX_DEPTH_MM
+    inside the fascia along rays from each slice's body centre (the wall muscles outside the ribs are thinner than
+    that; an enhancing vessel or kidney deeper in is no rib). The cage's inner radius at each angle is the median of
+    the innermost ribs' radii within RIB_REACH_DEG and RIB_REACH_MM above and below: ribs run obliquely, so an
+    axial slice cuts them at a few angles with the intercostal spaces between."""
+    bright = (hu > SETTINGS["rib_hu"]) & body
+    depth = depth_mm(bright, spacing)
+    blob_radius = SETTINGS["rib_blob_radius_mm"]
+    blobs = ndimage.binary_propagation(depth > blob_radius, mask=bright & (depth > 0.5 * blob_radius))
+    _, column = _vertebral_column(hu, spacing, ndimage.center_of_mass(body)[2])
+    ribs = bright & ~dilated(blobs | column, spacing.max(), spacing)
+    z, radius, angle = _polar(body, spacing)
+    enclosed = fascia_inside(hu, spacing[1:])[2] & body
+    fascia_radius = np.zeros((len(hu), SETTINGS["rib_bins"]))
+    np.maximum.at(fascia_radius, (z[enclosed], angle[enclosed]), radius[enclosed])
+    ribs &= radius >= fascia_radius[z, angle] - SETTINGS["rib_max_depth_mm"]
+    innermost = np.full(fascia_radius.shape, np.inf)
+    np.minimum.at(innermost, (z[ribs], angle[ribs]), radius[ribs])
+    cage = _nearby_median(np.where(np.isfinite(innermost), innermost, np.nan), spacing[0])
+    return ~(radius > cage[z, angle] - SETTINGS["diaphragm_mm"])  # NaN (no rib near): inside
+
+
+def _polar(body: np.ndarray, spacing: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Slice index, in-plane radius (mm) and angular bin of every voxel about its slice's body centre (RIB_BINS bins:
+    5°, about a rib's width at the cage's radius)."""
+    z, y, x = np.indices(body.shape)
+    centres = np.array([ndimage.center_of_mass(plane) if plane.any() else (0.0, 0.0) for plane in body])
+    dy, dx = (y - centres[:, 0, None, None]) * spacing[1], (x - centres[:, 1, None, None]) * spacing[2]
+    bins = SETTINGS["rib_bins"]
+    return z, np.hypot(dy, dx), ((np.arctan2(dy, dx) + np.pi) / (2 * np.pi) * bins).astype(int) % bins
+
+
+def _nearby_median(radii: np.ndarray, slice_mm: float) -> np.ndarray:
+    """Median of the (slice, angular bin) radii within RIB_REACH_DEG and RIB_REACH_MM, where a rib is known at the
+    bin's own angle or on both sides of it (between ribs, not beyond a rib's end); NaN elsewhere."""
+    reach_bins = int(round(SETTINGS["rib_reach_deg"] / 360.0 * radii.shape[1]))
+    reach_slices = int(round(SETTINGS["rib_reach_mm"] / slice_mm))
+    padded = np.pad(radii, ((reach_slices, reach_slices), (0, 0)), constant_values=np.nan)
+    near = np.stack(
+        [
+            np.stack(
+                [
+                    np.roll(padded[reach_slices + dz : reach_slices + dz + len(radii)], shift, axis=1)
+                    for dz in range(-reach_slices, reach_slices + 1)
+                ]
+            )
+            for shift in range(-reach_bins, reach_bins + 1)
+        ]
+    )  # (angular shift, slice offset, slice, bin)
+    seen = np.isfinite(near).any(axis=1)
+    known = seen[reach_bins] | (seen[:reach_bins].any(axis=0) & seen[reach_bins + 1 :].any(axis=0))
+    median = np.full(radii.shape, np.nan)
+    median[known] = np.nanmedian(near.reshape(-1, *radii.shape)[:, known], axis=0)
+    return median
 
 
 def _liver_seed(smooth: np.ndarray, deep: np.ndarray, spacing: np.ndarray, mid_x: float) -> np.ndarray:
@@ -424,6 +496,7 @@ def _median_hu(ct: sitk.Image) -> np.ndarray:
 
 def _label_array(smooth: np.ndarray, ct: sitk.Image) -> np.ndarray:
     """Liver and spleen labels of a CT on its own grid, from its median-filtered HU array."""
+    hu = sitk.GetArrayFromImage(ct).astype(np.float32)
     spacing = np.array(ct.GetSpacing()[::-1])
     body = _body(smooth)
     labels = np.zeros(smooth.shape, dtype=np.uint8)
@@ -432,7 +505,7 @@ def _label_array(smooth: np.ndarray, ct: sitk.Image) -> np.ndarray:
         body[: top + 1] = False  # the liver and spleen lie above the pelvis
     if body.any():
         mid = np.array(ndimage.center_of_mass(body))
-        deep = eroded(body, SETTINGS["wall_mm"], spacing)
+        deep = eroded(body, SETTINGS["wall_mm"], spacing) & _inside_rib_cage(hu, body, spacing)
         liver, spleen = _liver_and_spleen(smooth, deep, spacing, mid)
         labels[liver] = ROI_LABELS["liver"]
         labels[spleen & ~liver] = ROI_LABELS["spleen"]
