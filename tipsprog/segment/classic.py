@@ -116,7 +116,8 @@ def _inside_rib_cage(hu: np.ndarray, body: np.ndarray, spacing: np.ndarray) -> n
 def _polar(body: np.ndarray, spacing: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Slice index, in-plane radius (mm) and angular bin of every voxel about its slice's body centre (RIB_BINS bins:
     5°, about a rib's width at the cage's radius)."""
-    z, y, x = np.indices(body.shape)
+    grid = np.indices(body.shape)
+    z, y, x = grid[0], grid[1], grid[2]
     centres = np.array([ndimage.center_of_mass(plane) if plane.any() else (0.0, 0.0) for plane in body])
     dy, dx = (y - centres[:, 0, None, None]) * spacing[1], (x - centres[:, 1, None, None]) * spacing[2]
     bins = SETTINGS["rib_bins"]
