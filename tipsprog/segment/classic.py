@@ -94,8 +94,9 @@ def _inside_rib_cage(hu: np.ndarray, body: np.ndarray, spacing: np.ndarray) -> n
     and from thick bright blobs (kidneys, vessels: deeper than RIB_BLOB_RADIUS_MM), at most RIB_MAX_DEPTH_MM
     inside the fascia along rays from each slice's body centre (the wall muscles outside the ribs are thinner than
     that; an enhancing vessel or kidney deeper in is no rib). The cage's inner radius at each angle is the median of
-    the innermost ribs' radii within RIB_REACH_DEG and RIB_REACH_MM above and below: ribs run obliquely, so an
-    axial slice cuts them at a few angles with the intercostal spaces between."""
+    the innermost ribs' radii within RIB_REACH_DEG and RIB_REACH_MM above and below, where a rib lies at that angle
+    or on both sides of it: ribs run obliquely, so an axial slice cuts them at a few angles with the intercostal
+    spaces between, and past the lowest ribs' ends nothing is cut."""
     bright = (hu > SETTINGS["rib_hu"]) & body
     depth = depth_mm(bright, spacing)
     blob_radius = SETTINGS["rib_blob_radius_mm"]
