@@ -6,7 +6,7 @@ with no fat plane and, without contrast, have their HU); the liver's HU window c
 patient's right; organs of that window that touch are split by a watershed on the depth map (organs touch through
 necks thinner than themselves); the liver is the largest basin on the right, the spleen the highest large basin on
 the left and posterior. Vessels and lesions the parenchyma window leaves out are filled back (closing, enclosed
-holes). On the finer grid of the portal vein their borders are moved out to the half-maximum edge between
+holes); what hangs below the liver no wider than a vein (the IVC, without contrast) is left out. On the finer grid of the portal vein their borders are moved out to the half-maximum edge between
 parenchyma and the tissue around it.
 
 Portal vein (1.5 mm grid, contrast scans): the enhancing vessel tree that branches inside the liver and leaves it at
@@ -71,6 +71,8 @@ SETTINGS: dict[str, Any] = {
     "rib_reach_deg": 15.0,
     "rib_reach_mm": 6.0,
     "diaphragm_mm": 3.0,
+    "vein_max_cm2": 8.0,
+    "vein_min_mm": 30.0,
 }
 
 
@@ -237,7 +239,55 @@ def _liver_and_spleen(
     liver_label = _largest_marker(basins, regions, lambda zyx: zyx[2] < mid[2])
     liver = _filled(_opened(basins == liver_label, spacing))
     liver |= _enclosed_tissue(liver, smooth, deep, centre + half, spacing)
+    liver = _without_hanging_veins(liver, spacing)
     return liver, _spleen(smooth, deep & ~dilated(liver, spacing.max(), spacing), centre, half, liver, spacing, mid)
+
+
+def _without_hanging_veins(organ: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """The organ less the branches hanging below its widest axial slice that are no wider than a vein all along
+    (VEIN_MAX_CM2: the IVC is at most about 30 mm across) for at least VEIN_MIN_MM: without contrast the IVC has the
+    liver's HU and joins it at the caudate lobe, while a lobe's tip leaves the liver wide and narrows. A branch is a
+    run of axial pieces each overlapping one piece above it and nothing else below that one; where pieces split or
+    merge, new branches start (and go with their parents where those all go)."""
+    if not organ.any():
+        return organ
+    pixel_cm2 = float(spacing[1] * spacing[2]) / 100.0
+    widest = int(np.argmax(organ.sum(axis=(1, 2))))
+    above = ndimage.label(organ[widest])[0]
+    above_branch = np.zeros(above.max() + 1, int)  # branch 0: the organ's body
+    widest_cm2: list[float] = [np.inf]  # per branch: its widest piece, its slices, the branches it hangs from
+    slices: list[int] = [0]
+    parents: list[set[int]] = [set()]
+    branches_below: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for z in range(widest - 1, -1, -1):
+        pieces, count = ndimage.label(organ[z])
+        touching = (pieces > 0) & (above > 0)
+        links = np.unique(np.stack([pieces[touching], above[touching]]), axis=1).T  # (piece, piece above) pairs
+        branch_of = np.full(count + 1, -1)
+        for piece in range(1, count + 1):
+            ups = links[links[:, 0] == piece, 1]
+            if not len(ups):
+                continue  # joins the organ below this slice only: left as it is
+            if len(ups) == 1 and (links[:, 1] == ups[0]).sum() == 1:
+                branch = above_branch[ups[0]]
+            else:
+                branch = len(widest_cm2)
+                widest_cm2.append(0.0)
+                slices.append(0)
+                parents.append({int(above_branch[up]) for up in ups})
+            branch_of[piece] = branch
+            widest_cm2[branch] = max(widest_cm2[branch], float((pieces == piece).sum()) * pixel_cm2)
+            slices[branch] += 1
+        branches_below[z] = (pieces, branch_of)
+        above, above_branch = np.where(branch_of[pieces] >= 0, pieces, 0), np.maximum(branch_of, 0)
+    removed = np.zeros(len(widest_cm2), bool)
+    for branch in range(1, len(widest_cm2)):  # a branch comes after its parents
+        vein = widest_cm2[branch] <= SETTINGS["vein_max_cm2"] and slices[branch] * spacing[0] >= SETTINGS["vein_min_mm"]
+        removed[branch] = vein or all(removed[parent] for parent in parents[branch])
+    kept = organ.copy()
+    for z, (pieces, branch_of) in branches_below.items():
+        kept[z] &= ((branch_of < 0) | ~removed[np.maximum(branch_of, 0)])[pieces]
+    return kept
 
 
 def _nearest_hu_class(region: np.ndarray, smooth: np.ndarray, target_hu: float, separation_hu: float) -> np.ndarray:
