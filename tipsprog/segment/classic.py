@@ -6,8 +6,9 @@ with no fat plane and, without contrast, have their HU); the liver's HU window c
 patient's right; organs of that window that touch are split by a watershed on the depth map (organs touch through
 necks thinner than themselves); the liver is the largest basin on the right, the spleen the highest large basin on
 the left and posterior. Vessels and lesions the parenchyma window leaves out are filled back (closing, enclosed
-holes); what hangs below the liver no wider than a vein (the IVC, without contrast) is left out. On the finer grid of the portal vein their borders are moved out to the half-maximum edge between
-parenchyma and the tissue around it.
+holes); what hangs below the liver no wider than a vein (the IVC, without contrast) is left out. On the finer grid
+of the portal vein their borders are moved out to the half-maximum edge between parenchyma and the tissue around
+it.
 
 Portal vein (1.5 mm grid, contrast scans): the enhancing vessel tree that branches inside the liver and leaves it at
 the hilum, cleared of bone, of the vertebral column's neighbourhood (aorta) and of thick blobs (kidneys, heart),
@@ -261,6 +262,7 @@ def _without_hanging_veins(organ: np.ndarray, spacing: np.ndarray) -> np.ndarray
     branches_below: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for z in range(widest - 1, -1, -1):
         pieces, count = ndimage.label(organ[z])
+        piece_cm2 = np.bincount(pieces.ravel(), minlength=count + 1) * pixel_cm2
         touching = (pieces > 0) & (above > 0)
         links = np.unique(np.stack([pieces[touching], above[touching]]), axis=1).T  # (piece, piece above) pairs
         branch_of = np.full(count + 1, -1)
@@ -276,7 +278,7 @@ def _without_hanging_veins(organ: np.ndarray, spacing: np.ndarray) -> np.ndarray
                 slices.append(0)
                 parents.append({int(above_branch[up]) for up in ups})
             branch_of[piece] = branch
-            widest_cm2[branch] = max(widest_cm2[branch], float((pieces == piece).sum()) * pixel_cm2)
+            widest_cm2[branch] = max(widest_cm2[branch], float(piece_cm2[piece]))
             slices[branch] += 1
         branches_below[z] = (pieces, branch_of)
         above, above_branch = np.where(branch_of[pieces] >= 0, pieces, 0), np.maximum(branch_of, 0)
