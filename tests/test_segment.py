@@ -38,13 +38,14 @@ def test_classic_on_real_ct(real_ct):
     reference = _real_reference(real_ct, ct)
     dice = dice_per_roi(labels, reference)
     print(f"real CT Dice liver {dice[0]:.3f} spleen {dice[1]:.3f} portal vein {dice[2]:.3f}")
-    # the #20 targets (0.90 / 0.88); measured 0.923 / 0.938 (non-contrast scan, 90 mm of upper abdomen; 0.901 /
+    # the #20 targets (0.90 / 0.88); measured 0.934 / 0.947 (non-contrast scan, 90 mm of upper abdomen; 0.901 /
     # 0.900 while the wall muscle along the ribs was searched too)
     assert dice[0] >= 0.91 and dice[1] >= 0.92
-    volumes = roi_volumes(labels)
-    spleen_ml = roi_volumes(reference)[1]
-    assert abs(volumes[1] / spleen_ml - 1.0) <= 0.10  # #21's goal; it was +13% with the wall muscle
-    assert 600 < volumes[0] < 4000
+    volumes, reference_ml = roi_volumes(labels), roi_volumes(reference)
+    print(f"real CT liver / spleen {volumes[0]:.0f} / {volumes[1]:.0f} mL against {reference_ml[0]:.0f} / {reference_ml[1]:.0f}")
+    # #21's goal; measured +9.5% / +1.1%: the liver was +14.0% with the wall muscle under the costal cartilages and
+    # the intrahepatic IVC, +19.9% with the wall muscle along the ribs too; the spleen +13% then
+    assert abs(volumes[0] / reference_ml[0] - 1.0) <= 0.10 and abs(volumes[1] / reference_ml[1] - 1.0) <= 0.10
     assert volumes[2] == 0  # no contrast, no enhancing vessel tree: no portal vein rather than a wrong one
 
 
@@ -171,7 +172,7 @@ def test_the_organs_are_searched_inside_the_rib_cage_where_ribs_are_near():
         for a in rib_angles:
             row, column = 50.0 + 0.82 * 140.0 / 3.0 * np.sin(a), 60.0 + 0.82 * 170.0 / 3.0 * np.cos(a)
             hu[k, int(row) : int(row) + 2, int(column) : int(column) + 2] = 600.0
-    inside = _inside_rib_cage(hu.astype(np.float32), body, spacing)
+    inside = _inside_rib_cage(hu.astype(np.float32), np.zeros_like(body), body, spacing)
     covered = body & (np.abs(angle % 360.0 - 189.0) < 19.0)  # the patient's right, between ribs on every slice
     assert not (inside & covered & (scale > 0.86)).any()  # the wall beyond the ribs
     assert inside[covered & (scale < 0.7)].all()  # the organs inside them
@@ -179,10 +180,44 @@ def test_the_organs_are_searched_inside_the_rib_cage_where_ribs_are_near():
     assert inside[body & (np.abs(angle % 360.0 - 122.0) < 4.0)].all()  # beyond the ribs' ends: not extrapolated
 
 
-def test_a_vein_hanging_below_the_liver_is_left_out_and_a_lobe_is_kept():
-    """Without contrast the IVC has the liver's HU and joins it at the caudate lobe, so the liver followed it 6 cm
-    below its tip on the pelvis-to-abdomen example: a tube no wider than a vein hanging 60 mm below the liver is
-    left out; a lobe's tip that leaves wide and narrows, and a short knob, are kept."""
+def test_costal_cartilage_carries_the_rib_cage_without_contrast_only():
+    """Costal cartilages (about 100 HU) are brighter than the liver without contrast (40-70 HU) and carry the rib
+    cage in front of the ribs' ends: the wall muscle beyond them is not searched (without them the classic liver took
+    the anterior wall muscle under the cartilages: example_ct_sm liver +14.0%, +9.5% with them and the IVC rule,
+    against TotalSegmentator's). On an enhanced scan (liver 120 HU) nothing is taken for cartilage: the spleen may
+    outshine the liver there (taken for cartilage near the wall, its brightest voxels cut phantom spleens by up to 7
+    points of Dice)."""
+    from tipsprog.segment.classic import _cartilage, _inside_rib_cage
+    from tipsprog.segment.morphology import eroded
+
+    spacing = np.array([3.0, 3.0, 3.0])
+    z, y, x = np.indices((20, 100, 120)).astype(float)
+    scale = np.hypot((y - 50.0) * 3.0 / 140.0, (x - 60.0) * 3.0 / 170.0)  # an ellipse 280 × 340 mm: 1 at the skin
+    body = scale <= 1.0
+    angle = np.degrees(np.arctan2(y - 50.0, x - 60.0)) % 360.0  # 180: the patient's right, 270: anterior
+    liver = np.hypot((y - 50.0) / 28.0, (x - 40.0) / 20.0) <= 1.0
+    arc = (np.abs(angle - 225.0) < 20.0) & (scale > 0.8) & (scale < 0.85)  # cartilage in front, right of midline
+    inside_wall = eroded(body, 15.0, spacing)
+    for liver_hu, cartilage_hu in ((50.0, 100.0), (120.0, 100.0)):
+        hu = np.where(body, np.where(scale > 0.9, -100.0, 40.0), -1000.0)  # subcutaneous fat, wall muscle
+        hu[liver], hu[arc] = liver_hu, cartilage_hu
+        hu = hu.astype(np.float32)
+        cartilage = _cartilage(hu, inside_wall, spacing, 60.0)
+        if liver_hu < cartilage_hu:
+            inside = _inside_rib_cage(hu, cartilage, body, spacing)
+            assert cartilage[arc].all()
+            assert not (inside & (np.abs(angle - 225.0) < 15.0) & (scale > 0.8)).any()  # the wall beyond it
+            assert inside[liver].all() and inside[body & (np.abs(angle - 315.0) < 30.0)].all()  # no cartilage
+        else:
+            assert not cartilage[arc].any()
+
+
+def test_veins_hanging_below_the_liver_and_the_ivc_through_it_are_left_out_and_a_lobe_is_kept():
+    """Without contrast the IVC has the liver's HU, joins it at the caudate lobe and runs up through it, so the
+    liver followed it 6 cm below its tip on the pelvis-to-abdomen example and kept its intrahepatic part (example_ct_sm:
+    17 mL of TotalSegmentator's IVC): tubes no wider than a vein hanging 60 mm below the liver are left out, and the
+    widest one's course on up through the liver too (a narrower portal or mesenteric vein turns into the hilum and
+    is not carried); a lobe's tip that leaves wide and narrows, and a short knob, are kept."""
     from tipsprog.segment.classic import _without_hanging_veins
 
     spacing = np.array([3.0, 3.0, 3.0])
@@ -190,12 +225,12 @@ def test_a_vein_hanging_below_the_liver_is_left_out_and_a_lobe_is_kept():
     z, y, x = np.indices(organ.shape)
     body = (z >= 30) & (np.abs(y - 30) < 20) & (np.abs(x - 30) < 25)  # z grows upwards (LPS)
     lobe = (z >= 20) & (z < 30) & (np.abs(y - 30) < 3 + (z - 20)) & (x >= 7) & (x < 7 + 2 * (z - 19))
-    vein = (z >= 10) & (z < 30) & (np.hypot(y - 30, x - 45) <= 3.0)  # 18 mm across, 60 mm long
+    ivc = (z >= 10) & (np.hypot(y - 30, x - 45) <= 3.0)  # 18 mm across, 60 mm below the liver, then through it
+    portal = (z >= 10) & (z < 30) & (np.hypot(y - 42, x - 30) <= 2.0)  # 12 mm across
     knob = (z >= 24) & (z < 30) & (np.hypot(y - 18, x - 38) <= 2.0)  # 18 mm long
-    organ |= body | lobe | vein | knob
+    organ |= body | lobe | ivc | portal | knob
     kept = _without_hanging_veins(organ, spacing)
-    assert not (kept & vein & (z < 30)).any()
-    assert (kept == (organ & ~(vein & (z < 30)))).all()
+    assert (kept == (organ & ~ivc & ~(portal & (z < 30)))).all()
     assert (_without_hanging_veins(body | lobe, spacing) == (body | lobe)).all()
 
 

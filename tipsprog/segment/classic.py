@@ -1,14 +1,14 @@
 """Training-free segmentation from anatomy: HU windows, morphology, watersheds and landmarks.
 
-Liver and spleen (3 mm grid): the organs are searched above the pelvis (its iliac wings: landmarks.py), deeper
-than the body wall and inside the rib cage's inner surface where ribs are near (the wall muscles touch the organs
-with no fat plane and, without contrast, have their HU); the liver's HU window comes from a parenchyma core on the
-patient's right; organs of that window that touch are split by a watershed on the depth map (organs touch through
-necks thinner than themselves); the liver is the largest basin on the right, the spleen the highest large basin on
-the left and posterior. Vessels and lesions the parenchyma window leaves out are filled back (closing, enclosed
-holes); what hangs below the liver no wider than a vein (the IVC, without contrast) is left out. On the finer grid
-of the portal vein their borders are moved out to the half-maximum edge between parenchyma and the tissue around
-it.
+Liver and spleen (3 mm grid): the organs are searched above the pelvis (its iliac wings: landmarks.py), deeper than
+the body wall and inside the rib cage's inner surface where ribs (and, without contrast, costal cartilages) are near
+(the wall muscles touch the organs with no fat plane and, without contrast, have their HU); the liver's HU window
+comes from a parenchyma core on the patient's right; organs of that window that touch are split by a watershed on
+the depth map (organs touch through necks thinner than themselves); the liver is the largest basin on the right, the
+spleen the highest large basin on the left and posterior. Vessels and lesions the parenchyma window leaves out are
+filled back (closing, enclosed holes); what hangs below the liver no wider than a vein (the IVC, without contrast)
+is left out, and the IVC's course on up through the liver. On the finer grid of the portal vein their borders are
+moved out to the half-maximum edge between parenchyma and the tissue around it.
 
 Portal vein (1.5 mm grid, contrast scans): the enhancing vessel tree that branches inside the liver and leaves it at
 the hilum, cleared of bone, of the vertebral column's neighbourhood (aorta) and of thick blobs (kidneys, heart),
@@ -72,6 +72,7 @@ SETTINGS: dict[str, Any] = {
     "rib_reach_deg": 15.0,
     "rib_reach_mm": 6.0,
     "diaphragm_mm": 3.0,
+    "unenhanced_liver_max_hu": 80.0,
     "vein_max_cm2": 8.0,
     "vein_min_mm": 30.0,
 }
@@ -88,19 +89,20 @@ def _centroid_index(region: tuple[slice, ...], component: np.ndarray) -> np.ndar
     return np.array(ndimage.center_of_mass(component)) + np.array([s.start for s in region])
 
 
-def _inside_rib_cage(hu: np.ndarray, body: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+def _inside_rib_cage(hu: np.ndarray, cartilage: np.ndarray, body: np.ndarray, spacing: np.ndarray) -> np.ndarray:
     """What lies inside the rib cage's inner surface less DIAPHRAGM_MM: the liver and spleen lie under the
-    diaphragm, which lines the ribs, and the intercostal and outer wall muscles that touch them with no fat plane
-    lie outside it. True where no rib is near (below the costal margin, at the costal cartilages).
+    diaphragm, which lines the ribs and costal cartilages, and the intercostal and outer wall muscles that touch
+    them with no fat plane lie outside it. True where no rib is near (below the costal margin).
 
-    Ribs: voxels above RIB_HU (bone; brighter than enhanced blood on a 3 mm grid) away from the vertebral column
+    Ribs: voxels above RIB_HU (bone; brighter than enhanced blood on a 3 mm grid) or in the cartilage mask (the
+    costal cartilages, brighter than the parenchyma without contrast: _cartilage) away from the vertebral column
     and from thick bright blobs (kidneys, vessels: deeper than RIB_BLOB_RADIUS_MM), at most RIB_MAX_DEPTH_MM
     inside the fascia along rays from each slice's body centre (the wall muscles outside the ribs are thinner than
     that; an enhancing vessel or kidney deeper in is no rib). The cage's inner radius at each angle is the median of
     the innermost ribs' radii within RIB_REACH_DEG and RIB_REACH_MM above and below, where a rib lies at that angle
     or on both sides of it: ribs run obliquely, so an axial slice cuts them at a few angles with the intercostal
     spaces between, and past the lowest ribs' ends nothing is cut."""
-    bright = (hu > SETTINGS["rib_hu"]) & body
+    bright = ((hu > SETTINGS["rib_hu"]) | cartilage) & body
     depth = depth_mm(bright, spacing)
     blob_radius = SETTINGS["rib_blob_radius_mm"]
     blobs = ndimage.binary_propagation(depth > blob_radius, mask=bright & (depth > 0.5 * blob_radius))
@@ -115,6 +117,19 @@ def _inside_rib_cage(hu: np.ndarray, body: np.ndarray, spacing: np.ndarray) -> n
     np.minimum.at(innermost, (z[ribs], angle[ribs]), radius[ribs])
     cage = _nearby_median(np.where(np.isfinite(innermost), innermost, np.nan), spacing[0])
     return ~(radius > cage[z, angle] - SETTINGS["diaphragm_mm"])  # NaN (no rib near): inside
+
+
+def _cartilage(smooth: np.ndarray, inside_wall: np.ndarray, spacing: np.ndarray, mid_x: float) -> np.ndarray:
+    """On an unenhanced scan, tissue brighter than the liver parenchyma's window (found inside the body wall,
+    _liver_seed): the costal cartilages (about 80-130 HU; they do not enhance), which carry the rib cage in front of
+    the ribs' ends, and bone. Empty on an enhanced scan (liver median UNENHANCED_LIVER_MAX_HU or more: about 55 HU
+    unenhanced, 90-130 portal venous): there the spleen and vessels may outshine the liver and the parenchyma
+    reads like the cartilages."""
+    seed = _liver_seed(smooth, inside_wall, spacing, mid_x)
+    if not seed.any():
+        return seed
+    centre, half = _parenchyma_window(smooth, seed)
+    return smooth > centre + half if centre < SETTINGS["unenhanced_liver_max_hu"] else np.zeros_like(seed)
 
 
 def _polar(body: np.ndarray, spacing: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -246,10 +261,12 @@ def _liver_and_spleen(
 
 def _without_hanging_veins(organ: np.ndarray, spacing: np.ndarray) -> np.ndarray:
     """The organ less the branches hanging below its widest axial slice that are no wider than a vein all along
-    (VEIN_MAX_CM2: the IVC is at most about 30 mm across) for at least VEIN_MIN_MM: without contrast the IVC has the
-    liver's HU and joins it at the caudate lobe, while a lobe's tip leaves the liver wide and narrows. A branch is a
-    run of axial pieces each overlapping one piece above it and nothing else below that one; where pieces split or
-    merge, new branches start (and go with their parents where those all go)."""
+    (VEIN_MAX_CM2: the IVC is at most about 30 mm across) for at least VEIN_MIN_MM, and less the widest such vein's
+    course on up through the organ: without contrast the IVC has the liver's HU, joins it at the caudate lobe and
+    runs up through it to the diaphragm (its cross-section where it joins is carried straight up), while a lobe's
+    tip leaves the liver wide and narrows. A branch is a run of axial pieces each overlapping one piece above it and
+    nothing else below that one; where pieces split or merge, new branches start (and go with their parents where
+    those all go)."""
     if not organ.any():
         return organ
     pixel_cm2 = float(spacing[1] * spacing[2]) / 100.0
@@ -259,6 +276,7 @@ def _without_hanging_veins(organ: np.ndarray, spacing: np.ndarray) -> np.ndarray
     widest_cm2: list[float] = [np.inf]  # per branch: its widest piece, its slices, the branches it hangs from
     slices: list[int] = [0]
     parents: list[set[int]] = [set()]
+    tops: list[tuple[int, np.ndarray]] = [(widest, organ[widest])]  # per branch: its top slice and cross-section
     branches_below: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for z in range(widest - 1, -1, -1):
         pieces, count = ndimage.label(organ[z])
@@ -277,18 +295,25 @@ def _without_hanging_veins(organ: np.ndarray, spacing: np.ndarray) -> np.ndarray
                 widest_cm2.append(0.0)
                 slices.append(0)
                 parents.append({int(above_branch[up]) for up in ups})
+                tops.append((z, pieces == piece))
             branch_of[piece] = branch
             widest_cm2[branch] = max(widest_cm2[branch], float(piece_cm2[piece]))
             slices[branch] += 1
         branches_below[z] = (pieces, branch_of)
         above, above_branch = np.where(branch_of[pieces] >= 0, pieces, 0), np.maximum(branch_of, 0)
     removed = np.zeros(len(widest_cm2), bool)
+    joining_veins = []  # veins hanging from what is kept
     for branch in range(1, len(widest_cm2)):  # a branch comes after its parents
         vein = widest_cm2[branch] <= SETTINGS["vein_max_cm2"] and slices[branch] * spacing[0] >= SETTINGS["vein_min_mm"]
+        if vein and not all(removed[parent] for parent in parents[branch]):
+            joining_veins.append(branch)
         removed[branch] = vein or all(removed[parent] for parent in parents[branch])
     kept = organ.copy()
     for z, (pieces, branch_of) in branches_below.items():
         kept[z] &= ((branch_of < 0) | ~removed[np.maximum(branch_of, 0)])[pieces]
+    if joining_veins:
+        top, cross_section = tops[max(joining_veins, key=lambda branch: widest_cm2[branch])]
+        kept[top + 1 :] &= ~cross_section
     return kept
 
 
@@ -559,7 +584,9 @@ def _label_array(smooth: np.ndarray, ct: sitk.Image) -> np.ndarray:
         body[: top + 1] = False  # the liver and spleen lie above the pelvis
     if body.any():
         mid = np.array(ndimage.center_of_mass(body))
-        deep = eroded(body, SETTINGS["wall_mm"], spacing) & _inside_rib_cage(hu, body, spacing)
+        inside_wall = eroded(body, SETTINGS["wall_mm"], spacing)
+        cartilage = _cartilage(smooth, inside_wall, spacing, mid[2])
+        deep = inside_wall & _inside_rib_cage(hu, cartilage, body, spacing)
         liver, spleen = _liver_and_spleen(smooth, deep, spacing, mid)
         labels[liver] = ROI_LABELS["liver"]
         labels[spleen & ~liver] = ROI_LABELS["spleen"]
