@@ -186,7 +186,7 @@ def test_costal_cartilage_carries_the_rib_cage_without_contrast_only():
     the anterior wall muscle under the cartilages: example_ct_sm liver +14.0%, +9.5% with them and the IVC rule,
     against TotalSegmentator's). On an enhanced scan (liver 120 HU) nothing is taken for cartilage: the spleen may
     outshine the liver there (taken for cartilage near the wall, its brightest voxels cut phantom spleens by up to 7
-    points of Dice)."""
+    points of Dice); nor, under a fatty liver's window, the unenhanced spleen and muscle."""
     from tipsprog.segment.classic import _cartilage, _inside_rib_cage
     from tipsprog.segment.morphology import eroded
 
@@ -197,13 +197,15 @@ def test_costal_cartilage_carries_the_rib_cage_without_contrast_only():
     angle = np.degrees(np.arctan2(y - 50.0, x - 60.0)) % 360.0  # 180: the patient's right, 270: anterior
     liver = np.hypot((y - 50.0) / 28.0, (x - 40.0) / 20.0) <= 1.0
     arc = (np.abs(angle - 225.0) < 20.0) & (scale > 0.8) & (scale < 0.85)  # cartilage in front, right of midline
+    spleen = np.hypot((y - 62.0) / 12.0, (x - 95.0) / 8.0) <= 1.0  # on the left, its tip near the wall
     inside_wall = eroded(body, 15.0, spacing)
-    for liver_hu, cartilage_hu in ((50.0, 100.0), (120.0, 100.0)):
+    for liver_hu, spleen_hu in ((50.0, 45.0), (10.0, 45.0), (120.0, 140.0)):  # unenhanced, fatty, portal venous
         hu = np.where(body, np.where(scale > 0.9, -100.0, 40.0), -1000.0)  # subcutaneous fat, wall muscle
-        hu[liver], hu[arc] = liver_hu, cartilage_hu
+        hu[liver], hu[spleen], hu[arc] = liver_hu, spleen_hu, 100.0
         hu = hu.astype(np.float32)
         cartilage = _cartilage(hu, inside_wall, spacing, 60.0)
-        if liver_hu < cartilage_hu:
+        assert not cartilage[spleen].any() and not cartilage[body & ~arc].any()
+        if liver_hu < 80.0:
             inside = _inside_rib_cage(hu, cartilage, body, spacing)
             assert cartilage[arc].all()
             assert not (inside & (np.abs(angle - 225.0) < 15.0) & (scale > 0.8)).any()  # the wall beyond it

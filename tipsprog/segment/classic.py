@@ -73,6 +73,7 @@ SETTINGS: dict[str, Any] = {
     "rib_reach_mm": 6.0,
     "diaphragm_mm": 3.0,
     "unenhanced_liver_max_hu": 80.0,
+    "cartilage_min_hu": 70.0,
     "vein_max_cm2": 8.0,
     "vein_min_mm": 30.0,
 }
@@ -121,15 +122,18 @@ def _inside_rib_cage(hu: np.ndarray, cartilage: np.ndarray, body: np.ndarray, sp
 
 def _cartilage(smooth: np.ndarray, inside_wall: np.ndarray, spacing: np.ndarray, mid_x: float) -> np.ndarray:
     """On an unenhanced scan, tissue brighter than the liver parenchyma's window (found inside the body wall,
-    _liver_seed): the costal cartilages (about 80-130 HU; they do not enhance), which carry the rib cage in front of
-    the ribs' ends, and bone. Empty on an enhanced scan (liver median UNENHANCED_LIVER_MAX_HU or more: about 55 HU
-    unenhanced, 90-130 portal venous): there the spleen and vessels may outshine the liver and the parenchyma
-    reads like the cartilages."""
+    _liver_seed) and than CARTILAGE_MIN_HU (unenhanced muscle, spleen and blood read under it, and a fatty liver's
+    window lies under them): the costal cartilages (about 80-130 HU; they do not enhance), which carry the rib cage
+    in front of the ribs' ends, and bone. Empty on an enhanced scan (liver median UNENHANCED_LIVER_MAX_HU or more:
+    about 55 HU unenhanced, 90-130 portal venous): there the spleen and vessels may outshine the liver and the
+    parenchyma reads like the cartilages."""
     seed = _liver_seed(smooth, inside_wall, spacing, mid_x)
     if not seed.any():
         return seed
     centre, half = _parenchyma_window(smooth, seed)
-    return smooth > centre + half if centre < SETTINGS["unenhanced_liver_max_hu"] else np.zeros_like(seed)
+    if centre >= SETTINGS["unenhanced_liver_max_hu"]:
+        return np.zeros_like(seed)
+    return smooth > max(centre + half, SETTINGS["cartilage_min_hu"])
 
 
 def _polar(body: np.ndarray, spacing: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
