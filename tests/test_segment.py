@@ -172,7 +172,7 @@ def test_the_organs_are_searched_inside_the_rib_cage_where_ribs_are_near():
         for a in rib_angles:
             row, column = 50.0 + 0.82 * 140.0 / 3.0 * np.sin(a), 60.0 + 0.82 * 170.0 / 3.0 * np.cos(a)
             hu[k, int(row) : int(row) + 2, int(column) : int(column) + 2] = 600.0
-    inside = _inside_rib_cage(hu.astype(np.float32), np.zeros_like(body), body, spacing)
+    inside = _inside_rib_cage(hu.astype(np.float32), np.zeros_like(body), body, spacing, 60.0)
     covered = body & (np.abs(angle % 360.0 - 189.0) < 19.0)  # the patient's right, between ribs on every slice
     assert not (inside & covered & (scale > 0.86)).any()  # the wall beyond the ribs
     assert inside[covered & (scale < 0.7)].all()  # the organs inside them
@@ -206,7 +206,7 @@ def test_costal_cartilage_carries_the_rib_cage_without_contrast_only():
         cartilage = _cartilage(hu, inside_wall, spacing, 60.0)
         assert not cartilage[spleen].any() and not cartilage[body & ~arc].any()
         if liver_hu < 80.0:
-            inside = _inside_rib_cage(hu, cartilage, body, spacing)
+            inside = _inside_rib_cage(hu, cartilage, body, spacing, 60.0)
             assert cartilage[arc].all()
             assert not (inside & (np.abs(angle - 225.0) < 15.0) & (scale > 0.8)).any()  # the wall beyond it
             assert inside[liver].all() and inside[body & (np.abs(angle - 315.0) < 30.0)].all()  # no cartilage

@@ -90,24 +90,25 @@ def _centroid_index(region: tuple[slice, ...], component: np.ndarray) -> np.ndar
     return np.array(ndimage.center_of_mass(component)) + np.array([s.start for s in region])
 
 
-def _inside_rib_cage(hu: np.ndarray, cartilage: np.ndarray, body: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+def _inside_rib_cage(hu: np.ndarray, cartilage: np.ndarray, body: np.ndarray, spacing: np.ndarray, mid_x: float) -> np.ndarray:
     """What lies inside the rib cage's inner surface less DIAPHRAGM_MM: the liver and spleen lie under the
     diaphragm, which lines the ribs and costal cartilages, and the intercostal and outer wall muscles that touch
     them with no fat plane lie outside it. True where no rib is near (below the costal margin).
 
     Ribs: voxels above RIB_HU (bone; brighter than enhanced blood on a 3 mm grid) or in the cartilage mask (the
     costal cartilages, brighter than the parenchyma without contrast: _cartilage) away from the vertebral column
-    and from thick bright blobs (kidneys, vessels: deeper than RIB_BLOB_RADIUS_MM), at most RIB_MAX_DEPTH_MM
-    inside the fascia along rays from each slice's body centre (the wall muscles outside the ribs are thinner than
-    that; an enhancing vessel or kidney deeper in is no rib). The cage's inner radius at each angle is the median of
-    the innermost ribs' radii within RIB_REACH_DEG and RIB_REACH_MM above and below, where a rib lies at that angle
-    or on both sides of it: ribs run obliquely, so an axial slice cuts them at a few angles with the intercostal
-    spaces between, and past the lowest ribs' ends nothing is cut."""
+    (found about the body's midline, column index mid_x) and from thick bright blobs (kidneys, vessels: deeper than
+    RIB_BLOB_RADIUS_MM), at most RIB_MAX_DEPTH_MM inside the fascia along rays from each slice's body centre (the
+    wall muscles outside the ribs are thinner than that; an enhancing vessel or kidney deeper in is no rib). The
+    cage's inner radius at each angle is the median of the innermost ribs' radii within RIB_REACH_DEG and
+    RIB_REACH_MM above and below, where a rib lies at that angle or on both sides of it: ribs run obliquely, so an
+    axial slice cuts them at a few angles with the intercostal spaces between, and past the lowest ribs' ends
+    nothing is cut."""
     bright = ((hu > SETTINGS["rib_hu"]) | cartilage) & body
     depth = depth_mm(bright, spacing)
     blob_radius = SETTINGS["rib_blob_radius_mm"]
     blobs = ndimage.binary_propagation(depth > blob_radius, mask=bright & (depth > 0.5 * blob_radius))
-    _, column = _vertebral_column(hu, spacing, ndimage.center_of_mass(body)[2])
+    _, column = _vertebral_column(hu, spacing, mid_x)
     ribs = bright & ~dilated(blobs | column, spacing.max(), spacing)
     z, radius, angle = _polar(body, spacing)
     enclosed = fascia_inside(hu, spacing[1:])[2] & body
@@ -590,7 +591,7 @@ def _label_array(smooth: np.ndarray, ct: sitk.Image) -> np.ndarray:
         mid = np.array(ndimage.center_of_mass(body))
         inside_wall = eroded(body, SETTINGS["wall_mm"], spacing)
         cartilage = _cartilage(smooth, inside_wall, spacing, mid[2])
-        deep = inside_wall & _inside_rib_cage(hu, cartilage, body, spacing)
+        deep = inside_wall & _inside_rib_cage(hu, cartilage, body, spacing, mid[2])
         liver, spleen = _liver_and_spleen(smooth, deep, spacing, mid)
         labels[liver] = ROI_LABELS["liver"]
         labels[spleen & ~liver] = ROI_LABELS["spleen"]
